@@ -1,0 +1,5 @@
+import sys
+
+from visionlaunch.launch.cli import main
+
+sys.exit(main())

@@ -1,0 +1,234 @@
+"""Typed configuration for a whole run: YAML preset + dotted command-line overrides, validated up front.
+
+A run is described by one `RunConfig`. Presets live in `configs/*.yaml`; any field can be overridden on the
+command line as `section.key=value` (values are parsed as YAML, so `3`, `0.1`, `true`, `[64,128]` work).
+Every problem (unknown key, wrong type, out-of-range value) is reported with the dotted key and the valid keys
+of that section, before any data is read or any file is written.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from visionlaunch.errors import VisionlaunchError
+
+
+class _Section(BaseModel):
+    # extra="forbid": a misspelt key must fail loudly instead of being silently ignored.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    name: Literal["mnist", "mnist_sample", "cifar10", "cifar100", "imagefolder"] = "mnist"
+    root: str | None = Field(None, description="data root; default $VISIONLAUNCH_DATA, else ./data")
+    path: str | None = Field(None, description="imagefolder only: a folder or .tar/.tar.gz, relative to root")
+    download: bool = Field(False, description="download MNIST/CIFAR with torchvision when absent (needs network)")
+    verify: bool = Field(True, description="check the official md5 sums of the canonical files")
+    fallback: Literal["none", "sample"] = Field(
+        "none", description="mnist only: 'sample' trains on the embedded MNIST sample when the files are absent")
+    cache_dir: str | None = Field(None, description="decoded-tensor cache; default $VISIONLAUNCH_CACHE, else ~/.cache/visionlaunch")
+    val_size: int | float = Field(5000, ge=0, description="held out from train: a count (>=1) or a fraction (<1); 0 = none")
+    split_seed: int = 0
+    train_subset: int | None = Field(None, ge=1, description="use only the first N training images (quick runs)")
+    test_subset: int | None = Field(None, ge=1, description="use only the first N test images (quick runs)")
+    loader: Literal["tensor", "torch"] = Field(
+        "tensor", description="tensor: whole dataset resident on the device; torch: DataLoader baseline")
+    num_workers: int = Field(2, ge=0, description="torch loader only")
+
+
+class AugmentConfig(_Section):
+    crop_padding: int = Field(0, ge=0, description="random crop after zero padding by this many pixels")
+    flip: bool = Field(False, description="random horizontal flip (off for digits)")
+    cutout: int = Field(0, ge=0, description="side of one random zeroed square; 0 = off")
+
+
+class ModelConfig(_Section):
+    name: str = "cnn"
+    args: dict[str, Any] = Field(default_factory=dict, description="builder arguments; `visionlaunch models` lists them")
+
+
+class OptimConfig(_Section):
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.05, gt=0, description="peak learning rate (for the global batch size)")
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = True
+    weight_decay: float = Field(5e-4, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    decay_norm_and_bias: bool = Field(False, description="apply weight decay to norm weights and biases too")
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+
+
+class ScheduleConfig(_Section):
+    name: Literal["onecycle", "cosine", "constant"] = "onecycle"
+    pct_start: float = Field(0.25, gt=0, lt=1, description="onecycle: fraction of steps spent warming up")
+    div_factor: float = Field(25.0, gt=0, description="onecycle: initial lr = lr / div_factor")
+    final_div_factor: float = Field(1e4, gt=0, description="onecycle: final lr = initial lr / final_div_factor")
+    warmup_epochs: float = Field(0.0, ge=0, description="cosine/constant: linear warm-up length")
+    min_lr: float = Field(0.0, ge=0, description="cosine: lr at the end")
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(128, ge=1, description="GLOBAL batch size: split across processes")
+    eval_batch_size: int = Field(1000, ge=1)
+    seed: int = 0
+    precision: Literal["no", "bf16", "fp16"] = "no"
+    device: Literal["auto", "cpu"] = Field("auto", description="auto: GPU when there is one; cpu: force CPU")
+    log_every: int = Field(50, ge=1, description="steps between step records in metrics.jsonl")
+    max_steps_per_epoch: int | None = Field(None, ge=1, description="cut epochs short (smoke tests)")
+    progress: bool = Field(True, description="tqdm progress bars on the main process")
+
+
+class OutputConfig(_Section):
+    dir: str = "runs"
+    name: str | None = Field(None, description="run folder name; default <preset>-<date>-<time>")
+    overwrite: bool = Field(False, description="replace an existing run folder of the same name")
+
+
+class ReportConfig(_Section):
+    ident: str | None = Field(None, description="identifier stamped on every figure; default the user name")
+    figures: bool = True
+    tsne_layer: str = Field("penultimate", description="'penultimate' (input of the classifier) or a module name")
+    tsne_samples: int = Field(1000, ge=10, description="seeded test subset for t-SNE")
+    seed: int = Field(0, description="seed for the t-SNE subset and the prediction grid")
+
+
+class RunConfig(_Section):
+    data: DataConfig = Field(default_factory=DataConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> RunConfig:
+        if self.data.name == "imagefolder" and not self.data.path:
+            raise ValueError("data.path is required for data.name=imagefolder (a folder or .tar/.tar.gz of "
+                             "train/<class>/<image> and test/<class>/<image>)")
+        if self.data.fallback == "sample" and self.data.name != "mnist":
+            raise ValueError("data.fallback=sample only applies to data.name=mnist")
+        if self.data.val_size >= 1 and self.data.val_size != int(self.data.val_size):
+            raise ValueError("data.val_size must be a whole count (>= 1) or a fraction below 1")
+        return self
+
+    def resolved_ident(self) -> str:
+        if self.report.ident:
+            return self.report.ident
+        try:
+            return getpass.getuser()
+        except Exception:  # no passwd entry in some containers
+            return os.environ.get("USER", "visionlaunch")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _section_keys(model_cls: type[BaseModel]) -> list[str]:
+    return list(model_cls.model_fields)
+
+
+def _model_for_path(path: tuple) -> type[BaseModel] | None:
+    """The config class that owns the key at `path` (for listing valid keys in errors)."""
+    cls: type[BaseModel] = RunConfig
+    for part in path[:-1]:
+        field = cls.model_fields.get(str(part))
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return None
+        cls = field.annotation
+    return cls
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        key = ".".join(str(p) for p in loc) or "<top level>"
+        owner = _model_for_path(loc)
+        valid = ""
+        if owner is not None:
+            prefix = ".".join(str(p) for p in loc[:-1])
+            valid = " Valid keys" + (f" in '{prefix}'" if prefix else "") + ": " + ", ".join(_section_keys(owner)) + "."
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  - unknown key '{key}'.{valid}")
+        else:
+            got = e.get("input")
+            got_text = "" if isinstance(got, dict) else f" (got {got!r})"
+            where = f"'{key}'" if loc else "config"
+            lines.append(f"  - {where}: {e['msg']}{got_text}.")
+    lines.append("Fix the YAML file or the key=value override; `visionlaunch show-config` prints every key with its default.")
+    return "\n".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text or text.startswith("="):
+        raise VisionlaunchError(
+            f"cannot read the override {text!r}: overrides are written section.key=value, for example "
+            "optim.lr=0.05 or train.epochs=3.")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw  # not YAML: keep the literal string and let validation judge it
+    return key.strip().split("."), value
+
+
+def apply_override(tree: dict, keys: list[str], value: Any) -> None:
+    node = tree
+    for i, key in enumerate(keys[:-1]):
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise VisionlaunchError(
+                f"cannot set '{'.'.join(keys)}': '{'.'.join(keys[:i + 1])}' is a value, not a section.")
+        node = child
+    node[keys[-1]] = value
+
+
+def load_yaml(path: str | os.PathLike) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise VisionlaunchError(f"config file {p} does not exist. Pass an existing YAML file, e.g. "
+                                "--config configs/mnist_cnn.yaml (the presets are in configs/).")
+    try:
+        tree = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise VisionlaunchError(f"config file {p} is not valid YAML: {exc}") from None
+    if not isinstance(tree, dict):
+        raise VisionlaunchError(f"config file {p} must hold a mapping of sections (data:, model:, ...), "
+                                f"not a {type(tree).__name__}.")
+    return tree
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Defaults <- YAML file <- dotted overrides, validated as a whole."""
+    tree = load_yaml(path) if path is not None else {}
+    for text in overrides:
+        keys, value = parse_override(text)
+        apply_override(tree, keys, value)
+    source = f"{path}" + (f" + overrides {' '.join(overrides)}" if overrides else "") if path else "overrides"
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as err:
+        raise VisionlaunchError(format_validation_error(err, source)) from None
+
+
+def describe_keys() -> str:
+    """Every key with its type, default and description: the text of `visionlaunch show-config --keys`."""
+    out = []
+    for section, field in RunConfig.model_fields.items():
+        cls = field.annotation
+        out.append(f"{section}:")
+        for key, f in cls.model_fields.items():
+            default = f.default if f.default_factory is None else f.default_factory()
+            ann = getattr(f.annotation, "__name__", None) or str(f.annotation).replace("typing.", "")
+            desc = f"  # {f.description}" if f.description else ""
+            out.append(f"  {key}: {default!r}  ({ann}){desc}")
+    return "\n".join(out)

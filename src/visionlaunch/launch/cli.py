@@ -1,0 +1,115 @@
+"""The `visionlaunch` command: train, evaluate, figures, prepare, show-config, models.
+
+`train.py` at the repository root calls `main(["train", ...])`, so `accelerate launch train.py ...` and
+`visionlaunch train ...` are the same program.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from visionlaunch.errors import VisionlaunchError
+
+EPILOG = """examples:
+  visionlaunch train --config configs/mnist_cnn.yaml
+  visionlaunch train --config configs/mnist_cnn.yaml optim.lr=0.05 train.epochs=3
+  accelerate launch train.py --config configs/cifar10_cnn.yaml
+  visionlaunch evaluate runs/mnist_cnn-20261125-120000
+"""
+
+
+def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--config", "-c", required=required, help="YAML preset, e.g. configs/mnist_cnn.yaml")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optim.lr=0.05")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="visionlaunch", description="Train image classifiers from one config.",
+                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a model; writes runs/<name>/")
+    _add_config_args(p)
+
+    p = sub.add_parser("evaluate", help="reload a run's saved weights and measure test accuracy again")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--weights", choices=("last", "best"), default="last")
+
+    p = sub.add_parser("figures", help="redraw a run's figures from its folder and weights")
+    p.add_argument("run_dir", type=Path)
+
+    p = sub.add_parser("prepare", help="decode the config's dataset once into the tensor cache")
+    _add_config_args(p)
+
+    p = sub.add_parser("show-config", help="print the resolved config (or every key with --keys)")
+    _add_config_args(p, required=False)
+    p.add_argument("--keys", action="store_true", help="list every key with its default and meaning")
+
+    sub.add_parser("models", help="list the models and their arguments")
+    return parser
+
+
+def _preset_name(config_path: str | None) -> str | None:
+    return Path(config_path).stem if config_path else None
+
+
+def run(args: argparse.Namespace, argv: list[str]) -> int:
+    from visionlaunch.config import describe_keys, load_config
+
+    if args.command == "train":
+        from visionlaunch.trainers.trainer import train
+        cfg = load_config(args.config, args.overrides)
+        train(cfg, preset=_preset_name(args.config), argv=argv)
+        return 0
+    if args.command == "evaluate":
+        from visionlaunch.launch.evaluate import evaluate_run
+        return evaluate_run(args.run_dir, args.weights)
+    if args.command == "figures":
+        from visionlaunch.launch.evaluate import redraw_figures
+        for path in redraw_figures(args.run_dir):
+            print(path)
+        return 0
+    if args.command == "prepare":
+        from visionlaunch.trainers.data import prepare_data
+        cfg = load_config(args.config, args.overrides)
+        bundle = prepare_data(cfg.data)
+        print(bundle.note)
+        return 0
+    if args.command == "show-config":
+        if args.keys:
+            print(describe_keys())
+        else:
+            print(load_config(args.config, args.overrides).to_yaml(), end="")
+        return 0
+    if args.command == "models":
+        from visionlaunch.models import model_args, model_names
+        for name in model_names():
+            spec = ", ".join(f"{k}={default!r}" for k, (_, default) in model_args(name).items())
+            print(f"{name}: {spec}")
+        return 0
+    raise AssertionError(args.command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args, ["visionlaunch", *argv])
+    except VisionlaunchError as exc:
+        print(f"visionlaunch: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("visionlaunch: interrupted", file=sys.stderr)
+        return 130
+
+
+def console_main() -> None:  # pragma: no cover - thin wrapper for the console script
+    sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

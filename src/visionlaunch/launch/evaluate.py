@@ -1,0 +1,78 @@
+"""`visionlaunch evaluate` and `visionlaunch figures`: rebuild a run from its folder alone (config.yaml,
+run.yaml, weights/*.pt) and measure or redraw what training measured and drew."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+
+from visionlaunch.config import load_config
+from visionlaunch.datasets.loaders import make_loader
+from visionlaunch.errors import VisionlaunchError
+from visionlaunch.models import build_model
+from visionlaunch.trainers.artefacts import make_figures
+from visionlaunch.trainers.data import prepare_data
+from visionlaunch.trainers.losses import CrossEntropyLoss
+from visionlaunch.trainers.pipeline import BatchPipeline
+from visionlaunch.trainers.trainer import evaluate, make_accelerator
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def load_run(run_dir: Path, which: str = "last"):
+    run_dir = Path(run_dir)
+    config_path, weights_path = run_dir / "config.yaml", run_dir / "weights" / f"{which}.pt"
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            hint = (" (best.pt exists only for runs with a validation split; use --weights last)"
+                    if which == "best" and path == weights_path else "")
+            raise VisionlaunchError(
+                f"{path} not found: {run_dir} is not a finished visionlaunch run folder{hint}. Pass the folder that "
+                "`visionlaunch train` printed (runs/<name>).")
+    cfg = load_config(config_path)
+    try:
+        ckpt = torch.load(weights_path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated or foreign file: say which one
+        raise VisionlaunchError(f"cannot read the weights file {weights_path}: {exc}") from None
+    identity = yaml.safe_load((run_dir / "run.yaml").read_text()) if (run_dir / "run.yaml").is_file() else {}
+    return cfg, ckpt, identity
+
+
+def _rebuild(run_dir: Path, which: str):
+    cfg, ckpt, identity = load_run(run_dir, which)
+    accelerator = make_accelerator(cfg)
+    data = prepare_data(cfg.data, log=_log)
+    model = build_model(ckpt["model_name"], data.in_shape, len(data.classes), ckpt["model_args"])
+    model.load_state_dict(ckpt["model"])
+    model.to(accelerator.device)
+    pipeline = BatchPipeline(cfg.augment, data.mean, data.std, accelerator.device, seed=cfg.train.seed)
+    return cfg, ckpt, identity, accelerator, data, model, pipeline
+
+
+def evaluate_run(run_dir: Path, which: str = "last") -> int:
+    cfg, ckpt, _, accelerator, data, model, pipeline = _rebuild(run_dir, which)
+    loader = make_loader(cfg.data.loader, data.test.images, data.test.labels, cfg.train.eval_batch_size,
+                         train=False, seed=cfg.train.seed, device=accelerator.device, num_workers=0)
+    result = evaluate(model, loader, pipeline, accelerator, CrossEntropyLoss())
+    recorded = ckpt.get("results", {}).get("test", {})
+    print(f"{which} weights (epoch {ckpt.get('epoch')}): test accuracy {100 * result['acc']:.2f}% "
+          f"({round(result['acc'] * result['n'])}/{result['n']}), top-5 {100 * result['acc5']:.2f}%, "
+          f"loss {result['loss']:.4f}")
+    if "acc" not in recorded:
+        print("no test accuracy was recorded with these weights to compare against")
+        return 0
+    same = round(recorded["acc"] * recorded["n"]) == round(result["acc"] * result["n"]) and recorded["n"] == result["n"]
+    print(f"recorded at training time: {100 * recorded['acc']:.2f}% ({round(recorded['acc'] * recorded['n'])}/"
+          f"{recorded['n']}) -> " + ("reproduced exactly" if same else "MISMATCH"))
+    return 0 if same else 1
+
+
+def redraw_figures(run_dir: Path) -> list[Path]:
+    cfg, _, identity, accelerator, data, model, pipeline = _rebuild(run_dir, "last")
+    identity = {"ident": cfg.resolved_ident(), "date": "", "name": Path(run_dir).name, **identity}
+    return make_figures(Path(run_dir), model, data, pipeline, cfg, identity, device=accelerator.device)

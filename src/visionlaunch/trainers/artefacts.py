@@ -1,0 +1,56 @@
+"""The assignment's figures for a finished (or reloaded) run: curves, t-SNE of a chosen layer, a grid of 10
+random test predictions and the confusion matrix, all stamped with the run's identifier and date."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from visionlaunch.config import RunConfig
+from visionlaunch.models.features import capture_features
+from visionlaunch.reports import Stamp, plot_confusion, plot_curves, plot_predictions, plot_tsne
+from visionlaunch.trainers.metrics import read_metrics
+
+
+@torch.no_grad()
+def predict(model, images: torch.Tensor, pipeline, device, batch_size: int = 1000) -> torch.Tensor:
+    model.eval()
+    preds = []
+    for i in range(0, len(images), batch_size):
+        batch = images[i:i + batch_size].to(device)
+        preds.append(model(pipeline.eval(batch)).argmax(1).cpu())
+    return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
+
+
+@torch.no_grad()
+def layer_features(model, images: torch.Tensor, layer: str, pipeline, device, batch_size: int = 1000) -> np.ndarray:
+    model.eval()
+    with capture_features(model, layer) as captured:
+        for i in range(0, len(images), batch_size):
+            model(pipeline.eval(images[i:i + batch_size].to(device)))
+    return torch.cat(captured).numpy()
+
+
+def make_figures(run_dir: Path, model, data, pipeline, cfg: RunConfig, identity: dict, device) -> list[Path]:
+    run_dir = Path(run_dir)
+    out = run_dir / "figures"
+    out.mkdir(exist_ok=True)
+    stamp = Stamp(ident=identity["ident"], date=identity["date"], run_name=identity["name"])
+    test = data.test
+    paths = list(plot_curves(read_metrics(run_dir / "metrics.jsonl"), out, stamp))
+
+    preds = predict(model, test.images, pipeline, device)
+    paths.append(plot_confusion(test.labels.numpy(), preds.numpy(), test.classes, out / "confusion.png", stamp))
+
+    g = torch.Generator().manual_seed(cfg.report.seed)
+    pick = torch.randperm(len(test), generator=g)[:10]
+    paths.append(plot_predictions(test.images[pick].numpy(), test.labels[pick].numpy(), preds[pick].numpy(),
+                                  test.classes, out / "predictions.png", stamp))
+
+    subset = torch.randperm(len(test), generator=g)[:cfg.report.tsne_samples]
+    feats = layer_features(model, test.images[subset], cfg.report.tsne_layer, pipeline, device)
+    paths.append(plot_tsne(feats, test.labels[subset].numpy(), test.classes, out / "tsne.png", stamp,
+                           layer=cfg.report.tsne_layer, seed=cfg.report.seed))
+    return paths

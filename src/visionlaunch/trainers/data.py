@@ -1,0 +1,65 @@
+"""From the data section of the config to train/val/test tensors, normalisation constants and a note that
+says plainly which data the run used."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from visionlaunch.config import DataConfig
+from visionlaunch.datasets import (DatasetNotFound, ImageSet, default_cache_dir, load_dataset, normalization_stats,
+                                   resolve_data_root, train_val_split)
+
+
+@dataclass
+class DataBundle:
+    train: ImageSet
+    val: ImageSet | None
+    test: ImageSet
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    note: str
+    name: str  # the dataset actually used (differs from the config after a fallback)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.train.classes
+
+    @property
+    def in_shape(self) -> tuple[int, int, int]:
+        return self.train.shape
+
+
+def _first(ds: ImageSet, n: int | None) -> ImageSet:
+    return ds if n is None or n >= len(ds) else ds.subset(torch.arange(n))
+
+
+def prepare_data(cfg: DataConfig, log=print, progress: bool = True) -> DataBundle:
+    root = resolve_data_root(cfg.root)
+    cache = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
+    kwargs = dict(root=root, path=cfg.path, download=cfg.download, verify=cfg.verify, cache_dir=cache,
+                  progress=progress)
+    name = cfg.name
+    try:
+        train = load_dataset(name, "train", **kwargs)
+    except DatasetNotFound as exc:
+        if cfg.fallback != "sample":
+            raise
+        log(f"NOTE: the full MNIST dataset was not found ({exc}) -- training on the small real MNIST sample "
+            "embedded in the package instead. Results are NOT comparable to full-MNIST numbers.")
+        name = "mnist_sample"
+        train = load_dataset(name, "train", **kwargs)
+    test = load_dataset(name, "test", **kwargs)
+    # Constants from the full training set, before any subset, so a quick run normalises like a full one.
+    mean, std = normalization_stats(train)
+    train = _first(train, cfg.train_subset)
+    test = _first(test, cfg.test_subset)
+    val = None
+    if cfg.val_size:
+        train, val = train_val_split(train, cfg.val_size, cfg.split_seed)
+    note = (f"{name}: {len(train)} train, {len(val) if val is not None else 0} val (held out of train, seed "
+            f"{cfg.split_seed}), {len(test)} test images of shape {tuple(train.shape)}, {len(train.classes)} "
+            f"classes; source: {train.source}")
+    return DataBundle(train=train, val=val, test=test, mean=mean, std=std, note=note, name=name)

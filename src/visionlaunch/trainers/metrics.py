@@ -1,0 +1,47 @@
+"""metrics.jsonl: one JSON object per logged step or epoch, written line by line and flushed, so a crashed
+run keeps everything up to its last line and readers can skip a torn final line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+
+def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[torch.Tensor]:
+    """Number of samples whose label is among the top-k logits, for each k (k clipped to the class count)."""
+    kmax = min(max(ks), logits.shape[1])
+    top = logits.topk(kmax, dim=1).indices
+    hit = top.eq(labels[:, None])
+    return [hit[:, :min(k, kmax)].any(dim=1).sum() for k in ks]
+
+
+class MetricsWriter:
+    def __init__(self, path: Path | None):
+        self.path = path
+        self._fh = open(path, "a", buffering=1) if path is not None else None
+
+    def write(self, record: dict) -> None:
+        if self._fh is not None:
+            self._fh.write(json.dumps(record) + "\n")
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """All well-formed records; a torn or corrupt line (a run killed mid-write) is skipped, not fatal."""
+    records = []
+    if not Path(path).is_file():
+        return records
+    for line in Path(path).read_text(errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict):
+            records.append(rec)
+    return records

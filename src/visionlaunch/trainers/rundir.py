@@ -1,0 +1,85 @@
+"""The run directory (DESIGN.md's contract): naming, creation without leftovers, and atomic file writes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from visionlaunch.errors import VisionlaunchError
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def atomic_write(path: Path, writer) -> None:
+    """Write through a temporary file in the same folder, then rename: readers see the old file or the new
+    one, never a torn one."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        writer(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def default_run_name(preset: str | None, now: dt.datetime | None = None) -> str:
+    now = now or dt.datetime.now()
+    return f"{preset or 'run'}-{now:%Y%m%d-%H%M%S}"
+
+
+def check_output_dir(out_dir: Path, name: str, overwrite: bool) -> Path:
+    """Fail before any work if the run folder cannot be written or already exists."""
+    run_dir = out_dir / name
+    if run_dir.exists() and not overwrite:
+        raise VisionlaunchError(
+            f"the run folder {run_dir} already exists. Choose another name with output.name=NAME, or replace "
+            "it with output.overwrite=true.")
+    probe_parent = out_dir
+    while not probe_parent.exists():
+        probe_parent = probe_parent.parent
+    if not os.access(probe_parent, os.W_OK | os.X_OK):
+        raise VisionlaunchError(
+            f"cannot write the run folder {run_dir}: {probe_parent} is not writable. Set output.dir to a "
+            "folder you can write to (e.g. output.dir=$HOME/runs).")
+    return run_dir
+
+
+class RunDirectory:
+    """Created only once everything else has been validated; removed again if set-up fails after that, so
+    bad input never leaves a half-made run folder."""
+
+    def __init__(self, path: Path, overwrite: bool):
+        self.path = Path(path)
+        if self.path.exists() and overwrite:
+            shutil.rmtree(self.path)
+        try:
+            (self.path / "figures").mkdir(parents=True)
+            (self.path / "weights").mkdir()
+        except OSError as exc:
+            raise VisionlaunchError(
+                f"cannot create the run folder {self.path}: {exc.strerror}. Set output.dir to a writable folder."
+            ) from None
+
+    @property
+    def figures(self) -> Path:
+        return self.path / "figures"
+
+    @property
+    def weights(self) -> Path:
+        return self.path / "weights"
+
+    def discard(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)

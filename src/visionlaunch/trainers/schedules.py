@@ -1,0 +1,56 @@
+"""Optimisers and learning-rate schedules built from the config.
+
+The scheduler is stepped by the trainer once per optimizer step and is NOT passed through
+`accelerator.prepare()`: Accelerate's wrapper steps it once per process, which would run a OneCycle schedule
+`num_processes` times too fast (see PLATFORM.md). Sized by the per-process step count, it is then the same
+schedule whatever the process count.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from visionlaunch.config import OptimConfig, ScheduleConfig
+
+
+def parameter_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> list[dict]:
+    """Weight decay on weights of convs and linears only, unless asked otherwise: decaying BatchNorm scales
+    and biases only fights the normalisation and costs accuracy."""
+    if decay_norm_and_bias:
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim > 1 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    groups = parameter_groups(model, cfg.weight_decay, cfg.decay_norm_and_bias)
+    if cfg.name == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, peak_lr: float,
+                    steps_per_epoch: int, epochs: int) -> torch.optim.lr_scheduler.LRScheduler:
+    total = max(1, steps_per_epoch * epochs)
+    if cfg.name == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=peak_lr, total_steps=total, pct_start=cfg.pct_start, div_factor=cfg.div_factor,
+            final_div_factor=cfg.final_div_factor, anneal_strategy="cos", cycle_momentum=False)
+    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    floor = cfg.min_lr / peak_lr
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if cfg.name == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
