@@ -48,12 +48,18 @@ def check_output_dir(out_dir: Path, name: str, overwrite: bool) -> Path:
             f"the run folder {run_dir} already exists. Choose another name with output.name=NAME, or replace "
             "it with output.overwrite=true.")
     probe_parent = out_dir
-    while not probe_parent.exists():
+    while not probe_parent.exists() and probe_parent != probe_parent.parent:
         probe_parent = probe_parent.parent
-    if not os.access(probe_parent, os.W_OK | os.X_OK):
+    # Try a real write: permission bits alone say nothing for root or on read-only mounts.
+    try:
+        if not probe_parent.is_dir():
+            raise NotADirectoryError(f"{probe_parent} is a file")
+        with tempfile.TemporaryFile(dir=probe_parent):
+            pass
+    except OSError as exc:
         raise VisionlaunchError(
-            f"cannot write the run folder {run_dir}: {probe_parent} is not writable. Set output.dir to a "
-            "folder you can write to (e.g. output.dir=$HOME/runs).")
+            f"cannot write the run folder {run_dir}: {probe_parent} is not a writable folder ({exc}). Set "
+            "output.dir to a folder you can write to (e.g. output.dir=$HOME/runs).") from None
     return run_dir
 
 

@@ -50,7 +50,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, peak_
             return (step + 1) / warmup
         if cfg.name == "constant":
             return 1.0
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        progress = min(1.0, (step - warmup) / max(1, total - warmup - 1))  # min_lr on the last step
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

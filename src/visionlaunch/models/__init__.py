@@ -1,0 +1,30 @@
+"""Hand-built image classifiers, looked up by name: ``build_model("cnn", (3, 32, 32), 10, {"channels": [32, 64]})``.
+
+Every model exposes its final linear layer as ``.classifier`` and its input size as ``.feature_dim``.
+"""
+
+# Importing the model modules registers their builders.
+from visionlaunch.models import cnn, fcn  # noqa: F401
+from visionlaunch.models.features import capture_features, layer_names
+from visionlaunch.models.registry import (
+    build_model,
+    describe_args,
+    model_args,
+    model_names,
+    register,
+    validate_model_args,
+)
+from visionlaunch.models.summary import count_parameters, model_summary
+
+__all__ = [
+    "build_model",
+    "capture_features",
+    "count_parameters",
+    "describe_args",
+    "layer_names",
+    "model_args",
+    "model_names",
+    "model_summary",
+    "register",
+    "validate_model_args",
+]

@@ -1,0 +1,83 @@
+"""Pieces shared by the hand-built models: the base class with the model contract, the MLP head, weight init."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from visionlaunch.errors import VisionlaunchError
+
+
+class ImageClassifier(nn.Module):
+    """Base of the registered models: ``classifier`` is the final nn.Linear, ``feature_dim`` its input size.
+
+    ``fixed_size`` says whether the model needs exactly in_shape's height and width (a flatten before the
+    head) or accepts any size with in_shape's channel count (global pooling).
+    """
+
+    classifier: nn.Linear
+
+    def __init__(self, arch: str, in_shape: tuple[int, int, int], num_classes: int, fixed_size: bool) -> None:
+        super().__init__()
+        self.arch = arch
+        self.in_shape = tuple(in_shape)
+        self.num_classes = num_classes
+        self.fixed_size = fixed_size
+
+    @property
+    def feature_dim(self) -> int:
+        return self.classifier.in_features
+
+    def check_input(self, x: torch.Tensor) -> None:
+        # Turns PyTorch's "mat1 and mat2 shapes cannot be multiplied" into a message that names the cause.
+        c, h, w = self.in_shape
+        ok = x.dim() == 4 and x.shape[1] == c and (not self.fixed_size or tuple(x.shape[2:]) == (h, w))
+        if not ok:
+            wanted = f"(N, {c}, {h}, {w})" if self.fixed_size else f"(N, {c}, H, W)"
+            raise VisionlaunchError(
+                f"model {self.arch!r} was built for in_shape={self.in_shape} and expects batches of shape "
+                f"{wanted}, but got {tuple(x.shape)}. Build the model with the dataset's image shape "
+                "(channels, height, width), or resize/convert the images to match."
+            )
+
+
+def mlp_blocks(in_features: int, hidden: Sequence[int], batch_norm: bool, dropout: float) -> nn.Sequential:
+    """Hidden layers of a head: per width, Linear -> (BatchNorm1d) -> ReLU -> (Dropout).
+
+    Named ``<i>.linear``, ``<i>.bn``... so that feature capture and summaries read well.
+    """
+    blocks = []
+    for width in hidden:
+        layers: OrderedDict[str, nn.Module] = OrderedDict()
+        # BatchNorm's shift makes a bias before it redundant.
+        layers["linear"] = nn.Linear(in_features, width, bias=not batch_norm)
+        if batch_norm:
+            layers["bn"] = nn.BatchNorm1d(width)
+        layers["relu"] = nn.ReLU()
+        if dropout > 0:
+            layers["dropout"] = nn.Dropout(dropout)
+        blocks.append(nn.Sequential(layers))
+        in_features = width
+    return nn.Sequential(*blocks)
+
+
+def init_weights(model: nn.Module) -> None:
+    """Kaiming init for ReLU networks, identity BatchNorm, and a unit-gain classifier."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, nn.Linear):
+            nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+        elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            nn.init.ones_(module.weight)
+        else:
+            continue
+        if getattr(module, "bias", None) is not None:
+            nn.init.zeros_(module.bias)
+    classifier = getattr(model, "classifier", None)
+    if isinstance(classifier, nn.Linear):
+        # No ReLU follows the logits, so the ReLU gain of sqrt(2) would only inflate the initial loss.
+        nn.init.kaiming_normal_(classifier.weight, mode="fan_in", nonlinearity="linear")

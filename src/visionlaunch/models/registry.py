@@ -1,0 +1,195 @@
+"""Models by name: builders register themselves, configs name them, arguments are checked before building.
+
+A builder is a function ``builder(in_shape, num_classes, *, arg=default, ...) -> nn.Module`` whose keyword
+arguments carry type annotations and defaults. The annotations are the single source of truth: they validate
+user arguments (through pydantic, so YAML lists become ``list[int]``) and they print in help and error text.
+
+Every built model honours one contract, checked here so that no builder can forget it: the final linear
+layer is ``model.classifier`` (out_features == num_classes) and ``model.feature_dim`` is its in_features.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import operator
+import typing
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from annotated_types import Ge, Gt, Le, Lt, MaxLen, MinLen
+from pydantic import TypeAdapter, ValidationError
+from torch import nn
+
+from visionlaunch.errors import VisionlaunchError
+
+# Argument types shared by builders; their constraints show up in help text ("int > 0").
+Width = Annotated[int, Gt(0)]
+Probability = Annotated[float, Ge(0.0), Lt(1.0)]
+
+Builder = Callable[..., nn.Module]
+
+_BUILDERS: dict[str, Builder] = {}
+_FIXED_PARAMS = ("in_shape", "num_classes")
+
+
+def register(name: str) -> Callable[[Builder], Builder]:
+    """Decorator that adds a builder under ``name``; its signature is checked now, not at first use."""
+
+    def decorator(builder: Builder) -> Builder:
+        if name in _BUILDERS:
+            raise ValueError(f"model name {name!r} is already registered by {_BUILDERS[name].__qualname__}")
+        _check_signature(name, builder)
+        _BUILDERS[name] = builder
+        return builder
+
+    return decorator
+
+
+def model_names() -> list[str]:
+    """Registered model names, sorted."""
+    return sorted(_BUILDERS)
+
+
+def model_args(name: str) -> dict[str, tuple[str, Any]]:
+    """The arguments a model takes: ``{arg: (type as text, default)}``, for help and error text."""
+    return {arg: (type_name(ann), _shown(default)) for arg, (ann, default) in _arg_specs(name).items()}
+
+
+def describe_args(name: str) -> str:
+    """One line per argument, ``name: type = default``, as printed in help and errors."""
+    return "; ".join(f"{arg}: {kind} = {default!r}" for arg, (kind, default) in model_args(name).items())
+
+
+def validate_model_args(name: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Check user arguments against the builder's annotations and return them complete, with defaults.
+
+    Config validation can call this without building anything.
+    """
+    specs = _arg_specs(name)
+    args = dict(args or {})
+    unknown = [arg for arg in args if arg not in specs]
+    if unknown:
+        hints = [h for arg in unknown for h in difflib.get_close_matches(str(arg), specs, n=1)]
+        maybe = f" (did you mean {', '.join(map(repr, hints))}?)" if hints else ""
+        raise VisionlaunchError(
+            f"model {name!r} has no argument {', '.join(map(repr, unknown))}{maybe}. "
+            f"Valid arguments are: {describe_args(name)}."
+        )
+    resolved = {arg: _shown(default) for arg, (_, default) in specs.items()}
+    for arg, value in args.items():
+        annotation = specs[arg][0]
+        try:
+            resolved[arg] = TypeAdapter(annotation).validate_python(value)
+        except ValidationError as err:
+            details = "; ".join(_error_text(e) for e in err.errors())
+            raise VisionlaunchError(
+                f"model {name!r}: argument {arg!r} must be {type_name(annotation)}, got {value!r} ({details}). "
+                f"Valid arguments are: {describe_args(name)}."
+            ) from None
+    return resolved
+
+
+def build_model(
+    name: str, in_shape: tuple[int, int, int], num_classes: int, args: dict[str, Any] | None = None
+) -> nn.Module:
+    """Build a registered model for inputs of shape (C, H, W) and ``num_classes`` outputs."""
+    builder = _lookup(name)
+    in_shape = _check_in_shape(name, in_shape)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise VisionlaunchError(
+            f"model {name!r} needs num_classes to be an integer >= 2, got {num_classes!r}; "
+            "it comes from the dataset's class list, so check that the dataset has at least two classes."
+        )
+    resolved = validate_model_args(name, args)
+    model = builder(in_shape, num_classes, **resolved)
+    _check_contract(name, model, num_classes)
+    return model
+
+
+def type_name(annotation: Any) -> str:
+    """Readable text for an argument annotation: ``list[int > 0]``, ``float >= 0.0 and < 1.0``."""
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        base, *metadata = typing.get_args(annotation)
+        limits = [_limit_text(m) for m in metadata]
+        limits = [text for text in limits if text]
+        return type_name(base) + (" " + " and ".join(limits) if limits else "")
+    if origin is not None:
+        inner = ", ".join(type_name(a) for a in typing.get_args(annotation))
+        return f"{getattr(origin, '__name__', str(origin))}[{inner}]"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _limit_text(meta: Any) -> str:
+    for cls, attr, op in ((Gt, "gt", ">"), (Ge, "ge", ">="), (Lt, "lt", "<"), (Le, "le", "<=")):
+        if isinstance(meta, cls):
+            return f"{op} {getattr(meta, attr)}"
+    if isinstance(meta, MinLen):
+        return f"with at least {meta.min_length} item(s)"
+    if isinstance(meta, MaxLen):
+        return f"with at most {meta.max_length} item(s)"
+    return ""
+
+
+def _error_text(error: dict[str, Any]) -> str:
+    where = "".join(f"[{p}]" for p in error["loc"])
+    return f"item {where}: {error['msg']}" if where else error["msg"]
+
+
+def _shown(default: Any) -> Any:
+    # Builders use tuples as defaults (immutable); users write lists, so show lists.
+    return list(default) if isinstance(default, tuple) else default
+
+
+def _lookup(name: str) -> Builder:
+    if name not in _BUILDERS:
+        hints = difflib.get_close_matches(str(name), _BUILDERS, n=1)
+        maybe = f" Did you mean {hints[0]!r}?" if hints else ""
+        raise VisionlaunchError(
+            f"unknown model {name!r}.{maybe} Registered models are: {', '.join(model_names())}."
+        )
+    return _BUILDERS[name]
+
+
+def _arg_specs(name: str) -> dict[str, tuple[Any, Any]]:
+    builder = _lookup(name)
+    hints = typing.get_type_hints(builder, include_extras=True)
+    params = list(inspect.signature(builder).parameters.values())[len(_FIXED_PARAMS) :]
+    return {p.name: (hints[p.name], p.default) for p in params}
+
+
+def _check_signature(name: str, builder: Builder) -> None:
+    params = list(inspect.signature(builder).parameters.values())
+    if tuple(p.name for p in params[: len(_FIXED_PARAMS)]) != _FIXED_PARAMS:
+        raise TypeError(f"builder for {name!r} must start with parameters {_FIXED_PARAMS}")
+    hints = typing.get_type_hints(builder, include_extras=True)
+    for p in params[len(_FIXED_PARAMS) :]:
+        if p.kind is not inspect.Parameter.KEYWORD_ONLY or p.default is inspect.Parameter.empty:
+            raise TypeError(f"builder for {name!r}: argument {p.name!r} must be keyword-only with a default")
+        if p.name not in hints:
+            raise TypeError(f"builder for {name!r}: argument {p.name!r} needs a type annotation")
+
+
+def _check_in_shape(name: str, in_shape: Any) -> tuple[int, int, int]:
+    try:
+        # operator.index accepts numpy and torch integers but not floats or bools.
+        shape = tuple(operator.index(d) for d in in_shape if not isinstance(d, bool))
+        ok = len(shape) == len(tuple(in_shape)) == 3 and all(d > 0 for d in shape)
+    except TypeError:
+        ok = False
+    if not ok:
+        raise VisionlaunchError(
+            f"model {name!r} needs in_shape as three positive integers (channels, height, width), "
+            f"e.g. (1, 28, 28) for MNIST or (3, 32, 32) for CIFAR; got {in_shape!r}."
+        )
+    return shape  # type: ignore[return-value]
+
+
+def _check_contract(name: str, model: nn.Module, num_classes: int) -> None:
+    # A builder bug, not a user error: the trainer and reports rely on this contract.
+    classifier = getattr(model, "classifier", None)
+    if not isinstance(classifier, nn.Linear) or classifier.out_features != num_classes:
+        raise TypeError(f"model {name!r} must expose its final nn.Linear({num_classes} outputs) as .classifier")
+    if getattr(model, "feature_dim", None) != classifier.in_features:
+        raise TypeError(f"model {name!r} must set .feature_dim to classifier.in_features")

@@ -1,0 +1,407 @@
+"""The run's figures: training curves, t-SNE of features, a prediction grid and the confusion matrix.
+
+Every public `plot_*` function builds its Figure in a `_make_*_figure` (so tests can read its texts) and writes
+it with `_save`, atomically, as a PNG at `DPI`. Figures use matplotlib's object API on the Agg canvas: no
+pyplot, so no global figure list to leak and no display needed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import matplotlib as mpl
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from .stamp import Stamp
+
+DPI = 120
+MAX_LEGEND_CLASSES = 20  # above this, t-SNE drops the per-class legend and the confusion matrix its cell text
+
+_STYLE = {
+    "font.size": 9,
+    "axes.titlesize": 10,
+    "axes.labelsize": 9,
+    "figure.titlesize": 11,
+    "legend.fontsize": 8,
+    "legend.frameon": False,
+    "xtick.labelsize": 8,
+    "ytick.labelsize": 8,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "grid.linewidth": 0.6,
+    "lines.linewidth": 1.6,
+    "lines.markersize": 4,
+    "figure.facecolor": "white",
+    "axes.facecolor": "white",
+    "savefig.facecolor": "white",
+}
+_STAMP_STRIP_IN = 0.25  # inches kept free at the bottom of every figure for the stamp
+_SPLIT_COLORS = {"train": "#1f77b4", "val": "#ff7f0e", "test": "#2ca02c"}
+_RIGHT, _WRONG = "#1a7f37", "#c62828"
+
+
+# ---------------------------------------------------------------------------------------------------- style + save
+
+
+@contextmanager
+def _styled_figure(stamp: Stamp, title: str, figsize: tuple[float, float]) -> Iterator[Figure]:
+    """The one place figure style lives: rc settings, layout, title and the stamp in the bottom-right corner."""
+    with mpl.rc_context(_STYLE):
+        fig = Figure(figsize=figsize, layout="constrained")
+        FigureCanvasAgg(fig)
+        strip = _STAMP_STRIP_IN / figsize[1]
+        fig.get_layout_engine().set(rect=(0.0, strip, 1.0, 1.0 - strip))
+        fig.suptitle(title)
+        fig.text(0.995, 0.3 * strip, stamp.text(), ha="right", va="bottom", fontsize=7, color="0.4")
+        yield fig
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    """Write a PNG via a temporary file in the same folder, so a crash never leaves a half-written image."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f, mpl.rc_context(_STYLE):  # ticks are created at draw time: style them too
+            fig.savefig(f, format="png", dpi=DPI)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _placeholder(ax, message: str) -> None:
+    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, fontsize=12, color="0.45")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.grid(False)
+
+
+def _frameless(ax) -> None:
+    """No grid or spines: for images and embeddings, whose frame carries no scale."""
+    ax.grid(False)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+
+
+def _short(name: str, width: int = 18) -> str:
+    return name if len(name) <= width else name[: width - 1] + "…"
+
+
+# ---------------------------------------------------------------------------------------------------- input checks
+
+
+def _as_labels(values, n_classes: int, what: str) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.ndim != 1:
+        raise ValueError(f"{what} must be a 1-D array of class indices, got shape {arr.shape}")
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"{what} must hold integer class indices, got dtype {arr.dtype}")
+    arr = arr.astype(np.int64)
+    if arr.size and (arr.min() < 0 or arr.max() >= n_classes):
+        raise ValueError(f"{what} must lie in [0, {n_classes}) for {n_classes} classes, got {arr.min()}..{arr.max()}")
+    return arr
+
+
+def _label_pair(labels, preds, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    if not classes:
+        raise ValueError("classes is empty; pass the dataset's class names")
+    y = _as_labels(labels, len(classes), "labels")
+    p = _as_labels(preds, len(classes), "preds")
+    if y.shape != p.shape:
+        raise ValueError(f"labels and preds differ in length: {len(y)} vs {len(p)}")
+    return y, p
+
+
+# ---------------------------------------------------------------------------------------------------- curves
+
+
+def _number(value) -> float | None:
+    """A finite float, or None for anything else (strings, bools, NaN, missing)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def epoch_series(records: Iterable, key: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per split present, (epochs, values) of the epoch records that carry a finite `key`, sorted by epoch.
+
+    Step records, unknown kinds or splits and records with missing or non-numeric fields are skipped. When an
+    epoch appears twice (a resumed run logs it again) the later record wins.
+    """
+    by_split: dict[str, dict[float, float]] = {split: {} for split in _SPLIT_COLORS}
+    for rec in records:
+        if not isinstance(rec, dict) or rec.get("kind") != "epoch" or rec.get("split") not in by_split:
+            continue
+        epoch, value = _number(rec.get("epoch")), _number(rec.get(key))
+        if epoch is not None and value is not None:
+            by_split[rec["split"]][epoch] = value
+    series = {}
+    for split, points in by_split.items():
+        if points:
+            epochs = np.array(sorted(points))
+            series[split] = (epochs, np.array([points[e] for e in epochs]))
+    return series
+
+
+def _has_epoch_records(records: list) -> bool:
+    return any(isinstance(r, dict) and r.get("kind") == "epoch" and r.get("split") in _SPLIT_COLORS for r in records)
+
+
+def _epoch_axes(ax, ylabel: str) -> None:
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _line(ax, split: str, epochs: np.ndarray, values: np.ndarray, label: str) -> None:
+    marker = "o" if len(epochs) <= 40 else None  # dots help with few epochs, clutter with many
+    ax.plot(epochs, values, marker=marker, color=_SPLIT_COLORS[split], label=label)
+
+
+def _empty_message(records: list, what: str) -> str:
+    return f"no {what} in the epoch records" if _has_epoch_records(records) else "no epoch finished yet"
+
+
+def _make_loss_figure(records: list, stamp: Stamp) -> Figure:
+    series = epoch_series(records, "loss")
+    with _styled_figure(stamp, "Loss per epoch", (6.4, 4.2)) as fig:
+        ax = fig.add_subplot()
+        _epoch_axes(ax, "loss")
+        if not series:
+            _placeholder(ax, _empty_message(records, "loss"))
+            return fig
+        for split, (epochs, losses) in series.items():
+            _line(ax, split, epochs, losses, f"{split} (last {losses[-1]:.4g})")
+        values = np.concatenate([v for _, v in series.values()])
+        if values.min() > 0 and values.max() / values.min() > 100:  # losses spanning decades read better in log
+            ax.set_yscale("log")
+        ax.legend()
+        return fig
+
+
+def _make_accuracy_figure(records: list, stamp: Stamp) -> Figure:
+    series = epoch_series(records, "acc")
+    with _styled_figure(stamp, "Top-1 accuracy per epoch", (6.4, 4.2)) as fig:
+        ax = fig.add_subplot()
+        _epoch_axes(ax, "top-1 accuracy (%)")
+        if not series:
+            _placeholder(ax, _empty_message(records, "accuracy"))
+            return fig
+        for split, (epochs, acc) in series.items():
+            acc = 100.0 * acc  # metrics.jsonl stores fractions
+            if split == "train":
+                _line(ax, split, epochs, acc, f"train (last {acc[-1]:.2f}%)")
+                continue
+            best = int(np.argmax(acc))
+            label = f"{split} (best {acc[best]:.2f}% @ epoch {epochs[best]:g})"
+            _line(ax, split, epochs, acc, label)
+            ax.plot(epochs[best], acc[best], marker="*", markersize=13, color=_SPLIT_COLORS[split],
+                    markeredgecolor="black", markeredgewidth=0.6, zorder=5)
+        ax.legend()
+        return fig
+
+
+def plot_curves(records: list[dict], out_dir: Path, stamp: Stamp) -> list[Path]:
+    """Write out_dir/loss.png and out_dir/accuracy.png from the parsed lines of metrics.jsonl."""
+    records = list(records)
+    out_dir = Path(out_dir)
+    return [
+        _save(_make_loss_figure(records, stamp), out_dir / "loss.png"),
+        _save(_make_accuracy_figure(records, stamp), out_dir / "accuracy.png"),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------------- t-SNE
+
+
+def safe_perplexity(n_points: int) -> float:
+    """sklearn's default of 30, lowered for small N because t-SNE needs perplexity < n_points."""
+    return float(min(30.0, max(1.0, (n_points - 1) / 3.0)))
+
+
+def tsne_embedding(features: np.ndarray, seed: int = 0) -> np.ndarray:
+    """(N, 2) t-SNE of (N, ...) features; the same seed gives the same embedding."""
+    from sklearn.manifold import TSNE  # imported here: sklearn.manifold is slow to import and only needed here
+
+    x = np.asarray(features, dtype=np.float32)
+    if x.ndim < 2 or len(x) < 2:
+        raise ValueError(f"t-SNE needs features of shape (N>=2, D), got {x.shape}")
+    x = x.reshape(len(x), -1)  # conv feature maps (N, C, H, W) are flattened
+    if not np.isfinite(x).all():
+        raise ValueError("t-SNE features contain NaN or inf (did the run diverge?)")
+    init = "pca" if min(x.shape) >= 2 else "random"  # PCA init needs two components to exist
+    tsne = TSNE(n_components=2, perplexity=safe_perplexity(len(x)), init=init, learning_rate="auto",
+                random_state=seed)
+    return tsne.fit_transform(x)
+
+
+def _make_tsne_figure(embedding: np.ndarray, labels: np.ndarray, classes: list[str], stamp: Stamp, *,
+                      layer: str, n_total: int) -> Figure:
+    n = len(embedding)
+    title = f"t-SNE of '{layer}' features · {n} points"
+    if n_total > n:
+        title += f" (random sample of {n_total})"
+    many = len(classes) > MAX_LEGEND_CLASSES
+    if many:
+        title += f"\n{len(classes)} classes: continuous colour map, no per-class legend"
+    size = float(np.clip(3000 / n, 3, 25))  # smaller dots as the cloud gets denser
+    with _styled_figure(stamp, title, (8.0, 6.4) if not many else (7.2, 6.4)) as fig:
+        ax = fig.add_subplot()
+        ax.set_xticks([])
+        ax.set_yticks([])
+        _frameless(ax)
+        ax.set_aspect("equal", adjustable="datalim")
+        if many:
+            ax.scatter(embedding[:, 0], embedding[:, 1], c=labels, cmap="turbo", vmin=0, vmax=len(classes) - 1,
+                       s=size, alpha=0.8, linewidths=0)
+            return fig
+        cmap = mpl.colormaps["tab10" if len(classes) <= 10 else "tab20"]
+        for idx, name in enumerate(classes):
+            mask = labels == idx
+            if mask.any():
+                ax.scatter(embedding[mask, 0], embedding[mask, 1], color=cmap(idx), label=_short(name), s=size,
+                           alpha=0.8, linewidths=0)
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), markerscale=max(1.0, 30 / size) ** 0.5)
+        return fig
+
+
+def plot_tsne(features: np.ndarray, labels: np.ndarray, classes: list[str], out_path: Path, stamp: Stamp, *,
+              layer: str, seed: int = 0, max_points: int = 5000) -> Path:
+    """Scatter a 2-D t-SNE of `features` coloured by class. Above `max_points` a seeded random sample is used,
+    since t-SNE time grows with N and a few thousand points already show the structure."""
+    y = _as_labels(labels, len(classes), "labels")
+    if len(y) != len(features):
+        raise ValueError(f"features and labels differ in length: {len(features)} vs {len(y)}")
+    keep = np.arange(len(y))
+    if len(y) > max_points:
+        keep = np.sort(np.random.default_rng(seed).choice(len(y), size=max_points, replace=False))
+    embedding = tsne_embedding(np.asarray(features)[keep], seed=seed)
+    fig = _make_tsne_figure(embedding, y[keep], classes, stamp, layer=layer, n_total=len(y))
+    return _save(fig, out_path)
+
+
+# ---------------------------------------------------------------------------------------------------- predictions
+
+
+def count_correct(labels, preds) -> int:
+    """How many predictions equal their label."""
+    return int(np.sum(np.asarray(labels) == np.asarray(preds)))
+
+
+def _to_hwc(images) -> np.ndarray:
+    imgs = np.asarray(images)
+    if imgs.dtype != np.uint8:
+        raise ValueError(f"prediction images must be uint8 (un-normalised), got {imgs.dtype}")
+    if imgs.ndim == 3:  # (k, H, W) grayscale without a channel axis
+        imgs = imgs[:, None]
+    if imgs.ndim != 4 or imgs.shape[1] not in (1, 3):
+        raise ValueError(f"prediction images must be (k, C, H, W) with C = 1 or 3, got shape {imgs.shape}")
+    return imgs.transpose(0, 2, 3, 1)
+
+
+def _make_predictions_figure(images, labels, preds, classes: list[str], stamp: Stamp) -> Figure:
+    imgs = _to_hwc(images)
+    y, p = _label_pair(labels, preds, classes)
+    k = len(imgs)
+    if k == 0 or len(y) != k:
+        raise ValueError(f"need one label and prediction per image: {k} images, {len(y)} labels")
+    ncols = min(5, k)
+    nrows = math.ceil(k / ncols)
+    title = f"Sample predictions · {count_correct(y, p)}/{k} correct"
+    with _styled_figure(stamp, title, (1.9 * ncols, 2.15 * nrows + 0.6)) as fig:
+        axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+        for i, ax in enumerate(axes):
+            ax.set_axis_off()
+            if i >= k:
+                continue
+            img = imgs[i]
+            if img.shape[-1] == 1:
+                ax.imshow(img[..., 0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+            else:
+                ax.imshow(img, interpolation="nearest")
+            right = y[i] == p[i]
+            ax.set_title(f"true: {_short(classes[y[i]])}\npred: {_short(classes[p[i]])}", fontsize=8,
+                         color=_RIGHT if right else _WRONG)
+        return fig
+
+
+def plot_predictions(images: np.ndarray, labels: np.ndarray, preds: np.ndarray, classes: list[str], out_path: Path,
+                     stamp: Stamp) -> Path:
+    """A grid (2x5 for 10 images) titled with true and predicted class names: green when right, red when wrong."""
+    return _save(_make_predictions_figure(images, labels, preds, classes, stamp), out_path)
+
+
+# ---------------------------------------------------------------------------------------------------- confusion
+
+
+def confusion_counts(labels, preds, classes: list[str]) -> np.ndarray:
+    """(n, n) counts, rows = true class, columns = predicted class, in the order of `classes`."""
+    from sklearn.metrics import confusion_matrix  # imported here to keep `import visionlaunch.reports` light
+
+    y, p = _label_pair(labels, preds, classes)
+    return confusion_matrix(y, p, labels=np.arange(len(classes)))
+
+
+def row_normalise(counts: np.ndarray) -> np.ndarray:
+    """Each row divided by its total; classes absent from the labels keep a row of zeros instead of NaN."""
+    totals = counts.sum(axis=1, keepdims=True)
+    return np.divide(counts, totals, out=np.zeros(counts.shape, dtype=float), where=totals > 0)
+
+
+def _make_confusion_figure(labels, preds, classes: list[str], stamp: Stamp) -> Figure:
+    counts = confusion_counts(labels, preds, classes)
+    total = int(counts.sum())
+    if total == 0:
+        raise ValueError("confusion matrix needs at least one sample")
+    norm = row_normalise(counts)
+    n = len(classes)
+    few = n <= MAX_LEGEND_CLASSES
+    side = min(max(4.5, 0.42 * n + 2.5), 11.0) if few else 9.0
+    title = f"Confusion matrix (rows normalised) · accuracy {np.trace(counts) / total:.2%} on {total} samples"
+    with _styled_figure(stamp, title, (side + 1.0, side)) as fig:
+        ax = fig.add_subplot()
+        _frameless(ax)
+        im = ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03, label="fraction of the true class")
+        ax.set_xlabel("predicted class")
+        ax.set_ylabel("true class")
+        names = [_short(c, 16) for c in classes]
+        if few:
+            ticks = np.arange(n)
+            ax.set_xticks(ticks, [names[i] for i in ticks], rotation=45, ha="right", rotation_mode="anchor")
+            ax.set_yticks(ticks, [names[i] for i in ticks])
+            fontsize = 8 if n <= 10 else 6.5
+            for (i, j), value in np.ndenumerate(norm):
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=fontsize,
+                        color="white" if value > 0.5 else "0.25")
+        else:
+            ticks = np.arange(0, n, math.ceil(n / MAX_LEGEND_CLASSES))  # about 20 names per axis stay legible
+            ax.set_xticks(ticks, [names[i] for i in ticks], rotation=90, fontsize=6.5)
+            ax.set_yticks(ticks, [names[i] for i in ticks], fontsize=6.5)
+        return fig
+
+
+def plot_confusion(labels: np.ndarray, preds: np.ndarray, classes: list[str], out_path: Path, stamp: Stamp) -> Path:
+    """Row-normalised confusion matrix with class names on both axes and the overall accuracy in the title."""
+    return _save(_make_confusion_figure(labels, preds, classes, stamp), out_path)
+
+
+def most_confused_pairs(labels, preds, classes: list[str], k: int = 5) -> list[tuple[str, str, int]]:
+    """The k largest off-diagonal counts as (true, predicted, count), largest first; ties in class order."""
+    counts = confusion_counts(labels, preds, classes).copy()
+    np.fill_diagonal(counts, 0)
+    true_idx, pred_idx = np.nonzero(counts)
+    order = sorted(zip(true_idx, pred_idx), key=lambda ij: (-counts[ij], ij[0], ij[1]))
+    return [(classes[i], classes[j], int(counts[i, j])) for i, j in order[:k]]

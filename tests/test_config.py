@@ -1,0 +1,93 @@
+"""Config: presets load, overrides apply with YAML typing, and every kind of mistake names the bad key."""
+
+from pathlib import Path
+
+import pytest
+
+from visionlaunch.config import RunConfig, describe_keys, load_config
+from visionlaunch.errors import VisionlaunchError
+
+PRESETS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+def test_all_six_assignment_presets_exist():
+    names = {p.stem for p in PRESETS}
+    assert {"mnist_fcn", "mnist_cnn", "cifar100_fcn", "cifar100_cnn", "cifar10_fcn", "cifar10_cnn"} <= names
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
+def test_presets_validate(preset):
+    cfg = load_config(preset)
+    assert cfg.train.epochs >= 1
+    assert cfg.data.name in preset.stem or cfg.data.name == "imagefolder"
+
+
+def test_overrides_are_typed_by_yaml():
+    cfg = load_config(PRESETS[0], ["optim.lr=0.05", "train.epochs=3", "augment.flip=true",
+                                   "model.args.hidden=[64,32]", "output.name=my run"])
+    assert cfg.optim.lr == 0.05 and isinstance(cfg.train.epochs, int) and cfg.train.epochs == 3
+    assert cfg.augment.flip is True
+    assert cfg.model.args["hidden"] == [64, 32]
+    assert cfg.output.name == "my run"
+
+
+def test_saved_yaml_round_trips(tmp_path):
+    cfg = load_config(None, ["optim.lr=0.2", "data.val_size=0.1"])
+    path = tmp_path / "config.yaml"
+    path.write_text(cfg.to_yaml())
+    again = load_config(path)
+    assert again == cfg
+    assert again.data.val_size == 0.1
+
+
+def test_unknown_key_names_it_and_lists_valid_keys():
+    with pytest.raises(VisionlaunchError) as err:
+        load_config(None, ["optim.learning_rate=0.1"])
+    msg = str(err.value)
+    assert "optim.learning_rate" in msg
+    for valid in ("lr", "momentum", "weight_decay"):
+        assert valid in msg
+
+
+def test_unknown_section_lists_sections():
+    with pytest.raises(VisionlaunchError) as err:
+        load_config(None, ["trainer.epochs=3"])
+    assert "trainer" in str(err.value) and "train" in str(err.value) and "optim" in str(err.value)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("train.epochs=-1", "train.epochs"),
+    ("train.epochs=three", "train.epochs"),
+    ("optim.lr=0", "optim.lr"),
+    ("data.name=svhn", "data.name"),
+    ("train.precision=fp8", "train.precision"),
+    ("augment.flip=sometimes", "augment.flip"),
+])
+def test_wrong_values_name_the_key(override, key):
+    with pytest.raises(VisionlaunchError) as err:
+        load_config(None, [override])
+    assert key in str(err.value)
+
+
+def test_malformed_override_and_missing_file(tmp_path):
+    with pytest.raises(VisionlaunchError, match="section.key=value"):
+        load_config(None, ["epochs"])
+    with pytest.raises(VisionlaunchError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [1, 2\n")
+    with pytest.raises(VisionlaunchError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_combination_rules():
+    with pytest.raises(VisionlaunchError, match="data.path"):
+        load_config(None, ["data.name=imagefolder"])
+    with pytest.raises(VisionlaunchError, match="fallback"):
+        load_config(None, ["data.name=cifar10", "data.fallback=sample"])
+
+
+def test_describe_keys_covers_every_section():
+    text = describe_keys()
+    for section in RunConfig.model_fields:
+        assert f"{section}:" in text
