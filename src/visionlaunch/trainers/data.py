@@ -51,6 +51,10 @@ def prepare_data(cfg: DataConfig, log=print, progress: bool = True) -> DataBundl
             "embedded in the package instead. Results are NOT comparable to full-MNIST numbers.")
         name = "mnist_sample"
         train = load_dataset(name, "train", **kwargs)
+        if cfg.val_size >= 1 and cfg.val_size * 2 > len(train):
+            # A count meant for the 60k set would swallow the sample: hold out the same 1/12 share instead.
+            cfg.val_size = round(len(train) / 12)
+            log(f"NOTE: data.val_size lowered to {cfg.val_size} for the {len(train)}-image sample")
     test = load_dataset(name, "test", **kwargs)
     # Constants from the full training set, before any subset, so a quick run normalises like a full one.
     mean, std = normalization_stats(train)

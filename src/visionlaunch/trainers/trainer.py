@@ -151,7 +151,7 @@ class Trainer:
             "name": name, "ident": self.cfg.resolved_ident(), "date": dt.date.today().isoformat(),
             "started": dt.datetime.now().isoformat(timespec="seconds"), "command": shlex.join(self.argv),
             "visionlaunch": __version__, "git_commit": git_commit(), "host": platform.node(),
-            "python": platform.python_version(), "torch": torch.__version__, "device": str(self.accelerator.device),
+            "python": platform.python_version(), "torch": str(torch.__version__), "device": str(self.accelerator.device),
             "processes": self.accelerator.num_processes, "precision": self.cfg.train.precision,
             "parameters": params, "data": self.data.note,
         }

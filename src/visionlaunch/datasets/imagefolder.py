@@ -1,0 +1,276 @@
+"""ImageFolder: `train/<class>/<image>` and `test/<class>/<image>` in a folder or a tar archive.
+
+An archive is streamed member by member (no extraction to disk). Only the requested split is decoded; the other
+split's images are opened just far enough to read their size and colour mode, so that train and test always
+agree on shape (every image one size; grayscale only when every image of both splits is).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+import zlib
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from visionlaunch.datasets.imageset import DatasetNotFound, ImageSet
+from visionlaunch.errors import VisionlaunchError
+
+SPLITS = ("train", "test")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+GRAY_MODES = ("1", "L", "LA")  # single-channel content; anything else is read as RGB
+_IGNORED_TOP = ("__MACOSX",)  # resource forks that macOS adds to archives
+
+
+def _is_archive(path: Path) -> bool:
+    return path.name.lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def locate(root: Path, path: str | os.PathLike | None) -> Path:
+    """The folder or archive named by `path` (absolute, or relative to `root`)."""
+    if not path:
+        raise VisionlaunchError(
+            "imagefolder needs data.path: a folder or a .tar/.tar.gz/.tgz archive holding train/<class>/<image> "
+            "and test/<class>/<image>, absolute or relative to the data root.")
+    p = Path(path).expanduser()
+    p = p if p.is_absolute() else root / p
+    if not p.exists():
+        raise DatasetNotFound(
+            f"ImageFolder data not found at {p} (data.path={str(path)!r}, data root {root}). Give data.path as an "
+            "absolute path or relative to the data root (data.root or $VISIONLAUNCH_DATA).")
+    if p.is_file() and not _is_archive(p):
+        raise VisionlaunchError(
+            f"ImageFolder data.path {p} is a file but not a .tar, .tar.gz or .tgz archive. Point data.path at a "
+            "folder holding train/ and test/, or at such an archive.")
+    return p
+
+
+def source_files(path: Path) -> list[Path]:
+    """The files whose size and mtime fingerprint the dataset (for the cache)."""
+    if path.is_file():
+        return [path]
+    files = []
+    for folder, dirs, names in os.walk(path, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        files += [Path(folder) / n for n in sorted(names) if not n.startswith(".")]
+    return files
+
+
+@dataclass
+class _Entry:
+    parts: tuple[str, ...]  # path inside the dataset, split into components
+    display: str  # how to name it in an error: a file path, or "archive.tar.gz:member"
+    payload: bytes | Path | None  # bytes from an archive, a path in a folder, None for a directory
+
+
+def _entries_from_folder(path: Path) -> list[_Entry]:
+    entries = []
+    for folder, dirs, names in os.walk(path, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        rel = Path(folder).relative_to(path).parts
+        entries += [_Entry(rel + (d,), str(Path(folder) / d), None) for d in dirs]
+        entries += [_Entry(rel + (n,), str(Path(folder) / n), Path(folder) / n) for n in sorted(names)]
+    return entries
+
+
+def _is_candidate_image(parts: tuple[str, ...]) -> bool:
+    # An image the layout may use: under train/ or test/ at depth 0 or 1. Others are never read into memory.
+    return parts[-1].lower().endswith(IMAGE_EXTENSIONS) and any(p in SPLITS for p in parts[:2])
+
+
+def _entries_from_archive(path: Path, progress: bool) -> list[_Entry]:
+    entries = []
+    try:
+        # Stream mode: one forward pass over the (compressed) archive, each member read as it goes by.
+        with tarfile.open(path, "r|*") as tar, tqdm(desc=f"reading {path.name}", unit=" files",
+                                                    disable=not progress, leave=False) as bar:
+            for member in tar:
+                parts = tuple(p for p in member.name.split("/") if p not in ("", "."))
+                if not parts:
+                    continue
+                display = f"{path}:{member.name}"
+                if member.isdir():
+                    entries.append(_Entry(parts, display, None))
+                elif member.isfile():
+                    data = tar.extractfile(member).read() if _is_candidate_image(parts) else b""
+                    entries.append(_Entry(parts, display, data))
+                    bar.update()
+    # TypeError/ValueError: what tarfile itself raises on some garbage headers (a Python bug, not ours).
+    except (tarfile.TarError, EOFError, OSError, zlib.error, TypeError, ValueError) as exc:
+        raise VisionlaunchError(
+            f"{path} could not be read as a tar archive ({type(exc).__name__}: {exc}); it is probably truncated "
+            "or damaged. Copy or create it again (e.g. `tar czf data.tar.gz train test`).") from exc
+    return entries
+
+
+def _layout_depth(entries: list[_Entry], where: Path) -> int:
+    """0 when train/ and test/ are at the top, 1 when they sit inside one top-level folder."""
+    # Top-level folders (a file at the top, like a README, says nothing about the layout).
+    tops = {e.parts[0] for e in entries if len(e.parts) > 1 or e.payload is None}
+    tops = {t for t in tops if not t.startswith(".") and t not in _IGNORED_TOP}
+    if tops & set(SPLITS):
+        return 0
+    if len(tops) == 1:
+        return 1
+    raise VisionlaunchError(
+        f"{where}: expected folders train/ and test/ at the top (or inside a single top-level folder), found "
+        f"{', '.join(sorted(tops)[:10]) or 'nothing'}. Lay the images out as train/<class>/<image> and "
+        "test/<class>/<image>.")
+
+
+@dataclass
+class _Image:
+    split: str
+    cls: str
+    display: str
+    payload: bytes | Path
+
+
+def _open(payload: bytes | Path) -> Image.Image:
+    return Image.open(io.BytesIO(payload) if isinstance(payload, bytes) else payload)
+
+
+def _collect(entries: list[_Entry], where: Path) -> tuple[list[_Image], dict[str, set[str]]]:
+    depth = _layout_depth(entries, where)
+    images: list[_Image] = []
+    class_dirs: dict[str, set[str]] = {s: set() for s in SPLITS}
+    seen_split = set()
+    for e in entries:
+        if depth and (e.parts[0] in _IGNORED_TOP or e.parts[0].startswith(".")):
+            continue
+        parts = e.parts[depth:]
+        if not parts or parts[0] not in SPLITS or any(p.startswith(".") for p in parts):
+            continue
+        split = parts[0]
+        seen_split.add(split)
+        if e.payload is None:  # a directory
+            if len(parts) == 2:
+                class_dirs[split].add(parts[1])
+            continue
+        if not parts[-1].lower().endswith(IMAGE_EXTENSIONS):
+            continue  # README, .txt notes and the like are not images
+        if len(parts) == 2:
+            raise VisionlaunchError(
+                f"{e.display} lies directly in {split}/, outside any class folder. Move it into "
+                f"{split}/<class>/ (the folder name is the class).")
+        class_dirs[split].add(parts[1])
+        images.append(_Image(split, parts[1], e.display, e.payload))
+    for split in SPLITS:
+        if split not in seen_split:
+            raise VisionlaunchError(
+                f"{where} has no {split}/ folder{' inside its top-level folder' if depth else ''}. An ImageFolder "
+                "dataset needs both train/<class>/<image> and test/<class>/<image>.")
+    return images, class_dirs
+
+
+def _check_classes(images: list[_Image], class_dirs: dict[str, set[str]], where: Path) -> list[str]:
+    counts: dict[tuple[str, str], int] = defaultdict(int)
+    for im in images:
+        counts[(im.split, im.cls)] += 1
+    for split in SPLITS:
+        empty = sorted(c for c in class_dirs[split] if counts[(split, c)] == 0)
+        if empty:
+            raise VisionlaunchError(
+                f"{where}: class folder{'s' if len(empty) > 1 else ''} {', '.join(f'{split}/{c}/' for c in empty)} "
+                f"hold{'' if len(empty) > 1 else 's'} no images (looked for {', '.join(IMAGE_EXTENSIONS)}). Add "
+                "images or remove the empty folder.")
+    train, test = sorted(class_dirs["train"]), sorted(class_dirs["test"])
+    if train != test:
+        only_train = sorted(set(train) - set(test))
+        only_test = sorted(set(test) - set(train))
+        raise VisionlaunchError(
+            f"{where}: train/ and test/ must hold the same class folders. Only in train/: "
+            f"{', '.join(only_train) or 'none'}; only in test/: {', '.join(only_test) or 'none'}. Add or rename "
+            "folders so both splits list the same classes.")
+    return train
+
+
+def _unreadable(im: _Image, exc: Exception) -> VisionlaunchError:
+    return VisionlaunchError(
+        f"{im.display} is not a readable image ({type(exc).__name__}: {exc}); it may be truncated, damaged or "
+        "not an image at all. Remove or replace it.")
+
+
+class _SizeCheck:
+    """Every image must have the size of the first one seen (the model takes one input shape)."""
+
+    def __init__(self) -> None:
+        self.expected: tuple[tuple[int, int], str] | None = None
+
+    def __call__(self, im: _Image, size: tuple[int, int]) -> None:
+        if self.expected is None:
+            self.expected = (size, im.display)
+        elif size != self.expected[0]:
+            (w, h), ((ew, eh), first) = size, self.expected
+            raise VisionlaunchError(
+                f"{im.display} is {w}x{h} pixels (width x height), but every image must have the same size and "
+                f"{first} is {ew}x{eh}. Resize the dataset to one size (e.g. {ew}x{eh}) before training.")
+
+
+def _scan_headers(images: list[_Image], check_size: _SizeCheck, progress: bool, split: str) -> bool:
+    """Open every image's header (no pixel decoding); check its size. True when all are single-channel."""
+    gray = True
+    for im in tqdm(images, desc=f"checking {split} images", unit=" img", disable=not progress, leave=False):
+        try:
+            with _open(im.payload) as pil:
+                size, mode = pil.size, pil.mode
+        except (OSError, ValueError) as exc:  # UnidentifiedImageError is an OSError
+            raise _unreadable(im, exc) from exc
+        check_size(im, size)
+        gray = gray and mode in GRAY_MODES
+    return gray
+
+
+def _decode(images: list[_Image], check_size: _SizeCheck, others_gray: bool, progress: bool,
+            split: str) -> np.ndarray:
+    """Decode every image to (N, C, H, W): C = 1 while all images (of both splits) are single-channel, else 3."""
+    out: np.ndarray | None = None
+    for i, im in enumerate(tqdm(images, desc=f"decoding {split} images", unit=" img", disable=not progress)):
+        try:
+            with _open(im.payload) as pil:
+                check_size(im, pil.size)
+                gray = pil.mode in GRAY_MODES
+                target = "L" if gray else "RGB"
+                pixels = np.asarray(pil if pil.mode == target else pil.convert(target))
+        except VisionlaunchError:
+            raise
+        except (OSError, ValueError) as exc:
+            raise _unreadable(im, exc) from exc
+        if out is None:
+            w, h = check_size.expected[0]
+            out = np.empty((len(images), 1 if gray and others_gray else 3, h, w), dtype=np.uint8)
+        elif out.shape[1] == 1 and not gray:
+            out = np.repeat(out, 3, axis=1)  # first colour image: gray ones so far become R = G = B, as PIL does
+        out[i] = pixels.transpose(2, 0, 1) if pixels.ndim == 3 else pixels  # gray broadcasts over 1 or 3 channels
+    return out
+
+
+def read(path: Path, split: str, progress: bool = True) -> ImageSet:
+    entries = _entries_from_archive(path, progress) if path.is_file() else _entries_from_folder(path)
+    images, class_dirs = _collect(entries, path)
+    classes = _check_classes(images, class_dirs, path)
+    index = {c: i for i, c in enumerate(classes)}
+    # Sorted by split, class, then name: the order never depends on the archive or the file system.
+    images.sort(key=lambda im: (im.split != "train", index[im.cls], im.display))
+    wanted = [im for im in images if im.split == split]
+    # The other split is only checked (header: size and colour mode), so both splits always agree on shape.
+    check_size = _SizeCheck()
+    other = "test" if split == "train" else "train"
+    others_gray = _scan_headers([im for im in images if im.split == other], check_size, progress, other)
+    pixels = _decode(wanted, check_size, others_gray, progress, split)
+    kind = "archive" if path.is_file() else "folder"
+    return ImageSet(
+        images=torch.from_numpy(pixels),
+        labels=torch.tensor([index[im.cls] for im in wanted], dtype=torch.int64),
+        classes=classes,
+        name="imagefolder",
+        source=f"ImageFolder {kind} {path} ({split}/, {len(classes)} classes)",
+    )

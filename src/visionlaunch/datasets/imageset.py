@@ -1,0 +1,54 @@
+"""The one in-memory form every reader returns: uint8 images, int64 labels, class names, and where they came from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from visionlaunch.errors import VisionlaunchError
+
+
+class DatasetNotFound(VisionlaunchError):
+    """The dataset's files are absent (not corrupt), so a caller may fall back to another dataset."""
+
+
+@dataclass(repr=False)
+class ImageSet:
+    images: torch.Tensor  # uint8 (N, C, H, W), contiguous, CPU
+    labels: torch.Tensor  # int64 (N,)
+    classes: list[str]  # class names, index = label
+    name: str  # "mnist", "mnist_sample", "cifar10", "cifar100", "imagefolder"
+    source: str  # human-readable: where the images came from
+
+    def __post_init__(self) -> None:
+        # Readers and the cache all build ImageSets; checking here catches a bad one where it is made.
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise ValueError(f"ImageSet.images must be uint8 (N, C, H, W), got {self.images.dtype} "
+                             f"{tuple(self.images.shape)}")
+        if self.labels.dtype != torch.int64 or self.labels.dim() != 1:
+            raise ValueError(f"ImageSet.labels must be int64 (N,), got {self.labels.dtype} {tuple(self.labels.shape)}")
+        if len(self.labels) != len(self.images):
+            raise ValueError(f"ImageSet has {len(self.images)} images but {len(self.labels)} labels")
+        if len(self.labels) and (int(self.labels.min()) < 0 or int(self.labels.max()) >= len(self.classes)):
+            raise ValueError(f"ImageSet labels must lie in 0..{len(self.classes) - 1} (one per class name)")
+        self.images = self.images.contiguous()
+        self.classes = list(self.classes)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        c, h, w = self.images.shape[1:]
+        return int(c), int(h), int(w)
+
+    def subset(self, index: torch.Tensor) -> ImageSet:
+        """The images at `index` (int64 positions or a bool mask), as a new ImageSet with the same classes."""
+        index = torch.as_tensor(index, device=self.images.device)
+        return ImageSet(images=self.images[index].contiguous(), labels=self.labels[index].contiguous(),
+                        classes=list(self.classes), name=self.name, source=self.source)
+
+    def __repr__(self) -> str:
+        return (f"ImageSet(name={self.name!r}, n={len(self)}, shape={self.shape}, classes={len(self.classes)}, "
+                f"source={self.source!r})")
