@@ -153,7 +153,7 @@ def test_registry_lists_models_and_their_args():
     assert list(fcn) == ["hidden", "batch_norm", "dropout", "input_dropout"]
     assert fcn["hidden"] == ("list[int > 0]", [1024, 1024])
     assert fcn["batch_norm"] == ("bool", True)
-    assert fcn["dropout"] == ("float >= 0.0 and < 1.0", 0.0)
+    assert fcn["dropout"] == ("float >= 0 and < 1", 0.0)
     cnn = model_args("cnn")
     assert list(cnn) == ["channels", "convs_per_stage", "batch_norm", "global_pool", "hidden", "dropout"]
     assert cnn["channels"][1] == [32, 64, 128] and cnn["hidden"][1] == [256]
@@ -171,13 +171,13 @@ def test_validate_model_args_fills_defaults_and_converts_yaml_values():
         ("resnet9000", {}, ["unknown model 'resnet9000'", "cnn", "fcn"]),
         ("cnnn", {}, ["Did you mean 'cnn'"]),
         ("cnn", {"hiden": [8]}, ["no argument 'hiden'", "did you mean 'hidden'", "channels: list[int > 0]",
-                                "= [32, 64, 128]", "dropout: float >= 0.0 and < 1.0 = 0.0"]),
+                                "= [32, 64, 128]", "dropout: float >= 0 and < 1 = 0.0"]),
         ("fcn", {"hidden": "abc"}, ["argument 'hidden'", "must be list[int > 0]", "'abc'"]),
         ("fcn", {"hidden": [64, -1]}, ["argument 'hidden'", "item [1]", "greater than 0"]),
         ("fcn", {"hidden": 64}, ["argument 'hidden'", "valid list"]),
         ("fcn", {"dropout": "x"}, ["argument 'dropout'", "must be float"]),
-        ("fcn", {"dropout": 1.5}, ["argument 'dropout'", "< 1.0", "1.5"]),
-        ("fcn", {"input_dropout": -0.1}, ["argument 'input_dropout'", ">= 0.0"]),
+        ("fcn", {"dropout": 1.5}, ["argument 'dropout'", "< 1", "1.5"]),
+        ("fcn", {"input_dropout": -0.1}, ["argument 'input_dropout'", ">= 0"]),
         ("cnn", {"channels": [0, 8]}, ["argument 'channels'", "greater than 0"]),
         ("cnn", {"channels": []}, ["argument 'channels'", "at least 1 item"]),
         ("cnn", {"convs_per_stage": 1.5}, ["argument 'convs_per_stage'", "int > 0"]),

@@ -108,7 +108,7 @@ def build_model(
 
 
 def type_name(annotation: Any) -> str:
-    """Readable text for an argument annotation: ``list[int > 0]``, ``float >= 0.0 and < 1.0``."""
+    """Readable text for an argument annotation: ``list[int > 0]``, ``float >= 0 and < 1``."""
     origin = typing.get_origin(annotation)
     if origin is Annotated:
         base, *metadata = typing.get_args(annotation)
@@ -124,7 +124,8 @@ def type_name(annotation: Any) -> str:
 def _limit_text(meta: Any) -> str:
     for cls, attr, op in ((Gt, "gt", ">"), (Ge, "ge", ">="), (Lt, "lt", "<"), (Le, "le", "<=")):
         if isinstance(meta, cls):
-            return f"{op} {getattr(meta, attr)}"
+            # :g so 0 and 0.0 read the same: typing caches Annotated[float, Ge(0.0)] and Ge(0) as equal.
+            return f"{op} {getattr(meta, attr):g}"
     if isinstance(meta, MinLen):
         return f"with at least {meta.min_length} item(s)"
     if isinstance(meta, MaxLen):
