@@ -40,7 +40,7 @@ def main() -> int:
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     trajectory, reached = [], None
-    log = open(args.log, "w") if args.log else None
+    log = open(args.log, "w", buffering=1) if args.log else None  # line-buffered: follow it live
     for line in proc.stdout:
         now = time.perf_counter() - start
         if log:

@@ -72,7 +72,7 @@ def test_folder_round_trip(tmp_path, split):
 def test_archives_read_like_the_folder(tmp_path, archive_name, prefix):
     expected = make_folder(tmp_path / "ds")
     extra = {"README.txt": b"notes", "train/cat/.DS_Store": b"\0\0", "train/notes.txt": b"not an image"}
-    archive = make_tar(tmp_path / "ds", tmp_path / archive_name, prefix, extra)
+    make_tar(tmp_path / "ds", tmp_path / archive_name, prefix, extra)
     for split in ("train", "test"):
         data = _load(tmp_path, split, path=archive_name)
         assert np.array_equal(data.images.numpy(), expected[split][0])

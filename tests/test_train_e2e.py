@@ -1,7 +1,6 @@
 """End to end through the command line: a real short MNIST run writes the whole run folder, `evaluate`
 reproduces its test accuracy exactly, and bad input fails cleanly without leaving a run folder behind."""
 
-import json
 import os
 import subprocess
 import sys
@@ -55,6 +54,45 @@ def test_mnist_run_writes_the_whole_run_folder_and_evaluate_reproduces_it(tmp_pa
     out = capsys.readouterr().out
     assert "reproduced exactly" in out
     assert f"{100 * final['test_acc']:.2f}%" in out
+    assert main(["evaluate", str(run), "--weights", "best"]) == 0
+    assert "reproduced exactly" in capsys.readouterr().out
+
+    # Figures can be redrawn from the folder alone.
+    for png in (run / "figures").glob("*.png"):
+        png.unlink()
+    assert main(["figures", str(run)]) == 0
+    assert {p.name for p in (run / "figures").glob("*.png")} == {
+        "loss.png", "accuracy.png", "tsne.png", "predictions.png", "confusion.png"}
+
+
+def test_evaluate_detects_weights_that_do_not_match_the_record(tmp_path, shared_data, capsys):
+    import torch
+    code, run = _train(tmp_path, f"data.root={shared_data}", "model.name=fcn", "model.args={hidden: [64]}",
+                       "train.epochs=1", "report.figures=false")
+    assert code == 0
+    ckpt = torch.load(run / "weights" / "last.pt", weights_only=True)
+    ckpt["model"] = {k: torch.zeros_like(v) for k, v in ckpt["model"].items()}
+    torch.save(ckpt, run / "weights" / "last.pt")
+    assert main(["evaluate", str(run)]) == 1
+    assert "MISMATCH" in capsys.readouterr().out
+    (run / "weights" / "last.pt").write_bytes(b"truncated")
+    assert main(["evaluate", str(run)]) == 2
+    assert "cannot read the weights file" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path / "nowhere")]) == 2
+    assert "not a finished visionlaunch run folder" in capsys.readouterr().err
+
+
+def test_prepare_show_config_and_models_commands(tmp_path, shared_data, capsys):
+    assert main(["prepare", "--config", str(CONFIGS / "mnist_cnn.yaml"), f"data.root={shared_data}"]) == 0
+    assert "mnist: 55000 train, 5000 val" in capsys.readouterr().out
+    assert any((tmp_path / "cache").iterdir())  # the decoded tensors are cached for the next run
+    assert main(["show-config", "--config", str(CONFIGS / "mnist_cnn.yaml"), "optim.lr=0.3"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["optim"]["lr"] == 0.3
+    assert main(["show-config", "--keys"]) == 0
+    assert "label_smoothing" in capsys.readouterr().out
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "fcn:" in out and "cnn:" in out and "channels=" in out
 
 
 def test_saved_config_reruns_to_the_same_numbers(tmp_path, shared_data):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -228,7 +229,10 @@ def describe_keys() -> str:
         out.append(f"{section}:")
         for key, f in cls.model_fields.items():
             default = f.default if f.default_factory is None else f.default_factory()
-            ann = getattr(f.annotation, "__name__", None) or str(f.annotation).replace("typing.", "")
+            if typing.get_origin(f.annotation) is Literal:
+                ann = " | ".join(repr(choice) for choice in typing.get_args(f.annotation))
+            else:
+                ann = str(f.annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")
             desc = f"  # {f.description}" if f.description else ""
             out.append(f"  {key}: {default!r}  ({ann}){desc}")
     return "\n".join(out)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from visionlaunch.datasets.fileio import atomic_write
+from visionlaunch.atomic import atomic_write
 from visionlaunch.datasets.imageset import ImageSet
 
 FORMAT_VERSION = 1  # bump when readers change what they produce, so old caches are not reused

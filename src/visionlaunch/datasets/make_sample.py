@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from visionlaunch.datasets.fileio import atomic_write
+from visionlaunch.atomic import atomic_write
 from visionlaunch.datasets.load import load_dataset
 from visionlaunch.datasets.paths import resolve_data_root
 from visionlaunch.datasets.embedded_sample import sample_resource

@@ -8,8 +8,6 @@ pyplot, so no global figure list to leak and no display needed.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +17,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+
+from visionlaunch.atomic import atomic_write
 
 from .stamp import Stamp
 
@@ -69,15 +69,8 @@ def _styled_figure(stamp: Stamp, title: str, figsize: tuple[float, float]) -> It
 def _save(fig: Figure, path: Path) -> Path:
     """Write a PNG via a temporary file in the same folder, so a crash never leaves a half-written image."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f, mpl.rc_context(_STYLE):  # ticks are created at draw time: style them too
-            fig.savefig(f, format="png", dpi=DPI)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as tmp, mpl.rc_context(_STYLE):  # ticks are created at draw time: style them too
+        fig.savefig(tmp, format="png", dpi=DPI)
     return path
 
 

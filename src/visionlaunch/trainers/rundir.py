@@ -1,38 +1,21 @@
-"""The run directory (DESIGN.md's contract): naming, creation without leftovers, and atomic file writes."""
+"""The run directory (DESIGN.md's contract): naming, and creation without leftovers."""
 
 from __future__ import annotations
 
 import datetime as dt
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
 import torch
 
+from visionlaunch.atomic import atomic_write
 from visionlaunch.errors import VisionlaunchError
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
-
-
 def atomic_torch_save(obj, path: Path) -> None:
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
-
-
-def atomic_write(path: Path, writer) -> None:
-    """Write through a temporary file in the same folder, then rename: readers see the old file or the new
-    one, never a torn one."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        writer(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def default_run_name(preset: str | None, now: dt.datetime | None = None) -> str:

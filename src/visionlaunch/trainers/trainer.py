@@ -22,6 +22,7 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from visionlaunch import __version__
+from visionlaunch.atomic import atomic_write_text
 from visionlaunch.config import RunConfig
 from visionlaunch.datasets.loaders import make_loader
 from visionlaunch.errors import VisionlaunchError
@@ -33,8 +34,7 @@ from visionlaunch.trainers.data import DataBundle, prepare_data
 from visionlaunch.trainers.losses import CrossEntropyLoss
 from visionlaunch.trainers.metrics import MetricsWriter, topk_correct
 from visionlaunch.trainers.pipeline import BatchPipeline
-from visionlaunch.trainers.rundir import (RunDirectory, atomic_torch_save, atomic_write_text, check_output_dir,
-                                          default_run_name)
+from visionlaunch.trainers.rundir import RunDirectory, atomic_torch_save, check_output_dir, default_run_name
 from visionlaunch.trainers.schedules import build_optimizer, build_scheduler
 
 
