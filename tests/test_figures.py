@@ -1,5 +1,7 @@
 """Figures: each is built, inspected through its texts, written as a real PNG and checked not to be blank."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from matplotlib.text import Text
@@ -288,7 +290,7 @@ def test_failed_save_keeps_the_old_png_and_leaves_no_temp_file(tmp_path, monkeyp
     before = out.read_bytes()
 
     def crash(self, f, **kwargs):
-        f.write(b"\x89PNG half")
+        Path(f).write_bytes(b"\x89PNG half")  # a torn write into the temporary file
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(figures.Figure, "savefig", crash)
