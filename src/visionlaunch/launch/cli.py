@@ -1,4 +1,4 @@
-"""The `visionlaunch` command: train, evaluate, figures, prepare, show-config, models.
+"""The `visionlaunch` command: train, evaluate, figures, prepare, show-config, models, report, compare.
 
 `train.py` at the repository root calls `main(["train", ...])`, so `accelerate launch train.py ...` and
 `visionlaunch train ...` are the same program.
@@ -18,6 +18,8 @@ EPILOG = """examples:
   visionlaunch train --config configs/mnist_cnn.yaml optim.lr=0.05 train.epochs=3
   accelerate launch train.py --config configs/cifar10_cnn.yaml
   visionlaunch evaluate runs/mnist_cnn-20261125-120000
+  visionlaunch report runs/mnist_cnn-20261125-120000 --pdf
+  visionlaunch compare runs/lr-0.05 runs/lr-0.1 runs/lr-0.2
 """
 
 
@@ -49,6 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keys", action="store_true", help="list every key with its default and meaning")
 
     sub.add_parser("models", help="list the models and their arguments")
+
+    p = sub.add_parser("report", help="write a run's self-contained report.html (and report.pdf with --pdf)")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--pdf", action="store_true", help="also print report.pdf with headless Chromium")
+
+    p = sub.add_parser("compare", help="compare runs in one self-contained HTML page (the first is the baseline)")
+    p.add_argument("run_dirs", type=Path, nargs="+", metavar="run_dir")
+    p.add_argument("--out", type=Path, help="output file; default <common parent of the runs>/compare.html")
+    p.add_argument("--pdf", action="store_true", help="also print the page to PDF with headless Chromium")
     return parser
 
 
@@ -89,6 +100,20 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         for name in model_names():
             spec = ", ".join(f"{k}={default!r}" for k, (_, default) in model_args(name).items())
             print(f"{name}: {spec}")
+        return 0
+    if args.command == "report":
+        from visionlaunch.reports.html import write_report
+        out = write_report(args.run_dir, pdf=args.pdf)
+        print(out)
+        if args.pdf:
+            print(out.with_suffix(".pdf"))
+        return 0
+    if args.command == "compare":
+        from visionlaunch.reports.compare import write_comparison
+        out = write_comparison(args.run_dirs, args.out, pdf=args.pdf)
+        print(out)
+        if args.pdf:
+            print(out.with_suffix(".pdf"))
         return 0
     raise AssertionError(args.command)
 

@@ -398,3 +398,54 @@ def most_confused_pairs(labels, preds, classes: list[str], k: int = 5) -> list[t
     true_idx, pred_idx = np.nonzero(counts)
     order = sorted(zip(true_idx, pred_idx), key=lambda ij: (-counts[ij], ij[0], ij[1]))
     return [(classes[i], classes[j], int(counts[i, j])) for i, j in order[:k]]
+
+
+# ---------------------------------------------------------------------------------------------------- run comparison
+
+
+def _run_colors(n: int) -> list:
+    if n <= 10:
+        return [mpl.colormaps["tab10"](i) for i in range(n)]
+    if n <= 20:
+        return [mpl.colormaps["tab20"](i) for i in range(n)]
+    return [mpl.colormaps["turbo"](x) for x in np.linspace(0.05, 0.95, n)]
+
+
+def _make_comparison_figure(runs: list[tuple[str, list]], stamp: Stamp) -> Figure:
+    """Three panels side by side: test accuracy, train loss and test loss per epoch, one colour per run.
+    Runs without test records fall back to validation, so an ablation without a test split still compares."""
+    panels = (("acc", "test", "top-1 accuracy (%)", "Test accuracy"), ("loss", "train", "loss", "Train loss"),
+              ("loss", "test", "loss", "Test loss"))
+    colors = _run_colors(len(runs))
+    with _styled_figure(stamp, f"{len(runs)} runs compared, per epoch", (13.0, 4.4)) as fig:
+        axes = fig.subplots(1, 3)
+        for ax, (key, split, ylabel, title) in zip(axes, panels):
+            _epoch_axes(ax, ylabel)
+            drawn, used_val = 0, False
+            for (label, records), color in zip(runs, colors):
+                series = epoch_series(records, key)
+                if split not in series and split == "test" and "val" in series:
+                    split_used, used_val = "val", True
+                else:
+                    split_used = split
+                if split_used not in series:
+                    continue
+                epochs, values = series[split_used]
+                values = 100.0 * values if key == "acc" else values
+                ax.plot(epochs, values, color=color, marker="o" if len(epochs) <= 40 else None,
+                        linestyle="--" if split_used != split else "-", label=_short(label, 28))
+                drawn += 1
+            ax.set_title(title + (" (dashed: validation)" if used_val else ""))
+            if not drawn:
+                _placeholder(ax, "no epoch records")
+        handles, labels = axes[0].get_legend_handles_labels()
+        if not handles:
+            handles, labels = axes[1].get_legend_handles_labels()
+        if handles:
+            fig.legend(handles, labels, loc="outside right upper", title="run")
+        return fig
+
+
+def plot_comparison(runs: list[tuple[str, list[dict]]], out_path: Path, stamp: Stamp) -> Path:
+    """Overlaid per-epoch curves of several runs, given as (label, parsed metrics.jsonl records) pairs."""
+    return _save(_make_comparison_figure([(label, list(records)) for label, records in runs], stamp), out_path)

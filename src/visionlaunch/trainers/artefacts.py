@@ -10,7 +10,8 @@ import torch
 
 from visionlaunch.config import RunConfig
 from visionlaunch.models.features import capture_features
-from visionlaunch.reports import Stamp, plot_confusion, plot_curves, plot_predictions, plot_tsne
+from visionlaunch.reports import (Stamp, plot_confusion, plot_curves, plot_predictions, plot_tsne,
+                                  save_predictions)
 from visionlaunch.trainers.metrics import read_metrics
 
 
@@ -46,6 +47,8 @@ def make_figures(run_dir: Path, model, data, pipeline, cfg: RunConfig, identity:
 
     g = torch.Generator().manual_seed(cfg.report.seed)
     pick = torch.randperm(len(test), generator=g)[:10]
+    # Stored so the HTML report can list the most confused class pairs without reloading the model.
+    save_predictions(run_dir, test.labels.numpy(), preds.numpy(), test.classes, grid=pick.numpy())
     paths.append(plot_predictions(test.images[pick].numpy(), test.labels[pick].numpy(), preds[pick].numpy(),
                                   test.classes, out / "predictions.png", stamp))
 

@@ -1,0 +1,298 @@
+"""The run report: `write_report(run_dir)` turns a run folder into one self-contained report.html.
+
+Sections, in reading order: what is missing (if anything), results, curves, sample predictions and t-SNE,
+confusion, per-epoch metrics and timing, interruptions of a resumed run, the run's identity, the model summary
+and the resolved config. Each section renders from what exists, so an unfinished or older run still gets a page.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from visionlaunch.atomic import atomic_write_text
+
+from . import page
+from .analysis import Headline, epoch_rows, find_restarts, headline, number
+from .figures import most_confused_pairs, plot_curves
+from .page import Html, esc
+from .runfolder import RunFolder, read_run
+from .stamp import Stamp
+
+REPORT_FILE = "report.html"
+
+_IDENTITY = (  # run.yaml key -> label, in the order a reader wants them
+    ("ident", "identifier"), ("date", "date"), ("started", "started"), ("command", "command line"),
+    ("git_commit", "git commit"), ("host", "host"), ("device", "device"), ("processes", "processes"),
+    ("precision", "precision"), ("parameters", "parameters"), ("data", "data"), ("visionlaunch", "visionlaunch"),
+    ("python", "python"), ("torch", "torch"),
+)
+
+
+def write_report(run_dir: Path, *, pdf: bool = False) -> Path:
+    """Write run_dir/report.html from the run folder alone and return its path; with `pdf`, also report.pdf
+    (headless Chromium). Bad or missing files inside the folder never stop it: the page says what is missing."""
+    run = read_run(run_dir)
+    out = run.path / REPORT_FILE
+    atomic_write_text(out, render_report(run))
+    if pdf:
+        from .pdf import export_pdf
+
+        # The printed copy opens the collapsed config and summary, which a PDF reader cannot click open.
+        with tempfile.TemporaryDirectory(prefix="visionlaunch-report-") as tmp:
+            printable = Path(tmp) / REPORT_FILE
+            printable.write_text(render_report(run, expand=True))
+            export_pdf(printable, out.with_suffix(".pdf"))
+    return out
+
+
+def render_report(run: RunFolder, *, expand: bool = False) -> str:
+    head = headline(run.records, run.epochs_planned)
+    figures = dict(run.figures)
+    missing = list(run.missing)
+    try:
+        _draw_missing_curves(run, figures, missing)
+    except Exception as exc:  # noqa: BLE001 - same reason as _guarded
+        missing.append(f"the curves could not be drawn from metrics.jsonl ({type(exc).__name__}: {exc}).")
+    sections = [
+        _guarded("results", _results, run, head),
+        _guarded("curves", _curves, figures),
+        _guarded("samples", _samples, run, figures),
+        _guarded("confusion", _confusion, run, figures),
+        _guarded("epochs", _epochs, run, head),
+        _guarded("resumed", _restarts, run),
+        _guarded("run", _identity, run),
+        _guarded("model", _model, run, expand),
+        _guarded("config", _config, run, expand),
+    ]
+    sections.insert(0, _missing(missing))
+    nav = [(anchor, label) for anchor, label in (
+        ("results", "Results"), ("curves", "Curves"), ("samples", "Predictions"), ("confusion", "Confusion"),
+        ("epochs", "Per epoch"), ("resumed", "Resumed"), ("run", "Run"), ("model", "Model"), ("config", "Config"))
+        if any(f'id="{anchor}"' in s for s in sections)]
+    return page.document(f"{run.name} · visionlaunch report", _hero(run, head), nav, [s for s in sections if s])
+
+
+def _guarded(anchor: str, build, *args) -> str:
+    """A section that fails on input nobody foresaw becomes a visible note, not a lost report: the report is
+    written at the end of every training run and must never be the thing that fails it."""
+    try:
+        return build(*args) or ""
+    except Exception as exc:  # noqa: BLE001 - shown on the page with its type and message
+        return page.section(anchor, f"Section '{anchor}' could not be drawn", Html(
+            f"<p>{esc(type(exc).__name__)}: {esc(exc)}</p><p class=\"muted\">Please report this with the run folder."
+            "</p>"), cls="notes")
+
+
+# ---------------------------------------------------------------------------------------------------- header
+
+
+def _hero(run: RunFolder, head: Headline) -> str:
+    ident = run.identity
+    if head.finished:
+        badge = '<span class="badge good">finished</span>'
+    elif head.epochs_done:
+        of = f" of {head.epochs_planned}" if head.epochs_planned else ""
+        badge = f'<span class="badge bad">unfinished: {head.epochs_done}{of} epochs</span>'
+    else:
+        badge = '<span class="badge bad">no finished epoch</span>'
+    facts = [ident.get("ident"), ident.get("date"), ident.get("host"), ident.get("device")]
+    if ident.get("git_commit"):
+        facts.append(f"git {ident['git_commit']}")
+    meta = " · ".join(esc(f) for f in facts if f) or esc(str(run.path))
+    return (f'<div class="eyebrow">visionlaunch run report</div><h1>{esc(run.name)}{badge}</h1>'
+            f'<div class="meta">{meta}</div>')
+
+
+def _missing(missing: list[str]) -> str:
+    if not missing:
+        return ""
+    return page.section("missing", "Missing or incomplete", page.bullets(missing),
+                        lead="The report shows everything else the run folder holds.", cls="notes")
+
+
+# ---------------------------------------------------------------------------------------------------- results
+
+
+def _results(run: RunFolder, head: Headline) -> str:
+    if not head.epochs_done and not head.finished:
+        return page.section("results", "Results", Html('<p class="muted">No epoch finished, so there are no results '
+                                                      "yet.</p>"))
+    epochs = f"{head.epochs_done}" + (f" of {head.epochs_planned}" if head.epochs_planned else "")
+    best = f"epoch {head.best_epoch}" if head.best_epoch is not None else "no validation split"
+    params = run.identity.get("parameters")
+    cards = [
+        page.card("Test accuracy", page.pct(head.test_acc), f"top-5 {page.pct(head.test_acc5)}"),
+        page.card("Best validation accuracy", page.pct(head.best_val_acc), best),
+        page.card("Test accuracy at best val", page.pct(head.test_acc_at_best_val), "the model kept in best.pt"),
+        page.card("Test loss", page.num(head.test_loss)),
+        page.card("Wall time", page.duration(head.wall_s), f"{epochs} epochs"),
+        page.card("Training speed", "—" if head.images_per_s is None else f"{head.images_per_s:,.0f}",
+                  "images/s (mean over epochs)"),
+    ]
+    if isinstance(params, int):
+        precision = _precision(run.identity.get("precision"))
+        cards.append(page.card("Parameters", f"{params:,}", f"{precision} training" if precision else ""))
+    lead = "" if head.finished else "Unfinished run: numbers are from its last logged epoch."
+    return page.section("results", "Results", Html(f'<div class="cards">{"".join(cards)}</div>'), lead=lead)
+
+
+def _precision(value) -> str:
+    """train.precision=no means plain float32: say that rather than "no"."""
+    return "fp32" if value == "no" else str(value or "")
+
+
+def _draw_missing_curves(run: RunFolder, figures: dict[str, bytes], missing: list[str]) -> None:
+    """Curves need only metrics.jsonl: when their PNGs are missing (figures off, crash before drawing), draw them."""
+    if ("loss" in figures and "accuracy" in figures) or not epoch_rows(run.records):
+        return
+    with tempfile.TemporaryDirectory(prefix="visionlaunch-curves-") as tmp:
+        for path in plot_curves(run.records, Path(tmp), _stamp(run)):
+            figures.setdefault(path.stem, path.read_bytes())
+    missing.append("loss.png and accuracy.png were drawn by the report from metrics.jsonl.")
+
+
+def _stamp(run: RunFolder) -> Stamp:
+    ident = str(run.identity.get("ident") or "")
+    try:
+        return Stamp(ident=ident or "unknown", date=str(run.identity.get("date")), run_name=run.name)
+    except ValueError:  # no or malformed date in run.yaml: stamp with today's
+        return Stamp.today(ident=ident, run_name=run.name)
+
+
+def _curves(figures: dict[str, bytes]) -> str:
+    parts = [page.figure(figures[stem], alt, caption) for stem, alt, caption in (
+        ("loss", "loss per epoch", "Loss per epoch for each split."),
+        ("accuracy", "top-1 accuracy per epoch", "Top-1 accuracy per epoch; the star marks the best epoch."),
+    ) if stem in figures]
+    if not parts:
+        return ""
+    return page.section("curves", "Loss and accuracy", Html(f'<div class="figs">{"".join(parts)}</div>'))
+
+
+def _samples(run: RunFolder, figures: dict[str, bytes]) -> str:
+    parts = []
+    if "predictions" in figures:
+        counted = run.predictions.grid_correct() if run.predictions else None
+        caption = "Random test images with true and predicted class: green when right, red when wrong."
+        if counted:
+            caption = f"{counted[0]}/{counted[1]} correct. {caption}"
+        parts.append(page.figure(figures["predictions"], "grid of test predictions", caption))
+    if "tsne" in figures:
+        parts.append(page.figure(figures["tsne"], "t-SNE of test features",
+                                 "t-SNE of the chosen layer's features on test images, coloured by true class."))
+    if not parts:
+        return ""
+    return page.section("samples", "Predictions and features", Html(f'<div class="figs">{"".join(parts)}</div>'))
+
+
+def _confusion(run: RunFolder, figures: dict[str, bytes]) -> str:
+    parts = []
+    if "confusion" in figures:
+        parts.append(page.figure(figures["confusion"], "confusion matrix",
+                                 "Rows: true class; columns: predicted class; each row sums to 1."))
+    pred = run.predictions
+    if pred is not None and len(pred.labels):
+        pairs = most_confused_pairs(pred.labels, pred.preds, pred.classes, k=8)
+        per_true = {c: int((pred.labels == i).sum()) for i, c in enumerate(pred.classes)}
+        rows = [(true, predicted, count, page.pct(count / per_true[true], 1)) for true, predicted, count in pairs]
+        table = page.table(("true class", "predicted as", "images", "of the true class"), rows, numeric=(2, 3)) \
+            if rows else Html('<p class="muted">No test image was misclassified.</p>')
+        parts.append(Html(f"<div><h3>Most confused class pairs</h3>{table}<p class=\"muted\">From predictions.npz: "
+                          f"{len(pred.labels):,} test images, accuracy {page.pct(pred.accuracy)}.</p></div>"))
+    if not parts:
+        return ""
+    return page.section("confusion", "Confusion", Html(f'<div class="figs">{"".join(parts)}</div>'))
+
+
+# ---------------------------------------------------------------------------------------------------- per epoch
+
+
+def _epochs(run: RunFolder, head: Headline) -> str:
+    rows = epoch_rows(run.records)
+    if not rows:
+        return ""
+    splits = [s for s in ("train", "val", "test") if any(s in r for r in rows)]
+    headers = ["epoch"] + [f"{s} {m}" for s in splits for m in ("loss", "acc")] + \
+        ["lr", "train time", "images/s", "epoch time", "elapsed"]
+    table_rows, highlight, previous = [], [], 0.0
+    for i, r in enumerate(rows):
+        cells = [r["epoch"]]
+        for s in splits:
+            rec = r.get(s, {})
+            cells += [page.num(number(rec.get("loss"))), page.pct(number(rec.get("acc")))]
+        train = r.get("train", {})
+        elapsed = max((t for t in (number(r[s].get("time")) for s in splits if s in r) if t is not None), default=None)
+        rate = number(train.get("images_per_s"))
+        lr = number(next((r[s].get("lr") for s in splits if s in r), None))
+        cells += [page.num(lr, ".3g"), page.duration(number(train.get("seconds"))),
+                  "—" if rate is None else f"{rate:,.0f}",
+                  page.duration(None if elapsed is None else elapsed - previous), page.duration(elapsed)]
+        previous = elapsed if elapsed is not None else previous
+        table_rows.append(cells)
+        if r["epoch"] == head.best_epoch:
+            highlight.append(i)
+    body = page.table(headers, table_rows, numeric=range(1, len(headers)), highlight=highlight)
+    if len(rows) > 20:
+        body = Html(f'<div class="scroll">{body}</div>')
+    lead = ("Train figures are running averages over the epoch (augmented images); val and test are measured after "
+            "it. Train time counts the training steps only; epoch time adds evaluation and saving.")
+    if head.best_epoch is not None:
+        lead += " The highlighted row is the best validation epoch."
+    return page.section("epochs", "Per epoch: metrics and timing", body, lead=lead)
+
+
+def _restarts(run: RunFolder) -> str:
+    restarts = find_restarts(run.records)
+    if not restarts:
+        return ""
+    items = []
+    for r in restarts:
+        where = f"after epoch {r.last_epoch}" if r.last_epoch else "before the first epoch finished"
+        step = f" (last logged step {r.last_step})" if r.last_step is not None else ""
+        resumed = ", ".join(x for x in (f"epoch {r.resumed_epoch}" if r.resumed_epoch is not None else "",
+                                         f"step {r.resumed_step}" if r.resumed_step is not None else "") if x)
+        items.append(f"Interrupted {where}{step}; resumed at {resumed or 'an unlogged position'} "
+                     f"(metrics.jsonl record {r.line + 1}).")
+    lead = "Logging went back in time here: the run was stopped and resumed. Tables and curves use the records " \
+           "of the resumed run where epochs were logged twice."
+    return page.section("resumed", "Resumed run", page.bullets(items), lead=lead)
+
+
+# ---------------------------------------------------------------------------------------------------- identity
+
+
+def _identity(run: RunFolder) -> str:
+    ident = run.identity
+    if not ident:
+        return page.section("run", "Run", Html(f'<p class="muted">No run.yaml: folder <code>{esc(run.path)}</code>.'
+                                               "</p>"))
+    pairs = [("name", run.name), ("folder", Html(f"<code>{esc(run.path)}</code>"))]
+    for key, label in _IDENTITY:
+        if ident.get(key) not in (None, ""):
+            value = ident[key]
+            if key == "command":
+                value = Html(f"<code>{esc(value)}</code>")
+            elif key == "parameters" and isinstance(value, int):
+                value = f"{value:,}"
+            elif key == "precision":
+                value = _precision(value) + (" (no mixed precision)" if value == "no" else "")
+            pairs.append((label, value))
+    known = {key for key, _ in _IDENTITY} | {"name"}
+    pairs += [(key, value) for key, value in ident.items() if key not in known]  # fields of newer versions
+    return page.section("run", "Run", page.key_values(pairs))
+
+
+def _model(run: RunFolder, expand: bool) -> str:
+    if run.summary is None:
+        return ""
+    first = run.summary.strip().splitlines()[0] if run.summary.strip() else "model summary"
+    return page.section("model", "Model", page.details(first, page.pre(run.summary), expand=expand))
+
+
+def _config(run: RunFolder, expand: bool) -> str:
+    if run.config_text is None:
+        return ""
+    rerun = f"visionlaunch train --config {run.path / 'config.yaml'} output.name={run.name}-again"
+    body = page.details("config.yaml (the resolved configuration)", page.pre(run.config_text), expand=expand)
+    return page.section("config", "Configuration", body, lead=Html(f"Rerun it with <code>{esc(rerun)}</code>"))

@@ -1,0 +1,79 @@
+"""predictions.npz: the test labels and predictions of a run's final model, so that reports can name the most
+confused class pairs without reloading the model or the data (reports read only the run folder)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from visionlaunch.atomic import atomic_write
+
+PREDICTIONS_FILE = "predictions.npz"
+
+
+@dataclass(frozen=True)
+class Predictions:
+    labels: np.ndarray          # (N,) true class indices of the test images
+    preds: np.ndarray           # (N,) predicted class indices
+    classes: list[str]          # class names, in index order
+    grid: np.ndarray | None     # indices of the images shown in figures/predictions.png, when known
+
+    @property
+    def accuracy(self) -> float:
+        return float(np.mean(self.labels == self.preds)) if len(self.labels) else 0.0
+
+    def grid_correct(self) -> tuple[int, int] | None:
+        """(correct, shown) for the prediction grid, when its indices were stored."""
+        if self.grid is None or not len(self.grid):
+            return None
+        return int(np.sum(self.labels[self.grid] == self.preds[self.grid])), len(self.grid)
+
+
+def _check(labels, preds, classes: list[str], grid) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    y, p = np.asarray(labels), np.asarray(preds)
+    if y.ndim != 1 or y.shape != p.shape:
+        raise ValueError(f"labels and preds must be 1-D arrays of one length, got shapes {y.shape} and {p.shape}")
+    if not classes:
+        raise ValueError("classes is empty; pass the dataset's class names")
+    for what, arr in (("labels", y), ("preds", p)):
+        if arr.size and (not np.issubdtype(arr.dtype, np.integer) or arr.min() < 0 or arr.max() >= len(classes)):
+            raise ValueError(f"{what} must be integer class indices in [0, {len(classes)})")
+    g = None
+    if grid is not None:
+        g = np.asarray(grid)
+        if g.ndim != 1 or (g.size and (not np.issubdtype(g.dtype, np.integer) or g.min() < 0 or g.max() >= len(y))):
+            raise ValueError(f"grid must be 1-D indices into the {len(y)} predictions")
+    return y, p, g
+
+
+def save_predictions(run_dir: Path, labels, preds, classes: list[str], grid=None) -> Path:
+    """Write run_dir/predictions.npz (compressed; about 10 kB for 10,000 MNIST test images), atomically.
+
+    `grid` is the index of each image in the prediction grid figure, so the report can say "k/10 correct".
+    """
+    y, p, g = _check(labels, preds, classes, grid)
+    small = np.int16 if len(classes) < 2**15 else np.int32  # class indices are small; keep the file small too
+    arrays = {"labels": y.astype(small), "preds": p.astype(small), "classes": np.array(classes, dtype=str)}
+    if g is not None:
+        arrays["grid"] = g.astype(np.int64)
+    path = Path(run_dir) / PREDICTIONS_FILE
+    with atomic_write(path) as tmp, open(tmp, "wb") as fh:  # a file object: np.savez would append ".npz" to a name
+        np.savez_compressed(fh, **arrays)
+    return path
+
+
+def load_predictions(run_dir: Path) -> Predictions:
+    """Read run_dir/predictions.npz; raises FileNotFoundError if absent and ValueError if it is unreadable."""
+    path = Path(run_dir) / PREDICTIONS_FILE
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            labels, preds, classes = npz["labels"], npz["preds"], [str(c) for c in npz["classes"]]
+            grid = npz["grid"] if "grid" in npz.files else None
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # truncated zip, missing array, foreign file: all mean "cannot use it"
+        raise ValueError(f"{path.name} is unreadable ({type(exc).__name__}: {exc})") from None
+    y, p, g = _check(labels, preds, classes, grid)
+    return Predictions(y.astype(np.int64), p.astype(np.int64), classes, None if g is None else g.astype(np.int64))
