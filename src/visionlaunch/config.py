@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import getpass
 import os
+import signal
 import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from visionlaunch.errors import VisionlaunchError
 
@@ -63,6 +64,7 @@ class OptimConfig(_Section):
     betas: tuple[float, float] = (0.9, 0.999)
     decay_norm_and_bias: bool = Field(False, description="apply weight decay to norm weights and biases too")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    clip_grad_norm: float | None = Field(None, gt=0, description="clip the global gradient norm to this; null = off")
 
 
 class ScheduleConfig(_Section):
@@ -76,14 +78,38 @@ class ScheduleConfig(_Section):
 
 class TrainConfig(_Section):
     epochs: int = Field(10, ge=1)
-    batch_size: int = Field(128, ge=1, description="GLOBAL batch size: split across processes")
+    batch_size: int = Field(128, ge=1, description="GLOBAL batch size of one optimizer step, split across processes "
+                                                   "(and grad_accum micro-batches); optim.lr is meant for it")
     eval_batch_size: int = Field(1000, ge=1)
     seed: int = 0
     precision: Literal["no", "bf16", "fp16"] = "no"
     device: Literal["auto", "cpu"] = Field("auto", description="auto: GPU when there is one; cpu: force CPU")
     log_every: int = Field(50, ge=1, description="steps between step records in metrics.jsonl")
-    max_steps_per_epoch: int | None = Field(None, ge=1, description="cut epochs short (smoke tests)")
+    max_steps_per_epoch: int | None = Field(None, ge=1, description="cut epochs short (smoke tests); optimizer steps")
     progress: bool = Field(True, description="tqdm progress bars on the main process")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step; batch_size stays the global batch "
+                                                "of one optimizer step, so it must divide by processes x grad_accum")
+    channels_last: bool = Field(False, description="channels_last memory format for model and batches (GPU convnets)")
+    compile: bool = Field(False, description="torch.compile the model (GPU; on CPU usually slower)")
+    ema_decay: float = Field(0.0, ge=0, lt=1, description="EMA of the weights per optimizer step, evaluated and saved "
+                                                         "beside the raw weights; 0 = off (typical: 0.999)")
+    checkpoint_every: int = Field(0, ge=0, description="optimizer steps between checkpoints; 0 = only at epoch ends")
+    keep_checkpoints: int = Field(2, ge=1, description="how many of the newest checkpoints to keep")
+    resume: str = Field("none", description="auto: continue runs/<output.name> from its newest complete checkpoint "
+                                            "(or start it); a checkpoint or run folder path; none")
+    preempt_signals: list[str] = Field(["SIGTERM", "SIGUSR2"], description="signals that make the run finish the "
+                                       "step, checkpoint and exit with status 75; [] = off")
+    dist_timeout_s: int = Field(1800, ge=10, description="seconds a collective may wait for the other processes")
+
+    @field_validator("preempt_signals")
+    @classmethod
+    def _known_signals(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if not name.startswith("SIG") or not isinstance(getattr(signal, name, None), signal.Signals) \
+                    or name in ("SIGKILL", "SIGSTOP"):
+                raise ValueError(f"{name!r} is not a signal that can be caught; use names such as SIGTERM, SIGUSR1, "
+                                 "SIGUSR2, SIGINT")
+        return names
 
 
 class OutputConfig(_Section):
@@ -100,6 +126,19 @@ class ReportConfig(_Section):
     seed: int = Field(0, description="seed for the t-SNE subset and the prediction grid")
 
 
+class TrackerConfig(_Section):
+    name: Literal["none", "wandb"] = Field("none", description="wandb: log to Weights & Biases through Accelerate "
+                                                               "(metrics.jsonl is written either way)")
+    project: str = "visionlaunch"
+    entity: str | None = Field(None, description="W&B team or user; default your default entity")
+    group: str | None = Field(None, description="W&B group, e.g. one per ablation")
+    tags: list[str] = Field(default_factory=list)
+    run_name: str | None = Field(None, description="W&B run name; default the run folder name")
+    mode: Literal["online", "offline", "disabled"] | None = Field(
+        None, description="default $WANDB_MODE, else online (needs an API key); offline needs no network")
+    dir: str | None = Field(None, description="where W&B writes its files; default $WANDB_DIR, else the run folder")
+
+
 class RunConfig(_Section):
     data: DataConfig = Field(default_factory=DataConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
@@ -109,6 +148,7 @@ class RunConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+    tracker: TrackerConfig = Field(default_factory=TrackerConfig)
 
     @model_validator(mode="after")
     def _check_combinations(self) -> RunConfig:

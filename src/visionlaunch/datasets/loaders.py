@@ -6,6 +6,10 @@ Sharding under several processes: each epoch one seeded permutation (identical o
 `world` disjoint shards, rank r taking positions r, r+world, ... . Training shards are trimmed to a common length
 so every rank runs the same number of steps (at most world-1 samples a epoch are left out, a different few each
 epoch); evaluation shards are not trimmed, so every test sample is counted exactly once.
+
+With a per-process batch of train.batch_size / world, optimizer step k of every rank together covers positions
+[k*B, (k+1)*B) of the epoch's permutation: the same samples as step k of a single process with batch B.
+`set_epoch(epoch, start_batch)` starts an epoch part way through, at exactly the batch a checkpoint stopped at.
 """
 
 from __future__ import annotations
@@ -43,9 +47,12 @@ class TensorLoader:
         self.rank, self.world = rank, world
         self.max_steps = max_steps
         self.epoch = 0
+        self.start_batch = 0
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select the epoch's order; iteration then begins at batch `start_batch` (a resumed epoch)."""
         self.epoch = epoch
+        self.start_batch = start_batch
 
     def _shard(self) -> torch.Tensor:
         order = epoch_permutation(len(self.labels), self.seed, self.epoch, shuffle=self.train)
@@ -59,7 +66,7 @@ class TensorLoader:
 
     def __iter__(self):
         index = self._shard().to(self.images.device)
-        for step in range(len(self)):
+        for step in range(self.start_batch, len(self)):
             idx = index[step * self.batch_size:(step + 1) * self.batch_size]
             yield self.images[idx], self.labels[idx]
 
@@ -81,16 +88,17 @@ class _ShardSampler(torch.utils.data.Sampler):
     def __init__(self, n: int, *, train: bool, seed: int, rank: int, world: int):
         self.n, self.train, self.seed, self.rank, self.world = n, train, seed, rank, world
         self.epoch = 0
+        self.start = 0  # samples of the epoch's shard to skip (a resumed epoch)
 
     def _indices(self) -> torch.Tensor:
         order = epoch_permutation(self.n, self.seed, self.epoch, shuffle=self.train)
         return shard_indices(order, self.rank, self.world, even=self.train)
 
     def __iter__(self):
-        return iter(self._indices().tolist())
+        return iter(self._indices()[self.start:].tolist())
 
     def __len__(self) -> int:
-        return len(self._indices())
+        return max(0, len(self._indices()) - self.start)
 
 
 class TorchLoader:
@@ -101,19 +109,29 @@ class TorchLoader:
                  max_steps: int | None = None):
         self.device = device
         self.max_steps = max_steps
+        self.batch_size, self.train = batch_size, train
+        self.start_batch = 0
         self.sampler = _ShardSampler(len(labels), train=train, seed=seed, rank=rank, world=world)
+        # Its own generator: DataLoader draws a worker base seed per epoch, which must not advance the global RNG
+        # (dropout uses it), or a resumed run would draw different dropout masks than an uninterrupted one.
         self.loader = DataLoader(
             _IndexedTensors(images, labels), batch_size=batch_size, sampler=self.sampler, drop_last=train,
-            num_workers=num_workers, pin_memory=device.type == "cuda", persistent_workers=num_workers > 0)
+            num_workers=num_workers, pin_memory=device.type == "cuda", persistent_workers=num_workers > 0,
+            generator=torch.Generator().manual_seed(seed))
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select the epoch's order; iteration then begins at batch `start_batch` (a resumed epoch)."""
         self.sampler.epoch = epoch
+        self.start_batch = start_batch
+        self.sampler.start = start_batch * self.batch_size
 
     def __len__(self) -> int:
-        return min(len(self.loader), self.max_steps) if self.max_steps else len(self.loader)
+        n = len(self.sampler._indices())
+        steps = n // self.batch_size if self.train else math.ceil(n / self.batch_size)
+        return min(steps, self.max_steps) if self.max_steps else steps
 
     def __iter__(self):
-        for step, (images, labels) in enumerate(self.loader):
+        for step, (images, labels) in enumerate(self.loader, start=self.start_batch):
             if step >= len(self):
                 break
             yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)

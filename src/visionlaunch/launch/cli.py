@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from visionlaunch.errors import VisionlaunchError
+from visionlaunch.trainers.preemption import Preempted
 
 EPILOG = """examples:
   visionlaunch train --config configs/mnist_cnn.yaml
@@ -38,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="reload a run's saved weights and measure test accuracy again")
     p.add_argument("run_dir", type=Path)
-    p.add_argument("--weights", choices=("last", "best"), default="last")
+    p.add_argument("--weights", choices=("last", "best", "ema_last", "ema_best"), default="last",
+                   help="ema_*: the EMA weights of a run trained with train.ema_decay")
 
     p = sub.add_parser("figures", help="redraw a run's figures from its folder and weights")
     p.add_argument("run_dir", type=Path)
@@ -125,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
         return run(args, ["visionlaunch", *argv])
     except VisionlaunchError as exc:
         print(f"visionlaunch: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except Preempted as exc:  # a checkpoint is written: a scheduler may requeue on this exit status
+        print(f"visionlaunch: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("visionlaunch: interrupted", file=sys.stderr)

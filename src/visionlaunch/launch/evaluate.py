@@ -3,6 +3,7 @@ run.yaml, weights/*.pt) and measure or redraw what training measured and drew.""
 
 from __future__ import annotations
 
+import datetime as dt
 import sys
 from pathlib import Path
 
@@ -74,5 +75,7 @@ def evaluate_run(run_dir: Path, which: str = "last") -> int:
 
 def redraw_figures(run_dir: Path) -> list[Path]:
     cfg, _, identity, accelerator, data, model, pipeline = _rebuild(run_dir, "last")
-    identity = {"ident": cfg.resolved_ident(), "date": "", "name": Path(run_dir).name, **identity}
+    # run.yaml may be missing (a copied or partial folder): stamp with what is known, and today's date.
+    identity = {"ident": cfg.resolved_ident(), "date": dt.date.today().isoformat(), "name": Path(run_dir).name,
+                **identity}
     return make_figures(Path(run_dir), model, data, pipeline, cfg, identity, device=accelerator.device)

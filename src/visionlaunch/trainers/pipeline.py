@@ -10,17 +10,29 @@ from visionlaunch.datasets import BatchAugment, normalize
 
 
 class BatchPipeline:
-    def __init__(self, augment: AugmentConfig, mean, std, device: torch.device, seed: int):
+    def __init__(self, augment: AugmentConfig, mean, std, device: torch.device, seed: int,
+                 channels_last: bool = False):
         self.augment = BatchAugment(crop_padding=augment.crop_padding, flip=augment.flip, cutout=augment.cutout)
         self.mean, self.std = tuple(mean), tuple(std)
+        self.channels_last = channels_last
         # A generator on the batch's device: augmentation draws never touch the global RNG, so they are
-        # reproducible and independent of what else consumes random numbers.
+        # reproducible and independent of what else consumes random numbers. It is per rank (seeded with the
+        # rank), so checkpoints save it per rank: see state_dict.
         self.generator = torch.Generator(device=device).manual_seed(seed)
+
+    def _layout(self, images: torch.Tensor) -> torch.Tensor:
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
 
     def train(self, images: torch.Tensor) -> torch.Tensor:
         if self.augment.enabled:
             images = self.augment(images, self.generator)
-        return normalize(images, self.mean, self.std)
+        return self._layout(normalize(images, self.mean, self.std))
 
     def eval(self, images: torch.Tensor) -> torch.Tensor:
-        return normalize(images, self.mean, self.std)
+        return self._layout(normalize(images, self.mean, self.std))
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])

@@ -52,6 +52,7 @@ class RunDirectory:
 
     def __init__(self, path: Path, overwrite: bool):
         self.path = Path(path)
+        self.owned = True  # made by this process: set-up failures remove it
         if self.path.exists() and overwrite:
             shutil.rmtree(self.path)
         try:
@@ -62,6 +63,19 @@ class RunDirectory:
                 f"cannot create the run folder {self.path}: {exc.strerror}. Set output.dir to a writable folder."
             ) from None
 
+    @classmethod
+    def existing(cls, path: Path) -> RunDirectory:
+        """The folder of a run being resumed: kept whatever happens (discard does nothing)."""
+        self = cls.__new__(cls)
+        self.path, self.owned = Path(path), False
+        for sub in ("figures", "weights", "checkpoints"):
+            (self.path / sub).mkdir(parents=True, exist_ok=True)
+        return self
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
     @property
     def figures(self) -> Path:
         return self.path / "figures"
@@ -71,4 +85,5 @@ class RunDirectory:
         return self.path / "weights"
 
     def discard(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
+        if self.owned:
+            shutil.rmtree(self.path, ignore_errors=True)

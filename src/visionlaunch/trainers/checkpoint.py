@@ -1,0 +1,219 @@
+"""Checkpoints in runs/<name>/checkpoints/step-<global step>/, and finding the one to resume from.
+
+A checkpoint is Accelerate's `save_state` (model, optimizer, fp16 scaler, every rank's RNG states) plus:
+  trainer_state.pt      learning-rate scheduler and EMA (main process; identical on every rank)
+  rank_state_<i>.pt     per rank: the augmentation generator and the epoch's running totals
+  visionlaunch.json     where training stood (epoch, batch, step, best, metrics.jsonl length), the config and
+                        the process count; written last, so its presence marks a complete checkpoint
+Everything is written into `.tmp-step-N/` and renamed when complete, so a process killed at any moment leaves
+the previous checkpoints intact and the torn folder is ignored (and cleaned up by the next save). The run folder
+must be on a filesystem every rank can see (the usual shared filesystem on a cluster).
+Every file loads with `weights_only=True` (Accelerate's RNG files included), the model from safetensors.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+
+from visionlaunch.atomic import atomic_write_text
+from visionlaunch.errors import VisionlaunchError
+
+META = "visionlaunch.json"
+TRAINER_STATE = "trainer_state.pt"
+FORMAT = 1
+_NAME = re.compile(r"^step-(\d{8,})$")
+
+# Keys that may change between an interrupted run and its resumption: where files are, what is logged and how
+# often, how the run reacts to signals. Every other key shapes the sequence of weights and must be the same.
+MAY_DIFFER = ("output.", "report.", "tracker.", "data.root", "data.cache_dir", "data.download", "data.verify",
+              "data.fallback", "data.num_workers", "data.loader", "train.resume", "train.progress",
+              "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.preempt_signals",
+              "train.dist_timeout_s", "train.eval_batch_size", "train.device", "train.compile",
+              "train.channels_last")
+
+
+def rank_state_name(rank: int) -> str:
+    return f"rank_state_{rank}.pt"
+
+
+def checkpoint_step(path: Path) -> int | None:
+    m = _NAME.match(Path(path).name)
+    return int(m.group(1)) if m else None
+
+
+def complete_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoint folders under `root`, oldest first (torn `.tmp-*` folders are never listed)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and checkpoint_step(p) is not None and (p / META).is_file()]
+    return sorted(found, key=checkpoint_step)
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and not (prefix == "model." and key == "args"):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_differences(saved: dict, current: dict) -> list[str]:
+    """'key: checkpoint X, now Y' for every trajectory-shaping key that differs."""
+    a, b = _flatten(saved), _flatten(current)
+    out = []
+    for key in sorted(set(a) | set(b)):
+        if key.startswith(MAY_DIFFER):
+            continue
+        if a.get(key, "<absent>") != b.get(key, "<absent>"):
+            out.append(f"{key}: checkpoint {a.get(key, '<absent>')!r}, now {b.get(key, '<absent>')!r}")
+    return out
+
+
+def read_meta(path: Path) -> dict:
+    try:
+        meta = json.loads((Path(path) / META).read_text())
+    except (OSError, ValueError) as exc:
+        raise VisionlaunchError(
+            f"the checkpoint {path} is incomplete or corrupt: {META} cannot be read ({exc}). Resume from another "
+            f"checkpoint (train.resume=<folder>) or delete this folder so that train.resume=auto picks the previous "
+            "one.") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise VisionlaunchError(f"{path} is not a visionlaunch checkpoint of format {FORMAT}. Resume from a "
+                                "checkpoint written by this version, or start the run again.")
+    return meta
+
+
+def validate(path: Path, meta: dict, cfg_dump: dict, world: int, fp16: bool) -> None:
+    """Everything that can be checked before loading: the same config and process count, and no file missing."""
+    differences = config_differences(meta.get("config", {}), cfg_dump)
+    if differences:
+        raise VisionlaunchError(
+            f"the checkpoint {path} belongs to a run with a different configuration, so it cannot continue this one:"
+            + "".join(f"\n  - {d}" for d in differences)
+            + "\nResume with the run's own settings (runs/<name>/config.yaml), or start a new run (another "
+              "output.name, or train.resume=none).")
+    if meta.get("world_size") != world:
+        raise VisionlaunchError(
+            f"the checkpoint {path} was written by {meta.get('world_size')} processes and this run has {world}. An "
+            f"exact resumption (each rank's random state and data shard) needs the same count: launch "
+            f"{meta.get('world_size')} processes.")
+    needed = [META, TRAINER_STATE, "optimizer.bin"]
+    needed += [f"random_states_{r}.pkl" for r in range(world)] + [rank_state_name(r) for r in range(world)]
+    if fp16:
+        needed.append("scaler.pt")
+    missing = [name for name in needed if not (Path(path) / name).is_file()]
+    if not ((Path(path) / "model.safetensors").is_file() or (Path(path) / "pytorch_model.bin").is_file()):
+        missing.append("model.safetensors")
+    if missing:
+        raise VisionlaunchError(
+            f"the checkpoint {path} is partial: {', '.join(missing)} missing. Resume from another checkpoint "
+            "(train.resume=<folder>) or delete this one so that train.resume=auto picks the previous one.")
+
+
+@dataclass
+class ResumePlan:
+    run_path: Path                  # the run folder to write into
+    checkpoint: Path | None         # None: start from scratch
+    meta: dict | None
+
+
+def plan_resume(resume: str, default_run_path: Path) -> ResumePlan:
+    """Where a run with `train.resume=resume` starts (main process only; the trainer shares the answer).
+
+    auto: the newest complete checkpoint of `default_run_path`, else a fresh start there.
+    <path>: that checkpoint folder, or the newest checkpoint of that run folder; the run continues in its folder.
+    none: a fresh start.
+    """
+    if resume == "none":
+        return ResumePlan(default_run_path, None, None)
+    if resume == "auto":
+        found = complete_checkpoints(default_run_path / "checkpoints")
+        if not found:
+            return ResumePlan(default_run_path, None, None)
+        return ResumePlan(default_run_path, found[-1], read_meta(found[-1]))
+    path = Path(resume).expanduser()
+    if checkpoint_step(path) is None and (path / "checkpoints").is_dir():
+        found = complete_checkpoints(path / "checkpoints")
+        if not found:
+            raise VisionlaunchError(
+                f"train.resume={resume}: the run folder has no complete checkpoint under {path / 'checkpoints'}. "
+                "Start it again with train.resume=none and output.overwrite=true.")
+        path = found[-1]
+    if not path.is_dir() or checkpoint_step(path) is None:
+        raise VisionlaunchError(
+            f"train.resume={resume} is not a checkpoint folder (runs/<name>/checkpoints/step-NNNNNNNN) nor a run "
+            "folder with checkpoints. Pass one of those, auto (with output.name) or none.")
+    return ResumePlan(path.parent.parent, path, read_meta(path))
+
+
+class CheckpointWriter:
+    """Saves checkpoints into `root` (every rank calls `save` at the same step), keeping the newest `keep`."""
+
+    def __init__(self, accelerator: Accelerator, root: Path, keep: int):
+        self.accelerator, self.root, self.keep = accelerator, Path(root), keep
+
+    def save(self, step: int, meta: dict, trainer_state: dict, rank_state: dict) -> Path:
+        acc = self.accelerator
+        final = self.root / f"step-{step:08d}"
+        tmp = self.root / f".tmp-{final.name}"
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))  # model, optimizer, scaler (main) and random_states_<rank>.pkl (every rank)
+        torch.save(rank_state, tmp / rank_state_name(acc.process_index))
+        if acc.is_main_process:
+            torch.save(trainer_state, tmp / TRAINER_STATE)
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            atomic_write_text(tmp / META, json.dumps({"format": FORMAT, **meta}, indent=1))
+            self._publish(tmp, final)
+            self._prune()
+        acc.wait_for_everyone()
+        return final
+
+    @staticmethod
+    def _publish(tmp: Path, final: Path) -> None:
+        if final.exists():  # the same step saved twice (a preemption at an epoch's last step): replace it
+            old = final.with_name(f".old-{final.name}")
+            shutil.rmtree(old, ignore_errors=True)
+            final.rename(old)
+            tmp.rename(final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(final)
+
+    def _prune(self) -> None:
+        for old in complete_checkpoints(self.root)[:-self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        for torn in self.root.glob(".tmp-step-*"):  # left by a process killed while writing
+            shutil.rmtree(torn, ignore_errors=True)
+
+
+def load(accelerator: Accelerator, path: Path) -> tuple[dict, dict]:
+    """Load model, optimizer, scaler and this rank's RNG states into the prepared objects; return the trainer
+    state and this rank's state. Unreadable files become a VisionlaunchError (on the rank that read them)."""
+    rank = accelerator.process_index
+    try:
+        from accelerate.utils import load as accelerate_load
+        # Accelerate ignores an unreadable RNG file in silence; read it first so that corruption is reported.
+        accelerate_load(Path(path) / f"random_states_{rank}.pkl")
+        accelerator.load_state(str(path))
+        trainer_state = torch.load(Path(path) / TRAINER_STATE, map_location="cpu", weights_only=True)
+        rank_state = torch.load(Path(path) / rank_state_name(rank), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise VisionlaunchError(
+            f"cannot load the checkpoint {path}: {type(exc).__name__}: {str(exc)[:300]}. The folder is corrupt or "
+            "was written by another model: resume from another checkpoint (train.resume=<folder>) or delete this "
+            "one so that train.resume=auto picks the previous one.") from None
+    return trainer_state, rank_state

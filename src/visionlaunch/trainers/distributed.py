@@ -1,0 +1,115 @@
+"""Process-group facts the trainer relies on: the launch really started the processes it asked for, and every
+rank takes the same decision (stop, raise, which checkpoint) at the same step.
+
+Launching wrongly is silent in Accelerate (PLATFORM.md): `accelerate launch --multi_gpu` or `torchrun` on a
+machine without GPUs starts N unsynchronised single-process copies, and `accelerate launch --cpu --num_processes
+N` starts ONE process. Both train "successfully" and produce N different (or 1 instead of N) models, so the
+trainer refuses to start and names the command that works.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from accelerate import Accelerator
+
+from visionlaunch.errors import VisionlaunchError
+
+CPU_RECIPE = "ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes {n} train.py --config ..."
+TORCHRUN_CPU_RECIPE = "ACCELERATE_USE_CPU=1 torchrun --nproc_per_node {n} train.py --config ..."
+
+
+def _env_int(name: str) -> int | None:
+    try:
+        return int(os.environ[name])
+    except (KeyError, ValueError):
+        return None
+
+
+def _launch_args_of(cmdline: list[str]) -> list[str] | None:
+    """The arguments given to `accelerate launch` in a command line, or None when it is not that command."""
+    for i, word in enumerate(cmdline[:3]):  # [python] accelerate launch ... | python -m accelerate.commands.launch
+        rest = cmdline[i + 1:]
+        if word == "-m" and rest[:1] == ["accelerate.commands.launch"]:
+            return rest[1:]
+        if os.path.basename(word) == "accelerate-launch":
+            return rest
+        if os.path.basename(word) == "accelerate" and rest[:1] == ["launch"]:
+            return rest[1:]
+    return None
+
+
+def processes_requested_by_launcher(parent_cmdline: list[str] | None = None) -> int | None:
+    """How many processes an `accelerate launch` parent asked for, read with Accelerate's own parser (and its
+    config file when --num_processes is not given). None when the parent is not `accelerate launch`."""
+    if parent_cmdline is None:
+        try:
+            with open(f"/proc/{os.getppid()}/cmdline", "rb") as fh:
+                parent_cmdline = [w.decode(errors="replace") for w in fh.read().split(b"\0") if w]
+        except OSError:  # not Linux, or no /proc: nothing to compare with
+            return None
+    args = _launch_args_of(parent_cmdline)
+    if args is None:
+        return None
+    try:
+        from accelerate.commands.launch import launch_command_parser
+        parsed, _ = launch_command_parser().parse_known_args(args)
+        if parsed.num_processes is not None:
+            return int(parsed.num_processes)
+        from accelerate.commands.config.config_args import default_config_file, load_config_from_file
+        config_file = parsed.config_file or default_config_file
+        if config_file and os.path.isfile(config_file):
+            return int(getattr(load_config_from_file(config_file), "num_processes", 1) or 1)
+    except (Exception, SystemExit):  # an Accelerate we cannot read: the check is a help, never a blocker
+        return None
+    return None
+
+
+def check_world_size(accelerator: Accelerator, parent_cmdline: list[str] | None = None) -> None:
+    """Stop when the process group is not the one the launcher meant to start (see the module docstring)."""
+    actual = accelerator.num_processes
+    env_world = _env_int("WORLD_SIZE")
+    if env_world is not None and env_world != actual:
+        cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        raise VisionlaunchError(
+            f"the launcher started {env_world} processes (WORLD_SIZE={env_world}) but they did not join one "
+            f"process group: each sees {actual} process(es), so they would train {env_world} unsynchronised copies. "
+            + (f"This machine has no GPU that torch can use: for {env_world} CPU processes run "
+               f"`{CPU_RECIPE.format(n=env_world)}` (or `{TORCHRUN_CPU_RECIPE.format(n=env_world)}`)."
+               if cuda == 0 else
+               f"torch sees {cuda} GPU(s): use `accelerate launch --multi_gpu --num_processes {env_world} train.py "
+               "...` with no more processes than GPUs per machine, and do not force CPU.")
+            + " On one machine without a launcher, run `python train.py ...` or `visionlaunch train ...`.")
+    requested = processes_requested_by_launcher(parent_cmdline)
+    if requested is not None and requested > 1 and actual == 1 and env_world is None:
+        raise VisionlaunchError(
+            f"`accelerate launch` was asked for {requested} processes but started only this one (with --cpu, or "
+            f"without --multi_gpu, Accelerate runs a single process and ignores --num_processes). For {requested} "
+            f"CPU processes run `{CPU_RECIPE.format(n=requested)}`; on GPUs run `accelerate launch --multi_gpu "
+            f"--num_processes {requested} train.py ...`; for one process pass --num_processes 1.")
+
+
+def any_rank(accelerator: Accelerator, flag: bool) -> bool:
+    """True on every rank when `flag` is true on at least one (a collective: every rank must call it)."""
+    if accelerator.num_processes == 1:
+        return bool(flag)
+    t = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
+    return bool(accelerator.reduce(t, reduction="sum").item() > 0)
+
+
+def mean_over_ranks(accelerator: Accelerator, value: torch.Tensor) -> torch.Tensor:
+    """The mean of a scalar tensor over ranks (each rank's value weighs the same: equal per-rank batches)."""
+    if accelerator.num_processes == 1:
+        return value.detach().float()
+    return accelerator.reduce(value.detach().float().reshape(1), reduction="mean")[0]
+
+
+def broadcast_from_main(accelerator: Accelerator, obj):
+    """The main process's `obj` on every rank (picklable objects only)."""
+    if accelerator.num_processes == 1:
+        return obj
+    from accelerate.utils import broadcast_object_list
+    box = [obj if accelerator.is_main_process else None]
+    broadcast_object_list(box, from_process=0)
+    return box[0]

@@ -1,0 +1,61 @@
+"""Test-only front door: train.py with one injected fault, so that tests can fail a real run at a chosen step.
+
+$VL_TEST_FAULT is comma-separated key=value pairs:
+  action=signal,signal=SIGTERM,rank=R,step=K   rank R sends itself the signal during training micro-batch K
+  action=raise,rank=R,step=K                   rank R raises RuntimeError at training micro-batch K
+  action=kill_in_checkpoint,save=K             SIGKILL right after Accelerate wrote the K-th checkpoint's model and
+                                               optimizer files, before the rest (a torn checkpoint folder)
+  sleep=S                                      (with any action, or alone) sleep S seconds per training micro-batch
+The numerics are untouched: a run with a fault that does not fire equals a plain run.
+"""
+
+import os
+import signal
+import sys
+import time
+
+import torch
+
+from visionlaunch.launch.cli import main
+from visionlaunch.trainers import losses
+
+
+def _install(spec: dict) -> None:
+    rank = int(os.environ.get("RANK", "0"))
+    target, at, sleep = int(spec.get("rank", 0)), int(spec.get("step", 0)), float(spec.get("sleep", 0))
+    action = spec.get("action")
+    calls = {"loss": 0, "save": 0}
+    forward = losses.CrossEntropyLoss.forward
+
+    def faulty_forward(self, logits, targets):
+        if torch.is_grad_enabled():  # a training micro-batch (evaluation runs under no_grad)
+            calls["loss"] += 1
+            if sleep:
+                time.sleep(sleep)
+            if rank == target and calls["loss"] == at:
+                if action == "signal":
+                    os.kill(os.getpid(), getattr(signal, spec.get("signal", "SIGTERM")))
+                elif action == "raise":
+                    raise RuntimeError(f"injected failure on rank {rank} at micro-batch {at}")
+        return forward(self, logits, targets)
+
+    losses.CrossEntropyLoss.forward = faulty_forward
+
+    if action == "kill_in_checkpoint":
+        from accelerate import Accelerator
+        save_state = Accelerator.save_state
+
+        def dying_save_state(self, *args, **kwargs):
+            out = save_state(self, *args, **kwargs)
+            calls["save"] += 1
+            if calls["save"] == int(spec["save"]):
+                os.kill(os.getpid(), signal.SIGKILL)
+            return out
+
+        Accelerator.save_state = dying_save_state
+
+
+if __name__ == "__main__":
+    fault = os.environ.get("VL_TEST_FAULT", "")
+    _install(dict(pair.split("=", 1) for pair in fault.split(",") if "=" in pair))
+    sys.exit(main(["train", *sys.argv[1:]]))
