@@ -10,11 +10,11 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("VISIONLAUNCH_TEST_DATA", REPO.parent / "shared" / "data"))
 
 
-@pytest.fixture
-def shared_data() -> Path:
+def require_shared_data() -> Path:
     """The read-only real-data folder (MNIST raw files, CIFAR-10 JPEG tarball).
 
     In CI it must exist (a missing folder fails the test); on a developer machine without it the test skips.
+    Module-scoped fixtures call this directly; tests use the `shared_data` fixture.
     """
     if not (SHARED_DATA / "mnist" / "raw").is_dir():
         if os.environ.get("CI"):
@@ -23,10 +23,20 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture
+def shared_data() -> Path:
+    return require_shared_data()
+
+
+def isolate_environment(mp: pytest.MonkeyPatch, root: Path) -> None:
+    """No test touches the user's cache, data root or W&B account (module fixtures call this with their own
+    MonkeyPatch context)."""
+    mp.setenv("VISIONLAUNCH_CACHE", str(root / "cache"))
+    mp.delenv("VISIONLAUNCH_DATA", raising=False)
+    mp.setenv("WANDB_MODE", "disabled")
+    mp.setenv("MPLBACKEND", "Agg")
+
+
 @pytest.fixture(autouse=True)
 def _isolated_env(tmp_path, monkeypatch):
-    """No test touches the user's cache, data root or W&B account."""
-    monkeypatch.setenv("VISIONLAUNCH_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("VISIONLAUNCH_DATA", raising=False)
-    monkeypatch.setenv("WANDB_MODE", "disabled")
-    monkeypatch.setenv("MPLBACKEND", "Agg")
+    isolate_environment(monkeypatch, tmp_path)

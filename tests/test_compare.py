@@ -4,7 +4,6 @@ one page, opened in headless Chromium, its text summary checked against the runs
 
 import html
 import json
-import os
 import re
 import shutil
 from pathlib import Path
@@ -13,7 +12,7 @@ import pytest
 import yaml
 
 from tests.browser_check import assert_renders_offline, assert_self_contained, chromium_or_skip, open_in_chromium
-from tests.conftest import SHARED_DATA
+from tests.conftest import SHARED_DATA, isolate_environment, require_shared_data
 from visionlaunch.errors import VisionlaunchError
 from visionlaunch.launch.cli import main
 from visionlaunch.reports import write_comparison
@@ -33,16 +32,11 @@ ABLATION = {  # name -> overrides; "base" first: it is the baseline of the compa
 @pytest.fixture(scope="module")
 def ablation(tmp_path_factory) -> list[Path]:
     """Three real runs shared by this module's tests (copied before anything changes them). Module-scoped, so it
-    checks the data itself the way conftest's `shared_data` does: skip on a developer machine, fail in CI."""
-    if not (SHARED_DATA / "mnist" / "raw").is_dir():
-        if os.environ.get("CI"):
-            pytest.fail(f"real test data not found at {SHARED_DATA}; CI must have ../shared/data")
-        pytest.skip(f"real test data not found at {SHARED_DATA}")
+    checks the data itself (require_shared_data): skip on a developer machine, fail in CI."""
+    require_shared_data()
     root = tmp_path_factory.mktemp("ablation")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("VISIONLAUNCH_CACHE", str(root / "cache"))
-        mp.setenv("WANDB_MODE", "disabled")
-        mp.delenv("VISIONLAUNCH_DATA", raising=False)
+        isolate_environment(mp, root)
         for name, overrides in ABLATION.items():
             assert main(["train", "--config", str(REPO / "configs" / "mnist_cnn.yaml"), f"data.root={SHARED_DATA}",
                          f"output.dir={root / 'runs'}", f"output.name={name}", *TINY, *overrides]) == 0

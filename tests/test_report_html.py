@@ -4,7 +4,6 @@ and older run folders, which must never crash it."""
 
 import html
 import json
-import os
 import re
 import shutil
 from pathlib import Path
@@ -20,7 +19,7 @@ from tests.browser_check import (
     chromium_or_skip,
     open_in_chromium,
 )
-from tests.conftest import SHARED_DATA
+from tests.conftest import SHARED_DATA, isolate_environment, require_shared_data
 from visionlaunch.errors import VisionlaunchError
 from visionlaunch.launch.cli import main
 from visionlaunch.reports import write_report
@@ -38,16 +37,11 @@ FIGURES = ("loss", "accuracy", "tsne", "predictions", "confusion")
 @pytest.fixture(scope="module")
 def mnist_run(tmp_path_factory) -> Path:
     """One real run shared by this module's tests (they copy it before changing anything). Module-scoped, so it
-    checks the data itself the way conftest's `shared_data` does: skip on a developer machine, fail in CI."""
-    if not (SHARED_DATA / "mnist" / "raw").is_dir():
-        if os.environ.get("CI"):
-            pytest.fail(f"real test data not found at {SHARED_DATA}; CI must have ../shared/data")
-        pytest.skip(f"real test data not found at {SHARED_DATA}")
+    checks the data itself (require_shared_data): skip on a developer machine, fail in CI."""
+    require_shared_data()
     root = tmp_path_factory.mktemp("report")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("VISIONLAUNCH_CACHE", str(root / "cache"))
-        mp.setenv("WANDB_MODE", "disabled")
-        mp.delenv("VISIONLAUNCH_DATA", raising=False)
+        isolate_environment(mp, root)
         code = main(["train", "--config", str(REPO / "configs" / "mnist_cnn.yaml"), f"data.root={SHARED_DATA}",
                      f"output.dir={root / 'runs'}", "output.name=mnist", *TINY])
         assert code == 0

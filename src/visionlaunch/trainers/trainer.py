@@ -359,7 +359,7 @@ class Trainer:
         consecutive_skips = 0
         bar = tqdm(total=self.steps_per_epoch, initial=start, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
                    unit="step", disable=not (self.is_main and cfg.train.progress), leave=False, dynamic_ncols=True)
-        t0 = time.perf_counter()
+        t0 = last_postfix = time.perf_counter()
         batches = iter(self.train_loader)
         for index in range(start, self.steps_per_epoch):
             lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
@@ -402,6 +402,12 @@ class Trainer:
                 nonfinite |= ~torch.isfinite(step_loss)
             self.step += 1
             bar.update(1)
+            if not bar.disable and time.perf_counter() - last_postfix > 1.0 and totals[3] > 0:
+                # Refreshed by time, not by log_every, so short epochs show live numbers too (this rank's share).
+                last_postfix = time.perf_counter()
+                rate = totals[3].item() * acc.num_processes / max(last_postfix - t0, 1e-9)
+                bar.set_postfix(loss=f"{step_loss.item():.4f}", acc=f"{100 * totals[1].item() / totals[3].item():.1f}%",
+                                img_s=f"{rate:,.0f}", lr=f"{lr:.2e}")
 
             if self.step % cfg.train.log_every == 0:
                 loss_value = mean_over_ranks(acc, step_loss).item()  # the global batch's loss, on every rank
@@ -415,10 +421,6 @@ class Trainer:
                     record["skipped_steps"] = self.skipped_steps
                 self.metrics.write(record)
                 self.tracker.log_step(record)
-                if self.is_main and totals[3] > 0:
-                    rate = totals[3].item() * acc.num_processes / max(time.perf_counter() - t0, 1e-9)
-                    bar.set_postfix(loss=f"{loss_value:.4f}", acc=f"{100 * totals[1].item() / totals[3].item():.1f}%",
-                                    img_s=f"{rate:,.0f}", lr=f"{lr:.2e}")
 
             last_of_epoch = index + 1 == self.steps_per_epoch
             # Agreed every step (one tiny all-reduce with several processes); no signals configured, no check.
