@@ -4,13 +4,13 @@ for the reader. Only a folder that does not exist at all is an error."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from visionlaunch.errors import VisionlaunchError
+from visionlaunch.trainers.metrics import parse_records
 
 from .analysis import final_record
 from .predictions import PREDICTIONS_FILE, Predictions, load_predictions
@@ -111,23 +111,12 @@ def _read_mapping(run: RunFolder, name: str, what: str) -> dict:
 
 
 def _read_metrics(run: RunFolder) -> None:
-    """Like trainers.metrics.read_metrics (skip torn lines), but counts what was skipped so the report can say so;
-    kept here so that reading a report never imports torch."""
+    """The records the trainer wrote, counting skipped torn lines so the report can say so."""
     text = _read_text(run, "metrics.jsonl", "metrics: the run stopped before its first logged step")
     if text is None:
         return
-    bad = 0
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            rec = None
-        if isinstance(rec, dict):
-            run.records.append(rec)
-        else:
-            bad += 1
+    records, bad = parse_records(text)
+    run.records.extend(records)
     if bad:
         run.missing.append(f"metrics.jsonl has {bad} unreadable line{'s' if bad > 1 else ''} (a torn write when the "
                            "run was killed?); they are skipped.")

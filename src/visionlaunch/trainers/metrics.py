@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # tensor methods only: reading metrics (reports) must not import torch
+    import torch
 
 
 def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[torch.Tensor]:
@@ -32,16 +34,26 @@ class MetricsWriter:
             self._fh = None
 
 
-def read_metrics(path: Path) -> list[dict]:
-    """All well-formed records; a torn or corrupt line (a run killed mid-write) is skipped, not fatal."""
-    records = []
-    if not Path(path).is_file():
-        return records
-    for line in Path(path).read_text(errors="replace").splitlines():
+def parse_records(text: str) -> tuple[list[dict], int]:
+    """The well-formed records of metrics.jsonl text and how many non-blank lines were not (a torn last line from
+    a killed run, or damage): those are skipped, never fatal."""
+    records, bad = [], 0
+    for line in text.splitlines():
+        if not line.strip():
+            continue
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:
-            continue
+            rec = None
         if isinstance(rec, dict):
             records.append(rec)
-    return records
+        else:
+            bad += 1
+    return records, bad
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """All well-formed records of a metrics.jsonl file; [] when it does not exist."""
+    if not Path(path).is_file():
+        return []
+    return parse_records(Path(path).read_text(errors="replace"))[0]
