@@ -1,4 +1,5 @@
-"""The `visionlaunch` command: train, evaluate, figures, prepare, show-config, models, report, compare.
+"""The `visionlaunch` command: train, evaluate, figures, prepare, show-config, models, report, compare, submit,
+jobs.
 
 `train.py` at the repository root calls `main(["train", ...])`, so `accelerate launch train.py ...` and
 `visionlaunch train ...` are the same program.
@@ -21,6 +22,8 @@ EPILOG = """examples:
   visionlaunch evaluate runs/mnist_cnn-20261125-120000
   visionlaunch report runs/mnist_cnn-20261125-120000 --pdf
   visionlaunch compare runs/lr-0.05 runs/lr-0.1 runs/lr-0.2
+  visionlaunch submit --nodes 2 --gpus-per-node 4 --time 04:00:00 -- --config configs/cifar10_cnn.yaml
+  visionlaunch jobs
 """
 
 
@@ -62,7 +65,60 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dirs", type=Path, nargs="+", metavar="run_dir")
     p.add_argument("--out", type=Path, help="output file; default <common parent of the runs>/compare.html")
     p.add_argument("--pdf", action="store_true", help="also print the page to PDF with headless Chromium")
+
+    p = sub.add_parser("submit", help="run training as a SLURM batch job: submit [options] -- <train arguments>",
+                       description="Render a batch script into runs/<name>/slurm/job.sh and sbatch it. Everything "
+                                   "after `--` is given to `visionlaunch train` unchanged.")
+    _add_slurm_args(p)
+
+    p = sub.add_parser("jobs", help="the SLURM jobs submitted from a runs folder, and their run folders")
+    p.add_argument("--runs", type=Path, default=Path("runs"), help="the runs folder (output.dir); default runs")
     return parser
+
+
+def _add_slurm_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("resources")
+    g.add_argument("--nodes", "-N", type=int, default=1)
+    g.add_argument("--gpus-per-node", type=int, default=0, help="0 (default): CPU nodes, DDP over gloo")
+    g.add_argument("--processes", type=int, help="training processes in all; default nodes x (GPUs per node or 1)")
+    g.add_argument("--cpus-per-task", type=int, help="CPUs for each node's launcher and its processes")
+    g.add_argument("--mem", help="memory per node, e.g. 32G")
+    g.add_argument("--time", help="time limit, e.g. 04:00:00")
+    g.add_argument("--partition", "-p")
+    g.add_argument("--account", "-A")
+    g.add_argument("--qos")
+    g.add_argument("--constraint")
+    g.add_argument("--job-name", help="default vl-<run name>")
+    g.add_argument("--sbatch", action="append", default=[], metavar="OPTION",
+                   help="an extra #SBATCH line, e.g. --sbatch=--mail-type=END (repeatable)")
+    g.add_argument("--setup", action="append", default=[], metavar="LINE",
+                   help="a shell line run before training, e.g. 'module load cuda' or 'source .venv/bin/activate'")
+    g = p.add_argument_group("preemption")
+    g.add_argument("--signal-seconds", type=int, default=120, help="USR2 this long before the time limit (120)")
+    g.add_argument("--no-requeue", action="store_true", help="do not requeue a preempted job")
+    g.add_argument("--max-requeues", type=int, default=5, help="requeues of one job at most (5)")
+    g = p.add_argument_group("job")
+    g.add_argument("--python", help="the Python on the compute nodes; default this one")
+    g.add_argument("--script", help="run this front door (like train.py) instead of `python -m visionlaunch train`")
+    g.add_argument("--dry-run", action="store_true", help="print the batch script; submit nothing")
+    g.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                   help="submit a run's own job (runs/<name>/slurm/job.sh) again; no training arguments")
+
+
+def _slurm_options(args: argparse.Namespace):
+    from visionlaunch.slurm.render import SlurmOptions
+    return SlurmOptions(nodes=args.nodes, gpus_per_node=args.gpus_per_node, processes=args.processes,
+                        cpus_per_task=args.cpus_per_task, mem=args.mem, time=args.time, partition=args.partition,
+                        account=args.account, qos=args.qos, constraint=args.constraint, job_name=args.job_name,
+                        signal_seconds=args.signal_seconds, requeue=not args.no_requeue,
+                        max_requeues=args.max_requeues, sbatch_lines=args.sbatch, setup_lines=args.setup)
+
+
+def _split_at_double_dash(argv: list[str]) -> tuple[list[str], list[str] | None]:
+    if "--" in argv:
+        i = argv.index("--")
+        return argv[:i], argv[i + 1:]
+    return argv, None
 
 
 def _preset_name(config_path: str | None) -> str | None:
@@ -117,12 +173,34 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         if args.pdf:
             print(out.with_suffix(".pdf"))
         return 0
+    if args.command == "submit":
+        from visionlaunch.slurm.submit import plan_job, resubmit, submit
+        train_args = getattr(args, "train_args", None) or []
+        if args.resume is not None:
+            if train_args:
+                raise VisionlaunchError(
+                    "--resume submits the run's own job again and takes no training arguments: drop the arguments "
+                    "after `--` (or drop --resume to submit a new run).")
+            resubmit(args.resume)
+            return 0
+        opts = _slurm_options(args)
+        submit(opts, plan_job(opts, train_args, python=args.python, script=args.script), dry_run=args.dry_run)
+        return 0
+    if args.command == "jobs":
+        from visionlaunch.slurm.jobs import format_statuses, job_statuses
+        print(format_statuses(*job_statuses(args.runs)), end="")
+        return 0
     raise AssertionError(args.command)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    if argv[:1] == ["submit"]:  # submit [slurm options] -- <train arguments, passed on untouched>
+        head, train_args = _split_at_double_dash(argv)
+        args = build_parser().parse_args(head)
+        args.train_args = train_args
+    else:
+        args = build_parser().parse_args(argv)
     try:
         return run(args, ["visionlaunch", *argv])
     except VisionlaunchError as exc:

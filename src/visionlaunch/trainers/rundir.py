@@ -18,6 +18,27 @@ def atomic_torch_save(obj, path: Path) -> None:
         torch.save(obj, tmp)
 
 
+# A batch job's own files inside its run folder (`visionlaunch submit`): the script and the log being written.
+# Starting or replacing the run keeps them.
+JOB_FILES = "slurm"
+
+
+def only_job_files(path: Path) -> bool:
+    """A run folder that holds nothing but its batch job's files: submitted, not started."""
+    path = Path(path)
+    return path.is_dir() and (path / JOB_FILES).is_dir() and all(p.name == JOB_FILES for p in path.iterdir())
+
+
+def _remove_except_job_files(path: Path) -> None:
+    for child in path.iterdir():
+        if child.name == JOB_FILES and child.is_dir():
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
 def default_run_name(preset: str | None, now: dt.datetime | None = None) -> str:
     now = now or dt.datetime.now()
     return f"{preset or 'run'}-{now:%Y%m%d-%H%M%S}"
@@ -54,7 +75,7 @@ class RunDirectory:
         self.path = Path(path)
         self.owned = True  # made by this process: set-up failures remove it
         if self.path.exists() and overwrite:
-            shutil.rmtree(self.path)
+            _remove_except_job_files(self.path)
         try:
             (self.path / "figures").mkdir(parents=True)
             (self.path / "weights").mkdir()
@@ -85,5 +106,12 @@ class RunDirectory:
         return self.path / "weights"
 
     def discard(self) -> None:
-        if self.owned:
+        if not self.owned:
+            return
+        if (self.path / JOB_FILES).is_dir():  # the batch job's script and log stay (the log says what failed)
+            try:
+                _remove_except_job_files(self.path)
+            except OSError:
+                pass
+        else:
             shutil.rmtree(self.path, ignore_errors=True)

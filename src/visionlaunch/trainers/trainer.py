@@ -50,8 +50,9 @@ from visionlaunch.trainers.ema import ModelEMA
 from visionlaunch.trainers.losses import CrossEntropyLoss
 from visionlaunch.trainers.metrics import MetricsWriter, read_metrics, topk_correct
 from visionlaunch.trainers.pipeline import BatchPipeline
-from visionlaunch.trainers.preemption import Preempted, PreemptionWatcher
-from visionlaunch.trainers.rundir import RunDirectory, atomic_torch_save, check_output_dir, default_run_name
+from visionlaunch.trainers.preemption import Preempted, PreemptionWatcher, clear_marker, write_marker
+from visionlaunch.trainers.rundir import (RunDirectory, atomic_torch_save, check_output_dir, default_run_name,
+                                          only_job_files)
 from visionlaunch.trainers.schedules import build_optimizer, build_scheduler
 from visionlaunch.trainers.trackers import RunTracker, check_tracker, new_run_id
 
@@ -104,7 +105,10 @@ def evaluate(model, loader, pipeline: BatchPipeline, accelerator: Accelerator, c
 
 
 def _unfinished_run(path: Path) -> bool:
-    """A run folder that was started but never finished (killed before its first checkpoint)."""
+    """A run folder that was started but never finished (killed before its first checkpoint), or one that only
+    holds the batch job that is about to start it (runs/<name>/slurm/, written by `visionlaunch submit`)."""
+    if only_job_files(path):
+        return True
     return (path / "run.yaml").is_file() and not any(
         r.get("kind") == "final" for r in read_metrics(path / "metrics.jsonl"))
 
@@ -140,7 +144,7 @@ class Trainer:
             self.run_path = self.plan.run_path
         else:
             restart = cfg.train.resume == "auto" and _unfinished_run(out_dir / name)
-            if restart:
+            if restart and not only_job_files(out_dir / name):
                 self.log(f"no complete checkpoint in {out_dir / name}: starting that run again")
             self.run_path = check_output_dir(out_dir, name, cfg.output.overwrite or restart)
             self._replace_existing = cfg.output.overwrite or restart
@@ -325,6 +329,8 @@ class Trainer:
             self.log(self.summary)
         self.log(f"run folder: {self.run_path}")
         self.metrics = MetricsWriter(self.run_path / "metrics.jsonl" if self.is_main else None)
+        if self.is_main:
+            clear_marker(self.run_path)  # a resumed run is no longer the preempted one
         self.start_time = time.perf_counter()
         try:
             with PreemptionWatcher(cfg.train.preempt_signals, log=self.log) as self.watcher:
@@ -334,6 +340,10 @@ class Trainer:
                     train_stats = self._train_epoch(epoch, start)
                     results = self._end_epoch(epoch, train_stats)
                 final = self._finish(results)
+        except Preempted as exc:
+            if self.is_main:
+                write_marker(self.run_path, exc)
+            raise
         finally:
             self.metrics.close()
             acc.end_training()  # also finishes the W&B run; without it gloo groups sometimes abort at exit

@@ -1,0 +1,156 @@
+"""`visionlaunch jobs`: the project's submitted jobs, their SLURM state and their run folders.
+
+Every submission is recorded in <output.dir>/.slurm_jobs.jsonl (job id, run folder, script, log). The SLURM
+state comes from sacct when accounting is configured, else from squeue (which knows running and pending jobs,
+and finished ones only for a few minutes: MinJobAge); what neither knows is reported as unknown. The run
+folder says the rest: finished (final record), preempted (checkpoint + preempted.json), checkpointed, started.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from visionlaunch.atomic import atomic_write_text
+
+RECORDS = ".slurm_jobs.jsonl"
+QUERY_TIMEOUT_S = 30
+
+
+def record_submission(runs_dir: Path, record: dict) -> None:
+    """Append one submission (rewritten whole and atomically: never a half line)."""
+    path = Path(runs_dir) / RECORDS
+    previous = path.read_text() if path.is_file() else ""
+    if previous and not previous.endswith("\n"):
+        previous += "\n"
+    record = {"submitted": dt.datetime.now().isoformat(timespec="seconds"), **record}
+    atomic_write_text(path, previous + json.dumps(record) + "\n")
+
+
+def read_records(runs_dir: Path) -> list[dict]:
+    path = Path(runs_dir) / RECORDS
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and "job_id" in record:
+            out.append(record)
+    return out
+
+
+def _run(cmd: list[str]) -> subprocess.CompletedProcess | None:
+    if shutil.which(cmd[0]) is None:
+        return None
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=QUERY_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def _base_id(job_id: str) -> str:
+    return job_id.split("_")[0].split(".")[0]
+
+
+def sacct_states(job_ids: list[str]) -> dict[str, str] | None:
+    """job id -> 'STATE (exit X:Y)' from accounting; None when sacct is absent or accounting is off."""
+    if not job_ids:
+        return {}
+    proc = _run(["sacct", "-n", "-P", "-X", "-j", ",".join(job_ids), "-o", "JobID,State,ExitCode"])
+    if proc is None or proc.returncode != 0:
+        return None
+    states = {}
+    for line in proc.stdout.splitlines():
+        parts = line.split("|")
+        if len(parts) >= 3:
+            states[parts[0]] = f"{parts[1]} (exit {parts[2]})"
+    return states
+
+
+def squeue_states(job_ids: list[str]) -> dict[str, str] | None:
+    """job id -> state for the jobs squeue still knows (pending, running, and recently finished); None when
+    squeue is absent or fails."""
+    proc = _run(["squeue", "-h", "-t", "all", "-o", "%i|%T|%r"])
+    if proc is None or proc.returncode != 0:
+        return None
+    wanted = set(job_ids)
+    states = {}
+    for line in proc.stdout.splitlines():
+        parts = line.split("|")
+        if len(parts) >= 3 and _base_id(parts[0]) in wanted:
+            reason = parts[2] if parts[2] not in ("None", "") else ""
+            states[parts[0]] = parts[1] + (f" ({reason})" if reason else "")
+    return states
+
+
+def run_folder_state(run_dir: Path) -> str:
+    """What the run folder says, whatever SLURM remembers."""
+    from visionlaunch.trainers.checkpoint import complete_checkpoints
+    from visionlaunch.trainers.metrics import read_metrics
+    from visionlaunch.trainers.preemption import MARKER
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return "run folder missing"
+    records = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else []
+    final = [r for r in records if r.get("kind") == "final"]
+    if final:
+        acc = final[-1].get("test_acc")
+        return "finished" + (f", test acc {100 * acc:.2f}%" if isinstance(acc, (int, float)) else "")
+    checkpoints = complete_checkpoints(run_dir / "checkpoints")
+    last = f"checkpoint {checkpoints[-1].name}" if checkpoints else "no checkpoint"
+    if (run_dir / MARKER).is_file():
+        return f"preempted, {last}"
+    if (run_dir / "run.yaml").is_file():
+        return f"started, {last}"
+    return "not started"
+
+
+@dataclass
+class JobStatus:
+    job_id: str
+    slurm_state: str
+    source: str
+    run_state: str
+    run_dir: str
+    log: str
+
+
+def job_statuses(runs_dir: Path) -> tuple[list[JobStatus], str]:
+    """One status per recorded submission (newest last) and a note on where the SLURM states came from."""
+    records = read_records(runs_dir)
+    ids = [r["job_id"] for r in records]
+    states, source = sacct_states(ids), "sacct"
+    note = "SLURM states from sacct (accounting)."
+    if states is None:
+        states, source = squeue_states(ids), "squeue"
+        note = ("sacct is not available (no accounting on this cluster): SLURM states from squeue, which forgets "
+                "finished jobs after a few minutes; 'unknown' means SLURM no longer reports the job, and the run "
+                "folder's state tells what happened.")
+        if states is None:
+            states, source = {}, "-"
+            note = "neither sacct nor squeue answered (not on a SLURM host?): only the run folders' states are known."
+    out = []
+    for r in records:
+        jid = r["job_id"]
+        found = [f"{k}: {v}" if k != jid else v for k, v in sorted(states.items()) if _base_id(k) == jid]
+        out.append(JobStatus(jid, "; ".join(found) if found else "unknown", source if found else "-",
+                             run_folder_state(Path(r["run_dir"])), r["run_dir"], r.get("log", "")))
+    return out, note
+
+
+def format_statuses(statuses: list[JobStatus], note: str) -> str:
+    if not statuses:
+        return "no jobs submitted from this runs folder yet (visionlaunch submit records them)\n"
+    rows = [("JOB", "SLURM STATE", "RUN", "RUN FOLDER")]
+    rows += [(s.job_id, s.slurm_state, s.run_state, s.run_dir) for s in statuses]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    lines = ["  ".join(cell.ljust(widths[i]) if i < 3 else cell for i, cell in enumerate(row)) for row in rows]
+    return "\n".join(lines) + f"\n{note}\n"
