@@ -129,8 +129,9 @@ def sbatch(script: Path, workdir: Path, extra: list[str] | None = None) -> str:
     return job_id
 
 
-def submit(opts: SlurmOptions, job: Job, *, dry_run: bool = False, out=sys.stdout) -> Submitted | None:
+def submit(opts: SlurmOptions, job: Job, *, dry_run: bool = False, out=None) -> Submitted | None:
     """Render, write into runs/<name>/slurm/, sbatch, record. With dry_run: print the script, write nothing."""
+    out = out or sys.stdout
     script_text = render_script(opts, job)
     if dry_run:
         out.write(script_text)
@@ -154,8 +155,9 @@ def submit(opts: SlurmOptions, job: Job, *, dry_run: bool = False, out=sys.stdou
     return _recorded(job_id, job.run_dir, script, opts.total_processes, opts.nodes, out)
 
 
-def resubmit(run_dir: Path, *, out=sys.stdout) -> Submitted:
+def resubmit(run_dir: Path, *, out=None) -> Submitted:
     """Submit a run's own job.sh again (after it was cancelled, failed, or ran out of requeues)."""
+    out = out or sys.stdout
     run_dir = Path(run_dir).expanduser().resolve()
     script = run_dir / SLURM_DIR / SCRIPT_NAME
     if not run_dir.is_dir():
