@@ -188,7 +188,7 @@ def _resolve_base(value: Any, source: Path) -> Path:
 
 def format_value(value: Any) -> str:
     """A YAML value as override text that parses back to the same value: 0.1, cosine, [32, 64], {hidden: [32]}."""
-    text = yaml.safe_dump(value, default_flow_style=True, width=1 << 20).strip()
+    text = yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=1 << 20).strip()
     return text.removesuffix("...").strip()
 
 
@@ -281,10 +281,14 @@ def _variants(variants: Any, where: str) -> tuple[list[tuple[str, str, list[str]
     return settings, varied
 
 
+_GENERIC = ("name", "args")  # too vague alone: schedule.name, model.args
+
+
 def _short_keys(keys: list[str]) -> dict[str, str]:
-    """Each key's last part (label_smoothing), or the whole key where two keys share it (schedule.name, model.name)."""
+    """Each key's last part (label_smoothing), or the whole key where that part is vague (schedule.name) or two
+    keys share it (augment.cutout and some.other.cutout)."""
     last = [k.rsplit(".", 1)[-1] for k in keys]
-    return {k: (short if last.count(short) == 1 else k) for k, short in zip(keys, last)}
+    return {k: (short if last.count(short) == 1 and short not in _GENERIC else k) for k, short in zip(keys, last)}
 
 
 def _slug(text: str) -> str:

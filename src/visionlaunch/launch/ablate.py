@@ -29,7 +29,7 @@ def ablate_command(args: argparse.Namespace) -> int:
 def dry_run_text(ablation) -> str:
     settings = ablation.settings()
     lines = [f"ablation {ablation.name}: {len(ablation.variants)} runs ({len(settings)} settings x "
-             f"{len(ablation.seeds)} seeds) -> {ablation.out_dir}"]
+             f"{len(ablation.seeds)} seed(s)) -> {ablation.out_dir}"]
     for variant in ablation.variants:
         state = read_result(variant).state
         note = "finished, would be skipped" if state == "ok" else state
