@@ -48,6 +48,7 @@ class RunResult:
     state: str                             # one of STATES
     final_test_acc: float | None = None    # fractions, as in metrics.jsonl
     best_test_acc: float | None = None     # the highest test accuracy of any epoch
+    ema_test_acc: float | None = None      # final test accuracy of the EMA weights (train.ema_decay > 0)
     time_s: float | None = None            # the final record's time: training and per-epoch evaluation
     parameters: int | None = None
     records: list[dict] = field(default_factory=list, repr=False)
@@ -117,7 +118,8 @@ def read_result(variant: Variant) -> RunResult:
                              message="a finished run of another config (" + "; ".join(differences[:3]) + ")")
         params = _read_yaml(run / "run.yaml").get("parameters")
         return RunResult(variant, "ok", final_test_acc=number(final.get("test_acc")),
-                         best_test_acc=best_test_accuracy(records), time_s=number(final.get("time")),
+                         best_test_acc=best_test_accuracy(records), ema_test_acc=number(final.get("test_ema_acc")),
+                         time_s=number(final.get("time")),
                          parameters=params if isinstance(params, int) else None, records=records)
     if failed:
         return RunResult(variant, "failed", records=records, exit_code=code, message=why)
@@ -183,27 +185,38 @@ def _pct(stat: tuple[float | None, float | None]) -> str:
 
 
 def _seconds(value: float | None) -> str:
-    return "–" if value is None else f"{value:,.0f} s"
+    if value is None:
+        return "–"
+    return f"{value:.2f} s" if value < 10 else f"{value:.1f} s" if value < 100 else f"{value:,.0f} s"
+
+
+def _has_ema(rows: list[SettingRow]) -> bool:
+    return any(r.ema_test_acc is not None for row in rows for r in row.ok)
 
 
 def render_markdown(ablation: Ablation, rows: list[SettingRow]) -> str:
     n_seeds = len(ablation.seeds)
+    ema = _has_ema(rows)
     lines = [
         f"**Ablation `{ablation.name}`** ({ablation.source}): base `{ablation.base}`"
         + (f" + `{' '.join(ablation.fixed + ablation.extra)}`" if ablation.fixed or ablation.extra else "")
         + f"; seeds {', '.join(map(str, ablation.seeds))}.",
         "",
-        "| variant | final test acc (%) | best test acc (%) | seeds | time / run | parameters | status |",
-        "|---|---|---|---|---|---|---|",
+        "| variant | final test acc (%) | best test acc (%) |" + (" EMA test acc (%) |" if ema else "")
+        + " seeds | time / run | parameters | status |",
+        "|---|---|---|" + ("---|" if ema else "") + "---|---|---|---|",
     ]
     for row in rows:
         params = f"{row.parameters:,}" if row.parameters is not None else "–"
-        lines.append(f"| {row.label} | {_pct(row.stat('final_test_acc'))} | {_pct(row.stat('best_test_acc'))} | "
-                     f"{len(row.ok)}/{n_seeds} | {_seconds(row.stat('time_s')[0])} | {params} | {row.status} |")
+        label = row.label.replace("|", "\\|")
+        lines.append(f"| {label} | {_pct(row.stat('final_test_acc'))} | {_pct(row.stat('best_test_acc'))} | "
+                     + (f"{_pct(row.stat('ema_test_acc'))} | " if ema else "")
+                     + f"{len(row.ok)}/{n_seeds} | {_seconds(row.stat('time_s')[0])} | {params} | {row.status} |")
     lines += ["", "Accuracies: mean ± sample standard deviation over the finished seeds; final = after the last epoch, "
-              "best = the highest test accuracy of any epoch (a view of the curve, not a model-selection result). "
-              "Time: mean per run, training and per-epoch evaluation (from the final record; start-up and figures "
-              "not included)."]
+              "best = the highest test accuracy of any epoch (a view of the curve, not a model-selection result)"
+              + (", EMA = final accuracy of the weight average (runs with train.ema_decay > 0)" if ema else "")
+              + ". Time: mean per run, training and per-epoch evaluation (from the final record; start-up and "
+              "figures not included)."]
     problems = [r for row in rows for r in row.runs if r.state != "ok"]
     if problems:
         lines += ["", "Runs that did not count:", ""]
@@ -215,19 +228,20 @@ def render_csv(ablation: Ablation, rows: list[SettingRow]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["setting", "label", *ablation.varied, "seeds_ok", "seeds_total", "final_test_acc_mean_pct",
-                     "final_test_acc_std_pct", "best_test_acc_mean_pct", "best_test_acc_std_pct", "time_s_mean",
+                     "final_test_acc_std_pct", "best_test_acc_mean_pct", "best_test_acc_std_pct", "ema_test_acc_mean_pct",
+                     "ema_test_acc_std_pct", "time_s_mean",
                      "parameters", "status"])
 
     def num(value: float | None, scale: float = 1.0) -> str:
         return "" if value is None else f"{scale * value:.4f}"
 
     for row in rows:
-        final, best = row.stat("final_test_acc"), row.stat("best_test_acc")
+        final, best, ema = row.stat("final_test_acc"), row.stat("best_test_acc"), row.stat("ema_test_acc")
         writer.writerow([row.setting, row.label,
                          *[json.dumps(row.values[k]) if isinstance(row.values.get(k), (list, dict))
                            else row.values.get(k) for k in ablation.varied],
                          len(row.ok), len(row.runs), num(final[0], 100), num(final[1], 100), num(best[0], 100),
-                         num(best[1], 100), num(row.stat("time_s")[0]),
+                         num(best[1], 100), num(ema[0], 100), num(ema[1], 100), num(row.stat("time_s")[0]),
                          "" if row.parameters is None else row.parameters, row.status])
     return buf.getvalue()
 
