@@ -343,3 +343,17 @@ def test_write_ablation_results_reads_only_run_folders(grid, tmp_path):
     assert [r["status"] for r in rows] == ["not run 1 of 1", "ok", "ok", "ok"]
     with pytest.raises(VisionlaunchError, match="nothing to tabulate"):
         write_ablation_results(load_ablation(ablation.source, out=tmp_path / "empty"))
+
+
+def test_rerun_replaces_a_finished_run(tmp_path, capsys):
+    file = write_ablation(tmp_path / "one.yaml", base=FCN, overrides=TINY, variants=[{"name": "only"}], seeds=[0])
+    out = tmp_path / "out"
+    assert main(["ablate", str(file), "--out", str(out)]) == 0
+    run = out / "only-seed0"
+    first = (run / "run.yaml").stat().st_mtime_ns
+    assert main(["ablate", str(file), "--out", str(out), "--rerun"]) == 0
+    assert "running" in capsys.readouterr().err
+    assert (run / "run.yaml").stat().st_mtime_ns != first
+    records = read_metrics(run / "metrics.jsonl")
+    assert sum(r["kind"] == "final" for r in records) == 1  # a fresh run folder, not the old one continued
+    assert "train.resume=none output.overwrite=true" in (out / "logs" / "only-seed0.log").read_text()
