@@ -1,5 +1,5 @@
-"""The `visionlaunch` command: train, evaluate, figures, prepare, show-config, models, report, compare, submit,
-jobs.
+"""The `visionlaunch` command: train, evaluate, figures, prepare, show-config, models, report, compare, ablate,
+submit, jobs.
 
 `train.py` at the repository root calls `main(["train", ...])`, so `accelerate launch train.py ...` and
 `visionlaunch train ...` are the same program.
@@ -24,6 +24,7 @@ EPILOG = """examples:
   visionlaunch compare runs/lr-0.05 runs/lr-0.1 runs/lr-0.2
   visionlaunch submit --nodes 2 --gpus-per-node 4 --time 04:00:00 -- --config configs/cifar10_cnn.yaml
   visionlaunch jobs
+  visionlaunch ablate configs/ablations/mnist_width.yaml --dry-run -- data.root=../shared/data
 """
 
 
@@ -65,6 +66,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dirs", type=Path, nargs="+", metavar="run_dir")
     p.add_argument("--out", type=Path, help="output file; default <common parent of the runs>/compare.html")
     p.add_argument("--pdf", action="store_true", help="also print the page to PDF with headless Chromium")
+
+    p = sub.add_parser("ablate", help="run a config over a grid or list of overrides and seeds; write a table and "
+                                      "a figure")
+    p.add_argument("file", type=Path, help="ablation file, e.g. configs/ablations/mnist_width.yaml")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="extra overrides for every run (after --), e.g. -- data.root=../shared/data")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--dry-run", action="store_true", help="list the runs and their commands; run nothing")
+    mode.add_argument("--table-only", action="store_true", help="rebuild the table and figure from the run folders")
+    mode.add_argument("--rerun", action="store_true", help="run finished variants again, replacing their folders")
+    p.add_argument("--out", type=Path, help="the ablation folder; default <output_dir>/<name> (runs/ablations/<name>)")
 
     p = sub.add_parser("submit", help="run training as a SLURM batch job: submit [options] -- <train arguments>",
                        description="Render a batch script into runs/<name>/slurm/job.sh and sbatch it. Everything "
@@ -173,6 +185,9 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         if args.pdf:
             print(out.with_suffix(".pdf"))
         return 0
+    if args.command == "ablate":
+        from visionlaunch.launch.ablate import ablate_command
+        return ablate_command(args)
     if args.command == "submit":
         from visionlaunch.slurm.submit import plan_job, resubmit, submit
         train_args = getattr(args, "train_args", None) or []
@@ -193,6 +208,19 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     raise AssertionError(args.command)
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Everything after a `--` is overrides, wherever the options stand (argparse alone rejects
+    `ablate FILE --dry-run -- key=value`: it has already filled the positionals when it meets `--`)."""
+    if "--" not in argv:
+        return parser.parse_args(argv)
+    cut = argv.index("--")
+    args = parser.parse_args(argv[:cut])
+    if not hasattr(args, "overrides"):
+        parser.error(f"{args.command} takes no key=value overrides")
+    args.overrides = [*(args.overrides or []), *argv[cut + 1:]]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["submit"]:  # submit [slurm options] -- <train arguments, passed on untouched>
@@ -200,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(head)
         args.train_args = train_args
     else:
-        args = build_parser().parse_args(argv)
+        args = _parse(build_parser(), argv)
     try:
         return run(args, ["visionlaunch", *argv])
     except VisionlaunchError as exc:

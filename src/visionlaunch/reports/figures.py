@@ -453,3 +453,66 @@ def _make_comparison_figure(runs: list[tuple[str, list]], stamp: Stamp) -> Figur
 def plot_comparison(runs: list[tuple[str, list[dict]]], out_path: Path, stamp: Stamp) -> Path:
     """Overlaid per-epoch curves of several runs, given as (label, parsed metrics.jsonl records) pairs."""
     return _save(_make_comparison_figure([(label, list(records)) for label, records in runs], stamp), out_path)
+
+
+# ---------------------------------------------------------------------------------------------------- ablation
+
+
+def mean_curve(runs: list[list[dict]], split: str, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(epochs, mean, std) of one split's `key` over several runs (seeds), at every epoch that some run logged;
+    std is the sample standard deviation (0 where only one run reached the epoch). None when no run has it."""
+    points: dict[float, list[float]] = {}
+    for records in runs:
+        series = epoch_series(records, key).get(split)
+        if series is None:
+            continue
+        for epoch, value in zip(*series):
+            points.setdefault(float(epoch), []).append(float(value))
+    if not points:
+        return None
+    epochs = np.array(sorted(points))
+    values = [np.array(points[e]) for e in epochs]
+    mean = np.array([v.mean() for v in values])
+    std = np.array([v.std(ddof=1) if len(v) > 1 else 0.0 for v in values])
+    return epochs, mean, std
+
+
+def _make_ablation_figure(groups: list[tuple[str, list[list[dict]]]], stamp: Stamp, title: str) -> Figure:
+    """Two panels, test accuracy and test loss per epoch: one colour per setting, its mean over seeds with a
+    band of ± one standard deviation. Settings without test records fall back to validation (dashed)."""
+    colors = _run_colors(len(groups))
+    with _styled_figure(stamp, title, (11.5, 4.4)) as fig:
+        axes = fig.subplots(1, 2)
+        for ax, (key, ylabel, panel) in zip(axes, (("acc", "top-1 accuracy (%)", "Test accuracy"),
+                                                   ("loss", "loss", "Test loss"))):
+            _epoch_axes(ax, ylabel)
+            drawn, used_val = 0, False
+            for (label, runs), color in zip(groups, colors):
+                curve, dashed = mean_curve(runs, "test", key), False
+                if curve is None:
+                    curve, dashed = mean_curve(runs, "val", key), True
+                if curve is None:
+                    continue
+                used_val |= dashed
+                epochs, mean, std = curve
+                scale = 100.0 if key == "acc" else 1.0
+                ax.plot(epochs, scale * mean, color=color, marker="o" if len(epochs) <= 40 else None,
+                        linestyle="--" if dashed else "-", label=_short(label, 36))
+                if std.any():
+                    ax.fill_between(epochs, scale * (mean - std), scale * (mean + std), color=color, alpha=0.15,
+                                    linewidth=0)
+                drawn += 1
+            ax.set_title(panel + (" (dashed: validation)" if used_val else ""))
+            if not drawn:
+                _placeholder(ax, "no finished run with epoch records")
+        handles, labels = axes[0].get_legend_handles_labels()
+        if handles:
+            fig.legend(handles, labels, loc="outside right upper", title="setting (finished seeds)")
+        return fig
+
+
+def plot_ablation_curves(groups: list[tuple[str, list[list[dict]]]], out_path: Path, stamp: Stamp, *,
+                         title: str = "Ablation: mean over seeds") -> Path:
+    """Overlaid mean-over-seeds test curves of an ablation's settings, given as (label, [records of each seed])."""
+    groups = [(label, [list(records) for records in runs]) for label, runs in groups]
+    return _save(_make_ablation_figure(groups, stamp, title), out_path)
