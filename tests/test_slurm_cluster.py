@@ -8,6 +8,7 @@ Skips loudly without sbatch on a developer machine; fails in CI (CI=true) when t
 """
 
 import json
+from pathlib import Path
 import random
 import re
 import subprocess
@@ -15,7 +16,7 @@ import time
 
 import pytest
 
-from tests.run_helpers import (DETERMINISTIC, FAULT_TRAIN_PY, assert_same_records, max_weight_difference, records,
+from tests.run_helpers import (DETERMINISTIC, FAULT_TRAIN_PY, FCN, assert_same_records, max_weight_difference, records,
                                require_mnist, run, train_args, two_process_launcher)
 from tests.slurm_helpers import cancel, job_info, require_cluster, wait_for_job
 from visionlaunch.launch.cli import main
@@ -182,3 +183,52 @@ def test_sbatch_refusal_shows_its_message_and_leaves_nothing(ctx, job_env, capsy
     queued_after = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%i"], capture_output=True, text=True,
                                   timeout=30).stdout.split()
     assert sorted(queued_after) == sorted(queued_before)
+
+
+def _ablation_file(tmp_path, data, name="tiny") -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(
+        f"base: {FCN}\n"
+        "overrides:\n"
+        f"  data.root: {data}\n"
+        "  data.train_subset: 1000\n  data.test_subset: 300\n  data.val_size: 200\n"
+        "  model.args: {hidden: [16]}\n  train.epochs: 1\n  train.batch_size: 50\n  report.figures: false\n"
+        "grid:\n  optim.lr: [0.05, 0.2]\n")
+    return path
+
+
+def test_ablate_slurm_runs_one_array_task_per_variant_then_builds_the_table(ctx, job_env, capsys, tmp_path):
+    out_dir = ctx["out"] / "ablation"
+    capsys.readouterr()
+    assert main(["ablate", str(_ablation_file(tmp_path, ctx["data"])), "--slurm", "--out", str(out_dir)]) == 0
+    printed = capsys.readouterr().out
+    array_id = re.search(r"submitted job array (\d+): 2 task\(s\)", printed).group(1)
+    after_id = re.search(r"then job (\d+) \(after every task has ended\)", printed).group(1)
+    assert "afterany" in job_info(after_id).get("Dependency", "") or job_info(after_id).get("JobState") != "PENDING"
+    info = wait_for_job(after_id, 300)
+    assert info["JobState"] == "COMPLETED", info
+    for task in ("0", "1"):
+        assert job_info(f"{array_id}_{task}").get("JobState") == "COMPLETED"
+    table = (out_dir / "table.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| lr=")]
+    assert len(rows) == 2 and all(row.rstrip().endswith("| ok |") for row in rows), table
+    # Built after both runs had finished: newer than either run's metrics.
+    runs = [p for p in out_dir.iterdir() if (p / "metrics.jsonl").is_file()]
+    assert len(runs) == 2
+    assert (out_dir / "table.md").stat().st_mtime >= max((p / "metrics.jsonl").stat().st_mtime for p in runs)
+    assert all(records(p)[-1]["kind"] == "final" for p in runs)
+    # Each task ran its run's own job script, which stays there for `submit --resume`.
+    assert all((p / "slurm" / "job.sh").is_file() for p in runs)
+    capsys.readouterr()
+    assert main(["jobs", "--runs", str(out_dir)]) == 0
+    listing = capsys.readouterr().out
+    assert f"{array_id}_0 " in listing and f"{array_id}_1 " in listing and "ablation table written" in listing
+
+
+def test_a_refused_array_leaves_nothing_behind(ctx, job_env, capsys, tmp_path):
+    out_dir = ctx["out"] / "refused_ablation"
+    code = main(["ablate", str(_ablation_file(tmp_path, ctx["data"], "refused")), "--slurm", "--partition",
+                 "nosuchpartition", "--out", str(out_dir)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Invalid partition name specified" in err
+    assert not out_dir.exists()

@@ -77,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--table-only", action="store_true", help="rebuild the table and figure from the run folders")
     mode.add_argument("--rerun", action="store_true", help="run finished variants again, replacing their folders")
     p.add_argument("--out", type=Path, help="the ablation folder; default <output_dir>/<name> (runs/ablations/<name>)")
+    p.add_argument("--slurm", action="store_true",
+                   help="submit the unfinished runs as one SLURM job array (task i = run i), then a job that builds "
+                        "the table when all have ended; takes the resource and preemption options of `submit`")
+    _add_slurm_args(p, job_options=False)
 
     p = sub.add_parser("submit", help="run training as a SLURM batch job: submit [options] -- <train arguments>",
                        description="Render a batch script into runs/<name>/slurm/job.sh and sbatch it. Everything "
@@ -88,8 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_slurm_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("resources")
+def _add_slurm_args(p: argparse.ArgumentParser, job_options: bool = True) -> None:
+    g = p.add_argument_group("SLURM resources")
     g.add_argument("--nodes", "-N", type=int, default=1)
     g.add_argument("--gpus-per-node", type=int, default=0, help="0 (default): CPU nodes, DDP over gloo")
     g.add_argument("--processes", type=int, help="training processes in all; default nodes x (GPUs per node or 1)")
@@ -105,12 +109,14 @@ def _add_slurm_args(p: argparse.ArgumentParser) -> None:
                    help="an extra #SBATCH line, e.g. --sbatch=--mail-type=END (repeatable)")
     g.add_argument("--setup", action="append", default=[], metavar="LINE",
                    help="a shell line run before training, e.g. 'module load cuda' or 'source .venv/bin/activate'")
-    g = p.add_argument_group("preemption")
+    g = p.add_argument_group("SLURM preemption")
     g.add_argument("--signal-seconds", type=int, default=120, help="USR2 this long before the time limit (120)")
     g.add_argument("--no-requeue", action="store_true", help="do not requeue a preempted job")
     g.add_argument("--max-requeues", type=int, default=5, help="requeues of one job at most (5)")
-    g = p.add_argument_group("job")
     g.add_argument("--python", help="the Python on the compute nodes; default this one")
+    if not job_options:
+        return
+    g = p.add_argument_group("job")
     g.add_argument("--script", help="run this front door (like train.py) instead of `python -m visionlaunch train`")
     g.add_argument("--dry-run", action="store_true", help="print the batch script; submit nothing")
     g.add_argument("--resume", type=Path, metavar="RUN_DIR",
@@ -184,6 +190,14 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         print(out)
         if args.pdf:
             print(out.with_suffix(".pdf"))
+        return 0
+    if args.command == "ablate" and args.slurm:
+        from visionlaunch.ablation import load_ablation
+        from visionlaunch.slurm.ablation import submit_ablation
+        if args.table_only:
+            raise VisionlaunchError("--table-only runs nothing: drop --slurm (the table is built here, now).")
+        ablation = load_ablation(args.file, out=args.out, extra_overrides=args.overrides)
+        submit_ablation(ablation, _slurm_options(args), python=args.python, dry_run=args.dry_run, rerun=args.rerun)
         return 0
     if args.command == "ablate":
         from visionlaunch.launch.ablate import ablate_command

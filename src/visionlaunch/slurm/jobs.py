@@ -55,8 +55,26 @@ def _run(cmd: list[str]) -> subprocess.CompletedProcess | None:
         return None
 
 
-def _base_id(job_id: str) -> str:
-    return job_id.split("_")[0].split(".")[0]
+def _task_ids(spec: str) -> set[str]:
+    """The task ids of squeue's pending-array notation: '[2-7]', '[0,3-5%2]'."""
+    ids: set[str] = set()
+    for part in spec.strip("[]").split("%")[0].split(","):
+        lo, _, hi = part.partition("-")
+        if lo.isdigit() and (not hi or hi.isdigit()):
+            ids.update(str(i) for i in range(int(lo), int(hi or lo) + 1))
+    return ids
+
+
+def reported_as(squeue_id: str, job_id: str) -> bool:
+    """Whether squeue's job id `squeue_id` ('123', '123_4' or the pending '123_[4-7]') is the recorded `job_id`
+    ('123', or the array task '123_4'; a plain '123' also covers all of its tasks)."""
+    base, _, task = job_id.partition("_")
+    q_base, _, q_task = squeue_id.partition("_")
+    if q_base != base:
+        return False
+    if not task:
+        return True
+    return q_task == task or (q_task.startswith("[") and task in _task_ids(q_task))
 
 
 def sacct_states(job_ids: list[str]) -> dict[str, str] | None:
@@ -84,7 +102,7 @@ def squeue_states(job_ids: list[str]) -> dict[str, str] | None:
     states = {}
     for line in proc.stdout.splitlines():
         parts = line.split("|")
-        if len(parts) >= 3 and _base_id(parts[0]) in wanted:
+        if len(parts) >= 3 and any(reported_as(parts[0], j) for j in wanted):
             reason = parts[2] if parts[2] not in ("None", "") else ""
             states[parts[0]] = parts[1] + (f" ({reason})" if reason else "")
     return states
@@ -99,6 +117,8 @@ def run_folder_state(run_dir: Path) -> str:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         return "run folder missing"
+    if (run_dir / "table.md").is_file():  # the folder of an ablation: its follow-up job writes the table
+        return "ablation table written"
     records = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else []
     final = [r for r in records if r.get("kind") == "final"]
     if final:
@@ -140,7 +160,7 @@ def job_statuses(runs_dir: Path) -> tuple[list[JobStatus], str]:
     out = []
     for r in records:
         jid = r["job_id"]
-        found = [f"{k}: {v}" if k != jid else v for k, v in sorted(states.items()) if _base_id(k) == jid]
+        found = [f"{k}: {v}" if k != jid else v for k, v in sorted(states.items()) if reported_as(k, jid)]
         out.append(JobStatus(jid, "; ".join(found) if found else "unknown", source if found else "-",
                              run_folder_state(Path(r["run_dir"])), r["run_dir"], r.get("log", "")))
     return out, note

@@ -126,9 +126,13 @@ class Job:
         return self.run_dir / "slurm" / "%j.out"
 
 
-def sbatch_lines(opts: SlurmOptions, job: Job) -> list[str]:
-    default_name = "vl-" + re.sub(r"[^\w.+-]", "_", job.run_name)  # the run's name, made one word
-    lines = [f"--job-name={sbatch_word('--job-name', opts.job_name or default_name)}",
+def job_name_for(name: str) -> str:
+    return "vl-" + re.sub(r"[^\w.+-]", "_", name)  # a run's name, made one word
+
+
+def sbatch_lines(opts: SlurmOptions, job_name: str, log_pattern: Path, first: tuple[str, ...] = ()) -> list[str]:
+    """The #SBATCH lines: `first` (e.g. --array), then resources, log, preemption signal, requeue, extras."""
+    lines = [*first, f"--job-name={sbatch_word('--job-name', opts.job_name or job_name)}",
              f"--nodes={opts.nodes}", "--ntasks-per-node=1"]
     if opts.cpus_per_task:
         lines.append(f"--cpus-per-task={opts.cpus_per_task}")
@@ -138,7 +142,7 @@ def sbatch_lines(opts: SlurmOptions, job: Job) -> list[str]:
         value = getattr(opts, name)
         if value is not None:
             lines.append(f"--{name}={value}")
-    lines.append(f"--output={sbatch_word('the log path', str(job.log_pattern))}")
+    lines.append(f"--output={sbatch_word('the log path', str(log_pattern))}")
     lines.append("--open-mode=append")  # a requeued job appends to the same log
     lines.append(f"--signal=B:USR2@{opts.signal_seconds}")
     lines.append("--requeue" if opts.requeue else "--no-requeue")
@@ -154,7 +158,7 @@ def render_script(opts: SlurmOptions, job: Job, now: dt.datetime | None = None) 
         "date": f"{now or dt.datetime.now():%Y-%m-%d %H:%M:%S}",
         "signal_seconds": str(opts.signal_seconds),
         "max_requeues": str(opts.max_requeues if opts.requeue else 0),
-        "sbatch_lines": "\n".join(sbatch_lines(opts, job)),
+        "sbatch_lines": "\n".join(sbatch_lines(opts, job_name_for(job.run_name), job.log_pattern)),
         "setup_lines": "\n".join(opts.setup_lines) if opts.setup_lines else "# (none)",
         "run_dir_q": shlex.quote(str(job.run_dir)),
         "workdir_q": shlex.quote(str(job.workdir)),
@@ -165,7 +169,12 @@ def render_script(opts: SlurmOptions, job: Job, now: dt.datetime | None = None) 
         "use_cpu": "1" if job.use_cpu else "0",
         "preempted_exit_code": str(PREEMPTED_EXIT_CODE),
     }
-    template = resources.files("visionlaunch.slurm").joinpath(TEMPLATE).read_text()
+    return fill_template(TEMPLATE, values)
+
+
+def fill_template(name: str, values: dict[str, str]) -> str:
+    """A template of this package with its {{placeholders}} replaced, checked with `bash -n`."""
+    template = resources.files("visionlaunch.slurm").joinpath(name).read_text()
     missing = sorted(set(_PLACEHOLDER.findall(template)) - set(values))
     assert not missing, f"template placeholders without a value: {missing}"
     # One pass over the template, so a value that itself contains "{{x}}" is never substituted again.

@@ -48,9 +48,10 @@ def _override_value(overrides: list[str], key: str) -> str | None:
 
 
 def plan_job(opts: SlurmOptions, train_argv: list[str], *, python: str | None = None, script: str | None = None,
-             cwd: Path | None = None, run_name: str | None = None) -> Job:
+             cwd: Path | None = None, run_name: str | None = None, allow_existing: bool = False) -> Job:
     """Check the training arguments as `visionlaunch train` would, fix the run's name (so that a requeued job
-    finds its folder) and train.resume=auto, and describe the job. Nothing is written."""
+    finds its folder) and train.resume=auto, and describe the job. Nothing is written. `allow_existing`: the run
+    folder may exist (an unfinished run that the job continues)."""
     from visionlaunch.config import load_config
     from visionlaunch.trainers.rundir import default_run_name
 
@@ -88,7 +89,7 @@ def plan_job(opts: SlurmOptions, train_argv: list[str], *, python: str | None = 
             f"process(es) x train.grad_accum={accum}: choose a multiple of {total * accum} or another process count.")
 
     run_dir = (cwd / Path(cfg.output.dir).expanduser() / name).resolve()
-    if run_dir.exists():
+    if run_dir.exists() and not allow_existing:
         raise VisionlaunchError(
             f"the run folder {run_dir} already exists. To continue that run on the cluster, run `visionlaunch submit "
             f"--resume {run_dir}`; for a new run choose another output.name.")
@@ -96,6 +97,14 @@ def plan_job(opts: SlurmOptions, train_argv: list[str], *, python: str | None = 
     use_cpu = opts.gpus_per_node == 0 or cfg.train.device == "cpu"
     return Job(run_name=name, run_dir=run_dir, workdir=cwd, python=python or sys.executable, entry=entry,
                train_args=args, use_cpu=use_cpu)
+
+
+def highest_missing(folder: Path) -> Path | None:
+    """The outermost folder that creating `folder` would create (None when it exists)."""
+    top = None
+    while not folder.exists() and folder != folder.parent:
+        top, folder = folder, folder.parent
+    return top
 
 
 def require_sbatch() -> str:
@@ -139,7 +148,7 @@ def submit(opts: SlurmOptions, job: Job, *, dry_run: bool = False, out=None) -> 
     require_sbatch()
     slurm_dir = job.run_dir / SLURM_DIR
     script = slurm_dir / SCRIPT_NAME
-    created = not job.run_dir.exists()
+    created = highest_missing(slurm_dir)  # removed again if the job is refused
     try:
         try:
             slurm_dir.mkdir(parents=True, exist_ok=True)
@@ -149,8 +158,8 @@ def submit(opts: SlurmOptions, job: Job, *, dry_run: bool = False, out=None) -> 
                                     "to a folder you can write to (on a cluster: a shared filesystem).") from None
         job_id = sbatch(script, job.workdir)
     except BaseException:
-        if created:  # nothing half-submitted: the folder goes again with the refused job
-            shutil.rmtree(job.run_dir, ignore_errors=True)
+        if created is not None:  # nothing half-submitted: what was made for the refused job goes again
+            shutil.rmtree(created, ignore_errors=True)
         raise
     return _recorded(job_id, job.run_dir, script, opts.total_processes, opts.nodes, out)
 
