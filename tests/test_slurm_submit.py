@@ -6,6 +6,7 @@ which its resumption clears). The submissions themselves run on the real cluster
 import json
 import os
 import signal
+import subprocess
 
 import pytest
 
@@ -160,3 +161,43 @@ def test_preemption_leaves_a_marker_that_the_resumed_run_clears(tmp_path, shared
     monkeypatch.setattr(losses.CrossEntropyLoss, "forward", forward)
     assert main(["train", *args]) == 0
     assert not (tmp_path / "m" / MARKER).exists()
+
+
+def test_squeue_ids_are_matched_to_recorded_jobs_and_array_tasks():
+    from visionlaunch.slurm.jobs import reported_as
+    assert reported_as("123", "123") and reported_as("123_4", "123") and not reported_as("1234", "123")
+    assert reported_as("123_4", "123_4") and not reported_as("123_5", "123_4") and not reported_as("12_4", "123_4")
+    assert reported_as("123_[2-7]", "123_4") and not reported_as("123_[5-7%2]", "123_4")
+    assert reported_as("123_[0,3-5%2]", "123_4") and not reported_as("123_[0,3]", "123_4")
+
+
+def _tiny_ablation(tmp_path, data_root):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(f"base: {FCN}\noverrides:\n  data.root: {data_root}\n  train.epochs: 1\n"
+                    "grid:\n  optim.lr: ['0.05', '0.2']\n")
+    return path
+
+
+def test_ablate_slurm_dry_run_prints_the_array_and_its_follow_up(tmp_path, no_sbatch, capsys):
+    out_dir = tmp_path / "abl"
+    assert main(["ablate", str(_tiny_ablation(tmp_path, tmp_path)), "--slurm", "--dry-run", "--nodes", "2",
+                 "--out", str(out_dir), "--", "train.batch_size=64"]) == 0
+    printed = capsys.readouterr().out
+    array, _, after = printed.partition("# ---- then, with --dependency=afterany:<array job id>:\n")
+    assert "#SBATCH --array=0-1" in array and "#SBATCH --nodes=2" in array
+    scripts_line = next(line for line in array.splitlines() if line.startswith("SCRIPTS=("))
+    assert scripts_line.count(f"{out_dir.resolve()}/") == scripts_line.count("/slurm/job.sh") == 2
+    assert 'exec bash "${SCRIPTS[$SLURM_ARRAY_TASK_ID]}"' in array
+    assert "--table-only --out " + str(out_dir.resolve()) in after and "-- train.batch_size=64" in after
+    assert "#SBATCH --no-requeue" in after
+    for script in (array, after):
+        assert subprocess.run(["bash", "-n"], input=script, text=True, timeout=30).returncode == 0
+    assert not out_dir.exists()
+
+
+@pytest.mark.parametrize("flag, message", [("--rerun", "--rerun cannot be combined with --slurm"),
+                                           ("--table-only", "--table-only runs nothing")])
+def test_ablate_slurm_refuses_modes_that_cannot_work_on_a_cluster(tmp_path, capsys, flag, message):
+    code = main(["ablate", str(_tiny_ablation(tmp_path, tmp_path)), "--slurm", flag, "--out", str(tmp_path / "a")])
+    assert code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
