@@ -95,7 +95,7 @@ def sacct_states(job_ids: list[str]) -> dict[str, str] | None:
 def squeue_states(job_ids: list[str]) -> dict[str, str] | None:
     """job id -> state for the jobs squeue still knows (pending, running, and recently finished); None when
     squeue is absent or fails."""
-    proc = _run(["squeue", "-h", "-t", "all", "-o", "%i|%T|%r"])
+    proc = _run(["squeue", "--me", "-h", "-t", "all", "-o", "%i|%T|%r"])
     if proc is None or proc.returncode != 0:
         return None
     wanted = set(job_ids)
