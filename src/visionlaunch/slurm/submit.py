@@ -48,7 +48,7 @@ def _override_value(overrides: list[str], key: str) -> str | None:
 
 
 def plan_job(opts: SlurmOptions, train_argv: list[str], *, python: str | None = None, script: str | None = None,
-             cwd: Path | None = None, run_name: str | None = None, allow_existing: bool = False) -> Job:
+             cwd: Path | None = None, allow_existing: bool = False) -> Job:
     """Check the training arguments as `visionlaunch train` would, fix the run's name (so that a requeued job
     finds its folder) and train.resume=auto, and describe the job. Nothing is written. `allow_existing`: the run
     folder may exist (an unfinished run that the job continues)."""
@@ -70,7 +70,7 @@ def plan_job(opts: SlurmOptions, train_argv: list[str], *, python: str | None = 
     cfg = load_config(parsed.config, parsed.overrides)  # a bad config stops here, not after waiting in the queue
     args = list(train_argv)
 
-    name = cfg.output.name or run_name or default_run_name(Path(parsed.config).stem)
+    name = cfg.output.name or default_run_name(Path(parsed.config).stem)
     if not cfg.output.name:
         args.append(f"output.name={name}")
     if cfg.train.resume == "none" and _override_value(parsed.overrides, "train.resume") is None:
