@@ -241,6 +241,8 @@ BAD_FILES = {
                                "conflicting overrides: the fixed overrides set optim.lr=0.1"),
     "conflict inside a key": ({"base": FCN, "overrides": {"model.args": {"hidden": [8]}},
                                "grid": {"model.args.hidden": [[16], [32]]}}, "conflicting overrides"),
+    "key twice in one list": ({"base": FCN, "variants": [{"name": "a", "overrides": ["optim.lr=0.1", "optim.lr=0.2"]}]},
+                              "variant 'a' set optim.lr=0.1 and variant 'a' set optim.lr=0.2"),
     "seed set twice": ({"base": FCN, "overrides": ["train.seed=3"], "grid": GRID}, "comes from seeds:"),
     "output managed": ({"base": FCN, "overrides": ["output.name=x"], "grid": GRID}, "which the ablation sets"),
     "duplicate variant names": ({"base": FCN, "variants": [{"name": "a"}, {"name": "a"}]}, "share the folder"),
@@ -271,7 +273,8 @@ def test_command_line_overrides_replace_fixed_ones_but_not_varied_keys(tmp_path,
     ablation = load_ablation(file, extra_overrides=["train.epochs=5"])
     assert {v.config.train.epochs for v in ablation.variants} == {5}
     assert main(["ablate", str(file), "--dry-run", "--", "optim.lr=0.3"]) == 2
-    assert "the command-line overrides set optim.lr=0.3" in capsys.readouterr().err
+    assert "the command-line overrides set optim.lr=0.3 and variant 'lr-0.05_label_smoothing-0.0' set optim.lr=0.05" \
+        in capsys.readouterr().err
 
 
 def test_not_a_file_or_not_a_mapping(tmp_path, capsys):

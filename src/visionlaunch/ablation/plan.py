@@ -324,13 +324,15 @@ def _check_conflicts(sources: list[tuple[str, list[str]]], where: str, seeds_giv
     variant varies. train.seed belongs to `seeds:` when the file lists seeds."""
     (fixed_src, fixed), (extra_src, extra), (own_src, own) = sources
     pairs = [(fixed_src, fixed, own_src, own), (extra_src, extra, own_src, own)]
+    for src, overrides in ((fixed_src, fixed), (own_src, own)):  # one list naming a key twice
+        pairs += [(src, overrides[:i], src, [o]) for i, o in enumerate(overrides)]
     for a_src, a_list, b_src, b_list in pairs:
         for a in a_list:
             for b in b_list:
                 ka, kb = _key(a), _key(b)
                 if _related(ka, kb) and (ka != kb or _canon(a) != _canon(b)):
                     raise VisionlaunchError(
-                        f"{where}: conflicting overrides: {a_src} set {a} and {b_src} sets {b}. Set each key in "
+                        f"{where}: conflicting overrides: {a_src} set {a} and {b_src} set {b}. Set each key in "
                         "one place: vary it in the grid/variants, or fix it in overrides:, not both.")
     for src, overrides in sources:
         for o in overrides:
