@@ -29,7 +29,7 @@ FCN = str(REPO / "configs" / "mnist_fcn.yaml")
 TINY = {"data.name": "mnist_sample", "data.train_subset": 1000, "data.val_size": 200, "data.test_subset": 300,
         "model.args": {"hidden": [16]}, "train.epochs": 2, "train.batch_size": 100, "report.figures": False,
         "report.ident": "tester"}
-GRID = {"optim.lr": [0.05, 0.2], "optim.label_smoothing": [0.0, 0.1]}
+GRID = {"optim.lr": [0.05, 0.2], "train.ema_decay": [0.0, 0.9]}
 
 
 def write_ablation(path: Path, **tree) -> Path:
@@ -69,8 +69,8 @@ def grid(tmp_path_factory):
 def test_grid_of_2x2_gives_four_runs_and_a_table_with_their_numbers(grid):
     file, out, ablation, result, separate = grid
     assert [v.name for v in ablation.variants] == [
-        "lr-0.05_label_smoothing-0.0-seed0", "lr-0.05_label_smoothing-0.1-seed0",
-        "lr-0.2_label_smoothing-0.0-seed0", "lr-0.2_label_smoothing-0.1-seed0"]
+        "lr-0.05_ema_decay-0.0-seed0", "lr-0.05_ema_decay-0.9-seed0", "lr-0.2_ema_decay-0.0-seed0",
+        "lr-0.2_ema_decay-0.9-seed0"]
     assert result.failed == [] and result.skipped == [separate.name] and len(result.ran) == 3
     rows = csv_rows(out / "table.csv")
     assert len(rows) == 4
@@ -80,8 +80,12 @@ def test_grid_of_2x2_gives_four_runs_and_a_table_with_their_numbers(grid):
         tests = [r["acc"] for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "epoch" and r["split"] == "test"]
         assert len(tests) == 2
         assert row["setting"] == variant.setting and row["status"] == "ok"
-        assert (float(row["optim.lr"]), float(row["optim.label_smoothing"])) == (
-            variant.config.optim.lr, variant.config.optim.label_smoothing)
+        assert (float(row["optim.lr"]), float(row["train.ema_decay"])) == (
+            variant.config.optim.lr, variant.config.train.ema_decay)
+        if variant.config.train.ema_decay:  # the EMA weights' accuracy, from the final record
+            assert float(row["ema_test_acc_mean_pct"]) == pytest.approx(100 * final["test_ema_acc"], abs=1e-4)
+        else:
+            assert "test_ema_acc" not in final and row["ema_test_acc_mean_pct"] == ""
         assert float(row["final_test_acc_mean_pct"]) == pytest.approx(100 * final["test_acc"], abs=1e-4)
         assert float(row["best_test_acc_mean_pct"]) == pytest.approx(100 * max(tests), abs=1e-4)
         assert row["final_test_acc_std_pct"] == ""  # one seed: no spread
@@ -94,10 +98,12 @@ def test_grid_of_2x2_gives_four_runs_and_a_table_with_their_numbers(grid):
     assert len(body) == 4
     for variant, line in zip(ablation.variants, body):
         cells = [c.strip() for c in line.strip("|").split("|")]
+        final = final_of(out / variant.name)
         assert cells[0] == variant.label
-        assert cells[1] == f"{100 * final_of(out / variant.name)['test_acc']:.2f}"
+        assert cells[1] == f"{100 * final['test_acc']:.2f}"
+        assert cells[3] == (f"{100 * final['test_ema_acc']:.2f}" if variant.config.train.ema_decay else "–")
         params = yaml.safe_load((out / variant.name / "run.yaml").read_text())["parameters"]
-        assert cells[3] == "1/1" and cells[5:] == [f"{params:,}", "ok"]
+        assert cells[4] == "1/1" and cells[6:] == [f"{params:,}", "ok"]
     assert (out / "curves.png").read_bytes().startswith(b"\x89PNG")
     plan = yaml.safe_load((out / "ablation.yaml").read_text())
     assert [v["train_args"] for v in plan["variants"]] == [v.train_args() for v in ablation.variants]
@@ -273,7 +279,7 @@ def test_command_line_overrides_replace_fixed_ones_but_not_varied_keys(tmp_path,
     ablation = load_ablation(file, extra_overrides=["train.epochs=5"])
     assert {v.config.train.epochs for v in ablation.variants} == {5}
     assert main(["ablate", str(file), "--dry-run", "--", "optim.lr=0.3"]) == 2
-    assert "the command-line overrides set optim.lr=0.3 and variant 'lr-0.05_label_smoothing-0.0' set optim.lr=0.05" \
+    assert "the command-line overrides set optim.lr=0.3 and variant 'lr-0.05_ema_decay-0.0' set optim.lr=0.05" \
         in capsys.readouterr().err
 
 

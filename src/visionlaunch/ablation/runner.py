@@ -77,8 +77,9 @@ def run_ablation(ablation: Ablation, *, rerun: bool = False, log: Callable[[str]
             result.ran.append(variant.name)
             outcome = read_result(variant)
             if code == 0 and outcome.state == "ok":
-                acc = f"test accuracy {100 * outcome.final_test_acc:.2f}%" if outcome.final_test_acc is not None else "done"
-                log(f"{head}: {acc} in {seconds:.0f} s")
+                acc = outcome.final_test_acc
+                log(f"{head}: " + (f"test accuracy {100 * acc:.2f}%" if acc is not None else "done")
+                    + f" in {seconds:.0f} s")
             else:
                 result.failed.append(variant.name)
                 log(f"{head}: FAILED ({outcome.message or f'exit {code}'}); see {log_path(variant)}")
