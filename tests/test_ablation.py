@@ -366,3 +366,21 @@ def test_rerun_replaces_a_finished_run(tmp_path, capsys):
     records = read_metrics(run / "metrics.jsonl")
     assert sum(r["kind"] == "final" for r in records) == 1  # a fresh run folder, not the old one continued
     assert "train.resume=none output.overwrite=true" in (out / "logs" / "only-seed0.log").read_text()
+
+
+def test_only_selects_runs_or_settings(grid, crashed, tmp_path, capsys):
+    file, out, *_ = grid
+    assert main(["ablate", str(file), "--dry-run", "--only", "lr-0.2_ema_decay-0.9", "--only",
+                 "lr-0.05_ema_decay-0.0-seed0"]) == 0
+    text = capsys.readouterr().out
+    assert "selected: 2 of them" in text and text.count("visionlaunch train") == 2
+    assert "output.name=lr-0.2_ema_decay-0.9-seed0 " in text and "output.name=lr-0.05_ema_decay-0.0-seed0 " in text
+    assert main(["ablate", str(file), "--dry-run", "--only", "lr-0.3"]) == 2
+    assert "has no run or setting 'lr-0.3'" in capsys.readouterr().err
+    # The exit status covers the selected runs: the finished setting is fine though the other one failed.
+    _, crash_out = crashed
+    copy = Path(shutil.copytree(crash_out, tmp_path / "crash"))
+    crash_file = crash_out.parent / "crash.yaml"
+    assert main(["ablate", str(crash_file), "--out", str(copy), "--only", "base"]) == 0
+    assert capsys.readouterr().err.count("finished before, skipped") == 2
+    assert main(["ablate", str(crash_file), "--out", str(copy)]) == 1

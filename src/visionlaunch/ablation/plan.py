@@ -89,6 +89,19 @@ class Ablation:
             groups.setdefault(v.setting, []).append(v)
         return [(setting, vs[0].label, vs) for setting, vs in groups.items()]
 
+    def select(self, names: list[str] | None) -> list[Variant]:
+        """The runs named (by run name, e.g. cosine-seed1, or setting name, e.g. cosine: all its seeds), in plan
+        order; all of them for None."""
+        if names is None:
+            return list(self.variants)
+        settings = {v.setting for v in self.variants}
+        unknown = [n for n in names if n not in settings and n not in {v.name for v in self.variants}]
+        if unknown:
+            raise VisionlaunchError(
+                f"ablation {self.name} has no run or setting {', '.join(map(repr, unknown))}. Its settings: "
+                f"{', '.join(sorted(settings))}; a run is <setting>-seed<k> (`--dry-run` lists them).")
+        return [v for v in self.variants if v.name in names or v.setting in names]
+
     def plan(self) -> dict:
         """The resolved plan as plain data: what `ablation.yaml` in the ablation folder records."""
         return {

@@ -198,7 +198,8 @@ def render_markdown(ablation: Ablation, rows: list[SettingRow]) -> str:
     n_seeds = len(ablation.seeds)
     ema = _has_ema(rows)
     lines = [
-        f"**Ablation `{ablation.name}`** ({ablation.source}): base `{ablation.base}`"
+        f"**Ablation `{ablation.name}`**" + (f": {ablation.description}" if ablation.description else "")
+        + f" ({ablation.source}). Base `{ablation.base}`"
         + (f" + `{' '.join(ablation.fixed + ablation.extra)}`" if ablation.fixed or ablation.extra else "")
         + f"; seeds {', '.join(map(str, ablation.seeds))}.",
         "",
