@@ -22,7 +22,7 @@ from visionlaunch.atomic import atomic_write_text
 from visionlaunch.errors import VisionlaunchError
 
 from .plan import PLAN_FILE, Ablation, Variant
-from .results import log_path, read_result, status_path, write_ablation_results
+from .results import is_complete, log_path, read_result, status_path, write_ablation_results
 
 TAIL_LINES = 20
 
@@ -70,7 +70,7 @@ def run_ablation(ablation: Ablation, *, rerun: bool = False, only: list[str] | N
     try:
         for i, variant in enumerate(selected, 1):
             head = f"[{i}/{total}] {variant.name} ({variant.label}, seed {variant.seed})"
-            if not rerun and read_result(variant).state == "ok":
+            if not rerun and is_complete(variant):
                 result.skipped.append(variant.name)
                 log(f"{head}: finished before, skipped")
                 continue

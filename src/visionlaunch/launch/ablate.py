@@ -6,7 +6,7 @@ import argparse
 import shlex
 
 from visionlaunch.ablation import Ablation, Variant, load_ablation, run_ablation, write_ablation_results
-from visionlaunch.ablation.results import TABLE_MD, read_result
+from visionlaunch.ablation.results import TABLE_MD, is_complete, read_result
 from visionlaunch.ablation.runner import train_command
 
 
@@ -25,7 +25,7 @@ def ablate_command(args: argparse.Namespace) -> int:
     print((ablation.out_dir / TABLE_MD).read_text())
     for path in paths:
         print(path)
-    return 0 if all(read_result(v).state == "ok" for v in selected) else 1
+    return 0 if all(is_complete(v) for v in selected) else 1
 
 
 def dry_run_text(ablation: Ablation, selected: list[Variant]) -> str:
