@@ -29,7 +29,7 @@ FCN = str(REPO / "configs" / "mnist_fcn.yaml")
 TINY = {"data.name": "mnist_sample", "data.train_subset": 1000, "data.val_size": 200, "data.test_subset": 300,
         "model.args": {"hidden": [16]}, "train.epochs": 2, "train.batch_size": 100, "report.figures": False,
         "report.ident": "tester"}
-GRID = {"optim.lr": [0.05, 0.2], "optim.label_smoothing": [0.0, 0.1]}
+GRID = {"optim.lr": [0.05, 0.2], "train.ema_decay": [0.0, 0.9]}
 
 
 def write_ablation(path: Path, **tree) -> Path:
@@ -69,8 +69,8 @@ def grid(tmp_path_factory):
 def test_grid_of_2x2_gives_four_runs_and_a_table_with_their_numbers(grid):
     file, out, ablation, result, separate = grid
     assert [v.name for v in ablation.variants] == [
-        "lr-0.05_label_smoothing-0.0-seed0", "lr-0.05_label_smoothing-0.1-seed0",
-        "lr-0.2_label_smoothing-0.0-seed0", "lr-0.2_label_smoothing-0.1-seed0"]
+        "lr-0.05_ema_decay-0.0-seed0", "lr-0.05_ema_decay-0.9-seed0", "lr-0.2_ema_decay-0.0-seed0",
+        "lr-0.2_ema_decay-0.9-seed0"]
     assert result.failed == [] and result.skipped == [separate.name] and len(result.ran) == 3
     rows = csv_rows(out / "table.csv")
     assert len(rows) == 4
@@ -80,8 +80,12 @@ def test_grid_of_2x2_gives_four_runs_and_a_table_with_their_numbers(grid):
         tests = [r["acc"] for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "epoch" and r["split"] == "test"]
         assert len(tests) == 2
         assert row["setting"] == variant.setting and row["status"] == "ok"
-        assert (float(row["optim.lr"]), float(row["optim.label_smoothing"])) == (
-            variant.config.optim.lr, variant.config.optim.label_smoothing)
+        assert (float(row["optim.lr"]), float(row["train.ema_decay"])) == (
+            variant.config.optim.lr, variant.config.train.ema_decay)
+        if variant.config.train.ema_decay:  # the EMA weights' accuracy, from the final record
+            assert float(row["ema_test_acc_mean_pct"]) == pytest.approx(100 * final["test_ema_acc"], abs=1e-4)
+        else:
+            assert "test_ema_acc" not in final and row["ema_test_acc_mean_pct"] == ""
         assert float(row["final_test_acc_mean_pct"]) == pytest.approx(100 * final["test_acc"], abs=1e-4)
         assert float(row["best_test_acc_mean_pct"]) == pytest.approx(100 * max(tests), abs=1e-4)
         assert row["final_test_acc_std_pct"] == ""  # one seed: no spread
@@ -94,10 +98,12 @@ def test_grid_of_2x2_gives_four_runs_and_a_table_with_their_numbers(grid):
     assert len(body) == 4
     for variant, line in zip(ablation.variants, body):
         cells = [c.strip() for c in line.strip("|").split("|")]
+        final = final_of(out / variant.name)
         assert cells[0] == variant.label
-        assert cells[1] == f"{100 * final_of(out / variant.name)['test_acc']:.2f}"
+        assert cells[1] == f"{100 * final['test_acc']:.2f}"
+        assert cells[3] == (f"{100 * final['test_ema_acc']:.2f}" if variant.config.train.ema_decay else "–")
         params = yaml.safe_load((out / variant.name / "run.yaml").read_text())["parameters"]
-        assert cells[3] == "1/1" and cells[5:] == [f"{params:,}", "ok"]
+        assert cells[4] == "1/1" and cells[6:] == [f"{params:,}", "ok"]
     assert (out / "curves.png").read_bytes().startswith(b"\x89PNG")
     plan = yaml.safe_load((out / "ablation.yaml").read_text())
     assert [v["train_args"] for v in plan["variants"]] == [v.train_args() for v in ablation.variants]
@@ -241,6 +247,8 @@ BAD_FILES = {
                                "conflicting overrides: the fixed overrides set optim.lr=0.1"),
     "conflict inside a key": ({"base": FCN, "overrides": {"model.args": {"hidden": [8]}},
                                "grid": {"model.args.hidden": [[16], [32]]}}, "conflicting overrides"),
+    "key twice in one list": ({"base": FCN, "variants": [{"name": "a", "overrides": ["optim.lr=0.1", "optim.lr=0.2"]}]},
+                              "variant 'a' set optim.lr=0.1 and variant 'a' set optim.lr=0.2"),
     "seed set twice": ({"base": FCN, "overrides": ["train.seed=3"], "grid": GRID}, "comes from seeds:"),
     "output managed": ({"base": FCN, "overrides": ["output.name=x"], "grid": GRID}, "which the ablation sets"),
     "duplicate variant names": ({"base": FCN, "variants": [{"name": "a"}, {"name": "a"}]}, "share the folder"),
@@ -271,7 +279,8 @@ def test_command_line_overrides_replace_fixed_ones_but_not_varied_keys(tmp_path,
     ablation = load_ablation(file, extra_overrides=["train.epochs=5"])
     assert {v.config.train.epochs for v in ablation.variants} == {5}
     assert main(["ablate", str(file), "--dry-run", "--", "optim.lr=0.3"]) == 2
-    assert "the command-line overrides set optim.lr=0.3" in capsys.readouterr().err
+    assert "the command-line overrides set optim.lr=0.3 and variant 'lr-0.05_ema_decay-0.0' set optim.lr=0.05" \
+        in capsys.readouterr().err
 
 
 def test_not_a_file_or_not_a_mapping(tmp_path, capsys):
@@ -357,3 +366,21 @@ def test_rerun_replaces_a_finished_run(tmp_path, capsys):
     records = read_metrics(run / "metrics.jsonl")
     assert sum(r["kind"] == "final" for r in records) == 1  # a fresh run folder, not the old one continued
     assert "train.resume=none output.overwrite=true" in (out / "logs" / "only-seed0.log").read_text()
+
+
+def test_only_selects_runs_or_settings(grid, crashed, tmp_path, capsys):
+    file, out, *_ = grid
+    assert main(["ablate", str(file), "--dry-run", "--only", "lr-0.2_ema_decay-0.9", "--only",
+                 "lr-0.05_ema_decay-0.0-seed0"]) == 0
+    text = capsys.readouterr().out
+    assert "selected: 2 of them" in text and text.count("visionlaunch train") == 2
+    assert "output.name=lr-0.2_ema_decay-0.9-seed0 " in text and "output.name=lr-0.05_ema_decay-0.0-seed0 " in text
+    assert main(["ablate", str(file), "--dry-run", "--only", "lr-0.3"]) == 2
+    assert "has no run or setting 'lr-0.3'" in capsys.readouterr().err
+    # The exit status covers the selected runs: the finished setting is fine though the other one failed.
+    _, crash_out = crashed
+    copy = Path(shutil.copytree(crash_out, tmp_path / "crash"))
+    crash_file = crash_out.parent / "crash.yaml"
+    assert main(["ablate", str(crash_file), "--out", str(copy), "--only", "base"]) == 0
+    assert capsys.readouterr().err.count("finished before, skipped") == 2
+    assert main(["ablate", str(crash_file), "--out", str(copy)]) == 1

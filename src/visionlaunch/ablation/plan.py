@@ -89,6 +89,19 @@ class Ablation:
             groups.setdefault(v.setting, []).append(v)
         return [(setting, vs[0].label, vs) for setting, vs in groups.items()]
 
+    def select(self, names: list[str] | None) -> list[Variant]:
+        """The runs named (by run name, e.g. cosine-seed1, or setting name, e.g. cosine: all its seeds), in plan
+        order; all of them for None."""
+        if names is None:
+            return list(self.variants)
+        settings = {v.setting for v in self.variants}
+        unknown = [n for n in names if n not in settings and n not in {v.name for v in self.variants}]
+        if unknown:
+            raise VisionlaunchError(
+                f"ablation {self.name} has no run or setting {', '.join(map(repr, unknown))}. Its settings: "
+                f"{', '.join(sorted(settings))}; a run is <setting>-seed<k> (`--dry-run` lists them).")
+        return [v for v in self.variants if v.name in names or v.setting in names]
+
     def plan(self) -> dict:
         """The resolved plan as plain data: what `ablation.yaml` in the ablation folder records."""
         return {
@@ -324,13 +337,15 @@ def _check_conflicts(sources: list[tuple[str, list[str]]], where: str, seeds_giv
     variant varies. train.seed belongs to `seeds:` when the file lists seeds."""
     (fixed_src, fixed), (extra_src, extra), (own_src, own) = sources
     pairs = [(fixed_src, fixed, own_src, own), (extra_src, extra, own_src, own)]
+    for src, overrides in ((fixed_src, fixed), (own_src, own)):  # one list naming a key twice
+        pairs += [(src, overrides[:i], src, [o]) for i, o in enumerate(overrides)]
     for a_src, a_list, b_src, b_list in pairs:
         for a in a_list:
             for b in b_list:
                 ka, kb = _key(a), _key(b)
                 if _related(ka, kb) and (ka != kb or _canon(a) != _canon(b)):
                     raise VisionlaunchError(
-                        f"{where}: conflicting overrides: {a_src} set {a} and {b_src} sets {b}. Set each key in "
+                        f"{where}: conflicting overrides: {a_src} set {a} and {b_src} set {b}. Set each key in "
                         "one place: vary it in the grid/variants, or fix it in overrides:, not both.")
     for src, overrides in sources:
         for o in overrides:

@@ -198,7 +198,8 @@ def render_markdown(ablation: Ablation, rows: list[SettingRow]) -> str:
     n_seeds = len(ablation.seeds)
     ema = _has_ema(rows)
     lines = [
-        f"**Ablation `{ablation.name}`** ({ablation.source}): base `{ablation.base}`"
+        f"**Ablation `{ablation.name}`**" + (f": {ablation.description}" if ablation.description else "")
+        + f" ({ablation.source}). Base `{ablation.base}`"
         + (f" + `{' '.join(ablation.fixed + ablation.extra)}`" if ablation.fixed or ablation.extra else "")
         + f"; seeds {', '.join(map(str, ablation.seeds))}.",
         "",
@@ -212,8 +213,8 @@ def render_markdown(ablation: Ablation, rows: list[SettingRow]) -> str:
         lines.append(f"| {label} | {_pct(row.stat('final_test_acc'))} | {_pct(row.stat('best_test_acc'))} | "
                      + (f"{_pct(row.stat('ema_test_acc'))} | " if ema else "")
                      + f"{len(row.ok)}/{n_seeds} | {_seconds(row.stat('time_s')[0])} | {params} | {row.status} |")
-    lines += ["", "Accuracies: mean ± sample standard deviation over the finished seeds; final = after the last epoch, "
-              "best = the highest test accuracy of any epoch (a view of the curve, not a model-selection result)"
+    lines += ["", "Accuracies: mean ± sample standard deviation over the finished seeds; final = after the last "
+              "epoch, best = the highest test accuracy of any epoch (a view of the curve, not a model-selection result)"
               + (", EMA = final accuracy of the weight average (runs with train.ema_decay > 0)" if ema else "")
               + ". Time: mean per run, training and per-epoch evaluation (from the final record; start-up and "
               "figures not included)."]
@@ -228,8 +229,8 @@ def render_csv(ablation: Ablation, rows: list[SettingRow]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["setting", "label", *ablation.varied, "seeds_ok", "seeds_total", "final_test_acc_mean_pct",
-                     "final_test_acc_std_pct", "best_test_acc_mean_pct", "best_test_acc_std_pct", "ema_test_acc_mean_pct",
-                     "ema_test_acc_std_pct", "time_s_mean",
+                     "final_test_acc_std_pct", "best_test_acc_mean_pct", "best_test_acc_std_pct",
+                     "ema_test_acc_mean_pct", "ema_test_acc_std_pct", "time_s_mean",
                      "parameters", "status"])
 
     def num(value: float | None, scale: float = 1.0) -> str:

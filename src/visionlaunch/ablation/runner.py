@@ -22,7 +22,7 @@ from visionlaunch.atomic import atomic_write_text
 from visionlaunch.errors import VisionlaunchError
 
 from .plan import PLAN_FILE, Ablation, Variant
-from .results import log_path, read_result, status_path, write_ablation_results
+from .results import is_complete, log_path, read_result, status_path, write_ablation_results
 
 TAIL_LINES = 20
 
@@ -54,21 +54,23 @@ def check_existing_runs(ablation: Ablation, rerun: bool) -> None:
             "Nothing was run. Use --rerun to replace them, or --out DIR to write this plan elsewhere.")
 
 
-def run_ablation(ablation: Ablation, *, rerun: bool = False, log: Callable[[str], None] | None = None,
-                 python: str | None = None) -> AblationRun:
-    """Run every variant that has not finished (all of them with `rerun`), then write the table and figure.
-    Returns what ran; a failed variant is recorded and the others go on."""
+def run_ablation(ablation: Ablation, *, rerun: bool = False, only: list[str] | None = None,
+                 log: Callable[[str], None] | None = None, python: str | None = None) -> AblationRun:
+    """Run every variant that has not finished (all of them with `rerun`; those named in `only`, see
+    Ablation.select, when given), then write the table and figure from all run folders. Returns what ran; a
+    failed variant is recorded and the others go on."""
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+    selected = ablation.select(only)
     check_existing_runs(ablation, rerun)
     out = ablation.out_dir
     (out / "logs").mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / PLAN_FILE, yaml.safe_dump(ablation.plan(), sort_keys=False, width=1 << 20))
     result = AblationRun()
-    total = len(ablation.variants)
+    total = len(selected)
     try:
-        for i, variant in enumerate(ablation.variants, 1):
+        for i, variant in enumerate(selected, 1):
             head = f"[{i}/{total}] {variant.name} ({variant.label}, seed {variant.seed})"
-            if not rerun and read_result(variant).state == "ok":
+            if not rerun and is_complete(variant):
                 result.skipped.append(variant.name)
                 log(f"{head}: finished before, skipped")
                 continue
@@ -77,8 +79,9 @@ def run_ablation(ablation: Ablation, *, rerun: bool = False, log: Callable[[str]
             result.ran.append(variant.name)
             outcome = read_result(variant)
             if code == 0 and outcome.state == "ok":
-                acc = f"test accuracy {100 * outcome.final_test_acc:.2f}%" if outcome.final_test_acc is not None else "done"
-                log(f"{head}: {acc} in {seconds:.0f} s")
+                acc = outcome.final_test_acc
+                log(f"{head}: " + (f"test accuracy {100 * acc:.2f}%" if acc is not None else "done")
+                    + f" in {seconds:.0f} s")
             else:
                 result.failed.append(variant.name)
                 log(f"{head}: FAILED ({outcome.message or f'exit {code}'}); see {log_path(variant)}")

@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--dry-run", action="store_true", help="list the runs and their commands; run nothing")
     mode.add_argument("--table-only", action="store_true", help="rebuild the table and figure from the run folders")
     mode.add_argument("--rerun", action="store_true", help="run finished variants again, replacing their folders")
+    p.add_argument("--only", action="append", metavar="RUN",
+                   help="only this run (<setting>-seed<k>) or setting (all its seeds); repeatable, e.g. for array jobs")
     p.add_argument("--out", type=Path, help="the ablation folder; default <output_dir>/<name> (runs/ablations/<name>)")
     p.add_argument("--slurm", action="store_true",
                    help="submit the unfinished runs as one SLURM job array (task i = run i), then a job that builds "
