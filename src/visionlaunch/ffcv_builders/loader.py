@@ -29,6 +29,7 @@ from visionlaunch.ffcv_builders.requirements import require_ffcv
 
 class FfcvLoader:
     augments = True  # flip/translate/cutout happen in the FFCV pipeline
+    note = None
 
     def __init__(self, path, batch_size: int, *, train: bool, seed: int, device: torch.device, rank: int = 0,
                  world: int = 1, num_workers: int = 2, max_steps: int | None = None, crop_padding: int = 0,

@@ -21,6 +21,7 @@ EPILOG = """examples:
   visionlaunch evaluate runs/mnist_cnn-20261125-120000
   visionlaunch report runs/mnist_cnn-20261125-120000 --pdf
   visionlaunch compare runs/lr-0.05 runs/lr-0.1 runs/lr-0.2
+  visionlaunch prepare ffcv --dataset cifar10 data.root=/data
 """
 
 
@@ -45,8 +46,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("figures", help="redraw a run's figures from its folder and weights")
     p.add_argument("run_dir", type=Path)
 
-    p = sub.add_parser("prepare", help="decode the config's dataset once into the tensor cache")
-    _add_config_args(p)
+    p = sub.add_parser(
+        "prepare", help="decode the config's dataset once into the tensor cache; `prepare ffcv` also writes .beton files",
+        description="prepare --config X [key=value ...]: decode the dataset into the tensor cache.\n"
+                    "prepare ffcv (--config X | --dataset NAME) [key=value ...]: also write its train/val/test .beton "
+                    "files (data.ffcv_dir, default <cache>/ffcv).", formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_config_args(p, required=False)
+    p.add_argument("--dataset", choices=("mnist", "mnist_sample", "cifar10", "cifar100", "imagefolder"),
+                   help="ffcv: the dataset (instead of or on top of --config); imagefolder needs data.path=...")
+    p.add_argument("--encoding", choices=("raw", "jpeg"), help="ffcv: store images raw (default) or as JPEG (RGB)")
+    p.add_argument("--jpeg-quality", type=int, help="ffcv: JPEG quality 1..100 (default 90)")
+    p.add_argument("--out", help="ffcv: folder for the .beton files (data.ffcv_dir)")
+    p.add_argument("--overwrite", action="store_true", help="ffcv: write the files again even if they exist")
 
     p = sub.add_parser("show-config", help="print the resolved config (or every key with --keys)")
     _add_config_args(p, required=False)
@@ -86,11 +97,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             print(path)
         return 0
     if args.command == "prepare":
-        from visionlaunch.trainers.data import prepare_data
-        cfg = load_config(args.config, args.overrides)
-        bundle = prepare_data(cfg.data)
-        print(bundle.note)
-        return 0
+        return _prepare(args)
     if args.command == "show-config":
         if args.keys:
             print(describe_keys())
@@ -120,9 +127,57 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     raise AssertionError(args.command)
 
 
+def _prepare(args: argparse.Namespace) -> int:
+    from visionlaunch.config import load_config
+    from visionlaunch.trainers.data import prepare_data
+
+    overrides = list(args.overrides)
+    ffcv = bool(overrides) and overrides[0] == "ffcv"
+    if ffcv:
+        overrides.pop(0)
+    ffcv_flags = {"--dataset": args.dataset, "--encoding": args.encoding, "--jpeg-quality": args.jpeg_quality,
+                  "--out": args.out, "--overwrite": args.overwrite or None}
+    if not ffcv:
+        used = [flag for flag, value in ffcv_flags.items() if value is not None]
+        if used or not args.config:
+            raise VisionlaunchError(
+                f"`visionlaunch prepare` needs --config{' and takes ' + ', '.join(used) + ' only in its ffcv form' if used else ''}"
+                ": `visionlaunch prepare --config configs/X.yaml` fills the tensor cache, `visionlaunch prepare ffcv "
+                "--dataset mnist` (or --config) also writes the .beton files.")
+    elif not (args.config or args.dataset):
+        raise VisionlaunchError("`visionlaunch prepare ffcv` needs --dataset NAME or --config FILE, e.g. "
+                                "`visionlaunch prepare ffcv --dataset cifar10 data.root=/data`.")
+    for key, value in (("data.name", args.dataset), ("data.ffcv_encoding", args.encoding),
+                       ("data.ffcv_jpeg_quality", args.jpeg_quality), ("data.ffcv_dir", args.out)):
+        if value is not None:
+            overrides.insert(0, f"{key}={value}")
+    cfg = load_config(args.config, overrides)
+    if not ffcv:
+        print(prepare_data(cfg.data).note)
+        return 0
+    from visionlaunch.ffcv_builders.prepare import ensure_betons
+    from visionlaunch.ffcv_builders.requirements import require_ffcv
+
+    require_ffcv("`visionlaunch prepare ffcv`")
+    bundle = prepare_data(cfg.data)
+    print(bundle.note)
+    files = ensure_betons({"train": bundle.train, "val": bundle.val, "test": bundle.test}, bundle.name, cfg.data,
+                          overwrite=args.overwrite, log=lambda m: print(m, file=sys.stderr))
+    for path in files.values():
+        print(path)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # `prepare ffcv --dataset mnist data.root=...`: argparse stops taking positionals after an option.
+        if args.command == "prepare" and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides += extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return run(args, ["visionlaunch", *argv])
     except VisionlaunchError as exc:
