@@ -23,6 +23,19 @@ def require_shared_data() -> Path:
     return SHARED_DATA
 
 
+def require_ffcv() -> None:
+    """The optional ffcv package: CI installs it (a missing one fails the test); a developer machine without it
+    skips, saying how to install it."""
+    try:
+        import ffcv  # noqa: F401
+    except ImportError as exc:
+        hint = ("apt-get install -y --no-install-recommends pkg-config libopencv-dev libturbojpeg0-dev && "
+                "pip install -e '.[ffcv]'")
+        if os.environ.get("CI"):
+            pytest.fail(f"ffcv cannot be imported ({exc}); CI must install it: {hint}")
+        pytest.skip(f"FFCV TESTS SKIPPED: ffcv cannot be imported ({exc}); install it with: {hint}")
+
+
 @pytest.fixture
 def shared_data() -> Path:
     return require_shared_data()
