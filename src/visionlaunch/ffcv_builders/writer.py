@@ -120,6 +120,9 @@ def _write(tmp: Path, fields: dict, samples: _Samples, workers: int, desc: str, 
             if p.is_alive():
                 p.kill()
                 p.join()
+        for q in (todo, allocations):  # after a failure the queues hold unread items: do not wait for them at exit
+            q.cancel_join_thread()
+            q.close()
         writer.metadata_sm.close()
         with contextlib.suppress(FileNotFoundError):
             writer.metadata_sm.unlink()
