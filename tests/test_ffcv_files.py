@@ -70,6 +70,9 @@ def test_truncated_beton_is_refused(written, tmp_path):
         f.truncate(beton.stat().st_size // 2)
     with pytest.raises(VisionlaunchError, match="truncated"):
         check_beton(beton)
+    from visionlaunch.ffcv_builders import FfcvLoader
+    with pytest.raises(VisionlaunchError, match="truncated"):  # the loader checks too, before FFCV reads it
+        FfcvLoader(beton, 10, train=True, seed=0, device=torch.device("cpu"))
 
 
 def test_foreign_beton_is_refused(written, tmp_path):

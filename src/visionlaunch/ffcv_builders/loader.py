@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from visionlaunch.datasets.loaders import epoch_permutation, shard_indices
+from visionlaunch.ffcv_builders.manifest import check_beton
 from visionlaunch.ffcv_builders.requirements import require_ffcv
 
 
@@ -34,11 +35,13 @@ class FfcvLoader:
     def __init__(self, path, batch_size: int, *, train: bool, seed: int, device: torch.device, rank: int = 0,
                  world: int = 1, num_workers: int = 2, max_steps: int | None = None, crop_padding: int = 0,
                  flip: bool = False, cutout: int = 0, channels_last: bool = False, clone: bool = False,
-                 os_cache: bool = True, batches_ahead: int = 3):
+                 os_cache: bool = True, batches_ahead: int = 3, verify: bool = True):
         require_ffcv()
         from ffcv.loader import Loader, OrderOption
 
         self.path = Path(path)
+        if verify:  # FFCV itself would read a damaged file's garbage offsets (or hang in a worker): refuse it first
+            check_beton(self.path)
         self.batch_size, self.train, self.seed = batch_size, train, seed
         self.device, self.rank, self.world = device, rank, world
         self.max_steps, self.clone = max_steps, clone
