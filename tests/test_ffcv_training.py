@@ -111,3 +111,29 @@ def test_loader_augments_flag_skips_the_second_augmentation():
     on = BatchPipeline(aug, (0.0,), (1.0,), torch.device("cpu"), seed=0)
     off = BatchPipeline(aug, (0.0,), (1.0,), torch.device("cpu"), seed=0, loader_augments=True)
     assert torch.equal(off.train(x), off.eval(x)) and not torch.equal(on.train(x), on.eval(x))
+
+
+def test_a_run_resumed_mid_epoch_on_ffcv_ends_like_the_uninterrupted_tensor_run(tmp_path, shared_data):
+    """Without augmentation, BatchNorm or dropout the backends feed bit-identical batches, so a tensor run
+    resumed from a mid-epoch checkpoint with the ffcv backend must end with the uninterrupted run's weights."""
+    require_ffcv()
+    import shutil
+
+    from tests.run_helpers import DETERMINISTIC, assert_same_records, max_weight_difference, records, train_args
+
+    args = train_args(shared_data, tmp_path, "ref", *DETERMINISTIC, "train.checkpoint_every=5",
+                      "train.keep_checkpoints=20")
+    assert main(["train", *args]) == 0
+    ref = tmp_path / "ref"
+    steps_per_epoch = 1700 // 48
+    mid = ref / "checkpoints" / f"step-{steps_per_epoch + 5 * 2:08d}"  # 10 steps into the second epoch
+    assert mid.is_dir()
+    shutil.copytree(ref, tmp_path / "cut")
+    for later in sorted((tmp_path / "cut" / "checkpoints").glob("step-*")):
+        if later.name > mid.name:
+            shutil.rmtree(later)
+    args = train_args(shared_data, tmp_path, "cut", *DETERMINISTIC, "train.checkpoint_every=5",
+                      "train.keep_checkpoints=20", "train.resume=auto", "data.loader=ffcv")
+    assert main(["train", *args]) == 0
+    assert max_weight_difference(ref, tmp_path / "cut") <= 1e-6
+    assert_same_records(records(ref), records(tmp_path / "cut"), tol=1e-6)
