@@ -193,3 +193,30 @@ def test_prepare_ffcv_command_writes_then_checks_the_files(tmp_path, capsys):
     assert main(["prepare", "ffcv", "--dataset", "mnist_sample", "--encoding", "jpeg", "--out",
                  str(tmp_path / "b"), "data.val_size=500"]) == 2
     assert "needs 3-channel images" in capsys.readouterr().err
+
+
+def test_prepare_ffcv_cifar100_canonical_files_round_trip(tmp_path, capsys):
+    """CIFAR-100 (100 fine labels) from files in the canonical format, as JPEG, read back through FFCV."""
+    require_ffcv()
+    from tests.cifar_format import write_cifar100
+    from visionlaunch.datasets import load_dataset
+    from visionlaunch.ffcv_builders import FfcvLoader
+
+    root = tmp_path / "data"
+    write_cifar100(root, n_train=300, n_test=100, seed=0)
+    assert main(["prepare", "ffcv", "--dataset", "cifar100", "--encoding", "jpeg", "--jpeg-quality", "95",
+                 f"data.root={root}", "data.verify=false", "data.val_size=50", "--out", str(tmp_path / "b")]) == 0
+    files = sorted(p for p in capsys.readouterr().out.split() if p.endswith(".beton"))
+    assert [os.path.basename(p) for p in files] == ["cifar100-test-jpeg95.beton",
+                                                    "cifar100-train-val50-seed0-jpeg95.beton",
+                                                    "cifar100-val-val50-seed0-jpeg95.beton"]
+    test = load_dataset("cifar100", "test", root=root, verify=False, progress=False)
+    loader = FfcvLoader(files[0], 64, train=False, seed=0, device=torch.device("cpu"), clone=True)
+    images = torch.cat([x for x, _ in loader])
+    labels = torch.cat([y for _, y in loader])
+    assert torch.equal(labels, test.labels) and labels.max() < 100
+    # Lossy (these test images carry per-pixel noise), yet each decoded image is far closer to its own source
+    # than to its neighbour's: the pixels were stored with the right sample.
+    own = (images.float() - test.images.float()).abs().mean((1, 2, 3))
+    other = (images.float() - test.images.roll(1, 0).float()).abs().mean((1, 2, 3))
+    assert (own < other).all() and 0 < own.mean() < 0.5 * other.mean()
