@@ -129,8 +129,8 @@ class Trainer:
                 f"{world * accum}, or change train.grad_accum.")
         self.micro_batch = cfg.train.batch_size // (world * accum)
         check_tracker(cfg.tracker)
-        if cfg.data.loader == "ffcv":
-            require_ffcv()  # before anything is read or written: the message says how to install it
+        if cfg.data.loader == "ffcv":  # before anything is read or written: the message says how to install it
+            self._agreed(lambda: require_ffcv() and None)
 
         # Validate what is cheap and certain to fail before reading data or creating anything.
         name = cfg.output.name or default_run_name(preset)
