@@ -3,6 +3,7 @@ normalised float32 NCHW batches on the training device), for CIFAR-shaped and MN
 
     python bench/loaders.py                       # both shapes, every backend, 3 epochs each
     python bench/loaders.py --shapes cifar --epochs 4 --batch-size 512
+    python bench/loaders.py --threads 1           # one intra-op thread (much faster on a busy 2-core VM)
 
 For each (shape, backend) it reports the set-up time (building the loader: copying the dataset to the device,
 starting workers), the first epoch (FFCV's numba compiling and the workers' start-up land here) and the
@@ -86,18 +87,23 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="torch DataLoader processes / ffcv threads")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--n", type=int, help="images per dataset (default: the real sizes)")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads of the main process (default: torch's "
+                                                    "choice, one per core)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     report = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "cpus": os.cpu_count(), "device": str(device),
                     "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-                    "torch": torch.__version__, "threads": torch.get_num_threads(),
+                    "torch": torch.__version__,
                     "load_average_before": [round(x, 2) for x in os.getloadavg()]},
         "batch_size": args.batch_size, "workers": args.workers, "epochs": args.epochs, "results": []}
     if "ffcv" in args.backends:
-        import ffcv  # noqa: F401  (fails early with ImportError when the extra is not installed)
+        from visionlaunch.ffcv_builders import require_ffcv
+        require_ffcv()  # fails early when the extra is missing; keeps torch's thread count as it is
         from importlib.metadata import version
         report["machine"]["ffcv"] = version("ffcv")
     with tempfile.TemporaryDirectory(prefix="vl-bench-") as tmp:
@@ -117,6 +123,7 @@ def main() -> None:
                 convert = round(time.perf_counter() - t, 2)
             for kind in args.backends:
                 row = bench_backend(kind, images, labels, spec, args, device, beton if kind == "ffcv" else None)
+                row["torch_threads"] = torch.get_num_threads()  # after the run: nothing may have changed it
                 row.update({"data": name, "images": n, "augment": spec["augment"].model_dump()})
                 if kind == "ffcv":
                     row["conversion_s"] = convert

@@ -26,9 +26,11 @@ def require_shared_data() -> Path:
 def require_ffcv() -> None:
     """The optional ffcv package: CI installs it (a missing one fails the test); a developer machine without it
     skips, saying how to install it."""
+    from visionlaunch.errors import VisionlaunchError
+    from visionlaunch.ffcv_builders.requirements import require_ffcv as import_ffcv
     try:
-        import ffcv  # noqa: F401
-    except ImportError as exc:
+        import_ffcv()  # the product's import: it also keeps FFCV from changing torch's thread count
+    except VisionlaunchError as exc:
         hint = ("apt-get install -y --no-install-recommends pkg-config libopencv-dev libturbojpeg0-dev && "
                 "pip install -e '.[ffcv]'")
         if os.environ.get("CI"):

@@ -231,3 +231,20 @@ def test_cutout_covers_the_same_area_on_every_backend(augmented, kind):
     assert abs(zero.mean().item() - expected) < 0.01
     # One square per image, never more than 6 x 6.
     assert zero.sum((1, 2)).max().item() <= 36 and (zero.sum((1, 2)) >= 9).all()
+
+
+def test_ffcv_leaves_torch_thread_count_alone(files):
+    # FFCV itself sets torch's intra-op threads to its worker count (and to 1 on import): the model's compute
+    # speed would silently depend on data.num_workers.
+    from visionlaunch.ffcv_builders import FfcvLoader
+
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("needs 2 cores to tell 1 thread from 2")
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        loader = FfcvLoader(files["rgb_beton"], 100, train=True, seed=0, device=CPU, num_workers=2, flip=True)
+        assert sum(len(y) for _, y in loader) == 700
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(saved)
