@@ -29,7 +29,7 @@ def require_ffcv() -> None:
     from visionlaunch.errors import VisionlaunchError
     from visionlaunch.ffcv_builders.requirements import require_ffcv as import_ffcv
     try:
-        import_ffcv("the FFCV tests")  # the product's import: it also keeps FFCV from changing torch's threads
+        import_ffcv("running the FFCV tests")  # the product's import: it also keeps FFCV from changing torch's threads
     except VisionlaunchError as exc:
         if os.environ.get("CI"):
             pytest.fail(f"CI must install ffcv: {exc}")
