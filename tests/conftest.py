@@ -23,6 +23,19 @@ def require_shared_data() -> Path:
     return SHARED_DATA
 
 
+def require_ffcv() -> None:
+    """The optional ffcv package: CI installs it (a missing one fails the test); a developer machine without it
+    skips, saying how to install it."""
+    from visionlaunch.errors import VisionlaunchError
+    from visionlaunch.ffcv_builders.requirements import require_ffcv as import_ffcv
+    try:
+        import_ffcv("running the FFCV tests")  # the product's import: it also keeps FFCV from changing torch's threads
+    except VisionlaunchError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must install ffcv: {exc}")
+        pytest.skip(f"FFCV TESTS SKIPPED: {exc}")
+
+
 @pytest.fixture
 def shared_data() -> Path:
     return require_shared_data()

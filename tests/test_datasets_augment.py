@@ -116,3 +116,18 @@ def test_bad_settings():
             BatchAugment(**kwargs)
     with pytest.raises(ValueError, match="NCHW"):
         BatchAugment(flip=True)(torch.zeros(3, 4, 4))
+
+
+@pytest.mark.parametrize("padding, flip", [(0, True), (1, False), (2, True), (4, True)])
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_cpu_windows_and_accelerator_gathers_give_the_same_batch(padding, flip, dtype):
+    # The CPU path (strided crop views) and the accelerator path (two gathers) must agree exactly for the same
+    # draws, so a run means the same on either device and a checkpoint resumes on either.
+    aug = BatchAugment(crop_padding=padding, flip=flip)
+    x = torch.randint(0, 256, (300, 3, 9, 7)).to(dtype)
+    flipped = torch.rand(300, generator=gen("cpu", 1)) < 0.5 if flip else None
+    offsets = torch.randint(0, 2 * padding + 1, (2, 300, 1), generator=gen("cpu", 2)) if padding else None
+    windows = aug._translate_flip_windows(x, flipped, offsets)
+    gathers = aug._translate_flip_gathers(x, flipped, offsets)
+    assert windows.dtype == dtype and windows.is_contiguous() and torch.equal(windows, gathers)
+    assert windows.data_ptr() != x.data_ptr()  # a new tensor, the input untouched

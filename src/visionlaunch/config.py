@@ -39,9 +39,15 @@ class DataConfig(_Section):
     split_seed: int = 0
     train_subset: int | None = Field(None, ge=1, description="use only the first N training images (quick runs)")
     test_subset: int | None = Field(None, ge=1, description="use only the first N test images (quick runs)")
-    loader: Literal["tensor", "torch"] = Field(
-        "tensor", description="tensor: whole dataset resident on the device; torch: DataLoader baseline")
-    num_workers: int = Field(2, ge=0, description="torch loader only")
+    loader: Literal["tensor", "torch", "ffcv"] = Field(
+        "tensor", description="tensor: whole dataset resident on the device; torch: DataLoader baseline; ffcv: "
+                              "FFCV .beton files (pip install visionlaunch[ffcv])")
+    num_workers: int = Field(2, ge=0, description="torch loader: worker processes; ffcv: threads (and writer processes)")
+    ffcv_dir: str | None = Field(None, description="ffcv: folder of the .beton files; default <data cache>/ffcv")
+    ffcv_encoding: Literal["raw", "jpeg"] = Field("raw", description="ffcv: how images are stored (jpeg: RGB only, lossy)")
+    ffcv_jpeg_quality: int = Field(90, ge=1, le=100, description="ffcv: JPEG quality when ffcv_encoding=jpeg")
+    half_inputs: bool = Field(False, description="normalised batches in the half type of train.precision (bf16/fp16) "
+                                                 "instead of float32")
 
 
 class AugmentConfig(_Section):
@@ -157,6 +163,9 @@ class RunConfig(_Section):
                              "train/<class>/<image> and test/<class>/<image>)")
         if self.data.fallback == "sample" and self.data.name != "mnist":
             raise ValueError("data.fallback=sample only applies to data.name=mnist")
+        if self.data.half_inputs and self.train.precision == "no":
+            raise ValueError("data.half_inputs=true needs train.precision=bf16 or fp16 (the model computes in that "
+                             "type under autocast); with precision 'no' keep float32 inputs")
         if self.data.val_size >= 1 and self.data.val_size != int(self.data.val_size):
             raise ValueError("data.val_size must be a whole count (>= 1) or a fraction below 1")
         return self

@@ -48,22 +48,46 @@ class BatchAugment:
         return images
 
     def _translate_flip(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        n, dev, p = images.shape[0], images.device, self.crop_padding
+        # The draws, in this order whatever the device (checkpoints restore the generator mid-run).
+        flipped = torch.rand(n, generator=generator, device=dev) < 0.5 if self.flip else None
+        # Offsets index the padded image: shift = offset - p in [-p, p].
+        offsets = torch.randint(0, 2 * p + 1, (2, n, 1), generator=generator, device=dev) if p else None
+        if dev.type == "cpu":
+            return self._translate_flip_windows(images, flipped, offsets)
+        return self._translate_flip_gathers(images, flipped, offsets)
+
+    def _translate_flip_gathers(self, images: torch.Tensor, flipped, offsets) -> torch.Tensor:
+        """Accelerators: two gathers (rows, then columns) move whole batches with no loop over samples."""
         n, c, h, w = images.shape
         dev, p = images.device, self.crop_padding
         # For each sample, the source row of every output row and the source column of every output column.
         rows = torch.arange(h, device=dev).expand(n, h)
         cols = torch.arange(w, device=dev).expand(n, w)
-        if self.flip:
-            flipped = torch.rand(n, generator=generator, device=dev) < 0.5
+        if flipped is not None:
             cols = torch.where(flipped[:, None], (w - 1) - cols, cols)
-        if p:
-            offsets = torch.randint(0, 2 * p + 1, (2, n, 1), generator=generator, device=dev)
-            rows = rows + offsets[0]  # offsets index the padded image: shift = offset - p in [-p, p]
+        if offsets is not None:
+            rows = rows + offsets[0]
             cols = cols + offsets[1]
             images = F.pad(images, (p, p, p, p))
-        # Two gathers (rows, then columns) move whole batches with no loop over samples.
         out = images.gather(2, rows[:, None, :, None].expand(n, c, h, images.shape[3]))
         return out.gather(3, cols[:, None, None, :].expand(n, c, h, w))
+
+    def _translate_flip_windows(self, images: torch.Tensor, flipped, offsets) -> torch.Tensor:
+        """CPUs: the same result as the gathers, faster there (a 64-bit index per pixel is costly on a CPU).
+        Every possible crop of the padded batch is a strided view; indexing it by (sample, dy, dx) copies each
+        sample's crop in one pass; the flipped ones are then mirrored."""
+        n, c, h, w = images.shape
+        p = self.crop_padding
+        out = images
+        if offsets is not None:
+            padded = F.pad(images, (p, p, p, p))
+            sn, sc, sh, sw = padded.stride()
+            crops = padded.as_strided((n, 2 * p + 1, 2 * p + 1, c, h, w), (sn, sh, sw, sc, sh, sw))
+            out = crops[torch.arange(n), offsets[0, :, 0], offsets[1, :, 0]]
+        if flipped is not None:
+            out = torch.where(flipped[:, None, None, None], out.flip(3), out)
+        return out
 
     def _cutout(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         n, _, h, w = images.shape

@@ -34,13 +34,47 @@ def shard_indices(order: torch.Tensor, rank: int, world: int, even: bool) -> tor
     return shard
 
 
+# The dataset may take at most this share of the accelerator's free memory: the model, its activations and the
+# optimizer state need the rest.
+DEVICE_SHARE = 0.5
+
+
+def device_budget(device: torch.device) -> int | None:
+    """Bytes a resident dataset may take on `device`; None when there is no limit to check (CPU memory already
+    holds the decoded dataset)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * DEVICE_SHARE)
+    return None
+
+
 class TensorLoader:
-    """The whole uint8 dataset resident on `device`; batches are index gathers, no per-sample Python work."""
+    """The whole uint8 dataset resident on `device`; batches are index gathers, no per-sample Python work.
+
+    When it does not fit (more than DEVICE_SHARE of the free accelerator memory, or `memory_budget` bytes), it
+    stays in pinned CPU memory and each gathered batch is copied to the device; `note` then says so.
+    """
+
+    augments = False  # batches come raw; the trainer's BatchPipeline augments them
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, train: bool, seed: int,
-                 device: torch.device, rank: int = 0, world: int = 1, max_steps: int | None = None):
-        self.images = images.to(device)
-        self.labels = labels.to(device)
+                 device: torch.device, rank: int = 0, world: int = 1, max_steps: int | None = None,
+                 memory_budget: int | None = None):
+        self.device = device
+        need = images.nbytes + labels.nbytes
+        budget = memory_budget if memory_budget is not None else device_budget(device)
+        self.resident = budget is None or need <= budget
+        self.note = None
+        if self.resident:
+            self.images, self.labels = images.to(device), labels.to(device)
+        else:
+            pin = device.type == "cuda"  # pinned pages let the per-batch copies run asynchronously
+            self.images = images.pin_memory() if pin else images
+            self.labels = labels.pin_memory() if pin else labels
+            self.note = (f"NOTE: the dataset ({need / 2**20:,.0f} MiB as uint8) does not fit in the "
+                         f"{budget / 2**20:,.0f} MiB the tensor loader may use on {device}; it stays in "
+                         f"{'pinned ' if pin else ''}CPU memory and each batch is copied over (slower). Use a device "
+                         "with more memory, data.loader=ffcv, or a subset (data.train_subset).")
         self.batch_size = batch_size
         self.train = train
         self.seed = seed
@@ -68,7 +102,13 @@ class TensorLoader:
         index = self._shard().to(self.images.device)
         for step in range(self.start_batch, len(self)):
             idx = index[step * self.batch_size:(step + 1) * self.batch_size]
-            yield self.images[idx], self.labels[idx]
+            if self.resident:
+                yield self.images[idx], self.labels[idx]
+            else:
+                images, labels = self.images[idx], self.labels[idx]
+                if self.device.type == "cuda":
+                    images, labels = images.pin_memory(), labels.pin_memory()
+                yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
 
 
 class _IndexedTensors(Dataset):
@@ -104,6 +144,9 @@ class _ShardSampler(torch.utils.data.Sampler):
 class TorchLoader:
     """The standard DataLoader (worker processes, pinned memory) as the baseline users know."""
 
+    augments = False
+    note = None
+
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, train: bool, seed: int,
                  device: torch.device, rank: int = 0, world: int = 1, num_workers: int = 2,
                  max_steps: int | None = None):
@@ -137,10 +180,23 @@ class TorchLoader:
             yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
 
 
-def make_loader(kind: str, images: torch.Tensor, labels: torch.Tensor, batch_size: int, **kwargs):
+def make_loader(kind: str, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, beton=None,
+                augment=None, channels_last: bool = False, **kwargs):
+    """A loader backend by name. `beton` (the split's .beton file), `augment` (an AugmentConfig) and
+    `channels_last` are for the ffcv backend, which augments in its own pipeline; the others ignore them."""
     if kind == "tensor":
         kwargs.pop("num_workers", None)
         return TensorLoader(images, labels, batch_size, **kwargs)
     if kind == "torch":
         return TorchLoader(images, labels, batch_size, **kwargs)
+    if kind == "ffcv":
+        from visionlaunch.ffcv_builders.loader import FfcvLoader
+        if beton is None:
+            raise ValueError("the ffcv loader needs the split's .beton file (beton=...)")
+        aug = {} if augment is None else dict(crop_padding=augment.crop_padding, flip=augment.flip,
+                                               cutout=augment.cutout)
+        loader = FfcvLoader(beton, batch_size, channels_last=channels_last, **aug, **kwargs)
+        if loader.num_samples != len(labels):
+            raise ValueError(f"{beton} holds {loader.num_samples} samples, the split {len(labels)}")
+        return loader
     raise ValueError(f"unknown loader {kind!r}")

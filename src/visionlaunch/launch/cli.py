@@ -25,6 +25,7 @@ EPILOG = """examples:
   visionlaunch submit --nodes 2 --gpus-per-node 4 --time 04:00:00 -- --config configs/cifar10_cnn.yaml
   visionlaunch jobs
   visionlaunch ablate configs/ablations/mnist_width.yaml --dry-run -- data.root=../shared/data
+  visionlaunch prepare ffcv --dataset cifar10 data.root=/data
 """
 
 
@@ -49,8 +50,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("figures", help="redraw a run's figures from its folder and weights")
     p.add_argument("run_dir", type=Path)
 
-    p = sub.add_parser("prepare", help="decode the config's dataset once into the tensor cache")
-    _add_config_args(p)
+    p = sub.add_parser(
+        "prepare", help="decode the config's dataset once into the tensor cache; `prepare ffcv` also writes .beton files",
+        description="prepare --config X [key=value ...]: decode the dataset into the tensor cache.\n"
+                    "prepare ffcv (--config X | --dataset NAME) [key=value ...]: also write its train/val/test .beton "
+                    "files (data.ffcv_dir, default <cache>/ffcv).", formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_config_args(p, required=False)
+    p.add_argument("--dataset", choices=("mnist", "mnist_sample", "cifar10", "cifar100", "imagefolder"),
+                   help="ffcv: the dataset (instead of or on top of --config); imagefolder needs data.path=...")
+    p.add_argument("--encoding", choices=("raw", "jpeg"), help="ffcv: store images raw (default) or as JPEG (RGB)")
+    p.add_argument("--jpeg-quality", type=int, help="ffcv: JPEG quality 1..100 (default 90)")
+    p.add_argument("--out", help="ffcv: folder for the .beton files (data.ffcv_dir)")
+    p.add_argument("--overwrite", action="store_true", help="ffcv: write the files again even if they exist")
 
     p = sub.add_parser("show-config", help="print the resolved config (or every key with --keys)")
     _add_config_args(p, required=False)
@@ -162,11 +173,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             print(path)
         return 0
     if args.command == "prepare":
-        from visionlaunch.trainers.data import prepare_data
-        cfg = load_config(args.config, args.overrides)
-        bundle = prepare_data(cfg.data)
-        print(bundle.note)
-        return 0
+        return _prepare(args)
     if args.command == "show-config":
         if args.keys:
             print(describe_keys())
@@ -227,14 +234,60 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
 def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
     """Everything after a `--` is overrides, wherever the options stand (argparse alone rejects
     `ablate FILE --dry-run -- key=value`: it has already filled the positionals when it meets `--`)."""
-    if "--" not in argv:
-        return parser.parse_args(argv)
-    cut = argv.index("--")
-    args = parser.parse_args(argv[:cut])
-    if not hasattr(args, "overrides"):
-        parser.error(f"{args.command} takes no key=value overrides")
-    args.overrides = [*(args.overrides or []), *argv[cut + 1:]]
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args, extra = parser.parse_known_args(argv[:cut])
+    if extra:
+        # `prepare ffcv --dataset mnist data.root=...`: argparse stops taking positionals after an option.
+        if args.command == "prepare" and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides += extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if cut < len(argv):
+        if not hasattr(args, "overrides"):
+            parser.error(f"{args.command} takes no key=value overrides")
+        args.overrides = [*(args.overrides or []), *argv[cut + 1:]]
     return args
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from visionlaunch.config import load_config
+    from visionlaunch.trainers.data import prepare_data
+
+    overrides = list(args.overrides)
+    ffcv = bool(overrides) and overrides[0] == "ffcv"
+    if ffcv:
+        overrides.pop(0)
+    ffcv_flags = {"--dataset": args.dataset, "--encoding": args.encoding, "--jpeg-quality": args.jpeg_quality,
+                  "--out": args.out, "--overwrite": args.overwrite or None}
+    if not ffcv:
+        used = [flag for flag, value in ffcv_flags.items() if value is not None]
+        if used or not args.config:
+            raise VisionlaunchError(
+                f"`visionlaunch prepare` needs --config{' and takes ' + ', '.join(used) + ' only in its ffcv form' if used else ''}"
+                ": `visionlaunch prepare --config configs/X.yaml` fills the tensor cache, `visionlaunch prepare ffcv "
+                "--dataset mnist` (or --config) also writes the .beton files.")
+    elif not (args.config or args.dataset):
+        raise VisionlaunchError("`visionlaunch prepare ffcv` needs --dataset NAME or --config FILE, e.g. "
+                                "`visionlaunch prepare ffcv --dataset cifar10 data.root=/data`.")
+    for key, value in (("data.name", args.dataset), ("data.ffcv_encoding", args.encoding),
+                       ("data.ffcv_jpeg_quality", args.jpeg_quality), ("data.ffcv_dir", args.out)):
+        if value is not None:
+            overrides.insert(0, f"{key}={value}")
+    cfg = load_config(args.config, overrides)
+    if not ffcv:
+        print(prepare_data(cfg.data).note)
+        return 0
+    from visionlaunch.ffcv_builders.prepare import ensure_betons
+    from visionlaunch.ffcv_builders.requirements import require_ffcv
+
+    require_ffcv("`visionlaunch prepare ffcv`")
+    bundle = prepare_data(cfg.data)
+    print(bundle.note)
+    files = ensure_betons({"train": bundle.train, "val": bundle.val, "test": bundle.test}, bundle.name, cfg.data,
+                          overwrite=args.overwrite, log=lambda m: print(m, file=sys.stderr))
+    for path in files.values():
+        print(path)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

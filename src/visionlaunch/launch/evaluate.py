@@ -57,7 +57,10 @@ def _rebuild(run_dir: Path, which: str):
 
 def evaluate_run(run_dir: Path, which: str = "last") -> int:
     cfg, ckpt, _, accelerator, data, model, pipeline = _rebuild(run_dir, which)
-    loader = make_loader(cfg.data.loader, data.test.images, data.test.labels, cfg.train.eval_batch_size,
+    # Evaluation has no augmentation, so the tensor backend reads the same test samples as ffcv would, without
+    # needing the run's .beton files or a numba compile.
+    kind = "tensor" if cfg.data.loader == "ffcv" else cfg.data.loader
+    loader = make_loader(kind, data.test.images, data.test.labels, cfg.train.eval_batch_size,
                          train=False, seed=cfg.train.seed, device=accelerator.device, num_workers=0)
     result = evaluate(model, loader, pipeline, accelerator, CrossEntropyLoss())
     recorded = ckpt.get("results", {}).get("test", {})

@@ -33,7 +33,7 @@ _NAME = re.compile(r"^step-(\d{8,})$")
 # Keys that may change between an interrupted run and its resumption: where files are, what is logged and how
 # often, how the run reacts to signals. Every other key shapes the sequence of weights and must be the same.
 MAY_DIFFER = ("output.", "report.", "tracker.", "data.root", "data.cache_dir", "data.download", "data.verify",
-              "data.fallback", "data.num_workers", "data.loader", "train.resume", "train.progress",
+              "data.fallback", "data.num_workers", "data.loader", "data.ffcv_dir", "train.resume", "train.progress",
               "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.preempt_signals",
               "train.dist_timeout_s", "train.eval_batch_size", "train.device", "train.compile",
               "train.channels_last")

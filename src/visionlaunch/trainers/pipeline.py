@@ -11,10 +11,13 @@ from visionlaunch.datasets import BatchAugment, normalize
 
 class BatchPipeline:
     def __init__(self, augment: AugmentConfig, mean, std, device: torch.device, seed: int,
-                 channels_last: bool = False):
+                 channels_last: bool = False, dtype: torch.dtype = torch.float32, loader_augments: bool = False):
         self.augment = BatchAugment(crop_padding=augment.crop_padding, flip=augment.flip, cutout=augment.cutout)
         self.mean, self.std = tuple(mean), tuple(std)
         self.channels_last = channels_last
+        self.dtype = dtype  # float32, or the half type of mixed precision (data.half_inputs)
+        # The ffcv backend augments inside its own pipeline; augmenting again here would do it twice.
+        self.loader_augments = loader_augments
         # A generator on the batch's device: augmentation draws never touch the global RNG, so they are
         # reproducible and independent of what else consumes random numbers. It is per rank (seeded with the
         # rank), so checkpoints save it per rank: see state_dict.
@@ -24,12 +27,12 @@ class BatchPipeline:
         return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
 
     def train(self, images: torch.Tensor) -> torch.Tensor:
-        if self.augment.enabled:
+        if self.augment.enabled and not self.loader_augments:
             images = self.augment(images, self.generator)
-        return self._layout(normalize(images, self.mean, self.std))
+        return self._layout(normalize(images, self.mean, self.std, self.dtype))
 
     def eval(self, images: torch.Tensor) -> torch.Tensor:
-        return self._layout(normalize(images, self.mean, self.std))
+        return self._layout(normalize(images, self.mean, self.std, self.dtype))
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}

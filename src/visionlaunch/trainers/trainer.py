@@ -38,6 +38,7 @@ from visionlaunch.atomic import atomic_write_text
 from visionlaunch.config import RunConfig
 from visionlaunch.datasets.loaders import make_loader
 from visionlaunch.errors import VisionlaunchError
+from visionlaunch.ffcv_builders.requirements import require_ffcv
 from visionlaunch.models import build_model
 from visionlaunch.models.features import layer_names
 from visionlaunch.models.summary import count_parameters, model_summary
@@ -132,6 +133,8 @@ class Trainer:
                 f"{world * accum}, or change train.grad_accum.")
         self.micro_batch = cfg.train.batch_size // (world * accum)
         check_tracker(cfg.tracker)
+        if cfg.data.loader == "ffcv":  # before anything is read or written: the message says how to install it
+            self._agreed(lambda: require_ffcv() and None)
 
         # Validate what is cheap and certain to fail before reading data or creating anything.
         name = cfg.output.name or default_run_name(preset)
@@ -214,8 +217,10 @@ class Trainer:
         device = acc.device
         loader_args = dict(seed=cfg.train.seed, device=device, rank=acc.process_index, world=acc.num_processes,
                            num_workers=cfg.data.num_workers)
+        betons = self._ffcv_files() if cfg.data.loader == "ffcv" else {}
         self.train_loader = make_loader(cfg.data.loader, self.data.train.images, self.data.train.labels,
-                                        self.micro_batch, train=True, **loader_args)
+                                        self.micro_batch, train=True, beton=betons.get("train"), augment=cfg.augment,
+                                        channels_last=cfg.train.channels_last, **loader_args)
         # An epoch is a whole number of optimizer steps; max_steps_per_epoch counts optimizer steps.
         self.steps_per_epoch = len(self.train_loader) // cfg.train.grad_accum
         if cfg.train.max_steps_per_epoch:
@@ -227,10 +232,17 @@ class Trainer:
                 f"of {cfg.train.batch_size}. Lower train.batch_size or use more data.")
         eval_batch = max(1, cfg.train.eval_batch_size // acc.num_processes)
         self.eval_loaders = {
-            split: make_loader(cfg.data.loader, ds.images, ds.labels, eval_batch, train=False, **loader_args)
+            split: make_loader(cfg.data.loader, ds.images, ds.labels, eval_batch, train=False, beton=betons.get(split),
+                               channels_last=cfg.train.channels_last, **loader_args)
             for split, ds in (("val", self.data.val), ("test", self.data.test)) if ds is not None and len(ds)}
+        for loader in (self.train_loader, *self.eval_loaders.values()):
+            if loader.note:  # e.g. a dataset too big to stay resident on the device
+                self.log(loader.note)
+        half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.precision, torch.float32)
         self.pipeline = BatchPipeline(cfg.augment, self.data.mean, self.data.std, device,
-                                      seed=cfg.train.seed + acc.process_index, channels_last=cfg.train.channels_last)
+                                      seed=cfg.train.seed + acc.process_index, channels_last=cfg.train.channels_last,
+                                      dtype=half if cfg.data.half_inputs else torch.float32,
+                                      loader_augments=self.train_loader.augments)
         self.criterion = CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
         self.eval_criterion = CrossEntropyLoss()
         if cfg.train.channels_last:
@@ -249,6 +261,15 @@ class Trainer:
                          "slower (PLATFORM.md); it is meant for GPUs.")
             self.forward_model = torch.compile(self.model)  # forward only; checkpoints use the uncompiled module
         self.checkpoints = ckpt.CheckpointWriter(acc, self.run_path / "checkpoints", cfg.train.keep_checkpoints)
+
+    def _ffcv_files(self) -> dict:
+        """The run's .beton files: the main process writes missing ones (the others wait) and refuses stale,
+        truncated or foreign ones, for every rank at once."""
+        from visionlaunch.ffcv_builders.prepare import ensure_betons
+
+        splits = {"train": self.data.train, "val": self.data.val, "test": self.data.test}
+        return self._agreed(lambda: ensure_betons(splits, self.data.name, self.cfg.data, log=self.log,
+                                                  progress=self.is_main and self.cfg.train.progress))
 
     def _position(self) -> None:
         """Where training starts: the beginning, or exactly where the checkpoint stopped."""

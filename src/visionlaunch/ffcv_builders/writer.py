@@ -1,0 +1,181 @@
+"""Write samples to a `.beton`: validated first, written under a temporary name with a progress bar, checked
+for dying workers, then published with its manifest.
+
+Publishing order: the beton is complete and fsynced under a temporary name, its manifest (which names the
+beton's size and SHA-256) is written atomically, and only then is the beton renamed into place. An interrupted
+or failed conversion therefore leaves either no file, or a file that its manifest does not describe; neither is
+ever loaded as good (see manifest.check_beton).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import queue
+import shutil
+import tempfile
+import time
+from multiprocessing import Process, Queue, Value
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from visionlaunch.atomic import _FILE_MODE as FILE_MODE, atomic_write_text
+from visionlaunch.datasets.imageset import ImageSet
+from visionlaunch.errors import VisionlaunchError
+from visionlaunch.ffcv_builders.manifest import BetonManifest, file_digest, manifest_path, source_digest
+from visionlaunch.ffcv_builders.requirements import require_ffcv
+from visionlaunch.ffcv_builders.validate import validate_samples
+
+PAGE_SIZE = 1 << 21  # FFCV's smallest page (2 MiB): each worker leaves one part-filled page, so small is lean
+
+
+class _Samples:
+    """The indexable dataset FFCV's workers read (inherited through fork, not pickled)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray):
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.images[i], int(self.labels[i])
+
+
+def _fields(shape: tuple[int, int, int], encoding: str, jpeg_quality: int):
+    from ffcv.fields import IntField, NDArrayField, RGBImageField
+
+    h, w, c = shape
+    if c == 1:
+        if encoding != "raw":
+            raise VisionlaunchError(
+                "FFCV stores JPEG only for 3-channel images; grayscale images are written raw (as an "
+                f"NDArrayField of shape {shape}). Use encoding raw (data.ffcv_encoding=raw) for this dataset.")
+        # FFCV's RGBImageField refuses (H, W, 1): a uint8 array field holds grayscale exactly.
+        image = NDArrayField(dtype=np.dtype("uint8"), shape=(h, w, 1))
+    else:
+        image = RGBImageField(write_mode="jpg" if encoding == "jpeg" else "raw", jpeg_quality=jpeg_quality)
+    return {"image": image, "label": IntField()}
+
+
+def _check_space(path: Path, images: np.ndarray, workers: int, encoding: str) -> None:
+    # JPEG output is smaller than raw; raw is an upper bound worth checking before minutes of work.
+    need = (images.nbytes if encoding == "raw" else images.nbytes // 4) + (workers + 1) * PAGE_SIZE
+    free = shutil.disk_usage(path.parent).free
+    if free < need:
+        raise VisionlaunchError(
+            f"not enough disk space to write {path}: it needs about {need / 2**20:,.0f} MiB and {path.parent} has "
+            f"{free / 2**20:,.0f} MiB free. Free some space or choose another folder (data.ffcv_dir / --out).")
+
+
+def _write(tmp: Path, fields: dict, samples: _Samples, workers: int, desc: str, progress: bool) -> None:
+    """FFCV's DatasetWriter, with its wait loop replaced: FFCV's waits forever once a worker has died (an error,
+    a full disk); this one notices the dead worker, stops the others and raises."""
+    from ffcv.writer import DatasetWriter, worker_job_indexed_dataset
+    from ffcv.memory_allocator import MemoryAllocator
+    from ffcv.utils import chunks
+
+    writer = DatasetWriter(str(tmp), fields, page_size=PAGE_SIZE, num_workers=workers)
+    writer.num_samples = n = len(samples)
+    writer.prepare()
+    todo: Queue = Queue()
+    for chunk in chunks(list(enumerate(range(n))), 100):
+        todo.put(chunk)
+    for _ in range(workers):
+        todo.put(None)
+    allocations: Queue = Queue()
+    done = Value(ctypes.c_uint64, 0)
+    allocator = MemoryAllocator(str(tmp), writer.data_region_start, writer.page_size)
+    args = (todo, writer.metadata_sm, writer.metadata_type, writer.fields, allocator, done, allocations, samples)
+    procs = [Process(target=worker_job_indexed_dataset, args=args, daemon=True) for _ in range(workers)]
+    try:
+        for p in procs:
+            p.start()
+        table, reported = [], 0
+        with tqdm(total=n, desc=desc, unit="img", disable=not progress, leave=False) as bar:
+            while reported < workers:  # each worker reports its allocations once, when it is done
+                try:
+                    table.extend(allocations.get(timeout=0.1))
+                    reported += 1
+                    continue
+                except queue.Empty:
+                    pass
+                bar.update(done.value - bar.n)
+                # A worker that exited cleanly has reported already; one that died never will.
+                failed = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+                if failed:
+                    raise VisionlaunchError(
+                        f"an FFCV writer worker died (exit status {failed[0]}) while writing {desc}: see its message "
+                        "above. A full disk or a file size limit is the usual cause; check the free space of "
+                        f"{tmp.parent} and run the conversion again. Nothing was published.")
+            bar.update(n - bar.n)
+        for p in procs:
+            p.join()
+        writer.finalize(table)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join()
+        for q in (todo, allocations):  # after a failure the queues hold unread items: do not wait for them at exit
+            q.cancel_join_thread()
+            q.close()
+        writer.metadata_sm.close()
+        with contextlib.suppress(FileNotFoundError):
+            writer.metadata_sm.unlink()
+
+
+def write_beton(images, labels, path, *, num_classes: int, dataset: str, split: str, encoding: str = "raw",
+                jpeg_quality: int = 90, num_workers: int = 2, progress: bool = True) -> BetonManifest:
+    """Write uint8 (N, H, W, C) images (C = 1 or 3) and integer labels to the FFCV file `path`, and its manifest.
+
+    Returns the manifest. Bad input (dtype, shape, label range, encoding) raises before any worker starts.
+    """
+    if encoding not in ("raw", "jpeg"):
+        raise VisionlaunchError(f"FFCV encoding must be 'raw' or 'jpeg', got {encoding!r}.")
+    if not 1 <= int(jpeg_quality) <= 100:
+        raise VisionlaunchError(f"JPEG quality must lie in 1..100, got {jpeg_quality}.")
+    images, labels = validate_samples(images, labels, num_classes, what=f"{dataset} {split}")
+    require_ffcv("writing FFCV .beton files")
+    path = Path(path)
+    fields = _fields(images.shape[1:], encoding, int(jpeg_quality))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    workers = max(1, min(int(num_workers), len(labels) // 100 + 1))
+    _check_space(path, images, workers, encoding)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    os.chmod(tmp, FILE_MODE)  # mkstemp makes it private; the result should look like any other file
+    try:
+        try:
+            _write(tmp, fields, _Samples(images, labels), workers, f"{dataset} {split} -> {path.name}", progress)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        except OSError as exc:  # e.g. the disk filled while the header or allocation table was written
+            raise VisionlaunchError(f"writing {path} failed: {exc}. Check the free space of {path.parent} and run "
+                                    "the conversion again. Nothing was published.") from None
+        manifest = BetonManifest(
+            dataset=dataset, split=split, count=len(labels), shape=list(images.shape[1:]), num_classes=num_classes,
+            encoding=encoding, jpeg_quality=int(jpeg_quality) if encoding == "jpeg" else None,
+            source_sha256=source_digest(images, labels), beton_bytes=tmp.stat().st_size,
+            beton_sha256=file_digest(tmp))
+        atomic_write_text(manifest_path(path), manifest.to_json())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return manifest
+
+
+def imageset_arrays(ds: ImageSet) -> tuple[np.ndarray, np.ndarray]:
+    """An ImageSet's samples in the layout FFCV stores: uint8 (N, H, W, C), int64 labels."""
+    return ds.images.permute(0, 2, 3, 1).contiguous().numpy(), ds.labels.numpy()
+
+
+def write_imageset(ds: ImageSet, path, *, split: str, dataset: str | None = None, **kwargs) -> BetonManifest:
+    images, labels = imageset_arrays(ds)
+    return write_beton(images, labels, path, num_classes=len(ds.classes), dataset=dataset or ds.name, split=split,
+                       **kwargs)
