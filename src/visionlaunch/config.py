@@ -91,6 +91,8 @@ class TrainConfig(_Section):
                                                 "of one optimizer step, so it must divide by processes x grad_accum")
     channels_last: bool = Field(False, description="channels_last memory format for model and batches (GPU convnets)")
     compile: bool = Field(False, description="torch.compile the model (GPU; on CPU usually slower)")
+    tta_flip: bool = Field(False, description="evaluate (val/test, `visionlaunch evaluate`, figures) on each image and "
+                                              "its mirror image, averaging the logits; for flip-invariant data")
     ema_decay: float = Field(0.0, ge=0, lt=1, description="EMA of the weights per optimizer step, evaluated and saved "
                                                          "beside the raw weights; 0 = off (typical: 0.999)")
     checkpoint_every: int = Field(0, ge=0, description="optimizer steps between checkpoints; 0 = only at epoch ends")

@@ -59,7 +59,7 @@ def evaluate_run(run_dir: Path, which: str = "last") -> int:
     cfg, ckpt, _, accelerator, data, model, pipeline = _rebuild(run_dir, which)
     loader = make_loader(cfg.data.loader, data.test.images, data.test.labels, cfg.train.eval_batch_size,
                          train=False, seed=cfg.train.seed, device=accelerator.device, num_workers=0)
-    result = evaluate(model, loader, pipeline, accelerator, CrossEntropyLoss())
+    result = evaluate(model, loader, pipeline, accelerator, CrossEntropyLoss(), tta_flip=cfg.train.tta_flip)
     recorded = ckpt.get("results", {}).get("test", {})
     print(f"{which} weights (epoch {ckpt.get('epoch')}): test accuracy {100 * result['acc']:.2f}% "
           f"({round(result['acc'] * result['n'])}/{result['n']}), top-5 {100 * result['acc5']:.2f}%, "
