@@ -48,6 +48,10 @@ class AugmentConfig(_Section):
     crop_padding: int = Field(0, ge=0, description="random crop after zero padding by this many pixels")
     flip: bool = Field(False, description="random horizontal flip (off for digits)")
     cutout: int = Field(0, ge=0, description="side of one random zeroed square; 0 = off")
+    mixup_alpha: float = Field(0.0, ge=0, description="mixup of training batches with lam ~ Beta(a, a), soft "
+                                                      "targets; 0 = off (typical 0.2)")
+    cutmix_alpha: float = Field(0.0, ge=0, description="cutmix of training batches with lam ~ Beta(a, a); 0 = off "
+                                                       "(typical 1.0); with mixup too, one of them per batch")
 
 
 class ModelConfig(_Section):

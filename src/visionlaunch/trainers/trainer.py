@@ -230,6 +230,7 @@ class Trainer:
         self.pipeline = BatchPipeline(cfg.augment, self.data.mean, self.data.std, device,
                                       seed=cfg.train.seed + acc.process_index, channels_last=cfg.train.channels_last)
         self.criterion = CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
+        self.num_classes = len(self.data.classes)  # for the soft targets of mixup/cutmix
         self.eval_criterion = CrossEntropyLoss()
         if cfg.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -373,10 +374,11 @@ class Trainer:
                 sync = contextlib.nullcontext() if micro == accum - 1 else acc.no_sync(self.model)
                 with sync:
                     with acc.autocast():
-                        logits = self.forward_model(self.pipeline.train(images))
-                        loss = self.criterion(logits, labels)
+                        inputs, targets = self.pipeline.train_targets(images, labels, self.num_classes)
+                        logits = self.forward_model(inputs)
+                        loss = self.criterion(logits, targets)
                     acc.backward(loss / accum)
-                top1, top5 = topk_correct(logits.detach(), labels)
+                top1, top5 = topk_correct(logits.detach(), labels)  # with mixup: against the unmixed labels
                 n = len(labels)
                 step_loss += loss.detach().float() / accum
                 step_totals += torch.stack([loss.detach().double() * n, top1.double(), top5.double(),
