@@ -91,10 +91,11 @@ def test_tta_run_is_reproduced_by_evaluate_and_weights_for_other_classes_are_ref
     assert main(["train", *train_args(shared_data, tmp_path, "tta", *SHORT, "train.tta_flip=true",
                                       "report.figures=false")]) == 0
     capsys.readouterr()
-    assert main(["evaluate", str(run)]) == 0
-    assert "reproduced exactly" in capsys.readouterr().out
-    # The same weights evaluated without TTA give another loss: evaluate really applied the flip.
     ckpt = torch.load(run / "weights" / "last.pt", weights_only=True)
+    assert main(["evaluate", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "reproduced exactly" in out and f"loss {ckpt['results']['test']['loss']:.4f}" in out
+    # The same weights evaluated without TTA give another loss: evaluate really applied the flip above.
     config = yaml.safe_load((run / "config.yaml").read_text())
     config["train"]["tta_flip"] = False
     (run / "config.yaml").write_text(yaml.safe_dump(config))

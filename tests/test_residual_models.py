@@ -148,6 +148,13 @@ def test_overfits_a_tiny_batch(key):
     assert accuracy == 1.0
 
 
+def _shortcut(block, x):
+    """What a block returns when its residual branch is zero."""
+    if isinstance(block, PreActBlock):
+        return block.shortcut(block.relu(block.bn1(x))) if block.shape_changes else x
+    return torch.relu(block.downsample(x))
+
+
 def _identity_blocks(model):
     return [m for m in model.modules() if isinstance(m, (BasicBlock, Bottleneck, PreActBlock))]
 
@@ -162,19 +169,14 @@ def test_zero_init_residual_makes_every_block_start_as_its_shortcut(name, args):
     blocks = _identity_blocks(model)
     assert blocks
     for block in blocks:
-        channels = block.conv1.in_channels
-        x = torch.rand(2, channels, 8, 8)  # >= 0, like the ReLU output that feeds a block
+        x = torch.rand(2, block.conv1.in_channels, 8, 8)  # >= 0, like the ReLU output that feeds a block
         with torch.no_grad():
-            out = block(x)
-            if isinstance(block, PreActBlock):
-                shortcut = block.shortcut(block.relu(block.bn1(x))) if block.shape_changes else x
-            else:
-                shortcut = torch.relu(block.downsample(x))
-        torch.testing.assert_close(out, shortcut)
+            torch.testing.assert_close(block(x), _shortcut(block, x))
     # The plain init does not do this (the check above can fail), and the zeroed branch still learns.
-    x = torch.rand(2, _identity_blocks(plain)[0].conv1.in_channels, 8, 8)
+    first = _identity_blocks(plain)[0]
+    x = torch.rand(2, first.conv1.in_channels, 8, 8)
     with torch.no_grad():
-        assert not torch.allclose(_identity_blocks(plain)[0](x), x)
+        assert not torch.allclose(first(x), _shortcut(first, x))
     model.train()
     nn.functional.cross_entropy(model(torch.randn(4, *CIFAR)), torch.arange(4)).backward()
     zeroed = [p for b in blocks for p in ([b.bn3.weight] if isinstance(b, Bottleneck) else
@@ -226,7 +228,7 @@ def test_models_command_lists_the_residual_nets(capsys):
     ("resnet18", {}, (3, 4, 4), "at least 8x8"),
     ("resnet9", {}, (3, 6, 6), "at least 8x8"),
     ("wide_resnet", {}, (3, 2, 2), "at least 4x4"),
-    ("wide_resnet", {"depth": 20}, CIFAR, "depth must be 6n + 4"),
+    ("wide_resnet", {"depth": 20}, CIFAR, r"depth must be 6n \+ 4"),
     ("resnet9", {"widths": [8, 16, 32]}, CIFAR, "widths"),
     ("resnet18", {"bn_momentum": 0}, CIFAR, "bn_momentum"),
     ("wide_resnet", {"dropout": 1.0}, CIFAR, "dropout"),
