@@ -79,7 +79,8 @@ def test_wide_resnet_parameter_count_follows_the_architecture(depth, k, num_clas
 
 
 def _torchvision_cifar(arch, num_classes):
-    torchvision = pytest.importorskip("torchvision")
+    import torchvision  # a dependency of visionlaunch: the cross-check must run, never skip
+
     net = getattr(torchvision.models, arch)(num_classes=num_classes)
     # The CIFAR stem: one 3x3 conv, stride 1, and no max-pool.
     net.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
