@@ -19,3 +19,4 @@ run mnist_fcn 98 mnist_fcn
 run mnist_cnn 99 mnist_cnn
 run cifar10_jpeg_fcn 50 cifar10_fcn $jpeg
 run cifar10_jpeg_cnn 80 cifar10_cnn $jpeg
+run cifar10_jpeg_fast 85 cifar10_fast $jpeg

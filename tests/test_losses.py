@@ -165,3 +165,36 @@ def test_integer_targets_of_other_dtypes_work():
     expected = F.cross_entropy(logits, targets)
     torch.testing.assert_close(cross_entropy(logits, targets.to(torch.int32)), expected)
     torch.testing.assert_close(cross_entropy(logits, targets.to(torch.uint8)), expected)
+
+
+# --- class-probability targets (mixup / cutmix) ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_probability_targets_match_torch(eps, reduction):
+    logits, _ = _batch(16, 10)
+    probs = torch.softmax(torch.randn(16, 10, generator=torch.Generator().manual_seed(1)), dim=1)
+    (ours, g_ours), (ref, g_ref) = _both(logits, probs, label_smoothing=eps, reduction=reduction)
+    torch.testing.assert_close(ours, ref)
+    torch.testing.assert_close(g_ours, g_ref)
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.2])
+def test_one_hot_probabilities_give_the_class_index_loss(eps):
+    logits, targets = _batch(12, 7)
+    torch.testing.assert_close(cross_entropy(logits, F.one_hot(targets, 7).float(), eps),
+                               cross_entropy(logits, targets, eps))
+
+
+@pytest.mark.parametrize(
+    ("targets", "message"),
+    [
+        (torch.full((4, 2), 0.5), r"the logits' shape \(4, 3\)"),
+        (torch.full((4, 3), 0.5), "rows summing to 1"),
+        (torch.tensor([[1.5, -0.5, 0.0]] * 4), ">= 0"),
+    ],
+)
+def test_bad_probability_targets_raise(targets, message):
+    with pytest.raises(ValueError, match=message):
+        cross_entropy(torch.zeros(4, 3), targets)

@@ -203,3 +203,28 @@ def test_cifar_presets_run_end_to_end_on_canonical_format_files(tmp_path, preset
     assert 0 <= final["test_acc"] <= 1 and (run / "figures" / "confusion.png").is_file()
     import torch
     assert len(torch.load(run / "weights" / "last.pt", weights_only=True)["classes"]) == n_classes
+
+
+RESIDUAL_PRESETS = [f"{ds}_{recipe}" for ds in ("cifar10", "cifar100")
+                    for recipe in ("resnet18", "wrn16_8", "wrn28_10", "fast")]
+
+
+@pytest.mark.parametrize("preset", RESIDUAL_PRESETS)
+def test_residual_presets_run_end_to_end_on_canonical_format_files(tmp_path, preset):
+    # The full-size models of each preset, cut to one optimizer step of 10 images and 20 test images: the big
+    # ones take seconds per step on a CPU.
+    from tests.cifar_format import write_cifar10, write_cifar100
+    root = tmp_path / "data"
+    (write_cifar100 if preset.startswith("cifar100") else write_cifar10)(root, n_train=200, n_test=20, seed=0)
+    code = main(["train", "--config", str(CONFIGS / f"{preset}.yaml"), f"data.root={root}", "data.verify=false",
+                 f"output.dir={tmp_path / 'runs'}", "output.name=c", "data.val_size=10", "train.epochs=1",
+                 "train.max_steps_per_epoch=1", "train.batch_size=10", "train.eval_batch_size=20",
+                 "train.progress=false", "report.tsne_samples=10"])
+    assert code == 0
+    run = tmp_path / "runs" / "c"
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    preset_cfg = yaml.safe_load((CONFIGS / f"{preset}.yaml").read_text())
+    assert saved["model"] == {"name": preset_cfg["model"]["name"], "args": preset_cfg["model"].get("args", {})}
+    final = [r for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "final"][0]
+    assert final["steps"] == 1 and 0 <= final["test_acc"] <= 1
+    assert (run / "figures" / "tsne.png").is_file()

@@ -54,6 +54,10 @@ class AugmentConfig(_Section):
     crop_padding: int = Field(0, ge=0, description="random crop after zero padding by this many pixels")
     flip: bool = Field(False, description="random horizontal flip (off for digits)")
     cutout: int = Field(0, ge=0, description="side of one random zeroed square; 0 = off")
+    mixup_alpha: float = Field(0.0, ge=0, description="mixup of training batches with lam ~ Beta(a, a), soft "
+                                                      "targets; 0 = off (typical 0.2)")
+    cutmix_alpha: float = Field(0.0, ge=0, description="cutmix of training batches with lam ~ Beta(a, a); 0 = off "
+                                                       "(typical 1.0); with mixup too, one of them per batch")
 
 
 class ModelConfig(_Section):
@@ -97,6 +101,8 @@ class TrainConfig(_Section):
                                                 "of one optimizer step, so it must divide by processes x grad_accum")
     channels_last: bool = Field(False, description="channels_last memory format for model and batches (GPU convnets)")
     compile: bool = Field(False, description="torch.compile the model (GPU; on CPU usually slower)")
+    tta_flip: bool = Field(False, description="evaluate (val/test, `visionlaunch evaluate`, figures) on each image and "
+                                              "its mirror image, averaging the logits; for flip-invariant data")
     ema_decay: float = Field(0.0, ge=0, lt=1, description="EMA of the weights per optimizer step, evaluated and saved "
                                                          "beside the raw weights; 0 = off (typical: 0.999)")
     checkpoint_every: int = Field(0, ge=0, description="optimizer steps between checkpoints; 0 = only at epoch ends")

@@ -5,6 +5,7 @@ an on-disk cache of what they decode, the train/val split, normalisation and bat
 """
 
 from visionlaunch.datasets.augment import BatchAugment
+from visionlaunch.datasets.mixing import BatchMix
 from visionlaunch.datasets.imageset import DatasetNotFound, ImageSet
 from visionlaunch.datasets.load import DATASET_NAMES, load_dataset
 from visionlaunch.datasets.paths import default_cache_dir, resolve_data_root
@@ -14,6 +15,7 @@ from visionlaunch.datasets.stats import normalization_stats, normalize
 __all__ = [
     "DATASET_NAMES",
     "BatchAugment",
+    "BatchMix",
     "DatasetNotFound",
     "ImageSet",
     "default_cache_dir",

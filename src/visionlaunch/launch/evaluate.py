@@ -48,11 +48,28 @@ def _rebuild(run_dir: Path, which: str):
     cfg, ckpt, identity = load_run(run_dir, which)
     accelerator = make_accelerator(cfg)
     data = prepare_data(cfg.data, log=_log)
+    _check_same_task(run_dir / "weights" / f"{which}.pt", ckpt, data)
     model = build_model(ckpt["model_name"], data.in_shape, len(data.classes), ckpt["model_args"])
     model.load_state_dict(ckpt["model"])
     model.to(accelerator.device)
     pipeline = BatchPipeline(cfg.augment, data.mean, data.std, accelerator.device, seed=cfg.train.seed)
     return cfg, ckpt, identity, accelerator, data, model, pipeline
+
+
+def _check_same_task(path: Path, ckpt: dict, data) -> None:
+    """Weights trained for other classes or another image shape cannot be evaluated on this data: say so instead
+    of PyTorch's size-mismatch dump (e.g. a run folder whose config.yaml was edited, or data that changed)."""
+    classes, shape = ckpt.get("classes"), ckpt.get("in_shape")
+    if classes is not None and list(classes) != list(data.classes):
+        raise VisionlaunchError(
+            f"{path} was trained for {len(classes)} classes ({', '.join(map(str, classes[:5]))}"
+            f"{', ...' if len(classes) > 5 else ''}) but the data of this run folder's config.yaml has "
+            f"{len(data.classes)} ({', '.join(data.classes[:5])}{', ...' if len(data.classes) > 5 else ''}). "
+            "Evaluate it on the dataset it was trained on (data.name/data.path in config.yaml).")
+    if shape is not None and tuple(shape) != tuple(data.in_shape):
+        raise VisionlaunchError(
+            f"{path} was trained on images of shape {tuple(shape)} but the data of this run folder's config.yaml "
+            f"has shape {tuple(data.in_shape)}. Evaluate it on the dataset it was trained on.")
 
 
 def evaluate_run(run_dir: Path, which: str = "last") -> int:
@@ -62,7 +79,7 @@ def evaluate_run(run_dir: Path, which: str = "last") -> int:
     kind = "tensor" if cfg.data.loader == "ffcv" else cfg.data.loader
     loader = make_loader(kind, data.test.images, data.test.labels, cfg.train.eval_batch_size,
                          train=False, seed=cfg.train.seed, device=accelerator.device, num_workers=0)
-    result = evaluate(model, loader, pipeline, accelerator, CrossEntropyLoss())
+    result = evaluate(model, loader, pipeline, accelerator, CrossEntropyLoss(), tta_flip=cfg.train.tta_flip)
     recorded = ckpt.get("results", {}).get("test", {})
     print(f"{which} weights (epoch {ckpt.get('epoch')}): test accuracy {100 * result['acc']:.2f}% "
           f"({round(result['acc'] * result['n'])}/{result['n']}), top-5 {100 * result['acc5']:.2f}%, "

@@ -81,3 +81,28 @@ def init_weights(model: nn.Module) -> None:
     if isinstance(classifier, nn.Linear):
         # No ReLU follows the logits, so the ReLU gain of sqrt(2) would only inflate the initial loss.
         nn.init.kaiming_normal_(classifier.weight, mode="fan_in", nonlinearity="linear")
+
+
+def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
+    # No bias: every conv in the residual nets is followed by BatchNorm (directly or after the skip-add),
+    # whose shift makes a bias redundant.
+    return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+
+
+def set_batch_norm(model: nn.Module, momentum: float, eps: float) -> None:
+    """BatchNorm settings for every BatchNorm layer of a model (PyTorch defaults: momentum 0.1, eps 1e-5)."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.momentum, module.eps = momentum, eps
+
+
+def check_min_size(arch: str, in_shape: tuple[int, int, int], halvings: int) -> None:
+    """Refuse, at build time, an input too small for a model that halves it ``halvings`` times."""
+    _, h, w = in_shape
+    smallest = 2 ** halvings
+    if min(h, w) < smallest:
+        raise VisionlaunchError(
+            f"model {arch!r} halves the image {halvings} times and needs inputs of at least {smallest}x{smallest} "
+            f"pixels (it is designed for 32x32 CIFAR images), but in_shape={tuple(in_shape)}. Use larger images "
+            "(e.g. resize to 32x32) or a model for small inputs such as 'cnn' or 'fcn'."
+        )

@@ -13,15 +13,17 @@ from visionlaunch.models.features import capture_features
 from visionlaunch.reports import (Stamp, plot_confusion, plot_curves, plot_predictions, plot_tsne,
                                   save_predictions)
 from visionlaunch.trainers.metrics import read_metrics
+from visionlaunch.trainers.tta import tta_logits
 
 
 @torch.no_grad()
-def predict(model, images: torch.Tensor, pipeline, device, batch_size: int = 1000) -> torch.Tensor:
+def predict(model, images: torch.Tensor, pipeline, device, batch_size: int = 1000, tta_flip: bool = False
+            ) -> torch.Tensor:
     model.eval()
     preds = []
     for i in range(0, len(images), batch_size):
         batch = images[i:i + batch_size].to(device)
-        preds.append(model(pipeline.eval(batch)).argmax(1).cpu())
+        preds.append(tta_logits(model, pipeline.eval(batch), tta_flip).argmax(1).cpu())
     return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
 
 
@@ -42,7 +44,7 @@ def make_figures(run_dir: Path, model, data, pipeline, cfg: RunConfig, identity:
     test = data.test
     paths = list(plot_curves(read_metrics(run_dir / "metrics.jsonl"), out, stamp))
 
-    preds = predict(model, test.images, pipeline, device)
+    preds = predict(model, test.images, pipeline, device, tta_flip=cfg.train.tta_flip)  # as the test accuracy
     paths.append(plot_confusion(test.labels.numpy(), preds.numpy(), test.classes, out / "confusion.png", stamp))
 
     g = torch.Generator().manual_seed(cfg.report.seed)

@@ -6,13 +6,14 @@ from __future__ import annotations
 import torch
 
 from visionlaunch.config import AugmentConfig
-from visionlaunch.datasets import BatchAugment, normalize
+from visionlaunch.datasets import BatchAugment, BatchMix, normalize
 
 
 class BatchPipeline:
     def __init__(self, augment: AugmentConfig, mean, std, device: torch.device, seed: int,
                  channels_last: bool = False, dtype: torch.dtype = torch.float32, loader_augments: bool = False):
         self.augment = BatchAugment(crop_padding=augment.crop_padding, flip=augment.flip, cutout=augment.cutout)
+        self.mixer = BatchMix(mixup_alpha=augment.mixup_alpha, cutmix_alpha=augment.cutmix_alpha)
         self.mean, self.std = tuple(mean), tuple(std)
         self.channels_last = channels_last
         self.dtype = dtype  # float32, or the half type of mixed precision (data.half_inputs)
@@ -30,6 +31,16 @@ class BatchPipeline:
         if self.augment.enabled and not self.loader_augments:
             images = self.augment(images, self.generator)
         return self._layout(normalize(images, self.mean, self.std, self.dtype))
+
+    def train_targets(self, images: torch.Tensor, labels: torch.Tensor, num_classes: int
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A training batch ready for the model, and its targets: the labels, or with mixup/cutmix the mixed
+        batch and its class probabilities."""
+        images = self.train(images)
+        if not self.mixer.enabled:
+            return images, labels
+        images, targets = self.mixer(images, labels, num_classes, self.generator)
+        return self._layout(images), targets
 
     def eval(self, images: torch.Tensor) -> torch.Tensor:
         return self._layout(normalize(images, self.mean, self.std, self.dtype))

@@ -55,6 +55,7 @@ from visionlaunch.trainers.preemption import Preempted, PreemptionWatcher, clear
 from visionlaunch.trainers.rundir import (RunDirectory, atomic_torch_save, check_output_dir, default_run_name,
                                           only_job_files)
 from visionlaunch.trainers.schedules import build_optimizer, build_scheduler
+from visionlaunch.trainers.tta import tta_logits
 from visionlaunch.trainers.trackers import RunTracker, check_tracker, new_run_id
 
 # fp16: this many optimizer steps in a row skipped by the loss scaler means the loss itself is not finite,
@@ -86,15 +87,16 @@ def make_accelerator(cfg: RunConfig, *, training: bool = False) -> Accelerator:
 
 
 @torch.no_grad()
-def evaluate(model, loader, pipeline: BatchPipeline, accelerator: Accelerator, criterion) -> dict:
+def evaluate(model, loader, pipeline: BatchPipeline, accelerator: Accelerator, criterion, tta_flip: bool = False) -> dict:
     """Loss and top-1/top-5 accuracy over every sample of `loader`, summed across processes (each rank holds a
-    disjoint, untrimmed shard, so every sample counts exactly once)."""
+    disjoint, untrimmed shard, so every sample counts exactly once). `tta_flip` averages the logits of each image
+    and its mirror image."""
     model.eval()
     device = accelerator.device
     totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, top1, top5, count
     for images, labels in loader:
         with accelerator.autocast():
-            logits = model(pipeline.eval(images))
+            logits = tta_logits(model, pipeline.eval(images), tta_flip)
         loss = criterion(logits.float(), labels)
         top1, top5 = topk_correct(logits, labels)
         totals += torch.stack([loss.double() * len(labels), top1.double(), top5.double(),
@@ -244,6 +246,7 @@ class Trainer:
                                       dtype=half if cfg.data.half_inputs else torch.float32,
                                       loader_augments=self.train_loader.augments)
         self.criterion = CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
+        self.num_classes = len(self.data.classes)  # for the soft targets of mixup/cutmix
         self.eval_criterion = CrossEntropyLoss()
         if cfg.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -402,10 +405,11 @@ class Trainer:
                 sync = contextlib.nullcontext() if micro == accum - 1 else acc.no_sync(self.model)
                 with sync:
                     with acc.autocast():
-                        logits = self.forward_model(self.pipeline.train(images))
-                        loss = self.criterion(logits, labels)
+                        inputs, targets = self.pipeline.train_targets(images, labels, self.num_classes)
+                        logits = self.forward_model(inputs)
+                        loss = self.criterion(logits, targets)
                     acc.backward(loss / accum)
-                top1, top5 = topk_correct(logits.detach(), labels)
+                top1, top5 = topk_correct(logits.detach(), labels)  # with mixup: against the unmixed labels
                 n = len(labels)
                 step_loss += loss.detach().float() / accum
                 step_totals += torch.stack([loss.detach().double() * n, top1.double(), top5.double(),
@@ -485,11 +489,12 @@ class Trainer:
         cfg, acc = self.cfg, self.accelerator
         results = {"train": train_stats}
         for split, loader in self.eval_loaders.items():
-            results[split] = evaluate(self.model, loader, self.pipeline, acc, self.eval_criterion)
+            results[split] = evaluate(self.model, loader, self.pipeline, acc, self.eval_criterion, cfg.train.tta_flip)
         if self.ema is not None:
             ema_model = self.ema.model()
             for split, loader in self.eval_loaders.items():
-                results[f"{split}_ema"] = evaluate(ema_model, loader, self.pipeline, acc, self.eval_criterion)
+                results[f"{split}_ema"] = evaluate(ema_model, loader, self.pipeline, acc, self.eval_criterion,
+                                                   cfg.train.tta_flip)
         elapsed = self._elapsed()
         lr = self.optimizer.param_groups[0]["lr"]
         for split, r in results.items():
