@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from tests.model_checks import tiny_batch_accuracy
 from visionlaunch.errors import VisionlaunchError
 from visionlaunch.models import (
     build_model,
@@ -131,16 +132,8 @@ def test_backward_gives_finite_gradients_everywhere(name, in_shape):
 @pytest.mark.parametrize("in_shape", SHAPES)
 def test_overfits_a_tiny_batch(name, args, lr, in_shape):
     torch.manual_seed(0)
-    images, labels = torch.randn(32, *in_shape), torch.arange(32) % 10
     model = build_model(name, in_shape, 10, args)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    for _ in range(100):
-        optimizer.zero_grad()
-        nn.functional.cross_entropy(model(images), labels).backward()
-        optimizer.step()
-    with torch.no_grad():
-        accuracy = (model.eval()(images).argmax(1) == labels).float().mean().item()
-    assert accuracy == 1.0
+    assert tiny_batch_accuracy(model, in_shape, lr, steps=100) == 1.0
 
 
 # --- registry ---------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from tests.model_checks import tiny_batch_accuracy
 from visionlaunch.errors import VisionlaunchError
 from visionlaunch.launch.cli import main
 from visionlaunch.models import build_model, capture_features, count_parameters, model_names, model_summary
@@ -137,16 +138,8 @@ def test_forward_and_backward_reach_every_parameter(key, in_shape):
 def test_overfits_a_tiny_batch(key):
     torch.manual_seed(0)
     name, args = NARROW[key]
-    images, labels = torch.randn(32, *CIFAR), torch.arange(32) % 10
     model = build_model(name, CIFAR, 10, {**args, **({"dropout": 0.0} if "dropout" in args else {})})
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(60):
-        optimizer.zero_grad()
-        nn.functional.cross_entropy(model(images), labels).backward()
-        optimizer.step()
-    with torch.no_grad():
-        accuracy = (model.eval()(images).argmax(1) == labels).float().mean().item()
-    assert accuracy == 1.0
+    assert tiny_batch_accuracy(model, CIFAR, lr=3e-3, steps=60) == 1.0
 
 
 def _shortcut(block, x):

@@ -248,18 +248,19 @@ def apply_override(tree: dict, keys: list[str], value: Any) -> None:
     node[keys[-1]] = value
 
 
-def load_yaml(path: str | os.PathLike) -> dict:
+def load_yaml(path: str | os.PathLike, what: str = "config file",
+              example: str = "--config configs/mnist_cnn.yaml (the presets are in configs/)",
+              holds: str = "a mapping of sections (data:, model:, ...)") -> dict:
+    """A YAML file that must hold a mapping (a preset, an ablation file); an empty file is an empty mapping."""
     p = Path(path)
     if not p.is_file():
-        raise VisionlaunchError(f"config file {p} does not exist. Pass an existing YAML file, e.g. "
-                                "--config configs/mnist_cnn.yaml (the presets are in configs/).")
+        raise VisionlaunchError(f"{what} {p} does not exist. Pass an existing YAML file, e.g. {example}.")
     try:
         tree = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise VisionlaunchError(f"config file {p} is not valid YAML: {exc}") from None
+        raise VisionlaunchError(f"{what} {p} is not valid YAML: {exc}") from None
     if not isinstance(tree, dict):
-        raise VisionlaunchError(f"config file {p} must hold a mapping of sections (data:, model:, ...), "
-                                f"not a {type(tree).__name__}.")
+        raise VisionlaunchError(f"{what} {p} must hold {holds}, not a {type(tree).__name__}.")
     return tree
 
 

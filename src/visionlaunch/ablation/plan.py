@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from visionlaunch.config import RunConfig, load_config, parse_override
+from visionlaunch.config import RunConfig, load_config, load_yaml, parse_override
 from visionlaunch.errors import VisionlaunchError
 
 FILE_KEYS = ("name", "description", "base", "overrides", "grid", "variants", "seeds", "output_dir")
@@ -157,17 +157,8 @@ def load_ablation(path: str | os.PathLike, *, out: str | os.PathLike | None = No
 
 
 def _read_file(source: Path) -> dict:
-    if not source.is_file():
-        raise VisionlaunchError(f"ablation file {source} does not exist. Pass a YAML file such as "
-                                "configs/ablations/mnist_label_smoothing.yaml.")
-    try:
-        tree = yaml.safe_load(source.read_text())
-    except yaml.YAMLError as exc:
-        raise VisionlaunchError(f"ablation file {source} is not valid YAML: {exc}") from None
-    if not isinstance(tree, dict):
-        raise VisionlaunchError(f"ablation file {source} must hold a mapping with base:, overrides:, grid: or "
-                                f"variants:, and seeds:, not a {type(tree).__name__}.")
-    return tree
+    return load_yaml(source, what="ablation file", example="configs/ablations/mnist_schedule.yaml",
+                     holds="a mapping with base:, overrides:, grid: or variants:, and seeds:")
 
 
 def _check_keys(tree: dict, valid: tuple[str, ...], where: str, what: str) -> None:
