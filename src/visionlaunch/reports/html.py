@@ -160,14 +160,19 @@ def _stamp(run: RunFolder) -> Stamp:
         return Stamp.today(ident=ident, run_name=run.name)
 
 
+def _figures_section(key: str, title: str, parts: list) -> str:
+    """A section of side-by-side figures (and tables); nothing at all when the run has none of them."""
+    if not parts:
+        return ""
+    return page.section(key, title, Html(f'<div class="figs">{"".join(parts)}</div>'))
+
+
 def _curves(figures: dict[str, bytes]) -> str:
     parts = [page.figure(figures[stem], alt, caption) for stem, alt, caption in (
         ("loss", "loss per epoch", "Loss per epoch for each split."),
         ("accuracy", "top-1 accuracy per epoch", "Top-1 accuracy per epoch; the star marks the best epoch."),
     ) if stem in figures]
-    if not parts:
-        return ""
-    return page.section("curves", "Loss and accuracy", Html(f'<div class="figs">{"".join(parts)}</div>'))
+    return _figures_section("curves", "Loss and accuracy", parts)
 
 
 def _samples(run: RunFolder, figures: dict[str, bytes]) -> str:
@@ -181,9 +186,7 @@ def _samples(run: RunFolder, figures: dict[str, bytes]) -> str:
     if "tsne" in figures:
         parts.append(page.figure(figures["tsne"], "t-SNE of test features",
                                  "t-SNE of the chosen layer's features on test images, coloured by true class."))
-    if not parts:
-        return ""
-    return page.section("samples", "Predictions and features", Html(f'<div class="figs">{"".join(parts)}</div>'))
+    return _figures_section("samples", "Predictions and features", parts)
 
 
 def _confusion(run: RunFolder, figures: dict[str, bytes]) -> str:
@@ -200,9 +203,7 @@ def _confusion(run: RunFolder, figures: dict[str, bytes]) -> str:
             if rows else Html('<p class="muted">No test image was misclassified.</p>')
         parts.append(Html(f"<div><h3>Most confused class pairs</h3>{table}<p class=\"muted\">From predictions.npz: "
                           f"{len(pred.labels):,} test images, accuracy {page.pct(pred.accuracy)}.</p></div>"))
-    if not parts:
-        return ""
-    return page.section("confusion", "Confusion", Html(f'<div class="figs">{"".join(parts)}</div>'))
+    return _figures_section("confusion", "Confusion", parts)
 
 
 # ---------------------------------------------------------------------------------------------------- per epoch
