@@ -181,9 +181,10 @@ class TorchLoader:
 
 
 def make_loader(kind: str, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, beton=None,
-                augment=None, channels_last: bool = False, **kwargs):
-    """A loader backend by name. `beton` (the split's .beton file), `augment` (an AugmentConfig) and
-    `channels_last` are for the ffcv backend, which augments in its own pipeline; the others ignore them."""
+                verify_beton: bool = True, augment=None, channels_last: bool = False, **kwargs):
+    """A loader backend by name. `beton` (the split's .beton file; `verify_beton=False` when the caller has just
+    checked it against its manifest), `augment` (an AugmentConfig) and `channels_last` are for the ffcv backend,
+    which augments in its own pipeline; the others ignore them."""
     if kind == "tensor":
         kwargs.pop("num_workers", None)
         return TensorLoader(images, labels, batch_size, **kwargs)
@@ -195,7 +196,7 @@ def make_loader(kind: str, images: torch.Tensor, labels: torch.Tensor, batch_siz
             raise ValueError("the ffcv loader needs the split's .beton file (beton=...)")
         aug = {} if augment is None else dict(crop_padding=augment.crop_padding, flip=augment.flip,
                                                cutout=augment.cutout)
-        loader = FfcvLoader(beton, batch_size, channels_last=channels_last, **aug, **kwargs)
+        loader = FfcvLoader(beton, batch_size, channels_last=channels_last, verify=verify_beton, **aug, **kwargs)
         if loader.num_samples != len(labels):
             raise ValueError(f"{beton} holds {loader.num_samples} samples, the split {len(labels)}")
         return loader

@@ -220,6 +220,8 @@ class Trainer:
         loader_args = dict(seed=cfg.train.seed, device=device, rank=acc.process_index, world=acc.num_processes,
                            num_workers=cfg.data.num_workers)
         betons = self._ffcv_files() if cfg.data.loader == "ffcv" else {}
+        # _ffcv_files has just hashed every file against its manifest on the main process: not again there.
+        loader_args["verify_beton"] = not self.is_main
         self.train_loader = make_loader(cfg.data.loader, self.data.train.images, self.data.train.labels,
                                         self.micro_batch, train=True, beton=betons.get("train"), augment=cfg.augment,
                                         channels_last=cfg.train.channels_last, **loader_args)
