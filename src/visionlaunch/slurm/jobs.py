@@ -110,6 +110,7 @@ def squeue_states(job_ids: list[str]) -> dict[str, str] | None:
 
 def run_folder_state(run_dir: Path) -> str:
     """What the run folder says, whatever SLURM remembers."""
+    from visionlaunch.reports.analysis import final_record
     from visionlaunch.trainers.checkpoint import complete_checkpoints
     from visionlaunch.trainers.metrics import read_metrics
     from visionlaunch.trainers.preemption import MARKER
@@ -120,9 +121,9 @@ def run_folder_state(run_dir: Path) -> str:
     if (run_dir / "table.md").is_file():  # the folder of an ablation: its follow-up job writes the table
         return "ablation table written"
     records = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else []
-    final = [r for r in records if r.get("kind") == "final"]
-    if final:
-        acc = final[-1].get("test_acc")
+    final = final_record(records)
+    if final is not None:
+        acc = final.get("test_acc")
         return "finished" + (f", test acc {100 * acc:.2f}%" if isinstance(acc, (int, float)) else "")
     checkpoints = complete_checkpoints(run_dir / "checkpoints")
     last = f"checkpoint {checkpoints[-1].name}" if checkpoints else "no checkpoint"

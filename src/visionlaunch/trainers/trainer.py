@@ -42,6 +42,7 @@ from visionlaunch.ffcv_builders.requirements import require_ffcv
 from visionlaunch.models import build_model
 from visionlaunch.models.features import layer_names
 from visionlaunch.models.summary import count_parameters, model_summary
+from visionlaunch.reports.analysis import final_record
 from visionlaunch.trainers import checkpoint as ckpt
 from visionlaunch.reports.html import write_report
 from visionlaunch.trainers.artefacts import make_figures
@@ -112,8 +113,7 @@ def _unfinished_run(path: Path) -> bool:
     holds the batch job that is about to start it (runs/<name>/slurm/, written by `visionlaunch submit`)."""
     if only_job_files(path):
         return True
-    return (path / "run.yaml").is_file() and not any(
-        r.get("kind") == "final" for r in read_metrics(path / "metrics.jsonl"))
+    return (path / "run.yaml").is_file() and final_record(read_metrics(path / "metrics.jsonl")) is None
 
 
 class Trainer:
