@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A real two-node SLURM cluster on this one machine, for the tests/test_slurm_*.py tests (PLATFORM.md, "SLURM").
+# A real two-node SLURM cluster on this one machine, for the tests/test_slurm_*.py tests.
 #
 #   .ci/slurm_cluster.sh start   install slurm + munge if missing, write the config, start munged, slurmctld and
 #                                two slurmd "nodes" (n1, n2 on 127.0.0.1 ports 17001/17002), wait until both are idle

@@ -30,7 +30,7 @@ set -o pipefail
 cd "$WORKDIR" || exit 2
 export PYTHONUNBUFFERED=1
 if [ "$USE_CPU" = 1 ]; then
-  export ACCELERATE_USE_CPU=1  # real DDP over gloo on CPU nodes (PLATFORM.md: without it, unsynchronised copies)
+  export ACCELERATE_USE_CPU=1  # real DDP over gloo on CPU nodes: without it, accelerate starts unsynchronised copies
 fi
 ATTEMPT=$(( ${SLURM_RESTART_COUNT:-0} + 1 ))
 NUM_PROCESSES=$(( SLURM_NNODES * PROCS_PER_NODE ))

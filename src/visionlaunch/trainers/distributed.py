@@ -1,7 +1,7 @@
 """Process-group facts the trainer relies on: the launch really started the processes it asked for, and every
 rank takes the same decision (stop, raise, which checkpoint) at the same step.
 
-Launching wrongly is silent in Accelerate (PLATFORM.md): `accelerate launch --multi_gpu` or `torchrun` on a
+Launching wrongly is silent in Accelerate: `accelerate launch --multi_gpu` or `torchrun` on a
 machine without GPUs starts N unsynchronised single-process copies, and `accelerate launch --cpu --num_processes
 N` starts ONE process. Both train "successfully" and produce N different (or 1 instead of N) models, so the
 trainer refuses to start and names the command that works.

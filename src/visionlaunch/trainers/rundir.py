@@ -1,4 +1,4 @@
-"""The run directory (DESIGN.md's contract): naming, and creation without leftovers."""
+"""The run directory (the contract between training, reports, ablations and SLURM; README, "The run folder"): naming, and creation without leftovers."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 The scheduler is stepped by the trainer once per optimizer step and is NOT passed through
 `accelerator.prepare()`: Accelerate's wrapper steps it once per process, which would run a OneCycle schedule
-`num_processes` times too fast (see PLATFORM.md). Sized by the per-process step count, it is then the same
+`num_processes` times too fast. Sized by the per-process step count, it is then the same
 schedule whatever the process count.
 """
 

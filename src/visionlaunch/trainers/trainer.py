@@ -263,7 +263,7 @@ class Trainer:
         if cfg.train.compile:
             if device.type == "cpu":
                 self.log("NOTE: train.compile on the CPU: compiling takes tens of seconds and small models often get "
-                         "slower (PLATFORM.md); it is meant for GPUs.")
+                         "slower; it is meant for GPUs.")
             self.forward_model = torch.compile(self.model)  # forward only; checkpoints use the uncompiled module
         self.checkpoints = ckpt.CheckpointWriter(acc, self.run_path / "checkpoints", cfg.train.keep_checkpoints)
 
