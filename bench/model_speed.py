@@ -1,6 +1,7 @@
 """Training speed of registered models: images/s of forward + backward + SGD step on random 32x32 batches.
 
     python bench/model_speed.py --steps 20 --batch 256 resnet9 "resnet9:{widths: [32, 64, 128, 256]}"
+    python bench/model_speed.py --batch 512 --classes 100 --channels-last --bf16 "resnet9:{widths: [32, 64, 128, 256]}"
 
 Each MODEL is a registered name, optionally followed by ":" and its arguments as YAML. Prints parameters,
 multiply-adds per image (torchinfo) and the measured rate after --warmup steps. A benchmark, not a test: the
@@ -34,6 +35,7 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast, as train.precision=bf16 (CPU or GPU)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -41,7 +43,7 @@ def main() -> None:
     x = torch.randn(args.batch, 3, 32, 32)
     y = torch.randint(0, args.classes, (args.batch,))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
-          f"channels_last={args.channels_last}")
+          f"channels_last={args.channels_last}, bf16={args.bf16}")
     for text in args.models:
         name, margs = parse_model(text)
         model = build_model(name, (3, 32, 32), args.classes, margs)
@@ -56,7 +58,8 @@ def main() -> None:
         for i in range(args.warmup + args.steps):
             if i == args.warmup:
                 t0 = time.perf_counter()
-            loss = cross_entropy(model(xb), y)
+            with torch.autocast(xb.device.type, dtype=torch.bfloat16, enabled=args.bf16):
+                loss = cross_entropy(model(xb), y)
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
