@@ -63,6 +63,8 @@ class AugmentConfig(_Section):
 class ModelConfig(_Section):
     name: str = "cnn"
     args: dict[str, Any] = Field(default_factory=dict, description="builder arguments; `visionlaunch models` lists them")
+    weights: str | None = Field(None, description="start from this local weights file (.pth/.pt/.safetensors state_dict; "
+                                              "timm's own files too) instead of random weights; nothing is downloaded")
 
 
 class OptimConfig(_Section):

@@ -40,6 +40,7 @@ from visionlaunch.datasets.loaders import make_loader
 from visionlaunch.errors import VisionlaunchError
 from visionlaunch.ffcv_builders.requirements import require_ffcv
 from visionlaunch.models import build_model
+from visionlaunch.models.weights import load_weights
 from visionlaunch.models.features import layer_names
 from visionlaunch.models.summary import count_parameters, model_summary
 from visionlaunch.reports.analysis import final_record
@@ -161,6 +162,8 @@ class Trainer:
             cfg.data.fallback = "none"
             cfg.data.name = self.data.name
         self.model = build_model(cfg.model.name, self.data.in_shape, len(self.data.classes), cfg.model.args)
+        if cfg.model.weights:
+            load_weights(self.model, cfg.model.weights, cfg.model.name)
         if world > 1:  # one random stream per rank (dropout); the initial weights above are the same everywhere
             set_seed(cfg.train.seed + acc.process_index)
         self.summary = model_summary(self.model, self.data.in_shape)
