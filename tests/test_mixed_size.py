@@ -5,6 +5,7 @@ every loader backend and centre-cropped for evaluation; bad images stop the run 
 import io
 import random
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from visionlaunch.datasets.resized_crop import ResizedCrop, ResizedCropDataset, 
 from visionlaunch.launch.cli import main
 from visionlaunch.trainers.metrics import read_metrics
 
+PRESET = Path(__file__).resolve().parents[1] / "configs" / "imagefolder_timm.yaml"
 CLASSES = ("airplane", "automobile", "ship")
 PER_CLASS = {"train": 16, "test": 6}
 
@@ -149,24 +151,24 @@ def test_the_torch_backend_dataset_crops_without_touching_the_global_random_stre
 
 
 def _train(tmp_path, folder, *overrides, name="run"):
-    return main(["train", "data.name=imagefolder", f"data.path={folder}", "data.image_size=32", "data.val_size=0",
+    return main(["train", "--config", str(PRESET), f"data.path={folder}", "data.image_size=32", "data.val_size=0",
                  "model.name=timm/test_resnet", "augment.flip=true", "train.batch_size=16", "train.eval_batch_size=32",
                  "train.progress=false", "report.figures=false", f"output.dir={tmp_path / 'runs'}",
                  f"output.name={name}", f"data.ffcv_dir={tmp_path / 'ffcv'}", *overrides]), tmp_path / "runs" / name
 
 
 def test_a_timm_model_learns_mixed_size_photos(tmp_path, folder, capsys):
-    code, run = _train(tmp_path, folder, "train.epochs=12", "optim.name=adamw", "optim.lr=0.003",
-                       "optim.weight_decay=0", "augment.crop_scale=[0.7, 1.0]", "schedule.name=constant",
-                       "train.log_every=1")
+    code, run = _train(tmp_path, folder, "train.epochs=8", "optim.name=adamw", "optim.lr=0.005",
+                       "optim.weight_decay=0", "optim.label_smoothing=0", "augment.crop_scale=[0.7, 1.0]",
+                       "schedule.name=constant")
     assert code == 0, capsys.readouterr().err[-3000:]
     err = capsys.readouterr().err
     assert "mixed sizes stored as 37x37 RGB" in err and "of shape (3, 37, 37) (cropped to 32 px)" in err
     assert "images upscaled to 37 px" not in err  # 40 px and more: nothing was enlarged for 32 px
     epochs = [r for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "epoch" and r["split"] == "train"]
     assert epochs[0]["n"] == 3 * 16 + 3 - 3  # 51 images, batches of 16 (the last partial one dropped)
-    assert epochs[-1]["loss"] < 0.6 * epochs[0]["loss"]  # it fits the photos it trains on
-    assert epochs[-1]["acc"] >= 0.85
+    assert epochs[-1]["loss"] < 0.5 * epochs[0]["loss"]  # it fits the photos it trains on (measured: 0.39x)
+    assert epochs[-1]["acc"] >= 0.75  # of 3 classes (measured: 85%)
     tests = [r for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "epoch" and r["split"] == "test"]
     assert tests[-1]["n"] == 18
 
@@ -219,5 +221,5 @@ def test_bad_images_stop_the_run_naming_the_file(tmp_path, folder, capsys, bad, 
     (["augment.crop_scale=[0.5, 0.2]"], "crop_scale must be"),
 ])
 def test_config_combinations_that_cannot_work(tmp_path, capsys, overrides, expected):
-    assert main(["train", *overrides, f"output.dir={tmp_path}"]) == 2
+    assert main(["train", "--config", str(PRESET), *overrides, f"output.dir={tmp_path}"]) == 2
     assert expected in capsys.readouterr().err
