@@ -192,6 +192,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         for name in model_names():
             spec = ", ".join(f"{k}={default!r}" for k, (_, default) in model_args(name).items())
             print(f"{name}: {spec}")
+        print("timm/<architecture>: drop_rate=0.0, drop_path_rate=0.0 (any timm architecture; "
+              "`visionlaunch models --timm [PATTERN]` lists them)")
         return 0
     if args.command == "report":
         from visionlaunch.reports.html import write_report
