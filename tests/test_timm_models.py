@@ -134,12 +134,12 @@ def test_a_timm_model_trains_resumes_exactly_and_reports(tmp_path, capsys):
 
 
 def test_a_timm_model_trains_on_two_processes(tmp_path):
-    proc = subprocess.run([*two_process_launcher(TRAIN_PY), *RUN, "train.epochs=1", f"output.dir={tmp_path}",
+    proc = subprocess.run([*two_process_launcher(TRAIN_PY), *RUN, f"output.dir={tmp_path}",
                            "output.name=ddp"], capture_output=True, text=True, env=env(WANDB_MODE="disabled"),
                           cwd=REPO, timeout=400)
     assert proc.returncode == 0, proc.stderr[-4000:]
     run = tmp_path / "ddp"
     assert "processes: 2" in (run / "run.yaml").read_text()
     epochs = records(run, "epoch")
-    assert [(r["split"], r["n"]) for r in epochs] == [("train", 64), ("test", 32)]  # each sample counted once
-    assert len(records(run, "step")) == 4  # global batch 16 = 2 x 8
+    assert [(r["split"], r["n"]) for r in epochs] == [("train", 64), ("test", 32)] * 2  # each sample once
+    assert len(records(run, "step")) == 8  # global batch 16 = 2 x 8, 4 steps an epoch
