@@ -23,6 +23,7 @@ import torch
 from accelerate import Accelerator
 
 from visionlaunch.atomic import atomic_write_text
+from visionlaunch.config import shapes_trajectory
 from visionlaunch.errors import VisionlaunchError
 
 META = "visionlaunch.json"
@@ -30,13 +31,6 @@ TRAINER_STATE = "trainer_state.pt"
 FORMAT = 1
 _NAME = re.compile(r"^step-(\d{8,})$")
 
-# Keys that may change between an interrupted run and its resumption: where files are, what is logged and how
-# often, how the run reacts to signals. Every other key shapes the sequence of weights and must be the same.
-MAY_DIFFER = ("output.", "report.", "tracker.", "data.root", "data.cache_dir", "data.download", "data.verify",
-              "data.fallback", "data.num_workers", "data.loader", "data.ffcv_dir", "train.resume", "train.progress",
-              "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.preempt_signals",
-              "train.dist_timeout_s", "train.eval_batch_size", "train.device", "train.compile",
-              "train.channels_last")
 
 
 def rank_state_name(rank: int) -> str:
@@ -72,7 +66,7 @@ def config_differences(saved: dict, current: dict) -> list[str]:
     a, b = _flatten(saved), _flatten(current)
     out = []
     for key in sorted(set(a) | set(b)):
-        if key.startswith(MAY_DIFFER):
+        if not shapes_trajectory(key):
             continue
         if a.get(key, "<absent>") != b.get(key, "<absent>"):
             out.append(f"{key}: checkpoint {a.get(key, '<absent>')!r}, now {b.get(key, '<absent>')!r}")

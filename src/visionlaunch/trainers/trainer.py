@@ -47,7 +47,9 @@ from visionlaunch.trainers import checkpoint as ckpt
 from visionlaunch.reports.html import write_report
 from visionlaunch.trainers.artefacts import make_figures
 from visionlaunch.trainers.data import DataBundle, prepare_data
+from visionlaunch.trainers.determinism import set_deterministic
 from visionlaunch.trainers.distributed import any_rank, broadcast_from_main, check_world_size, mean_over_ranks
+from visionlaunch.trainers.early_stop import EarlyStopping
 from visionlaunch.trainers.ema import ModelEMA
 from visionlaunch.trainers.losses import CrossEntropyLoss
 from visionlaunch.trainers.metrics import MetricsWriter, read_metrics, topk_correct
@@ -82,7 +84,7 @@ def make_accelerator(cfg: RunConfig, *, training: bool = False) -> Accelerator:
     kwargs = {}
     if training:
         kwargs["kwargs_handlers"] = [InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.train.dist_timeout_s))]
-        if cfg.tracker.name == "wandb":
+        if "wandb" in cfg.tracker.names:
             kwargs["log_with"] = "wandb"
     return Accelerator(mixed_precision=cfg.train.precision, cpu=cfg.train.device == "cpu", **kwargs)
 
@@ -120,6 +122,7 @@ class Trainer:
     def __init__(self, cfg: RunConfig, *, preset: str | None = None, argv: list[str] | None = None):
         self.cfg = cfg
         self.argv = argv if argv is not None else sys.argv
+        set_deterministic(cfg.train.deterministic)  # before the Accelerator touches CUDA (cuBLAS workspace)
         self.accelerator = acc = make_accelerator(cfg, training=True)
         self.is_main = acc.is_main_process
         check_world_size(acc)
@@ -186,7 +189,7 @@ class Trainer:
             acc.wait_for_everyone()
             self.tracker = RunTracker(acc, cfg.tracker, self.run_path, self.run_path.name,
                                       self.identity.get("tracker_run_id") if self.is_main else "",
-                                      self._tracker_config())
+                                      self._tracker_config(), self.step if self.resuming else None)
         except BaseException:
             if self.run_dir is not None:
                 self.run_dir.discard()
@@ -282,6 +285,7 @@ class Trainer:
         self.best, self.ema_best, self.elapsed0, self.skipped_steps = {"val_acc": -1.0}, -1.0, 0.0, 0
         self.last_results: dict = {}
         self.resume_rank_state: dict | None = None
+        self.early_stop = EarlyStopping(self.cfg.train.early_stop_patience, self.cfg.train.early_stop_metric)
         if not self.resuming:
             return
         path, meta = self.plan.checkpoint, self.plan.meta
@@ -301,6 +305,7 @@ class Trainer:
         self.best, self.ema_best = meta["best"], meta["ema_best"]
         self.elapsed0, self.skipped_steps = meta["elapsed"], meta["skipped_steps"]
         self.last_results = meta.get("results", {})
+        self.early_stop.load_state_dict(meta.get("early_stop"))
         if self.is_main:
             # Records written after the checkpoint are replayed by the resumed run: drop them, keep the rest.
             metrics = self.run_path / "metrics.jsonl"
@@ -362,6 +367,8 @@ class Trainer:
             with PreemptionWatcher(cfg.train.preempt_signals, log=self.log) as self.watcher:
                 results = self.last_results
                 for epoch in range(self.start_epoch, cfg.train.epochs):
+                    if self.early_stop.stopped:  # a resumed run that had stopped early stays stopped
+                        break
                     start = self.start_in_epoch if epoch == self.start_epoch else 0
                     train_stats = self._train_epoch(epoch, start)
                     results = self._end_epoch(epoch, train_stats)
@@ -520,8 +527,13 @@ class Trainer:
         self.log(self._epoch_line(epoch, results, elapsed))
         zeros = torch.zeros(4, dtype=torch.float64, device=acc.device)
         self.last_results = results
+        if self.early_stop.update(results, epoch + 1):  # before the checkpoint, which saves its counter
+            self.log(f"early stopping after epoch {epoch + 1}: {cfg.train.early_stop_metric} has not improved for "
+                     f"{self.early_stop.patience} epochs (best {self.early_stop.best:.4f} at epoch "
+                     f"{self.early_stop.best_epoch})")
         path = self._save_checkpoint(epoch + 1, 0, zeros, 0.0)
-        if cfg.train.preempt_signals and any_rank(acc, self.watcher.requested) and epoch + 1 < cfg.train.epochs:
+        if cfg.train.preempt_signals and any_rank(acc, self.watcher.requested) and epoch + 1 < cfg.train.epochs \
+                and not self.early_stop.stopped:
             raise Preempted(self.watcher.received or "a signal sent to another process", self.step, path)
         return results
 
@@ -531,8 +543,8 @@ class Trainer:
         metrics_file = self.run_path / "metrics.jsonl"
         meta = {
             "step": self.step, "epoch": epoch, "step_in_epoch": step_in_epoch,
-            "finished": epoch == self.cfg.train.epochs, "best": self.best, "ema_best": self.ema_best,
-            "results": self.last_results if step_in_epoch == 0 else {},
+            "finished": epoch == self.cfg.train.epochs or self.early_stop.stopped, "best": self.best, "ema_best": self.ema_best,
+            "results": self.last_results if step_in_epoch == 0 else {}, "early_stop": self.early_stop.state_dict(),
             "elapsed": round(self._elapsed(), 3), "skipped_steps": self.skipped_steps,
             "metrics_bytes": metrics_file.stat().st_size if self.is_main and metrics_file.is_file() else 0,
             "world_size": self.accelerator.num_processes, "model": self.cfg.model.name,
@@ -557,6 +569,8 @@ class Trainer:
             final["test_ema_acc"] = results["test_ema"]["acc"]
         if cfg.train.precision == "fp16":
             final["skipped_steps"] = self.skipped_steps
+        if self.early_stop.enabled:
+            final["early_stop"] = self.early_stop.record()
         self.metrics.write(final)
         self.metrics.close()
         acc.wait_for_everyone()
@@ -566,7 +580,7 @@ class Trainer:
             figures = make_figures(self.run_path, self.raw_model, self.data, self.pipeline, cfg, self.identity,
                                    device=acc.device)
         self.tracker.log_files(figures, self.run_path / "summary.txt", self.step)
-        self.tracker.log_final(final)
+        self.tracker.log_final(final, self.step)
         if self.is_main:
             self.log(f"report: {write_report(self.run_path)}")
         if self.is_main and final["test_acc"] is not None:
@@ -592,7 +606,8 @@ class Trainer:
         state = {k: v.detach().cpu() for k, v in state.items()}
         atomic_torch_save({"model": state, "epoch": epoch, "results": results, "model_name": self.cfg.model.name,
                            "model_args": self.cfg.model.args, "in_shape": list(self.data.in_shape),
-                           "classes": self.data.classes}, self.run_dir.weights / f"{which}.pt")
+                           "classes": self.data.classes, "mean": list(self.data.mean), "std": list(self.data.std)},
+                          self.run_dir.weights / f"{which}.pt")
 
 
 def train(cfg: RunConfig, *, preset: str | None = None, argv: list[str] | None = None) -> dict:
