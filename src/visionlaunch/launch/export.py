@@ -60,10 +60,14 @@ def example_input(run: RunModel, n: int = 2, seed: int = 0) -> torch.Tensor:
 
 
 def _torchscript(run: RunModel, path: Path) -> None:
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # TorchScript is deprecated in favour of torch.export, but it is still the format plain `torch.jit.load`
+        # reads everywhere; the tracer's notes concern the input-shape checks, fixed for the run's shape anyway.
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         traced = torch.jit.trace(run.model, example_input(run), check_trace=True)
-    with atomic_write(path) as tmp:
-        torch.jit.save(traced, str(tmp))
+        with atomic_write(path) as tmp:
+            torch.jit.save(traced, str(tmp))
 
 
 def _onnx(run: RunModel, path: Path) -> None:
@@ -73,6 +77,7 @@ def _onnx(run: RunModel, path: Path) -> None:
         # The TorchScript-based exporter: it needs no onnxscript and gives a dynamic batch dimension simply.
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(run.model, (example_input(run),), str(tmp), dynamo=False, input_names=["input"],
                           output_names=["logits"], opset_version=ONNX_OPSET,
                           dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})

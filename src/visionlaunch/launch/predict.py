@@ -127,7 +127,7 @@ def iter_images(paths: list[Path], in_shape, skipped: list[tuple[str, str]]) -> 
             kind = "folder" if path.is_dir() else "archive"
             raise VisionlaunchError(
                 f"the {kind} {path} holds no readable image (every file in it was tried; hidden files and __MACOSX "
-                "are not read). Pass a "folder or archive of images (PNG, JPEG, BMP, GIF, TIFF, WebP, ...).")
+                "are not read). Pass a folder or archive of images (PNG, JPEG, BMP, GIF, TIFF, WebP, ...).")
 
 
 def predict(run: RunModel, paths: list[Path], top_k: int = 3, batch_size: int | None = None,
