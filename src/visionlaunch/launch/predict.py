@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from visionlaunch.atomic import atomic_write_text
 from visionlaunch.datasets.conform import conform_image
@@ -119,7 +119,9 @@ def iter_images(paths: list[Path], in_shape, skipped: list[tuple[str, str]]) -> 
             try:
                 pixels = _decode(payload, in_shape)
             except (OSError, ValueError, Image.DecompressionBombError) as exc:  # UnidentifiedImageError is an OSError
-                skipped.append((display, f"{type(exc).__name__}: {exc}"))
+                why = "not an image format PIL knows" if isinstance(exc, UnidentifiedImageError) else \
+                    f"{type(exc).__name__}: {exc}"
+                skipped.append((display, why))
                 continue
             found += 1
             yield display, pixels
