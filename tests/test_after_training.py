@@ -127,6 +127,15 @@ def test_predict_converts_colour_size_and_reads_archives(trained, tmp_path, caps
     large_rows, _ = _predict_csv(capsys, run_dir, large)
     agree = sum(r["class_1"] == gray[(_label(r["file"]), Path(r["file"]).name)]["class_1"] for r in large_rows)
     assert agree >= 0.9 * len(files), agree
+    # `evaluate --data` converts a colour ImageFolder of another size the same way: the same count correct.
+    correct = sum(r["class_1"] == _label(r["file"]) for r in large_rows)
+    shutil.copytree(large, tmp_path / "large-folder" / "test")
+    shutil.copytree(large, tmp_path / "large-folder" / "train")
+    capsys.readouterr()
+    assert main(["evaluate", str(run_dir), "--data", "name=imagefolder", f"path={tmp_path / 'large-folder'}"]) == 0
+    captured = capsys.readouterr()
+    assert f"({correct}/{len(files)})" in captured.out
+    assert "(3, 56, 56) to the run's (1, 28, 28): grayscale (luminance) + resize 56x56 -> 28x28" in captured.err
 
     # Archives: the same images inside a .zip and a .tar.gz give the same predictions as the files.
     zpath, tpath = tmp_path / "digits.zip", tmp_path / "digits.tar.gz"
