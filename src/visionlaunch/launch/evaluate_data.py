@@ -2,8 +2,8 @@
 split or another dataset with the same classes.
 
 The data section starts as the run's own (config.yaml) with the given keys on top (`path=X` and `data.path=X` are
-the same). When the dataset changes (data.name or data.path), the run's subsets and validation hold-out
-(train_subset, test_subset, val_size) are dropped unless given again: the whole split of the new dataset is
+the same). When the dataset changes (data.name or data.path), the run's subsets, validation hold-out and fallback
+(train_subset, test_subset, val_size, fallback) are dropped unless given again: the whole split of the new dataset is
 measured. Images are normalised with the run's own constants and, when their shape differs, converted to the run's
 input shape (datasets/conform.py). The classes are matched by name, in any order; a dataset with other class names
 stops with both lists.
@@ -20,7 +20,9 @@ from visionlaunch.launch.runmodel import RunModel, batch_logits, load_run_model
 
 SPLITS = ("train", "val", "test")
 _DATASET_KEYS = ("name", "path")
-_SUBSET_KEYS = {"train_subset": None, "test_subset": None, "val_size": 0}
+# Dropped when the dataset changes, unless given: the run's subsets, hold-out and fallback were meant for its own data
+# (a fallback to the MNIST sample would silently measure other images).
+_SUBSET_KEYS = {"train_subset": None, "test_subset": None, "val_size": 0, "fallback": "none"}
 
 
 def data_config(run: RunModel, overrides: list[str], split: str) -> DataConfig:

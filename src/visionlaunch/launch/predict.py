@@ -110,15 +110,17 @@ def _decode(payload: bytes | Path, in_shape) -> np.ndarray:
 def iter_images(paths: list[Path], in_shape, skipped: list[tuple[str, str]]) -> Iterator[tuple[str, np.ndarray]]:
     """(file, uint8 CHW in the run's shape) for every readable image under `paths`, in order; unreadable files go to
     `skipped`. A folder or archive without a single readable image stops with an error."""
+    absent = [str(p) for p in paths if not p.exists()]
+    if absent:  # before any work: a typo in the last of several paths should not cost a long run
+        raise VisionlaunchError(f"{', '.join(absent)} {'does' if len(absent) == 1 else 'do'} not exist. Pass image "
+                                "files, folders of images or archives (.zip, .tar, .tar.gz) that exist.")
     for path in paths:
-        if not path.exists():
-            raise VisionlaunchError(f"{path} does not exist. Pass image files, folders of images or archives "
-                                    "(.zip, .tar, .tar.gz) that exist.")
         found = 0
         for display, payload in _files(path):
             try:
                 pixels = _decode(payload, in_shape)
-            except (OSError, ValueError, Image.DecompressionBombError) as exc:  # UnidentifiedImageError is an OSError
+            # UnidentifiedImageError is an OSError; PIL raises SyntaxError or EOFError for some damaged files.
+            except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
                 why = "not an image format PIL knows" if isinstance(exc, UnidentifiedImageError) else \
                     f"{type(exc).__name__}: {exc}"
                 skipped.append((display, why))
@@ -196,6 +198,8 @@ def predict_command(run_dir: Path, paths: list[Path], *, which: str = "last", to
                     out: Path | None = None, batch_size: int | None = None) -> int:
     if top_k < 1:
         raise VisionlaunchError(f"--top-k must be at least 1, got {top_k}.")
+    if batch_size is not None and batch_size < 1:
+        raise VisionlaunchError(f"--batch-size must be at least 1, got {batch_size}.")
     run = load_run_model(run_dir, which)
     result = predict(run, paths, top_k, batch_size)
     k = len(result.rows[0].top)

@@ -23,6 +23,7 @@ from urllib.parse import urlparse
 
 from accelerate.tracking import GeneralTracker
 
+from visionlaunch.atomic import atomic_write
 from visionlaunch.config import TrackerConfig
 from visionlaunch.errors import VisionlaunchError
 
@@ -105,7 +106,8 @@ class CsvTracker(GeneralTracker):
         if self.resume_step is not None and self.path.is_file():
             with open(self.path, newline="") as fh:
                 kept = [row for row in csv.DictReader(fh) if (_int_or_none(row.get("step")) or 0) <= self.resume_step]
-        with open(self.path, "w", newline="") as fh:  # the header, and the rows before the checkpoint on resume
+        # The header, and on resume the rows up to the checkpoint; replaced whole, so a crash here loses nothing.
+        with atomic_write(self.path) as tmp, open(tmp, "w", newline="") as fh:
             writer = csv.DictWriter(fh, self.COLUMNS, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(kept)
