@@ -52,7 +52,8 @@ figure img { display: block; max-width: 100%; height: auto; border: 1px solid va
              background: #fff; }
 figcaption { color: var(--muted); font-size: 13px; margin-top: 6px; }
 .scroll { overflow: auto; max-height: 560px; }
-.scroll.wide table { width: auto; min-width: 100%; } .scroll.wide th, .scroll.wide td:first-child { white-space: nowrap; }
+.scroll.wide table { width: auto; min-width: 100%; }
+.scroll.wide th, .scroll.wide td:first-child { white-space: nowrap; }
 table { border-collapse: collapse; width: 100%; font-size: 14px; }
 th, td { text-align: left; padding: 6px 10px; border-bottom: 1px solid #eaeef2; vertical-align: top; }
 th { background: #f3f5f7; font-weight: 600; position: sticky; top: 0; }

@@ -214,7 +214,8 @@ class RunTracker:
         values = {k: v for k, v in final.items() if k != "kind" and v is not None}
         if self.run is not None:
             self.run.summary.update(values)
-        scalars = {f"final/{k}": v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        scalars = {f"final/{k}": v for k, v in values.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
         for tracker in self.accelerator.trackers:  # W&B has them in its run summary, the others as scalars
             if tracker.name != "wandb":
                 tracker.log(scalars, step=step)

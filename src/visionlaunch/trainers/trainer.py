@@ -543,7 +543,8 @@ class Trainer:
         metrics_file = self.run_path / "metrics.jsonl"
         meta = {
             "step": self.step, "epoch": epoch, "step_in_epoch": step_in_epoch,
-            "finished": epoch == self.cfg.train.epochs or self.early_stop.stopped, "best": self.best, "ema_best": self.ema_best,
+            "finished": epoch == self.cfg.train.epochs or self.early_stop.stopped, "best": self.best,
+            "ema_best": self.ema_best,
             "results": self.last_results if step_in_epoch == 0 else {}, "early_stop": self.early_stop.state_dict(),
             "elapsed": round(self._elapsed(), 3), "skipped_steps": self.skipped_steps,
             "metrics_bytes": metrics_file.stat().st_size if self.is_main and metrics_file.is_file() else 0,
