@@ -79,9 +79,12 @@ def test_predict_on_real_test_images_gives_the_evaluated_accuracy(trained, tmp_p
     shutil.copytree(folder / "test", images)
     (images / "3" / "notes.txt").write_text("not an image")  # named and skipped, never fatal
     (images / "7" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    with zipfile.ZipFile(images / "more.zip", "w") as zf:
+        zf.write(next((images / "1").glob("*.png")), "1.png")
     rows, err = _predict_csv(capsys, run_dir, images, extra=["--top-k", "3", "--batch-size", "64"])
     assert len(rows) == N_TEST
-    assert "notes.txt" in err and "broken.png" in err and "2 file(s) skipped" in err
+    assert "notes.txt" in err and "broken.png" in err and "3 file(s) skipped" in err
+    assert "more.zip: not a readable image (an archive inside a folder or archive is not opened" in err
     correct = sum(r["class_1"] == _label(r["file"]) for r in rows)
     for r in rows:  # top-k sorted, probabilities from a softmax
         probs = [float(r[f"prob_{i}"]) for i in (1, 2, 3)]

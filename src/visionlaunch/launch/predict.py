@@ -123,6 +123,8 @@ def iter_images(paths: list[Path], in_shape, skipped: list[tuple[str, str]]) -> 
             except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
                 why = "not an image format PIL knows" if isinstance(exc, UnidentifiedImageError) else \
                     f"{type(exc).__name__}: {exc}"
+                if display.lower().endswith(ZIP_SUFFIXES + TAR_SUFFIXES):
+                    why = "an archive inside a folder or archive is not opened; pass it as a PATH of its own"
                 skipped.append((display, why))
                 continue
             found += 1
