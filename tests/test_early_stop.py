@@ -3,6 +3,7 @@ out, says so in the final record and the report, and a run resumed from a checkp
 the same epoch (the counter is part of the checkpoint). `train.deterministic=true` switches PyTorch's deterministic
 mode on for the run (and off again for a run without it)."""
 
+import json
 import shutil
 
 import pytest
@@ -35,6 +36,10 @@ def test_early_stopping_stops_when_patience_runs_out_and_resumes_safely(shared_d
     checkpoints = sorted((run / "checkpoints").iterdir())
     assert len(checkpoints) == 3
     shutil.rmtree(checkpoints[-1])
+    # A key the checkpoint's version did not have counts as its default (here val_acc, as the run uses).
+    meta = json.loads((checkpoints[1] / "visionlaunch.json").read_text())
+    del meta["config"]["train"]["early_stop_metric"]
+    (checkpoints[1] / "visionlaunch.json").write_text(json.dumps(meta))
     assert main(["train", *train_args(shared_data, tmp_path, "stop", *FLAT, f"train.resume={run}")]) == 0
     assert sorted({r["epoch"] for r in records(run, "epoch")}) == [1, 2, 3]
     assert _final(run) == final

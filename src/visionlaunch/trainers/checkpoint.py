@@ -62,11 +62,18 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:
-    """'key: checkpoint X, now Y' for every trajectory-shaping key that differs."""
+    """'key: checkpoint X, now Y' for every trajectory-shaping key that differs. A key the checkpoint's version did
+    not have yet counts as its default (what that version did), so adding a key with a default keeps old checkpoints
+    resumable."""
+    from visionlaunch.config import RunConfig
+
     a, b = _flatten(saved), _flatten(current)
+    defaults = _flatten(RunConfig().model_dump(mode="json"))
     out = []
     for key in sorted(set(a) | set(b)):
         if not shapes_trajectory(key):
+            continue
+        if key not in a and key in defaults and b.get(key) == defaults[key]:
             continue
         if a.get(key, "<absent>") != b.get(key, "<absent>"):
             out.append(f"{key}: checkpoint {a.get(key, '<absent>')!r}, now {b.get(key, '<absent>')!r}")
