@@ -162,7 +162,7 @@ class Trainer:
             cfg.data.name = self.data.name
         self.model = build_model(cfg.model.name, self.data.in_shape, len(self.data.classes), cfg.model.args)
         if world > 1:  # one random stream per rank (dropout); the initial weights above are the same everywhere
-            set_seed(cfg.train.seed + acc.process_index)
+            set_seed((cfg.train.seed + acc.process_index) % 2**32)  # numpy takes 32-bit seeds
         self.summary = model_summary(self.model, self.data.in_shape)
         if cfg.report.figures and cfg.report.tsne_layer not in layer_names(self.model):
             raise VisionlaunchError(
