@@ -41,11 +41,12 @@ def _cos(start: float, end: float, fraction: float) -> float:
 
 def onecycle_factor(cfg: ScheduleConfig, total: int):
     """OneCycle (cosine annealing, as PyTorch's OneCycleLR with cycle_momentum=False) as a factor of the peak rate:
-    from 1/div_factor up to 1 at step pct_start x total - 1, then down to 1/(div_factor x final_div_factor) at the
-    last step. PyTorch's class divides by zero when the warm-up is one step or less (a short run); here any
-    positive step count works: a warm-up shorter than a step starts at the peak."""
+    from 1/div_factor up to 1 at the step nearest pct_start x total - 1, then down to 1/(div_factor x
+    final_div_factor) at the last step. PyTorch's class divides by zero when the warm-up is one step (a short run)
+    and, with a fractional peak step, may skip the peak rate altogether; here the peak is a whole step, so every
+    positive step count trains and runs one step at optim.lr (a warm-up under one step starts at the peak)."""
     start, end = 1 / cfg.div_factor, 1 / (cfg.div_factor * cfg.final_div_factor)
-    top = max(0.0, cfg.pct_start * total - 1)  # the (fractional) step at the peak
+    top = max(0, min(round(cfg.pct_start * total) - 1, total - 2))  # the step at the peak; the last one ends low
 
     def factor(step: int) -> float:
         if step <= top:
