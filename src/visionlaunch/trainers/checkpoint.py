@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from visionlaunch.atomic import atomic_write_text
-from visionlaunch.errors import VisionlaunchError
+from visionlaunch.atomic import as_os_error, atomic_write_text, is_write_failure
+from visionlaunch.errors import VisionlaunchError, describe_os_error
 
 META = "visionlaunch.json"
 TRAINER_STATE = "trainer_state.pt"
@@ -170,17 +170,35 @@ class CheckpointWriter:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         acc.wait_for_everyone()
-        acc.save_state(str(tmp))  # model, optimizer, scaler (main) and random_states_<rank>.pkl (every rank)
-        torch.save(rank_state, tmp / rank_state_name(acc.process_index))
-        if acc.is_main_process:
-            torch.save(trainer_state, tmp / TRAINER_STATE)
+        try:
+            acc.save_state(str(tmp))  # model, optimizer, scaler (main) and random_states_<rank>.pkl (every rank)
+            torch.save(rank_state, tmp / rank_state_name(acc.process_index))
+            if acc.is_main_process:
+                torch.save(trainer_state, tmp / TRAINER_STATE)
+        except Exception as exc:
+            if not is_write_failure(exc):
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # the torn folder would only take up the space that ran out
+            raise self._write_failed(final, as_os_error(exc, tmp)) from exc
         acc.wait_for_everyone()
         if acc.is_main_process:
-            atomic_write_text(tmp / META, json.dumps({"format": FORMAT, **meta}, indent=1))
+            try:
+                atomic_write_text(tmp / META, json.dumps({"format": FORMAT, **meta}, indent=1))
+            except OSError as exc:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise self._write_failed(final, exc) from exc
             self._publish(tmp, final)
             self._prune()
         acc.wait_for_everyone()
         return final
+
+    def _write_failed(self, final: Path, exc: OSError) -> VisionlaunchError:
+        kept = complete_checkpoints(self.root)
+        return VisionlaunchError(
+            f"could not write the checkpoint {final.name}: {describe_os_error(exc)} Nothing was lost: "
+            + (f"the last complete checkpoint {kept[-1]} is intact, so rerunning with train.resume=auto continues "
+               "from it." if kept else "no earlier checkpoint exists, so the run must start again.")
+            + " The weights in weights/ are those of the last finished epoch.")
 
     @staticmethod
     def _publish(tmp: Path, final: Path) -> None:

@@ -7,15 +7,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import torch
-
-from visionlaunch.atomic import atomic_write
+from visionlaunch.atomic import atomic_torch_save  # noqa: F401  (re-exported: the trainer's weights files)
 from visionlaunch.errors import VisionlaunchError
-
-
-def atomic_torch_save(obj, path: Path) -> None:
-    with atomic_write(path) as tmp:
-        torch.save(obj, tmp)
 
 
 # A batch job's own files inside its run folder (`visionlaunch submit`): the script and the log being written.

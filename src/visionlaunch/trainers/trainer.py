@@ -37,7 +37,7 @@ from visionlaunch import __version__
 from visionlaunch.atomic import atomic_write_text
 from visionlaunch.config import RunConfig
 from visionlaunch.datasets.loaders import make_loader
-from visionlaunch.errors import VisionlaunchError
+from visionlaunch.errors import VisionlaunchError, describe_os_error
 from visionlaunch.ffcv_builders.requirements import require_ffcv
 from visionlaunch.models import build_model
 from visionlaunch.models.features import layer_names
@@ -590,9 +590,15 @@ class Trainer:
         if not self.is_main:
             return
         state = {k: v.detach().cpu() for k, v in state.items()}
-        atomic_torch_save({"model": state, "epoch": epoch, "results": results, "model_name": self.cfg.model.name,
-                           "model_args": self.cfg.model.args, "in_shape": list(self.data.in_shape),
-                           "classes": self.data.classes}, self.run_dir.weights / f"{which}.pt")
+        path = self.run_dir.weights / f"{which}.pt"
+        try:
+            atomic_torch_save({"model": state, "epoch": epoch, "results": results, "model_name": self.cfg.model.name,
+                               "model_args": self.cfg.model.args, "in_shape": list(self.data.in_shape),
+                               "classes": self.data.classes}, path)
+        except OSError as exc:  # disk full, file-size limit: the file keeps its previous content
+            raise VisionlaunchError(
+                f"could not write the weights: {describe_os_error(exc)} "
+                + (f"{path.name} still holds an earlier epoch's weights." if path.is_file() else "")) from exc
 
 
 def train(cfg: RunConfig, *, preset: str | None = None, argv: list[str] | None = None) -> dict:
