@@ -54,7 +54,7 @@ from visionlaunch.trainers.metrics import MetricsWriter, read_metrics, topk_corr
 from visionlaunch.trainers.pipeline import BatchPipeline
 from visionlaunch.trainers.preemption import Preempted, PreemptionWatcher, clear_marker, write_marker
 from visionlaunch.trainers.rundir import (RunDirectory, atomic_torch_save, check_output_dir, default_run_name,
-                                          only_job_files)
+                                          only_job_files, read_run_identity)
 from visionlaunch.trainers.schedules import build_optimizer, build_scheduler
 from visionlaunch.trainers.tta import tta_logits
 from visionlaunch.trainers.trackers import RunTracker, check_tracker, new_run_id
@@ -321,9 +321,7 @@ class Trainer:
         params = count_parameters(self.raw_model)
         atomic_write_text(rd / "summary.txt", f"{self.cfg.model.name} on {self.data.in_shape}: {params:,} trainable "
                                               f"parameters\n\n{self.summary}\n")
-        previous = {}
-        if self.resuming and (rd / "run.yaml").is_file():
-            previous = yaml.safe_load((rd / "run.yaml").read_text()) or {}
+        previous = read_run_identity(rd) if self.resuming else {}
         identity = {
             "name": name, "ident": self.cfg.resolved_ident(), "date": dt.date.today().isoformat(),
             "started": dt.datetime.now().isoformat(timespec="seconds"), "command": shlex.join(self.argv),
