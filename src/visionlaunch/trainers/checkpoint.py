@@ -29,6 +29,9 @@ META = "visionlaunch.json"
 TRAINER_STATE = "trainer_state.pt"
 FORMAT = 1
 _NAME = re.compile(r"^step-(\d{8,})$")
+# Where training stood: what a resumed run reads from visionlaunch.json.
+META_KEYS = ("step", "epoch", "step_in_epoch", "best", "ema_best", "elapsed", "skipped_steps", "metrics_bytes",
+             "world_size", "config")
 
 # Keys that may change between an interrupted run and its resumption: where files are, what is logged and how
 # often, how the run reacts to signals. Every other key shapes the sequence of weights and must be the same.
@@ -90,7 +93,26 @@ def read_meta(path: Path) -> dict:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise VisionlaunchError(f"{path} is not a visionlaunch checkpoint of format {FORMAT}. Resume from a "
                                 "checkpoint written by this version, or start the run again.")
+    missing = [key for key in META_KEYS if key not in meta]
+    if missing:
+        raise VisionlaunchError(
+            f"the checkpoint {path} is incomplete or corrupt: its {META} lacks {', '.join(missing)}. Resume from "
+            "another checkpoint (train.resume=<folder>) or delete this folder so that train.resume=auto picks the "
+            "previous one.")
     return meta
+
+
+def _damage(path: Path) -> str | None:
+    """Why a checkpoint cannot be resumed from whatever the run's settings (unreadable metadata, a file every
+    checkpoint has missing), or None."""
+    try:
+        read_meta(path)
+    except VisionlaunchError as exc:
+        return str(exc).split(": ", 1)[-1].split(". ")[0]
+    absent = [n for n in (TRAINER_STATE, "optimizer.bin") if not (Path(path) / n).is_file()]
+    if not ((Path(path) / "model.safetensors").is_file() or (Path(path) / "pytorch_model.bin").is_file()):
+        absent.append("model.safetensors")
+    return f"{', '.join(absent)} missing" if absent else None
 
 
 def validate(path: Path, meta: dict, cfg_dump: dict, world: int, fp16: bool) -> None:
@@ -125,6 +147,7 @@ class ResumePlan:
     run_path: Path                  # the run folder to write into
     checkpoint: Path | None         # None: start from scratch
     meta: dict | None
+    note: str | None = None         # what the user should know (auto skipped a damaged checkpoint)
 
 
 def plan_resume(resume: str, default_run_path: Path) -> ResumePlan:
@@ -140,7 +163,17 @@ def plan_resume(resume: str, default_run_path: Path) -> ResumePlan:
         found = complete_checkpoints(default_run_path / "checkpoints")
         if not found:
             return ResumePlan(default_run_path, None, None)
-        return ResumePlan(default_run_path, found[-1], read_meta(found[-1]))
+        skipped = []
+        for path in reversed(found):  # the newest one that is whole (a damaged one is kept for inspection)
+            damage = _damage(path)
+            if damage is None:
+                note = (f"NOTE: train.resume=auto skipped the damaged checkpoint(s) {'; '.join(skipped)} and resumes "
+                        f"from the previous complete one, {path.name}") if skipped else None
+                return ResumePlan(default_run_path, path, read_meta(path), note)
+            skipped.append(f"{path.name} ({damage})")
+        raise VisionlaunchError(
+            f"train.resume=auto: no checkpoint of {default_run_path} can be resumed from: {'; '.join(skipped)}. "
+            "Restore one, or start the run again with train.resume=none and output.overwrite=true.")
     path = Path(resume).expanduser()
     if checkpoint_step(path) is None and (path / "checkpoints").is_dir():
         found = complete_checkpoints(path / "checkpoints")

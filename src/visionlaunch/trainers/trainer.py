@@ -143,6 +143,8 @@ class Trainer:
         out_dir = Path(cfg.output.dir).expanduser()
         self.plan = self._agreed(lambda: ckpt.plan_resume(cfg.train.resume, out_dir / name))
         self.resuming = self.plan.checkpoint is not None
+        if self.plan.note:
+            self.log(self.plan.note)
         if cfg.train.resume == "auto" and not cfg.output.name:
             self.log("NOTE: train.resume=auto finds a run by its folder name: set output.name for it to resume.")
         if self.resuming:
