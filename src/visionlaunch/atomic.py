@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
@@ -27,8 +28,13 @@ def atomic_write(path: Path) -> Iterator[Path]:
     cache) each replace it whole.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except FileExistsError as exc:  # mkdir of a folder on the way that is a file
+        raise NotADirectoryError(errno.ENOTDIR, f"{exc.filename} is a file, not a folder", str(path)) from exc
+    except OSError as exc:  # name the file that was to be written, not the temporary one
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
     os.close(fd)
     os.chmod(tmp, _FILE_MODE)  # mkstemp makes the file private (0600); the result should look like any other file
     try:
@@ -48,7 +54,6 @@ def atomic_write_text(path: Path, text: str) -> None:
 def _failed_write_errno(folder: Path) -> int:
     """The likely cause of a write that failed without saying why (torch reports a short write as a RuntimeError
     such as 'unexpected pos 704 vs 598'): a full disk, the file-size limit, else an I/O error."""
-    import errno
     import resource
     import shutil
 

@@ -256,6 +256,8 @@ def load_yaml(path: str | os.PathLike, what: str = "config file",
               holds: str = "a mapping of sections (data:, model:, ...)") -> dict:
     """A YAML file that must hold a mapping (a preset, an ablation file); an empty file is an empty mapping."""
     p = Path(path)
+    if p.is_dir():
+        raise VisionlaunchError(f"{what} {p} is a folder, not a file. Pass a YAML file, e.g. {example}.")
     if not p.is_file():
         raise VisionlaunchError(f"{what} {p} does not exist. Pass an existing YAML file, e.g. {example}.")
     try:

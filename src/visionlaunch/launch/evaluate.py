@@ -54,7 +54,10 @@ def read_weights_file(path: Path) -> dict:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except OSError as exc:
         raise VisionlaunchError(f"cannot read the weights file {describe_os_error(exc)}") from None
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as exc:
+        if "Weights only load failed" not in str(exc):
+            raise VisionlaunchError(f"cannot read the weights file {path}: it is truncated, damaged or not a "
+                                    f"PyTorch file ({str(exc).splitlines()[0][:200]}). {replace}") from None
         raise VisionlaunchError(
             f"the weights file {path} holds objects other than tensors and plain data, which visionlaunch refuses to "
             f"load (loading them could run arbitrary code): it was not written by visionlaunch. {replace}") from None

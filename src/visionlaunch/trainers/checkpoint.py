@@ -231,7 +231,7 @@ class CheckpointWriter:
             f"could not write the checkpoint {final.name}: {describe_os_error(exc)} Nothing was lost: "
             + (f"the last complete checkpoint {kept[-1]} is intact, so rerunning with train.resume=auto continues "
                "from it." if kept else "no earlier checkpoint exists, so the run must start again.")
-            + " The weights in weights/ are those of the last finished epoch.")
+            + " weights/ holds the weights of the last finished epoch, if any.")
 
     @staticmethod
     def _publish(tmp: Path, final: Path) -> None:
