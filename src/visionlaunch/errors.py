@@ -58,6 +58,18 @@ def describe_os_error(exc: OSError) -> str:
     return f"{where + ': ' if where else ''}{reason}{'' if reason.endswith('.') else '.'}{' ' + advice if advice else ''}"
 
 
+def describe_load_failure(exc: BaseException) -> str:
+    """Why torch.load (weights_only=True) failed, in a few words: never PyTorch's advice to retry with
+    weights_only=False, which would run whatever code a foreign file holds."""
+    text = " ".join(str(exc).split())
+    if "Weights only load failed" in text:
+        return ("it holds objects other than tensors and plain data, which visionlaunch refuses to load (loading "
+                "them could run arbitrary code)")
+    if isinstance(exc, OSError):
+        return describe_os_error(exc)
+    return f"it is truncated, damaged or not a PyTorch file ({type(exc).__name__}: {text[:200] or 'no details'})"
+
+
 def _named(exc: BaseException, module: str, *names: str) -> bool:
     """`exc` is an instance of a class called one of `names` from package `module` (checked by name, so that this
     module need not import PIL, safetensors or torch)."""

@@ -17,6 +17,7 @@ import torch
 
 from visionlaunch.atomic import atomic_torch_save
 from visionlaunch.datasets.imageset import ImageSet
+from visionlaunch.errors import describe_load_failure
 
 FORMAT_VERSION = 1  # bump when readers change what they produce, so old caches are not reused
 
@@ -50,7 +51,8 @@ def _load(path: Path, name: str, need_verified: bool) -> ImageSet | None:
         return ImageSet(images=entry["images"], labels=entry["labels"], classes=list(entry["classes"]),
                         name=entry["name"], source=entry["source"])
     except Exception as exc:  # truncated file, foreign pickle, wrong dtypes: all mean "rebuild"
-        warnings.warn(f"ignoring unreadable dataset cache file {path} ({type(exc).__name__}: {exc}); "
+        reason = describe_load_failure(exc) if not isinstance(exc, ValueError) else str(exc)
+        warnings.warn(f"ignoring unreadable dataset cache file {path} ({reason}); "
                       "reading the dataset again and rewriting it", RuntimeWarning, stacklevel=3)
         return None
 

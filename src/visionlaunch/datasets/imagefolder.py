@@ -203,8 +203,8 @@ def _check_classes(images: list[_Image], class_dirs: dict[str, set[str]], where:
 def _unreadable(im: _Image, exc: Exception) -> VisionlaunchError:
     if isinstance(exc, Image.DecompressionBombError):
         return VisionlaunchError(
-            f"{im.display} is too large to decode safely ({exc}) Images of one dataset share one size: shrink it "
-            "or remove it.")
+            f"{im.display} is too large to decode safely ({str(exc).rstrip('.')}). Images of one dataset share one "
+            "size: shrink it or remove it.")
     if isinstance(exc, OSError) and exc.strerror:  # the file itself cannot be read (permissions, a folder, ...)
         return VisionlaunchError(f"cannot read the image {describe_os_error(exc)}")
     return VisionlaunchError(

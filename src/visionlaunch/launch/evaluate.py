@@ -4,7 +4,6 @@ run.yaml, weights/*.pt) and measure or redraw what training measured and drew.""
 from __future__ import annotations
 
 import datetime as dt
-import pickle
 import sys
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import torch
 
 from visionlaunch.config import load_config
 from visionlaunch.datasets.loaders import make_loader
-from visionlaunch.errors import VisionlaunchError, describe_os_error
+from visionlaunch.errors import VisionlaunchError, describe_load_failure
 from visionlaunch.models import build_model
 from visionlaunch.trainers.artefacts import make_figures
 from visionlaunch.trainers.data import prepare_data
@@ -52,20 +51,9 @@ def read_weights_file(path: Path) -> dict:
     replace = ("Use the weights/*.pt written by `visionlaunch train`, or copy the run folder again.")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except OSError as exc:
-        raise VisionlaunchError(f"cannot read the weights file {describe_os_error(exc)}") from None
-    except pickle.UnpicklingError as exc:
-        if "Weights only load failed" not in str(exc):
-            raise VisionlaunchError(f"cannot read the weights file {path}: it is truncated, damaged or not a "
-                                    f"PyTorch file ({str(exc).splitlines()[0][:200]}). {replace}") from None
-        raise VisionlaunchError(
-            f"the weights file {path} holds objects other than tensors and plain data, which visionlaunch refuses to "
-            f"load (loading them could run arbitrary code): it was not written by visionlaunch. {replace}") from None
-    except Exception as exc:  # truncated, empty, not a torch file at all
-        reason = (str(exc).splitlines() or [""])[0][:200] or "no details"
-        raise VisionlaunchError(
-            f"cannot read the weights file {path}: it is truncated, damaged or not a PyTorch file "
-            f"({type(exc).__name__}: {reason}). {replace}") from None
+    except Exception as exc:  # unreadable, truncated, empty, foreign: never PyTorch's weights_only=False advice
+        raise VisionlaunchError(f"cannot read the weights file {path}: {describe_load_failure(exc)}. "
+                                f"{replace}") from None
     missing = [k for k in WEIGHTS_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
         kind = ("a plain state_dict (tensors only)" if isinstance(ckpt, dict) and ckpt
@@ -89,7 +77,7 @@ def _rebuild(run_dir: Path, which: str):
     except RuntimeError as exc:  # missing, unexpected or differently shaped tensors
         raise VisionlaunchError(
             f"the weights in {run_dir / 'weights' / f'{which}.pt'} do not fit model {ckpt['model_name']!r} "
-            f"({str(exc).splitlines()[0][:200]}); the file was edited or belongs to another run. Use the weights "
+            f"({' '.join(str(exc).split())[:300]}); the file was edited or belongs to another run. Use the weights "
             "written by `visionlaunch train` for this run folder.") from None
     model.to(accelerator.device)
     pipeline = BatchPipeline(cfg.augment, data.mean, data.std, accelerator.device, seed=cfg.train.seed)

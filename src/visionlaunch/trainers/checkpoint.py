@@ -23,7 +23,7 @@ import torch
 from accelerate import Accelerator
 
 from visionlaunch.atomic import as_os_error, atomic_write_text, is_write_failure
-from visionlaunch.errors import VisionlaunchError, describe_os_error
+from visionlaunch.errors import VisionlaunchError, describe_load_failure, describe_os_error
 
 META = "visionlaunch.json"
 TRAINER_STATE = "trainer_state.pt"
@@ -264,7 +264,7 @@ def load(accelerator: Accelerator, path: Path) -> tuple[dict, dict]:
         rank_state = torch.load(Path(path) / rank_state_name(rank), map_location="cpu", weights_only=True)
     except Exception as exc:
         raise VisionlaunchError(
-            f"cannot load the checkpoint {path}: {type(exc).__name__}: {str(exc)[:300]}. The folder is corrupt or "
+            f"cannot load the checkpoint {path}: {describe_load_failure(exc)}. The folder is corrupt or "
             "was written by another model: resume from another checkpoint (train.resume=<folder>) or delete this "
             "one so that train.resume=auto picks the previous one.") from None
     return trainer_state, rank_state
