@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -82,7 +83,11 @@ def as_os_error(exc: BaseException, path: Path) -> OSError:
     """An OSError naming `path` for a failed write (the original when it already is one with a file name)."""
     if isinstance(exc, OSError) and exc.filename is not None:
         return exc
-    code = exc.errno if isinstance(exc, OSError) and exc.errno else _failed_write_errno(Path(path).parent)
+    told = re.search(r"os error (\d+)", str(exc))  # safetensors passes the errno on in its text
+    if isinstance(exc, OSError) and exc.errno:
+        code = exc.errno
+    else:
+        code = int(told.group(1)) if told else _failed_write_errno(Path(path).parent)
     return OSError(code, os.strerror(code), str(path))  # torch's own text ("unexpected pos ...") says nothing more
 
 
