@@ -139,6 +139,25 @@ def kept_two_checkpoints(d: Path) -> None:
 
 
 
+def resume(d: Path, *overrides: str) -> list[str]:
+    """The finished run's own command (so that only what the row changes differs), resumed."""
+    return train(d, "train.epochs=1", "train.max_steps_per_epoch=2", *overrides)
+
+
+def last_checkpoint(d: Path, run: str = "run") -> Path:
+    return complete_checkpoints(d / run / "checkpoints")[-1]
+
+
+def damaged_for_auto(d: Path) -> None:
+    """train.resume=auto finds runs/<name>: the finished run there, its only checkpoint without 'step'."""
+    (d / "runs").mkdir()
+    shutil.move(d / "run", d / "runs" / "run")
+    meta_file = last_checkpoint(d, "runs/run") / "visionlaunch.json"
+    meta = json.loads(meta_file.read_text())
+    del meta["step"]
+    meta_file.write_text(json.dumps(meta))
+
+
 def unwritable_folder(d: Path, mp) -> None:
     (d / "run").chmod(0o555)
 
@@ -181,6 +200,16 @@ ROWS = [
         setup=lambda d, mp: write(d / "runs" / "run" / "keep.txt", "mine")),
     Row("resume-not-a-checkpoint", lambda d: train(d, f"train.resume={d / 'empty'}"), lambda d: str(d / "empty"),
         ("is not a checkpoint folder",), setup=lambda d, mp: (d / "empty").mkdir()),
+    Row("resume-other-config", lambda d: resume(d, f"train.resume={d / 'run'}", "optim.lr=0.3"), "optim.lr",
+        ("different configuration",), needs_run=True),
+    Row("resume-torn-metadata", lambda d: resume(d, f"train.resume={d / 'run'}"), lambda d: str(last_checkpoint(d)),
+        ("incomplete or corrupt",), needs_run=True,
+        setup=lambda d, mp: write(last_checkpoint(d) / "visionlaunch.json", "{not json")),
+    Row("resume-partial-checkpoint", lambda d: resume(d, f"train.resume={d / 'run'}"),
+        lambda d: str(last_checkpoint(d)), ("is partial: optimizer.bin missing",), needs_run=True,
+        setup=lambda d, mp: (last_checkpoint(d) / "optimizer.bin").unlink()),
+    Row("resume-auto-nothing-usable", lambda d: resume(d, "train.resume=auto"), "step-00000002",
+        ("no checkpoint of", "lacks step"), needs_run=True, setup=lambda d, mp: damaged_for_auto(d)),
     # --- data
     Row("mnist-missing", lambda d: train(d, "data.name=mnist", f"data.root={d / 'empty'}"),
         lambda d: str(d / "empty"), ("MNIST",)),
