@@ -107,6 +107,18 @@ def test_images_below_the_upscale_limit_are_refused_naming_the_file(folder):
     assert "tiny.png" in note  # 96x64 gray.jpg is enlarged too, less
 
 
+def test_predictions_on_new_files_see_what_evaluation_saw(folder):
+    from visionlaunch.datasets import load_dataset
+    from visionlaunch.datasets.mixed_size import center_crop
+    from visionlaunch.launch.predict import iter_images
+
+    test = center_crop(load_dataset("imagefolder", "test", root=folder, path=".", progress=False, image_size=32), 32)
+    seen = dict(iter_images([folder / "test"], (3, 32, 32), [], image_size=32))
+    assert len(seen) == len(test) == 18
+    for name, image in zip(sorted(seen, key=lambda n: (CLASSES.index(n.split("/")[-2]), n)), test.images):
+        assert np.array_equal(seen[name], image.numpy()), name
+
+
 def test_crop_boxes_follow_scale_and_ratio_and_stay_inside():
     boxes = draw_boxes(20000, 73, 73, (0.25, 1.0), (3 / 4, 4 / 3), torch.Generator().manual_seed(1))
     top, left, h, w = boxes.T

@@ -36,11 +36,26 @@ def _open(payload: bytes | Path) -> Image.Image:
     return Image.open(io.BytesIO(payload) if isinstance(payload, bytes) else payload)
 
 
-def _rgb(pil: Image.Image) -> Image.Image:
+def _rgb(pil: Image.Image, stored: int) -> Image.Image:
+    pil.draft("RGB", (stored, stored))  # JPEG: decode at a reduced scale that still covers `stored` (before loading)
     pil = ImageOps.exif_transpose(pil)  # phones store portrait photos as landscape pixels plus an EXIF rotation
     if pil.mode == "P" and "transparency" in pil.info:
         pil = pil.convert("RGBA")  # PIL warns when a transparent palette image goes straight to RGB
     return pil if pil.mode == "RGB" else pil.convert("RGB")
+
+
+def _square(rgb: Image.Image, stored: int) -> np.ndarray:
+    """Centre square of the shorter side, resized to stored x stored (antialiased when shrinking): uint8 CHW."""
+    square = ImageOps.fit(rgb, (stored, stored), method=Image.Resampling.BICUBIC)
+    return np.asarray(square).transpose(2, 0, 1)
+
+
+def evaluation_view(image: Image.Image, image_size: int) -> np.ndarray:
+    """One image, not yet loaded, as evaluation sees it (uint8 3 x image_size x image_size): for predictions on new
+    files, pixel for pixel what the test set's decoding and centre crop give."""
+    stored = stored_size(image_size)
+    offset = (stored - image_size) // 2
+    return np.ascontiguousarray(_square(_rgb(image, stored), stored)[:, offset:offset + image_size, offset:offset + image_size])
 
 
 def _too_small(display: str, size: tuple[int, int], stored: int, image_size: int, max_upscale: float) -> str:
@@ -62,14 +77,11 @@ def decode_squares(items: Sequence, image_size: int, max_upscale: float, *, unre
     for i, item in enumerate(tqdm(items, desc=desc, unit=" img", disable=not progress)):
         try:
             with _open(item.payload) as pil:
-                pil.draft("RGB", (stored, stored))  # JPEG: decode at a reduced scale that still covers `stored`
-                rgb = _rgb(pil)
+                rgb = _rgb(pil, stored)
                 short = min(rgb.size)
                 if short * max_upscale < stored:
                     raise VisionlaunchError(_too_small(item.display, rgb.size, stored, image_size, max_upscale))
-                # Centre square of the shorter side, resized to stored x stored (antialiased when shrinking).
-                square = ImageOps.fit(rgb, (stored, stored), method=Image.Resampling.BICUBIC)
-                out[i] = np.asarray(square).transpose(2, 0, 1)
+                out[i] = _square(rgb, stored)
         except VisionlaunchError:
             raise
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
