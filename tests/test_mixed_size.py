@@ -235,3 +235,27 @@ def test_bad_images_stop_the_run_naming_the_file(tmp_path, folder, capsys, bad, 
 def test_config_combinations_that_cannot_work(tmp_path, capsys, overrides, expected):
     assert main(["train", "--config", str(PRESET), *overrides, f"output.dir={tmp_path}"]) == 2
     assert expected in capsys.readouterr().err
+
+
+def test_a_resumed_run_crops_exactly_as_an_uninterrupted_one(tmp_path, folder, capsys):
+    """The tensor backend draws its crops from the pipeline's generator, which checkpoints save."""
+    import subprocess
+    import sys
+
+    from tests.run_helpers import FAULT_TRAIN_PY, env, max_weight_difference, records
+
+    common = ["train.epochs=2", "schedule.name=constant", "optim.lr=0.01"]
+    code, whole = _train(tmp_path, folder, *common, name="whole")
+    assert code == 0
+    args = ["--config", str(PRESET), f"data.path={folder}", "data.image_size=32", "data.val_size=0",
+            "model.name=timm/test_resnet", "augment.flip=true", "train.batch_size=16", "train.eval_batch_size=32",
+            "train.progress=false", "report.figures=false", f"output.dir={tmp_path / 'runs'}", "output.name=cut",
+            "train.resume=auto", *common]
+    proc = subprocess.run([sys.executable, str(FAULT_TRAIN_PY), *args], capture_output=True, text=True,
+                          env=env(VL_TEST_FAULT="action=signal,signal=SIGTERM,step=4"), timeout=300,
+                          cwd=PRESET.parents[1])
+    assert proc.returncode == 75, proc.stderr[-3000:]
+    assert main(["train", *args]) == 0
+    assert "resuming from" in capsys.readouterr().err
+    assert max_weight_difference(whole, tmp_path / "runs" / "cut") == 0
+    assert records(whole, "epoch") == records(tmp_path / "runs" / "cut", "epoch")
