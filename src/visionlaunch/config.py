@@ -127,7 +127,23 @@ class TrainConfig(_Section):
 class OutputConfig(_Section):
     dir: str = "runs"
     name: str | None = Field(None, description="run folder name; default <preset>-<date>-<time>")
-    overwrite: bool = Field(False, description="replace an existing run folder of the same name")
+    overwrite: bool = Field(False, description="replace an existing run folder of the same name (only a folder that "
+                                               "holds a run: run.yaml or metrics.jsonl; an empty one)")
+
+    @field_validator("name")
+    @classmethod
+    def _one_path_component(cls, name: str | None) -> str | None:
+        # The name is joined to output.dir and, with overwrite, its folder is emptied: `.`, `..`, `a/b` or an
+        # absolute path would point that at other runs or at the folders above them.
+        if not name:  # `output.name=` on the command line: the default name
+            return None
+        bad = name in (".", "..") or "/" in name or "\\" in name or "\0" in name or name != name.strip() \
+            or len(name.encode()) > 255  # NAME_MAX of Linux and macOS file systems
+        if bad:
+            raise ValueError(f"a run name is one folder name inside output.dir, not {name!r} (no '/', no '.' or "
+                             "'..', no leading or trailing spaces, at most 255 bytes); put the parent folder in "
+                             "output.dir, e.g. output.dir=/scratch/runs output.name=exp1")
+        return name
 
 
 class ReportConfig(_Section):

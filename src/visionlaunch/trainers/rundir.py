@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import shutil
 import tempfile
 from pathlib import Path
-
-import torch
 
 from visionlaunch.atomic import atomic_write
 from visionlaunch.errors import VisionlaunchError
 
 
 def atomic_torch_save(obj, path: Path) -> None:
+    import torch  # here, so that the run-folder checks of reports and the CLI do not load torch
+
     with atomic_write(path) as tmp:
         torch.save(obj, tmp)
 
@@ -21,6 +22,42 @@ def atomic_torch_save(obj, path: Path) -> None:
 # A batch job's own files inside its run folder (`visionlaunch submit`): the script and the log being written.
 # Starting or replacing the run keeps them.
 JOB_FILES = "slurm"
+
+
+# The files that only a run folder holds: a folder with one of them is a run (started, finished or preempted).
+RUN_MARKERS = ("run.yaml", "metrics.jsonl")
+
+
+def is_run_folder(path: Path) -> bool:
+    path = Path(path)
+    return path.is_dir() and any((path / marker).is_file() for marker in RUN_MARKERS)
+
+
+# Everything a run writes at the top of its folder; a folder with none of them holds no run (not even a crashed one).
+RUN_FILES = (*RUN_MARKERS, "config.yaml", "summary.txt", "weights", "checkpoints")
+
+
+def holds_run_files(path: Path) -> bool:
+    path = Path(path)
+    return path.is_dir() and any((path / name).exists() for name in RUN_FILES)
+
+
+def enclosing_run_folder(path: Path) -> Path | None:
+    """The run folder that `path` (a file or folder, existing or not) lies in, at any depth, else None. Both the
+    path as written and the one its links resolve to count."""
+    path = Path(path).expanduser()
+    for candidate in (Path(os.path.abspath(path)), path.resolve()):
+        for folder in candidate.parents:
+            if is_run_folder(folder):
+                return folder
+    return None
+
+
+def replaceable(path: Path) -> bool:
+    """What output.overwrite may empty: a run folder, a folder holding only its batch job, or an empty folder.
+    Anything else (a folder of other runs, a home directory, a file) is never deleted."""
+    path = Path(path)
+    return is_run_folder(path) or only_job_files(path) or (path.is_dir() and not any(path.iterdir()))
 
 
 def only_job_files(path: Path) -> bool:
@@ -51,6 +88,12 @@ def check_output_dir(out_dir: Path, name: str, overwrite: bool) -> Path:
         raise VisionlaunchError(
             f"the run folder {run_dir} already exists. Choose another name with output.name=NAME, or replace "
             "it with output.overwrite=true.")
+    if (run_dir.exists() or run_dir.is_symlink()) and not replaceable(run_dir):
+        what = "is not a folder" if not run_dir.is_dir() else \
+            f"is not a run folder (it has no {' or '.join(RUN_MARKERS)})"
+        raise VisionlaunchError(
+            f"output.overwrite=true would delete {run_dir}, which {what}; overwrite only ever replaces a previous "
+            "run. Nothing was deleted. Choose another output.name, or move that folder away yourself.")
     probe_parent = out_dir
     while not probe_parent.exists() and probe_parent != probe_parent.parent:
         probe_parent = probe_parent.parent
@@ -75,6 +118,8 @@ class RunDirectory:
         self.path = Path(path)
         self.owned = True  # made by this process: set-up failures remove it
         if self.path.exists() and overwrite:
+            if not replaceable(self.path):  # checked before (check_output_dir); never delete anything else
+                raise VisionlaunchError(f"refusing to replace {self.path}: it is not a run folder.")
             _remove_except_job_files(self.path)
         try:
             (self.path / "figures").mkdir(parents=True)
