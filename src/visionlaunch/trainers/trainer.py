@@ -55,6 +55,7 @@ from visionlaunch.trainers.pipeline import BatchPipeline
 from visionlaunch.trainers.preemption import Preempted, PreemptionWatcher, clear_marker, write_marker
 from visionlaunch.trainers.rundir import (RunDirectory, atomic_torch_save, check_output_dir, default_run_name,
                                           only_job_files)
+from visionlaunch.trainers.runlock import RunLock
 from visionlaunch.trainers.schedules import build_optimizer, build_scheduler
 from visionlaunch.trainers.tta import tta_logits
 from visionlaunch.trainers.trackers import RunTracker, check_tracker, new_run_id
@@ -118,6 +119,18 @@ def _unfinished_run(path: Path) -> bool:
 
 class Trainer:
     def __init__(self, cfg: RunConfig, *, preset: str | None = None, argv: list[str] | None = None):
+        self.lock: RunLock | None = None  # the run folder's lock, held by the main process until fit() ends
+        try:
+            self._set_up(cfg, preset, argv)
+        except BaseException:
+            self.release_lock()
+            raise
+
+    def release_lock(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+
+    def _set_up(self, cfg: RunConfig, preset: str | None, argv: list[str] | None) -> None:
         self.cfg = cfg
         self.argv = argv if argv is not None else sys.argv
         self.accelerator = acc = make_accelerator(cfg, training=True)
@@ -141,7 +154,7 @@ class Trainer:
         # Validate what is cheap and certain to fail before reading data or creating anything.
         name = cfg.output.name or default_run_name(preset)
         out_dir = Path(cfg.output.dir).expanduser()
-        self.plan = self._agreed(lambda: ckpt.plan_resume(cfg.train.resume, out_dir / name))
+        self.plan = self._agreed(lambda: self._lock_and_plan(out_dir / name))
         self.resuming = self.plan.checkpoint is not None
         if cfg.train.resume == "auto" and not cfg.output.name:
             self.log("NOTE: train.resume=auto finds a run by its folder name: set output.name for it to resume.")
@@ -210,6 +223,13 @@ class Trainer:
         if outcome[0] == "error":
             raise VisionlaunchError(outcome[1])
         return outcome[1]
+
+    def _lock_and_plan(self, default_run_path: Path) -> ckpt.ResumePlan:
+        """Lock the run folder (main process), then decide where to start: no other process may train into it,
+        resume from it or replace it until this run ends."""
+        plan = ckpt.plan_resume(self.cfg.train.resume, default_run_path)
+        self.lock = RunLock(plan.run_path).acquire()
+        return ckpt.plan_resume(self.cfg.train.resume, default_run_path)  # again: it may have changed meanwhile
 
     def _config_dump(self) -> dict:
         return self.cfg.model_dump(mode="json")
@@ -373,6 +393,7 @@ class Trainer:
         finally:
             self.metrics.close()
             acc.end_training()  # also finishes the W&B run; without it gloo groups sometimes abort at exit
+            self.release_lock()
         return final
 
     def _elapsed(self) -> float:
