@@ -37,8 +37,10 @@ class DataConfig(_Section):
     cache_dir: str | None = Field(None, description="decoded-tensor cache; default $VISIONLAUNCH_CACHE, else ~/.cache/visionlaunch")
     val_size: int | float = Field(5000, ge=0, description="held out from train: a count (>=1) or a fraction (<1); 0 = none")
     split_seed: int = 0
-    train_subset: int | None = Field(None, ge=1, description="use only the first N training images (quick runs)")
-    test_subset: int | None = Field(None, ge=1, description="use only the first N test images (quick runs)")
+    train_subset: int | None = Field(None, ge=1, description="use only N training images (quick runs): a seeded "
+                                     "(data.split_seed), class-stratified sample, taken before the val split")
+    test_subset: int | None = Field(None, ge=1, description="use only N test images (quick runs): a seeded "
+                                    "(data.split_seed), class-stratified sample")
     loader: Literal["tensor", "torch", "ffcv"] = Field(
         "tensor", description="tensor: whole dataset resident on the device; torch: DataLoader baseline; ffcv: "
                               "FFCV .beton files (pip install visionlaunch[ffcv])")

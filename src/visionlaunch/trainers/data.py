@@ -6,11 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from visionlaunch.config import DataConfig
 from visionlaunch.datasets import (DatasetNotFound, ImageSet, default_cache_dir, load_dataset, normalization_stats,
                                    resolve_data_root, train_val_split)
+from visionlaunch.datasets.split import class_coverage_warning, stratified_subset
 
 
 @dataclass
@@ -30,10 +29,6 @@ class DataBundle:
     @property
     def in_shape(self) -> tuple[int, int, int]:
         return self.train.shape
-
-
-def _first(ds: ImageSet, n: int | None) -> ImageSet:
-    return ds if n is None or n >= len(ds) else ds.subset(torch.arange(n))
 
 
 def prepare_data(cfg: DataConfig, log=print, progress: bool = True) -> DataBundle:
@@ -58,11 +53,15 @@ def prepare_data(cfg: DataConfig, log=print, progress: bool = True) -> DataBundl
     test = load_dataset(name, "test", **kwargs)
     # Constants from the full training set, before any subset, so a quick run normalises like a full one.
     mean, std = normalization_stats(train)
-    train = _first(train, cfg.train_subset)
-    test = _first(test, cfg.test_subset)
+    train = stratified_subset(train, cfg.train_subset, cfg.split_seed, "train")
+    test = stratified_subset(test, cfg.test_subset, cfg.split_seed, "test")
     val = None
     if cfg.val_size:
         train, val = train_val_split(train, cfg.val_size, cfg.split_seed)
+    for ds, what in ((train, "training"), (val, "validation"), (test, "test")):
+        warning = class_coverage_warning(ds, what) if ds is not None else None
+        if warning:
+            log(warning)
     note = (f"{name}: {len(train)} train, {len(val) if val is not None else 0} val (held out of train, seed "
             f"{cfg.split_seed}), {len(test)} test images of shape {tuple(train.shape)}, {len(train.classes)} "
             f"classes; source: {train.source}")
