@@ -7,8 +7,10 @@ agree on shape (every image one size; grayscale only when every image of both sp
 
 from __future__ import annotations
 
+import errno
 import io
 import os
+import stat
 import tarfile
 import zlib
 from collections import defaultdict
@@ -57,11 +59,54 @@ def source_files(path: Path) -> list[Path]:
     """The files whose size and mtime fingerprint the dataset (for the cache)."""
     if path.is_file():
         return [path]
-    files = []
-    for folder, dirs, names in os.walk(path, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        files += [Path(folder) / n for n in sorted(names) if not n.startswith(".")]
-    return files
+    return [p for _, p, is_dir in _walk(path) if not is_dir]
+
+
+def _walk(root: Path):
+    """(parts relative to root, path, is_dir) for everything under `root` but hidden names, sorted by name.
+
+    Links are followed, so a dataset made of links to images stored elsewhere works. A link back to a folder that
+    contains it (`..`, `.`, a cycle through several links) would make the tree endless: it stops with an error
+    naming the link, as do a dangling link, a link loop and anything that is neither a file nor a folder (a FIFO
+    would block the reader forever)."""
+    def visit(folder: Path, rel: tuple[str, ...], ancestors: frozenset):
+        try:
+            with os.scandir(folder) as listing:
+                children = sorted(listing, key=lambda entry: entry.name)
+        except OSError as exc:
+            raise VisionlaunchError(f"cannot read the folder {folder} ({exc.strerror}). Make it readable (e.g. "
+                                    "chmod -R u+rX) or point data.path elsewhere.") from None
+        for entry in children:
+            if entry.name.startswith("."):
+                continue
+            path, parts = Path(entry.path), rel + (entry.name,)
+            try:
+                info = path.stat()  # through links
+            except OSError as exc:
+                if not entry.is_symlink():
+                    raise VisionlaunchError(f"cannot read {path} ({exc.strerror}). Make it readable or remove it.") \
+                        from None
+                what = "a link loop" if exc.errno == errno.ELOOP else \
+                    f"a dangling link: it points to {os.readlink(path)}, which does not exist"
+                raise VisionlaunchError(f"{path} is {what}. Remove the link or restore what it points to; "
+                                        "every file in an ImageFolder dataset must be readable.") from None
+            if stat.S_ISDIR(info.st_mode):
+                identity = (info.st_dev, info.st_ino)
+                if identity in ancestors:
+                    raise VisionlaunchError(
+                        f"{path} is a link to {os.path.realpath(path)}, a folder that contains the link, so the "
+                        "folder tree never ends. Remove the link (or replace it with a copy of the images it "
+                        "should add).")
+                yield parts, path, True
+                yield from visit(path, parts, ancestors | {identity})
+            elif stat.S_ISREG(info.st_mode):
+                yield parts, path, False
+            else:
+                raise VisionlaunchError(f"{path} is neither a file nor a folder (a FIFO, socket or device). Remove "
+                                        "it from the dataset folder.")
+
+    top = root.stat()
+    yield from visit(root, (), frozenset({(top.st_dev, top.st_ino)}))
 
 
 @dataclass
@@ -72,13 +117,7 @@ class _Entry:
 
 
 def _entries_from_folder(path: Path) -> list[_Entry]:
-    entries = []
-    for folder, dirs, names in os.walk(path, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        rel = Path(folder).relative_to(path).parts
-        entries += [_Entry(rel + (d,), str(Path(folder) / d), None) for d in dirs]
-        entries += [_Entry(rel + (n,), str(Path(folder) / n), Path(folder) / n) for n in sorted(names)]
-    return entries
+    return [_Entry(parts, str(p), None if is_dir else p) for parts, p, is_dir in _walk(path)]
 
 
 def _is_candidate_image(parts: tuple[str, ...]) -> bool:
