@@ -111,8 +111,9 @@ class TrainConfig(_Section):
     keep_checkpoints: int = Field(2, ge=1, description="how many of the newest checkpoints to keep")
     resume: str = Field("none", description="auto: continue runs/<output.name> from its newest complete checkpoint "
                                             "(or start it); a checkpoint or run folder path; none")
-    preempt_signals: list[str] = Field(["SIGTERM", "SIGUSR2"], description="signals that make the run finish the "
-                                       "step, checkpoint and exit with status 75; [] = off")
+    preempt_signals: list[str] = Field(["SIGTERM", "SIGUSR2", "SIGINT"], description="signals that make the run "
+                                       "finish the step, checkpoint and exit with status 75 (SIGINT: Ctrl-C); "
+                                       "[] = off")
     dist_timeout_s: int = Field(1800, ge=10, description="seconds a collective may wait for the other processes")
 
     @field_validator("preempt_signals")

@@ -302,6 +302,7 @@ class Trainer:
         self.best, self.ema_best, self.elapsed0, self.skipped_steps = {"val_acc": -1.0}, -1.0, 0.0, 0
         self.last_results: dict = {}
         self.resume_rank_state: dict | None = None
+        self.last_checkpoint: Path | None = self.plan.checkpoint  # the newest end-of-epoch one, once written
         if not self.resuming:
             return
         path, meta = self.plan.checkpoint, self.plan.meta
@@ -450,7 +451,7 @@ class Trainer:
                     raise VisionlaunchError(
                         f"fp16 loss scaling skipped {consecutive_skips} optimizer steps in a row (up to step "
                         f"{self.step + 1}): the loss or gradients are not finite at any scale. Lower optim.lr, try "
-                        "train.precision=bf16 or no; the last checkpoint holds the last good weights.")
+                        f"train.precision=bf16 or no. {self._saved_state()}")
             else:
                 consecutive_skips = 0
                 self.scheduler.step()
@@ -505,8 +506,18 @@ class Trainer:
     def _nonfinite_error(self, where: str, value: float) -> None:
         raise VisionlaunchError(
             f"the training loss became {value} {where}. Lower optim.lr, set optim.clip_grad_norm, check the data, or "
-            "try train.precision=no; the last finished epoch's weights are in weights/last.pt and the last "
-            "checkpoint (checkpoints/) holds the last good state.")
+            f"try train.precision=no. {self._saved_state()}")
+
+    def _saved_state(self) -> str:
+        """What a run that stops on bad numbers leaves to go back to: only files that exist are named."""
+        weights = self.run_path / "weights" / "last.pt"
+        found = ckpt.complete_checkpoints(self.run_path / "checkpoints")
+        kept = ([f"the last finished epoch's weights are in {weights}"] if weights.is_file() else []) + \
+            ([f"the checkpoint {found[-1]} holds the last good state"] if found else [])
+        if not kept:
+            return "Nothing was saved before it happened (no epoch finished, no checkpoint written)."
+        text = " and ".join(kept)
+        return text[0].upper() + text[1:] + "."
 
     def _end_epoch(self, epoch: int, train_stats: dict) -> dict:
         cfg, acc = self.cfg, self.accelerator
@@ -541,7 +552,7 @@ class Trainer:
         self.log(self._epoch_line(epoch, results, elapsed))
         zeros = torch.zeros(4, dtype=torch.float64, device=acc.device)
         self.last_results = results
-        path = self._save_checkpoint(epoch + 1, 0, zeros, 0.0)
+        path = self.last_checkpoint = self._save_checkpoint(epoch + 1, 0, zeros, 0.0)
         if cfg.train.preempt_signals and any_rank(acc, self.watcher.requested) and epoch + 1 < cfg.train.epochs:
             raise Preempted(self.watcher.received or "a signal sent to another process", self.step, path)
         return results
@@ -581,6 +592,12 @@ class Trainer:
         self.metrics.write(final)
         self.metrics.close()
         acc.wait_for_everyone()
+        # A signal that came during the last epoch's evaluation promised a checkpoint: the final one is written.
+        if cfg.train.preempt_signals and any_rank(acc, self.watcher.requested):
+            raise Preempted(self.watcher.received or "a signal sent to another process", self.step,
+                            self.last_checkpoint, finished=True)
+        self.watcher.training_finished(
+            (lambda name: Preempted(name, self.step, self.last_checkpoint, finished=True)) if self.is_main else None)
         figures = []
         if self.is_main and cfg.report.figures:
             self.log("drawing figures (curves, t-SNE, predictions, confusion matrix) ...")
