@@ -114,7 +114,9 @@ class TrainConfig(_Section):
     preempt_signals: list[str] = Field(["SIGTERM", "SIGUSR2", "SIGINT"], description="signals that make the run "
                                        "finish the step, checkpoint and exit with status 75 (SIGINT: Ctrl-C); "
                                        "[] = off")
-    dist_timeout_s: int = Field(1800, ge=10, description="seconds a collective may wait for the other processes")
+    dist_timeout_s: int = Field(600, ge=10, description="seconds a collective may wait for the other processes: "
+                                "how long a hung process holds up the others; phases where only the main process "
+                                "works (filling the data cache, writing .beton files, figures) must fit in it")
 
     @field_validator("preempt_signals")
     @classmethod

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import os
 import platform
 import shlex
 import subprocess
@@ -47,7 +48,8 @@ from visionlaunch.trainers import checkpoint as ckpt
 from visionlaunch.reports.html import write_report
 from visionlaunch.trainers.artefacts import make_figures
 from visionlaunch.trainers.data import DataBundle, prepare_data
-from visionlaunch.trainers.distributed import any_rank, broadcast_from_main, check_world_size, mean_over_ranks
+from visionlaunch.trainers.distributed import (any_rank, broadcast_from_main, check_world_size, mean_over_ranks,
+                                               peer_lost)
 from visionlaunch.trainers.ema import ModelEMA
 from visionlaunch.trainers.losses import CrossEntropyLoss
 from visionlaunch.trainers.metrics import MetricsWriter, read_metrics, topk_correct
@@ -634,4 +636,10 @@ class Trainer:
 
 
 def train(cfg: RunConfig, *, preset: str | None = None, argv: list[str] | None = None) -> dict:
-    return Trainer(cfg, preset=preset, argv=argv).fit()
+    try:
+        return Trainer(cfg, preset=preset, argv=argv).fit()
+    except Exception as exc:
+        lost = peer_lost(exc, int(os.environ.get("WORLD_SIZE", "1")), cfg.train.dist_timeout_s)
+        if lost is None:
+            raise
+        raise lost from None
