@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from visionlaunch.datasets.imageset import DatasetNotFound, ImageSet
 from visionlaunch.errors import VisionlaunchError
+from visionlaunch.progress import progress_bar
 
 SPLITS = ("train", "test")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
@@ -129,8 +129,8 @@ def _entries_from_archive(path: Path, progress: bool) -> list[_Entry]:
     entries = []
     try:
         # Stream mode: one forward pass over the (compressed) archive, each member read as it goes by.
-        with tarfile.open(path, "r|*") as tar, tqdm(desc=f"reading {path.name}", unit=" files",
-                                                    disable=not progress, leave=False) as bar:
+        with tarfile.open(path, "r|*") as tar, progress_bar(desc=f"reading {path.name}", unit=" files",
+                                                            disable=not progress, leave=False) as bar:
             for member in tar:
                 parts = tuple(p for p in member.name.split("/") if p not in ("", "."))
                 if not parts:
@@ -257,7 +257,7 @@ class _SizeCheck:
 def _scan_headers(images: list[_Image], check_size: _SizeCheck, progress: bool, split: str) -> bool:
     """Open every image's header (no pixel decoding); check its size. True when all are single-channel."""
     gray = True
-    for im in tqdm(images, desc=f"checking {split} images", unit=" img", disable=not progress, leave=False):
+    for im in progress_bar(images, desc=f"checking {split} images", unit=" img", disable=not progress, leave=False):
         try:
             with _open(im.payload) as pil:
                 size, mode = pil.size, pil.mode
@@ -272,7 +272,8 @@ def _decode(images: list[_Image], check_size: _SizeCheck, others_gray: bool, pro
             split: str) -> np.ndarray:
     """Decode every image to (N, C, H, W): C = 1 while all images (of both splits) are single-channel, else 3."""
     out: np.ndarray | None = None
-    for i, im in enumerate(tqdm(images, desc=f"decoding {split} images", unit=" img", disable=not progress)):
+    for i, im in enumerate(progress_bar(images, desc=f"decoding {split} images", unit=" img",
+                                        disable=not progress)):
         try:
             with _open(im.payload) as pil:
                 check_size(im, pil.size)

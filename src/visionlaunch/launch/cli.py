@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model; writes runs/<name>/")
     _add_config_args(p)
+    p.add_argument("--verbose", "-v", action="store_true",
+                   help="also print the model's layer table (it is always in runs/<name>/summary.txt)")
 
     p = sub.add_parser("evaluate", help="reload a run's saved weights and measure test accuracy again")
     p.add_argument("run_dir", type=Path)
@@ -162,7 +164,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     if args.command == "train":
         from visionlaunch.trainers.trainer import train
         cfg = load_config(args.config, args.overrides)
-        train(cfg, preset=_preset_name(args.config), argv=argv)
+        train(cfg, preset=_preset_name(args.config), argv=argv, verbose=args.verbose)
         return 0
     if args.command == "evaluate":
         from visionlaunch.launch.evaluate import evaluate_run

@@ -43,6 +43,7 @@ from visionlaunch.ffcv_builders.requirements import require_ffcv
 from visionlaunch.models import build_model
 from visionlaunch.models.features import layer_names
 from visionlaunch.models.summary import count_parameters, model_summary
+from visionlaunch.progress import progress_bar
 from visionlaunch.reports.analysis import final_record
 from visionlaunch.trainers import checkpoint as ckpt
 from visionlaunch.reports.html import write_report
@@ -120,8 +121,10 @@ def _unfinished_run(path: Path) -> bool:
 
 
 class Trainer:
-    def __init__(self, cfg: RunConfig, *, preset: str | None = None, argv: list[str] | None = None):
+    def __init__(self, cfg: RunConfig, *, preset: str | None = None, argv: list[str] | None = None,
+                 verbose: bool = False):
         self.lock: RunLock | None = None  # the run folder's lock, held by the main process until fit() ends
+        self.verbose = verbose  # print the model's layer table (always in summary.txt)
         try:
             self._set_up(cfg, preset, argv)
         except BaseException:
@@ -374,8 +377,10 @@ class Trainer:
                  f"{cfg.train.precision} | global batch {cfg.train.batch_size} = {acc.num_processes} x "
                  f"{cfg.train.grad_accum} x {self.micro_batch}")
         self.log(self.data.note)
-        if not self.resuming:
-            self.log(self.summary)
+        if not self.resuming:  # the layer table is in summary.txt; a log gets it only when asked
+            self.log(self.summary if self.verbose else
+                     f"model {cfg.model.name}: {count_parameters(self.raw_model):,} trainable parameters (layers: "
+                     f"{self.run_path / 'summary.txt'}; --verbose prints them here)")
         self.log(f"run folder: {self.run_path}")
         self.metrics = MetricsWriter(self.run_path / "metrics.jsonl" if self.is_main else None)
         if self.is_main:
@@ -417,8 +422,9 @@ class Trainer:
         self.resume_rank_state = None
         nonfinite = torch.zeros((), dtype=torch.bool, device=device)
         consecutive_skips = 0
-        bar = tqdm(total=self.steps_per_epoch, initial=start, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
-                   unit="step", disable=not (self.is_main and cfg.train.progress), leave=False, dynamic_ncols=True)
+        bar = progress_bar(total=self.steps_per_epoch, initial=start, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
+                           unit="step", disable=not (self.is_main and cfg.train.progress), leave=False,
+                           dynamic_ncols=True)
         t0 = last_postfix = time.perf_counter()
         batches = iter(self.train_loader)
         for index in range(start, self.steps_per_epoch):
@@ -635,9 +641,9 @@ class Trainer:
                            "classes": self.data.classes}, self.run_dir.weights / f"{which}.pt")
 
 
-def train(cfg: RunConfig, *, preset: str | None = None, argv: list[str] | None = None) -> dict:
+def train(cfg: RunConfig, *, preset: str | None = None, argv: list[str] | None = None, verbose: bool = False) -> dict:
     try:
-        return Trainer(cfg, preset=preset, argv=argv).fit()
+        return Trainer(cfg, preset=preset, argv=argv, verbose=verbose).fit()
     except Exception as exc:
         lost = peer_lost(exc, int(os.environ.get("WORLD_SIZE", "1")), cfg.train.dist_timeout_s)
         if lost is None:
