@@ -185,3 +185,12 @@ def test_lock_file_protocol(tmp_path):
         assert f"pid {os.getpid()}" in lock_path(run).read_text()
     # Released: the file and the folders made for it are gone, as nothing else was written there.
     assert not (tmp_path / "new").exists()
+
+
+def test_an_ablation_folder_inside_a_run_folder_is_refused(world, capsys):
+    work, runs = world
+    before = _snapshot(work)
+    ablation = REPO / "configs" / "ablations" / "smoke.yaml"
+    assert main(["ablate", str(ablation), "--dry-run", "--out", str(runs / "old1" / "abl")]) == 2
+    _one_paragraph_error(capsys.readouterr().err, str(runs / "old1"), "inside the run folder")
+    assert _snapshot(work) == before
