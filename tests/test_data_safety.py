@@ -89,7 +89,8 @@ def no_hang():
     ({"train/cat/x": "../dog", "train/dog/y": "../cat"}, "train/cat/x/y", "a folder that contains the link"),
     ({"train/cat/me.png": "me.png"}, "train/cat/me.png", "a link loop"),
     ({"train/dog/gone.png": "/nonexistent/gone.png"}, "train/dog/gone.png", "a dangling link"),
-], ids=["two-dotdot-links", "dot-link", "cycle-of-two", "self-loop", "dangling"])
+    ({"train/cat/more": "../../test/emu"}, "test/emu", "reached through a link"),
+], ids=["two-dotdot-links", "dot-link", "cycle-of-two", "self-loop", "dangling", "same-folder-twice"])
 def test_links_that_loop_or_dangle_stop_with_a_message(folder, capsys, no_hang, links, culprit, says):
     from visionlaunch.launch.cli import main
 
@@ -117,3 +118,19 @@ def test_links_to_images_elsewhere_are_followed(folder):
     train = _load(folder)
     assert len(train) == before + 1
     assert _counts(train)[0] == 13
+
+
+@pytest.mark.parametrize("kind", ["SYMTYPE", "LNKTYPE"])
+def test_links_in_an_archive_are_refused_not_skipped(folder, kind):
+    import tarfile
+
+    from tests.test_datasets_imagefolder import _load, make_tar
+    from visionlaunch.errors import VisionlaunchError
+
+    archive = make_tar(folder / "ds", folder / "ds.tar")
+    with tarfile.open(archive, "a") as tar:
+        link = tarfile.TarInfo("train/cat/zz-link.png")
+        link.type, link.linkname = getattr(tarfile, kind), "train/cat/000.png"
+        tar.addfile(link)
+    with pytest.raises(VisionlaunchError, match="zz-link.png is a (symbolic|hard) link .*not an image"):
+        _load(folder, path="ds.tar")

@@ -71,7 +71,7 @@ def test_a_run_name_is_one_folder_name(world, capsys, name, parsed):
     assert _snapshot(work) == before
 
 
-@pytest.mark.parametrize("victim", ["folder", "file", "link", "nested-run"])
+@pytest.mark.parametrize("victim", ["folder", "file", "link", "nested-run", "weights-of-my-own"])
 def test_overwrite_replaces_only_a_run_folder(world, capsys, victim):
     work, runs = world
     target = runs / "mine"
@@ -82,8 +82,11 @@ def test_overwrite_replaces_only_a_run_folder(world, capsys, victim):
         target.write_text("keep")
     elif victim == "link":  # a link to the folder above runs/: overwrite must not empty it
         target.symlink_to(work, target_is_directory=True)
-    else:  # a folder of runs is not itself a run
+    elif victim == "nested-run":  # a folder of runs is not itself a run
         _make_run(target / "inner")
+    else:  # looks like a run's weights/ folder, but holds files of the user's own
+        (target / "weights").mkdir(parents=True)
+        (target / "weights" / "model.pt").write_bytes(b"mine")
     before = _snapshot(work)
     assert _train(runs, "output.name=mine", "output.overwrite=true") == 2
     _one_paragraph_error(capsys.readouterr().err, str(target), "output.overwrite")
@@ -100,6 +103,17 @@ def test_overwrite_replaces_a_previous_run(world, capsys):
     assert not (old / "stale.txt").exists() and (old / "slurm" / "job.sh").is_file()
     assert yaml.safe_load((old / "run.yaml").read_text())["name"] == "again"
     assert (runs / "old1" / "run.yaml").is_file() and not lock_path(old).exists()
+
+
+@pytest.mark.parametrize("how", ["output.overwrite=true", "train.resume=auto"])
+def test_a_run_killed_before_its_run_yaml_is_started_again(world, how):
+    work, runs = world
+    skeleton = runs / "early"
+    for sub in ("figures", "weights"):
+        (skeleton / sub).mkdir(parents=True)
+    (skeleton / "config.yaml").write_text("data: {}\n")
+    assert _train(runs, "output.name=early", how) == 0
+    assert (skeleton / "run.yaml").is_file() and (skeleton / "metrics.jsonl").is_file()
 
 
 @pytest.mark.parametrize("out", ["runs/run/metrics.jsonl", "runs/run/weights/last.pt", "runs/run/figures/loss.png",

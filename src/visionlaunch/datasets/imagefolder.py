@@ -67,8 +67,8 @@ def _walk(root: Path):
 
     Links are followed, so a dataset made of links to images stored elsewhere works. A link back to a folder that
     contains it (`..`, `.`, a cycle through several links) would make the tree endless: it stops with an error
-    naming the link, as do a dangling link, a link loop and anything that is neither a file nor a folder (a FIFO
-    would block the reader forever)."""
+    naming the link, as do a folder reached twice (its images would count twice), a dangling link, a link loop
+    and anything that is neither a file nor a folder (a FIFO would block the reader forever)."""
     def visit(folder: Path, rel: tuple[str, ...], ancestors: frozenset):
         try:
             with os.scandir(folder) as listing:
@@ -97,6 +97,12 @@ def _walk(root: Path):
                         f"{path} is a link to {os.path.realpath(path)}, a folder that contains the link, so the "
                         "folder tree never ends. Remove the link (or replace it with a copy of the images it "
                         "should add).")
+                if identity in walked:  # through links: its images would count twice (maybe in train and test)
+                    raise VisionlaunchError(
+                        f"{path} and {walked[identity]} are the same folder ({os.path.realpath(path)}), reached "
+                        "through a link: its images would count twice, perhaps under two classes or in both "
+                        "train/ and test/. Remove one of the links.")
+                walked[identity] = path
                 yield parts, path, True
                 yield from visit(path, parts, ancestors | {identity})
             elif stat.S_ISREG(info.st_mode):
@@ -106,7 +112,8 @@ def _walk(root: Path):
                                         "it from the dataset folder.")
 
     top = root.stat()
-    yield from visit(root, (), frozenset({(top.st_dev, top.st_ino)}))
+    walked: dict[tuple[int, int], Path] = {(top.st_dev, top.st_ino): root}
+    yield from visit(root, (), frozenset(walked))
 
 
 @dataclass
@@ -142,6 +149,12 @@ def _entries_from_archive(path: Path, progress: bool) -> list[_Entry]:
                     data = tar.extractfile(member).read() if _is_candidate_image(parts) else b""
                     entries.append(_Entry(parts, display, data))
                     bar.update()
+                elif member.issym() or member.islnk():
+                    if _is_candidate_image(parts):  # a stream cannot go back to a link's target: never skip it
+                        raise VisionlaunchError(
+                            f"{display} is a {'symbolic' if member.issym() else 'hard'} link (to "
+                            f"{member.linkname}), not an image. Create the archive with the images themselves "
+                            "(GNU tar: --dereference and --hard-dereference).")
     # TypeError/ValueError: what tarfile itself raises on some garbage headers (a Python bug, not ours).
     except (tarfile.TarError, EOFError, OSError, zlib.error, TypeError, ValueError) as exc:
         raise VisionlaunchError(

@@ -53,11 +53,28 @@ def enclosing_run_folder(path: Path) -> Path | None:
     return None
 
 
+def run_skeleton(path: Path) -> bool:
+    """What a run killed before it wrote run.yaml leaves: empty figures/, weights/, checkpoints/, maybe its
+    config.yaml and summary.txt and its batch job's files, nothing else."""
+    if not path.is_dir() or path.is_symlink():
+        return False
+    for child in path.iterdir():
+        if child.is_symlink():
+            return False
+        if child.name in ("figures", "weights", "checkpoints") and child.is_dir() and not any(child.iterdir()):
+            continue
+        if child.name in ("config.yaml", "summary.txt") and child.is_file() or child.name == JOB_FILES:
+            continue
+        return False
+    return True
+
+
 def replaceable(path: Path) -> bool:
-    """What output.overwrite may empty: a run folder, a folder holding only its batch job, or an empty folder.
-    Anything else (a folder of other runs, a home directory, a file) is never deleted."""
+    """What output.overwrite may empty: a run folder (also one killed before its run.yaml), a folder holding only
+    its batch job, or an empty folder. Anything else (a folder of other runs, a home directory, a file) is never
+    deleted."""
     path = Path(path)
-    return is_run_folder(path) or only_job_files(path) or (path.is_dir() and not any(path.iterdir()))
+    return is_run_folder(path) or only_job_files(path) or run_skeleton(path)
 
 
 def only_job_files(path: Path) -> bool:

@@ -57,7 +57,7 @@ from visionlaunch.trainers.metrics import MetricsWriter, read_metrics, topk_corr
 from visionlaunch.trainers.pipeline import BatchPipeline
 from visionlaunch.trainers.preemption import Preempted, PreemptionWatcher, clear_marker, write_marker
 from visionlaunch.trainers.rundir import (RunDirectory, atomic_torch_save, check_output_dir, default_run_name,
-                                          only_job_files)
+                                          only_job_files, run_skeleton)
 from visionlaunch.trainers.runlock import RunLock
 from visionlaunch.trainers.schedules import build_optimizer, build_scheduler
 from visionlaunch.trainers.tta import tta_logits
@@ -115,7 +115,7 @@ def evaluate(model, loader, pipeline: BatchPipeline, accelerator: Accelerator, c
 def _unfinished_run(path: Path) -> bool:
     """A run folder that was started but never finished (killed before its first checkpoint), or one that only
     holds the batch job that is about to start it (runs/<name>/slurm/, written by `visionlaunch submit`)."""
-    if only_job_files(path):
+    if only_job_files(path) or run_skeleton(path):  # killed before it wrote run.yaml
         return True
     return (path / "run.yaml").is_file() and final_record(read_metrics(path / "metrics.jsonl")) is None
 
