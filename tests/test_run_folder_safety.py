@@ -208,3 +208,17 @@ def test_an_ablation_folder_inside_a_run_folder_is_refused(world, capsys):
     assert main(["ablate", str(ablation), "--dry-run", "--out", str(runs / "old1" / "abl")]) == 2
     _one_paragraph_error(capsys.readouterr().err, str(runs / "old1"), "inside the run folder")
     assert _snapshot(work) == before
+
+
+def test_a_file_system_without_locks_trains_unguarded_with_a_note(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    notes = []
+    lock = RunLock(tmp_path / "runs" / "x").acquire(log=notes.append)
+    assert not lock.held and len(notes) == 1 and "no file locks" in notes[0]
+    assert not (tmp_path / "runs").exists()  # nothing left behind

@@ -5,7 +5,8 @@ and held until training ends; the other ranks follow the main process's decision
 when its process dies however it dies (SIGKILL, OOM, a node reboot of a requeued SLURM job), so a lock is never
 left stuck: the next `train.resume=auto` simply takes it. The file sits beside the run folder, not in it, so that
 it exists before the folder does and survives `output.overwrite=true`; it is removed when the lock is released.
-On Linux, flock on NFS (v4, or v3 with lockd) is a byte-range lock that every client sees.
+On Linux, flock on NFS (v4, or v3 with lockd) is a byte-range lock that every client sees; on a file system
+without locks (Lustre mounted with noflock) the run goes on unguarded, with a note.
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ class RunLock:
     def held(self) -> bool:
         return self._fd is not None
 
-    def acquire(self) -> RunLock:
+    def acquire(self, log=None) -> RunLock:
+        """`log` gets a note when the file system has no locks (Lustre mounted with noflock, NFS without lockd):
+        the run then goes on unguarded rather than not at all."""
         if self.held:
             return self
         self._make_parent()
@@ -63,10 +66,13 @@ class RunLock:
                 holder = _read_holder(fd)
                 os.close(fd)
                 if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    raise VisionlaunchError(
-                        f"cannot lock the run folder {self.run_dir} ({exc.strerror}: {self.path}); the file system "
-                        "does not support file locks. Put output.dir on a local or lock-capable file system.") \
-                        from None
+                    with contextlib.suppress(OSError):
+                        os.unlink(self.path)
+                    self._remove_made()
+                    if log is not None:
+                        log(f"NOTE: cannot lock {self.run_dir} ({exc.strerror}): this file system has no file "
+                            "locks, so a second process training into the same folder would not be stopped.")
+                    return self
                 raise VisionlaunchError(
                     f"the run folder {self.run_dir} is in use by another training process{holder}: two processes "
                     "would train into one folder and overwrite each other's checkpoints and metrics. Wait for it "

@@ -233,7 +233,7 @@ class Trainer:
         """Lock the run folder (main process), then decide where to start: no other process may train into it,
         resume from it or replace it until this run ends."""
         plan = ckpt.plan_resume(self.cfg.train.resume, default_run_path)
-        self.lock = RunLock(plan.run_path).acquire()
+        self.lock = RunLock(plan.run_path).acquire(log=self.log)
         return ckpt.plan_resume(self.cfg.train.resume, default_run_path)  # again: it may have changed meanwhile
 
     def _config_dump(self) -> dict:
