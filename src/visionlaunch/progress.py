@@ -27,10 +27,11 @@ class PlainProgress:
     postfix` as a plain line at most every `every_s` seconds (never a carriage return)."""
 
     def __init__(self, iterable=None, *, total=None, desc: str = "", unit: str = "it", initial: int = 0,
-                 disable: bool = False, every_s: float = PLAIN_EVERY_S, file=None, **_ignored):
+                 disable: bool = False, every_s: float | None = None, file=None, **_ignored):
         self.iterable = iterable
         self.total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)
-        self.desc, self.unit, self.n, self.disable, self.every_s = desc, unit.strip(), initial, disable, every_s
+        self.desc, self.unit, self.n, self.disable = desc, unit.strip(), initial, disable
+        self.every_s = PLAIN_EVERY_S if every_s is None else every_s
         self.file = file
         self.postfix = ""
         self._start = self._last = time.monotonic()
