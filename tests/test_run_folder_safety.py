@@ -105,6 +105,16 @@ def test_overwrite_replaces_a_previous_run(world, capsys):
     assert (runs / "old1" / "run.yaml").is_file() and not lock_path(old).exists()
 
 
+@pytest.mark.parametrize("sub", ["", "weights", "figures/new"])
+def test_a_run_is_never_put_inside_another_run(world, capsys, sub):
+    work, runs = world
+    before = _snapshot(work)
+    assert _train(runs / "old1" / sub, "output.name=weights" if not sub else "output.name=x",
+                  "output.overwrite=true") == 2
+    _one_paragraph_error(capsys.readouterr().err, "inside the run folder", str(runs / "old1"))
+    assert _snapshot(work) == before
+
+
 @pytest.mark.parametrize("how", ["output.overwrite=true", "train.resume=auto"])
 def test_a_run_killed_before_its_run_yaml_is_started_again(world, how):
     work, runs = world

@@ -101,6 +101,11 @@ def default_run_name(preset: str | None, now: dt.datetime | None = None) -> str:
 def check_output_dir(out_dir: Path, name: str, overwrite: bool) -> Path:
     """Fail before any work if the run folder cannot be written or already exists."""
     run_dir = out_dir / name
+    inside = enclosing_run_folder(run_dir)
+    if inside is not None:  # a run among another run's files (its weights/, figures/, ...)
+        raise VisionlaunchError(
+            f"output.dir={out_dir} lies inside the run folder {inside}; a run folder holds only its own run's "
+            f"files. Put the new run beside it, e.g. output.dir={inside.parent}.")
     if run_dir.exists() and not overwrite:
         raise VisionlaunchError(
             f"the run folder {run_dir} already exists. Choose another name with output.name=NAME, or replace "
