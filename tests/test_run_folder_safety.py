@@ -232,3 +232,20 @@ def test_a_file_system_without_locks_trains_unguarded_with_a_note(tmp_path, monk
     lock = RunLock(tmp_path / "runs" / "x").acquire(log=notes.append)
     assert not lock.held and len(notes) == 1 and "no file locks" in notes[0]
     assert not (tmp_path / "runs").exists()  # nothing left behind
+
+
+@pytest.mark.parametrize("command, out", [
+    (["predict", "RUN", "IMAGES"], "metrics.jsonl"),
+    (["predict", "RUN", "IMAGES"], "weights/last.pt"),
+    (["export", "RUN", "--format", "torchscript"], "run.yaml"),
+    (["export", "RUN", "--format", "torchscript"], "figures/loss.png"),
+])
+def test_predict_and_export_never_replace_a_runs_own_files(tmp_path, capsys, command, out):
+    run = _make_run(tmp_path / "runs" / "r")
+    (run / "weights" / "last.pt").write_bytes(b"weights")
+    (tmp_path / "images").mkdir()
+    before = _snapshot(tmp_path)
+    args = [str(run) if a == "RUN" else str(tmp_path / "images") if a == "IMAGES" else a for a in command]
+    assert main([*args, "--out", str(run / out)]) == 2
+    _one_paragraph_error(capsys.readouterr().err, str(run / out), "one of that run's own files")
+    assert _snapshot(tmp_path) == before

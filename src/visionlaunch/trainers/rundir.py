@@ -37,6 +37,24 @@ def holds_run_files(path: Path) -> bool:
     return path.is_dir() and any((path / name).exists() for name in RUN_FILES)
 
 
+# What training writes at the top of a run folder: another command's output file (predict --out, export --out)
+# may go into a run folder, but never onto one of these.
+RUN_OWN = (*RUN_FILES, "figures", "predictions.npz", "report.html", "report.pdf", "preempted.json", JOB_FILES,
+           "wandb")
+
+
+def check_not_run_file(out: Path, option: str = "--out") -> None:
+    """Refuse an output path that would replace a run's own file (metrics.jsonl, weights/..., figures/...)."""
+    out = Path(out).expanduser()
+    for candidate in (Path(os.path.abspath(out)), out.resolve()):
+        run = next((folder for folder in candidate.parents if is_run_folder(folder)), None)
+        if run is not None and candidate.relative_to(run).parts[0] in RUN_OWN:
+            raise VisionlaunchError(
+                f"{option} {out} would replace {candidate.relative_to(run)} of the run folder {run}, one of that "
+                f"run's own files. Nothing was written. Choose another file name (e.g. {run / 'out'} or a path "
+                "outside the run folder).")
+
+
 def enclosing_run_folder(path: Path) -> Path | None:
     """The run folder that `path` (a file or folder, existing or not) lies in, at any depth, else None. Both the
     path as written and the one its links resolve to count."""
