@@ -108,8 +108,9 @@ def test_predict_on_real_test_images_gives_the_evaluated_accuracy(trained, tmp_p
     by_file = {r["file"]: r["class_1"] for r in rows}
     assert table[0].split()[:2] == ["file", "top-1"] and len(table) == 1 + len(list((images / "4").glob("*.png")))
     for line in table[1:]:
-        file, cls = line.split()[:2]
-        assert by_file[file] == cls
+        file, cls = line.split()[:2]  # a path over 80 characters is shown as '...' + its last 77
+        matches = [f for f in by_file if f == file or (file.startswith("...") and f.endswith(file[3:]))]
+        assert len(matches) == 1 and by_file[matches[0]] == cls
 
 
 def test_predict_converts_colour_size_and_reads_archives(trained, tmp_path, capsys):

@@ -53,6 +53,11 @@ class DataConfig(_Section):
     ffcv_jpeg_quality: int = Field(90, ge=1, le=100, description="ffcv: JPEG quality when ffcv_encoding=jpeg")
     half_inputs: bool = Field(False, description="normalised batches in the half type of train.precision (bf16/fp16) "
                                                  "instead of float32")
+    image_size: int | None = Field(None, ge=8, description="imagefolder: photos of any size become image_size x "
+                                   "image_size RGB (train: random-resized crop; evaluation: resize, centre crop); "
+                                   "null = every image must have one size")
+    max_upscale: float = Field(4.0, ge=1, description="image_size: refuse images whose shorter side would be "
+                                                      "enlarged more than this many times")
 
 
 class AugmentConfig(_Section):
@@ -63,11 +68,22 @@ class AugmentConfig(_Section):
                                                       "targets; 0 = off (typical 0.2)")
     cutmix_alpha: float = Field(0.0, ge=0, description="cutmix of training batches with lam ~ Beta(a, a); 0 = off "
                                                        "(typical 1.0); with mixup too, one of them per batch")
+    crop_scale: tuple[float, float] = Field((0.25, 1.0), description="data.image_size: the random-resized crop's "
+                                            "share of the image area, drawn from [min, max]")
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _scale_range(cls, scale: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < scale[0] <= scale[1] <= 1:
+            raise ValueError("crop_scale must be [min, max] with 0 < min <= max <= 1, e.g. [0.25, 1.0]")
+        return scale
 
 
 class ModelConfig(_Section):
     name: str = "cnn"
     args: dict[str, Any] = Field(default_factory=dict, description="builder arguments; `visionlaunch models` lists them")
+    weights: str | None = Field(None, description="start from this local weights file (.pth/.pt/.safetensors state_dict; "
+                                              "timm's own files too) instead of random weights; nothing is downloaded")
 
 
 class OptimConfig(_Section):
@@ -221,6 +237,12 @@ class RunConfig(_Section):
         if self.data.half_inputs and self.train.precision == "no":
             raise ValueError("data.half_inputs=true needs train.precision=bf16 or fp16 (the model computes in that "
                              "type under autocast); with precision 'no' keep float32 inputs")
+        if self.data.image_size is not None and self.data.name != "imagefolder":
+            raise ValueError("data.image_size applies to data.name=imagefolder (photos of mixed sizes); the other "
+                             "datasets have one size already: remove data.image_size")
+        if self.data.image_size is not None and self.augment.crop_padding:
+            raise ValueError("augment.crop_padding does not combine with data.image_size, whose random-resized crop "
+                             "already moves and scales the view: set augment.crop_padding=0")
         if self.train.early_stop_patience and not self.data.val_size:
             raise ValueError("train.early_stop_patience watches the validation split: set data.val_size > 0 (a count "
                              "or a fraction held out of train), or train.early_stop_patience=0")

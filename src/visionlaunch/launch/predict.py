@@ -102,13 +102,17 @@ def _files(path: Path) -> Iterator[tuple[str, bytes | Path]]:
         yield str(path), path
 
 
-def _decode(payload: bytes | Path, in_shape) -> np.ndarray:
+def _decode(payload: bytes | Path, in_shape, image_size: int | None = None) -> np.ndarray:
     with Image.open(io.BytesIO(payload) if isinstance(payload, bytes) else payload) as image:
+        if image_size:  # a run trained with data.image_size: resize the shorter side and centre crop, as it evaluated
+            from visionlaunch.datasets.mixed_size import evaluation_view
+            return evaluation_view(image, image_size)
         image.load()
         return conform_image(image, in_shape)
 
 
-def iter_images(paths: list[Path], in_shape, skipped: list[tuple[str, str]]) -> Iterator[tuple[str, np.ndarray]]:
+def iter_images(paths: list[Path], in_shape, skipped: list[tuple[str, str]],
+                image_size: int | None = None) -> Iterator[tuple[str, np.ndarray]]:
     """(file, uint8 CHW in the run's shape) for every readable image under `paths`, in order; unreadable files go to
     `skipped`. A folder or archive without a single readable image stops with an error."""
     absent = [str(p) for p in paths if not p.exists()]
@@ -119,7 +123,7 @@ def iter_images(paths: list[Path], in_shape, skipped: list[tuple[str, str]]) -> 
         found = 0
         for display, payload in _files(path):
             try:
-                pixels = _decode(payload, in_shape)
+                pixels = _decode(payload, in_shape, image_size)
             # UnidentifiedImageError is an OSError; PIL raises SyntaxError or EOFError for some damaged files.
             except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
                 why = "not an image format PIL knows" if isinstance(exc, UnidentifiedImageError) else \
@@ -161,7 +165,7 @@ def predict(run: RunModel, paths: list[Path], top_k: int = 3, batch_size: int | 
         names.clear()
         pixels.clear()
 
-    for name, chw in iter_images(paths, run.in_shape, skipped):
+    for name, chw in iter_images(paths, run.in_shape, skipped, image_size=run.cfg.data.image_size):
         names.append(name)
         pixels.append(chw)
         if len(pixels) == batch_size:

@@ -41,6 +41,8 @@ from visionlaunch.datasets.loaders import make_loader
 from visionlaunch.errors import VisionlaunchError, describe_os_error
 from visionlaunch.ffcv_builders.requirements import require_ffcv
 from visionlaunch.models import build_model
+from visionlaunch.models.weights import load_weights
+from visionlaunch.datasets.resized_crop import ResizedCrop
 from visionlaunch.models.features import layer_names
 from visionlaunch.models.summary import count_parameters, model_summary
 from visionlaunch.progress import progress_bar
@@ -184,6 +186,8 @@ class Trainer:
             cfg.data.fallback = "none"
             cfg.data.name = self.data.name
         self.model = build_model(cfg.model.name, self.data.in_shape, len(self.data.classes), cfg.model.args)
+        if cfg.model.weights:
+            load_weights(self.model, cfg.model.weights, cfg.model.name)
         if world > 1:  # one random stream per rank (dropout); the initial weights above are the same everywhere
             set_seed((cfg.train.seed + acc.process_index) % 2**32)  # numpy takes 32-bit seeds
         self.summary = model_summary(self.model, self.data.in_shape)
@@ -250,11 +254,12 @@ class Trainer:
         loader_args = dict(seed=cfg.train.seed, device=device, rank=acc.process_index, world=acc.num_processes,
                            num_workers=cfg.data.num_workers)
         betons = self._ffcv_files() if cfg.data.loader == "ffcv" else {}
+        crop = ResizedCrop(cfg.data.image_size, tuple(cfg.augment.crop_scale)) if cfg.data.image_size else None
         # _ffcv_files has just hashed every file against its manifest on the main process: not again there.
         loader_args["verify_beton"] = not self.is_main
         self.train_loader = make_loader(cfg.data.loader, self.data.train.images, self.data.train.labels,
                                         self.micro_batch, train=True, beton=betons.get("train"), augment=cfg.augment,
-                                        channels_last=cfg.train.channels_last, **loader_args)
+                                        channels_last=cfg.train.channels_last, resized_crop=crop, **loader_args)
         # An epoch is a whole number of optimizer steps; max_steps_per_epoch counts optimizer steps.
         self.steps_per_epoch = len(self.train_loader) // cfg.train.grad_accum
         if cfg.train.max_steps_per_epoch:
@@ -276,7 +281,8 @@ class Trainer:
         self.pipeline = BatchPipeline(cfg.augment, self.data.mean, self.data.std, device,
                                       seed=cfg.train.seed + acc.process_index, channels_last=cfg.train.channels_last,
                                       dtype=half if cfg.data.half_inputs else torch.float32,
-                                      loader_augments=self.train_loader.augments)
+                                      loader_augments=self.train_loader.augments,
+                                      resized_crop=None if self.train_loader.augments or self.train_loader.crops else crop)
         self.criterion = CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
         self.num_classes = len(self.data.classes)  # for the soft targets of mixup/cutmix
         self.eval_criterion = CrossEntropyLoss()
