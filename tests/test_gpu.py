@@ -107,6 +107,9 @@ def test_fp16_loss_scaling_skips_the_step_with_an_infinite_gradient_and_halves_t
     t = trainer(tmp_path, "fp16", "train.precision=fp16")
     scaler, steps = t.accelerator.scaler, t.steps_per_epoch
     assert isinstance(scaler, torch.amp.GradScaler) and scaler.is_enabled()
+    # Start from a modest scale (public API), so that no step overflows by itself: only the poisoned one.
+    scaler.load_state_dict({"scale": 256.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000,
+                            "_growth_tracker": 0})
     bad = 3  # the optimizer step whose gradient is made infinite
     calls = {"backward": 0, "steps": 0}
     weight = next(p for p in t.raw_model.parameters() if p.dim() == 4)
@@ -151,18 +154,6 @@ def test_channels_last_reaches_the_model_and_gives_the_same_first_step(tmp_path)
     a, b = records(tmp_path / "plain", "step"), records(tmp_path / "cl", "step")
     assert abs(a[0]["loss"] - b[0]["loss"]) < 1e-3  # same weights, same batch: another memory layout only
     assert abs(records(tmp_path / "plain", "final")[0]["test_acc"] - records(tmp_path / "cl", "final")[0]["test_acc"]) < 0.05
-
-
-def test_compile_trains_the_compiled_forward_and_saves_plain_weights(tmp_path):
-    plain = trainer(tmp_path, "plain")
-    plain.fit()
-    t = trainer(tmp_path, "compiled", "train.compile=true")
-    assert isinstance(t.forward_model, torch._dynamo.eval_frame.OptimizedModule)
-    final = t.fit()
-    a, b = records(tmp_path / "plain", "step"), records(tmp_path / "compiled", "step")
-    assert abs(a[0]["loss"] - b[0]["loss"]) < 1e-3 and final["test_acc"] > 0.9
-    saved = torch.load(tmp_path / "compiled" / "weights" / "last.pt", map_location="cpu", weights_only=True)["model"]
-    assert saved.keys() == t.raw_model.state_dict().keys() and not any("_orig_mod" in k for k in saved)
 
 
 def _gpu_env() -> dict:
@@ -220,3 +211,15 @@ def test_ffcv_to_device_delivers_the_stored_pixels_on_the_gpu(tmp_path):
     train = FfcvLoader(path, 100, train=True, seed=0, device=CUDA, crop_padding=2, flip=True, channels_last=True)
     x, y = next(iter(train))
     assert x.is_cuda and x.shape == (100, 3, 32, 32) and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_compile_trains_the_compiled_forward_and_saves_plain_weights(tmp_path):
+    plain = trainer(tmp_path, "plain")
+    plain.fit()
+    t = trainer(tmp_path, "compiled", "train.compile=true")
+    assert isinstance(t.forward_model, torch._dynamo.eval_frame.OptimizedModule)
+    final = t.fit()
+    a, b = records(tmp_path / "plain", "step"), records(tmp_path / "compiled", "step")
+    assert abs(a[0]["loss"] - b[0]["loss"]) < 1e-3 and final["test_acc"] > 0.9
+    saved = torch.load(tmp_path / "compiled" / "weights" / "last.pt", map_location="cpu", weights_only=True)["model"]
+    assert saved.keys() == t.raw_model.state_dict().keys() and not any("_orig_mod" in k for k in saved)
