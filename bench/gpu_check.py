@@ -415,6 +415,15 @@ def run_accuracy(check: Check, data: Path, cache: Path, runs: Path) -> None:
                    time.monotonic() - t0)
 
 
+def release_gpu_memory() -> None:
+    import gc
+
+    import torch
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("outdir", type=Path)
@@ -444,6 +453,7 @@ def main() -> int:
             run_tests(check, data, cache)
             step_rate = run_overhead(check)
             run_loaders(check, step_rate, missing)
+            release_gpu_memory()  # the training runs below are other processes: leave them the whole GPU
             run_accuracy(check, data, cache, runs)
     check.write()
     print(check.markdown())
