@@ -18,7 +18,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from visionlaunch.errors import VisionlaunchError
+from visionlaunch.errors import VisionlaunchError, describe_os_error
+
+# numpy seeds its generator with an unsigned 32-bit number: every seed must fit.
+SEED_MAX = 2**32 - 1
 
 
 class _Section(BaseModel):
@@ -36,7 +39,7 @@ class DataConfig(_Section):
         "none", description="mnist only: 'sample' trains on the embedded MNIST sample when the files are absent")
     cache_dir: str | None = Field(None, description="decoded-tensor cache; default $VISIONLAUNCH_CACHE, else ~/.cache/visionlaunch")
     val_size: int | float = Field(5000, ge=0, description="held out from train: a count (>=1) or a fraction (<1); 0 = none")
-    split_seed: int = 0
+    split_seed: int = Field(0, ge=0, le=SEED_MAX)
     train_subset: int | None = Field(None, ge=1, description="use only the first N training images (quick runs)")
     test_subset: int | None = Field(None, ge=1, description="use only the first N test images (quick runs)")
     loader: Literal["tensor", "torch", "ffcv"] = Field(
@@ -91,7 +94,7 @@ class TrainConfig(_Section):
     batch_size: int = Field(128, ge=1, description="GLOBAL batch size of one optimizer step, split across processes "
                                                    "(and grad_accum micro-batches); optim.lr is meant for it")
     eval_batch_size: int = Field(1000, ge=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=SEED_MAX, description=f"0..{SEED_MAX}")
     precision: Literal["no", "bf16", "fp16"] = "no"
     device: Literal["auto", "cpu"] = Field("auto", description="auto: GPU when there is one; cpu: force CPU")
     log_every: int = Field(50, ge=1, description="steps between step records in metrics.jsonl")
@@ -135,7 +138,7 @@ class ReportConfig(_Section):
     figures: bool = True
     tsne_layer: str = Field("penultimate", description="'penultimate' (input of the classifier) or a module name")
     tsne_samples: int = Field(1000, ge=10, description="seeded test subset for t-SNE")
-    seed: int = Field(0, description="seed for the t-SNE subset and the prediction grid")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="seed for the t-SNE subset and the prediction grid")
 
 
 class TrackerConfig(_Section):
@@ -253,10 +256,18 @@ def load_yaml(path: str | os.PathLike, what: str = "config file",
               holds: str = "a mapping of sections (data:, model:, ...)") -> dict:
     """A YAML file that must hold a mapping (a preset, an ablation file); an empty file is an empty mapping."""
     p = Path(path)
+    if p.is_dir():
+        raise VisionlaunchError(f"{what} {p} is a folder, not a file. Pass a YAML file, e.g. {example}.")
     if not p.is_file():
         raise VisionlaunchError(f"{what} {p} does not exist. Pass an existing YAML file, e.g. {example}.")
     try:
-        tree = yaml.safe_load(p.read_text()) or {}
+        tree = yaml.safe_load(p.read_bytes().decode("utf-8")) or {}
+    except OSError as exc:
+        raise VisionlaunchError(f"{what} {p} cannot be read: {describe_os_error(exc)}") from None
+    except UnicodeDecodeError as exc:
+        raise VisionlaunchError(
+            f"{what} {p} is not UTF-8 text (byte {exc.start} cannot be decoded: {exc.reason}). Pass a YAML file, "
+            f"saved as UTF-8, e.g. {example}.") from None
     except yaml.YAMLError as exc:
         raise VisionlaunchError(f"{what} {p} is not valid YAML: {exc}") from None
     if not isinstance(tree, dict):

@@ -81,7 +81,7 @@ def config_differences(variant: Variant, saved: dict) -> list[str]:
 def _read_yaml(path: Path) -> dict:
     try:
         tree = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
+    except (OSError, ValueError, yaml.YAMLError):  # ValueError: not UTF-8 text
         return {}
     return tree if isinstance(tree, dict) else {}
 

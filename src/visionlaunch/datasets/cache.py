@@ -15,8 +15,9 @@ from pathlib import Path
 
 import torch
 
-from visionlaunch.atomic import atomic_write
+from visionlaunch.atomic import atomic_torch_save
 from visionlaunch.datasets.imageset import ImageSet
+from visionlaunch.errors import describe_load_failure
 
 FORMAT_VERSION = 1  # bump when readers change what they produce, so old caches are not reused
 
@@ -50,7 +51,8 @@ def _load(path: Path, name: str, need_verified: bool) -> ImageSet | None:
         return ImageSet(images=entry["images"], labels=entry["labels"], classes=list(entry["classes"]),
                         name=entry["name"], source=entry["source"])
     except Exception as exc:  # truncated file, foreign pickle, wrong dtypes: all mean "rebuild"
-        warnings.warn(f"ignoring unreadable dataset cache file {path} ({type(exc).__name__}: {exc}); "
+        reason = describe_load_failure(exc) if not isinstance(exc, ValueError) else str(exc)
+        warnings.warn(f"ignoring unreadable dataset cache file {path} ({reason}); "
                       "reading the dataset again and rewriting it", RuntimeWarning, stacklevel=3)
         return None
 
@@ -59,10 +61,9 @@ def _save(path: Path, data: ImageSet, verified: bool) -> None:
     entry = {"version": FORMAT_VERSION, "name": data.name, "source": data.source, "classes": list(data.classes),
              "images": data.images, "labels": data.labels, "verified": verified}
     try:
-        with atomic_write(path) as tmp:
-            torch.save(entry, tmp)
-    except OSError as exc:
-        warnings.warn(f"could not write dataset cache file {path} ({exc}); continuing without the cache",
+        atomic_torch_save(entry, path)
+    except OSError as exc:  # a full disk or a file-size limit included: the cache only saves time
+        warnings.warn(f"could not write dataset cache file {path} ({exc.strerror}); continuing without the cache",
                       RuntimeWarning, stacklevel=3)
         return
     # Entries for earlier versions of the same source are dead weight now.

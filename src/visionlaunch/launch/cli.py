@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from visionlaunch.errors import VisionlaunchError
+from visionlaunch.errors import EXIT_BAD_INPUT, VisionlaunchError, describe_environment_error
 from visionlaunch.trainers.preemption import Preempted
 
 EPILOG = """examples:
@@ -160,8 +160,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     from visionlaunch.config import describe_keys, load_config
 
     if args.command == "train":
+        cfg = load_config(args.config, args.overrides)  # before torch is imported: config errors come at once
         from visionlaunch.trainers.trainer import train
-        cfg = load_config(args.config, args.overrides)
         train(cfg, preset=_preset_name(args.config), argv=argv)
         return 0
     if args.command == "evaluate":
@@ -309,6 +309,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("visionlaunch: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # last resort: the environment's errors (files, disk, formats) without a traceback
+        message = describe_environment_error(exc)
+        if message is None:
+            raise  # a bug: its traceback and exit status 1
+        print(f"visionlaunch: error: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
 
 
 def console_main() -> None:  # pragma: no cover - thin wrapper for the console script

@@ -37,7 +37,7 @@ from visionlaunch import __version__
 from visionlaunch.atomic import atomic_write_text
 from visionlaunch.config import RunConfig
 from visionlaunch.datasets.loaders import make_loader
-from visionlaunch.errors import VisionlaunchError
+from visionlaunch.errors import VisionlaunchError, describe_os_error
 from visionlaunch.ffcv_builders.requirements import require_ffcv
 from visionlaunch.models import build_model
 from visionlaunch.models.features import layer_names
@@ -54,7 +54,7 @@ from visionlaunch.trainers.metrics import MetricsWriter, read_metrics, topk_corr
 from visionlaunch.trainers.pipeline import BatchPipeline
 from visionlaunch.trainers.preemption import Preempted, PreemptionWatcher, clear_marker, write_marker
 from visionlaunch.trainers.rundir import (RunDirectory, atomic_torch_save, check_output_dir, default_run_name,
-                                          only_job_files)
+                                          only_job_files, read_run_identity)
 from visionlaunch.trainers.schedules import build_optimizer, build_scheduler
 from visionlaunch.trainers.tta import tta_logits
 from visionlaunch.trainers.trackers import RunTracker, check_tracker, new_run_id
@@ -146,6 +146,8 @@ class Trainer:
         out_dir = Path(cfg.output.dir).expanduser()
         self.plan = self._agreed(lambda: ckpt.plan_resume(cfg.train.resume, out_dir / name))
         self.resuming = self.plan.checkpoint is not None
+        if self.plan.note:
+            self.log(self.plan.note)
         if cfg.train.resume == "auto" and not cfg.output.name:
             self.log("NOTE: train.resume=auto finds a run by its folder name: set output.name for it to resume.")
         if self.resuming:
@@ -166,7 +168,7 @@ class Trainer:
             cfg.data.name = self.data.name
         self.model = build_model(cfg.model.name, self.data.in_shape, len(self.data.classes), cfg.model.args)
         if world > 1:  # one random stream per rank (dropout); the initial weights above are the same everywhere
-            set_seed(cfg.train.seed + acc.process_index)
+            set_seed((cfg.train.seed + acc.process_index) % 2**32)  # numpy takes 32-bit seeds
         self.summary = model_summary(self.model, self.data.in_shape)
         if cfg.report.figures and cfg.report.tsne_layer not in layer_names(self.model):
             raise VisionlaunchError(
@@ -325,9 +327,7 @@ class Trainer:
         params = count_parameters(self.raw_model)
         atomic_write_text(rd / "summary.txt", f"{self.cfg.model.name} on {self.data.in_shape}: {params:,} trainable "
                                               f"parameters\n\n{self.summary}\n")
-        previous = {}
-        if self.resuming and (rd / "run.yaml").is_file():
-            previous = yaml.safe_load((rd / "run.yaml").read_text()) or {}
+        previous = read_run_identity(rd) if self.resuming else {}
         identity = {
             "name": name, "ident": self.cfg.resolved_ident(), "date": dt.date.today().isoformat(),
             "started": dt.datetime.now().isoformat(timespec="seconds"), "command": shlex.join(self.argv),
@@ -598,9 +598,15 @@ class Trainer:
         if not self.is_main:
             return
         state = {k: v.detach().cpu() for k, v in state.items()}
-        atomic_torch_save({"model": state, "epoch": epoch, "results": results, "model_name": self.cfg.model.name,
-                           "model_args": self.cfg.model.args, "in_shape": list(self.data.in_shape),
-                           "classes": self.data.classes}, self.run_dir.weights / f"{which}.pt")
+        path = self.run_dir.weights / f"{which}.pt"
+        try:
+            atomic_torch_save({"model": state, "epoch": epoch, "results": results, "model_name": self.cfg.model.name,
+                               "model_args": self.cfg.model.args, "in_shape": list(self.data.in_shape),
+                               "classes": self.data.classes}, path)
+        except OSError as exc:  # disk full, file-size limit: the file keeps its previous content
+            raise VisionlaunchError(
+                f"could not write the weights: {describe_os_error(exc)} "
+                + (f"{path.name} still holds an earlier epoch's weights." if path.is_file() else "")) from exc
 
 
 def train(cfg: RunConfig, *, preset: str | None = None, argv: list[str] | None = None) -> dict:
