@@ -51,6 +51,11 @@ class DataConfig(_Section):
     ffcv_jpeg_quality: int = Field(90, ge=1, le=100, description="ffcv: JPEG quality when ffcv_encoding=jpeg")
     half_inputs: bool = Field(False, description="normalised batches in the half type of train.precision (bf16/fp16) "
                                                  "instead of float32")
+    image_size: int | None = Field(None, ge=8, description="imagefolder: photos of any size become image_size x "
+                                   "image_size RGB (train: random-resized crop; evaluation: resize, centre crop); "
+                                   "null = every image must have one size")
+    max_upscale: float = Field(4.0, ge=1, description="image_size: refuse images whose shorter side would be "
+                                                      "enlarged more than this many times")
 
 
 class AugmentConfig(_Section):
@@ -61,11 +66,22 @@ class AugmentConfig(_Section):
                                                       "targets; 0 = off (typical 0.2)")
     cutmix_alpha: float = Field(0.0, ge=0, description="cutmix of training batches with lam ~ Beta(a, a); 0 = off "
                                                        "(typical 1.0); with mixup too, one of them per batch")
+    crop_scale: tuple[float, float] = Field((0.25, 1.0), description="data.image_size: the random-resized crop's "
+                                            "share of the image area, drawn from [min, max]")
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _scale_range(cls, scale: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < scale[0] <= scale[1] <= 1:
+            raise ValueError("crop_scale must be [min, max] with 0 < min <= max <= 1, e.g. [0.25, 1.0]")
+        return scale
 
 
 class ModelConfig(_Section):
     name: str = "cnn"
     args: dict[str, Any] = Field(default_factory=dict, description="builder arguments; `visionlaunch models` lists them")
+    weights: str | None = Field(None, description="start from this local weights file (.pth/.pt/.safetensors state_dict; "
+                                              "timm's own files too) instead of random weights; nothing is downloaded")
 
 
 class OptimConfig(_Section):
@@ -115,6 +131,12 @@ class TrainConfig(_Section):
     preempt_signals: list[str] = Field(["SIGTERM", "SIGUSR2"], description="signals that make the run finish the "
                                        "step, checkpoint and exit with status 75; [] = off")
     dist_timeout_s: int = Field(1800, ge=10, description="seconds a collective may wait for the other processes")
+    early_stop_patience: int = Field(0, ge=0, description="stop when the validation metric has not improved for this "
+                                                          "many epochs; 0 = off (needs data.val_size > 0)")
+    early_stop_metric: Literal["val_acc", "val_loss"] = Field(
+        "val_acc", description="what early stopping watches: val_acc (higher is better) or val_loss (lower)")
+    deterministic: bool = Field(False, description="deterministic algorithms only (torch.use_deterministic_algorithms, "
+                                                   "cuDNN deterministic, no cuDNN benchmark); slower on GPUs")
 
     @field_validator("preempt_signals")
     @classmethod
@@ -141,9 +163,13 @@ class ReportConfig(_Section):
     seed: int = Field(0, ge=0, le=SEED_MAX, description="seed for the t-SNE subset and the prediction grid")
 
 
+TRACKERS = ("none", "wandb", "tensorboard", "csv")
+
+
 class TrackerConfig(_Section):
-    name: Literal["none", "wandb"] = Field("none", description="wandb: log to Weights & Biases through Accelerate "
-                                                               "(metrics.jsonl is written either way)")
+    name: str | list[str] = Field("none", description="wandb (Weights & Biases), tensorboard (runs/<name>/tensorboard/"
+                                                      "), csv (runs/<name>/metrics.csv), a list of several, or none; "
+                                                      "metrics.jsonl is written either way")
     project: str = "visionlaunch"
     entity: str | None = Field(None, description="W&B team or user; default your default entity")
     group: str | None = Field(None, description="W&B group, e.g. one per ablation")
@@ -152,6 +178,21 @@ class TrackerConfig(_Section):
     mode: Literal["online", "offline", "disabled"] | None = Field(
         None, description="default $WANDB_MODE, else online (needs an API key); offline needs no network")
     dir: str | None = Field(None, description="where W&B writes its files; default $WANDB_DIR, else the run folder")
+
+    @field_validator("name")
+    @classmethod
+    def _known_trackers(cls, name: str | list[str]) -> str | list[str]:
+        unknown = [n for n in ([name] if isinstance(name, str) else name) if n not in TRACKERS]
+        if unknown:
+            raise ValueError(f"unknown tracker {', '.join(map(repr, unknown))}; valid: {', '.join(TRACKERS)}, or a "
+                             "list such as [tensorboard, csv]")
+        return name
+
+    @property
+    def names(self) -> list[str]:
+        """The trackers in use, without 'none' and duplicates: `name` may be one name or a list."""
+        names = [self.name] if isinstance(self.name, str) else self.name
+        return [n for n in dict.fromkeys(names) if n != "none"]
 
 
 class RunConfig(_Section):
@@ -175,6 +216,15 @@ class RunConfig(_Section):
         if self.data.half_inputs and self.train.precision == "no":
             raise ValueError("data.half_inputs=true needs train.precision=bf16 or fp16 (the model computes in that "
                              "type under autocast); with precision 'no' keep float32 inputs")
+        if self.data.image_size is not None and self.data.name != "imagefolder":
+            raise ValueError("data.image_size applies to data.name=imagefolder (photos of mixed sizes); the other "
+                             "datasets have one size already: remove data.image_size")
+        if self.data.image_size is not None and self.augment.crop_padding:
+            raise ValueError("augment.crop_padding does not combine with data.image_size, whose random-resized crop "
+                             "already moves and scales the view: set augment.crop_padding=0")
+        if self.train.early_stop_patience and not self.data.val_size:
+            raise ValueError("train.early_stop_patience watches the validation split: set data.val_size > 0 (a count "
+                             "or a fraction held out of train), or train.early_stop_patience=0")
         if self.data.val_size >= 1 and self.data.val_size != int(self.data.val_size):
             raise ValueError("data.val_size must be a whole count (>= 1) or a fraction below 1")
         return self
@@ -303,3 +353,18 @@ def describe_keys() -> str:
             desc = f"  # {f.description}" if f.description else ""
             out.append(f"  {key}: {default!r}  ({ann}){desc}")
     return "\n".join(out)
+
+
+# Keys that may change without changing the sequence of weights a run goes through: where files are, what is logged
+# and how often, how the run reacts to signals, which kernels compute the same numbers. Resuming checks every other
+# key; the comparison page credits only the other keys with a change in results.
+TRAJECTORY_NEUTRAL = (
+    "output.", "report.", "tracker.", "data.root", "data.cache_dir", "data.download", "data.verify", "data.fallback",
+    "data.num_workers", "data.loader", "data.ffcv_dir", "train.resume", "train.progress", "train.log_every",
+    "train.checkpoint_every", "train.keep_checkpoints", "train.preempt_signals", "train.dist_timeout_s",
+    "train.eval_batch_size", "train.device", "train.compile", "train.channels_last", "train.deterministic")
+
+
+def shapes_trajectory(key: str) -> bool:
+    """Whether a dotted config key (e.g. optim.lr) changes what a run learns."""
+    return not key.startswith(TRAJECTORY_NEUTRAL)

@@ -292,7 +292,8 @@ def _decode(images: list[_Image], check_size: _SizeCheck, others_gray: bool, pro
     return out
 
 
-def read(path: Path, split: str, progress: bool = True) -> ImageSet:
+def read(path: Path, split: str, progress: bool = True, image_size: int | None = None,
+         max_upscale: float = 4.0) -> ImageSet:
     entries = _entries_from_archive(path, progress) if path.is_file() else _entries_from_folder(path)
     images, class_dirs = _collect(entries, path)
     classes = _check_classes(images, class_dirs, path)
@@ -300,12 +301,22 @@ def read(path: Path, split: str, progress: bool = True) -> ImageSet:
     # Sorted by split, class, then name: the order never depends on the archive or the file system.
     images.sort(key=lambda im: (im.split != "train", index[im.cls], im.display))
     wanted = [im for im in images if im.split == split]
+    kind = "archive" if path.is_file() else "folder"
+    if image_size:  # photos of any size, each decoded to one stored square (datasets/mixed_size.py)
+        from visionlaunch.datasets.mixed_size import decode_squares, stored_size
+        pixels, note = decode_squares(wanted, image_size, max_upscale, unreadable=_unreadable, progress=progress,
+                                      desc=f"decoding {split} images")
+        side = stored_size(image_size)
+        return ImageSet(
+            images=torch.from_numpy(pixels), labels=torch.tensor([index[im.cls] for im in wanted], dtype=torch.int64),
+            classes=classes, name="imagefolder",
+            source=f"ImageFolder {kind} {path} ({split}/, {len(classes)} classes, mixed sizes stored as {side}x{side} "
+                   f"RGB{'; ' + note if note else ''})")
     # The other split is only checked (header: size and colour mode), so both splits always agree on shape.
     check_size = _SizeCheck()
     other = "test" if split == "train" else "train"
     others_gray = _scan_headers([im for im in images if im.split == other], check_size, progress, other)
     pixels = _decode(wanted, check_size, others_gray, progress, split)
-    kind = "archive" if path.is_file() else "folder"
     return ImageSet(
         images=torch.from_numpy(pixels),
         labels=torch.tensor([index[im.cls] for im in wanted], dtype=torch.int64),

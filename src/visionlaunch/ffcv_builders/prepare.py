@@ -39,6 +39,8 @@ def beton_name(dataset: str, split: str, cfg: DataConfig) -> str:
             parts.append(f"first{cfg.train_subset}")
     elif cfg.test_subset:
         parts.append(f"first{cfg.test_subset}")
+    if cfg.image_size:
+        parts.append(f"size{cfg.image_size}")
     if cfg.ffcv_encoding == "jpeg":
         parts.append(f"jpeg{cfg.ffcv_jpeg_quality}")
     return "-".join(parts) + ".beton"
@@ -69,7 +71,9 @@ def ensure_betons(splits: dict[str, ImageSet | None], dataset: str, cfg: DataCon
         else:
             write_beton(images, labels, path, num_classes=len(ds.classes), dataset=dataset, split=split,
                         encoding=cfg.ffcv_encoding, jpeg_quality=cfg.ffcv_jpeg_quality,
-                        num_workers=cfg.num_workers, progress=progress)
+                        num_workers=cfg.num_workers, progress=progress, image_size=cfg.image_size,
+                        # the training split keeps its stored squares for FFCV's random-resized-crop decoder
+                        max_resolution=max(ds.shape[1:]) if cfg.image_size and split == "train" else None)
             log(f"ffcv: wrote {path} ({len(ds)} images, {cfg.ffcv_encoding})")
         out[split] = path
     return out

@@ -1,5 +1,5 @@
-"""The `visionlaunch` command: train, evaluate, figures, prepare, show-config, models, report, compare, ablate,
-submit, jobs.
+"""The `visionlaunch` command: train, evaluate, predict, export, figures, prepare, show-config, models, report,
+compare, ablate, submit, jobs.
 
 `train.py` at the repository root calls `main(["train", ...])`, so `accelerate launch train.py ...` and
 `visionlaunch train ...` are the same program.
@@ -20,6 +20,9 @@ EPILOG = """examples:
   visionlaunch train --config configs/mnist_cnn.yaml optim.lr=0.05 train.epochs=3
   accelerate launch train.py --config configs/cifar10_cnn.yaml
   visionlaunch evaluate runs/mnist_cnn-20261125-120000
+  visionlaunch evaluate runs/mnist_cnn-20261125-120000 --data name=imagefolder path=/data/digits
+  visionlaunch predict runs/mnist_cnn-20261125-120000 photos/ scans.zip --top-k 3 --out preds.csv
+  visionlaunch export runs/mnist_cnn-20261125-120000 --format onnx
   visionlaunch report runs/mnist_cnn-20261125-120000 --pdf
   visionlaunch compare runs/lr-0.05 runs/lr-0.1 runs/lr-0.2
   visionlaunch submit --nodes 2 --gpus-per-node 4 --time 04:00:00 -- --config configs/cifar10_cnn.yaml
@@ -46,6 +49,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", type=Path)
     p.add_argument("--weights", choices=("last", "best", "ema_last", "ema_best"), default="last",
                    help="ema_*: the EMA weights of a run trained with train.ema_decay")
+    p.add_argument("--data", nargs="+", metavar="key=value",
+                   help="measure on other data: the run's data section with these keys changed, e.g. --data "
+                        "name=imagefolder path=/data/digits (classes must match by name)")
+    p.add_argument("--split", choices=("train", "val", "test"), help="the split to measure (default test)")
+
+    p = sub.add_parser("predict", help="classify images, folders or archives (.zip/.tar) with a run's weights")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="image files, folders, .zip/.tar archives")
+    p.add_argument("--weights", choices=("last", "best", "ema_last", "ema_best"), default="last")
+    p.add_argument("--top-k", type=int, default=3, help="classes per image, most probable first (default 3)")
+    p.add_argument("--out", type=Path, help="write the table as CSV here instead of printing it")
+    p.add_argument("--batch-size", type=int, help="images per batch; default the run's train.eval_batch_size")
+
+    p = sub.add_parser("export", help="write a run's model as TorchScript, ONNX or safetensors, with a JSON beside it")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--format", required=True, choices=("torchscript", "onnx", "safetensors"))
+    p.add_argument("--weights", choices=("last", "best", "ema_last", "ema_best"), default="last")
+    p.add_argument("--out", type=Path, help="the model file; default <run>/export/<weights>.<format suffix>")
 
     p = sub.add_parser("figures", help="redraw a run's figures from its folder and weights")
     p.add_argument("run_dir", type=Path)
@@ -67,7 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p, required=False)
     p.add_argument("--keys", action="store_true", help="list every key with its default and meaning")
 
-    sub.add_parser("models", help="list the models and their arguments")
+    p = sub.add_parser("models", help="list the models and their arguments")
+    p.add_argument("--timm", nargs="?", const="", metavar="PATTERN",
+                   help="list timm's architectures (use as model.name=timm/<architecture>), those matching PATTERN")
 
     p = sub.add_parser("report", help="write a run's self-contained report.html (and report.pdf with --pdf)")
     p.add_argument("run_dir", type=Path)
@@ -164,9 +187,21 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         from visionlaunch.trainers.trainer import train
         train(cfg, preset=_preset_name(args.config), argv=argv)
         return 0
+    if args.command == "evaluate" and (args.data or args.split):
+        from visionlaunch.launch.evaluate_data import evaluate_on_data
+        return evaluate_on_data(args.run_dir, args.weights, args.data or [], args.split or "test")
     if args.command == "evaluate":
         from visionlaunch.launch.evaluate import evaluate_run
         return evaluate_run(args.run_dir, args.weights)
+    if args.command == "predict":
+        from visionlaunch.launch.predict import predict_command
+        return predict_command(args.run_dir, args.paths, which=args.weights, top_k=args.top_k, out=args.out,
+                               batch_size=args.batch_size)
+    if args.command == "export":
+        from visionlaunch.launch.export import export_run
+        for path in export_run(args.run_dir, args.format, args.weights, args.out):
+            print(path)
+        return 0
     if args.command == "figures":
         from visionlaunch.launch.evaluate import redraw_figures
         for path in redraw_figures(args.run_dir):
@@ -182,9 +217,16 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         return 0
     if args.command == "models":
         from visionlaunch.models import model_args, model_names
+        if args.timm is not None:
+            from visionlaunch.models.timm_models import PREFIX, list_architectures
+            names = list_architectures(args.timm)
+            print("\n".join(PREFIX + n for n in names) or f"no timm architecture matches {args.timm!r}")
+            return 0
         for name in model_names():
             spec = ", ".join(f"{k}={default!r}" for k, (_, default) in model_args(name).items())
             print(f"{name}: {spec}")
+        print("timm/<architecture>: drop_rate=0.0, drop_path_rate=0.0 (any timm architecture; "
+              "`visionlaunch models --timm [PATTERN]` lists them)")
         return 0
     if args.command == "report":
         from visionlaunch.reports.html import write_report

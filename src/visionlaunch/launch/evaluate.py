@@ -28,6 +28,14 @@ def _log(message: str) -> None:
 def load_run(run_dir: Path, which: str = "last"):
     run_dir = Path(run_dir)
     config_path, weights_path = run_dir / "config.yaml", run_dir / "weights" / f"{which}.pt"
+    if config_path.is_file() and not weights_path.is_file():
+        present = sorted(p.stem for p in (run_dir / "weights").glob("*.pt"))
+        raise VisionlaunchError(
+            f"{run_dir} has no weights/{which}.pt"
+            + (f" (it has {', '.join(present)}: choose one with --weights)" if present else
+               ": the run has not finished an epoch yet (weights are written at the end of every epoch)")
+            + ". Let the run finish an epoch (resume an interrupted one with train.resume=<run folder>), or pass "
+              "another run folder.")
     for path in (config_path, weights_path):
         if not path.is_file():
             hint = (" (best.pt exists only for runs with a validation split; use --weights last)"

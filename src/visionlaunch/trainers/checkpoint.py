@@ -23,6 +23,7 @@ import torch
 from accelerate import Accelerator
 
 from visionlaunch.atomic import as_os_error, atomic_write_text, is_write_failure
+from visionlaunch.config import shapes_trajectory
 from visionlaunch.errors import VisionlaunchError, describe_load_failure, describe_os_error
 
 META = "visionlaunch.json"
@@ -33,13 +34,6 @@ _NAME = re.compile(r"^step-(\d{8,})$")
 META_KEYS = ("step", "epoch", "step_in_epoch", "best", "ema_best", "elapsed", "skipped_steps", "metrics_bytes",
              "world_size", "config")
 
-# Keys that may change between an interrupted run and its resumption: where files are, what is logged and how
-# often, how the run reacts to signals. Every other key shapes the sequence of weights and must be the same.
-MAY_DIFFER = ("output.", "report.", "tracker.", "data.root", "data.cache_dir", "data.download", "data.verify",
-              "data.fallback", "data.num_workers", "data.loader", "data.ffcv_dir", "train.resume", "train.progress",
-              "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.preempt_signals",
-              "train.dist_timeout_s", "train.eval_batch_size", "train.device", "train.compile",
-              "train.channels_last")
 
 
 def rank_state_name(rank: int) -> str:
@@ -71,11 +65,18 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:
-    """'key: checkpoint X, now Y' for every trajectory-shaping key that differs."""
+    """'key: checkpoint X, now Y' for every trajectory-shaping key that differs. A key the checkpoint's version did
+    not have yet counts as its default (what that version did), so adding a key with a default keeps old checkpoints
+    resumable."""
+    from visionlaunch.config import RunConfig
+
     a, b = _flatten(saved), _flatten(current)
+    defaults = _flatten(RunConfig().model_dump(mode="json"))
     out = []
     for key in sorted(set(a) | set(b)):
-        if key.startswith(MAY_DIFFER):
+        if not shapes_trajectory(key):
+            continue
+        if key not in a and key in defaults and b.get(key) == defaults[key]:
             continue
         if a.get(key, "<absent>") != b.get(key, "<absent>"):
             out.append(f"{key}: checkpoint {a.get(key, '<absent>')!r}, now {b.get(key, '<absent>')!r}")

@@ -12,7 +12,8 @@ from visionlaunch.datasets.stats import normalization_tensors, normalize_with
 
 class BatchPipeline:
     def __init__(self, augment: AugmentConfig, mean, std, device: torch.device, seed: int,
-                 channels_last: bool = False, dtype: torch.dtype = torch.float32, loader_augments: bool = False):
+                 channels_last: bool = False, dtype: torch.dtype = torch.float32, loader_augments: bool = False,
+                 resized_crop=None):
         self.augment = BatchAugment(crop_padding=augment.crop_padding, flip=augment.flip, cutout=augment.cutout)
         self.mixer = BatchMix(mixup_alpha=augment.mixup_alpha, cutmix_alpha=augment.cutmix_alpha)
         self.mean, self.std = tuple(mean), tuple(std)
@@ -21,6 +22,8 @@ class BatchPipeline:
         self.dtype = dtype  # float32, or the half type of mixed precision (data.half_inputs)
         # The ffcv backend augments inside its own pipeline; augmenting again here would do it twice.
         self.loader_augments = loader_augments
+        # data.image_size with the tensor backend: the random-resized crop of whole batches, before the rest.
+        self.resized_crop = resized_crop
         # A generator on the batch's device: augmentation draws never touch the global RNG, so they are
         # reproducible and independent of what else consumes random numbers. It is per rank (seeded with the
         # rank), so checkpoints save it per rank: see state_dict.
@@ -30,6 +33,8 @@ class BatchPipeline:
         return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
 
     def train(self, images: torch.Tensor) -> torch.Tensor:
+        if self.resized_crop is not None:
+            images = self.resized_crop.batch(images, self.generator)
         if self.augment.enabled and not self.loader_augments:
             images = self.augment(images, self.generator)
         return self._layout(normalize_with(images, self._mean, self._std, self.dtype))

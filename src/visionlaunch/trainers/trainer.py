@@ -40,6 +40,8 @@ from visionlaunch.datasets.loaders import make_loader
 from visionlaunch.errors import VisionlaunchError, describe_os_error
 from visionlaunch.ffcv_builders.requirements import require_ffcv
 from visionlaunch.models import build_model
+from visionlaunch.models.weights import load_weights
+from visionlaunch.datasets.resized_crop import ResizedCrop
 from visionlaunch.models.features import layer_names
 from visionlaunch.models.summary import count_parameters, model_summary
 from visionlaunch.reports.analysis import final_record
@@ -47,7 +49,9 @@ from visionlaunch.trainers import checkpoint as ckpt
 from visionlaunch.reports.html import write_report
 from visionlaunch.trainers.artefacts import make_figures
 from visionlaunch.trainers.data import DataBundle, prepare_data
+from visionlaunch.trainers.determinism import set_deterministic
 from visionlaunch.trainers.distributed import any_rank, broadcast_from_main, check_world_size, mean_over_ranks
+from visionlaunch.trainers.early_stop import EarlyStopping
 from visionlaunch.trainers.ema import ModelEMA
 from visionlaunch.trainers.losses import CrossEntropyLoss
 from visionlaunch.trainers.metrics import MetricsWriter, read_metrics, topk_correct
@@ -82,7 +86,7 @@ def make_accelerator(cfg: RunConfig, *, training: bool = False) -> Accelerator:
     kwargs = {}
     if training:
         kwargs["kwargs_handlers"] = [InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.train.dist_timeout_s))]
-        if cfg.tracker.name == "wandb":
+        if "wandb" in cfg.tracker.names:
             kwargs["log_with"] = "wandb"
     return Accelerator(mixed_precision=cfg.train.precision, cpu=cfg.train.device == "cpu", **kwargs)
 
@@ -123,6 +127,7 @@ class Trainer:
         cfg.data.name."""
         self.cfg = cfg
         self.argv = argv if argv is not None else sys.argv
+        set_deterministic(cfg.train.deterministic)  # before the Accelerator touches CUDA (cuBLAS workspace)
         self.accelerator = acc = make_accelerator(cfg, training=True)
         self.is_main = acc.is_main_process
         check_world_size(acc)
@@ -167,6 +172,8 @@ class Trainer:
             cfg.data.fallback = "none"
             cfg.data.name = self.data.name
         self.model = build_model(cfg.model.name, self.data.in_shape, len(self.data.classes), cfg.model.args)
+        if cfg.model.weights:
+            load_weights(self.model, cfg.model.weights, cfg.model.name)
         if world > 1:  # one random stream per rank (dropout); the initial weights above are the same everywhere
             set_seed((cfg.train.seed + acc.process_index) % 2**32)  # numpy takes 32-bit seeds
         self.summary = model_summary(self.model, self.data.in_shape)
@@ -192,7 +199,7 @@ class Trainer:
             acc.wait_for_everyone()
             self.tracker = RunTracker(acc, cfg.tracker, self.run_path, self.run_path.name,
                                       self.identity.get("tracker_run_id") if self.is_main else "",
-                                      self._tracker_config())
+                                      self._tracker_config(), self.step if self.resuming else None)
         except BaseException:
             if self.run_dir is not None:
                 self.run_dir.discard()
@@ -226,11 +233,12 @@ class Trainer:
         loader_args = dict(seed=cfg.train.seed, device=device, rank=acc.process_index, world=acc.num_processes,
                            num_workers=cfg.data.num_workers)
         betons = self._ffcv_files() if cfg.data.loader == "ffcv" else {}
+        crop = ResizedCrop(cfg.data.image_size, tuple(cfg.augment.crop_scale)) if cfg.data.image_size else None
         # _ffcv_files has just hashed every file against its manifest on the main process: not again there.
         loader_args["verify_beton"] = not self.is_main
         self.train_loader = make_loader(cfg.data.loader, self.data.train.images, self.data.train.labels,
                                         self.micro_batch, train=True, beton=betons.get("train"), augment=cfg.augment,
-                                        channels_last=cfg.train.channels_last, **loader_args)
+                                        channels_last=cfg.train.channels_last, resized_crop=crop, **loader_args)
         # An epoch is a whole number of optimizer steps; max_steps_per_epoch counts optimizer steps.
         self.steps_per_epoch = len(self.train_loader) // cfg.train.grad_accum
         if cfg.train.max_steps_per_epoch:
@@ -252,7 +260,8 @@ class Trainer:
         self.pipeline = BatchPipeline(cfg.augment, self.data.mean, self.data.std, device,
                                       seed=cfg.train.seed + acc.process_index, channels_last=cfg.train.channels_last,
                                       dtype=half if cfg.data.half_inputs else torch.float32,
-                                      loader_augments=self.train_loader.augments)
+                                      loader_augments=self.train_loader.augments,
+                                      resized_crop=None if self.train_loader.augments or self.train_loader.crops else crop)
         self.criterion = CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
         self.num_classes = len(self.data.classes)  # for the soft targets of mixup/cutmix
         self.eval_criterion = CrossEntropyLoss()
@@ -288,6 +297,7 @@ class Trainer:
         self.best, self.ema_best, self.elapsed0, self.skipped_steps = {"val_acc": -1.0}, -1.0, 0.0, 0
         self.last_results: dict = {}
         self.resume_rank_state: dict | None = None
+        self.early_stop = EarlyStopping(self.cfg.train.early_stop_patience, self.cfg.train.early_stop_metric)
         if not self.resuming:
             return
         path, meta = self.plan.checkpoint, self.plan.meta
@@ -307,6 +317,7 @@ class Trainer:
         self.best, self.ema_best = meta["best"], meta["ema_best"]
         self.elapsed0, self.skipped_steps = meta["elapsed"], meta["skipped_steps"]
         self.last_results = meta.get("results", {})
+        self.early_stop.load_state_dict(meta.get("early_stop"))
         if self.is_main:
             # Records written after the checkpoint are replayed by the resumed run: drop them, keep the rest.
             metrics = self.run_path / "metrics.jsonl"
@@ -366,6 +377,8 @@ class Trainer:
             with PreemptionWatcher(cfg.train.preempt_signals, log=self.log) as self.watcher:
                 results = self.last_results
                 for epoch in range(self.start_epoch, cfg.train.epochs):
+                    if self.early_stop.stopped:  # a resumed run that had stopped early stays stopped
+                        break
                     start = self.start_in_epoch if epoch == self.start_epoch else 0
                     train_stats = self._train_epoch(epoch, start)
                     results = self._end_epoch(epoch, train_stats)
@@ -528,8 +541,13 @@ class Trainer:
         self.log(self._epoch_line(epoch, results, elapsed))
         zeros = torch.zeros(4, dtype=torch.float64, device=acc.device)
         self.last_results = results
+        if self.early_stop.update(results, epoch + 1):  # before the checkpoint, which saves its counter
+            self.log(f"early stopping after epoch {epoch + 1}: {cfg.train.early_stop_metric} has not improved for "
+                     f"{self.early_stop.patience} epochs (best {self.early_stop.best:.4f} at epoch "
+                     f"{self.early_stop.best_epoch})")
         path = self._save_checkpoint(epoch + 1, 0, zeros, 0.0)
-        if cfg.train.preempt_signals and any_rank(acc, self.watcher.requested) and epoch + 1 < cfg.train.epochs:
+        if cfg.train.preempt_signals and any_rank(acc, self.watcher.requested) and epoch + 1 < cfg.train.epochs \
+                and not self.early_stop.stopped:
             raise Preempted(self.watcher.received or "a signal sent to another process", self.step, path)
         return results
 
@@ -539,8 +557,9 @@ class Trainer:
         metrics_file = self.run_path / "metrics.jsonl"
         meta = {
             "step": self.step, "epoch": epoch, "step_in_epoch": step_in_epoch,
-            "finished": epoch == self.cfg.train.epochs, "best": self.best, "ema_best": self.ema_best,
-            "results": self.last_results if step_in_epoch == 0 else {},
+            "finished": epoch == self.cfg.train.epochs or self.early_stop.stopped, "best": self.best,
+            "ema_best": self.ema_best,
+            "results": self.last_results if step_in_epoch == 0 else {}, "early_stop": self.early_stop.state_dict(),
             "elapsed": round(self._elapsed(), 3), "skipped_steps": self.skipped_steps,
             "metrics_bytes": metrics_file.stat().st_size if self.is_main and metrics_file.is_file() else 0,
             "world_size": self.accelerator.num_processes, "model": self.cfg.model.name,
@@ -565,6 +584,8 @@ class Trainer:
             final["test_ema_acc"] = results["test_ema"]["acc"]
         if cfg.train.precision == "fp16":
             final["skipped_steps"] = self.skipped_steps
+        if self.early_stop.enabled:
+            final["early_stop"] = self.early_stop.record()
         self.metrics.write(final)
         self.metrics.close()
         acc.wait_for_everyone()
@@ -574,7 +595,7 @@ class Trainer:
             figures = make_figures(self.run_path, self.raw_model, self.data, self.pipeline, cfg, self.identity,
                                    device=acc.device)
         self.tracker.log_files(figures, self.run_path / "summary.txt", self.step)
-        self.tracker.log_final(final)
+        self.tracker.log_final(final, self.step)
         if self.is_main:
             self.log(f"report: {write_report(self.run_path)}")
         if self.is_main and final["test_acc"] is not None:
@@ -602,7 +623,8 @@ class Trainer:
         try:
             atomic_torch_save({"model": state, "epoch": epoch, "results": results, "model_name": self.cfg.model.name,
                                "model_args": self.cfg.model.args, "in_shape": list(self.data.in_shape),
-                               "classes": self.data.classes}, path)
+                               "classes": self.data.classes, "mean": list(self.data.mean), "std": list(self.data.std)},
+                              path)
         except OSError as exc:  # disk full, file-size limit: the file keeps its previous content
             raise VisionlaunchError(
                 f"could not write the weights: {describe_os_error(exc)} "
