@@ -126,11 +126,13 @@ def _unfinished_run(path: Path) -> bool:
 
 class Trainer:
     def __init__(self, cfg: RunConfig, *, preset: str | None = None, argv: list[str] | None = None,
-                 verbose: bool = False):
+                 verbose: bool = False, data: DataBundle | None = None):
+        """`data`: train on these tensors instead of reading cfg.data (benchmarks, tests); its name must be
+        cfg.data.name. `verbose`: print the model's layer table too (it is always in summary.txt)."""
         self.lock: RunLock | None = None  # the run folder's lock, held by the main process until fit() ends
-        self.verbose = verbose  # print the model's layer table (always in summary.txt)
+        self.verbose = verbose
         try:
-            self._set_up(cfg, preset, argv)
+            self._set_up(cfg, preset, argv, data)
         except BaseException:
             self.release_lock()
             raise
@@ -139,7 +141,7 @@ class Trainer:
         if self.lock is not None:
             self.lock.release()
 
-    def _set_up(self, cfg: RunConfig, preset: str | None, argv: list[str] | None) -> None:
+    def _set_up(self, cfg: RunConfig, preset: str | None, argv: list[str] | None, data: DataBundle | None) -> None:
         self.cfg = cfg
         self.argv = argv if argv is not None else sys.argv
         set_deterministic(cfg.train.deterministic)  # before the Accelerator touches CUDA (cuBLAS workspace)
@@ -181,7 +183,8 @@ class Trainer:
         set_seed(cfg.train.seed)
 
         with acc.main_process_first():  # one process fills the data cache, the others read it
-            self.data: DataBundle = prepare_data(cfg.data, log=self.log, progress=self.is_main and cfg.train.progress)
+            self.data: DataBundle = data if data is not None else prepare_data(
+                cfg.data, log=self.log, progress=self.is_main and cfg.train.progress)
         if self.data.name != cfg.data.name:  # record what was really used, so `evaluate` reloads the same data
             cfg.data.fallback = "none"
             cfg.data.name = self.data.name
@@ -434,6 +437,9 @@ class Trainer:
             seconds_before = self.resume_rank_state["epoch_seconds"]
         self.resume_rank_state = None
         nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+        # Sample counts as (one on the device) * n: torch.tensor(n, device=cuda) would be a blocking copy that
+        # stalls the GPU queue every micro-batch.
+        one = torch.ones((), dtype=torch.float64, device=device)
         consecutive_skips = 0
         bar = progress_bar(total=self.steps_per_epoch, initial=start, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
                            unit="step", disable=not (self.is_main and cfg.train.progress), leave=False,
@@ -457,8 +463,7 @@ class Trainer:
                 top1, top5 = topk_correct(logits.detach(), labels)  # with mixup: against the unmixed labels
                 n = len(labels)
                 step_loss += loss.detach().float() / accum
-                step_totals += torch.stack([loss.detach().double() * n, top1.double(), top5.double(),
-                                            torch.tensor(n, dtype=torch.float64, device=device)])
+                step_totals += torch.stack([loss.detach().double() * n, top1.double(), top5.double(), one * n])
             grad_norm = None
             if cfg.optim.clip_grad_norm:
                 grad_norm = acc.clip_grad_norm_(self.model.parameters(), cfg.optim.clip_grad_norm)
@@ -515,6 +520,8 @@ class Trainer:
                     bar.close()
                     raise Preempted(self.watcher.received or "a signal sent to another process", self.step, path)
         bar.close()
+        if device.type == "cuda":  # the epoch's time includes the kernels still queued, not only their launch
+            torch.cuda.synchronize(device)
         seconds = seconds_before + time.perf_counter() - t0
         totals = acc.reduce(totals, reduction="sum")
         loss_sum, top1, top5, n = totals.tolist()
