@@ -122,6 +122,10 @@ class RunLock:
                 folder.rmdir()  # only when empty: a run folder made meanwhile keeps it
         self._made.clear()
 
+    def __del__(self) -> None:  # a Trainer built but never fitted (tests, notebooks) gives its folder back
+        with contextlib.suppress(Exception):
+            self.release()
+
     def __enter__(self) -> RunLock:
         return self.acquire()
 
