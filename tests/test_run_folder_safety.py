@@ -154,7 +154,7 @@ def test_report_writes_only_into_a_run_folder(tmp_path, capsys):
 
 def _hold_lock_in_another_process(run_dir: Path) -> subprocess.Popen:
     code = ("import sys, time; from visionlaunch.trainers.runlock import RunLock\n"
-            f"RunLock({str(run_dir)!r}).acquire(); print('locked', flush=True); time.sleep(600)")
+            f"lock = RunLock({str(run_dir)!r}).acquire(); print('locked', flush=True); time.sleep(600)")
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "locked"
     return holder
