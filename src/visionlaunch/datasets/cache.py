@@ -18,7 +18,7 @@ import torch
 from visionlaunch.atomic import atomic_write
 from visionlaunch.datasets.imageset import ImageSet
 
-FORMAT_VERSION = 1  # bump when readers change what they produce, so old caches are not reused
+FORMAT_VERSION = 2  # bump when readers change what they produce, so old caches are not reused
 
 
 def _digest(text: str, n: int) -> str:
@@ -48,7 +48,8 @@ def _load(path: Path, name: str, need_verified: bool) -> ImageSet | None:
         if need_verified and not entry["verified"]:
             return None  # built with verify=False: read (and check) the sources again; not an error
         return ImageSet(images=entry["images"], labels=entry["labels"], classes=list(entry["classes"]),
-                        name=entry["name"], source=entry["source"])
+                        name=entry["name"], source=entry["source"], superclasses=entry["superclasses"],
+                        superclass_of=entry["superclass_of"], unofficial=entry["unofficial"])
     except Exception as exc:  # truncated file, foreign pickle, wrong dtypes: all mean "rebuild"
         warnings.warn(f"ignoring unreadable dataset cache file {path} ({type(exc).__name__}: {exc}); "
                       "reading the dataset again and rewriting it", RuntimeWarning, stacklevel=3)
@@ -57,7 +58,9 @@ def _load(path: Path, name: str, need_verified: bool) -> ImageSet | None:
 
 def _save(path: Path, data: ImageSet, verified: bool) -> None:
     entry = {"version": FORMAT_VERSION, "name": data.name, "source": data.source, "classes": list(data.classes),
-             "images": data.images, "labels": data.labels, "verified": verified}
+             "images": data.images, "labels": data.labels, "verified": verified,
+             "superclasses": data.superclasses, "superclass_of": data.superclass_of,
+             "unofficial": [list(u) for u in data.unofficial]}  # the content check's result, so its NOTE survives
     try:
         with atomic_write(path) as tmp:
             torch.save(entry, tmp)
