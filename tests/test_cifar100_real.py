@@ -2,22 +2,28 @@
 paragraph when a file derived from it is damaged, and trainable: a short run ends well above chance, and the big
 presets take a few steps on it. Skips without the copy on a developer machine, fails in CI (tests/conftest.py)."""
 
+import contextlib
+import io
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 
+from tests.browser_check import assert_renders_offline, open_in_chromium
 from tests.cifar_format import CIFAR100_COARSE, CIFAR100_FINE, FINE_TO_COARSE, py2_pickle
-from tests.conftest import require_cifar100
+from tests.conftest import isolate_environment, require_cifar100
+from visionlaunch.config import DataConfig
 from visionlaunch.datasets import load_dataset
 from visionlaunch.datasets.cifar import FORMATS, unpickle
 from visionlaunch.datasets.fileio import md5_file
 from visionlaunch.errors import VisionlaunchError
 from visionlaunch.launch.cli import main
+from visionlaunch.reports.html import WIDE_FIGURE_PX
+from visionlaunch.reports.predictions import load_predictions
 from visionlaunch.trainers.data import prepare_data
-from visionlaunch.config import DataConfig
 from visionlaunch.trainers.metrics import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -209,35 +215,63 @@ def test_bad_real_derived_files_exit_2_with_one_paragraph_and_no_run_folder(real
 # ---------------------------------------------------------------------------------------------------- training
 
 
-def test_real_copy_trains_without_flags_and_ends_well_above_chance(real_root, tmp_path, capsys):
-    # No data.verify or other data key beyond the root: the preset reads the real copy as it is. The preset's MLP
-    # cut to one 512-unit layer, 10,000 training images, 2 epochs, evaluated on the whole test split (its rows are
-    # grouped by class, so a first-N test subset would hold only a few classes).
-    code, run = _train(tmp_path, real_root, "data.train_subset=10000", "data.val_size=0", "train.epochs=2",
-                       "report.figures=false", "model.args={hidden: [512], dropout: 0.0, batch_norm: true}",
-                       config="cifar100_fcn")
-    err = capsys.readouterr().err
-    assert code == 0, err[-3000:]
+@pytest.fixture(scope="module")
+def short_run(real_root, tmp_path_factory):
+    """One short real run shared by the tests below. No data.verify or other data key beyond the root: the preset
+    reads the real copy as it is. The preset's MLP cut to one 512-unit layer, 10,000 training images, 2 epochs,
+    evaluated on the whole test split (its rows are grouped by class, so a first-N subset holds few classes)."""
+    tmp = tmp_path_factory.mktemp("c100run")
+    with pytest.MonkeyPatch.context() as mp:
+        isolate_environment(mp, tmp)
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            code, run = _train(tmp, real_root, "data.train_subset=10000", "data.val_size=0", "train.epochs=2",
+                               "report.tsne_samples=500", "model.args={hidden: [512], dropout: 0.0, batch_norm: true}",
+                               config="cifar100_fcn")
+    assert code == 0, err.getvalue()[-3000:]
+    return run, err.getvalue()
+
+
+def test_real_copy_trains_without_flags_and_ends_well_above_chance(short_run):
+    run, err = short_run
     assert err.count("NOTE: train (md5") == 1
-    final = [r for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "final"][0]
-    test_epochs = [r for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "epoch" and r["split"] == "test"]
-    assert test_epochs[-1]["n"] == 10_000
+    records = read_metrics(run / "metrics.jsonl")
+    final = [r for r in records if r["kind"] == "final"][0]
+    assert [r for r in records if r["kind"] == "epoch" and r["split"] == "test"][-1]["n"] == 10_000
     assert final["test_acc"] > 0.06, final  # chance is 0.01
 
 
-@pytest.mark.parametrize("preset, batch", [("cifar100_resnet18", 8), ("cifar100_wrn16_8", 8),
-                                           ("cifar100_wrn28_10", 4)])
-def test_big_presets_take_steps_on_the_real_copy(real_root, tmp_path, preset, batch):
-    # The full-size models of each preset, cut to two optimizer steps of a few real images and 24 test images:
-    # these measure nothing but that the preset runs on the real data end to end (figures included).
-    code, run = _train(tmp_path, real_root, "data.train_subset=64", "data.val_size=8", "data.test_subset=24",
-                       "train.epochs=1", "train.max_steps_per_epoch=2", f"train.batch_size={batch}",
-                       "train.eval_batch_size=24", "report.tsne_samples=24", config=preset)
+def test_report_of_a_cifar100_run_reads_with_100_classes(short_run, tmp_path):
+    run, _ = short_run
+    pred = load_predictions(run)
+    assert pred.superclasses == CIFAR100_COARSE and pred.superclass_of.tolist() == FINE_TO_COARSE
+    with Image.open(run / "figures" / "confusion.png") as img:
+        assert img.width > WIDE_FIGURE_PX  # every class named: shown at its own size
+    text = (run / "report.html").read_text()
+    assert '<div class="wide"><figure>' in text and "superclasses</th>" in text
+    assert "errors stay inside the true class&#x27;s superclass" in text
+    check = open_in_chromium(run / "report.html", tmp_path / "browser", size=(1280, 4000))
+    assert_renders_offline(check, n_images=5)
+    widths = sorted(i["w"] for i in check.images)
+    assert widths[-1] > WIDE_FIGURE_PX
+
+
+@pytest.mark.parametrize("preset, batch, steps, figures", [("cifar100_resnet18", 8, 2, True),
+                                                             ("cifar100_wrn16_8", 8, 2, False),
+                                                             ("cifar100_wrn28_10", 4, 1, False)])
+def test_big_presets_take_steps_on_the_real_copy(real_root, tmp_path, preset, batch, steps, figures):
+    # The full-size models of each preset, cut to one or two optimizer steps of a few real images and 16 test
+    # images: these measure nothing but that the preset runs on the real data end to end. WRN-28-10 (36.5M
+    # parameters) takes seconds per step on a CPU: one step of 4 images.
+    code, run = _train(tmp_path, real_root, "data.train_subset=64", "data.val_size=0", "data.test_subset=16",
+                       "train.epochs=1", f"train.max_steps_per_epoch={steps}", f"train.batch_size={batch}",
+                       "train.eval_batch_size=16", "report.tsne_samples=16", f"report.figures={str(figures).lower()}",
+                       config=preset)
     assert code == 0
     saved = yaml.safe_load((run / "config.yaml").read_text())
     preset_cfg = yaml.safe_load((CONFIGS / f"{preset}.yaml").read_text())
     assert saved["model"] == {"name": preset_cfg["model"]["name"], "args": preset_cfg["model"].get("args", {})}
     final = [r for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "final"][0]
-    assert final["steps"] == 2 and 0 <= final["test_acc"] <= 1
-    assert {p.name for p in (run / "figures").iterdir()} >= {"tsne.png", "confusion.png", "predictions.png"}
+    assert final["steps"] == steps and 0 <= final["test_acc"] <= 1
+    if figures:
+        assert {p.name for p in (run / "figures").iterdir()} >= {"tsne.png", "confusion.png", "predictions.png"}
     assert len(torch.load(run / "weights" / "last.pt", weights_only=True)["classes"]) == 100
