@@ -423,14 +423,15 @@ def _make_large_confusion_figure(counts: np.ndarray, classes: list[str], stamp: 
     if superclass_of is not None:
         title += f"\nclasses ordered by their {len(superclasses)} superclasses (outlined)"
     height = float(np.clip(0.105 * n + 2.4, 9.0, 14.0))
-    with _styled_figure(stamp, title, (height + 3.4, height)) as fig:
-        grid = fig.add_gridspec(1, 2, width_ratios=(height - 1.5, 3.6))  # a square matrix, then the pairs
-        ax, side = fig.add_subplot(grid[0]), fig.add_subplot(grid[1])
+    with _styled_figure(stamp, title, (height + 4.6, height)) as fig:
+        # A square matrix (superclass names to its right), then the pairs above a horizontal colour bar.
+        grid = fig.add_gridspec(2, 2, width_ratios=(height - 0.6, 3.8), height_ratios=(30, 1))
+        ax, side = fig.add_subplot(grid[:, 0]), fig.add_subplot(grid[0, 1])
         _frameless(ax)
         im = ax.imshow(norm, cmap="Blues", norm=mpl.colors.PowerNorm(0.5, vmin=0.0, vmax=1.0),
                        interpolation="nearest")
-        fig.colorbar(im, ax=ax, fraction=0.03, pad=0.01, label="fraction of the true class",
-                     ticks=[0, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0])
+        fig.colorbar(im, cax=fig.add_subplot(grid[1, 1]), orientation="horizontal",
+                     label="fraction of the true class (square-root scale)", ticks=[0, 0.05, 0.2, 0.4, 0.6, 0.8, 1.0])
         ax.set_xlabel("predicted class")
         ax.set_ylabel("true class")
         fontsize = float(np.clip(560 / n, 3.5, 6.5))  # about one text line per row
@@ -445,13 +446,12 @@ def _make_large_confusion_figure(counts: np.ndarray, classes: list[str], stamp: 
             for b in bounds:
                 ax.axhline(b, color="0.55", linewidth=0.5)
                 ax.axvline(b, color="0.55", linewidth=0.5)
-            # Superclass names along the top, at the centre of each block.
+            # Superclass names right of the matrix, beside their block (texts of the axes: the layout keeps room).
             edges = np.concatenate([[-0.5], bounds, [n - 0.5]])
-            top = ax.secondary_xaxis("top")
-            top.set_xticks((edges[:-1] + edges[1:]) / 2,
-                           _group_names([superclasses[g] for g in grouped[np.r_[0, bounds + 0.5].astype(int)]]),
-                           rotation=60, ha="left", rotation_mode="anchor", fontsize=fontsize + 0.5)
-            top.tick_params(length=0, pad=1)
+            firsts = grouped[np.r_[0, bounds + 0.5].astype(int)]
+            for centre, g in zip((edges[:-1] + edges[1:]) / 2, firsts):
+                ax.text(n - 0.5 + 0.008 * n, centre, _group_names([superclasses[g]])[0], ha="left", va="center",
+                        fontsize=fontsize + 1, color="0.25", clip_on=False)
         _pairs_panel(side, counts, classes, superclass_of)
         return fig
 
