@@ -249,6 +249,7 @@ def test_report_of_a_cifar100_run_reads_with_100_classes(short_run, tmp_path):
     text = (run / "report.html").read_text()
     assert '<div class="wide"><figure>' in text and "superclasses</th>" in text
     assert "errors stay inside the true class&#x27;s superclass" in text
+    assert "coloured by the true class&#x27;s superclass" in text and text.count('<div class="full">') == 3
     check = open_in_chromium(run / "report.html", tmp_path / "browser", size=(1280, 4000))
     assert_renders_offline(check, n_images=5)
     widths = sorted(i["w"] for i in check.images)

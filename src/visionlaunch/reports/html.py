@@ -180,16 +180,26 @@ def _curves(figures: dict[str, bytes]) -> str:
 
 def _samples(run: RunFolder, figures: dict[str, bytes]) -> str:
     parts = []
+    # With many classes (CIFAR-100) each figure gets the full width: a half-width t-SNE legend of 20 superclasses
+    # would be too small to read.
+    many = run.predictions is not None and len(run.predictions.classes) > MAX_LEGEND_CLASSES
     if "predictions" in figures:
         counted = run.predictions.grid_correct() if run.predictions else None
         caption = "Random test images with true and predicted class: green when right, red when wrong."
         if counted:
             caption = f"{counted[0]}/{counted[1]} correct. {caption}"
-        parts.append(page.figure(figures["predictions"], "grid of test predictions", caption))
+        parts.append(_full(page.figure(figures["predictions"], "grid of test predictions", caption), many))
     if "tsne" in figures:
-        parts.append(page.figure(figures["tsne"], "t-SNE of test features",
-                                 "t-SNE of the chosen layer's features on test images, coloured by true class."))
+        grouped = many and run.predictions.superclasses is not None
+        coloured = "the true class's superclass" if grouped else "true class"
+        parts.append(_full(page.figure(figures["tsne"], "t-SNE of test features",
+                                       f"t-SNE of the chosen layer's features on test images, coloured by {coloured}."),
+                           many))
     return _figures_section("samples", "Predictions and features", parts)
+
+
+def _full(part: str, full: bool) -> Html:
+    return Html(f'<div class="full">{part}</div>') if full else Html(part)
 
 
 def _confusion(run: RunFolder, figures: dict[str, bytes]) -> str:
@@ -225,8 +235,9 @@ def _confusion(run: RunFolder, figures: dict[str, bytes]) -> str:
                         "superclass accuracy).")
         table = page.table(headers, rows, numeric=(2, 3)) \
             if rows else Html('<p class="muted">No test image was misclassified.</p>')
-        parts.append(Html(f"<div><h3>Most confused class pairs</h3>{table}<p class=\"muted\">From predictions.npz: "
-                          f"{len(pred.labels):,} test images, accuracy {page.pct(pred.accuracy)}.{esc(note)}</p></div>"))
+        block = Html(f"<div><h3>Most confused class pairs</h3>{table}<p class=\"muted\">From predictions.npz: "
+                     f"{len(pred.labels):,} test images, accuracy {page.pct(pred.accuracy)}.{esc(note)}</p></div>")
+        parts.append(_full(block, many))
     return _figures_section("confusion", "Confusion", parts)
 
 
