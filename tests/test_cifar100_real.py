@@ -247,7 +247,7 @@ def test_report_of_a_cifar100_run_reads_with_100_classes(short_run, tmp_path):
     with Image.open(run / "figures" / "confusion.png") as img:
         assert img.width > WIDE_FIGURE_PX  # every class named: shown at its own size
     text = (run / "report.html").read_text()
-    assert '<div class="wide"><figure>' in text and "superclasses</th>" in text
+    assert '<div class="native"><figure>' in text and "superclasses</th>" in text
     assert "errors stay inside the true class&#x27;s superclass" in text
     assert "coloured by the true class&#x27;s superclass" in text and text.count('<div class="full">') == 3
     check = open_in_chromium(run / "report.html", tmp_path / "browser", size=(1280, 4000))

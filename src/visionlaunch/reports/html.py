@@ -210,7 +210,7 @@ def _confusion(run: RunFolder, figures: dict[str, bytes]) -> str:
         size = page.png_size(figures["confusion"])
         # A 100-class matrix names every class in small type: shown at its own size (scrolling sideways on a
         # narrow window), since shrinking it to a column would make the names unreadable.
-        parts.append(Html(f'<div class="wide">{fig}</div>') if size and size[0] > WIDE_FIGURE_PX else fig)
+        parts.append(Html(f'<div class="native">{fig}</div>') if size and size[0] > WIDE_FIGURE_PX else fig)
     pred = run.predictions
     if pred is not None and len(pred.labels):
         many = len(pred.classes) > MAX_LEGEND_CLASSES

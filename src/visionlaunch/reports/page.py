@@ -51,7 +51,7 @@ figure { margin: 0; }
 figure img { display: block; max-width: 100%; height: auto; border: 1px solid var(--line); border-radius: 6px;
              background: #fff; }
 figcaption { color: var(--muted); font-size: 13px; margin-top: 6px; }
-.wide { grid-column: 1 / -1; overflow-x: auto; } .wide figure img { max-width: none; } .full { grid-column: 1 / -1; }
+.native { grid-column: 1 / -1; overflow-x: auto; } .native figure img { max-width: none; } .full { grid-column: 1 / -1; }
 .scroll { overflow: auto; max-height: 560px; }
 table { border-collapse: collapse; width: 100%; font-size: 14px; }
 th, td { text-align: left; padding: 6px 10px; border-bottom: 1px solid #eaeef2; vertical-align: top; }
