@@ -16,7 +16,7 @@ from tests.conftest import SHARED_DATA, isolate_environment, require_shared_data
 from visionlaunch.errors import VisionlaunchError
 from visionlaunch.launch.cli import main
 from visionlaunch.reports import write_comparison
-from visionlaunch.reports.compare import differing_keys, load_runs, summarise
+from visionlaunch.reports.compare import changes, differing_keys, effects, load_runs, summarise
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["data.train_subset=1000", "data.test_subset=300", "data.val_size=200", "train.epochs=2",
@@ -159,6 +159,33 @@ def test_unfinished_and_older_runs_still_compare(runs, tmp_path):
     assert "train.log_every" not in keys and "optim.legacy_knob" not in keys  # version differences only
     check = open_in_chromium(page, tmp_path / "browser")
     assert_renders_offline(check, n_images=1)
+
+
+def test_only_trajectory_keys_are_credited_and_the_process_count_is_a_difference(runs, tmp_path):
+    """Checkpointing, logging and tracker keys are shown when they differ but never named as the cause of a change
+    in accuracy (the rule resuming uses for keys that may change); the process count (run.yaml) is a difference."""
+    base, lr, narrow = runs
+    config = yaml.safe_load((lr / "config.yaml").read_text())
+    config["train"].update(checkpoint_every=7, log_every=3, progress=True)
+    config["tracker"]["name"] = "csv"
+    (lr / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    identity = yaml.safe_load((narrow / "run.yaml").read_text())
+    identity["processes"] = 2
+    (narrow / "run.yaml").write_text(yaml.safe_dump(identity, sort_keys=False))
+
+    compared = load_runs(runs)
+    keys = differing_keys(compared)
+    assert {"train.checkpoint_every", "train.log_every", "tracker.name", "processes", "optim.lr"} <= set(keys)
+    assert changes(compared[0], compared[1], keys) == "optim.lr 0.05 -> 0.2"
+    assert changes(compared[0], compared[2], keys) == "model.args.channels [8, 16] -> [4, 8], processes 1 -> 2"
+    credited = {key for key, _, _ in effects(compared, keys)}
+    assert "train.checkpoint_every" not in credited and "tracker.name" not in credited and "processes" in credited
+
+    page = write_comparison(runs, tmp_path / "compare.html").read_text()
+    # Every table sits in a container that scrolls sideways instead of squeezing or clipping a wide table.
+    assert page.count("<table") == page.count('<div class="scroll wide"><table')
+    assert ".scroll.wide table { width: auto; min-width: 100%; }" in page
+    assert "<th>processes</th>" in page  # a column of the results table
 
 
 def test_comparison_figure_overlays_every_run_and_falls_back_to_validation():

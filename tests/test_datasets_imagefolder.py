@@ -107,6 +107,17 @@ def test_colour_image_after_gray_ones_in_the_same_split(tmp_path):
     assert np.array_equal(data.images[-1].numpy(), _pixels(0, 9).transpose(2, 0, 1))
 
 
+def test_16_bit_grayscale_is_scaled_to_8_bits_not_clipped(tmp_path):
+    """PIL's convert('L') saturates 16-bit values above 255; the reader scales them (v x 255 / 65535)."""
+    make_folder(tmp_path / "ds", mode="L")
+    wide = np.array([[0, 257, 32768, 65535] * 2] * 6, dtype=np.uint16)  # 8 x 6, like make_folder's images
+    Image.fromarray(wide).save(tmp_path / "ds" / "train" / "cat" / "000.png")
+    assert Image.open(tmp_path / "ds" / "train" / "cat" / "000.png").mode.startswith("I")
+    ds = _load(tmp_path, "train")
+    assert ds.images.shape[1] == 1  # still a grayscale dataset
+    assert ds.images[0, 0, 0, :4].tolist() == [0, 1, 128, 255]
+
+
 def test_wrong_image_size_names_the_file(tmp_path):
     make_folder(tmp_path / "ds")
     odd = tmp_path / "ds" / "test" / "dog" / "odd.png"

@@ -56,3 +56,31 @@ def test_adamw_and_sgd_nesterov():
     assert isinstance(build_optimizer(model, OptimConfig(name="adamw", lr=1e-3)), torch.optim.AdamW)
     sgd = build_optimizer(model, OptimConfig(name="sgd"))
     assert sgd.param_groups[0]["nesterov"] is True
+
+
+@pytest.mark.parametrize("total", range(1, 13))
+@pytest.mark.parametrize("pct_start", [0.05, 0.25, 0.5, 0.95])
+def test_onecycle_works_for_any_positive_step_count(total, pct_start):
+    """PyTorch's OneCycleLR divides by zero when pct_start x steps <= 1 (train.max_steps_per_epoch=2
+    train.epochs=2 crashed); ours peaks at optim.lr and decays for every step count."""
+    lrs = _lrs(ScheduleConfig(name="onecycle", pct_start=pct_start), steps_per_epoch=total, epochs=1)
+    assert len(lrs) == total and all(0 < lr <= 0.4 + 1e-12 for lr in lrs[:-1])
+    assert 0 <= lrs[-1] < 0.4 if total > 1 else lrs == [0.4]  # a single step runs at the peak
+    assert max(lrs) == pytest.approx(0.4, rel=1e-12)
+    peak = lrs.index(max(lrs))
+    assert all(a >= b for a, b in zip(lrs[peak:], lrs[peak + 1:]))  # never rises after the peak
+
+
+@pytest.mark.parametrize("total,pct_start", [(40, 0.25), (8, 0.5), (1000, 0.3)])
+def test_onecycle_is_pytorchs_when_the_peak_is_a_whole_step(total, pct_start):
+    model = nn.Linear(3, 2)
+    opt = build_optimizer(model, OptimConfig(lr=0.4))
+    ref = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.4, total_steps=total, pct_start=pct_start,
+                                              div_factor=25, final_div_factor=1e4, cycle_momentum=False)
+    expected = []
+    for _ in range(total):
+        expected.append(opt.param_groups[0]["lr"])
+        opt.step()
+        ref.step()
+    ours = _lrs(ScheduleConfig(name="onecycle", pct_start=pct_start), steps_per_epoch=total, epochs=1)
+    assert ours == pytest.approx(expected, rel=1e-12)

@@ -18,7 +18,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from visionlaunch.errors import VisionlaunchError
+from visionlaunch.errors import VisionlaunchError, describe_os_error
+
+# numpy seeds its generator with an unsigned 32-bit number: every seed must fit.
+SEED_MAX = 2**32 - 1
 
 
 class _Section(BaseModel):
@@ -36,7 +39,7 @@ class DataConfig(_Section):
         "none", description="mnist only: 'sample' trains on the embedded MNIST sample when the files are absent")
     cache_dir: str | None = Field(None, description="decoded-tensor cache; default $VISIONLAUNCH_CACHE, else ~/.cache/visionlaunch")
     val_size: int | float = Field(5000, ge=0, description="held out from train: a count (>=1) or a fraction (<1); 0 = none")
-    split_seed: int = 0
+    split_seed: int = Field(0, ge=0, le=SEED_MAX)
     train_subset: int | None = Field(None, ge=1, description="use only the first N training images (quick runs)")
     test_subset: int | None = Field(None, ge=1, description="use only the first N test images (quick runs)")
     loader: Literal["tensor", "torch", "ffcv"] = Field(
@@ -91,7 +94,7 @@ class TrainConfig(_Section):
     batch_size: int = Field(128, ge=1, description="GLOBAL batch size of one optimizer step, split across processes "
                                                    "(and grad_accum micro-batches); optim.lr is meant for it")
     eval_batch_size: int = Field(1000, ge=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=SEED_MAX, description=f"0..{SEED_MAX}")
     precision: Literal["no", "bf16", "fp16"] = "no"
     device: Literal["auto", "cpu"] = Field("auto", description="auto: GPU when there is one; cpu: force CPU")
     log_every: int = Field(50, ge=1, description="steps between step records in metrics.jsonl")
@@ -112,6 +115,12 @@ class TrainConfig(_Section):
     preempt_signals: list[str] = Field(["SIGTERM", "SIGUSR2"], description="signals that make the run finish the "
                                        "step, checkpoint and exit with status 75; [] = off")
     dist_timeout_s: int = Field(1800, ge=10, description="seconds a collective may wait for the other processes")
+    early_stop_patience: int = Field(0, ge=0, description="stop when the validation metric has not improved for this "
+                                                          "many epochs; 0 = off (needs data.val_size > 0)")
+    early_stop_metric: Literal["val_acc", "val_loss"] = Field(
+        "val_acc", description="what early stopping watches: val_acc (higher is better) or val_loss (lower)")
+    deterministic: bool = Field(False, description="deterministic algorithms only (torch.use_deterministic_algorithms, "
+                                                   "cuDNN deterministic, no cuDNN benchmark); slower on GPUs")
 
     @field_validator("preempt_signals")
     @classmethod
@@ -135,12 +144,16 @@ class ReportConfig(_Section):
     figures: bool = True
     tsne_layer: str = Field("penultimate", description="'penultimate' (input of the classifier) or a module name")
     tsne_samples: int = Field(1000, ge=10, description="seeded test subset for t-SNE")
-    seed: int = Field(0, description="seed for the t-SNE subset and the prediction grid")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="seed for the t-SNE subset and the prediction grid")
+
+
+TRACKERS = ("none", "wandb", "tensorboard", "csv")
 
 
 class TrackerConfig(_Section):
-    name: Literal["none", "wandb"] = Field("none", description="wandb: log to Weights & Biases through Accelerate "
-                                                               "(metrics.jsonl is written either way)")
+    name: str | list[str] = Field("none", description="wandb (Weights & Biases), tensorboard (runs/<name>/tensorboard/"
+                                                      "), csv (runs/<name>/metrics.csv), a list of several, or none; "
+                                                      "metrics.jsonl is written either way")
     project: str = "visionlaunch"
     entity: str | None = Field(None, description="W&B team or user; default your default entity")
     group: str | None = Field(None, description="W&B group, e.g. one per ablation")
@@ -149,6 +162,21 @@ class TrackerConfig(_Section):
     mode: Literal["online", "offline", "disabled"] | None = Field(
         None, description="default $WANDB_MODE, else online (needs an API key); offline needs no network")
     dir: str | None = Field(None, description="where W&B writes its files; default $WANDB_DIR, else the run folder")
+
+    @field_validator("name")
+    @classmethod
+    def _known_trackers(cls, name: str | list[str]) -> str | list[str]:
+        unknown = [n for n in ([name] if isinstance(name, str) else name) if n not in TRACKERS]
+        if unknown:
+            raise ValueError(f"unknown tracker {', '.join(map(repr, unknown))}; valid: {', '.join(TRACKERS)}, or a "
+                             "list such as [tensorboard, csv]")
+        return name
+
+    @property
+    def names(self) -> list[str]:
+        """The trackers in use, without 'none' and duplicates: `name` may be one name or a list."""
+        names = [self.name] if isinstance(self.name, str) else self.name
+        return [n for n in dict.fromkeys(names) if n != "none"]
 
 
 class RunConfig(_Section):
@@ -172,6 +200,9 @@ class RunConfig(_Section):
         if self.data.half_inputs and self.train.precision == "no":
             raise ValueError("data.half_inputs=true needs train.precision=bf16 or fp16 (the model computes in that "
                              "type under autocast); with precision 'no' keep float32 inputs")
+        if self.train.early_stop_patience and not self.data.val_size:
+            raise ValueError("train.early_stop_patience watches the validation split: set data.val_size > 0 (a count "
+                             "or a fraction held out of train), or train.early_stop_patience=0")
         if self.data.val_size >= 1 and self.data.val_size != int(self.data.val_size):
             raise ValueError("data.val_size must be a whole count (>= 1) or a fraction below 1")
         return self
@@ -253,10 +284,18 @@ def load_yaml(path: str | os.PathLike, what: str = "config file",
               holds: str = "a mapping of sections (data:, model:, ...)") -> dict:
     """A YAML file that must hold a mapping (a preset, an ablation file); an empty file is an empty mapping."""
     p = Path(path)
+    if p.is_dir():
+        raise VisionlaunchError(f"{what} {p} is a folder, not a file. Pass a YAML file, e.g. {example}.")
     if not p.is_file():
         raise VisionlaunchError(f"{what} {p} does not exist. Pass an existing YAML file, e.g. {example}.")
     try:
-        tree = yaml.safe_load(p.read_text()) or {}
+        tree = yaml.safe_load(p.read_bytes().decode("utf-8")) or {}
+    except OSError as exc:
+        raise VisionlaunchError(f"{what} {p} cannot be read: {describe_os_error(exc)}") from None
+    except UnicodeDecodeError as exc:
+        raise VisionlaunchError(
+            f"{what} {p} is not UTF-8 text (byte {exc.start} cannot be decoded: {exc.reason}). Pass a YAML file, "
+            f"saved as UTF-8, e.g. {example}.") from None
     except yaml.YAMLError as exc:
         raise VisionlaunchError(f"{what} {p} is not valid YAML: {exc}") from None
     if not isinstance(tree, dict):
@@ -292,3 +331,18 @@ def describe_keys() -> str:
             desc = f"  # {f.description}" if f.description else ""
             out.append(f"  {key}: {default!r}  ({ann}){desc}")
     return "\n".join(out)
+
+
+# Keys that may change without changing the sequence of weights a run goes through: where files are, what is logged
+# and how often, how the run reacts to signals, which kernels compute the same numbers. Resuming checks every other
+# key; the comparison page credits only the other keys with a change in results.
+TRAJECTORY_NEUTRAL = (
+    "output.", "report.", "tracker.", "data.root", "data.cache_dir", "data.download", "data.verify", "data.fallback",
+    "data.num_workers", "data.loader", "data.ffcv_dir", "train.resume", "train.progress", "train.log_every",
+    "train.checkpoint_every", "train.keep_checkpoints", "train.preempt_signals", "train.dist_timeout_s",
+    "train.eval_batch_size", "train.device", "train.compile", "train.channels_last", "train.deterministic")
+
+
+def shapes_trajectory(key: str) -> bool:
+    """Whether a dotted config key (e.g. optim.lr) changes what a run learns."""
+    return not key.startswith(TRAJECTORY_NEUTRAL)

@@ -150,6 +150,7 @@ def load_ablation(path: str | os.PathLike, *, out: str | os.PathLike | None = No
             variant.config = _validated(variant, where)
             variants.append(variant)
     _check_unique_names(variants, where)
+    _check_name_lengths([name, *(v.name for v in variants)], where)
     description = tree.get("description", "")
     return Ablation(name=name, source=source, description=description if isinstance(description, str) else "",
                     base=base, out_dir=out_dir, fixed=fixed, extra=extra, varied=varied, seeds=seeds,
@@ -366,6 +367,22 @@ def _check_model_args(cfg: RunConfig) -> None:
     from visionlaunch.models.registry import validate_model_args
 
     validate_model_args(cfg.model.name, cfg.model.args)
+
+
+# A file name may have 255 bytes on common file systems; the runner writes logs/<run>.json and temporary files
+# named .<run>.json.<random>.tmp beside the files it replaces, so a run name keeps 20 bytes free.
+MAX_NAME_BYTES = 255 - 20
+
+
+def _check_name_lengths(names: list[str], where: str) -> None:
+    """Before any file is written: a name the file system would refuse stops the plan, not its 5th run."""
+    long = [n for n in names if len(n.encode()) > MAX_NAME_BYTES]
+    if long:
+        raise VisionlaunchError(
+            f"{where}: the folder name {long[0][:60]}... is {len(long[0].encode())} bytes long ({len(long)} name(s) "
+            f"over the limit of {MAX_NAME_BYTES}: file systems allow 255 bytes per name, and the runner adds "
+            "suffixes). Nothing was written. Shorten the grid values or give the settings short names with a "
+            "variants: list.")
 
 
 def _check_unique_names(variants: list[Variant], where: str) -> None:

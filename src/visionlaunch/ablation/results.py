@@ -62,7 +62,7 @@ class RunResult:
 def config_differences(variant: Variant, saved: dict) -> list[str]:
     """'key: run X, plan Y' for the settings that make `saved` (a run's config.yaml) another experiment than the
     variant's config. Keys that may change between a run and its resumption (paths, logging) do not count."""
-    from visionlaunch.trainers.checkpoint import MAY_DIFFER
+    from visionlaunch.config import shapes_trajectory
 
     planned = flatten(variant.config.model_dump(mode="json"))
     recorded = flatten(saved)
@@ -70,7 +70,7 @@ def config_differences(variant: Variant, saved: dict) -> list[str]:
         recorded["data.name"] = planned.get("data.name")  # the trainer records which data it really used
     out = []
     for key in sorted(set(planned) | set(recorded)):
-        if key.startswith(MAY_DIFFER):
+        if not shapes_trajectory(key):
             continue
         a, b = recorded.get(key, "<absent>"), planned.get(key, "<absent>")
         if json.dumps(a, sort_keys=True, default=str) != json.dumps(b, sort_keys=True, default=str):
@@ -81,7 +81,7 @@ def config_differences(variant: Variant, saved: dict) -> list[str]:
 def _read_yaml(path: Path) -> dict:
     try:
         tree = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
+    except (OSError, ValueError, yaml.YAMLError):  # ValueError: not UTF-8 text
         return {}
     return tree if isinstance(tree, dict) else {}
 

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import torch
 
-from visionlaunch.atomic import atomic_write
+from visionlaunch.atomic import atomic_torch_save
 from visionlaunch.datasets.imageset import ImageSet
+from visionlaunch.errors import describe_load_failure
 
 FORMAT_VERSION = 2  # bump when readers change what they produce, so old caches are not reused
 
@@ -51,7 +52,8 @@ def _load(path: Path, name: str, need_verified: bool) -> ImageSet | None:
                         name=entry["name"], source=entry["source"], superclasses=entry["superclasses"],
                         superclass_of=entry["superclass_of"], unofficial=entry["unofficial"])
     except Exception as exc:  # truncated file, foreign pickle, wrong dtypes: all mean "rebuild"
-        warnings.warn(f"ignoring unreadable dataset cache file {path} ({type(exc).__name__}: {exc}); "
+        reason = describe_load_failure(exc) if not isinstance(exc, ValueError) else str(exc)
+        warnings.warn(f"ignoring unreadable dataset cache file {path} ({reason}); "
                       "reading the dataset again and rewriting it", RuntimeWarning, stacklevel=3)
         return None
 
@@ -62,10 +64,9 @@ def _save(path: Path, data: ImageSet, verified: bool) -> None:
              "superclasses": data.superclasses, "superclass_of": data.superclass_of,
              "unofficial": [list(u) for u in data.unofficial]}  # the content check's result, so its NOTE survives
     try:
-        with atomic_write(path) as tmp:
-            torch.save(entry, tmp)
-    except OSError as exc:
-        warnings.warn(f"could not write dataset cache file {path} ({exc}); continuing without the cache",
+        atomic_torch_save(entry, path)
+    except OSError as exc:  # a full disk or a file-size limit included: the cache only saves time
+        warnings.warn(f"could not write dataset cache file {path} ({exc.strerror}); continuing without the cache",
                       RuntimeWarning, stacklevel=3)
         return
     # Entries for earlier versions of the same source are dead weight now.

@@ -21,12 +21,14 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from visionlaunch.datasets.imageset import DatasetNotFound, ImageSet
-from visionlaunch.errors import VisionlaunchError
+from visionlaunch.errors import VisionlaunchError, describe_os_error
 
 SPLITS = ("train", "test")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 GRAY_MODES = ("1", "L", "LA")  # single-channel content; anything else is read as RGB
+# 16-bit grayscale (e.g. 16-bit PNG or TIFF): scaled to 8 bits (v x 255 / 65535, rounded), not clipped at 255.
+WIDE_GRAY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _IGNORED_TOP = ("__MACOSX",)  # resource forks that macOS adds to archives
 
 
@@ -53,12 +55,17 @@ def locate(root: Path, path: str | os.PathLike | None) -> Path:
     return p
 
 
+def _walk_error(exc: OSError) -> None:
+    # os.walk skips a folder it cannot list unless told otherwise: its images would silently be missing.
+    raise VisionlaunchError(f"cannot list the ImageFolder folder {describe_os_error(exc)}") from exc
+
+
 def source_files(path: Path) -> list[Path]:
     """The files whose size and mtime fingerprint the dataset (for the cache)."""
     if path.is_file():
         return [path]
     files = []
-    for folder, dirs, names in os.walk(path, followlinks=True):
+    for folder, dirs, names in os.walk(path, followlinks=True, onerror=_walk_error):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         files += [Path(folder) / n for n in sorted(names) if not n.startswith(".")]
     return files
@@ -73,7 +80,7 @@ class _Entry:
 
 def _entries_from_folder(path: Path) -> list[_Entry]:
     entries = []
-    for folder, dirs, names in os.walk(path, followlinks=True):
+    for folder, dirs, names in os.walk(path, followlinks=True, onerror=_walk_error):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         rel = Path(folder).relative_to(path).parts
         entries += [_Entry(rel + (d,), str(Path(folder) / d), None) for d in dirs]
@@ -194,9 +201,42 @@ def _check_classes(images: list[_Image], class_dirs: dict[str, set[str]], where:
 
 
 def _unreadable(im: _Image, exc: Exception) -> VisionlaunchError:
+    if isinstance(exc, Image.DecompressionBombError):
+        return VisionlaunchError(
+            f"{im.display} is too large to decode safely ({str(exc).rstrip('.')}). Images of one dataset share one "
+            "size: shrink it or remove it.")
+    if isinstance(exc, OSError) and exc.strerror:  # the file itself cannot be read (permissions, a folder, ...)
+        return VisionlaunchError(f"cannot read the image {describe_os_error(exc)}")
     return VisionlaunchError(
         f"{im.display} is not a readable image ({type(exc).__name__}: {exc}); it may be truncated, damaged or "
         "not an image at all. Remove or replace it.")
+
+
+# What opening an image may raise for a bad file: UnidentifiedImageError is an OSError; an image over PIL's
+# decompression-bomb limit raises DecompressionBombError.
+_BAD_IMAGE = (OSError, ValueError, Image.DecompressionBombError)
+
+
+def _is_gray(mode: str) -> bool:
+    return mode in GRAY_MODES or mode in WIDE_GRAY_MODES
+
+
+def _eight_bit(pil: Image.Image, gray: bool, display: str) -> np.ndarray:
+    """(H, W) or (H, W, 3) uint8 pixels. 16-bit grayscale is scaled, not clipped (PIL's convert('L') saturates
+    every value above 255); other wide modes (32-bit integers, floats) have no agreed range and are refused."""
+    if pil.mode in WIDE_GRAY_MODES:
+        wide = np.asarray(pil).astype(np.int64)
+        if wide.size and (wide.min() < 0 or wide.max() > 65535):
+            raise VisionlaunchError(
+                f"{display} holds {pil.mode!r} pixels from {wide.min()} to {wide.max()}, outside the 16-bit range "
+                "0..65535 this reader scales to 8 bits. Convert it to an 8-bit (or 16-bit) PNG.")
+        return ((wide * 255 + 32767) // 65535).astype(np.uint8)
+    if pil.mode == "F":
+        raise VisionlaunchError(
+            f"{display} holds floating-point pixels (mode 'F'), which have no fixed range to map to 8 bits. Convert "
+            "it to an 8-bit (or 16-bit) image.")
+    target = "L" if gray else "RGB"
+    return np.asarray(pil if pil.mode == target else pil.convert(target))
 
 
 class _SizeCheck:
@@ -222,10 +262,10 @@ def _scan_headers(images: list[_Image], check_size: _SizeCheck, progress: bool, 
         try:
             with _open(im.payload) as pil:
                 size, mode = pil.size, pil.mode
-        except (OSError, ValueError) as exc:  # UnidentifiedImageError is an OSError
+        except _BAD_IMAGE as exc:
             raise _unreadable(im, exc) from exc
         check_size(im, size)
-        gray = gray and mode in GRAY_MODES
+        gray = gray and _is_gray(mode)
     return gray
 
 
@@ -237,12 +277,11 @@ def _decode(images: list[_Image], check_size: _SizeCheck, others_gray: bool, pro
         try:
             with _open(im.payload) as pil:
                 check_size(im, pil.size)
-                gray = pil.mode in GRAY_MODES
-                target = "L" if gray else "RGB"
-                pixels = np.asarray(pil if pil.mode == target else pil.convert(target))
+                gray = _is_gray(pil.mode)
+                pixels = _eight_bit(pil, gray, im.display)
         except VisionlaunchError:
             raise
-        except (OSError, ValueError) as exc:
+        except _BAD_IMAGE as exc:
             raise _unreadable(im, exc) from exc
         if out is None:
             w, h = check_size.expected[0]

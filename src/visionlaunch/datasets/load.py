@@ -9,7 +9,7 @@ from visionlaunch.datasets import cifar, imagefolder, mnist
 from visionlaunch.datasets.cache import cached
 from visionlaunch.datasets.imageset import ImageSet
 from visionlaunch.datasets.embedded_sample import load_mnist_sample
-from visionlaunch.errors import VisionlaunchError
+from visionlaunch.errors import VisionlaunchError, describe_os_error
 
 DATASET_NAMES = ("mnist", "mnist_sample", "cifar10", "cifar100", "imagefolder")
 SPLITS = ("train", "test")
@@ -30,7 +30,14 @@ def load_dataset(name: str, split: str, *, root: Path, path: str | None = None, 
         raise VisionlaunchError(
             f"data.path={path!r} only applies to data.name=imagefolder, but data.name is {name!r}. Remove "
             "data.path, or use data.root to say where the dataset's folder lives.")
-    root = Path(root)
+    try:
+        return _load(name, split, Path(root), path, download, verify, cache_dir, progress)
+    except OSError as exc:  # a file or folder of the dataset that cannot be read (permissions, a folder, ...)
+        raise VisionlaunchError(f"cannot read the {name} dataset: {describe_os_error(exc)}") from exc
+
+
+def _load(name: str, split: str, root: Path, path: str | None, download: bool, verify: bool,
+          cache_dir: Path | None, progress: bool) -> ImageSet:
     if name == "mnist_sample":
         return load_mnist_sample(split)  # already small and fast to read: nothing to cache
     if name == "mnist":

@@ -1,5 +1,5 @@
-"""The `visionlaunch` command: train, evaluate, figures, prepare, show-config, models, report, compare, ablate,
-submit, jobs.
+"""The `visionlaunch` command: train, evaluate, predict, export, figures, prepare, show-config, models, report,
+compare, ablate, submit, jobs.
 
 `train.py` at the repository root calls `main(["train", ...])`, so `accelerate launch train.py ...` and
 `visionlaunch train ...` are the same program.
@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from visionlaunch.errors import VisionlaunchError
+from visionlaunch.errors import EXIT_BAD_INPUT, VisionlaunchError, describe_environment_error
 from visionlaunch.trainers.preemption import Preempted
 
 EPILOG = """examples:
@@ -20,6 +20,9 @@ EPILOG = """examples:
   visionlaunch train --config configs/mnist_cnn.yaml optim.lr=0.05 train.epochs=3
   accelerate launch train.py --config configs/cifar10_cnn.yaml
   visionlaunch evaluate runs/mnist_cnn-20261125-120000
+  visionlaunch evaluate runs/mnist_cnn-20261125-120000 --data name=imagefolder path=/data/digits
+  visionlaunch predict runs/mnist_cnn-20261125-120000 photos/ scans.zip --top-k 3 --out preds.csv
+  visionlaunch export runs/mnist_cnn-20261125-120000 --format onnx
   visionlaunch report runs/mnist_cnn-20261125-120000 --pdf
   visionlaunch compare runs/lr-0.05 runs/lr-0.1 runs/lr-0.2
   visionlaunch submit --nodes 2 --gpus-per-node 4 --time 04:00:00 -- --config configs/cifar10_cnn.yaml
@@ -46,6 +49,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", type=Path)
     p.add_argument("--weights", choices=("last", "best", "ema_last", "ema_best"), default="last",
                    help="ema_*: the EMA weights of a run trained with train.ema_decay")
+    p.add_argument("--data", nargs="+", metavar="key=value",
+                   help="measure on other data: the run's data section with these keys changed, e.g. --data "
+                        "name=imagefolder path=/data/digits (classes must match by name)")
+    p.add_argument("--split", choices=("train", "val", "test"), help="the split to measure (default test)")
+
+    p = sub.add_parser("predict", help="classify images, folders or archives (.zip/.tar) with a run's weights")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="image files, folders, .zip/.tar archives")
+    p.add_argument("--weights", choices=("last", "best", "ema_last", "ema_best"), default="last")
+    p.add_argument("--top-k", type=int, default=3, help="classes per image, most probable first (default 3)")
+    p.add_argument("--out", type=Path, help="write the table as CSV here instead of printing it")
+    p.add_argument("--batch-size", type=int, help="images per batch; default the run's train.eval_batch_size")
+
+    p = sub.add_parser("export", help="write a run's model as TorchScript, ONNX or safetensors, with a JSON beside it")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--format", required=True, choices=("torchscript", "onnx", "safetensors"))
+    p.add_argument("--weights", choices=("last", "best", "ema_last", "ema_best"), default="last")
+    p.add_argument("--out", type=Path, help="the model file; default <run>/export/<weights>.<format suffix>")
 
     p = sub.add_parser("figures", help="redraw a run's figures from its folder and weights")
     p.add_argument("run_dir", type=Path)
@@ -160,13 +181,25 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     from visionlaunch.config import describe_keys, load_config
 
     if args.command == "train":
+        cfg = load_config(args.config, args.overrides)  # before torch is imported: config errors come at once
         from visionlaunch.trainers.trainer import train
-        cfg = load_config(args.config, args.overrides)
         train(cfg, preset=_preset_name(args.config), argv=argv)
         return 0
+    if args.command == "evaluate" and (args.data or args.split):
+        from visionlaunch.launch.evaluate_data import evaluate_on_data
+        return evaluate_on_data(args.run_dir, args.weights, args.data or [], args.split or "test")
     if args.command == "evaluate":
         from visionlaunch.launch.evaluate import evaluate_run
         return evaluate_run(args.run_dir, args.weights)
+    if args.command == "predict":
+        from visionlaunch.launch.predict import predict_command
+        return predict_command(args.run_dir, args.paths, which=args.weights, top_k=args.top_k, out=args.out,
+                               batch_size=args.batch_size)
+    if args.command == "export":
+        from visionlaunch.launch.export import export_run
+        for path in export_run(args.run_dir, args.format, args.weights, args.out):
+            print(path)
+        return 0
     if args.command == "figures":
         from visionlaunch.launch.evaluate import redraw_figures
         for path in redraw_figures(args.run_dir):
@@ -309,6 +342,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("visionlaunch: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # last resort: the environment's errors (files, disk, formats) without a traceback
+        message = describe_environment_error(exc)
+        if message is None:
+            raise  # a bug: its traceback and exit status 1
+        print(f"visionlaunch: error: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
 
 
 def console_main() -> None:  # pragma: no cover - thin wrapper for the console script

@@ -8,16 +8,16 @@ import sys
 from pathlib import Path
 
 import torch
-import yaml
 
 from visionlaunch.config import load_config
 from visionlaunch.datasets.loaders import make_loader
-from visionlaunch.errors import VisionlaunchError
+from visionlaunch.errors import VisionlaunchError, describe_load_failure
 from visionlaunch.models import build_model
 from visionlaunch.trainers.artefacts import make_figures
 from visionlaunch.trainers.data import prepare_data
 from visionlaunch.trainers.losses import CrossEntropyLoss
 from visionlaunch.trainers.pipeline import BatchPipeline
+from visionlaunch.trainers.rundir import read_run_identity
 from visionlaunch.trainers.trainer import evaluate, make_accelerator
 
 
@@ -28,6 +28,14 @@ def _log(message: str) -> None:
 def load_run(run_dir: Path, which: str = "last"):
     run_dir = Path(run_dir)
     config_path, weights_path = run_dir / "config.yaml", run_dir / "weights" / f"{which}.pt"
+    if config_path.is_file() and not weights_path.is_file():
+        present = sorted(p.stem for p in (run_dir / "weights").glob("*.pt"))
+        raise VisionlaunchError(
+            f"{run_dir} has no weights/{which}.pt"
+            + (f" (it has {', '.join(present)}: choose one with --weights)" if present else
+               ": the run has not finished an epoch yet (weights are written at the end of every epoch)")
+            + ". Let the run finish an epoch (resume an interrupted one with train.resume=<run folder>), or pass "
+              "another run folder.")
     for path in (config_path, weights_path):
         if not path.is_file():
             hint = (" (best.pt exists only for runs with a validation split; use --weights last)"
@@ -36,12 +44,34 @@ def load_run(run_dir: Path, which: str = "last"):
                 f"{path} not found: {run_dir} is not a finished visionlaunch run folder{hint}. Pass the folder that "
                 "`visionlaunch train` printed (runs/<name>).")
     cfg = load_config(config_path)
-    try:
-        ckpt = torch.load(weights_path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated or foreign file: say which one
-        raise VisionlaunchError(f"cannot read the weights file {weights_path}: {exc}") from None
-    identity = yaml.safe_load((run_dir / "run.yaml").read_text()) if (run_dir / "run.yaml").is_file() else {}
+    ckpt = read_weights_file(weights_path)
+    identity = read_run_identity(run_dir)
     return cfg, ckpt, identity
+
+
+# What `Trainer._save_weights` writes; a file without these keys was not written by visionlaunch.
+WEIGHTS_KEYS = ("model", "model_name", "model_args")
+
+
+def read_weights_file(path: Path) -> dict:
+    """A run's weights/<which>.pt, checked: any failure is one paragraph naming the file (never PyTorch's advice to
+    load untrusted files with weights_only=False)."""
+    replace = ("Use the weights/*.pt written by `visionlaunch train`, or copy the run folder again.")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unreadable, truncated, empty, foreign: never PyTorch's weights_only=False advice
+        raise VisionlaunchError(f"cannot read the weights file {path}: {describe_load_failure(exc)}. "
+                                f"{replace}") from None
+    missing = [k for k in WEIGHTS_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        kind = ("a plain state_dict (tensors only)" if isinstance(ckpt, dict) and ckpt
+                and all(isinstance(v, torch.Tensor) for v in ckpt.values()) else f"a {type(ckpt).__name__}")
+        raise VisionlaunchError(
+            f"the weights file {path} is {kind}, not a visionlaunch weights file (a mapping with "
+            f"{', '.join(WEIGHTS_KEYS)}, ...; missing: {', '.join(missing)}). {replace}")
+    if not isinstance(ckpt["model"], dict) or not all(isinstance(v, torch.Tensor) for v in ckpt["model"].values()):
+        raise VisionlaunchError(f"the weights file {path} has no state_dict of tensors under 'model'. {replace}")
+    return ckpt
 
 
 def _rebuild(run_dir: Path, which: str):
@@ -50,7 +80,13 @@ def _rebuild(run_dir: Path, which: str):
     data = prepare_data(cfg.data, log=_log)
     _check_same_task(run_dir / "weights" / f"{which}.pt", ckpt, data)
     model = build_model(ckpt["model_name"], data.in_shape, len(data.classes), ckpt["model_args"])
-    model.load_state_dict(ckpt["model"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:  # missing, unexpected or differently shaped tensors
+        raise VisionlaunchError(
+            f"the weights in {run_dir / 'weights' / f'{which}.pt'} do not fit model {ckpt['model_name']!r} "
+            f"({' '.join(str(exc).split())[:300]}); the file was edited or belongs to another run. Use the weights "
+            "written by `visionlaunch train` for this run folder.") from None
     model.to(accelerator.device)
     pipeline = BatchPipeline(cfg.augment, data.mean, data.std, accelerator.device, seed=cfg.train.seed)
     return cfg, ckpt, identity, accelerator, data, model, pipeline

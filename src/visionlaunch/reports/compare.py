@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from visionlaunch.atomic import atomic_write_text
+from visionlaunch.config import shapes_trajectory
 from visionlaunch.errors import VisionlaunchError
 
 from . import page
@@ -25,9 +26,9 @@ from .stamp import Stamp
 COMPARISON_FILE = "compare.html"
 # Where a run was written says nothing about how it was trained, and output.name always differs.
 IGNORED_KEYS = frozenset({"output.name", "output.dir", "output.overwrite"})
-# Keys that change what a run prints or draws, not what it learns: shown when they differ, never credited with a
-# change in accuracy.
-NO_EFFECT_PREFIXES = ("report.", "train.progress", "data.cache_dir", "data.num_workers", "data.download")
+# The process count is not a config key (it is how the run was launched) but it can change what a run learns
+# (BatchNorm statistics and random draws are per process): shown beside the config keys, from run.yaml.
+PROCESSES_KEY = "processes"
 _ABSENT = object()  # a key one run's config has and another's lacks (different versions)
 _NOTES_SHOWN = ("run.yaml", "config.yaml", "metrics.jsonl")  # figures do not matter to a comparison
 
@@ -93,7 +94,10 @@ def _labels(resolved: list[Path]) -> list[str]:
 
 
 def _settings(folder: RunFolder) -> dict:
-    return {k: v for k, v in flatten(folder.config).items() if k not in IGNORED_KEYS}
+    settings = {k: v for k, v in flatten(folder.config).items() if k not in IGNORED_KEYS}
+    if settings and folder.identity.get(PROCESSES_KEY) is not None:
+        settings[PROCESSES_KEY] = folder.identity[PROCESSES_KEY]
+    return settings
 
 
 # ---------------------------------------------------------------------------------------------------- analysis
@@ -113,7 +117,10 @@ def differing_keys(runs: list[ComparedRun]) -> list[str]:
 
 
 def has_effect(key: str) -> bool:
-    return not key.startswith(NO_EFFECT_PREFIXES)
+    """Whether a difference in `key` can explain a difference in results: the keys that shape the training
+    trajectory (the same rule that decides which keys a resumed run must keep), never paths, logging or
+    checkpointing; shown in the tables when they differ, never credited."""
+    return key == PROCESSES_KEY or shapes_trajectory(key)
 
 
 def _canon(value) -> str:
@@ -246,7 +253,13 @@ def _results(runs: list[ComparedRun], keys: list[str], out: Path) -> Html:
             "the highlighted row is the best. ")
     if not keys:
         lead += "The configs are identical apart from where the runs were written."
-    return page.section("results", "Runs and results", Html(f'<div class="scroll">{table}</div>'), lead=lead)
+    return page.section("results", "Runs and results", _scrolling(table), lead=lead)
+
+
+def _scrolling(table: Html) -> Html:
+    """A table that scrolls sideways when it is wider than the page (many differing keys), instead of squeezing
+    its columns or running past the page's edge."""
+    return Html(f'<div class="scroll wide">{table}</div>')
 
 
 def _effects(runs: list[ComparedRun], keys: list[str]) -> Html | str:
@@ -256,7 +269,7 @@ def _effects(runs: list[ComparedRun], keys: list[str]) -> Html | str:
     if not rows:
         return ""
     table = page.table(("setting", "mean test accuracy per value", "spread (points)"), rows, numeric=(2,))
-    return page.section("effects", "Effect of each setting", table,
+    return page.section("effects", "Effect of each setting", _scrolling(table),
                         lead="Runs grouped by the value of each differing key; largest spread first. Keys that "
                              "change together in these runs share their effect.")
 
@@ -266,7 +279,8 @@ def _shared(runs: list[ComparedRun], keys: list[str]) -> Html | str:
     if ref is None:
         return ""
     same = [(Html(f"<code>{esc(k)}</code>"), fmt(v)) for k, v in ref.settings.items() if k not in keys]
-    body = page.details(f"{len(same)} keys with the same value in every run", page.table(("key", "value"), same))
+    body = page.details(f"{len(same)} keys with the same value in every run",
+                        _scrolling(page.table(("key", "value"), same)))
     return page.section("shared", "Shared settings", body)
 
 

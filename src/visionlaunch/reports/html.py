@@ -15,7 +15,7 @@ import numpy as np
 from visionlaunch.atomic import atomic_write_text
 
 from . import page
-from .analysis import Headline, epoch_rows, find_restarts, headline, number
+from .analysis import Headline, epoch_rows, final_record, find_restarts, headline, number
 from .figures import MAX_LEGEND_CLASSES, most_confused_pairs, plot_curves
 from .page import Html, esc
 from .runfolder import RunFolder, read_run
@@ -137,7 +137,21 @@ def _results(run: RunFolder, head: Headline) -> str:
         precision = _precision(run.identity.get("precision"))
         cards.append(page.card("Parameters", f"{params:,}", f"{precision} training" if precision else ""))
     lead = "" if head.finished else "Unfinished run: numbers are from its last logged epoch."
+    lead = " ".join(filter(None, (lead, _early_stop_note(run))))
     return page.section("results", "Results", Html(f'<div class="cards">{"".join(cards)}</div>'), lead=lead)
+
+
+def _early_stop_note(run: RunFolder) -> str:
+    stop = (final_record(run.records) or {}).get("early_stop")
+    if not isinstance(stop, dict):
+        return ""
+    watched = f"{stop.get('metric')} with patience {stop.get('patience')}"
+    best = number(stop.get("best"))
+    best_text = f"best {best:.4f} at epoch {stop.get('best_epoch')}" if best is not None else "no best value"
+    if stop.get("stopped_epoch") is None:
+        return f"Early stopping ({watched}) did not trigger; {best_text}."
+    return (f"Stopped early after epoch {stop['stopped_epoch']}: {stop.get('metric')} had not improved for "
+            f"{stop.get('patience')} epochs ({best_text}).")
 
 
 def _precision(value) -> str:

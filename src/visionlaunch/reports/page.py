@@ -53,6 +53,8 @@ figure img { display: block; max-width: 100%; height: auto; border: 1px solid va
 figcaption { color: var(--muted); font-size: 13px; margin-top: 6px; }
 .native { grid-column: 1 / -1; overflow-x: auto; } .native figure img { max-width: none; } .full { grid-column: 1 / -1; }
 .scroll { overflow: auto; max-height: 560px; }
+.scroll.wide table { width: auto; min-width: 100%; }
+.scroll.wide th, .scroll.wide td:first-child { white-space: nowrap; }
 table { border-collapse: collapse; width: 100%; font-size: 14px; }
 th, td { text-align: left; padding: 6px 10px; border-bottom: 1px solid #eaeef2; vertical-align: top; }
 th { background: #f3f5f7; font-weight: 600; position: sticky; top: 0; }
@@ -69,6 +71,7 @@ details summary { cursor: pointer; color: var(--accent); font-weight: 500; }
 .good { color: var(--good); } .bad { color: var(--bad); } .muted { color: var(--muted); }
 footer { color: var(--muted); font-size: 12.5px; text-align: center; padding: 8px 0 28px; }
 @media print { nav { display: none; } body { background: #fff; } section { break-inside: avoid-page; }
+               .scroll { overflow: visible; max-height: none; }
                header.hero { -webkit-print-color-adjust: exact; print-color-adjust: exact; } }
 """
 

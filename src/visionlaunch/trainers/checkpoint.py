@@ -22,21 +22,18 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from visionlaunch.atomic import atomic_write_text
-from visionlaunch.errors import VisionlaunchError
+from visionlaunch.atomic import as_os_error, atomic_write_text, is_write_failure
+from visionlaunch.config import shapes_trajectory
+from visionlaunch.errors import VisionlaunchError, describe_load_failure, describe_os_error
 
 META = "visionlaunch.json"
 TRAINER_STATE = "trainer_state.pt"
 FORMAT = 1
 _NAME = re.compile(r"^step-(\d{8,})$")
+# Where training stood: what a resumed run reads from visionlaunch.json.
+META_KEYS = ("step", "epoch", "step_in_epoch", "best", "ema_best", "elapsed", "skipped_steps", "metrics_bytes",
+             "world_size", "config")
 
-# Keys that may change between an interrupted run and its resumption: where files are, what is logged and how
-# often, how the run reacts to signals. Every other key shapes the sequence of weights and must be the same.
-MAY_DIFFER = ("output.", "report.", "tracker.", "data.root", "data.cache_dir", "data.download", "data.verify",
-              "data.fallback", "data.num_workers", "data.loader", "data.ffcv_dir", "train.resume", "train.progress",
-              "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.preempt_signals",
-              "train.dist_timeout_s", "train.eval_batch_size", "train.device", "train.compile",
-              "train.channels_last")
 
 
 def rank_state_name(rank: int) -> str:
@@ -68,11 +65,18 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:
-    """'key: checkpoint X, now Y' for every trajectory-shaping key that differs."""
+    """'key: checkpoint X, now Y' for every trajectory-shaping key that differs. A key the checkpoint's version did
+    not have yet counts as its default (what that version did), so adding a key with a default keeps old checkpoints
+    resumable."""
+    from visionlaunch.config import RunConfig
+
     a, b = _flatten(saved), _flatten(current)
+    defaults = _flatten(RunConfig().model_dump(mode="json"))
     out = []
     for key in sorted(set(a) | set(b)):
-        if key.startswith(MAY_DIFFER):
+        if not shapes_trajectory(key):
+            continue
+        if key not in a and key in defaults and b.get(key) == defaults[key]:
             continue
         if a.get(key, "<absent>") != b.get(key, "<absent>"):
             out.append(f"{key}: checkpoint {a.get(key, '<absent>')!r}, now {b.get(key, '<absent>')!r}")
@@ -90,7 +94,26 @@ def read_meta(path: Path) -> dict:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise VisionlaunchError(f"{path} is not a visionlaunch checkpoint of format {FORMAT}. Resume from a "
                                 "checkpoint written by this version, or start the run again.")
+    missing = [key for key in META_KEYS if key not in meta]
+    if missing:
+        raise VisionlaunchError(
+            f"the checkpoint {path} is incomplete or corrupt: its {META} lacks {', '.join(missing)}. Resume from "
+            "another checkpoint (train.resume=<folder>) or delete this folder so that train.resume=auto picks the "
+            "previous one.")
     return meta
+
+
+def _damage(path: Path) -> str | None:
+    """Why a checkpoint cannot be resumed from whatever the run's settings (unreadable metadata, a file every
+    checkpoint has missing), or None."""
+    try:
+        read_meta(path)
+    except VisionlaunchError as exc:
+        return str(exc).split(": ", 1)[-1].split(". ")[0]
+    absent = [n for n in (TRAINER_STATE, "optimizer.bin") if not (Path(path) / n).is_file()]
+    if not ((Path(path) / "model.safetensors").is_file() or (Path(path) / "pytorch_model.bin").is_file()):
+        absent.append("model.safetensors")
+    return f"{', '.join(absent)} missing" if absent else None
 
 
 def validate(path: Path, meta: dict, cfg_dump: dict, world: int, fp16: bool) -> None:
@@ -125,6 +148,7 @@ class ResumePlan:
     run_path: Path                  # the run folder to write into
     checkpoint: Path | None         # None: start from scratch
     meta: dict | None
+    note: str | None = None         # what the user should know (auto skipped a damaged checkpoint)
 
 
 def plan_resume(resume: str, default_run_path: Path) -> ResumePlan:
@@ -140,7 +164,17 @@ def plan_resume(resume: str, default_run_path: Path) -> ResumePlan:
         found = complete_checkpoints(default_run_path / "checkpoints")
         if not found:
             return ResumePlan(default_run_path, None, None)
-        return ResumePlan(default_run_path, found[-1], read_meta(found[-1]))
+        skipped = []
+        for path in reversed(found):  # the newest one that is whole (a damaged one is kept for inspection)
+            damage = _damage(path)
+            if damage is None:
+                note = (f"NOTE: train.resume=auto skipped the damaged checkpoint(s) {'; '.join(skipped)} and resumes "
+                        f"from the previous complete one, {path.name}") if skipped else None
+                return ResumePlan(default_run_path, path, read_meta(path), note)
+            skipped.append(f"{path.name} ({damage})")
+        raise VisionlaunchError(
+            f"train.resume=auto: no checkpoint of {default_run_path} can be resumed from: {'; '.join(skipped)}. "
+            "Restore one, or start the run again with train.resume=none and output.overwrite=true.")
     path = Path(resume).expanduser()
     if checkpoint_step(path) is None and (path / "checkpoints").is_dir():
         found = complete_checkpoints(path / "checkpoints")
@@ -170,17 +204,35 @@ class CheckpointWriter:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         acc.wait_for_everyone()
-        acc.save_state(str(tmp))  # model, optimizer, scaler (main) and random_states_<rank>.pkl (every rank)
-        torch.save(rank_state, tmp / rank_state_name(acc.process_index))
-        if acc.is_main_process:
-            torch.save(trainer_state, tmp / TRAINER_STATE)
+        try:
+            acc.save_state(str(tmp))  # model, optimizer, scaler (main) and random_states_<rank>.pkl (every rank)
+            torch.save(rank_state, tmp / rank_state_name(acc.process_index))
+            if acc.is_main_process:
+                torch.save(trainer_state, tmp / TRAINER_STATE)
+        except Exception as exc:
+            if not is_write_failure(exc):
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # the torn folder would only take up the space that ran out
+            raise self._write_failed(final, as_os_error(exc, tmp)) from exc
         acc.wait_for_everyone()
         if acc.is_main_process:
-            atomic_write_text(tmp / META, json.dumps({"format": FORMAT, **meta}, indent=1))
+            try:
+                atomic_write_text(tmp / META, json.dumps({"format": FORMAT, **meta}, indent=1))
+            except OSError as exc:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise self._write_failed(final, exc) from exc
             self._publish(tmp, final)
             self._prune()
         acc.wait_for_everyone()
         return final
+
+    def _write_failed(self, final: Path, exc: OSError) -> VisionlaunchError:
+        kept = complete_checkpoints(self.root)
+        return VisionlaunchError(
+            f"could not write the checkpoint {final.name}: {describe_os_error(exc)} Nothing was lost: "
+            + (f"the last complete checkpoint {kept[-1]} is intact, so rerunning with train.resume=auto continues "
+               "from it." if kept else "no earlier checkpoint exists, so the run must start again.")
+            + " weights/ holds the weights of the last finished epoch, if any.")
 
     @staticmethod
     def _publish(tmp: Path, final: Path) -> None:
@@ -213,7 +265,7 @@ def load(accelerator: Accelerator, path: Path) -> tuple[dict, dict]:
         rank_state = torch.load(Path(path) / rank_state_name(rank), map_location="cpu", weights_only=True)
     except Exception as exc:
         raise VisionlaunchError(
-            f"cannot load the checkpoint {path}: {type(exc).__name__}: {str(exc)[:300]}. The folder is corrupt or "
+            f"cannot load the checkpoint {path}: {describe_load_failure(exc)}. The folder is corrupt or "
             "was written by another model: resume from another checkpoint (train.resume=<folder>) or delete this "
             "one so that train.resume=auto picks the previous one.") from None
     return trainer_state, rank_state

@@ -7,15 +7,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import torch
+import yaml
 
-from visionlaunch.atomic import atomic_write
-from visionlaunch.errors import VisionlaunchError
-
-
-def atomic_torch_save(obj, path: Path) -> None:
-    with atomic_write(path) as tmp:
-        torch.save(obj, tmp)
+from visionlaunch.atomic import atomic_torch_save  # noqa: F401  (re-exported: the trainer's weights files)
+from visionlaunch.errors import VisionlaunchError, describe_os_error
 
 
 # A batch job's own files inside its run folder (`visionlaunch submit`): the script and the log being written.
@@ -37,6 +32,28 @@ def _remove_except_job_files(path: Path) -> None:
             shutil.rmtree(child)
         else:
             child.unlink()
+
+
+def read_run_identity(run_dir: Path) -> dict:
+    """run.yaml of a run folder (who ran it, when, where from), {} when absent; an unreadable or damaged one is a
+    VisionlaunchError naming it."""
+    path = Path(run_dir) / "run.yaml"
+    if not path.exists():
+        return {}
+    fix = ("Restore it from a copy of the run, or delete it (the run's date and identifier are then taken from "
+           "today and the config).")
+    try:
+        tree = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise VisionlaunchError(f"cannot read {describe_os_error(exc)}") from None
+    except (UnicodeDecodeError, yaml.YAMLError) as exc:
+        reason = str(exc).splitlines()[0]
+        raise VisionlaunchError(f"{path} is damaged: it is not valid UTF-8 YAML ({reason}). {fix}") from None
+    if tree is None:
+        return {}
+    if not isinstance(tree, dict):
+        raise VisionlaunchError(f"{path} is damaged: it holds a {type(tree).__name__}, not a mapping of keys. {fix}")
+    return tree
 
 
 def default_run_name(preset: str | None, now: dt.datetime | None = None) -> str:

@@ -35,13 +35,32 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
 
 
+def _cos(start: float, end: float, fraction: float) -> float:
+    return end + (start - end) / 2 * (math.cos(math.pi * min(1.0, max(0.0, fraction))) + 1)
+
+
+def onecycle_factor(cfg: ScheduleConfig, total: int):
+    """OneCycle (cosine annealing, as PyTorch's OneCycleLR with cycle_momentum=False) as a factor of the peak rate:
+    from 1/div_factor up to 1 at the step nearest pct_start x total - 1, then down to 1/(div_factor x
+    final_div_factor) at the last step. PyTorch's class divides by zero when the warm-up is one step (a short run)
+    and, with a fractional peak step, may skip the peak rate altogether; here the peak is a whole step, so every
+    positive step count trains and runs one step at optim.lr (a warm-up under one step starts at the peak)."""
+    start, end = 1 / cfg.div_factor, 1 / (cfg.div_factor * cfg.final_div_factor)
+    top = max(0, min(round(cfg.pct_start * total) - 1, total - 2))  # the step at the peak; the last one ends low
+
+    def factor(step: int) -> float:
+        if step <= top:
+            return _cos(start, 1.0, step / top) if top > 0 else 1.0
+        return _cos(1.0, end, (step - top) / max(total - 1 - top, 1e-12))
+
+    return factor
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, peak_lr: float,
                     steps_per_epoch: int, epochs: int) -> torch.optim.lr_scheduler.LRScheduler:
     total = max(1, steps_per_epoch * epochs)
     if cfg.name == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=peak_lr, total_steps=total, pct_start=cfg.pct_start, div_factor=cfg.div_factor,
-            final_div_factor=cfg.final_div_factor, anneal_strategy="cos", cycle_momentum=False)
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, onecycle_factor(cfg, total))
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
     floor = cfg.min_lr / peak_lr
 

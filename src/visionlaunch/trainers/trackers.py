@@ -1,5 +1,7 @@
-"""Experiment trackers beside metrics.jsonl (which is always written): Weights & Biases through Accelerate's
-tracker API when `tracker.name=wandb`.
+"""Experiment trackers beside metrics.jsonl (which is always written), all through Accelerate's tracker API:
+Weights & Biases (`tracker.name=wandb`), TensorBoard (`tensorboard`: Accelerate's TensorBoardTracker, event files in
+<run>/tensorboard/<run name>/) and a CSV file (`csv`: <run>/metrics.csv, a tracker of our own, since Accelerate has
+none), or several at once (`tracker.name=[tensorboard, csv]`). Every tracker gets the same scalars below.
 
 What goes to W&B: the resolved config and the run identity; step records (step/loss, step/lr, step/grad_norm)
 and epoch records (<split>/loss, <split>/acc, <split>/acc5 for train, val, test and their _ema twins, epoch)
@@ -13,11 +15,15 @@ inside wandb.init (or hang ~100 s on a machine without network), so that case is
 
 from __future__ import annotations
 
+import csv
 import os
 import secrets
 from pathlib import Path
 from urllib.parse import urlparse
 
+from accelerate.tracking import GeneralTracker
+
+from visionlaunch.atomic import atomic_write
 from visionlaunch.config import TrackerConfig
 from visionlaunch.errors import VisionlaunchError
 
@@ -47,7 +53,14 @@ def _has_wandb_credentials() -> bool:
 
 def check_tracker(cfg: TrackerConfig) -> None:
     """Refuse, before anything is written, a tracker set-up that cannot work."""
-    if cfg.name != "wandb":
+    if "tensorboard" in cfg.names:
+        try:
+            from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+        except ImportError:
+            raise VisionlaunchError(
+                "tracker.name=tensorboard needs the tensorboard package: pip install 'visionlaunch[tensorboard]' "
+                "(or pip install tensorboard), or choose another tracker (csv, wandb, none).") from None
+    if "wandb" not in cfg.names:
         return
     try:
         import wandb  # noqa: F401
@@ -70,27 +83,109 @@ def new_run_id() -> str:
     return secrets.token_hex(4)
 
 
+class CsvTracker(GeneralTracker):
+    """metrics.csv, one row per logged value: step, key, value (e.g. `120,val/acc,0.9713`), appended and flushed as
+    it goes. A resumed run first drops the rows after its checkpoint's step, which it is about to log again."""
+
+    name = "csv"
+    requires_logging_directory = True
+    main_process_only = True
+    COLUMNS = ("step", "key", "value")
+
+    def __init__(self, path: Path, resume_step: int | None = None):
+        super().__init__()
+        self.path, self.resume_step = Path(path), resume_step
+        self._fh = None
+
+    @property
+    def tracker(self):
+        return self._fh
+
+    def start(self) -> None:
+        kept = []
+        if self.resume_step is not None and self.path.is_file():
+            with open(self.path, newline="") as fh:
+                kept = [row for row in csv.DictReader(fh) if (_int_or_none(row.get("step")) or 0) <= self.resume_step]
+        # The header, and on resume the rows up to the checkpoint; replaced whole, so a crash here loses nothing.
+        with atomic_write(self.path) as tmp, open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, self.COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(kept)
+        self._fh = open(self.path, "a", newline="", buffering=1)
+        self._writer = csv.writer(self._fh)
+
+    def store_init_configuration(self, values: dict) -> None:
+        pass  # config.yaml beside it holds the configuration
+
+    def log(self, values: dict, step: int | None = None, **kwargs) -> None:
+        for key, value in values.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self._writer.writerow((step, key, repr(float(value)) if isinstance(value, float) else value))
+        self._fh.flush()
+
+    def finish(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+def _int_or_none(text) -> int | None:
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def _flat_scalars(tree: dict, prefix: str = "") -> dict:
+    """A nested config as TensorBoard's hyper-parameter table takes it: dotted keys, lists and None as text."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flat_scalars(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return flat
+
+
 class RunTracker:
-    """The trainer's view of the external trackers: no-ops unless W&B is on and this is the main process."""
+    """The trainer's view of the external trackers: no-ops unless one is on and this is the main process."""
 
-    def __init__(self, accelerator, cfg: TrackerConfig, run_path: Path, run_name: str, run_id: str, config: dict):
+    def __init__(self, accelerator, cfg: TrackerConfig, run_path: Path, run_name: str, run_id: str, config: dict,
+                 resume_step: int | None = None):
         # run_id is kept in run.yaml, so a resumed run continues the same W&B run (resume="allow").
+        # resume_step: the checkpoint's step; TensorBoard and the CSV drop what was logged after it.
         self.accelerator = accelerator
-        self.enabled = cfg.name == "wandb" and accelerator.is_main_process
+        names = cfg.names
+        self.enabled = bool(names) and accelerator.is_main_process
         self.run = None
-        if cfg.name != "wandb":
+        if not names:
             return
-        init = {"name": cfg.run_name or run_name, "id": run_id, "resume": "allow", "mode": wandb_mode(cfg),
-                "tags": list(cfg.tags), "group": cfg.group, "entity": cfg.entity}
-        if cfg.dir or not os.environ.get("WANDB_DIR"):
-            init["dir"] = str(Path(cfg.dir or run_path).expanduser())
-            Path(init["dir"]).mkdir(parents=True, exist_ok=True)
-        init = {k: v for k, v in init.items() if v is not None}
+        init_kwargs = {}
+        if "wandb" in names:
+            init = {"name": cfg.run_name or run_name, "id": run_id, "resume": "allow", "mode": wandb_mode(cfg),
+                    "tags": list(cfg.tags), "group": cfg.group, "entity": cfg.entity}
+            if cfg.dir or not os.environ.get("WANDB_DIR"):
+                init["dir"] = str(Path(cfg.dir or run_path).expanduser())
+                Path(init["dir"]).mkdir(parents=True, exist_ok=True)
+            init_kwargs["wandb"] = {k: v for k, v in init.items() if v is not None}
+        if accelerator.is_main_process:
+            # Accelerate starts custom trackers given as instances; these need the run folder, which is only known
+            # now, after the Accelerator was made, so they join its list here.
+            if "tensorboard" in names:
+                from accelerate.tracking import TensorBoardTracker
+                kwargs = {"purge_step": resume_step + 1} if resume_step is not None else {}
+                accelerator.log_with.append(TensorBoardTracker(run_name, run_path / "tensorboard", **kwargs))
+            if "csv" in names:
+                accelerator.log_with.append(CsvTracker(run_path / "metrics.csv", resume_step))
         # A collective-free call: Accelerate runs it on the main process only.
-        accelerator.init_trackers(cfg.project, config=config, init_kwargs={"wandb": init})
-        if self.enabled:
+        accelerator.init_trackers(cfg.project, init_kwargs=init_kwargs)
+        if not self.enabled:
+            return
+        for tracker in accelerator.trackers:
+            # W&B keeps the nested config; TensorBoard's hyper-parameter table wants flat scalars.
+            tracker.store_init_configuration(config if tracker.name == "wandb" else _flat_scalars(config))
+        if "wandb" in names:
             self.run = accelerator.get_tracker("wandb", unwrap=True)
-
     def log_step(self, record: dict) -> None:
         if self.enabled:
             values = {f"step/{k}": record[k] for k in ("loss", "lr", "grad_norm", "skipped_steps") if k in record}
@@ -113,6 +208,14 @@ class RunTracker:
         if summary is not None and summary.is_file():
             self.run.save(str(summary), base_path=str(summary.parent), policy="now")
 
-    def log_final(self, final: dict) -> None:
-        if self.enabled and self.run is not None:
-            self.run.summary.update({k: v for k, v in final.items() if k != "kind" and v is not None})
+    def log_final(self, final: dict, step: int) -> None:
+        if not self.enabled:
+            return
+        values = {k: v for k, v in final.items() if k != "kind" and v is not None}
+        if self.run is not None:
+            self.run.summary.update(values)
+        scalars = {f"final/{k}": v for k, v in values.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        for tracker in self.accelerator.trackers:  # W&B has them in its run summary, the others as scalars
+            if tracker.name != "wandb":
+                tracker.log(scalars, step=step)

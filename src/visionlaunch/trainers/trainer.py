@@ -37,7 +37,7 @@ from visionlaunch import __version__
 from visionlaunch.atomic import atomic_write_text
 from visionlaunch.config import RunConfig
 from visionlaunch.datasets.loaders import make_loader
-from visionlaunch.errors import VisionlaunchError
+from visionlaunch.errors import VisionlaunchError, describe_os_error
 from visionlaunch.ffcv_builders.requirements import require_ffcv
 from visionlaunch.models import build_model
 from visionlaunch.models.features import layer_names
@@ -47,14 +47,16 @@ from visionlaunch.trainers import checkpoint as ckpt
 from visionlaunch.reports.html import write_report
 from visionlaunch.trainers.artefacts import make_figures
 from visionlaunch.trainers.data import DataBundle, prepare_data
+from visionlaunch.trainers.determinism import set_deterministic
 from visionlaunch.trainers.distributed import any_rank, broadcast_from_main, check_world_size, mean_over_ranks
+from visionlaunch.trainers.early_stop import EarlyStopping
 from visionlaunch.trainers.ema import ModelEMA
 from visionlaunch.trainers.losses import CrossEntropyLoss
 from visionlaunch.trainers.metrics import MetricsWriter, read_metrics, topk_correct
 from visionlaunch.trainers.pipeline import BatchPipeline
 from visionlaunch.trainers.preemption import Preempted, PreemptionWatcher, clear_marker, write_marker
 from visionlaunch.trainers.rundir import (RunDirectory, atomic_torch_save, check_output_dir, default_run_name,
-                                          only_job_files)
+                                          only_job_files, read_run_identity)
 from visionlaunch.trainers.schedules import build_optimizer, build_scheduler
 from visionlaunch.trainers.tta import tta_logits
 from visionlaunch.trainers.trackers import RunTracker, check_tracker, new_run_id
@@ -82,7 +84,7 @@ def make_accelerator(cfg: RunConfig, *, training: bool = False) -> Accelerator:
     kwargs = {}
     if training:
         kwargs["kwargs_handlers"] = [InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.train.dist_timeout_s))]
-        if cfg.tracker.name == "wandb":
+        if "wandb" in cfg.tracker.names:
             kwargs["log_with"] = "wandb"
     return Accelerator(mixed_precision=cfg.train.precision, cpu=cfg.train.device == "cpu", **kwargs)
 
@@ -120,6 +122,7 @@ class Trainer:
     def __init__(self, cfg: RunConfig, *, preset: str | None = None, argv: list[str] | None = None):
         self.cfg = cfg
         self.argv = argv if argv is not None else sys.argv
+        set_deterministic(cfg.train.deterministic)  # before the Accelerator touches CUDA (cuBLAS workspace)
         self.accelerator = acc = make_accelerator(cfg, training=True)
         self.is_main = acc.is_main_process
         check_world_size(acc)
@@ -143,6 +146,8 @@ class Trainer:
         out_dir = Path(cfg.output.dir).expanduser()
         self.plan = self._agreed(lambda: ckpt.plan_resume(cfg.train.resume, out_dir / name))
         self.resuming = self.plan.checkpoint is not None
+        if self.plan.note:
+            self.log(self.plan.note)
         if cfg.train.resume == "auto" and not cfg.output.name:
             self.log("NOTE: train.resume=auto finds a run by its folder name: set output.name for it to resume.")
         if self.resuming:
@@ -162,7 +167,7 @@ class Trainer:
             cfg.data.name = self.data.name
         self.model = build_model(cfg.model.name, self.data.in_shape, len(self.data.classes), cfg.model.args)
         if world > 1:  # one random stream per rank (dropout); the initial weights above are the same everywhere
-            set_seed(cfg.train.seed + acc.process_index)
+            set_seed((cfg.train.seed + acc.process_index) % 2**32)  # numpy takes 32-bit seeds
         self.summary = model_summary(self.model, self.data.in_shape)
         if cfg.report.figures and cfg.report.tsne_layer not in layer_names(self.model):
             raise VisionlaunchError(
@@ -186,7 +191,7 @@ class Trainer:
             acc.wait_for_everyone()
             self.tracker = RunTracker(acc, cfg.tracker, self.run_path, self.run_path.name,
                                       self.identity.get("tracker_run_id") if self.is_main else "",
-                                      self._tracker_config())
+                                      self._tracker_config(), self.step if self.resuming else None)
         except BaseException:
             if self.run_dir is not None:
                 self.run_dir.discard()
@@ -282,6 +287,7 @@ class Trainer:
         self.best, self.ema_best, self.elapsed0, self.skipped_steps = {"val_acc": -1.0}, -1.0, 0.0, 0
         self.last_results: dict = {}
         self.resume_rank_state: dict | None = None
+        self.early_stop = EarlyStopping(self.cfg.train.early_stop_patience, self.cfg.train.early_stop_metric)
         if not self.resuming:
             return
         path, meta = self.plan.checkpoint, self.plan.meta
@@ -301,6 +307,7 @@ class Trainer:
         self.best, self.ema_best = meta["best"], meta["ema_best"]
         self.elapsed0, self.skipped_steps = meta["elapsed"], meta["skipped_steps"]
         self.last_results = meta.get("results", {})
+        self.early_stop.load_state_dict(meta.get("early_stop"))
         if self.is_main:
             # Records written after the checkpoint are replayed by the resumed run: drop them, keep the rest.
             metrics = self.run_path / "metrics.jsonl"
@@ -321,9 +328,7 @@ class Trainer:
         params = count_parameters(self.raw_model)
         atomic_write_text(rd / "summary.txt", f"{self.cfg.model.name} on {self.data.in_shape}: {params:,} trainable "
                                               f"parameters\n\n{self.summary}\n")
-        previous = {}
-        if self.resuming and (rd / "run.yaml").is_file():
-            previous = yaml.safe_load((rd / "run.yaml").read_text()) or {}
+        previous = read_run_identity(rd) if self.resuming else {}
         identity = {
             "name": name, "ident": self.cfg.resolved_ident(), "date": dt.date.today().isoformat(),
             "started": dt.datetime.now().isoformat(timespec="seconds"), "command": shlex.join(self.argv),
@@ -362,6 +367,8 @@ class Trainer:
             with PreemptionWatcher(cfg.train.preempt_signals, log=self.log) as self.watcher:
                 results = self.last_results
                 for epoch in range(self.start_epoch, cfg.train.epochs):
+                    if self.early_stop.stopped:  # a resumed run that had stopped early stays stopped
+                        break
                     start = self.start_in_epoch if epoch == self.start_epoch else 0
                     train_stats = self._train_epoch(epoch, start)
                     results = self._end_epoch(epoch, train_stats)
@@ -520,8 +527,13 @@ class Trainer:
         self.log(self._epoch_line(epoch, results, elapsed))
         zeros = torch.zeros(4, dtype=torch.float64, device=acc.device)
         self.last_results = results
+        if self.early_stop.update(results, epoch + 1):  # before the checkpoint, which saves its counter
+            self.log(f"early stopping after epoch {epoch + 1}: {cfg.train.early_stop_metric} has not improved for "
+                     f"{self.early_stop.patience} epochs (best {self.early_stop.best:.4f} at epoch "
+                     f"{self.early_stop.best_epoch})")
         path = self._save_checkpoint(epoch + 1, 0, zeros, 0.0)
-        if cfg.train.preempt_signals and any_rank(acc, self.watcher.requested) and epoch + 1 < cfg.train.epochs:
+        if cfg.train.preempt_signals and any_rank(acc, self.watcher.requested) and epoch + 1 < cfg.train.epochs \
+                and not self.early_stop.stopped:
             raise Preempted(self.watcher.received or "a signal sent to another process", self.step, path)
         return results
 
@@ -531,8 +543,9 @@ class Trainer:
         metrics_file = self.run_path / "metrics.jsonl"
         meta = {
             "step": self.step, "epoch": epoch, "step_in_epoch": step_in_epoch,
-            "finished": epoch == self.cfg.train.epochs, "best": self.best, "ema_best": self.ema_best,
-            "results": self.last_results if step_in_epoch == 0 else {},
+            "finished": epoch == self.cfg.train.epochs or self.early_stop.stopped, "best": self.best,
+            "ema_best": self.ema_best,
+            "results": self.last_results if step_in_epoch == 0 else {}, "early_stop": self.early_stop.state_dict(),
             "elapsed": round(self._elapsed(), 3), "skipped_steps": self.skipped_steps,
             "metrics_bytes": metrics_file.stat().st_size if self.is_main and metrics_file.is_file() else 0,
             "world_size": self.accelerator.num_processes, "model": self.cfg.model.name,
@@ -557,6 +570,8 @@ class Trainer:
             final["test_ema_acc"] = results["test_ema"]["acc"]
         if cfg.train.precision == "fp16":
             final["skipped_steps"] = self.skipped_steps
+        if self.early_stop.enabled:
+            final["early_stop"] = self.early_stop.record()
         self.metrics.write(final)
         self.metrics.close()
         acc.wait_for_everyone()
@@ -566,7 +581,7 @@ class Trainer:
             figures = make_figures(self.run_path, self.raw_model, self.data, self.pipeline, cfg, self.identity,
                                    device=acc.device)
         self.tracker.log_files(figures, self.run_path / "summary.txt", self.step)
-        self.tracker.log_final(final)
+        self.tracker.log_final(final, self.step)
         if self.is_main:
             self.log(f"report: {write_report(self.run_path)}")
         if self.is_main and final["test_acc"] is not None:
@@ -590,9 +605,16 @@ class Trainer:
         if not self.is_main:
             return
         state = {k: v.detach().cpu() for k, v in state.items()}
-        atomic_torch_save({"model": state, "epoch": epoch, "results": results, "model_name": self.cfg.model.name,
-                           "model_args": self.cfg.model.args, "in_shape": list(self.data.in_shape),
-                           "classes": self.data.classes}, self.run_dir.weights / f"{which}.pt")
+        path = self.run_dir.weights / f"{which}.pt"
+        try:
+            atomic_torch_save({"model": state, "epoch": epoch, "results": results, "model_name": self.cfg.model.name,
+                               "model_args": self.cfg.model.args, "in_shape": list(self.data.in_shape),
+                               "classes": self.data.classes, "mean": list(self.data.mean), "std": list(self.data.std)},
+                              path)
+        except OSError as exc:  # disk full, file-size limit: the file keeps its previous content
+            raise VisionlaunchError(
+                f"could not write the weights: {describe_os_error(exc)} "
+                + (f"{path.name} still holds an earlier epoch's weights." if path.is_file() else "")) from exc
 
 
 def train(cfg: RunConfig, *, preset: str | None = None, argv: list[str] | None = None) -> dict:
