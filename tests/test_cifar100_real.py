@@ -219,7 +219,7 @@ def test_bad_real_derived_files_exit_2_with_one_paragraph_and_no_run_folder(real
 def short_run(real_root, tmp_path_factory):
     """One short real run shared by the tests below. No data.verify or other data key beyond the root: the preset
     reads the real copy as it is. The preset's MLP cut to one 512-unit layer, 10,000 training images, 2 epochs,
-    evaluated on the whole test split (its rows are grouped by class, so a first-N subset holds few classes)."""
+    evaluated on the whole test split."""
     tmp = tmp_path_factory.mktemp("c100run")
     with pytest.MonkeyPatch.context() as mp:
         isolate_environment(mp, tmp)

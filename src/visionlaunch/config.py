@@ -40,8 +40,10 @@ class DataConfig(_Section):
     cache_dir: str | None = Field(None, description="decoded-tensor cache; default $VISIONLAUNCH_CACHE, else ~/.cache/visionlaunch")
     val_size: int | float = Field(5000, ge=0, description="held out from train: a count (>=1) or a fraction (<1); 0 = none")
     split_seed: int = Field(0, ge=0, le=SEED_MAX)
-    train_subset: int | None = Field(None, ge=1, description="use only the first N training images (quick runs)")
-    test_subset: int | None = Field(None, ge=1, description="use only the first N test images (quick runs)")
+    train_subset: int | None = Field(None, ge=1, description="use only N training images (quick runs): a seeded "
+                                     "(data.split_seed), class-stratified sample, taken before the val split")
+    test_subset: int | None = Field(None, ge=1, description="use only N test images (quick runs): a seeded "
+                                    "(data.split_seed), class-stratified sample")
     loader: Literal["tensor", "torch", "ffcv"] = Field(
         "tensor", description="tensor: whole dataset resident on the device; torch: DataLoader baseline; ffcv: "
                               "FFCV .beton files (pip install visionlaunch[ffcv])")
@@ -51,6 +53,11 @@ class DataConfig(_Section):
     ffcv_jpeg_quality: int = Field(90, ge=1, le=100, description="ffcv: JPEG quality when ffcv_encoding=jpeg")
     half_inputs: bool = Field(False, description="normalised batches in the half type of train.precision (bf16/fp16) "
                                                  "instead of float32")
+    image_size: int | None = Field(None, ge=8, description="imagefolder: photos of any size become image_size x "
+                                   "image_size RGB (train: random-resized crop; evaluation: resize, centre crop); "
+                                   "null = every image must have one size")
+    max_upscale: float = Field(4.0, ge=1, description="image_size: refuse images whose shorter side would be "
+                                                      "enlarged more than this many times")
 
 
 class AugmentConfig(_Section):
@@ -61,11 +68,22 @@ class AugmentConfig(_Section):
                                                       "targets; 0 = off (typical 0.2)")
     cutmix_alpha: float = Field(0.0, ge=0, description="cutmix of training batches with lam ~ Beta(a, a); 0 = off "
                                                        "(typical 1.0); with mixup too, one of them per batch")
+    crop_scale: tuple[float, float] = Field((0.25, 1.0), description="data.image_size: the random-resized crop's "
+                                            "share of the image area, drawn from [min, max]")
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _scale_range(cls, scale: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < scale[0] <= scale[1] <= 1:
+            raise ValueError("crop_scale must be [min, max] with 0 < min <= max <= 1, e.g. [0.25, 1.0]")
+        return scale
 
 
 class ModelConfig(_Section):
     name: str = "cnn"
     args: dict[str, Any] = Field(default_factory=dict, description="builder arguments; `visionlaunch models` lists them")
+    weights: str | None = Field(None, description="start from this local weights file (.pth/.pt/.safetensors state_dict; "
+                                              "timm's own files too) instead of random weights; nothing is downloaded")
 
 
 class OptimConfig(_Section):
@@ -112,9 +130,12 @@ class TrainConfig(_Section):
     keep_checkpoints: int = Field(2, ge=1, description="how many of the newest checkpoints to keep")
     resume: str = Field("none", description="auto: continue runs/<output.name> from its newest complete checkpoint "
                                             "(or start it); a checkpoint or run folder path; none")
-    preempt_signals: list[str] = Field(["SIGTERM", "SIGUSR2"], description="signals that make the run finish the "
-                                       "step, checkpoint and exit with status 75; [] = off")
-    dist_timeout_s: int = Field(1800, ge=10, description="seconds a collective may wait for the other processes")
+    preempt_signals: list[str] = Field(["SIGTERM", "SIGUSR2", "SIGINT"], description="signals that make the run "
+                                       "finish the step, checkpoint and exit with status 75 (SIGINT: Ctrl-C); "
+                                       "[] = off")
+    dist_timeout_s: int = Field(600, ge=10, description="seconds a collective may wait for the other processes: "
+                                "how long a hung process holds up the others; phases where only the main process "
+                                "works (filling the data cache, writing .beton files, figures) must fit in it")
     early_stop_patience: int = Field(0, ge=0, description="stop when the validation metric has not improved for this "
                                                           "many epochs; 0 = off (needs data.val_size > 0)")
     early_stop_metric: Literal["val_acc", "val_loss"] = Field(
@@ -136,7 +157,23 @@ class TrainConfig(_Section):
 class OutputConfig(_Section):
     dir: str = "runs"
     name: str | None = Field(None, description="run folder name; default <preset>-<date>-<time>")
-    overwrite: bool = Field(False, description="replace an existing run folder of the same name")
+    overwrite: bool = Field(False, description="replace an existing run folder of the same name (only a folder that "
+                                               "holds a run: run.yaml or metrics.jsonl; an empty one)")
+
+    @field_validator("name")
+    @classmethod
+    def _one_path_component(cls, name: str | None) -> str | None:
+        # The name is joined to output.dir and, with overwrite, its folder is emptied: `.`, `..`, `a/b` or an
+        # absolute path would point that at other runs or at the folders above them.
+        if not name:  # `output.name=` on the command line: the default name
+            return None
+        bad = name in (".", "..") or "/" in name or "\\" in name or "\0" in name or name != name.strip() \
+            or len(name.encode()) > 255  # NAME_MAX of Linux and macOS file systems
+        if bad:
+            raise ValueError(f"a run name is one folder name inside output.dir, not {name!r} (no '/', no '.' or "
+                             "'..', no leading or trailing spaces, at most 255 bytes); put the parent folder in "
+                             "output.dir, e.g. output.dir=/scratch/runs output.name=exp1")
+        return name
 
 
 class ReportConfig(_Section):
@@ -200,6 +237,12 @@ class RunConfig(_Section):
         if self.data.half_inputs and self.train.precision == "no":
             raise ValueError("data.half_inputs=true needs train.precision=bf16 or fp16 (the model computes in that "
                              "type under autocast); with precision 'no' keep float32 inputs")
+        if self.data.image_size is not None and self.data.name != "imagefolder":
+            raise ValueError("data.image_size applies to data.name=imagefolder (photos of mixed sizes); the other "
+                             "datasets have one size already: remove data.image_size")
+        if self.data.image_size is not None and self.augment.crop_padding:
+            raise ValueError("augment.crop_padding does not combine with data.image_size, whose random-resized crop "
+                             "already moves and scales the view: set augment.crop_padding=0")
         if self.train.early_stop_patience and not self.data.val_size:
             raise ValueError("train.early_stop_patience watches the validation split: set data.val_size > 0 (a count "
                              "or a fraction held out of train), or train.early_stop_patience=0")

@@ -56,6 +56,7 @@ class TensorLoader:
     """
 
     augments = False  # batches come raw; the trainer's BatchPipeline augments them
+    crops = False  # ... and makes the random-resized crop of data.image_size
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, train: bool, seed: int,
                  device: torch.device, rank: int = 0, world: int = 1, max_steps: int | None = None,
@@ -149,16 +150,23 @@ class TorchLoader:
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, train: bool, seed: int,
                  device: torch.device, rank: int = 0, world: int = 1, num_workers: int = 2,
-                 max_steps: int | None = None):
+                 max_steps: int | None = None, resized_crop=None):
         self.device = device
         self.max_steps = max_steps
         self.batch_size, self.train = batch_size, train
         self.start_batch = 0
         self.sampler = _ShardSampler(len(labels), train=train, seed=seed, rank=rank, world=world)
+        # data.image_size: each training sample is cropped in the workers with torchvision's transforms v2.
+        self.crops = bool(train and resized_crop is not None)
+        if self.crops:
+            from visionlaunch.datasets.resized_crop import ResizedCropDataset
+            dataset = ResizedCropDataset(images, labels, resized_crop)
+        else:
+            dataset = _IndexedTensors(images, labels)
         # Its own generator: DataLoader draws a worker base seed per epoch, which must not advance the global RNG
         # (dropout uses it), or a resumed run would draw different dropout masks than an uninterrupted one.
         self.loader = DataLoader(
-            _IndexedTensors(images, labels), batch_size=batch_size, sampler=self.sampler, drop_last=train,
+            dataset, batch_size=batch_size, sampler=self.sampler, drop_last=train,
             num_workers=num_workers, pin_memory=device.type == "cuda", persistent_workers=num_workers > 0,
             generator=torch.Generator().manual_seed(seed))
 
@@ -184,9 +192,11 @@ def make_loader(kind: str, images: torch.Tensor, labels: torch.Tensor, batch_siz
                 verify_beton: bool = True, augment=None, channels_last: bool = False, **kwargs):
     """A loader backend by name. `beton` (the split's .beton file; `verify_beton=False` when the caller has just
     checked it against its manifest), `augment` (an AugmentConfig) and `channels_last` are for the ffcv backend,
-    which augments in its own pipeline; the others ignore them."""
+    which augments in its own pipeline; the others ignore them. `resized_crop` (a ResizedCrop, training with
+    data.image_size) is made by the torch and ffcv loaders, and by the trainer's BatchPipeline for tensor."""
     if kind == "tensor":
         kwargs.pop("num_workers", None)
+        kwargs.pop("resized_crop", None)
         return TensorLoader(images, labels, batch_size, **kwargs)
     if kind == "torch":
         return TorchLoader(images, labels, batch_size, **kwargs)
@@ -196,6 +206,8 @@ def make_loader(kind: str, images: torch.Tensor, labels: torch.Tensor, batch_siz
             raise ValueError("the ffcv loader needs the split's .beton file (beton=...)")
         aug = {} if augment is None else dict(crop_padding=augment.crop_padding, flip=augment.flip,
                                                cutout=augment.cutout)
+        if not kwargs.get("train"):
+            kwargs.pop("resized_crop", None)
         loader = FfcvLoader(beton, batch_size, channels_last=channels_last, verify=verify_beton, **aug, **kwargs)
         if loader.num_samples != len(labels):
             raise ValueError(f"{beton} holds {loader.num_samples} samples, the split {len(labels)}")

@@ -35,7 +35,7 @@ class FfcvLoader:
     def __init__(self, path, batch_size: int, *, train: bool, seed: int, device: torch.device, rank: int = 0,
                  world: int = 1, num_workers: int = 2, max_steps: int | None = None, crop_padding: int = 0,
                  flip: bool = False, cutout: int = 0, channels_last: bool = False, clone: bool = False,
-                 os_cache: bool = True, batches_ahead: int = 3, verify: bool = True):
+                 os_cache: bool = True, batches_ahead: int = 3, verify: bool = True, resized_crop=None):
         require_ffcv()
         from ffcv.loader import Loader, OrderOption
 
@@ -49,16 +49,18 @@ class FfcvLoader:
         self.loader = Loader(
             str(self.path), batch_size=batch_size, num_workers=max(1, num_workers), os_cache=os_cache,
             order=OrderOption.SEQUENTIAL, drop_last=train, batches_ahead=batches_ahead,
-            pipelines=self._pipelines(train, crop_padding, flip, cutout, channels_last))
+            pipelines=self._pipelines(train, crop_padding, flip, cutout, channels_last,
+                                      resized_crop if train else None))
         self.num_samples = int(self.loader.reader.num_samples)
         # Our order in place of FFCV's: the Loader asks it for each epoch's sample indices.
         self.loader.traversal_order = _ShardOrder(self)
         self.loader.first_traversal_order = self._shard()
 
-    def _pipelines(self, train: bool, crop_padding: int, flip: bool, cutout: int, channels_last: bool) -> dict:
+    def _pipelines(self, train: bool, crop_padding: int, flip: bool, cutout: int, channels_last: bool,
+                   resized_crop=None) -> dict:
         from ffcv.fields.basics import IntDecoder
         from ffcv.fields.ndarray import NDArrayDecoder
-        from ffcv.fields.rgb_image import SimpleRGBImageDecoder
+        from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder, SimpleRGBImageDecoder
         from ffcv.transforms import RandomHorizontalFlip, RandomTranslate, ToDevice, ToTensor, ToTorchImage
 
         from visionlaunch.ffcv_builders.ops import ClippedCutout
@@ -67,6 +69,11 @@ class FfcvLoader:
         grayscale = reader_fields["image"] == "NDArrayField"
         channels = 1 if grayscale else 3
         image = [NDArrayDecoder() if grayscale else SimpleRGBImageDecoder()]
+        if resized_crop is not None:  # data.image_size: FFCV decodes straight into the random-resized crop
+            if grayscale:
+                raise ValueError(f"{self.path} holds grayscale arrays; the random-resized crop needs an RGB field")
+            image = [RandomResizedCropRGBImageDecoder((resized_crop.size,) * 2, scale=tuple(resized_crop.scale),
+                                                      ratio=tuple(resized_crop.ratio))]
         if train:  # the order of BatchAugment: translate, flip, then cutout
             if crop_padding:
                 image.append(RandomTranslate(padding=crop_padding, fill=(0,) * channels))

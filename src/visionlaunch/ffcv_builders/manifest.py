@@ -51,6 +51,9 @@ class BetonManifest:
     beton_bytes: int
     beton_sha256: str
     format: str = FORMAT
+    # data.image_size: the training view is cropped from images of at most max_resolution px (their stored size)
+    image_size: int | None = None
+    max_resolution: int | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1) + "\n"

@@ -2,8 +2,8 @@
 
 Files live in `data.ffcv_dir` (default: `ffcv/` inside the data cache), one per split, named after what was
 selected: `mnist-train-val5000-seed0.beton`, `mnist-val-val5000-seed0.beton`, `mnist-test.beton`, with
-`-first<N>` for data.train_subset / data.test_subset and `-jpeg<Q>` for JPEG encoding. A file that exists is
-used only when its manifest matches it and the digest of the run's samples (see manifest.py).
+`-sub<N>` for data.train_subset / data.test_subset (seeded samples) and `-jpeg<Q>` for JPEG encoding. A file that
+exists is used only when its manifest matches it and the digest of the run's samples (see manifest.py).
 """
 
 from __future__ import annotations
@@ -35,10 +35,12 @@ def beton_name(dataset: str, split: str, cfg: DataConfig) -> str:
     parts.append(split)
     if split in ("train", "val"):
         parts.append(f"val{cfg.val_size}-seed{cfg.split_seed}")
-        if cfg.train_subset:
-            parts.append(f"first{cfg.train_subset}")
+        if cfg.train_subset:  # a stratified sample drawn with split_seed (named in the part before)
+            parts.append(f"sub{cfg.train_subset}")
     elif cfg.test_subset:
-        parts.append(f"first{cfg.test_subset}")
+        parts.append(f"sub{cfg.test_subset}-seed{cfg.split_seed}")
+    if cfg.image_size:
+        parts.append(f"size{cfg.image_size}")
     if cfg.ffcv_encoding == "jpeg":
         parts.append(f"jpeg{cfg.ffcv_jpeg_quality}")
     return "-".join(parts) + ".beton"
@@ -69,7 +71,9 @@ def ensure_betons(splits: dict[str, ImageSet | None], dataset: str, cfg: DataCon
         else:
             write_beton(images, labels, path, num_classes=len(ds.classes), dataset=dataset, split=split,
                         encoding=cfg.ffcv_encoding, jpeg_quality=cfg.ffcv_jpeg_quality,
-                        num_workers=cfg.num_workers, progress=progress)
+                        num_workers=cfg.num_workers, progress=progress, image_size=cfg.image_size,
+                        # the training split keeps its stored squares for FFCV's random-resized-crop decoder
+                        max_resolution=max(ds.shape[1:]) if cfg.image_size and split == "train" else None)
             log(f"ffcv: wrote {path} ({len(ds)} images, {cfg.ffcv_encoding})")
         out[split] = path
     return out

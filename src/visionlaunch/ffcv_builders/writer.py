@@ -20,11 +20,11 @@ from multiprocessing import Process, Queue, Value
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from visionlaunch.atomic import _FILE_MODE as FILE_MODE, atomic_write_text
 from visionlaunch.datasets.imageset import ImageSet
 from visionlaunch.errors import VisionlaunchError
+from visionlaunch.progress import progress_bar
 from visionlaunch.ffcv_builders.manifest import BetonManifest, file_digest, manifest_path, source_digest
 from visionlaunch.ffcv_builders.requirements import require_ffcv
 from visionlaunch.ffcv_builders.validate import validate_samples
@@ -45,7 +45,7 @@ class _Samples:
         return self.images[i], int(self.labels[i])
 
 
-def _fields(shape: tuple[int, int, int], encoding: str, jpeg_quality: int):
+def _fields(shape: tuple[int, int, int], encoding: str, jpeg_quality: int, max_resolution: int | None = None):
     from ffcv.fields import IntField, NDArrayField, RGBImageField
 
     h, w, c = shape
@@ -57,7 +57,8 @@ def _fields(shape: tuple[int, int, int], encoding: str, jpeg_quality: int):
         # FFCV's RGBImageField refuses (H, W, 1): a uint8 array field holds grayscale exactly.
         image = NDArrayField(dtype=np.dtype("uint8"), shape=(h, w, 1))
     else:
-        image = RGBImageField(write_mode="jpg" if encoding == "jpeg" else "raw", jpeg_quality=jpeg_quality)
+        image = RGBImageField(write_mode="jpg" if encoding == "jpeg" else "raw", jpeg_quality=jpeg_quality,
+                              max_resolution=max_resolution)
     return {"image": image, "label": IntField()}
 
 
@@ -95,7 +96,7 @@ def _write(tmp: Path, fields: dict, samples: _Samples, workers: int, desc: str, 
         for p in procs:
             p.start()
         table, reported = [], 0
-        with tqdm(total=n, desc=desc, unit="img", disable=not progress, leave=False) as bar:
+        with progress_bar(total=n, desc=desc, unit="img", disable=not progress, leave=False) as bar:
             while reported < workers:  # each worker reports its allocations once, when it is done
                 try:
                     table.extend(allocations.get(timeout=0.1))
@@ -129,7 +130,8 @@ def _write(tmp: Path, fields: dict, samples: _Samples, workers: int, desc: str, 
 
 
 def write_beton(images, labels, path, *, num_classes: int, dataset: str, split: str, encoding: str = "raw",
-                jpeg_quality: int = 90, num_workers: int = 2, progress: bool = True) -> BetonManifest:
+                jpeg_quality: int = 90, num_workers: int = 2, progress: bool = True, image_size: int | None = None,
+                max_resolution: int | None = None) -> BetonManifest:
     """Write uint8 (N, H, W, C) images (C = 1 or 3) and integer labels to the FFCV file `path`, and its manifest.
 
     Returns the manifest. Bad input (dtype, shape, label range, encoding) raises before any worker starts.
@@ -141,7 +143,7 @@ def write_beton(images, labels, path, *, num_classes: int, dataset: str, split: 
     images, labels = validate_samples(images, labels, num_classes, what=f"{dataset} {split}")
     require_ffcv("writing FFCV .beton files")
     path = Path(path)
-    fields = _fields(images.shape[1:], encoding, int(jpeg_quality))
+    fields = _fields(images.shape[1:], encoding, int(jpeg_quality), max_resolution)
     path.parent.mkdir(parents=True, exist_ok=True)
     workers = max(1, min(int(num_workers), len(labels) // 100 + 1))
     _check_space(path, images, workers, encoding)
@@ -161,7 +163,7 @@ def write_beton(images, labels, path, *, num_classes: int, dataset: str, split: 
             dataset=dataset, split=split, count=len(labels), shape=list(images.shape[1:]), num_classes=num_classes,
             encoding=encoding, jpeg_quality=int(jpeg_quality) if encoding == "jpeg" else None,
             source_sha256=source_digest(images, labels), beton_bytes=tmp.stat().st_size,
-            beton_sha256=file_digest(tmp))
+            beton_sha256=file_digest(tmp), image_size=image_size, max_resolution=max_resolution)
         atomic_write_text(manifest_path(path), manifest.to_json())
         os.replace(tmp, path)
     finally:

@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model; writes runs/<name>/")
     _add_config_args(p)
+    p.add_argument("--verbose", "-v", action="store_true",
+                   help="also print the model's layer table (it is always in runs/<name>/summary.txt)")
 
     p = sub.add_parser("evaluate", help="reload a run's saved weights and measure test accuracy again")
     p.add_argument("run_dir", type=Path)
@@ -88,7 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p, required=False)
     p.add_argument("--keys", action="store_true", help="list every key with its default and meaning")
 
-    sub.add_parser("models", help="list the models and their arguments")
+    p = sub.add_parser("models", help="list the models and their arguments")
+    p.add_argument("--timm", nargs="?", const="", metavar="PATTERN",
+                   help="list timm's architectures (use as model.name=timm/<architecture>), those matching PATTERN")
 
     p = sub.add_parser("report", help="write a run's self-contained report.html (and report.pdf with --pdf)")
     p.add_argument("run_dir", type=Path)
@@ -183,7 +187,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     if args.command == "train":
         cfg = load_config(args.config, args.overrides)  # before torch is imported: config errors come at once
         from visionlaunch.trainers.trainer import train
-        train(cfg, preset=_preset_name(args.config), argv=argv)
+        train(cfg, preset=_preset_name(args.config), argv=argv, verbose=args.verbose)
         return 0
     if args.command == "evaluate" and (args.data or args.split):
         from visionlaunch.launch.evaluate_data import evaluate_on_data
@@ -215,9 +219,16 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         return 0
     if args.command == "models":
         from visionlaunch.models import model_args, model_names
+        if args.timm is not None:
+            from visionlaunch.models.timm_models import PREFIX, list_architectures
+            names = list_architectures(args.timm)
+            print("\n".join(PREFIX + n for n in names) or f"no timm architecture matches {args.timm!r}")
+            return 0
         for name in model_names():
             spec = ", ".join(f"{k}={default!r}" for k, (_, default) in model_args(name).items())
             print(f"{name}: {spec}")
+        print("timm/<architecture>: drop_rate=0.0, drop_path_rate=0.0 (any timm architecture; "
+              "`visionlaunch models --timm [PATTERN]` lists them)")
         return 0
     if args.command == "report":
         from visionlaunch.reports.html import write_report

@@ -32,6 +32,7 @@ from visionlaunch.atomic import atomic_write_text
 from visionlaunch.datasets.conform import conform_image
 from visionlaunch.errors import VisionlaunchError
 from visionlaunch.launch.runmodel import RunModel, batch_logits, load_run_model
+from visionlaunch.trainers.rundir import check_not_run_file
 
 ZIP_SUFFIXES = (".zip",)
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
@@ -101,13 +102,17 @@ def _files(path: Path) -> Iterator[tuple[str, bytes | Path]]:
         yield str(path), path
 
 
-def _decode(payload: bytes | Path, in_shape) -> np.ndarray:
+def _decode(payload: bytes | Path, in_shape, image_size: int | None = None) -> np.ndarray:
     with Image.open(io.BytesIO(payload) if isinstance(payload, bytes) else payload) as image:
+        if image_size:  # a run trained with data.image_size: resize the shorter side and centre crop, as it evaluated
+            from visionlaunch.datasets.mixed_size import evaluation_view
+            return evaluation_view(image, image_size)
         image.load()
         return conform_image(image, in_shape)
 
 
-def iter_images(paths: list[Path], in_shape, skipped: list[tuple[str, str]]) -> Iterator[tuple[str, np.ndarray]]:
+def iter_images(paths: list[Path], in_shape, skipped: list[tuple[str, str]],
+                image_size: int | None = None) -> Iterator[tuple[str, np.ndarray]]:
     """(file, uint8 CHW in the run's shape) for every readable image under `paths`, in order; unreadable files go to
     `skipped`. A folder or archive without a single readable image stops with an error."""
     absent = [str(p) for p in paths if not p.exists()]
@@ -118,7 +123,7 @@ def iter_images(paths: list[Path], in_shape, skipped: list[tuple[str, str]]) -> 
         found = 0
         for display, payload in _files(path):
             try:
-                pixels = _decode(payload, in_shape)
+                pixels = _decode(payload, in_shape, image_size)
             # UnidentifiedImageError is an OSError; PIL raises SyntaxError or EOFError for some damaged files.
             except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
                 why = "not an image format PIL knows" if isinstance(exc, UnidentifiedImageError) else \
@@ -160,7 +165,7 @@ def predict(run: RunModel, paths: list[Path], top_k: int = 3, batch_size: int | 
         names.clear()
         pixels.clear()
 
-    for name, chw in iter_images(paths, run.in_shape, skipped):
+    for name, chw in iter_images(paths, run.in_shape, skipped, image_size=run.cfg.data.image_size):
         names.append(name)
         pixels.append(chw)
         if len(pixels) == batch_size:
@@ -202,6 +207,8 @@ def predict_command(run_dir: Path, paths: list[Path], *, which: str = "last", to
         raise VisionlaunchError(f"--top-k must be at least 1, got {top_k}.")
     if batch_size is not None and batch_size < 1:
         raise VisionlaunchError(f"--batch-size must be at least 1, got {batch_size}.")
+    if out is not None:
+        check_not_run_file(out)
     run = load_run_model(run_dir, which)
     result = predict(run, paths, top_k, batch_size)
     k = len(result.rows[0].top)

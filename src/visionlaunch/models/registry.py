@@ -144,11 +144,16 @@ def _shown(default: Any) -> Any:
 
 
 def _lookup(name: str) -> Builder:
+    from visionlaunch.models import timm_models  # here: timm is imported only when a timm model is named
+
+    if timm_models.is_timm_name(name):
+        return timm_models.builder_for(name)
     if name not in _BUILDERS:
         hints = difflib.get_close_matches(str(name), _BUILDERS, n=1)
         maybe = f" Did you mean {hints[0]!r}?" if hints else ""
         raise VisionlaunchError(
-            f"unknown model {name!r}.{maybe} Registered models are: {', '.join(model_names())}."
+            f"unknown model {name!r}.{maybe} Registered models are: {', '.join(model_names())}; any timm "
+            "architecture is timm/<architecture> (`visionlaunch models --timm PATTERN` lists them)."
         )
     return _BUILDERS[name]
 

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from visionlaunch.atomic import atomic_write_text
+from visionlaunch.errors import VisionlaunchError
+from visionlaunch.trainers.rundir import RUN_FILES, holds_run_files
 
 from . import page
 from .analysis import Headline, epoch_rows, final_record, find_restarts, headline, number
@@ -36,6 +38,11 @@ def write_report(run_dir: Path, *, pdf: bool = False) -> Path:
     """Write run_dir/report.html from the run folder alone and return its path; with `pdf`, also report.pdf
     (headless Chromium). Bad or missing files inside the folder never stop it: the page says what is missing."""
     run = read_run(run_dir)
+    if not holds_run_files(run.path):  # report.html would land in (and replace a file of) some other folder
+        raise VisionlaunchError(
+            f"{run.path} is not a run folder: it holds none of a run's files ({', '.join(RUN_FILES)}), so "
+            f"there is nothing to report and {REPORT_FILE} is not written there. Pass the folder that "
+            "`visionlaunch train` printed (runs/<name>).")
     out = run.path / REPORT_FILE
     atomic_write_text(out, render_report(run))
     if pdf:
