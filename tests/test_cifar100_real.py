@@ -270,7 +270,8 @@ def test_big_presets_take_steps_on_the_real_copy(real_root, tmp_path, preset, ba
     assert code == 0
     saved = yaml.safe_load((run / "config.yaml").read_text())
     preset_cfg = yaml.safe_load((CONFIGS / f"{preset}.yaml").read_text())
-    assert saved["model"] == {"name": preset_cfg["model"]["name"], "args": preset_cfg["model"].get("args", {})}
+    assert (saved["model"]["name"], saved["model"]["args"]) == (preset_cfg["model"]["name"],
+                                                                preset_cfg["model"].get("args", {}))
     final = [r for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "final"][0]
     assert final["steps"] == steps and 0 <= final["test_acc"] <= 1
     if figures:
