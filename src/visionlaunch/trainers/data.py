@@ -10,6 +10,7 @@ from visionlaunch.config import DataConfig
 from visionlaunch.datasets.mixed_size import center_crop
 from visionlaunch.datasets import (DatasetNotFound, ImageSet, default_cache_dir, load_dataset, normalization_stats,
                                    resolve_data_root, train_val_split)
+from visionlaunch.datasets.cifar import unofficial_note
 from visionlaunch.datasets.split import class_coverage_warning, stratified_subset
 
 
@@ -56,6 +57,8 @@ def prepare_data(cfg: DataConfig, log=print, progress: bool = True) -> DataBundl
             cfg.val_size = round(len(train) / 12)
             log(f"NOTE: data.val_size lowered to {cfg.val_size} for the {len(train)}-image sample")
     test = load_dataset(name, "test", **kwargs)
+    if note := unofficial_note([train, test]):
+        log(note)
     # Constants from the full training set, before any subset, so a quick run normalises like a full one.
     mean, std = normalization_stats(train)
     train = stratified_subset(train, cfg.train_subset, cfg.split_seed, "train")
@@ -73,5 +76,6 @@ def prepare_data(cfg: DataConfig, log=print, progress: bool = True) -> DataBundl
     note = (f"{name}: {len(train)} train, {len(val) if val is not None else 0} val (held out of train, seed "
             f"{cfg.split_seed}), {len(test)} test images of shape {tuple(train.shape)}"
             f"{f' (cropped to {cfg.image_size} px)' if cfg.image_size else ''}, {len(train.classes)} "
-            f"classes; source: {train.source}")
+            f"classes; source: {train.source}" + ("; not the official files (md5), content checked"
+                                                   if train.unofficial or test.unofficial else ""))
     return DataBundle(train=train, val=val, test=test, mean=mean, std=std, note=note, name=name)
