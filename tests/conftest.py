@@ -23,6 +23,17 @@ def require_shared_data() -> Path:
     return SHARED_DATA
 
 
+def require_cifar100() -> Path:
+    """The real CIFAR-100 copy (cifar-100-python/{train,test,meta}) in the real-data folder: as require_shared_data,
+    a missing copy fails in CI and skips on a developer machine."""
+    folder = SHARED_DATA / "cifar-100-python"
+    if not all((folder / f).is_file() for f in ("train", "test", "meta")):
+        if os.environ.get("CI"):
+            pytest.fail(f"real CIFAR-100 not found at {folder}; CI must have ../shared/data/cifar-100-python")
+        pytest.skip(f"real CIFAR-100 not found at {folder}")
+    return SHARED_DATA
+
+
 def require_ffcv() -> None:
     """The optional ffcv package: CI installs it (a missing one fails the test); a developer machine without it
     skips, saying how to install it."""

@@ -21,12 +21,13 @@ from PIL import Image
 
 from tests.conftest import SHARED_DATA, isolate_environment, require_shared_data
 from visionlaunch.datasets import load_dataset, normalize
+from visionlaunch.datasets.split import stratified_subset
 from visionlaunch.launch.cli import main
 from visionlaunch.models import build_model
 from visionlaunch.trainers.metrics import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
-N_TEST = 300  # the run's test split is the first N_TEST MNIST test images; the same images are written as PNGs
+N_TEST = 300  # the run's test split is a stratified sample of N_TEST MNIST test images; the same are written as PNGs
 # Small but real: 2,000 training images (300 held out), a narrow CNN, one epoch, EMA weights beside the raw ones,
 # and test-time flips, so that predict has to apply the run's TTA to reproduce evaluate's numbers.
 RUN = ["data.train_subset=2000", f"data.test_subset={N_TEST}", "data.val_size=300", "train.epochs=1",
@@ -42,7 +43,8 @@ def trained(tmp_path_factory):
         isolate_environment(mp, root)
         assert main(["train", "--config", str(REPO / "configs" / "mnist_cnn.yaml"), f"data.root={SHARED_DATA}",
                      f"output.dir={root / 'runs'}", "output.name=mnist", *RUN]) == 0
-        test = load_dataset("mnist", "test", root=SHARED_DATA)
+        # The run's own test subset: data.test_subset is a seeded (data.split_seed=0) stratified sample.
+        test = stratified_subset(load_dataset("mnist", "test", root=SHARED_DATA), N_TEST, 0, "test")
         train = load_dataset("mnist", "train", root=SHARED_DATA)
         # The run's test images as an ImageFolder of PNGs (lossless): test/<digit>/<index>.png, and a small train/
         # (the ImageFolder layout needs both).

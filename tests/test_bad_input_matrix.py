@@ -38,6 +38,7 @@ from tests.test_ablation import BAD_FILES, write_ablation
 from visionlaunch.launch.cli import main
 from visionlaunch.trainers import checkpoint
 from visionlaunch.trainers.checkpoint import complete_checkpoints
+from visionlaunch.trainers.runlock import RunLock
 
 FCN = REPO / "configs" / "mnist_fcn.yaml"
 # A training command that gets as far as possible quickly: the embedded MNIST sample, a 16-unit MLP.
@@ -158,6 +159,13 @@ def damaged_for_auto(d: Path) -> None:
     meta_file.write_text(json.dumps(meta))
 
 
+def hold_run_lock(d: Path, mp: pytest.MonkeyPatch) -> None:
+    """runs/run is being trained into: its lock is held (flock: a second open file in this process conflicts too).
+    The lock lives as long as the monkeypatch; undoing it drops the last reference, which releases the lock."""
+    write(d / "runs" / "run" / "metrics.jsonl", "")
+    mp.setattr(sys.modules[__name__], "_held_lock", RunLock(d / "runs" / "run").acquire(), raising=False)
+
+
 def unwritable_folder(d: Path, mp) -> None:
     (d / "run").chmod(0o555)
 
@@ -198,6 +206,20 @@ ROWS = [
         lambda d: str(d / "a_file"), ("not a writable folder",), setup=lambda d, mp: write(d / "a_file", "")),
     Row("existing-run-folder", lambda d: train(d), lambda d: str(d / "runs" / "run"), ("already exists",),
         setup=lambda d, mp: write(d / "runs" / "run" / "keep.txt", "mine")),
+    Row("run-name-dot", lambda d: train(d, "output.overwrite=true", name="."), "output.name", ("'.'",),
+        setup=lambda d, mp: write(d / "runs" / "other" / "metrics.jsonl", "{}\n")),
+    Row("run-name-dotdot", lambda d: train(d, "output.overwrite=true", name=".."), "output.name", ("'..'",),
+        setup=lambda d, mp: write(d / "thesis.tex", "years of work")),
+    Row("run-name-absolute", lambda d: train(d, "output.overwrite=true", name=str(d)), "output.name",
+        setup=lambda d, mp: write(d / "thesis.tex", "years of work")),
+    Row("overwrite-a-folder-that-is-not-a-run", lambda d: train(d, "output.overwrite=true"),
+        lambda d: str(d / "runs" / "run"), setup=lambda d, mp: write(d / "runs" / "run" / "keep.txt", "mine")),
+    Row("run-folder-locked-by-another-process", lambda d: train(d, "train.resume=auto"),
+        lambda d: str(d / "runs" / "run"), ("in use by another training process",), setup=hold_run_lock),
+    Row("compare-out-into-a-run-folder", lambda d: ["compare", str(d / "run"), str(d / "run2"), "--out",
+                                                    str(d / "run" / "metrics.jsonl")],
+        lambda d: str(d / "run" / "metrics.jsonl"), ("inside the run folder",), needs_run=True,
+        setup=lambda d, mp: shutil.copytree(d / "run", d / "run2")),
     Row("resume-not-a-checkpoint", lambda d: train(d, f"train.resume={d / 'empty'}"), lambda d: str(d / "empty"),
         ("is not a checkpoint folder",), setup=lambda d, mp: (d / "empty").mkdir()),
     Row("resume-other-config", lambda d: resume(d, f"train.resume={d / 'run'}", "optim.lr=0.3"), "optim.lr",

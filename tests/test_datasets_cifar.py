@@ -135,7 +135,7 @@ def _damage(root, obj=None, raw=None):
     ({"data": np.zeros((4, 1024), np.uint8), "fine_labels": [0] * 4}, r"expected a uint8 array of shape \(N, 3072\)"),
     ({"data": np.zeros((4, 3072), np.uint8), "fine_labels": [0] * 3}, "must be 4 integer labels"),
     ({"data": np.zeros((4, 3072), np.uint8), "fine_labels": [0, 1, 100, 2]},
-     "label 100 at position 2 is outside 0..99"),
+     "label 100 at position 2 of 'fine_labels' is outside 0..99"),
 ])
 def test_structure_is_checked_without_verify(tmp_path, batch, expected):
     write_cifar100(tmp_path, 20, 4)

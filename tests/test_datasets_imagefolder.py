@@ -213,11 +213,15 @@ def test_cache_follows_changes_in_a_folder(tmp_path):
     assert len(_load(tmp_path, cache_dir=cache)) == 13
 
 
-def test_progress_bar_goes_to_stderr(tmp_path, capsys):
+def test_progress_bar_goes_to_stderr(tmp_path, capsys, monkeypatch):
+    from visionlaunch import progress
+
+    monkeypatch.setattr(progress, "PLAIN_EVERY_S", 0.0)  # off a terminal: a plain line per interval, here each image
     make_folder(tmp_path / "ds")
     load_dataset("imagefolder", "train", root=tmp_path, path="ds", cache_dir=None, progress=True)
     captured = capsys.readouterr()
-    assert "decoding train images" in captured.err and captured.out == ""
+    assert "decoding train images: 12/12 img (100%)" in captured.err and captured.out == ""
+    assert "\r" not in captured.err
 
 
 @pytest.fixture(scope="module")

@@ -180,7 +180,7 @@ def test_prepare_ffcv_command_writes_then_checks_the_files(tmp_path, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out.split()
     files = sorted(p for p in out if p.endswith(".beton"))
-    assert [os.path.basename(p) for p in files] == ["mnist_sample-test-first300.beton",
+    assert [os.path.basename(p) for p in files] == ["mnist_sample-test-sub300-seed0.beton",
                                                     "mnist_sample-train-val500-seed0.beton",
                                                     "mnist_sample-val-val500-seed0.beton"]
     assert main(args) == 0 and "up to date" in capsys.readouterr().err

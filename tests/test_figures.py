@@ -17,6 +17,7 @@ from visionlaunch.reports import (
     plot_tsne,
 )
 from visionlaunch.reports import figures
+from tests.cifar_format import CIFAR100_COARSE, CIFAR100_FINE, FINE_TO_COARSE
 
 STAMP = Stamp(ident="ada", date="2024-05-01", run_name="mnist-cnn")
 CIFAR = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -250,19 +251,64 @@ def test_confusion_small_case_values_and_names(tmp_path, saved_figs):
     assert STAMP.text() in texts(fig)
 
 
+def _hundred_class_predictions(seed=0, n=4000):
+    """CIFAR-100's names and grouping; 60% right, and half the errors inside the true class's superclass."""
+    rng = np.random.default_rng(seed)
+    groups = np.array(FINE_TO_COARSE)
+    labels = rng.integers(0, 100, size=n)
+    siblings = [np.flatnonzero(groups == groups[c]) for c in range(100)]
+    preds = labels.copy()
+    for i in np.flatnonzero(rng.random(n) > 0.6):
+        preds[i] = rng.choice(siblings[labels[i]]) if rng.random() < 0.5 else rng.integers(0, 100)
+    preds[labels == 3] = 7  # one pair stands out: every 'bear' (3) predicted as 'beetle' (7)
+    return labels, preds
+
+
 def test_confusion_hundred_classes_is_readable(tmp_path, saved_figs):
-    rng = np.random.default_rng(0)
-    classes = [f"class_{i:03d}" for i in range(100)]
-    labels = rng.integers(0, 100, size=2000)
-    preds = np.where(rng.random(2000) < 0.7, labels, rng.integers(0, 100, size=2000))
-    pixels = check_png(plot_confusion(labels, preds, classes, tmp_path / "confusion.png", STAMP))
-    assert pixels.shape[1] >= 1000
-    ax = saved_figs["confusion.png"].axes[0]
-    assert len(ax.texts) == 0  # no per-cell numbers at this size
-    names = [t.get_text() for t in ax.get_xticklabels()]
-    assert 10 <= len(names) <= 20 and set(names) <= set(classes)
+    labels, preds = _hundred_class_predictions()
+    pixels = check_png(plot_confusion(labels, preds, CIFAR100_FINE, tmp_path / "confusion.png", STAMP))
+    assert pixels.shape[1] >= 1500  # shown at its own size: every name legible
+    fig = saved_figs["confusion.png"]
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == CIFAR100_FINE  # every class named, in class order
     accuracy = np.mean(labels == preds)
-    assert f"accuracy {accuracy:.2%}" in saved_figs["confusion.png"].get_suptitle()
+    assert f"accuracy {accuracy:.2%}" in fig.get_suptitle()
+    panel = "\n".join(texts(fig))
+    assert "Most confused pairs" in panel
+    first_pair = next(line for line in panel.splitlines() if "→" in line and "predicted" not in line)
+    assert first_pair.split() == ["bear", "→", "beetle", str(int((labels == 3).sum())), "100%"]
+
+
+def test_confusion_hundred_classes_ordered_by_superclass(tmp_path, saved_figs):
+    labels, preds = _hundred_class_predictions()
+    check_png(plot_confusion(labels, preds, CIFAR100_FINE, tmp_path / "confusion.png", STAMP,
+                             superclasses=CIFAR100_COARSE, superclass_of=FINE_TO_COARSE))
+    fig = saved_figs["confusion.png"]
+    ax = fig.axes[0]
+    rows = [t.get_text() for t in ax.get_yticklabels()]
+    assert rows[:5] == ["beaver", "dolphin", "otter", "seal", "whale"] and sorted(rows) == CIFAR100_FINE
+    assert [FINE_TO_COARSE[CIFAR100_FINE.index(r)] for r in rows] == sorted(FINE_TO_COARSE)
+    assert len(ax.lines) == 2 * 19  # the 20 blocks outlined
+    assert [t.get_text() for t in ax.texts] == [figures._group_names([c])[0] for c in CIFAR100_COARSE]
+    wrong = labels != preds
+    inside = np.mean(np.array(FINE_TO_COARSE)[labels[wrong]] == np.array(FINE_TO_COARSE)[preds[wrong]])
+    assert f"{inside:.0%} of all {wrong.sum():,} errors stay" in "\n".join(texts(fig))
+    with pytest.raises(ValueError, match="superclass_of"):
+        plot_confusion(labels, preds, CIFAR100_FINE, tmp_path / "bad.png", STAMP, superclasses=CIFAR100_COARSE,
+                       superclass_of=FINE_TO_COARSE[:99])
+
+
+def test_tsne_hundred_classes_coloured_by_superclass(tmp_path, saved_figs):
+    rng = np.random.default_rng(0)
+    labels = np.arange(300) % 100
+    centres = rng.normal(0, 8, size=(20, 8))
+    features = (centres[np.array(FINE_TO_COARSE)[labels]] + rng.normal(size=(300, 8))).astype(np.float32)
+    check_png(plot_tsne(features, labels, CIFAR100_FINE, tmp_path / "tsne.png", STAMP, layer="fc",
+                        superclasses=CIFAR100_COARSE, superclass_of=FINE_TO_COARSE))
+    fig = saved_figs["tsne.png"]
+    assert "coloured by the 20 superclasses of the 100 classes" in fig.get_suptitle()
+    assert legend_labels(fig) == [c.replace("_", " ") for c in CIFAR100_COARSE]
+    assert fig.axes[0].get_legend().get_title().get_text() == "superclass"
 
 
 def test_confusion_rejects_out_of_range_labels(tmp_path):

@@ -224,7 +224,9 @@ def test_residual_presets_run_end_to_end_on_canonical_format_files(tmp_path, pre
     run = tmp_path / "runs" / "c"
     saved = yaml.safe_load((run / "config.yaml").read_text())
     preset_cfg = yaml.safe_load((CONFIGS / f"{preset}.yaml").read_text())
-    assert saved["model"] == {"name": preset_cfg["model"]["name"], "args": preset_cfg["model"].get("args", {})}
+    assert {k: saved["model"][k] for k in ("name", "args")} == {"name": preset_cfg["model"]["name"],
+                                                             "args": preset_cfg["model"].get("args", {})}
+    assert saved["model"]["weights"] is None  # random init: no weights file
     final = [r for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "final"][0]
     assert final["steps"] == 1 and 0 <= final["test_acc"] <= 1
     assert (run / "figures" / "tsne.png").is_file()

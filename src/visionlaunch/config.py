@@ -40,8 +40,10 @@ class DataConfig(_Section):
     cache_dir: str | None = Field(None, description="decoded-tensor cache; default $VISIONLAUNCH_CACHE, else ~/.cache/visionlaunch")
     val_size: int | float = Field(5000, ge=0, description="held out from train: a count (>=1) or a fraction (<1); 0 = none")
     split_seed: int = Field(0, ge=0, le=SEED_MAX)
-    train_subset: int | None = Field(None, ge=1, description="use only the first N training images (quick runs)")
-    test_subset: int | None = Field(None, ge=1, description="use only the first N test images (quick runs)")
+    train_subset: int | None = Field(None, ge=1, description="use only N training images (quick runs): a seeded "
+                                     "(data.split_seed), class-stratified sample, taken before the val split")
+    test_subset: int | None = Field(None, ge=1, description="use only N test images (quick runs): a seeded "
+                                    "(data.split_seed), class-stratified sample")
     loader: Literal["tensor", "torch", "ffcv"] = Field(
         "tensor", description="tensor: whole dataset resident on the device; torch: DataLoader baseline; ffcv: "
                               "FFCV .beton files (pip install visionlaunch[ffcv])")
@@ -128,9 +130,12 @@ class TrainConfig(_Section):
     keep_checkpoints: int = Field(2, ge=1, description="how many of the newest checkpoints to keep")
     resume: str = Field("none", description="auto: continue runs/<output.name> from its newest complete checkpoint "
                                             "(or start it); a checkpoint or run folder path; none")
-    preempt_signals: list[str] = Field(["SIGTERM", "SIGUSR2"], description="signals that make the run finish the "
-                                       "step, checkpoint and exit with status 75; [] = off")
-    dist_timeout_s: int = Field(1800, ge=10, description="seconds a collective may wait for the other processes")
+    preempt_signals: list[str] = Field(["SIGTERM", "SIGUSR2", "SIGINT"], description="signals that make the run "
+                                       "finish the step, checkpoint and exit with status 75 (SIGINT: Ctrl-C); "
+                                       "[] = off")
+    dist_timeout_s: int = Field(600, ge=10, description="seconds a collective may wait for the other processes: "
+                                "how long a hung process holds up the others; phases where only the main process "
+                                "works (filling the data cache, writing .beton files, figures) must fit in it")
     early_stop_patience: int = Field(0, ge=0, description="stop when the validation metric has not improved for this "
                                                           "many epochs; 0 = off (needs data.val_size > 0)")
     early_stop_metric: Literal["val_acc", "val_loss"] = Field(
@@ -152,7 +157,23 @@ class TrainConfig(_Section):
 class OutputConfig(_Section):
     dir: str = "runs"
     name: str | None = Field(None, description="run folder name; default <preset>-<date>-<time>")
-    overwrite: bool = Field(False, description="replace an existing run folder of the same name")
+    overwrite: bool = Field(False, description="replace an existing run folder of the same name (only a folder that "
+                                               "holds a run: run.yaml or metrics.jsonl; an empty one)")
+
+    @field_validator("name")
+    @classmethod
+    def _one_path_component(cls, name: str | None) -> str | None:
+        # The name is joined to output.dir and, with overwrite, its folder is emptied: `.`, `..`, `a/b` or an
+        # absolute path would point that at other runs or at the folders above them.
+        if not name:  # `output.name=` on the command line: the default name
+            return None
+        bad = name in (".", "..") or "/" in name or "\\" in name or "\0" in name or name != name.strip() \
+            or len(name.encode()) > 255  # NAME_MAX of Linux and macOS file systems
+        if bad:
+            raise ValueError(f"a run name is one folder name inside output.dir, not {name!r} (no '/', no '.' or "
+                             "'..', no leading or trailing spaces, at most 255 bytes); put the parent folder in "
+                             "output.dir, e.g. output.dir=/scratch/runs output.name=exp1")
+        return name
 
 
 class ReportConfig(_Section):

@@ -29,6 +29,7 @@ import yaml
 
 from visionlaunch.config import RunConfig, load_config, load_yaml, parse_override
 from visionlaunch.errors import VisionlaunchError
+from visionlaunch.trainers.rundir import enclosing_run_folder
 
 FILE_KEYS = ("name", "description", "base", "overrides", "grid", "variants", "seeds", "output_dir")
 VARIANT_KEYS = ("name", "label", "overrides")
@@ -136,6 +137,11 @@ def load_ablation(path: str | os.PathLike, *, out: str | os.PathLike | None = No
     settings, varied = _settings(tree, where)
     out_dir = Path(out) if out is not None else Path(_string(tree.get("output_dir", DEFAULT_OUTPUT_DIR),
                                                                  f"{where}, output_dir")) / name
+    inside = enclosing_run_folder(out_dir / "x")  # its runs, tables and logs must not land among a run's files
+    if inside is not None:
+        raise VisionlaunchError(
+            f"{where}: the ablation folder {out_dir} lies inside the run folder {inside}. Choose a folder outside "
+            f"any run with output_dir: in the file or `visionlaunch ablate --out DIR`, e.g. {inside.parent / name}.")
 
     _check_managed([("the ablation's overrides", fixed), ("the command-line overrides", extra)]
                    + [(f"variant {s}", o) for s, _, o, _ in settings], where)

@@ -19,7 +19,7 @@ from visionlaunch.atomic import atomic_torch_save
 from visionlaunch.datasets.imageset import ImageSet
 from visionlaunch.errors import describe_load_failure
 
-FORMAT_VERSION = 1  # bump when readers change what they produce, so old caches are not reused
+FORMAT_VERSION = 2  # bump when readers change what they produce, so old caches are not reused
 
 
 def _digest(text: str, n: int) -> str:
@@ -49,7 +49,8 @@ def _load(path: Path, name: str, need_verified: bool) -> ImageSet | None:
         if need_verified and not entry["verified"]:
             return None  # built with verify=False: read (and check) the sources again; not an error
         return ImageSet(images=entry["images"], labels=entry["labels"], classes=list(entry["classes"]),
-                        name=entry["name"], source=entry["source"])
+                        name=entry["name"], source=entry["source"], superclasses=entry["superclasses"],
+                        superclass_of=entry["superclass_of"], unofficial=entry["unofficial"])
     except Exception as exc:  # truncated file, foreign pickle, wrong dtypes: all mean "rebuild"
         reason = describe_load_failure(exc) if not isinstance(exc, ValueError) else str(exc)
         warnings.warn(f"ignoring unreadable dataset cache file {path} ({reason}); "
@@ -59,7 +60,9 @@ def _load(path: Path, name: str, need_verified: bool) -> ImageSet | None:
 
 def _save(path: Path, data: ImageSet, verified: bool) -> None:
     entry = {"version": FORMAT_VERSION, "name": data.name, "source": data.source, "classes": list(data.classes),
-             "images": data.images, "labels": data.labels, "verified": verified}
+             "images": data.images, "labels": data.labels, "verified": verified,
+             "superclasses": data.superclasses, "superclass_of": data.superclass_of,
+             "unofficial": [list(u) for u in data.unofficial]}  # the content check's result, so its NOTE survives
     try:
         atomic_torch_save(entry, path)
     except OSError as exc:  # a full disk or a file-size limit included: the cache only saves time

@@ -31,6 +31,9 @@ class CifarFormat:
     names_key: str
     num_classes: int
     torchvision_class: str
+    coarse_key: str | None = None  # CIFAR-100's superclass labels and their names in meta
+    coarse_names_key: str | None = None
+    num_superclasses: int = 0
 
 
 # The md5 sums are torchvision's (CIFAR10/CIFAR100.train_list, test_list, meta); a test checks they still agree.
@@ -50,8 +53,14 @@ FORMATS = {
         train=(("train", "16019d7e3df5f24257cddd939b257f8d"),),
         test=(("test", "f0ef6b0ae62326f3e7ffdfab6717acfc"),),
         meta=("meta", "7973b15100ade9c7d40fb424638fde48"),
-        label_key="fine_labels", names_key="fine_label_names", num_classes=100, torchvision_class="CIFAR100"),
+        label_key="fine_labels", names_key="fine_label_names", num_classes=100, torchvision_class="CIFAR100",
+        coarse_key="coarse_labels", coarse_names_key="coarse_label_names", num_superclasses=20),
 }
+ROWS = {"train": 50_000, "test": 10_000}  # both datasets; classes are balanced within each split
+
+
+def _other(fmt: CifarFormat) -> CifarFormat:
+    return FORMATS["cifar100" if fmt.num_classes == 10 else "cifar10"]
 
 # The only globals a CIFAR pickle needs. Anything else means the file is not one, and refusing it also keeps
 # unpickling from running arbitrary code.
@@ -121,16 +130,20 @@ def locate(name: str, root: Path, split: str, download: bool) -> list[Path]:
     return [folder / f for f, _ in _split_files(fmt, split)]
 
 
-def _check_md5(path: Path, expected: str, title: str) -> None:
-    actual = md5_file(path)
-    if actual != expected:
-        raise VisionlaunchError(
-            f"{path} has md5 {actual}, but the official {title} file has md5 {expected}. The file is damaged or "
-            "is not the official one: delete the folder and download it again, or set data.verify=false to read "
-            "files you built yourself in the same format.")
+def _wrong_dataset_hint(found: dict, fmt: CifarFormat, key: str) -> str:
+    """When a file holds the other CIFAR's keys, say so: a CIFAR-10 batch copied into cifar-100-python/ is a common
+    mix-up, and "expected key 'fine_labels'" alone does not explain it."""
+    other = _other(fmt)
+    other_key = other.label_key if key == "labels" else other.names_key
+    if other_key in found:
+        name = next(n for n, f in FORMATS.items() if f is other)
+        return (f" It has {other_key!r}: it is a {other.title} file, which belongs in {other.folder}/ and is read "
+                f"with data.name={name}.")
+    return ""
 
 
-def _class_names(path: Path, fmt: CifarFormat) -> list[str]:
+def _class_names(path: Path, fmt: CifarFormat) -> tuple[list[str], list[str] | None]:
+    """The class names, and the superclass names where the format has them (None when absent)."""
     meta = unpickle(path)
     names = meta.get(fmt.names_key)
     if not isinstance(names, (list, tuple)) or len(names) != fmt.num_classes:
@@ -140,49 +153,136 @@ def _class_names(path: Path, fmt: CifarFormat) -> list[str]:
             found = f"{len(names)}" if isinstance(names, (list, tuple)) else f"a {type(names).__name__}"
         raise VisionlaunchError(
             f"{path}: expected key {fmt.names_key!r} with {fmt.num_classes} class names, found {found} "
-            f"(keys: {sorted(meta)}). Replace it with the canonical {fmt.title} meta file.")
-    return [_text(n) for n in names]
+            f"(keys: {sorted(meta)}).{_wrong_dataset_hint(meta, fmt, 'names')} Replace it with the canonical "
+            f"{fmt.title} meta file.")
+    coarse = meta.get(fmt.coarse_names_key) if fmt.coarse_names_key else None
+    if not isinstance(coarse, (list, tuple)) or len(coarse) != fmt.num_superclasses:
+        coarse = None
+    return [_text(n) for n in names], None if coarse is None else [_text(n) for n in coarse]
 
 
-def _read_batch(path: Path, fmt: CifarFormat) -> tuple[np.ndarray, np.ndarray]:
+def _labels(batch: dict, key: str, n: int, path: Path, fmt: CifarFormat, limit: int) -> np.ndarray:
+    labels = np.asarray(batch[key])
+    if labels.ndim != 1 or len(labels) != n or not np.issubdtype(labels.dtype, np.integer):
+        raise VisionlaunchError(
+            f"{path}: {key!r} must be {n} integer labels (one per image), found "
+            f"{labels.shape} of {labels.dtype}. Replace it with the canonical {fmt.title} file.")
+    if len(labels) and (labels.min() < 0 or labels.max() >= limit):
+        bad = int(np.argmax((labels < 0) | (labels >= limit)))
+        raise VisionlaunchError(
+            f"{path}: label {int(labels[bad])} at position {bad} of {key!r} is outside 0..{limit - 1}. "
+            f"Replace it with the canonical {fmt.title} file.")
+    return labels.astype(np.int64)
+
+
+def _read_batch(path: Path, fmt: CifarFormat) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(data, labels, coarse labels or None): the structure every reading needs, checked with or without verify."""
     batch = unpickle(path)
     data, labels = batch.get("data"), batch.get(fmt.label_key)
     if data is None or labels is None:
         raise VisionlaunchError(
-            f"{path}: expected keys 'data' and {fmt.label_key!r} of a {fmt.title} batch, found {sorted(batch)}. "
-            f"Replace it with the canonical {fmt.title} file.")
+            f"{path}: expected keys 'data' and {fmt.label_key!r} of a {fmt.title} batch, found {sorted(batch)}."
+            f"{_wrong_dataset_hint(batch, fmt, 'labels')} Replace it with the canonical {fmt.title} file.")
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         desc = f"{data.dtype} array {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
         raise VisionlaunchError(
             f"{path}: 'data' is a {desc}, expected a uint8 array of shape (N, 3072) (32x32 RGB, channel-major). "
             f"Replace it with the canonical {fmt.title} file.")
-    labels = np.asarray(labels)
-    if labels.ndim != 1 or len(labels) != len(data) or not np.issubdtype(labels.dtype, np.integer):
-        raise VisionlaunchError(
-            f"{path}: {fmt.label_key!r} must be {len(data)} integer labels (one per image), found "
-            f"{labels.shape} of {labels.dtype}. Replace it with the canonical {fmt.title} file.")
-    if len(labels) and (labels.min() < 0 or labels.max() >= fmt.num_classes):
-        bad = int(np.argmax((labels < 0) | (labels >= fmt.num_classes)))
-        raise VisionlaunchError(
-            f"{path}: label {int(labels[bad])} at position {bad} is outside 0..{fmt.num_classes - 1}. "
-            f"Replace it with the canonical {fmt.title} file.")
-    return data, labels.astype(np.int64)
+    labels = _labels(batch, fmt.label_key, len(data), path, fmt, fmt.num_classes)
+    coarse = None
+    if fmt.coarse_key and batch.get(fmt.coarse_key) is not None:
+        coarse = _labels(batch, fmt.coarse_key, len(data), path, fmt, fmt.num_superclasses)
+    return data, labels, coarse
+
+
+def _superclass_of(labels: np.ndarray, coarse: np.ndarray | None, num_classes: int) -> np.ndarray | None:
+    """Each class's superclass, when every class occurs and always with the same coarse label; else None."""
+    if coarse is None:
+        return None
+    first = np.full(num_classes, -1)
+    first[labels[::-1]] = coarse[::-1]  # reversed: the first occurrence is written last and wins
+    if (first < 0).any() or (first[labels] != coarse).any():
+        return None
+    return first
+
+
+def _content_problem(fmt: CifarFormat, split: str, labels: np.ndarray, coarse: np.ndarray | None,
+                     superclasses: list[str] | None) -> str | None:
+    """What keeps these labels from being the official split's, or None. Keys, dtype, shape and label range were
+    already checked while reading; this adds the row count, images per class and the superclass structure."""
+    n = ROWS[split]
+    if len(labels) != n:
+        return f"it holds {len(labels):,} images, the official {split} split has {n:,}"
+    per_class = n // fmt.num_classes
+    counts = np.bincount(labels, minlength=fmt.num_classes)
+    if (off := np.flatnonzero(counts != per_class)).size:
+        return (f"{off.size} classes do not have {per_class} images each (class {off[0]} has {counts[off[0]]}); "
+                f"the official {split} split is balanced")
+    if not fmt.coarse_key:
+        return None
+    if coarse is None:
+        return f"the {fmt.coarse_key!r} (superclass labels) are missing"
+    if superclasses is None:
+        return f"the meta file lacks {fmt.coarse_names_key!r} with {fmt.num_superclasses} superclass names"
+    per_group = n // fmt.num_superclasses
+    counts = np.bincount(coarse, minlength=fmt.num_superclasses)
+    if (off := np.flatnonzero(counts != per_group)).size:
+        return f"superclass {off[0]} has {counts[off[0]]} images, the official split has {per_group} in each"
+    if _superclass_of(labels, coarse, fmt.num_classes) is None:
+        for c in range(fmt.num_classes):
+            if len(groups := np.unique(coarse[labels == c])) > 1:
+                return (f"class {c} appears with superclass labels {', '.join(map(str, groups[:4]))}; in "
+                        f"{fmt.title} every class belongs to exactly one superclass")
+    return None
 
 
 def read(name: str, files: list[Path], split: str, verify: bool = True) -> ImageSet:
+    """Read one split. With `verify`, a file whose md5 is the official one is read as is; any other file must pass
+    a content check (ROWS images, balanced classes, consistent superclasses) and is then recorded in
+    ImageSet.unofficial, so the caller can say so. Without `verify` only the structure needed to read is checked."""
     fmt = FORMATS[name]
+    unofficial = []
     if verify:
-        for path, (_, md5) in zip(files, _split_files(fmt, split)):
-            _check_md5(path, md5, fmt.title)
+        for path, (_, official) in zip(files, _split_files(fmt, split)):
+            if (actual := md5_file(path)) != official:
+                unofficial.append((str(path), actual, official))
     *batch_paths, meta_path = files
-    classes = _class_names(meta_path, fmt)
+    classes, superclasses = _class_names(meta_path, fmt)
     batches = [_read_batch(p, fmt) for p in batch_paths]
-    data = np.concatenate([d for d, _ in batches])
-    labels = np.concatenate([lab for _, lab in batches])
+    data = np.concatenate([d for d, _, _ in batches])
+    labels = np.concatenate([lab for _, lab, _ in batches])
+    coarse = None if any(c is None for _, _, c in batches) else np.concatenate([c for _, _, c in batches])
+    if unofficial and (problem := _content_problem(fmt, split, labels, coarse, superclasses)):
+        listed = "; ".join(f"{p} has md5 {actual}, the official file {official}" for p, actual, official in unofficial)
+        raise VisionlaunchError(
+            f"{listed}. A file that is not the official one is accepted when its content is {fmt.title}'s, but here "
+            f"{problem}. Replace the folder with the canonical {fmt.title} files (download them again, or set "
+            "data.download=true after deleting it), or set data.verify=false to read files you built yourself in "
+            "the same format.")
+    groups = _superclass_of(labels, coarse, fmt.num_classes) if superclasses else None
     return ImageSet(
         images=torch.from_numpy(data.reshape(-1, 3, 32, 32)),  # rows are R, G, B planes: already CHW
         labels=torch.from_numpy(labels),
         classes=classes,
         name=name,
         source=f"{fmt.title} python pickles {', '.join(p.name for p in files)} in {files[0].parent}",
+        superclasses=superclasses if groups is not None else None,
+        superclass_of=None if groups is None else groups.tolist(),
+        unofficial=tuple(unofficial),
     )
+
+
+def unofficial_note(sets: list[ImageSet]) -> str | None:
+    """One NOTE line for the files of `sets` that passed the content check without being the official files."""
+    entries = list(dict.fromkeys(u for s in sets for u in s.unofficial))  # meta is shared by both splits
+    if not entries:
+        return None
+    title = FORMATS[sets[0].name].title if sets[0].name in FORMATS else sets[0].name
+    folder = Path(entries[0][0]).parent
+    files = ", ".join(f"{Path(p).name} (md5 {actual})" for p, actual, _ in entries)
+    official = ", ".join(official for _, _, official in entries)
+    one = len(entries) == 1
+    return (f"NOTE: {files} in {folder} {'is' if one else 'are'} not the official {title} file{'' if one else 's'} "
+            f"(official md5 {official}); {'its' if one else 'their'} content passed the check (image count, "
+            f"uint8 32x32 RGB, labels, images per class{', superclasses' if title == 'CIFAR-100' else ''}), "
+            f"so {'it is' if one else 'they are'} read as {title}.")

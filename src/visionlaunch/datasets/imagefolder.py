@@ -7,8 +7,10 @@ agree on shape (every image one size; grayscale only when every image of both sp
 
 from __future__ import annotations
 
+import errno
 import io
 import os
+import stat
 import tarfile
 import zlib
 from collections import defaultdict
@@ -18,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from visionlaunch.datasets.imageset import DatasetNotFound, ImageSet
 from visionlaunch.errors import VisionlaunchError, describe_os_error
+from visionlaunch.progress import progress_bar
 
 SPLITS = ("train", "test")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
@@ -55,20 +57,63 @@ def locate(root: Path, path: str | os.PathLike | None) -> Path:
     return p
 
 
-def _walk_error(exc: OSError) -> None:
-    # os.walk skips a folder it cannot list unless told otherwise: its images would silently be missing.
-    raise VisionlaunchError(f"cannot list the ImageFolder folder {describe_os_error(exc)}") from exc
-
-
 def source_files(path: Path) -> list[Path]:
     """The files whose size and mtime fingerprint the dataset (for the cache)."""
     if path.is_file():
         return [path]
-    files = []
-    for folder, dirs, names in os.walk(path, followlinks=True, onerror=_walk_error):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        files += [Path(folder) / n for n in sorted(names) if not n.startswith(".")]
-    return files
+    return [p for _, p, is_dir in _walk(path) if not is_dir]
+
+
+def _walk(root: Path):
+    """(parts relative to root, path, is_dir) for everything under `root` but hidden names, sorted by name.
+
+    Links are followed, so a dataset made of links to images stored elsewhere works. A link back to a folder that
+    contains it (`..`, `.`, a cycle through several links) would make the tree endless: it stops with an error
+    naming the link, as do a folder reached twice (its images would count twice), a dangling link, a link loop
+    and anything that is neither a file nor a folder (a FIFO would block the reader forever)."""
+    def visit(folder: Path, rel: tuple[str, ...], ancestors: frozenset):
+        try:
+            with os.scandir(folder) as listing:
+                children = sorted(listing, key=lambda entry: entry.name)
+        except OSError as exc:  # never skipped: its images would silently be missing
+            raise VisionlaunchError(f"cannot list the ImageFolder folder {describe_os_error(exc)}") from None
+        for entry in children:
+            if entry.name.startswith("."):
+                continue
+            path, parts = Path(entry.path), rel + (entry.name,)
+            try:
+                info = path.stat()  # through links
+            except OSError as exc:
+                if not entry.is_symlink():
+                    raise VisionlaunchError(f"cannot read the ImageFolder file {describe_os_error(exc)}") from None
+                what = "a link loop" if exc.errno == errno.ELOOP else \
+                    f"a dangling link: it points to {os.readlink(path)}, which does not exist"
+                raise VisionlaunchError(f"{path} is {what}. Remove the link or restore what it points to; "
+                                        "every file in an ImageFolder dataset must be readable.") from None
+            if stat.S_ISDIR(info.st_mode):
+                identity = (info.st_dev, info.st_ino)
+                if identity in ancestors:
+                    raise VisionlaunchError(
+                        f"{path} is a link to {os.path.realpath(path)}, a folder that contains the link, so the "
+                        "folder tree never ends. Remove the link (or replace it with a copy of the images it "
+                        "should add).")
+                if identity in walked:  # through links: its images would count twice (maybe in train and test)
+                    raise VisionlaunchError(
+                        f"{path} and {walked[identity]} are the same folder ({os.path.realpath(path)}), reached "
+                        "through a link: its images would count twice, perhaps under two classes or in both "
+                        "train/ and test/. Remove one of the links.")
+                walked[identity] = path
+                yield parts, path, True
+                yield from visit(path, parts, ancestors | {identity})
+            elif stat.S_ISREG(info.st_mode):
+                yield parts, path, False
+            else:
+                raise VisionlaunchError(f"{path} is neither a file nor a folder (a FIFO, socket or device). Remove "
+                                        "it from the dataset folder.")
+
+    top = root.stat()
+    walked: dict[tuple[int, int], Path] = {(top.st_dev, top.st_ino): root}
+    yield from visit(root, (), frozenset(walked))
 
 
 @dataclass
@@ -79,13 +124,7 @@ class _Entry:
 
 
 def _entries_from_folder(path: Path) -> list[_Entry]:
-    entries = []
-    for folder, dirs, names in os.walk(path, followlinks=True, onerror=_walk_error):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        rel = Path(folder).relative_to(path).parts
-        entries += [_Entry(rel + (d,), str(Path(folder) / d), None) for d in dirs]
-        entries += [_Entry(rel + (n,), str(Path(folder) / n), Path(folder) / n) for n in sorted(names)]
-    return entries
+    return [_Entry(parts, str(p), None if is_dir else p) for parts, p, is_dir in _walk(path)]
 
 
 def _is_candidate_image(parts: tuple[str, ...]) -> bool:
@@ -97,8 +136,8 @@ def _entries_from_archive(path: Path, progress: bool) -> list[_Entry]:
     entries = []
     try:
         # Stream mode: one forward pass over the (compressed) archive, each member read as it goes by.
-        with tarfile.open(path, "r|*") as tar, tqdm(desc=f"reading {path.name}", unit=" files",
-                                                    disable=not progress, leave=False) as bar:
+        with tarfile.open(path, "r|*") as tar, progress_bar(desc=f"reading {path.name}", unit=" files",
+                                                            disable=not progress, leave=False) as bar:
             for member in tar:
                 parts = tuple(p for p in member.name.split("/") if p not in ("", "."))
                 if not parts:
@@ -110,6 +149,12 @@ def _entries_from_archive(path: Path, progress: bool) -> list[_Entry]:
                     data = tar.extractfile(member).read() if _is_candidate_image(parts) else b""
                     entries.append(_Entry(parts, display, data))
                     bar.update()
+                elif member.issym() or member.islnk():
+                    if _is_candidate_image(parts):  # a stream cannot go back to a link's target: never skip it
+                        raise VisionlaunchError(
+                            f"{display} is a {'symbolic' if member.issym() else 'hard'} link (to "
+                            f"{member.linkname}), not an image. Create the archive with the images themselves "
+                            "(GNU tar: --dereference and --hard-dereference).")
     # TypeError/ValueError: what tarfile itself raises on some garbage headers (a Python bug, not ours).
     except (tarfile.TarError, EOFError, OSError, zlib.error, TypeError, ValueError) as exc:
         raise VisionlaunchError(
@@ -258,7 +303,7 @@ class _SizeCheck:
 def _scan_headers(images: list[_Image], check_size: _SizeCheck, progress: bool, split: str) -> bool:
     """Open every image's header (no pixel decoding); check its size. True when all are single-channel."""
     gray = True
-    for im in tqdm(images, desc=f"checking {split} images", unit=" img", disable=not progress, leave=False):
+    for im in progress_bar(images, desc=f"checking {split} images", unit=" img", disable=not progress, leave=False):
         try:
             with _open(im.payload) as pil:
                 size, mode = pil.size, pil.mode
@@ -273,7 +318,8 @@ def _decode(images: list[_Image], check_size: _SizeCheck, others_gray: bool, pro
             split: str) -> np.ndarray:
     """Decode every image to (N, C, H, W): C = 1 while all images (of both splits) are single-channel, else 3."""
     out: np.ndarray | None = None
-    for i, im in enumerate(tqdm(images, desc=f"decoding {split} images", unit=" img", disable=not progress)):
+    for i, im in enumerate(progress_bar(images, desc=f"decoding {split} images", unit=" img",
+                                        disable=not progress)):
         try:
             with _open(im.payload) as pil:
                 check_size(im, pil.size)

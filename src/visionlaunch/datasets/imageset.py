@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -20,6 +20,11 @@ class ImageSet:
     classes: list[str]  # class names, index = label
     name: str  # "mnist", "mnist_sample", "cifar10", "cifar100", "imagefolder"
     source: str  # human-readable: where the images came from
+    # Optional grouping of the classes (CIFAR-100's 20 coarse superclasses): names, and each class's group index.
+    superclasses: list[str] | None = None
+    superclass_of: list[int] | None = None
+    # Source files that are not the official ones but passed the reader's content check: (path, md5, official md5).
+    unofficial: tuple[tuple[str, str, str], ...] = field(default=())
 
     def __post_init__(self) -> None:
         # Readers and the cache all build ImageSets; checking here catches a bad one where it is made.
@@ -32,8 +37,17 @@ class ImageSet:
             raise ValueError(f"ImageSet has {len(self.images)} images but {len(self.labels)} labels")
         if len(self.labels) and (int(self.labels.min()) < 0 or int(self.labels.max()) >= len(self.classes)):
             raise ValueError(f"ImageSet labels must lie in 0..{len(self.classes) - 1} (one per class name)")
+        if (self.superclasses is None) != (self.superclass_of is None):
+            raise ValueError("ImageSet.superclasses and superclass_of go together: give both or neither")
+        if self.superclass_of is not None:
+            if len(self.superclass_of) != len(self.classes) or not all(
+                    0 <= g < len(self.superclasses) for g in self.superclass_of):
+                raise ValueError(f"ImageSet.superclass_of must give each of the {len(self.classes)} classes a group in "
+                                 f"0..{len(self.superclasses) - 1}")
+            self.superclasses, self.superclass_of = list(self.superclasses), [int(g) for g in self.superclass_of]
         self.images = self.images.contiguous()
         self.classes = list(self.classes)
+        self.unofficial = tuple(tuple(u) for u in self.unofficial)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -46,8 +60,7 @@ class ImageSet:
     def subset(self, index: torch.Tensor) -> ImageSet:
         """The images at `index` (int64 positions or a bool mask), as a new ImageSet with the same classes."""
         index = torch.as_tensor(index, device=self.images.device)
-        return ImageSet(images=self.images[index].contiguous(), labels=self.labels[index].contiguous(),
-                        classes=list(self.classes), name=self.name, source=self.source)
+        return replace(self, images=self.images[index].contiguous(), labels=self.labels[index].contiguous())
 
     def __repr__(self) -> str:
         return (f"ImageSet(name={self.name!r}, n={len(self)}, shape={self.shape}, classes={len(self.classes)}, "

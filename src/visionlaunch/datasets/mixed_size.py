@@ -14,6 +14,8 @@ Images smaller than the stored size are upscaled; more than data.max_upscale tim
 
 from __future__ import annotations
 
+import dataclasses
+
 import io
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -102,4 +104,4 @@ def center_crop(ds: ImageSet, image_size: int) -> ImageSet:
     _, h, w = ds.shape
     top, left = (h - image_size) // 2, (w - image_size) // 2
     images = ds.images[:, :, top:top + image_size, left:left + image_size].contiguous()
-    return ImageSet(images=images, labels=ds.labels, classes=ds.classes, name=ds.name, source=ds.source)
+    return dataclasses.replace(ds, images=images)  # keeps labels, classes, superclasses, provenance

@@ -1,7 +1,10 @@
-"""A seeded, class-stratified hold-out of the training set for validation."""
+"""Seeded, class-stratified selections: the hold-out of the training set for validation, and the subsets of quick
+runs (data.train_subset / data.test_subset). Stratified, because datasets are often stored class by class (an
+ImageFolder always is): the first N images of one would be a single class."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 import numbers
 
@@ -67,3 +70,34 @@ def train_val_split(train: ImageSet, val_size: int | float, seed: int) -> tuple[
     rest.source = f"{train.source} [training part: {len(rest)} of {len(train)}, val split seed {seed}]"
     val.source = f"{train.source} [validation part: {len(val)} of {len(train)}, val split seed {seed}]"
     return rest, val
+
+
+def _subset_generator(seed: int, split: str) -> torch.Generator:
+    # A stream of its own per split, unrelated to the val split's (which draws with `seed` itself).
+    digest = hashlib.sha256(f"visionlaunch-subset:{split}:{int(seed)}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+
+def stratified_subset(ds: ImageSet, count: int | None, seed: int, split: str) -> ImageSet:
+    """`count` images of `ds` drawn with each class's share kept (stratified_indices), the same for the same
+    seed; all of `ds` when `count` is None or not smaller. Kept in dataset order."""
+    if count is None or count >= len(ds):
+        return ds
+    picked = ds.subset(stratified_indices(ds.labels, count, _subset_generator(seed, split)))
+    picked.source = f"{ds.source} [{split} subset: {count} of {len(ds)}, class-stratified, seed {seed}]"
+    return picked
+
+
+def class_coverage_warning(ds: ImageSet, what: str) -> str | None:
+    """A warning when `ds` holds fewer classes than the dataset has (a subset too small, a tiny val split)."""
+    if not len(ds) or len(ds.classes) < 2:
+        return None
+    present = int(torch.unique(ds.labels).numel())
+    if present == len(ds.classes):
+        return None
+    if present == 1:
+        consequence = "every image has the same label, so its accuracy says nothing (100% is trivially reached)"
+    else:
+        consequence = "its accuracy does not cover the missing classes"
+    return (f"WARNING: the {what} set holds images of only {present} of {len(ds.classes)} classes ({len(ds)} "
+            f"images): {consequence}. Use a larger data.train_subset / data.test_subset / data.val_size.")

@@ -49,17 +49,33 @@ def normalization_stats(train: ImageSet) -> tuple[tuple[float, ...], tuple[float
 def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float],
               dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """(x - mean) / std per channel of an NCHW batch. uint8 is scaled to [0, 1] first; float is taken as [0, 1]."""
-    channels = images.shape[1]
-    if len(mean) != channels or len(std) != channels:
-        raise VisionlaunchError(
-            f"normalisation has {len(mean)} mean and {len(std)} std values but the images have {channels} "
-            "channel(s); give one mean and one std per channel.")
+    compute = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype  # full precision, then cast
+    m, s = normalization_tensors(mean, std, images.device, compute)
+    return normalize_with(images, m, s, dtype)
+
+
+def normalization_tensors(mean: Sequence[float], std: Sequence[float], device: torch.device | str = "cpu",
+                          dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Checked mean and std as (1, C, 1, 1) tensors on `device`, for `normalize_with`. Made once per run: on a
+    GPU each torch.tensor(..., device=cuda) is a blocking copy that stalls the queue of kernels."""
+    if len(mean) != len(std):
+        raise VisionlaunchError(f"normalisation has {len(mean)} mean but {len(std)} std values; give one mean and "
+                                "one std per channel.")
     if any(s <= 0 for s in std):
         raise VisionlaunchError(f"normalisation std values must be positive, got {tuple(std)}.")
-    compute = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype  # full precision, then cast
-    m = torch.tensor(mean, dtype=compute, device=images.device).view(1, -1, 1, 1)
-    s = torch.tensor(std, dtype=compute, device=images.device).view(1, -1, 1, 1)
+    return (torch.tensor(mean, dtype=dtype, device=device).view(1, -1, 1, 1),
+            torch.tensor(std, dtype=dtype, device=device).view(1, -1, 1, 1))
+
+
+def normalize_with(images: torch.Tensor, m: torch.Tensor, s: torch.Tensor,
+                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """`normalize` with the tensors of `normalization_tensors` (their dtype is the one computed in)."""
+    channels = images.shape[1]
+    if m.shape[1] != channels:
+        raise VisionlaunchError(
+            f"normalisation has {m.shape[1]} mean and {s.shape[1]} std values but the images have {channels} "
+            "channel(s); give one mean and one std per channel.")
     if images.dtype == torch.uint8:
         # The conversion made a new tensor, so in-place steps save memory without touching the input.
-        return images.to(compute).div_(255).sub_(m).div_(s).to(dtype)
-    return ((images.to(compute) - m) / s).to(dtype)
+        return images.to(m.dtype).div_(255).sub_(m).div_(s).to(dtype)
+    return ((images.to(m.dtype) - m) / s).to(dtype)

@@ -2,8 +2,8 @@
 
 Files live in `data.ffcv_dir` (default: `ffcv/` inside the data cache), one per split, named after what was
 selected: `mnist-train-val5000-seed0.beton`, `mnist-val-val5000-seed0.beton`, `mnist-test.beton`, with
-`-first<N>` for data.train_subset / data.test_subset and `-jpeg<Q>` for JPEG encoding. A file that exists is
-used only when its manifest matches it and the digest of the run's samples (see manifest.py).
+`-sub<N>` for data.train_subset / data.test_subset (seeded samples) and `-jpeg<Q>` for JPEG encoding. A file that
+exists is used only when its manifest matches it and the digest of the run's samples (see manifest.py).
 """
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ def beton_name(dataset: str, split: str, cfg: DataConfig) -> str:
     parts.append(split)
     if split in ("train", "val"):
         parts.append(f"val{cfg.val_size}-seed{cfg.split_seed}")
-        if cfg.train_subset:
-            parts.append(f"first{cfg.train_subset}")
+        if cfg.train_subset:  # a stratified sample drawn with split_seed (named in the part before)
+            parts.append(f"sub{cfg.train_subset}")
     elif cfg.test_subset:
-        parts.append(f"first{cfg.test_subset}")
+        parts.append(f"sub{cfg.test_subset}-seed{cfg.split_seed}")
     if cfg.image_size:
         parts.append(f"size{cfg.image_size}")
     if cfg.ffcv_encoding == "jpeg":

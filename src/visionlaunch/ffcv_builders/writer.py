@@ -20,11 +20,11 @@ from multiprocessing import Process, Queue, Value
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from visionlaunch.atomic import _FILE_MODE as FILE_MODE, atomic_write_text
 from visionlaunch.datasets.imageset import ImageSet
 from visionlaunch.errors import VisionlaunchError
+from visionlaunch.progress import progress_bar
 from visionlaunch.ffcv_builders.manifest import BetonManifest, file_digest, manifest_path, source_digest
 from visionlaunch.ffcv_builders.requirements import require_ffcv
 from visionlaunch.ffcv_builders.validate import validate_samples
@@ -96,7 +96,7 @@ def _write(tmp: Path, fields: dict, samples: _Samples, workers: int, desc: str, 
         for p in procs:
             p.start()
         table, reported = [], 0
-        with tqdm(total=n, desc=desc, unit="img", disable=not progress, leave=False) as bar:
+        with progress_bar(total=n, desc=desc, unit="img", disable=not progress, leave=False) as bar:
             while reported < workers:  # each worker reports its allocations once, when it is done
                 try:
                     table.extend(allocations.get(timeout=0.1))

@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model; writes runs/<name>/")
     _add_config_args(p)
+    p.add_argument("--verbose", "-v", action="store_true",
+                   help="also print the model's layer table (it is always in runs/<name>/summary.txt)")
 
     p = sub.add_parser("evaluate", help="reload a run's saved weights and measure test accuracy again")
     p.add_argument("run_dir", type=Path)
@@ -185,7 +187,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     if args.command == "train":
         cfg = load_config(args.config, args.overrides)  # before torch is imported: config errors come at once
         from visionlaunch.trainers.trainer import train
-        train(cfg, preset=_preset_name(args.config), argv=argv)
+        train(cfg, preset=_preset_name(args.config), argv=argv, verbose=args.verbose)
         return 0
     if args.command == "evaluate" and (args.data or args.split):
         from visionlaunch.launch.evaluate_data import evaluate_on_data

@@ -87,8 +87,15 @@ def _rebuild(run_dir: Path, which: str):
             f"the weights in {run_dir / 'weights' / f'{which}.pt'} do not fit model {ckpt['model_name']!r} "
             f"({' '.join(str(exc).split())[:300]}); the file was edited or belongs to another run. Use the weights "
             "written by `visionlaunch train` for this run folder.") from None
-    model.to(accelerator.device)
-    pipeline = BatchPipeline(cfg.augment, data.mean, data.std, accelerator.device, seed=cfg.train.seed)
+    # As the trainer evaluated it: the same memory layout, input dtype and mixed-precision forward (autocast,
+    # logits cast to float32 before TTA averages them), so that a GPU run's accuracy is reproduced exactly.
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model = accelerator.prepare_model(model, evaluation_mode=True)
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.precision, torch.float32)
+    pipeline = BatchPipeline(cfg.augment, data.mean, data.std, accelerator.device, seed=cfg.train.seed,
+                             channels_last=cfg.train.channels_last,
+                             dtype=half if cfg.data.half_inputs else torch.float32)
     return cfg, ckpt, identity, accelerator, data, model, pipeline
 
 

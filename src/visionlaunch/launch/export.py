@@ -24,6 +24,7 @@ from visionlaunch import __version__
 from visionlaunch.atomic import atomic_write, atomic_write_text
 from visionlaunch.errors import VisionlaunchError
 from visionlaunch.launch.runmodel import RunModel, load_run_model
+from visionlaunch.trainers.rundir import check_not_run_file
 
 FORMATS = ("torchscript", "onnx", "safetensors")
 SUFFIX = {"torchscript": ".torchscript.pt", "onnx": ".onnx", "safetensors": ".safetensors"}
@@ -114,8 +115,10 @@ def export_run(run_dir: Path, fmt: str, which: str = "last", out: Path | None = 
     if fmt not in FORMATS:
         raise VisionlaunchError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}.")
     require_packages(fmt)  # before anything is loaded or written
-    run = load_run_model(run_dir, which)
     path = Path(out) if out is not None else default_path(run_dir, which, fmt)
+    check_not_run_file(path)
+    check_not_run_file(sidecar_path(path))
+    run = load_run_model(run_dir, which)
     if path.is_dir():
         raise VisionlaunchError(f"--out {path} is a folder. Give a file name, e.g. --out "
                                 f"{path / (which + SUFFIX[fmt])}.")

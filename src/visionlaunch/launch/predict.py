@@ -32,6 +32,7 @@ from visionlaunch.atomic import atomic_write_text
 from visionlaunch.datasets.conform import conform_image
 from visionlaunch.errors import VisionlaunchError
 from visionlaunch.launch.runmodel import RunModel, batch_logits, load_run_model
+from visionlaunch.trainers.rundir import check_not_run_file
 
 ZIP_SUFFIXES = (".zip",)
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
@@ -206,6 +207,8 @@ def predict_command(run_dir: Path, paths: list[Path], *, which: str = "last", to
         raise VisionlaunchError(f"--top-k must be at least 1, got {top_k}.")
     if batch_size is not None and batch_size < 1:
         raise VisionlaunchError(f"--batch-size must be at least 1, got {batch_size}.")
+    if out is not None:
+        check_not_run_file(out)
     run = load_run_model(run_dir, which)
     result = predict(run, paths, top_k, batch_size)
     k = len(result.rows[0].top)

@@ -14,6 +14,7 @@ from pathlib import Path
 from visionlaunch.atomic import atomic_write_text
 from visionlaunch.config import shapes_trajectory
 from visionlaunch.errors import VisionlaunchError
+from visionlaunch.trainers.rundir import enclosing_run_folder
 
 from . import page
 from .analysis import Headline, flatten, headline
@@ -54,7 +55,14 @@ def write_comparison(run_dirs: list[Path], out: Path | None = None, *, pdf: bool
     """Write the comparison page of `run_dirs` to `out` (default: default_comparison_path) and return its path.
     The overlaid curves are also kept as a PNG beside it (<out stem>-curves.png); with `pdf`, also <out>.pdf."""
     runs = load_runs(run_dirs)
-    out = Path(out) if out is not None else default_comparison_path(run_dirs)
+    given = out is not None
+    out = Path(out) if given else default_comparison_path(run_dirs)
+    inside = enclosing_run_folder(out)
+    if inside is not None:  # it and its -curves.png could replace that run's own files (metrics.jsonl, ...)
+        raise VisionlaunchError(
+            f"{'--out ' if given else 'the comparison page '}{out} lies inside the run folder {inside}, and a "
+            "comparison never writes into a run's folder (it could replace that run's own files). Nothing was "
+            f"written. Write it outside, e.g. --out {inside.parent / COMPARISON_FILE}.")
     if out.is_dir():
         raise VisionlaunchError(f"--out {out} is a folder. Give a file name, e.g. --out {out / COMPARISON_FILE}.")
     ident = next((str(r.folder.identity["ident"]) for r in runs if r.folder.identity.get("ident")), "")

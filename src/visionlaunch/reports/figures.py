@@ -20,6 +20,7 @@ from matplotlib.ticker import MaxNLocator
 
 from visionlaunch.atomic import atomic_write
 
+from .predictions import check_groups
 from .stamp import Stamp
 
 DPI = 120
@@ -244,48 +245,66 @@ def tsne_embedding(features: np.ndarray, seed: int = 0) -> np.ndarray:
         return tsne.fit_transform(x)
 
 
+def _group_names(names: list[str]) -> list[str]:
+    """Superclass names as a legend reads them: 'large_man-made_outdoor_things' -> 'large man-made outdoor things'."""
+    return [_short(n.replace("_", " "), 30) for n in names]
+
+
 def _make_tsne_figure(embedding: np.ndarray, labels: np.ndarray, classes: list[str], stamp: Stamp, *,
-                      layer: str, n_total: int) -> Figure:
+                      layer: str, n_total: int, superclasses: list[str] | None = None,
+                      superclass_of: np.ndarray | None = None) -> Figure:
     n = len(embedding)
     title = f"t-SNE of '{layer}' features · {n} points"
     if n_total > n:
         title += f" (random sample of {n_total})"
     many = len(classes) > MAX_LEGEND_CLASSES
-    if many:
+    # Many classes with a known grouping (CIFAR-100's 20 superclasses): colour by group, which a legend can name.
+    grouped = many and superclass_of is not None and len(superclasses) <= MAX_LEGEND_CLASSES
+    if grouped:
+        title += f"\ncoloured by the {len(superclasses)} superclasses of the {len(classes)} classes"
+        labels, names = np.asarray(superclass_of)[labels], _group_names(superclasses)
+    elif many:
         title += f"\n{len(classes)} classes: continuous colour map, no per-class legend"
+    else:
+        names = [_short(c) for c in classes]
     size = float(np.clip(3000 / n, 3, 25))  # smaller dots as the cloud gets denser
-    with _styled_figure(stamp, title, (8.0, 6.4) if not many else (7.2, 6.4)) as fig:
+    with _styled_figure(stamp, title, (7.2, 6.4) if many and not grouped else (9.4 if grouped else 8.0, 6.4)) as fig:
         ax = fig.add_subplot()
         ax.set_xticks([])
         ax.set_yticks([])
         _frameless(ax)
         ax.set_aspect("equal", adjustable="datalim")
-        if many:
+        if many and not grouped:
             ax.scatter(embedding[:, 0], embedding[:, 1], c=labels, cmap="turbo", vmin=0, vmax=len(classes) - 1,
                        s=size, alpha=0.8, linewidths=0)
             return fig
-        cmap = mpl.colormaps["tab10" if len(classes) <= 10 else "tab20"]
-        for idx, name in enumerate(classes):
+        cmap = mpl.colormaps["tab10" if len(names) <= 10 else "tab20"]
+        for idx, name in enumerate(names):
             mask = labels == idx
             if mask.any():
-                ax.scatter(embedding[mask, 0], embedding[mask, 1], color=cmap(idx), label=_short(name), s=size,
+                ax.scatter(embedding[mask, 0], embedding[mask, 1], color=cmap(idx), label=name, s=size,
                            alpha=0.8, linewidths=0)
-        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), markerscale=max(1.0, 30 / size) ** 0.5)
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), markerscale=max(1.0, 30 / size) ** 0.5,
+                  title="superclass" if grouped else None)
         return fig
 
 
 def plot_tsne(features: np.ndarray, labels: np.ndarray, classes: list[str], out_path: Path, stamp: Stamp, *,
-              layer: str, seed: int = 0, max_points: int = 5000) -> Path:
-    """Scatter a 2-D t-SNE of `features` coloured by class. Above `max_points` a seeded random sample is used,
-    since t-SNE time grows with N and a few thousand points already show the structure."""
+              layer: str, seed: int = 0, max_points: int = 5000, superclasses: list[str] | None = None,
+              superclass_of=None) -> Path:
+    """Scatter a 2-D t-SNE of `features` coloured by class, or by superclass (`superclasses` names,
+    `superclass_of[class]` its index) when there are too many classes for a legend. Above `max_points` a seeded
+    random sample is used, since t-SNE time grows with N and a few thousand points already show the structure."""
     y = _as_labels(labels, len(classes), "labels")
+    groups = check_groups(superclasses, superclass_of, len(classes))
     if len(y) != len(features):
         raise ValueError(f"features and labels differ in length: {len(features)} vs {len(y)}")
     keep = np.arange(len(y))
     if len(y) > max_points:
         keep = np.sort(np.random.default_rng(seed).choice(len(y), size=max_points, replace=False))
     embedding = tsne_embedding(np.asarray(features)[keep], seed=seed)
-    fig = _make_tsne_figure(embedding, y[keep], classes, stamp, layer=layer, n_total=len(y))
+    fig = _make_tsne_figure(embedding, y[keep], classes, stamp, layer=layer, n_total=len(y),
+                            superclasses=superclasses, superclass_of=groups)
     return _save(fig, out_path)
 
 
@@ -357,15 +376,17 @@ def row_normalise(counts: np.ndarray) -> np.ndarray:
     return np.divide(counts, totals, out=np.zeros(counts.shape, dtype=float), where=totals > 0)
 
 
-def _make_confusion_figure(labels, preds, classes: list[str], stamp: Stamp) -> Figure:
+def _make_confusion_figure(labels, preds, classes: list[str], stamp: Stamp, *,
+                           superclasses: list[str] | None = None, superclass_of: np.ndarray | None = None) -> Figure:
     counts = confusion_counts(labels, preds, classes)
     total = int(counts.sum())
     if total == 0:
         raise ValueError("confusion matrix needs at least one sample")
-    norm = row_normalise(counts)
     n = len(classes)
-    few = n <= MAX_LEGEND_CLASSES
-    side = min(max(4.5, 0.42 * n + 2.5), 11.0) if few else 9.0
+    if n > MAX_LEGEND_CLASSES:
+        return _make_large_confusion_figure(counts, classes, stamp, superclasses, superclass_of)
+    norm = row_normalise(counts)
+    side = min(max(4.5, 0.42 * n + 2.5), 11.0)
     title = f"Confusion matrix (rows normalised) · accuracy {np.trace(counts) / total:.2%} on {total} samples"
     with _styled_figure(stamp, title, (side + 1.0, side)) as fig:
         ax = fig.add_subplot()
@@ -375,24 +396,96 @@ def _make_confusion_figure(labels, preds, classes: list[str], stamp: Stamp) -> F
         ax.set_xlabel("predicted class")
         ax.set_ylabel("true class")
         names = [_short(c, 16) for c in classes]
-        if few:
-            ticks = np.arange(n)
-            ax.set_xticks(ticks, [names[i] for i in ticks], rotation=45, ha="right", rotation_mode="anchor")
-            ax.set_yticks(ticks, [names[i] for i in ticks])
-            fontsize = 8 if n <= 10 else 6.5
-            for (i, j), value in np.ndenumerate(norm):
-                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=fontsize,
-                        color="white" if value > 0.5 else "0.25")
-        else:
-            ticks = np.arange(0, n, math.ceil(n / MAX_LEGEND_CLASSES))  # about 20 names per axis stay legible
-            ax.set_xticks(ticks, [names[i] for i in ticks], rotation=90, fontsize=6.5)
-            ax.set_yticks(ticks, [names[i] for i in ticks], fontsize=6.5)
+        ticks = np.arange(n)
+        ax.set_xticks(ticks, names, rotation=45, ha="right", rotation_mode="anchor")
+        ax.set_yticks(ticks, names)
+        fontsize = 8 if n <= 10 else 6.5
+        for (i, j), value in np.ndenumerate(norm):
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=fontsize,
+                    color="white" if value > 0.5 else "0.25")
         return fig
 
 
-def plot_confusion(labels: np.ndarray, preds: np.ndarray, classes: list[str], out_path: Path, stamp: Stamp) -> Path:
-    """Row-normalised confusion matrix with class names on both axes and the overall accuracy in the title."""
-    return _save(_make_confusion_figure(labels, preds, classes, stamp), out_path)
+LARGE_CONFUSION_PAIRS = 25  # most-confused pairs listed beside a confusion matrix too large for cell numbers
+
+
+def _make_large_confusion_figure(counts: np.ndarray, classes: list[str], stamp: Stamp,
+                                 superclasses: list[str] | None, superclass_of: np.ndarray | None) -> Figure:
+    """Many classes (CIFAR-100): a heatmap on a square-root colour scale, so that the small off-diagonal shares
+    stay visible, every class named on the true-class axis, classes ordered by superclass with the blocks
+    outlined and named when a grouping is known, and the most confused pairs listed by name beside it."""
+    n, total = len(classes), int(counts.sum())
+    order = np.arange(n) if superclass_of is None else np.argsort(superclass_of, kind="stable")
+    norm = row_normalise(counts)[np.ix_(order, order)]
+    names = [_short(classes[i], 16) for i in order]
+    title = (f"Confusion matrix (rows normalised, square-root colour scale) · accuracy "
+             f"{np.trace(counts) / total:.2%} on {total} samples")
+    if superclass_of is not None:
+        title += f"\nclasses ordered by their {len(superclasses)} superclasses (outlined)"
+    height = float(np.clip(0.105 * n + 2.4, 9.0, 14.0))
+    with _styled_figure(stamp, title, (height + 4.6, height)) as fig:
+        # A square matrix (superclass names to its right), then the pairs above a horizontal colour bar.
+        grid = fig.add_gridspec(2, 2, width_ratios=(height - 0.6, 3.8), height_ratios=(30, 1))
+        ax, side = fig.add_subplot(grid[:, 0]), fig.add_subplot(grid[0, 1])
+        _frameless(ax)
+        im = ax.imshow(norm, cmap="Blues", norm=mpl.colors.PowerNorm(0.5, vmin=0.0, vmax=1.0),
+                       interpolation="nearest")
+        fig.colorbar(im, cax=fig.add_subplot(grid[1, 1]), orientation="horizontal",
+                     label="fraction of the true class (square-root scale)", ticks=[0, 0.05, 0.2, 0.4, 0.6, 0.8, 1.0])
+        ax.set_xlabel("predicted class")
+        ax.set_ylabel("true class")
+        fontsize = float(np.clip(560 / n, 3.5, 6.5))  # about one text line per row
+        step = max(1, math.ceil(n / 120))
+        ticks = np.arange(0, n, step)
+        ax.set_yticks(ticks, [names[i] for i in ticks], fontsize=fontsize)
+        ax.set_xticks(ticks, [names[i] for i in ticks], fontsize=fontsize, rotation=90)
+        ax.tick_params(length=1.5, pad=1)
+        if superclass_of is not None:
+            grouped = np.asarray(superclass_of)[order]
+            bounds = np.flatnonzero(np.diff(grouped)) + 0.5
+            for b in bounds:
+                ax.axhline(b, color="0.55", linewidth=0.5)
+                ax.axvline(b, color="0.55", linewidth=0.5)
+            # Superclass names right of the matrix, beside their block (texts of the axes: the layout keeps room).
+            edges = np.concatenate([[-0.5], bounds, [n - 0.5]])
+            firsts = grouped[np.r_[0, bounds + 0.5].astype(int)]
+            for centre, g in zip((edges[:-1] + edges[1:]) / 2, firsts):
+                ax.text(n - 0.5 + 0.008 * n, centre, _group_names([superclasses[g]])[0], ha="left", va="center",
+                        fontsize=fontsize + 1, color="0.25", clip_on=False)
+        _pairs_panel(side, counts, classes, superclass_of)
+        return fig
+
+
+def _pairs_panel(ax, counts: np.ndarray, classes: list[str], superclass_of: np.ndarray | None) -> None:
+    """The largest off-diagonal cells as text: true class, predicted class, images, share of the true class."""
+    ax.set_axis_off()
+    off = counts.copy()
+    np.fill_diagonal(off, 0)
+    flat = np.argsort(-off, axis=None, kind="stable")[:LARGE_CONFUSION_PAIRS]
+    pairs = [divmod(int(f), len(classes)) for f in flat if off.flat[f] > 0]
+    totals = counts.sum(axis=1)
+    same_group = [superclass_of is not None and superclass_of[i] == superclass_of[j] for i, j in pairs]
+    lines = [f"{_short(classes[i], 14):>14} → {_short(classes[j], 14):<14}{counts[i, j]:>4}{counts[i, j] / totals[i]:>5.0%}"
+             + (" *" if same else "") for (i, j), same in zip(pairs, same_group)]
+    errors = int(off.sum())
+    head = "Most confused pairs\n(true → predicted, images, share of the true class)"
+    if superclass_of is not None and errors:
+        same = sum(int(off[i, j]) for i in range(len(classes)) for j in np.flatnonzero(off[i])
+                   if superclass_of[i] == superclass_of[j])
+        head += f"\n* same superclass: {same / errors:.0%} of all {errors:,} errors stay\n  in the true class's superclass"
+    ax.text(0.0, 1.0, head, transform=ax.transAxes, va="top", ha="left", fontsize=8.5, fontweight="bold")
+    ax.text(0.0, 0.92, "\n".join(lines) if lines else "no test image was misclassified", transform=ax.transAxes,
+            va="top", ha="left", fontsize=8, family="monospace", linespacing=1.5)
+
+
+def plot_confusion(labels: np.ndarray, preds: np.ndarray, classes: list[str], out_path: Path, stamp: Stamp, *,
+                   superclasses: list[str] | None = None, superclass_of=None) -> Path:
+    """Row-normalised confusion matrix with class names on both axes and the overall accuracy in the title.
+    Above MAX_LEGEND_CLASSES classes: a heatmap with the most confused pairs listed by name, ordered by superclass
+    when `superclasses` and `superclass_of` are given."""
+    groups = check_groups(superclasses, superclass_of, len(classes))
+    fig = _make_confusion_figure(labels, preds, classes, stamp, superclasses=superclasses, superclass_of=groups)
+    return _save(fig, out_path)
 
 
 def most_confused_pairs(labels, preds, classes: list[str], k: int = 5) -> list[tuple[str, str, int]]:

@@ -10,16 +10,21 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 from visionlaunch.atomic import atomic_write_text
+from visionlaunch.errors import VisionlaunchError
+from visionlaunch.trainers.rundir import RUN_FILES, holds_run_files
 
 from . import page
 from .analysis import Headline, epoch_rows, final_record, find_restarts, headline, number
-from .figures import most_confused_pairs, plot_curves
+from .figures import MAX_LEGEND_CLASSES, most_confused_pairs, plot_curves
 from .page import Html, esc
 from .runfolder import RunFolder, read_run
 from .stamp import Stamp
 
 REPORT_FILE = "report.html"
+WIDE_FIGURE_PX = 1400  # wider figures get the page's full width at their own size
 
 _IDENTITY = (  # run.yaml key -> label, in the order a reader wants them
     ("ident", "identifier"), ("date", "date"), ("started", "started"), ("command", "command line"),
@@ -33,6 +38,11 @@ def write_report(run_dir: Path, *, pdf: bool = False) -> Path:
     """Write run_dir/report.html from the run folder alone and return its path; with `pdf`, also report.pdf
     (headless Chromium). Bad or missing files inside the folder never stop it: the page says what is missing."""
     run = read_run(run_dir)
+    if not holds_run_files(run.path):  # report.html would land in (and replace a file of) some other folder
+        raise VisionlaunchError(
+            f"{run.path} is not a run folder: it holds none of a run's files ({', '.join(RUN_FILES)}), so "
+            f"there is nothing to report and {REPORT_FILE} is not written there. Pass the folder that "
+            "`visionlaunch train` printed (runs/<name>).")
     out = run.path / REPORT_FILE
     atomic_write_text(out, render_report(run))
     if pdf:
@@ -191,32 +201,64 @@ def _curves(figures: dict[str, bytes]) -> str:
 
 def _samples(run: RunFolder, figures: dict[str, bytes]) -> str:
     parts = []
+    # With many classes (CIFAR-100) each figure gets the full width: a half-width t-SNE legend of 20 superclasses
+    # would be too small to read.
+    many = run.predictions is not None and len(run.predictions.classes) > MAX_LEGEND_CLASSES
     if "predictions" in figures:
         counted = run.predictions.grid_correct() if run.predictions else None
         caption = "Random test images with true and predicted class: green when right, red when wrong."
         if counted:
             caption = f"{counted[0]}/{counted[1]} correct. {caption}"
-        parts.append(page.figure(figures["predictions"], "grid of test predictions", caption))
+        parts.append(_full(page.figure(figures["predictions"], "grid of test predictions", caption), many))
     if "tsne" in figures:
-        parts.append(page.figure(figures["tsne"], "t-SNE of test features",
-                                 "t-SNE of the chosen layer's features on test images, coloured by true class."))
+        grouped = many and run.predictions.superclasses is not None
+        coloured = "the true class's superclass" if grouped else "true class"
+        parts.append(_full(page.figure(figures["tsne"], "t-SNE of test features",
+                                       f"t-SNE of the chosen layer's features on test images, coloured by {coloured}."),
+                           many))
     return _figures_section("samples", "Predictions and features", parts)
+
+
+def _full(part: str, full: bool) -> Html:
+    return Html(f'<div class="full">{part}</div>') if full else Html(part)
 
 
 def _confusion(run: RunFolder, figures: dict[str, bytes]) -> str:
     parts = []
     if "confusion" in figures:
-        parts.append(page.figure(figures["confusion"], "confusion matrix",
-                                 "Rows: true class; columns: predicted class; each row sums to 1."))
+        fig = page.figure(figures["confusion"], "confusion matrix",
+                          "Rows: true class; columns: predicted class; each row sums to 1.")
+        size = page.png_size(figures["confusion"])
+        # A 100-class matrix names every class in small type: shown at its own size (scrolling sideways on a
+        # narrow window), since shrinking it to a column would make the names unreadable.
+        parts.append(Html(f'<div class="native">{fig}</div>') if size and size[0] > WIDE_FIGURE_PX else fig)
     pred = run.predictions
     if pred is not None and len(pred.labels):
-        pairs = most_confused_pairs(pred.labels, pred.preds, pred.classes, k=8)
+        many = len(pred.classes) > MAX_LEGEND_CLASSES
+        pairs = most_confused_pairs(pred.labels, pred.preds, pred.classes, k=15 if many else 8)
         per_true = {c: int((pred.labels == i).sum()) for i, c in enumerate(pred.classes)}
+        index = {c: i for i, c in enumerate(pred.classes)}
+        groups = pred.superclass_of
+        headers = ("true class", "predicted as", "images", "of the true class")
         rows = [(true, predicted, count, page.pct(count / per_true[true], 1)) for true, predicted, count in pairs]
-        table = page.table(("true class", "predicted as", "images", "of the true class"), rows, numeric=(2, 3)) \
+        note = ""
+        if groups is not None:
+            headers += ("superclasses",)
+            names = [n.replace("_", " ") for n in pred.superclasses]
+            rows = [row + ((f"both {names[groups[index[row[0]]]]}" if groups[index[row[0]]] == groups[index[row[1]]]
+                            else f"{names[groups[index[row[0]]]]} → {names[groups[index[row[1]]]]}"),)
+                    for row in rows]
+            wrong = pred.labels != pred.preds
+            if wrong.any():
+                same = float(np.mean(groups[pred.labels[wrong]] == groups[pred.preds[wrong]]))
+                note = (f" {page.pct(same, 0)} of the {int(wrong.sum()):,} errors stay inside the true class's "
+                        f"superclass ({page.pct(float(np.mean(groups[pred.labels] == groups[pred.preds])))} "
+                        "superclass accuracy).")
+        table = page.table(headers, rows, numeric=(2, 3)) \
             if rows else Html('<p class="muted">No test image was misclassified.</p>')
-        parts.append(Html(f"<div><h3>Most confused class pairs</h3>{table}<p class=\"muted\">From predictions.npz: "
-                          f"{len(pred.labels):,} test images, accuracy {page.pct(pred.accuracy)}.</p></div>"))
+        block = Html(f"<div><h3>Most confused class pairs</h3>{table}<p class=\"muted\">From predictions.npz: "
+                     f"{len(pred.labels):,} test images, accuracy {page.pct(pred.accuracy)}.{esc(note)}</p></div>")
+        parts.append(_full(block, many))
     return _figures_section("confusion", "Confusion", parts)
 
 

@@ -51,6 +51,7 @@ figure { margin: 0; }
 figure img { display: block; max-width: 100%; height: auto; border: 1px solid var(--line); border-radius: 6px;
              background: #fff; }
 figcaption { color: var(--muted); font-size: 13px; margin-top: 6px; }
+.native { grid-column: 1 / -1; overflow-x: auto; } .native figure img { max-width: none; } .full { grid-column: 1 / -1; }
 .scroll { overflow: auto; max-height: 560px; }
 .scroll.wide table { width: auto; min-width: 100%; }
 .scroll.wide th, .scroll.wide td:first-child { white-space: nowrap; }

@@ -19,6 +19,8 @@ class Predictions:
     preds: np.ndarray           # (N,) predicted class indices
     classes: list[str]          # class names, in index order
     grid: np.ndarray | None     # indices of the images shown in figures/predictions.png, when known
+    superclasses: list[str] | None = None      # names of the class groups (CIFAR-100's 20), when the data has them
+    superclass_of: np.ndarray | None = None    # (classes,) each class's group index
 
     @property
     def accuracy(self) -> float:
@@ -48,16 +50,32 @@ def _check(labels, preds, classes: list[str], grid) -> tuple[np.ndarray, np.ndar
     return y, p, g
 
 
-def save_predictions(run_dir: Path, labels, preds, classes: list[str], grid=None) -> Path:
+def check_groups(superclasses, superclass_of, n_classes: int) -> np.ndarray | None:
+    """superclass_of as int64 indices into superclasses, one per class; None when either is None."""
+    if superclasses is None or superclass_of is None:
+        return None
+    s = np.asarray(superclass_of)
+    if s.shape != (n_classes,) or not np.issubdtype(s.dtype, np.integer) or s.min() < 0 or s.max() >= len(superclasses):
+        raise ValueError(f"superclass_of must give each of the {n_classes} classes a group in "
+                         f"[0, {len(superclasses)})")
+    return s.astype(np.int64)
+
+
+def save_predictions(run_dir: Path, labels, preds, classes: list[str], grid=None, *, superclasses=None,
+                     superclass_of=None) -> Path:
     """Write run_dir/predictions.npz (compressed; about 10 kB for 10,000 MNIST test images), atomically.
 
-    `grid` is the index of each image in the prediction grid figure, so the report can say "k/10 correct".
+    `grid` is the index of each image in the prediction grid figure, so the report can say "k/10 correct";
+    `superclasses` / `superclass_of` the class groups (CIFAR-100), so it can say which confusions stay in a group.
     """
     y, p, g = _check(labels, preds, classes, grid)
+    groups = check_groups(superclasses, superclass_of, len(classes))
     small = np.int16 if len(classes) < 2**15 else np.int32  # class indices are small; keep the file small too
     arrays = {"labels": y.astype(small), "preds": p.astype(small), "classes": np.array(classes, dtype=str)}
     if g is not None:
         arrays["grid"] = g.astype(np.int64)
+    if groups is not None:
+        arrays["superclasses"], arrays["superclass_of"] = np.array(superclasses, dtype=str), groups
     path = Path(run_dir) / PREDICTIONS_FILE
     with atomic_write(path) as tmp, open(tmp, "wb") as fh:  # a file object: np.savez would append ".npz" to a name
         np.savez_compressed(fh, **arrays)
@@ -71,9 +89,16 @@ def load_predictions(run_dir: Path) -> Predictions:
         with np.load(path, allow_pickle=False) as npz:
             labels, preds, classes = npz["labels"], npz["preds"], [str(c) for c in npz["classes"]]
             grid = npz["grid"] if "grid" in npz.files else None
+            superclasses = [str(c) for c in npz["superclasses"]] if "superclasses" in npz.files else None
+            superclass_of = npz["superclass_of"] if "superclass_of" in npz.files else None
     except FileNotFoundError:
         raise
     except Exception as exc:  # truncated zip, missing array, foreign file: all mean "cannot use it"
         raise ValueError(f"{path.name} is unreadable ({type(exc).__name__}: {exc})") from None
     y, p, g = _check(labels, preds, classes, grid)
-    return Predictions(y.astype(np.int64), p.astype(np.int64), classes, None if g is None else g.astype(np.int64))
+    try:
+        groups = check_groups(superclasses, superclass_of, len(classes))
+    except ValueError:
+        superclasses, groups = None, None  # an optional extra: a bad one costs the grouping, not the report
+    return Predictions(y.astype(np.int64), p.astype(np.int64), classes, None if g is None else g.astype(np.int64),
+                       superclasses if groups is not None else None, groups)

@@ -35,6 +35,7 @@ class Submitted:
 def _train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="visionlaunch submit ... --", add_help=False)
     p.add_argument("--config", "-c", required=True)
+    p.add_argument("--verbose", "-v", action="store_true")
     p.add_argument("overrides", nargs="*")
     return p
 

@@ -42,20 +42,22 @@ def make_figures(run_dir: Path, model, data, pipeline, cfg: RunConfig, identity:
     out.mkdir(exist_ok=True)
     stamp = Stamp(ident=identity["ident"], date=identity["date"], run_name=identity["name"])
     test = data.test
+    groups = dict(superclasses=test.superclasses, superclass_of=test.superclass_of)  # CIFAR-100's; else None
     paths = list(plot_curves(read_metrics(run_dir / "metrics.jsonl"), out, stamp))
 
     preds = predict(model, test.images, pipeline, device, tta_flip=cfg.train.tta_flip)  # as the test accuracy
-    paths.append(plot_confusion(test.labels.numpy(), preds.numpy(), test.classes, out / "confusion.png", stamp))
+    paths.append(plot_confusion(test.labels.numpy(), preds.numpy(), test.classes, out / "confusion.png", stamp,
+                                **groups))
 
     g = torch.Generator().manual_seed(cfg.report.seed)
     pick = torch.randperm(len(test), generator=g)[:10]
     # Stored so the HTML report can list the most confused class pairs without reloading the model.
-    save_predictions(run_dir, test.labels.numpy(), preds.numpy(), test.classes, grid=pick.numpy())
+    save_predictions(run_dir, test.labels.numpy(), preds.numpy(), test.classes, grid=pick.numpy(), **groups)
     paths.append(plot_predictions(test.images[pick].numpy(), test.labels[pick].numpy(), preds[pick].numpy(),
                                   test.classes, out / "predictions.png", stamp))
 
     subset = torch.randperm(len(test), generator=g)[:cfg.report.tsne_samples]
     feats = layer_features(model, test.images[subset], cfg.report.tsne_layer, pipeline, device)
     paths.append(plot_tsne(feats, test.labels[subset].numpy(), test.classes, out / "tsne.png", stamp,
-                           layer=cfg.report.tsne_layer, seed=cfg.report.seed))
+                           layer=cfg.report.tsne_layer, seed=cfg.report.seed, **groups))
     return paths

@@ -6,12 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from visionlaunch.config import DataConfig
 from visionlaunch.datasets.mixed_size import center_crop
 from visionlaunch.datasets import (DatasetNotFound, ImageSet, default_cache_dir, load_dataset, normalization_stats,
                                    resolve_data_root, train_val_split)
+from visionlaunch.datasets.cifar import unofficial_note
+from visionlaunch.datasets.split import class_coverage_warning, stratified_subset
 
 
 @dataclass
@@ -33,10 +33,6 @@ class DataBundle:
         # The test set's: with data.image_size the training images are larger stored squares that the
         # random-resized crop brings to the model's input size.
         return self.test.shape
-
-
-def _first(ds: ImageSet, n: int | None) -> ImageSet:
-    return ds if n is None or n >= len(ds) else ds.subset(torch.arange(n))
 
 
 def prepare_data(cfg: DataConfig, log=print, progress: bool = True) -> DataBundle:
@@ -61,18 +57,25 @@ def prepare_data(cfg: DataConfig, log=print, progress: bool = True) -> DataBundl
             cfg.val_size = round(len(train) / 12)
             log(f"NOTE: data.val_size lowered to {cfg.val_size} for the {len(train)}-image sample")
     test = load_dataset(name, "test", **kwargs)
+    if note := unofficial_note([train, test]):
+        log(note)
     # Constants from the full training set, before any subset, so a quick run normalises like a full one.
     mean, std = normalization_stats(train)
-    train = _first(train, cfg.train_subset)
-    test = _first(test, cfg.test_subset)
+    train = stratified_subset(train, cfg.train_subset, cfg.split_seed, "train")
+    test = stratified_subset(test, cfg.test_subset, cfg.split_seed, "test")
     val = None
     if cfg.val_size:
         train, val = train_val_split(train, cfg.val_size, cfg.split_seed)
+    for ds, what in ((train, "training"), (val, "validation"), (test, "test")):
+        warning = class_coverage_warning(ds, what) if ds is not None else None
+        if warning:
+            log(warning)
     if cfg.image_size:  # evaluation sees the centre crop; training crops at random in the batch pipeline
         test = center_crop(test, cfg.image_size)
         val = center_crop(val, cfg.image_size) if val is not None else None
     note = (f"{name}: {len(train)} train, {len(val) if val is not None else 0} val (held out of train, seed "
             f"{cfg.split_seed}), {len(test)} test images of shape {tuple(train.shape)}"
             f"{f' (cropped to {cfg.image_size} px)' if cfg.image_size else ''}, {len(train.classes)} "
-            f"classes; source: {train.source}")
+            f"classes; source: {train.source}" + ("; not the official files (md5), content checked"
+                                                   if train.unofficial or test.unofficial else ""))
     return DataBundle(train=train, val=val, test=test, mean=mean, std=std, note=note, name=name)

@@ -1,6 +1,10 @@
 """Process-group facts the trainer relies on: the launch really started the processes it asked for, and every
 rank takes the same decision (stop, raise, which checkpoint) at the same step.
 
+When a process of a running group dies (crash, kill, out of memory) or hangs, the others learn it from the
+transport: their next collective fails at once (connection reset) or after train.dist_timeout_s (a hung peer).
+`peer_lost` turns that error into one message on each survivor instead of a page of backend traceback.
+
 Launching wrongly is silent in Accelerate: `accelerate launch --multi_gpu` or `torchrun` on a
 machine without GPUs starts N unsynchronised single-process copies, and `accelerate launch --cpu --num_processes
 N` starts ONE process. Both train "successfully" and produce N different (or 1 instead of N) models, so the
@@ -113,3 +117,36 @@ def broadcast_from_main(accelerator: Accelerator, obj):
     box = [obj if accelerator.is_main_process else None]
     broadcast_object_list(box, from_process=0)
     return box[0]
+
+
+# What the collective backends say when a peer is gone: gloo ("Connection reset by peer", "Connection closed by
+# peer", "Timed out waiting ...ms for recv operation"), NCCL ("NCCL communicator was aborted", watchdog timeouts).
+_PEER_FAILURE_MARKS = ("gloo", "Connection reset by peer", "Connection closed by peer", "Broken pipe",
+                       "Timed out waiting", "timed out", "NCCL", "ProcessGroup", "Socket Timeout")
+
+
+class PeerLost(VisionlaunchError):
+    """Another process of the group died or hung, so this one cannot go on: a crash of the job (exit 1), not bad
+    input; the message points at the process that failed first."""
+
+    exit_code = 1
+
+
+def peer_lost(exc: BaseException, world: int, timeout_s: int) -> PeerLost | None:
+    """The message for a survivor when `exc` is a collective that failed because a peer is gone, else None."""
+    if world <= 1 or isinstance(exc, VisionlaunchError):
+        return None
+    dist_error = getattr(torch.distributed, "DistError", ())
+    text = str(exc)
+    if not (isinstance(exc, dist_error) or (isinstance(exc, RuntimeError)
+                                             and any(mark in text for mark in _PEER_FAILURE_MARKS))):
+        return None
+    detail = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    detail = detail.split("] ", 1)[-1].split(". ")[0][:200]  # without the backend's source position and advice
+    rank = os.environ.get("RANK", "?")
+    return PeerLost(
+        f"another process of this run died or stopped answering, so this one (rank {rank} of {world}) stops too "
+        f"({type(exc).__name__}: {detail}). The process that failed first says why in its own message (above, or "
+        "in the job log): a crash, a kill, running out of memory, or a hang longer than train.dist_timeout_s="
+        f"{timeout_s}. Fix that, then rerun the same command with train.resume=auto to continue from the newest "
+        "complete checkpoint.")

@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 
 from visionlaunch.config import AugmentConfig
-from visionlaunch.datasets import BatchAugment, BatchMix, normalize
+from visionlaunch.datasets import BatchAugment, BatchMix
+from visionlaunch.datasets.stats import normalization_tensors, normalize_with
 
 
 class BatchPipeline:
@@ -16,6 +17,7 @@ class BatchPipeline:
         self.augment = BatchAugment(crop_padding=augment.crop_padding, flip=augment.flip, cutout=augment.cutout)
         self.mixer = BatchMix(mixup_alpha=augment.mixup_alpha, cutmix_alpha=augment.cutmix_alpha)
         self.mean, self.std = tuple(mean), tuple(std)
+        self._mean, self._std = normalization_tensors(self.mean, self.std, device)  # once, not per batch
         self.channels_last = channels_last
         self.dtype = dtype  # float32, or the half type of mixed precision (data.half_inputs)
         # The ffcv backend augments inside its own pipeline; augmenting again here would do it twice.
@@ -35,7 +37,7 @@ class BatchPipeline:
             images = self.resized_crop.batch(images, self.generator)
         if self.augment.enabled and not self.loader_augments:
             images = self.augment(images, self.generator)
-        return self._layout(normalize(images, self.mean, self.std, self.dtype))
+        return self._layout(normalize_with(images, self._mean, self._std, self.dtype))
 
     def train_targets(self, images: torch.Tensor, labels: torch.Tensor, num_classes: int
                       ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,7 +50,7 @@ class BatchPipeline:
         return self._layout(images), targets
 
     def eval(self, images: torch.Tensor) -> torch.Tensor:
-        return self._layout(normalize(images, self.mean, self.std, self.dtype))
+        return self._layout(normalize_with(images, self._mean, self._std, self.dtype))
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}

@@ -1,9 +1,12 @@
-"""Preemption: a signal (SIGTERM, SIGUSR2 by default; `train.preempt_signals`) asks the run to stop cleanly.
+"""Preemption: a signal (SIGTERM, SIGUSR2 and SIGINT = Ctrl-C by default; `train.preempt_signals`) asks the run
+to stop cleanly.
 
 The handler only sets a flag. The trainer looks at it after every optimizer step, agrees on it across ranks (a
 rank that got the signal stops them all at the same step), writes a checkpoint and exits with
 PREEMPTED_EXIT_CODE, so a scheduler can tell "stopped on request, resume me" from success (0), a bad input (2)
 and a crash (1). A second identical signal restores the default action: a user who insists gets their shell back.
+Once training is over (the final checkpoint written, figures and report being drawn) there is no step to finish:
+a signal then stops the main process at once, saying that only the figures and the report are missing.
 """
 
 from __future__ import annotations
@@ -28,11 +31,18 @@ class Preempted(Exception):
 
     exit_code = PREEMPTED_EXIT_CODE
 
-    def __init__(self, signal_name: str, step: int, checkpoint):
+    def __init__(self, signal_name: str, step: int, checkpoint, *, finished: bool = False):
         self.signal_name, self.step, self.checkpoint = signal_name, step, checkpoint
-        super().__init__(
-            f"stopped by {signal_name} after step {step}; checkpoint {checkpoint}. Run the same command with "
-            f"train.resume=auto (same output.name) to continue from it. Exit status {PREEMPTED_EXIT_CODE}.")
+        if finished:
+            super().__init__(
+                f"stopped by {signal_name} after training finished (step {step}), before the figures and the report "
+                f"were complete; the weights, metrics.jsonl and the final checkpoint {checkpoint} are. Run the same "
+                "command with train.resume=auto (same output.name) to draw them. Exit status "
+                f"{PREEMPTED_EXIT_CODE}.")
+        else:
+            super().__init__(
+                f"stopped by {signal_name} after step {step}; checkpoint {checkpoint}. Run the same command with "
+                f"train.resume=auto (same output.name) to continue from it. Exit status {PREEMPTED_EXIT_CODE}.")
 
 
 class PreemptionWatcher:
@@ -43,6 +53,8 @@ class PreemptionWatcher:
         self.log = log or (lambda message: print(message, file=sys.stderr))
         self.received: str | None = None
         self._previous: dict = {}
+        self._finishing = False
+        self._stop_now = None  # after training, on the main process: makes the exception that stops it at once
 
     @property
     def requested(self) -> bool:
@@ -55,8 +67,19 @@ class PreemptionWatcher:
             signal.raise_signal(signum)
             return
         self.received = name
+        if self._finishing:
+            if self._stop_now is not None:
+                self.log(f"received {name} after training finished: stopping now, without the rest of the figures "
+                         f"and the report (exit {PREEMPTED_EXIT_CODE})")
+                raise self._stop_now(name)
+            return  # another rank: it waits for the main process, which stops everyone
         self.log(f"received {name}: finishing the current step, then writing a checkpoint and exiting "
                  f"({PREEMPTED_EXIT_CODE})")
+
+    def training_finished(self, stop_now=None) -> None:
+        """No step is left to finish: a signal from now on raises `stop_now(signal_name)` at once where it is
+        given (the main process), and is only recorded where it is not (the other ranks)."""
+        self._finishing, self._stop_now = True, stop_now
 
     def __enter__(self) -> PreemptionWatcher:
         # Python only lets the main thread install handlers; elsewhere (a notebook worker) there is nothing to do.

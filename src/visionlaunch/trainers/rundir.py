@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -16,6 +17,77 @@ from visionlaunch.errors import VisionlaunchError, describe_os_error
 # A batch job's own files inside its run folder (`visionlaunch submit`): the script and the log being written.
 # Starting or replacing the run keeps them.
 JOB_FILES = "slurm"
+
+
+# The files that only a run folder holds: a folder with one of them is a run (started, finished or preempted).
+RUN_MARKERS = ("run.yaml", "metrics.jsonl")
+
+
+def is_run_folder(path: Path) -> bool:
+    path = Path(path)
+    return path.is_dir() and any((path / marker).is_file() for marker in RUN_MARKERS)
+
+
+# Everything a run writes at the top of its folder; a folder with none of them holds no run (not even a crashed one).
+RUN_FILES = (*RUN_MARKERS, "config.yaml", "summary.txt", "weights", "checkpoints")
+
+
+def holds_run_files(path: Path) -> bool:
+    path = Path(path)
+    return path.is_dir() and any((path / name).exists() for name in RUN_FILES)
+
+
+# What training writes at the top of a run folder: another command's output file (predict --out, export --out)
+# may go into a run folder, but never onto one of these.
+RUN_OWN = (*RUN_FILES, "figures", "predictions.npz", "report.html", "report.pdf", "preempted.json", JOB_FILES,
+           "wandb")
+
+
+def check_not_run_file(out: Path, option: str = "--out") -> None:
+    """Refuse an output path that would replace a run's own file (metrics.jsonl, weights/..., figures/...)."""
+    out = Path(out).expanduser()
+    for candidate in (Path(os.path.abspath(out)), out.resolve()):
+        run = next((folder for folder in candidate.parents if is_run_folder(folder)), None)
+        if run is not None and candidate.relative_to(run).parts[0] in RUN_OWN:
+            raise VisionlaunchError(
+                f"{option} {out} would replace {candidate.relative_to(run)} of the run folder {run}, one of that "
+                f"run's own files. Nothing was written. Choose another file name (e.g. {run / 'out'} or a path "
+                "outside the run folder).")
+
+
+def enclosing_run_folder(path: Path) -> Path | None:
+    """The run folder that `path` (a file or folder, existing or not) lies in, at any depth, else None. Both the
+    path as written and the one its links resolve to count."""
+    path = Path(path).expanduser()
+    for candidate in (Path(os.path.abspath(path)), path.resolve()):
+        for folder in candidate.parents:
+            if is_run_folder(folder):
+                return folder
+    return None
+
+
+def run_skeleton(path: Path) -> bool:
+    """What a run killed before it wrote run.yaml leaves: empty figures/, weights/, checkpoints/, maybe its
+    config.yaml and summary.txt and its batch job's files, nothing else."""
+    if not path.is_dir() or path.is_symlink():
+        return False
+    for child in path.iterdir():
+        if child.is_symlink():
+            return False
+        if child.name in ("figures", "weights", "checkpoints") and child.is_dir() and not any(child.iterdir()):
+            continue
+        if child.name in ("config.yaml", "summary.txt") and child.is_file() or child.name == JOB_FILES:
+            continue
+        return False
+    return True
+
+
+def replaceable(path: Path) -> bool:
+    """What output.overwrite may empty: a run folder (also one killed before its run.yaml), a folder holding only
+    its batch job, or an empty folder. Anything else (a folder of other runs, a home directory, a file) is never
+    deleted."""
+    path = Path(path)
+    return is_run_folder(path) or only_job_files(path) or run_skeleton(path)
 
 
 def only_job_files(path: Path) -> bool:
@@ -64,10 +136,21 @@ def default_run_name(preset: str | None, now: dt.datetime | None = None) -> str:
 def check_output_dir(out_dir: Path, name: str, overwrite: bool) -> Path:
     """Fail before any work if the run folder cannot be written or already exists."""
     run_dir = out_dir / name
+    inside = enclosing_run_folder(run_dir)
+    if inside is not None:  # a run among another run's files (its weights/, figures/, ...)
+        raise VisionlaunchError(
+            f"output.dir={out_dir} lies inside the run folder {inside}; a run folder holds only its own run's "
+            f"files. Put the new run beside it, e.g. output.dir={inside.parent}.")
     if run_dir.exists() and not overwrite:
         raise VisionlaunchError(
             f"the run folder {run_dir} already exists. Choose another name with output.name=NAME, or replace "
             "it with output.overwrite=true.")
+    if (run_dir.exists() or run_dir.is_symlink()) and not replaceable(run_dir):
+        what = "is not a folder" if not run_dir.is_dir() else \
+            f"is not a run folder (it has no {' or '.join(RUN_MARKERS)})"
+        raise VisionlaunchError(
+            f"output.overwrite=true would delete {run_dir}, which {what}; overwrite only ever replaces a previous "
+            "run. Nothing was deleted. Choose another output.name, or move that folder away yourself.")
     probe_parent = out_dir
     while not probe_parent.exists() and probe_parent != probe_parent.parent:
         probe_parent = probe_parent.parent
@@ -92,6 +175,8 @@ class RunDirectory:
         self.path = Path(path)
         self.owned = True  # made by this process: set-up failures remove it
         if self.path.exists() and overwrite:
+            if not replaceable(self.path):  # checked before (check_output_dir); never delete anything else
+                raise VisionlaunchError(f"refusing to replace {self.path}: it is not a run folder.")
             _remove_except_job_files(self.path)
         try:
             (self.path / "figures").mkdir(parents=True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import os
 import platform
 import shlex
 import subprocess
@@ -44,13 +45,15 @@ from visionlaunch.models.weights import load_weights
 from visionlaunch.datasets.resized_crop import ResizedCrop
 from visionlaunch.models.features import layer_names
 from visionlaunch.models.summary import count_parameters, model_summary
+from visionlaunch.progress import progress_bar
 from visionlaunch.reports.analysis import final_record
 from visionlaunch.trainers import checkpoint as ckpt
 from visionlaunch.reports.html import write_report
 from visionlaunch.trainers.artefacts import make_figures
 from visionlaunch.trainers.data import DataBundle, prepare_data
 from visionlaunch.trainers.determinism import set_deterministic
-from visionlaunch.trainers.distributed import any_rank, broadcast_from_main, check_world_size, mean_over_ranks
+from visionlaunch.trainers.distributed import (any_rank, broadcast_from_main, check_world_size, mean_over_ranks,
+                                               peer_lost)
 from visionlaunch.trainers.early_stop import EarlyStopping
 from visionlaunch.trainers.ema import ModelEMA
 from visionlaunch.trainers.losses import CrossEntropyLoss
@@ -58,7 +61,8 @@ from visionlaunch.trainers.metrics import MetricsWriter, read_metrics, topk_corr
 from visionlaunch.trainers.pipeline import BatchPipeline
 from visionlaunch.trainers.preemption import Preempted, PreemptionWatcher, clear_marker, write_marker
 from visionlaunch.trainers.rundir import (RunDirectory, atomic_torch_save, check_output_dir, default_run_name,
-                                          only_job_files, read_run_identity)
+                                          only_job_files, read_run_identity, run_skeleton)
+from visionlaunch.trainers.runlock import RunLock
 from visionlaunch.trainers.schedules import build_optimizer, build_scheduler
 from visionlaunch.trainers.tta import tta_logits
 from visionlaunch.trainers.trackers import RunTracker, check_tracker, new_run_id
@@ -115,13 +119,29 @@ def evaluate(model, loader, pipeline: BatchPipeline, accelerator: Accelerator, c
 def _unfinished_run(path: Path) -> bool:
     """A run folder that was started but never finished (killed before its first checkpoint), or one that only
     holds the batch job that is about to start it (runs/<name>/slurm/, written by `visionlaunch submit`)."""
-    if only_job_files(path):
+    if only_job_files(path) or run_skeleton(path):  # killed before it wrote run.yaml
         return True
     return (path / "run.yaml").is_file() and final_record(read_metrics(path / "metrics.jsonl")) is None
 
 
 class Trainer:
-    def __init__(self, cfg: RunConfig, *, preset: str | None = None, argv: list[str] | None = None):
+    def __init__(self, cfg: RunConfig, *, preset: str | None = None, argv: list[str] | None = None,
+                 verbose: bool = False, data: DataBundle | None = None):
+        """`data`: train on these tensors instead of reading cfg.data (benchmarks, tests); its name must be
+        cfg.data.name. `verbose`: print the model's layer table too (it is always in summary.txt)."""
+        self.lock: RunLock | None = None  # the run folder's lock, held by the main process until fit() ends
+        self.verbose = verbose
+        try:
+            self._set_up(cfg, preset, argv, data)
+        except BaseException:
+            self.release_lock()
+            raise
+
+    def release_lock(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+
+    def _set_up(self, cfg: RunConfig, preset: str | None, argv: list[str] | None, data: DataBundle | None) -> None:
         self.cfg = cfg
         self.argv = argv if argv is not None else sys.argv
         set_deterministic(cfg.train.deterministic)  # before the Accelerator touches CUDA (cuBLAS workspace)
@@ -146,7 +166,7 @@ class Trainer:
         # Validate what is cheap and certain to fail before reading data or creating anything.
         name = cfg.output.name or default_run_name(preset)
         out_dir = Path(cfg.output.dir).expanduser()
-        self.plan = self._agreed(lambda: ckpt.plan_resume(cfg.train.resume, out_dir / name))
+        self.plan = self._agreed(lambda: self._lock_and_plan(out_dir / name))
         self.resuming = self.plan.checkpoint is not None
         if self.plan.note:
             self.log(self.plan.note)
@@ -163,7 +183,8 @@ class Trainer:
         set_seed(cfg.train.seed)
 
         with acc.main_process_first():  # one process fills the data cache, the others read it
-            self.data: DataBundle = prepare_data(cfg.data, log=self.log, progress=self.is_main and cfg.train.progress)
+            self.data: DataBundle = data if data is not None else prepare_data(
+                cfg.data, log=self.log, progress=self.is_main and cfg.train.progress)
         if self.data.name != cfg.data.name:  # record what was really used, so `evaluate` reloads the same data
             cfg.data.fallback = "none"
             cfg.data.name = self.data.name
@@ -219,6 +240,13 @@ class Trainer:
         if outcome[0] == "error":
             raise VisionlaunchError(outcome[1])
         return outcome[1]
+
+    def _lock_and_plan(self, default_run_path: Path) -> ckpt.ResumePlan:
+        """Lock the run folder (main process), then decide where to start: no other process may train into it,
+        resume from it or replace it until this run ends."""
+        plan = ckpt.plan_resume(self.cfg.train.resume, default_run_path)
+        self.lock = RunLock(plan.run_path).acquire(log=self.log)
+        return ckpt.plan_resume(self.cfg.train.resume, default_run_path)  # again: it may have changed meanwhile
 
     def _config_dump(self) -> dict:
         return self.cfg.model_dump(mode="json")
@@ -293,6 +321,7 @@ class Trainer:
         self.best, self.ema_best, self.elapsed0, self.skipped_steps = {"val_acc": -1.0}, -1.0, 0.0, 0
         self.last_results: dict = {}
         self.resume_rank_state: dict | None = None
+        self.last_checkpoint: Path | None = self.plan.checkpoint  # the newest end-of-epoch one, once written
         self.early_stop = EarlyStopping(self.cfg.train.early_stop_patience, self.cfg.train.early_stop_metric)
         if not self.resuming:
             return
@@ -362,8 +391,10 @@ class Trainer:
                  f"{cfg.train.precision} | global batch {cfg.train.batch_size} = {acc.num_processes} x "
                  f"{cfg.train.grad_accum} x {self.micro_batch}")
         self.log(self.data.note)
-        if not self.resuming:
-            self.log(self.summary)
+        if not self.resuming:  # the layer table is in summary.txt; a log gets it only when asked
+            self.log(self.summary if self.verbose else
+                     f"model {cfg.model.name}: {count_parameters(self.raw_model):,} trainable parameters (layers: "
+                     f"{self.run_path / 'summary.txt'}; --verbose prints them here)")
         self.log(f"run folder: {self.run_path}")
         self.metrics = MetricsWriter(self.run_path / "metrics.jsonl" if self.is_main else None)
         if self.is_main:
@@ -386,6 +417,7 @@ class Trainer:
         finally:
             self.metrics.close()
             acc.end_training()  # also finishes the W&B run; without it gloo groups sometimes abort at exit
+            self.release_lock()
         return final
 
     def _elapsed(self) -> float:
@@ -405,9 +437,13 @@ class Trainer:
             seconds_before = self.resume_rank_state["epoch_seconds"]
         self.resume_rank_state = None
         nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+        # Sample counts as (one on the device) * n: torch.tensor(n, device=cuda) would be a blocking copy that
+        # stalls the GPU queue every micro-batch.
+        one = torch.ones((), dtype=torch.float64, device=device)
         consecutive_skips = 0
-        bar = tqdm(total=self.steps_per_epoch, initial=start, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
-                   unit="step", disable=not (self.is_main and cfg.train.progress), leave=False, dynamic_ncols=True)
+        bar = progress_bar(total=self.steps_per_epoch, initial=start, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
+                           unit="step", disable=not (self.is_main and cfg.train.progress), leave=False,
+                           dynamic_ncols=True)
         t0 = last_postfix = time.perf_counter()
         batches = iter(self.train_loader)
         for index in range(start, self.steps_per_epoch):
@@ -427,8 +463,7 @@ class Trainer:
                 top1, top5 = topk_correct(logits.detach(), labels)  # with mixup: against the unmixed labels
                 n = len(labels)
                 step_loss += loss.detach().float() / accum
-                step_totals += torch.stack([loss.detach().double() * n, top1.double(), top5.double(),
-                                            torch.tensor(n, dtype=torch.float64, device=device)])
+                step_totals += torch.stack([loss.detach().double() * n, top1.double(), top5.double(), one * n])
             grad_norm = None
             if cfg.optim.clip_grad_norm:
                 grad_norm = acc.clip_grad_norm_(self.model.parameters(), cfg.optim.clip_grad_norm)
@@ -442,7 +477,7 @@ class Trainer:
                     raise VisionlaunchError(
                         f"fp16 loss scaling skipped {consecutive_skips} optimizer steps in a row (up to step "
                         f"{self.step + 1}): the loss or gradients are not finite at any scale. Lower optim.lr, try "
-                        "train.precision=bf16 or no; the last checkpoint holds the last good weights.")
+                        f"train.precision=bf16 or no. {self._saved_state()}")
             else:
                 consecutive_skips = 0
                 self.scheduler.step()
@@ -485,6 +520,8 @@ class Trainer:
                     bar.close()
                     raise Preempted(self.watcher.received or "a signal sent to another process", self.step, path)
         bar.close()
+        if device.type == "cuda":  # the epoch's time includes the kernels still queued, not only their launch
+            torch.cuda.synchronize(device)
         seconds = seconds_before + time.perf_counter() - t0
         totals = acc.reduce(totals, reduction="sum")
         loss_sum, top1, top5, n = totals.tolist()
@@ -497,8 +534,18 @@ class Trainer:
     def _nonfinite_error(self, where: str, value: float) -> None:
         raise VisionlaunchError(
             f"the training loss became {value} {where}. Lower optim.lr, set optim.clip_grad_norm, check the data, or "
-            "try train.precision=no; the last finished epoch's weights are in weights/last.pt and the last "
-            "checkpoint (checkpoints/) holds the last good state.")
+            f"try train.precision=no. {self._saved_state()}")
+
+    def _saved_state(self) -> str:
+        """What a run that stops on bad numbers leaves to go back to: only files that exist are named."""
+        weights = self.run_path / "weights" / "last.pt"
+        found = ckpt.complete_checkpoints(self.run_path / "checkpoints")
+        kept = ([f"the last finished epoch's weights are in {weights}"] if weights.is_file() else []) + \
+            ([f"the checkpoint {found[-1]} holds the last good state"] if found else [])
+        if not kept:
+            return "Nothing was saved before it happened (no epoch finished, no checkpoint written)."
+        text = " and ".join(kept)
+        return text[0].upper() + text[1:] + "."
 
     def _end_epoch(self, epoch: int, train_stats: dict) -> dict:
         cfg, acc = self.cfg, self.accelerator
@@ -537,7 +584,7 @@ class Trainer:
             self.log(f"early stopping after epoch {epoch + 1}: {cfg.train.early_stop_metric} has not improved for "
                      f"{self.early_stop.patience} epochs (best {self.early_stop.best:.4f} at epoch "
                      f"{self.early_stop.best_epoch})")
-        path = self._save_checkpoint(epoch + 1, 0, zeros, 0.0)
+        path = self.last_checkpoint = self._save_checkpoint(epoch + 1, 0, zeros, 0.0)
         if cfg.train.preempt_signals and any_rank(acc, self.watcher.requested) and epoch + 1 < cfg.train.epochs \
                 and not self.early_stop.stopped:
             raise Preempted(self.watcher.received or "a signal sent to another process", self.step, path)
@@ -581,6 +628,12 @@ class Trainer:
         self.metrics.write(final)
         self.metrics.close()
         acc.wait_for_everyone()
+        # A signal that came during the last epoch's evaluation promised a checkpoint: the final one is written.
+        if cfg.train.preempt_signals and any_rank(acc, self.watcher.requested):
+            raise Preempted(self.watcher.received or "a signal sent to another process", self.step,
+                            self.last_checkpoint, finished=True)
+        self.watcher.training_finished(
+            (lambda name: Preempted(name, self.step, self.last_checkpoint, finished=True)) if self.is_main else None)
         figures = []
         if self.is_main and cfg.report.figures:
             self.log("drawing figures (curves, t-SNE, predictions, confusion matrix) ...")
@@ -623,5 +676,11 @@ class Trainer:
                 + (f"{path.name} still holds an earlier epoch's weights." if path.is_file() else "")) from exc
 
 
-def train(cfg: RunConfig, *, preset: str | None = None, argv: list[str] | None = None) -> dict:
-    return Trainer(cfg, preset=preset, argv=argv).fit()
+def train(cfg: RunConfig, *, preset: str | None = None, argv: list[str] | None = None, verbose: bool = False) -> dict:
+    try:
+        return Trainer(cfg, preset=preset, argv=argv, verbose=verbose).fit()
+    except Exception as exc:
+        lost = peer_lost(exc, int(os.environ.get("WORLD_SIZE", "1")), cfg.train.dist_timeout_s)
+        if lost is None:
+            raise
+        raise lost from None

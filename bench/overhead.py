@@ -1,0 +1,220 @@
+"""Trainer overhead: training images/s of visionlaunch's trainer against a bare PyTorch loop doing the same work.
+
+    python bench/overhead.py                                  # CPU: the mnist_cnn and cifar10_fast models
+    python bench/overhead.py --models mnist_cnn --repeats 7 --steps 40
+    python bench/overhead.py --models resnet18_gpu            # GPU: ResNet-18, bf16, channels_last, batch 512
+
+Both sides get the same model (same seed, same initial weights), the same batch size, the same optimizer and
+schedule (built by visionlaunch's own `build_optimizer`/`build_scheduler` from the preset), the same precision and
+memory layout, and the same data: random uint8 images of the preset's shape, resident in memory on the training
+device (the trainer's `tensor` loader; the bare loop indexes the same tensor). Augmentation is off on both sides
+(its cost is the loader's, measured by bench/loaders.py). The bare loop is what a user would write: gather a
+batch, normalise, forward under autocast, F.cross_entropy, backward (through torch.amp.GradScaler for fp16),
+optimizer and scheduler step. The trainer is the real `Trainer.fit()` (Accelerate, metrics, checkpoints, per-epoch
+evaluation of a 1-batch test set); its rate is the images/s it records for each training epoch (the time of the
+epoch's steps only, CUDA synchronised), and the bare loop's is timed the same way.
+
+Each run trains `--epochs` epochs of `--steps` steps; the first epoch is warm-up and the later ones are averaged.
+Runs alternate (trainer, bare, bare, trainer, ...) so that a drift in the machine's speed hits both sides alike;
+the ratio trainer / bare is taken pair by pair and reported as min / median / max. Prints one JSON object.
+A benchmark, not a test: the numbers depend on the machine and on whatever else runs on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from visionlaunch.config import load_config  # noqa: E402
+from visionlaunch.datasets import ImageSet  # noqa: E402
+from visionlaunch.datasets.stats import normalization_tensors, normalize_with  # noqa: E402
+from visionlaunch.models import build_model  # noqa: E402
+from visionlaunch.trainers.data import DataBundle  # noqa: E402
+from visionlaunch.trainers.schedules import build_optimizer, build_scheduler  # noqa: E402
+
+# name -> (preset, overrides, input shape, classes). The presets' own batch size, optimizer and layout.
+SETUPS = {
+    "mnist_cnn": ("configs/mnist_cnn.yaml", [], (1, 28, 28), 10),
+    "cifar10_fast": ("configs/cifar10_fast.yaml", [], (3, 32, 32), 10),
+    "resnet18_gpu": ("configs/cifar10_resnet18.yaml",
+                     ["train.precision=bf16", "train.channels_last=true", "train.batch_size=512"], (3, 32, 32), 10),
+}
+# What neither side does while timed: augmentation (the loader's cost), TTA, figures, progress bars.
+COMMON = ["data.val_size=0", "augment.crop_padding=0", "augment.flip=false", "augment.cutout=0",
+          "augment.mixup_alpha=0", "augment.cutmix_alpha=0", "train.tta_flip=false", "train.ema_decay=0",
+          "report.figures=false", "train.progress=false", "train.log_every=50"]
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def synthetic_data(name: str, shape: tuple[int, int, int], classes: int, n_train: int, n_test: int,
+                   seed: int = 0) -> DataBundle:
+    """Random uint8 images of the real shape (speed does not depend on what the pixels show)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def images(n):
+        return ImageSet(torch.randint(0, 256, (n, *shape), dtype=torch.uint8, generator=g),
+                        torch.randint(0, classes, (n,), generator=g), [str(c) for c in range(classes)], name,
+                        "random uint8 images (benchmark)")
+
+    return DataBundle(train=images(n_train), val=None, test=images(n_test), mean=(0.5,) * shape[0],
+                      std=(0.25,) * shape[0], note=f"{n_train} random {shape} images (benchmark)", name=name)
+
+
+def make_config(setup: str, steps: int, epochs: int, device: str, extra: list[str] = ()):
+    preset, overrides, shape, classes = SETUPS[setup]
+    cfg = load_config(REPO / preset, [*COMMON, *overrides, f"train.epochs={epochs}",
+                                      *(["train.device=cpu"] if device == "cpu" else []), *extra])
+    data = synthetic_data(cfg.data.name, shape, classes, steps * cfg.train.batch_size, cfg.train.batch_size)
+    return cfg, data
+
+
+def trainer_rates(cfg, data, out_dir: Path, name: str) -> list[float]:
+    """Images/s of each training epoch, as the real trainer records them."""
+    from visionlaunch.trainers.metrics import read_metrics
+    from visionlaunch.trainers.trainer import Trainer
+
+    cfg = cfg.model_copy(deep=True)
+    cfg.output.dir, cfg.output.name, cfg.output.overwrite = str(out_dir), name, True
+    Trainer(cfg, data=data, argv=["bench/overhead.py"]).fit()
+    records = read_metrics(out_dir / name / "metrics.jsonl")
+    return [r["images_per_s"] for r in records if r.get("kind") == "epoch" and r.get("split") == "train"]
+
+
+def bare_rates(cfg, data, device: torch.device) -> list[float]:
+    """Images/s of each epoch of the loop a user would write for the same model, data, optimizer and precision."""
+    torch.manual_seed(cfg.train.seed)  # the trainer's seed: the same initial weights
+    model = build_model(cfg.model.name, data.in_shape, len(data.classes), cfg.model.args)
+    layout = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=layout)
+    optimizer = build_optimizer(model, cfg.optim)
+    batch = cfg.train.batch_size
+    steps = len(data.train) // batch
+    scheduler = build_scheduler(optimizer, cfg.schedule, cfg.optim.lr, steps, cfg.train.epochs)
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.precision)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16")
+    forward = torch.compile(model) if cfg.train.compile else model
+    images, labels = data.train.images.to(device), data.train.labels.to(device)
+    mean, std = normalization_tensors(data.mean, data.std, device)
+    rates = []
+    model.train()
+    for epoch in range(cfg.train.epochs):
+        order = torch.randperm(len(labels), device=device)
+        sync(device)
+        t0 = time.perf_counter()
+        for i in range(steps):
+            idx = order[i * batch:(i + 1) * batch]
+            x = normalize_with(images[idx], mean, std).contiguous(memory_format=layout)
+            y = labels[idx]
+            with torch.autocast(device.type, dtype=half, enabled=half is not None):
+                loss = F.cross_entropy(forward(x).float(), y, label_smoothing=cfg.optim.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+        sync(device)
+        rates.append(steps * batch / (time.perf_counter() - t0))
+    return rates
+
+
+def steady(rates: list[float]) -> float:
+    later = rates[1:] or rates  # the first epoch is warm-up (allocator, cuDNN, autotuning)
+    return sum(later) / len(later)
+
+
+def spread(values: list[float], digits: int = 3) -> dict:
+    return {"min": round(min(values), digits), "median": round(statistics.median(values), digits),
+            "max": round(max(values), digits)}
+
+
+def compare(setup: str, *, steps: int, epochs: int, repeats: int, device: str, extra: list[str] = (),
+            deadline: float | None = None) -> dict:
+    """Interleaved trainer / bare-loop pairs for one setup; stops early (fewer pairs) past `deadline`."""
+    cfg, data = make_config(setup, steps, epochs, device, extra)
+    dev = torch.device("cuda" if device == "cuda" else "cpu")
+    pairs = []
+    with tempfile.TemporaryDirectory(prefix="vl-overhead-") as tmp:
+        for r in range(repeats):
+            if deadline is not None and pairs and time.monotonic() > deadline:
+                break
+            # ABBA order: neither side always runs first (warmer caches, a machine slowing down).
+            order = ("trainer", "bare") if r % 2 == 0 else ("bare", "trainer")
+            rates = {}
+            for side in order:
+                rates[side] = (trainer_rates(cfg, data, Path(tmp), f"run{r}") if side == "trainer"
+                               else bare_rates(cfg, data, dev))
+            t, b = steady(rates["trainer"]), steady(rates["bare"])
+            pairs.append({"trainer": round(t, 1), "bare": round(b, 1), "ratio": round(t / b, 4),
+                          "trainer_epochs": [round(x, 1) for x in rates["trainer"]],
+                          "bare_epochs": [round(x, 1) for x in rates["bare"]]})
+    return {"setup": setup, "model": cfg.model.name, "model_args": cfg.model.args, "batch": cfg.train.batch_size,
+            "optimizer": cfg.optim.name, "precision": cfg.train.precision, "channels_last": cfg.train.channels_last,
+            "compile": cfg.train.compile, "device": str(dev), "steps_per_epoch": steps, "epochs": epochs,
+            "pairs": pairs, "ratio": spread([p["ratio"] for p in pairs]),
+            "trainer_images_per_s": spread([p["trainer"] for p in pairs], 1),
+            "bare_images_per_s": spread([p["bare"] for p in pairs], 1)}
+
+
+def machine() -> dict:
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    processor = platform.processor() or platform.machine()
+    try:  # the model name, e.g. "AMD EPYC"; platform.processor() is often just the architecture
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                processor = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"host": platform.node(), "processor": processor, "cpus": os.cpu_count(), "gpu": gpu,
+            "python": platform.python_version(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "load_average": [round(x, 2) for x in os.getloadavg()]}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", choices=list(SETUPS), default=None,
+                   help="default: mnist_cnn cifar10_fast, plus resnet18_gpu on a GPU")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--steps", type=int, default=None, help="steps per epoch (default: 40 for mnist_cnn and on a "
+                                                           "GPU, 8 for cifar10_fast on a CPU)")
+    p.add_argument("--epochs", type=int, default=3, help="epochs per run; the first is warm-up")
+    p.add_argument("--repeats", type=int, default=5, help="trainer/bare pairs per model")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    models = args.models or (["mnist_cnn", "cifar10_fast"] + (["resnet18_gpu"] if args.device == "cuda" else []))
+    report = {"benchmark": "overhead", "command": " ".join(["python", *sys.argv]), "machine": machine(),
+              "results": []}
+    for setup in models:
+        steps = args.steps or (8 if setup == "cifar10_fast" and args.device == "cpu" else 40)
+        row = compare(setup, steps=steps, epochs=args.epochs, repeats=args.repeats, device=args.device)
+        report["results"].append(row)
+        r = row["ratio"]
+        print(f"{setup:13s} trainer {row['trainer_images_per_s']['median']:>9,.0f} img/s | bare "
+              f"{row['bare_images_per_s']['median']:>9,.0f} img/s | ratio median {r['median']:.3f} "
+              f"(min {r['min']:.3f}, max {r['max']:.3f}, {len(row['pairs'])} pairs)", file=sys.stderr, flush=True)
+    report["machine"]["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""bench/gpu_check.py --quick runs every part of the GPU check on the CPU (tiny model, few steps, the embedded MNIST
+sample), so the one-command GPU check cannot rot between the rare sessions that have a GPU; without a GPU the
+full check stops at once, saying so."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.conftest import REPO
+
+SCRIPT = REPO / "bench" / "gpu_check.py"
+
+
+@pytest.mark.timeout(1100)
+def test_quick_check_runs_every_part_and_writes_json_and_markdown(tmp_path):
+    out = tmp_path / "check"
+    # A generous budget: on a busy 2-core machine the quick check takes minutes instead of tens of seconds.
+    proc = subprocess.run([sys.executable, str(SCRIPT), str(out), "--quick", "--data", str(tmp_path / "no-data"),
+                           "--budget-s", "900"], capture_output=True, text=True, timeout=1000, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((out / "gpu_check.json").read_text())
+    assert report["quick"] and set(report["parts"]) == {"setup", "tests", "overhead", "loaders", "cifar10", "cifar100"}
+    rows = report["rows"]
+    assert not [r for r in rows if r["verdict"] == "FAIL"]
+    tests = [r for r in rows if r["part"] == "tests"]
+    # Every GPU test was collected and reported; on a CPU each one skips.
+    assert len(tests) >= 9 and all(r["verdict"] == ("pass" if torch.cuda.is_available() else "skipped") for r in tests)
+    pairs = report["parts"]["overhead"]["pairs"]
+    assert pairs and all(p["trainer"] > 0 and p["bare"] > 0 for p in pairs)
+    assert {r["backend"] for r in report["parts"]["loaders"]["results"]} == {"tensor", "torch"}
+    for part in ("cifar10", "cifar100"):
+        result = report["parts"][part]["result"]
+        assert result["exit_code"] == 0 and result["trajectory"], part  # one epoch line parsed per run
+    markdown = (out / "gpu_check.md").read_text()
+    assert "| part | check | result | goal | verdict |" in markdown and markdown in proc.stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_full_check_without_a_gpu_stops_at_once_and_says_so(tmp_path):
+    proc = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "check")], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    assert proc.returncode == 1 and "--quick" in proc.stderr
+    report = json.loads((tmp_path / "check" / "gpu_check.json").read_text())
+    assert report["rows"] == [{"part": "set-up", "check": "CUDA", "result": "torch sees no GPU", "goal": "a GPU",
+                               "verdict": "FAIL"}]
