@@ -2,7 +2,9 @@
 ends with one visionlaunch message (exit 1) instead of a page of backend traceback, within train.dist_timeout_s
 for a hung peer."""
 
+import contextlib
 import os
+import pathlib
 import signal
 import subprocess
 import time
@@ -34,6 +36,21 @@ def test_a_killed_rank_ends_the_survivor_with_one_message(tmp_path):
     assert not any("Traceback" in line or "gloo/transport" in line for line in lines), proc.stderr[-4000:]
 
 
+def _descendants(root: int) -> list[int]:
+    """Every live descendant of `root`, read from /proc (children before their parents are not guaranteed)."""
+    parent = {}
+    for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parent[int(stat.parent.name)] = int(fields[1])
+    found, frontier = [], [root]
+    while frontier:
+        kids = [pid for pid, ppid in parent.items() if ppid in frontier]
+        found += kids
+        frontier = kids
+    return found
+
+
 def test_a_hung_rank_ends_the_survivor_after_the_timeout(tmp_path):
     proc = subprocess.Popen([*two_process_launcher(FAULT_TRAIN_PY), *ARGS, f"output.dir={tmp_path}",
                              "train.dist_timeout_s=10"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -50,7 +67,11 @@ def test_a_hung_rank_ends_the_survivor_after_the_timeout(tmp_path):
                 break
             assert time.monotonic() < deadline, "\n".join(seen[-50:])
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the launcher, the survivor and the stopped rank
+        # The launcher's workers may sit in sessions of their own: kill every descendant, the stopped rank included,
+        # so that no SIGSTOPped process outlives the test.
+        for pid in [*_descendants(proc.pid), proc.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         proc.wait(timeout=60)
     assert seen and seen[-1].startswith(SURVIVOR), "\n".join(seen[-50:])
     assert "Timed out" in seen[-1] and "train.dist_timeout_s=10" in seen[-1]
