@@ -20,10 +20,11 @@ from tests.browser_check import (
     open_in_chromium,
 )
 from tests.conftest import SHARED_DATA, isolate_environment, require_shared_data
+from visionlaunch.config import flatten
 from visionlaunch.errors import VisionlaunchError
 from visionlaunch.launch.cli import main
 from visionlaunch.reports import write_report
-from visionlaunch.reports.analysis import epoch_rows, find_restarts, flatten, headline
+from visionlaunch.reports.analysis import epoch_rows, find_restarts, headline
 from visionlaunch.reports.runfolder import read_run
 
 REPO = Path(__file__).resolve().parents[1]

@@ -248,6 +248,13 @@ class RunConfig(_Section):
                              "or a fraction held out of train), or train.early_stop_patience=0")
         if self.data.val_size >= 1 and self.data.val_size != int(self.data.val_size):
             raise ValueError("data.val_size must be a whole count (>= 1) or a fraction below 1")
+        # Last, and only for an otherwise valid config: the builders' signatures need torch, so every other
+        # config error is reported before torch is imported.
+        from visionlaunch.models import validate_model_args  # importing the package registers the builders
+        try:
+            validate_model_args(self.model.name, self.model.args)
+        except VisionlaunchError as exc:
+            raise ValueError(str(exc)) from None
         return self
 
     def resolved_ident(self) -> str:
@@ -293,7 +300,7 @@ def format_validation_error(err: ValidationError, source: str) -> str:
             got = e.get("input")
             got_text = "" if isinstance(got, dict) else f" (got {got!r})"
             where = f"'{key}'" if loc else "config"
-            lines.append(f"  - {where}: {e['msg']}{got_text}.")
+            lines.append(f"  - {where}: {e['msg'].rstrip('.')}{got_text}.")
     lines.append("Fix the YAML file or the key=value override; `visionlaunch show-config` prints every key with its default.")
     return "\n".join(lines)
 
@@ -377,8 +384,8 @@ def describe_keys() -> str:
 
 
 # Keys that may change without changing the sequence of weights a run goes through: where files are, what is logged
-# and how often, how the run reacts to signals, which kernels compute the same numbers. Resuming checks every other
-# key; the comparison page credits only the other keys with a change in results.
+# and how often, how the run reacts to signals, which kernels compute the same numbers. Resuming, the ablation's
+# check of its run folders and the comparison page all go by `shapes_trajectory`.
 TRAJECTORY_NEUTRAL = (
     "output.", "report.", "tracker.", "data.root", "data.cache_dir", "data.download", "data.verify", "data.fallback",
     "data.num_workers", "data.loader", "data.ffcv_dir", "train.resume", "train.progress", "train.log_every",
@@ -389,3 +396,35 @@ TRAJECTORY_NEUTRAL = (
 def shapes_trajectory(key: str) -> bool:
     """Whether a dotted config key (e.g. optim.lr) changes what a run learns."""
     return not key.startswith(TRAJECTORY_NEUTRAL)
+
+
+def flatten(tree: Any, prefix: str = "", depth: int | None = None) -> dict[str, Any]:
+    """{"optim": {"lr": 0.1}} -> {"optim.lr": 0.1}, at most `depth` levels deep (2: the config keys, model.args
+    whole). Lists and empty mappings stay whole values."""
+    if not isinstance(tree, dict) or (not tree and prefix) or depth == 0:
+        return {prefix: tree} if prefix else {}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key), None if depth is None else depth - 1))
+    return flat
+
+
+def config_differences(old: dict, new: dict, old_label: str, new_label: str) -> list[str]:
+    """'key: <old_label> X, <new_label> Y' for every trajectory-shaping config key whose value differs between two
+    dumped configs (e.g. a checkpoint's and this run's). A key the old config's version did not have yet counts as
+    its default (what that version did), so adding a key with a default keeps old runs comparable."""
+    a, b = flatten(old, depth=2), flatten(new, depth=2)
+    defaults = flatten(_DEFAULTS, depth=2)
+    out = []
+    for key in sorted(set(a) | set(b)):
+        if not shapes_trajectory(key):
+            continue
+        if key not in a and key in defaults and b.get(key) == defaults[key]:
+            continue
+        if a.get(key, "<absent>") != b.get(key, "<absent>"):
+            out.append(f"{key}: {old_label} {a.get(key, '<absent>')!r}, {new_label} {b.get(key, '<absent>')!r}")
+    return out
+
+
+# Every section's defaults, as dumped (the defaults of a RunConfig, without validating model arguments).
+_DEFAULTS = {name: field.annotation().model_dump(mode="json") for name, field in RunConfig.model_fields.items()}

@@ -360,19 +360,10 @@ def _canon(override: str) -> str:
 def _validated(variant: Variant, where: str) -> RunConfig:
     """The variant's complete config, checked the way `visionlaunch train` checks it, model arguments included."""
     try:
-        cfg = load_config(variant.config_path, variant.train_args()[2:])
-        _check_model_args(cfg)
+        return load_config(variant.config_path, variant.train_args()[2:])
     except VisionlaunchError as exc:
         raise VisionlaunchError(f"{where}: variant {variant.name} ({variant.label}) is not a valid run, so nothing "
                                 f"was run. {exc}") from None
-    return cfg
-
-
-def _check_model_args(cfg: RunConfig) -> None:
-    import visionlaunch.models  # noqa: F401  (registers the builders)
-    from visionlaunch.models.registry import validate_model_args
-
-    validate_model_args(cfg.model.name, cfg.model.args)
 
 
 # A file name may have 255 bytes on common file systems; the runner writes logs/<run>.json and temporary files

@@ -21,7 +21,8 @@ import yaml
 
 from visionlaunch.atomic import atomic_write_text
 from visionlaunch.errors import VisionlaunchError
-from visionlaunch.reports.analysis import final_record, flatten, number
+from visionlaunch.config import config_differences
+from visionlaunch.reports.analysis import final_record, number
 from visionlaunch.reports.figures import epoch_series, plot_ablation_curves
 from visionlaunch.reports.stamp import Stamp
 from visionlaunch.trainers.metrics import read_metrics
@@ -59,23 +60,13 @@ class RunResult:
 # ---------------------------------------------------------------------------------------------------- one run
 
 
-def config_differences(variant: Variant, saved: dict) -> list[str]:
+def plan_differences(variant: Variant, saved: dict) -> list[str]:
     """'key: run X, plan Y' for the settings that make `saved` (a run's config.yaml) another experiment than the
     variant's config. Keys that may change between a run and its resumption (paths, logging) do not count."""
-    from visionlaunch.config import shapes_trajectory
-
-    planned = flatten(variant.config.model_dump(mode="json"))
-    recorded = flatten(saved)
-    if planned.get("data.fallback") == "sample" and recorded.get("data.name") == "mnist_sample":
-        recorded["data.name"] = planned.get("data.name")  # the trainer records which data it really used
-    out = []
-    for key in sorted(set(planned) | set(recorded)):
-        if not shapes_trajectory(key):
-            continue
-        a, b = recorded.get(key, "<absent>"), planned.get(key, "<absent>")
-        if json.dumps(a, sort_keys=True, default=str) != json.dumps(b, sort_keys=True, default=str):
-            out.append(f"{key}: run {a!r}, plan {b!r}")
-    return out
+    planned = variant.config.model_dump(mode="json")
+    if planned["data"]["fallback"] == "sample" and saved.get("data", {}).get("name") == "mnist_sample":
+        saved = {**saved, "data": {**saved["data"], "name": planned["data"]["name"]}}  # the data really used
+    return config_differences(saved, planned, "run", "plan")
 
 
 def _read_yaml(path: Path) -> dict:
@@ -112,7 +103,7 @@ def read_result(variant: Variant) -> RunResult:
     final = final_record(records)
     saved = _read_yaml(run / "config.yaml")
     if final is not None:
-        differences = config_differences(variant, saved) if saved else ["config.yaml is missing"]
+        differences = plan_differences(variant, saved) if saved else ["config.yaml is missing"]
         if differences:
             return RunResult(variant, "stale", records=records,
                              message="a finished run of another config (" + "; ".join(differences[:3]) + ")")

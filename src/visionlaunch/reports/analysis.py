@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 SPLITS = ("train", "val", "test")
 
@@ -141,13 +140,3 @@ def find_restarts(records: list[dict]) -> list[Restart]:
 
 def _int(value: float | None) -> int | None:
     return None if value is None else int(value)
-
-
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """{"optim": {"lr": 0.1}} -> {"optim.lr": 0.1}. Lists and empty mappings stay whole values."""
-    if not isinstance(tree, dict) or (not tree and prefix):
-        return {prefix: tree} if prefix else {}
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-    return flat

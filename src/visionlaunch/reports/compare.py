@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from visionlaunch.atomic import atomic_write_text
-from visionlaunch.config import shapes_trajectory
+from visionlaunch.config import flatten, shapes_trajectory
 from visionlaunch.errors import VisionlaunchError
 from visionlaunch.trainers.rundir import enclosing_run_folder
 
 from . import page
-from .analysis import Headline, flatten, headline
+from .analysis import Headline, headline
 from .figures import plot_comparison
 from .html import REPORT_FILE
 from .page import Html, esc

@@ -23,7 +23,7 @@ import torch
 from accelerate import Accelerator
 
 from visionlaunch.atomic import as_os_error, atomic_write_text, is_write_failure
-from visionlaunch.config import shapes_trajectory
+from visionlaunch.config import config_differences
 from visionlaunch.errors import VisionlaunchError, describe_load_failure, describe_os_error
 
 META = "visionlaunch.json"
@@ -52,35 +52,6 @@ def complete_checkpoints(root: Path) -> list[Path]:
         return []
     found = [p for p in root.iterdir() if p.is_dir() and checkpoint_step(p) is not None and (p / META).is_file()]
     return sorted(found, key=checkpoint_step)
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and not (prefix == "model." and key == "args"):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def config_differences(saved: dict, current: dict) -> list[str]:
-    """'key: checkpoint X, now Y' for every trajectory-shaping key that differs. A key the checkpoint's version did
-    not have yet counts as its default (what that version did), so adding a key with a default keeps old checkpoints
-    resumable."""
-    from visionlaunch.config import RunConfig
-
-    a, b = _flatten(saved), _flatten(current)
-    defaults = _flatten(RunConfig().model_dump(mode="json"))
-    out = []
-    for key in sorted(set(a) | set(b)):
-        if not shapes_trajectory(key):
-            continue
-        if key not in a and key in defaults and b.get(key) == defaults[key]:
-            continue
-        if a.get(key, "<absent>") != b.get(key, "<absent>"):
-            out.append(f"{key}: checkpoint {a.get(key, '<absent>')!r}, now {b.get(key, '<absent>')!r}")
-    return out
 
 
 def read_meta(path: Path) -> dict:
@@ -118,7 +89,7 @@ def _damage(path: Path) -> str | None:
 
 def validate(path: Path, meta: dict, cfg_dump: dict, world: int, fp16: bool) -> None:
     """Everything that can be checked before loading: the same config and process count, and no file missing."""
-    differences = config_differences(meta.get("config", {}), cfg_dump)
+    differences = config_differences(meta.get("config", {}), cfg_dump, "checkpoint", "now")
     if differences:
         raise VisionlaunchError(
             f"the checkpoint {path} belongs to a run with a different configuration, so it cannot continue this one:"
