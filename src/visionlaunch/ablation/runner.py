@@ -127,3 +127,18 @@ def _last_line(tail: list[str]) -> str:
         if line.startswith("visionlaunch: error:") or "Error" in line.split(":", 1)[0]:
             return line.strip()[:300]
     return next((line.strip()[:300] for line in reversed(tail) if line.strip()), "")
+
+
+def dry_run_text(ablation: Ablation, selected: list[Variant]) -> str:
+    """What `visionlaunch ablate --dry-run` prints: every selected run, its state and its command."""
+    settings = ablation.settings()
+    lines = [f"ablation {ablation.name}: {len(ablation.variants)} runs ({len(settings)} settings x "
+             f"{len(ablation.seeds)} seed(s)) -> {ablation.out_dir}"]
+    if len(selected) < len(ablation.variants):
+        lines.append(f"selected: {len(selected)} of them")
+    for variant in selected:
+        state = read_result(variant).state
+        note = "finished, would be skipped" if state == "ok" else state
+        lines.append(f"  {variant.name}  [{variant.label}, seed {variant.seed}; {note}]")
+        lines.append(f"    {shlex.join(['visionlaunch', *train_command(variant)[3:]])}")
+    return "\n".join(lines)

@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--verbose", "-v", action="store_true",
                    help="also print the model's layer table (it is always in runs/<name>/summary.txt)")
+    p.set_defaults(func=_train)
 
     p = sub.add_parser("evaluate", help="reload a run's saved weights and measure test accuracy again")
     p.add_argument("run_dir", type=Path)
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="measure on other data: the run's data section with these keys changed, e.g. --data "
                         "name=imagefolder path=/data/digits (classes must match by name)")
     p.add_argument("--split", choices=("train", "val", "test"), help="the split to measure (default test)")
+    p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("predict", help="classify images, folders or archives (.zip/.tar) with a run's weights")
     p.add_argument("run_dir", type=Path)
@@ -63,45 +65,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=3, help="classes per image, most probable first (default 3)")
     p.add_argument("--out", type=Path, help="write the table as CSV here instead of printing it")
     p.add_argument("--batch-size", type=int, help="images per batch; default the run's train.eval_batch_size")
+    p.set_defaults(func=_predict)
 
     p = sub.add_parser("export", help="write a run's model as TorchScript, ONNX or safetensors, with a JSON beside it")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--format", required=True, choices=("torchscript", "onnx", "safetensors"))
     p.add_argument("--weights", choices=("last", "best", "ema_last", "ema_best"), default="last")
     p.add_argument("--out", type=Path, help="the model file; default <run>/export/<weights>.<format suffix>")
+    p.set_defaults(func=_export)
 
     p = sub.add_parser("figures", help="redraw a run's figures from its folder and weights")
     p.add_argument("run_dir", type=Path)
+    p.set_defaults(func=_figures)
 
     p = sub.add_parser(
         "prepare", help="decode the config's dataset once into the tensor cache; `prepare ffcv` also writes .beton files",
         description="prepare --config X [key=value ...]: decode the dataset into the tensor cache.\n"
                     "prepare ffcv (--config X | --dataset NAME) [key=value ...]: also write its train/val/test .beton "
                     "files (data.ffcv_dir, default <cache>/ffcv).", formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_config_args(p, required=False)
-    p.add_argument("--dataset", choices=("mnist", "mnist_sample", "cifar10", "cifar100", "imagefolder"),
-                   help="ffcv: the dataset (instead of or on top of --config); imagefolder needs data.path=...")
-    p.add_argument("--encoding", choices=("raw", "jpeg"), help="ffcv: store images raw (default) or as JPEG (RGB)")
-    p.add_argument("--jpeg-quality", type=int, help="ffcv: JPEG quality 1..100 (default 90)")
-    p.add_argument("--out", help="ffcv: folder for the .beton files (data.ffcv_dir)")
-    p.add_argument("--overwrite", action="store_true", help="ffcv: write the files again even if they exist")
+    # The options stand before or after `ffcv`; their defaults live here, so that a form's parser never resets
+    # them. The ffcv options are accepted (unlisted) without `ffcv` only to say where they belong.
+    _add_prepare_args(p, top=True)
+    p.set_defaults(func=_prepare_cache, overrides=[])
+    forms = p.add_subparsers(dest="form", metavar="[ffcv]", action=_DefaultSubcommand)
+    _add_prepare_args(forms.add_parser("cache", add_help=False), ffcv=False)  # `prepare --config X key=value`
+    q = forms.add_parser("ffcv", help="also write the dataset's train/val/test .beton files")
+    _add_prepare_args(q)
+    q.set_defaults(func=_prepare_ffcv)
 
     p = sub.add_parser("show-config", help="print the resolved config (or every key with --keys)")
     _add_config_args(p, required=False)
     p.add_argument("--keys", action="store_true", help="list every key with its default and meaning")
+    p.set_defaults(func=_show_config)
 
     p = sub.add_parser("models", help="list the models and their arguments")
     p.add_argument("--timm", nargs="?", const="", metavar="PATTERN",
                    help="list timm's architectures (use as model.name=timm/<architecture>), those matching PATTERN")
+    p.set_defaults(func=_models)
 
     p = sub.add_parser("report", help="write a run's self-contained report.html (and report.pdf with --pdf)")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--pdf", action="store_true", help="also print report.pdf with headless Chromium")
+    p.set_defaults(func=_report)
 
     p = sub.add_parser("compare", help="compare runs in one self-contained HTML page (the first is the baseline)")
     p.add_argument("run_dirs", type=Path, nargs="+", metavar="run_dir")
     p.add_argument("--out", type=Path, help="output file; default <common parent of the runs>/compare.html")
     p.add_argument("--pdf", action="store_true", help="also print the page to PDF with headless Chromium")
+    p.set_defaults(func=_compare)
 
     p = sub.add_parser("ablate", help="run a config over a grid or list of overrides and seeds; write a table and "
                                       "a figure")
@@ -119,15 +130,58 @@ def build_parser() -> argparse.ArgumentParser:
                    help="submit the unfinished runs as one SLURM job array (task i = run i), then a job that builds "
                         "the table when all have ended; takes the resource and preemption options of `submit`")
     _add_slurm_args(p, job_options=False)
+    p.set_defaults(func=_ablate)
 
     p = sub.add_parser("submit", help="run training as a SLURM batch job: submit [options] -- <train arguments>",
                        description="Render a batch script into runs/<name>/slurm/job.sh and sbatch it. Everything "
                                    "after `--` is given to `visionlaunch train` unchanged.")
     _add_slurm_args(p)
+    p.set_defaults(func=_submit)
 
     p = sub.add_parser("jobs", help="the SLURM jobs submitted from a runs folder, and their run folders")
     p.add_argument("--runs", type=Path, default=Path("runs"), help="the runs folder (output.dir); default runs")
+    p.set_defaults(func=_jobs)
     return parser
+
+
+class _DefaultSubcommand(argparse._SubParsersAction):
+    """Subcommands with a default: words that name none of them go to the first one (`prepare key=value`)."""
+
+    class _AnyWord(dict):
+        def __contains__(self, word) -> bool:
+            return True
+
+    @property
+    def choices(self):  # argparse checks the first word against these before __call__: let every word pass
+        return self._AnyWord(self._name_parser_map)
+
+    @choices.setter
+    def choices(self, value) -> None:
+        pass
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if values[0] not in self._name_parser_map:
+            values = [next(iter(self._name_parser_map)), *values]
+        super().__call__(parser, namespace, values, option_string)
+
+
+def _add_prepare_args(p: argparse.ArgumentParser, top: bool = False, ffcv: bool = True) -> None:
+    def add(*flags, **kwargs):
+        kwargs = {**kwargs, "help": argparse.SUPPRESS} if top and flags[0] != "--config" else \
+            kwargs if top else {**kwargs, "default": argparse.SUPPRESS}
+        p.add_argument(*flags, **kwargs)
+
+    add("--config", "-c", help="YAML preset, e.g. configs/mnist_cnn.yaml")
+    if not top:
+        p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. data.root=/data")
+    if not ffcv:
+        return
+    add("--dataset", choices=("mnist", "mnist_sample", "cifar10", "cifar100", "imagefolder"),
+        help="the dataset (instead of or on top of --config); imagefolder needs data.path=...")
+    add("--encoding", choices=("raw", "jpeg"), help="store images raw (default) or as JPEG (RGB)")
+    add("--jpeg-quality", type=int, help="JPEG quality 1..100 (default 90)")
+    add("--out", help="folder for the .beton files (data.ffcv_dir)")
+    add("--overwrite", action="store_true", help="write the files again even if they exist")
 
 
 def _add_slurm_args(p: argparse.ArgumentParser, job_options: bool = True) -> None:
@@ -170,178 +224,202 @@ def _slurm_options(args: argparse.Namespace):
                         max_requeues=args.max_requeues, sbatch_lines=args.sbatch, setup_lines=args.setup)
 
 
-def _split_at_double_dash(argv: list[str]) -> tuple[list[str], list[str] | None]:
-    if "--" in argv:
-        i = argv.index("--")
-        return argv[:i], argv[i + 1:]
-    return argv, None
-
-
 def _preset_name(config_path: str | None) -> str | None:
     return Path(config_path).stem if config_path else None
 
 
-def run(args: argparse.Namespace, argv: list[str]) -> int:
-    from visionlaunch.config import describe_keys, load_config
-
-    if args.command == "train":
-        cfg = load_config(args.config, args.overrides)  # before torch is imported: config errors come at once
-        from visionlaunch.trainers.trainer import train
-        train(cfg, preset=_preset_name(args.config), argv=argv, verbose=args.verbose)
-        return 0
-    if args.command == "evaluate" and (args.data or args.split):
-        from visionlaunch.launch.evaluate_data import evaluate_on_data
-        return evaluate_on_data(args.run_dir, args.weights, args.data or [], args.split or "test")
-    if args.command == "evaluate":
-        from visionlaunch.launch.evaluate import evaluate_run
-        return evaluate_run(args.run_dir, args.weights)
-    if args.command == "predict":
-        from visionlaunch.launch.predict import predict_command
-        return predict_command(args.run_dir, args.paths, which=args.weights, top_k=args.top_k, out=args.out,
-                               batch_size=args.batch_size)
-    if args.command == "export":
-        from visionlaunch.launch.export import export_run
-        for path in export_run(args.run_dir, args.format, args.weights, args.out):
-            print(path)
-        return 0
-    if args.command == "figures":
-        from visionlaunch.launch.evaluate import redraw_figures
-        for path in redraw_figures(args.run_dir):
-            print(path)
-        return 0
-    if args.command == "prepare":
-        return _prepare(args)
-    if args.command == "show-config":
-        if args.keys:
-            print(describe_keys())
-        else:
-            print(load_config(args.config, args.overrides).to_yaml(), end="")
-        return 0
-    if args.command == "models":
-        from visionlaunch.models import model_args, model_names
-        if args.timm is not None:
-            from visionlaunch.models.timm_models import PREFIX, list_architectures
-            names = list_architectures(args.timm)
-            print("\n".join(PREFIX + n for n in names) or f"no timm architecture matches {args.timm!r}")
-            return 0
-        for name in model_names():
-            spec = ", ".join(f"{k}={default!r}" for k, (_, default) in model_args(name).items())
-            print(f"{name}: {spec}")
-        print("timm/<architecture>: drop_rate=0.0, drop_path_rate=0.0 (any timm architecture; "
-              "`visionlaunch models --timm [PATTERN]` lists them)")
-        return 0
-    if args.command == "report":
-        from visionlaunch.reports.html import write_report
-        out = write_report(args.run_dir, pdf=args.pdf)
-        print(out)
-        if args.pdf:
-            print(out.with_suffix(".pdf"))
-        return 0
-    if args.command == "compare":
-        from visionlaunch.reports.compare import write_comparison
-        out = write_comparison(args.run_dirs, args.out, pdf=args.pdf)
-        print(out)
-        if args.pdf:
-            print(out.with_suffix(".pdf"))
-        return 0
-    if args.command == "ablate" and args.slurm:
-        from visionlaunch.ablation import load_ablation
-        from visionlaunch.slurm.ablation import submit_ablation
-        if args.table_only:
-            raise VisionlaunchError("--table-only runs nothing: drop --slurm (the table is built here, now).")
-        ablation = load_ablation(args.file, out=args.out, extra_overrides=args.overrides)
-        submit_ablation(ablation, _slurm_options(args), python=args.python, dry_run=args.dry_run, rerun=args.rerun)
-        return 0
-    if args.command == "ablate":
-        from visionlaunch.launch.ablate import ablate_command
-        return ablate_command(args)
-    if args.command == "submit":
-        from visionlaunch.slurm.submit import plan_job, resubmit, submit
-        train_args = getattr(args, "train_args", None) or []
-        if args.resume is not None:
-            if train_args:
-                raise VisionlaunchError(
-                    "--resume submits the run's own job again and takes no training arguments: drop the arguments "
-                    "after `--` (or drop --resume to submit a new run).")
-            resubmit(args.resume)
-            return 0
-        opts = _slurm_options(args)
-        submit(opts, plan_job(opts, train_args, python=args.python, script=args.script), dry_run=args.dry_run)
-        return 0
-    if args.command == "jobs":
-        from visionlaunch.slurm.jobs import format_statuses, job_statuses
-        print(format_statuses(*job_statuses(args.runs)), end="")
-        return 0
-    raise AssertionError(args.command)
+# ---------------------------------------------------------------------------------------------------- commands
 
 
-def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
-    """Everything after a `--` is overrides, wherever the options stand (argparse alone rejects
-    `ablate FILE --dry-run -- key=value`: it has already filled the positionals when it meets `--`)."""
-    cut = argv.index("--") if "--" in argv else len(argv)
-    args, extra = parser.parse_known_args(argv[:cut])
-    if extra:
-        # `prepare ffcv --dataset mnist data.root=...`: argparse stops taking positionals after an option.
-        if args.command == "prepare" and all("=" in e and not e.startswith("-") for e in extra):
-            args.overrides += extra
-        else:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    if cut < len(argv):
-        if not hasattr(args, "overrides"):
-            parser.error(f"{args.command} takes no key=value overrides")
-        args.overrides = [*(args.overrides or []), *argv[cut + 1:]]
-    return args
-
-
-def _prepare(args: argparse.Namespace) -> int:
+def _train(args: argparse.Namespace, argv: list[str]) -> int:
     from visionlaunch.config import load_config
-    from visionlaunch.trainers.data import prepare_data
 
-    overrides = list(args.overrides)
-    ffcv = bool(overrides) and overrides[0] == "ffcv"
-    if ffcv:
-        overrides.pop(0)
-    ffcv_flags = {"--dataset": args.dataset, "--encoding": args.encoding, "--jpeg-quality": args.jpeg_quality,
-                  "--out": args.out, "--overwrite": args.overwrite or None}
-    if not ffcv:
-        used = [flag for flag, value in ffcv_flags.items() if value is not None]
-        if used or not args.config:
-            raise VisionlaunchError(
-                f"`visionlaunch prepare` needs --config{' and takes ' + ', '.join(used) + ' only in its ffcv form' if used else ''}"
-                ": `visionlaunch prepare --config configs/X.yaml` fills the tensor cache, `visionlaunch prepare ffcv "
-                "--dataset mnist` (or --config) also writes the .beton files.")
-    elif not (args.config or args.dataset):
+    cfg = load_config(args.config, args.overrides)  # before torch is imported: config errors come at once
+    from visionlaunch.trainers.trainer import train
+    train(cfg, preset=_preset_name(args.config), argv=argv, verbose=args.verbose)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace, argv: list[str]) -> int:
+    from visionlaunch.launch.evaluate import evaluate_on_data, evaluate_run
+
+    if args.data or args.split:
+        return evaluate_on_data(args.run_dir, args.weights, args.data or [], args.split or "test")
+    return evaluate_run(args.run_dir, args.weights)
+
+
+def _predict(args: argparse.Namespace, argv: list[str]) -> int:
+    from visionlaunch.launch.predict import predict_command
+
+    return predict_command(args.run_dir, args.paths, which=args.weights, top_k=args.top_k, out=args.out,
+                           batch_size=args.batch_size)
+
+
+def _export(args: argparse.Namespace, argv: list[str]) -> int:
+    from visionlaunch.launch.export import export_run
+
+    return _print_paths(export_run(args.run_dir, args.format, args.weights, args.out))
+
+
+def _figures(args: argparse.Namespace, argv: list[str]) -> int:
+    from visionlaunch.launch.evaluate import redraw_figures
+
+    return _print_paths(redraw_figures(args.run_dir))
+
+
+def _print_paths(paths) -> int:
+    for path in paths:
+        print(path)
+    return 0
+
+
+def _prepare_cache(args: argparse.Namespace, argv: list[str]) -> int:
+    from visionlaunch.config import load_config
+
+    used = [flag for flag, value in (("--dataset", args.dataset), ("--encoding", args.encoding),
+                                     ("--jpeg-quality", args.jpeg_quality), ("--out", args.out),
+                                     ("--overwrite", args.overwrite or None)) if value is not None]
+    if used or not args.config:
+        raise VisionlaunchError(
+            f"`visionlaunch prepare` needs --config{' and takes ' + ', '.join(used) + ' only in its ffcv form' if used else ''}"
+            ": `visionlaunch prepare --config configs/X.yaml` fills the tensor cache, `visionlaunch prepare ffcv "
+            "--dataset mnist` (or --config) also writes the .beton files.")
+    cfg = load_config(args.config, args.overrides)
+    from visionlaunch.trainers.data import prepare_data
+    print(prepare_data(cfg.data).note)
+    return 0
+
+
+def _prepare_ffcv(args: argparse.Namespace, argv: list[str]) -> int:
+    from visionlaunch.config import load_config
+
+    if not (args.config or args.dataset):
         raise VisionlaunchError("`visionlaunch prepare ffcv` needs --dataset NAME or --config FILE, e.g. "
                                 "`visionlaunch prepare ffcv --dataset cifar10 data.root=/data`.")
-    for key, value in (("data.name", args.dataset), ("data.ffcv_encoding", args.encoding),
-                       ("data.ffcv_jpeg_quality", args.jpeg_quality), ("data.ffcv_dir", args.out)):
-        if value is not None:
-            overrides.insert(0, f"{key}={value}")
-    cfg = load_config(args.config, overrides)
-    if not ffcv:
-        print(prepare_data(cfg.data).note)
-        return 0
+    flags = [f"{key}={value}" for key, value in (("data.ffcv_dir", args.out), ("data.ffcv_jpeg_quality",
+                                                args.jpeg_quality), ("data.ffcv_encoding", args.encoding),
+                                                ("data.name", args.dataset)) if value is not None]
+    cfg = load_config(args.config, [*flags, *args.overrides])
     from visionlaunch.ffcv_builders.prepare import ensure_betons
     from visionlaunch.ffcv_builders.requirements import require_ffcv
+    from visionlaunch.trainers.data import prepare_data
 
     require_ffcv("`visionlaunch prepare ffcv`")
     bundle = prepare_data(cfg.data)
     print(bundle.note)
     files = ensure_betons({"train": bundle.train, "val": bundle.val, "test": bundle.test}, bundle.name, cfg.data,
                           overwrite=args.overwrite, log=lambda m: print(m, file=sys.stderr))
-    for path in files.values():
-        print(path)
+    return _print_paths(files.values())
+
+
+def _show_config(args: argparse.Namespace, argv: list[str]) -> int:
+    from visionlaunch.config import describe_keys, load_config
+
+    print(describe_keys() if args.keys else load_config(args.config, args.overrides).to_yaml(),
+          end="\n" if args.keys else "")
     return 0
+
+
+def _models(args: argparse.Namespace, argv: list[str]) -> int:
+    if args.timm is not None:
+        from visionlaunch.models.timm_models import PREFIX, list_architectures
+        names = list_architectures(args.timm)
+        print("\n".join(PREFIX + n for n in names) or f"no timm architecture matches {args.timm!r}")
+        return 0
+    from visionlaunch.models import model_args, model_names
+    for name in model_names():
+        spec = ", ".join(f"{k}={default!r}" for k, (_, default) in model_args(name).items())
+        print(f"{name}: {spec}")
+    print("timm/<architecture>: drop_rate=0.0, drop_path_rate=0.0 (any timm architecture; "
+          "`visionlaunch models --timm [PATTERN]` lists them)")
+    return 0
+
+
+def _report(args: argparse.Namespace, argv: list[str]) -> int:
+    from visionlaunch.reports.html import write_report
+
+    return _print_page(write_report(args.run_dir, pdf=args.pdf), args.pdf)
+
+
+def _compare(args: argparse.Namespace, argv: list[str]) -> int:
+    from visionlaunch.reports.compare import write_comparison
+
+    return _print_page(write_comparison(args.run_dirs, args.out, pdf=args.pdf), args.pdf)
+
+
+def _print_page(out: Path, pdf: bool) -> int:
+    return _print_paths([out, out.with_suffix(".pdf")] if pdf else [out])
+
+
+def _ablate(args: argparse.Namespace, argv: list[str]) -> int:
+    """0 when every selected run finished, 1 when some failed (the others ran and the table says which), 2 for
+    bad input."""
+    from visionlaunch.ablation import dry_run_text, is_complete, load_ablation, run_ablation, write_ablation_results
+
+    if args.slurm and args.table_only:
+        raise VisionlaunchError("--table-only runs nothing: drop --slurm (the table is built here, now).")
+    ablation = load_ablation(args.file, out=args.out, extra_overrides=args.overrides)
+    if args.slurm:
+        from visionlaunch.slurm.ablation import submit_ablation
+        submit_ablation(ablation, _slurm_options(args), python=args.python, dry_run=args.dry_run, rerun=args.rerun)
+        return 0
+    selected = ablation.select(args.only)
+    if args.dry_run:
+        print(dry_run_text(ablation, selected))
+        return 0
+    if args.table_only:
+        paths = write_ablation_results(ablation)
+    else:
+        paths = run_ablation(ablation, rerun=args.rerun, only=args.only).outputs
+    print(paths[0].read_text())  # table.md
+    _print_paths(paths)
+    return 0 if all(is_complete(v) for v in selected) else 1
+
+
+def _submit(args: argparse.Namespace, argv: list[str]) -> int:
+    from visionlaunch.slurm.submit import plan_job, resubmit, submit
+
+    if args.resume is not None:
+        if args.train_args:
+            raise VisionlaunchError(
+                "--resume submits the run's own job again and takes no training arguments: drop the arguments "
+                "after `--` (or drop --resume to submit a new run).")
+        resubmit(args.resume)
+        return 0
+    opts = _slurm_options(args)
+    submit(opts, plan_job(opts, args.train_args, python=args.python, script=args.script), dry_run=args.dry_run)
+    return 0
+
+
+def _jobs(args: argparse.Namespace, argv: list[str]) -> int:
+    from visionlaunch.slurm.jobs import format_statuses, job_statuses
+
+    print(format_statuses(*job_statuses(args.runs)), end="")
+    return 0
+
+
+def run(args: argparse.Namespace, argv: list[str]) -> int:
+    return args.func(args, argv)
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Everything after a `--` is overrides, wherever the options stand (argparse alone rejects
+    `ablate FILE --dry-run -- key=value`: it has already filled the positionals when it meets `--`), except for
+    `submit`, which passes it on to `visionlaunch train` untouched."""
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args = parser.parse_args(argv[:cut])
+    if args.command == "submit":
+        args.train_args = argv[cut + 1:]
+    elif cut < len(argv):
+        if not hasattr(args, "overrides"):
+            parser.error(f"{args.command} takes no key=value overrides")
+        args.overrides = [*(args.overrides or []), *argv[cut + 1:]]
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["submit"]:  # submit [slurm options] -- <train arguments, passed on untouched>
-        head, train_args = _split_at_double_dash(argv)
-        args = build_parser().parse_args(head)
-        args.train_args = train_args
-    else:
-        args = _parse(build_parser(), argv)
+    args = _parse(build_parser(), argv)
     try:
         return run(args, ["visionlaunch", *argv])
     except VisionlaunchError as exc:

@@ -1,24 +1,34 @@
-"""`visionlaunch evaluate` and `visionlaunch figures`: rebuild a run from its folder alone (config.yaml,
-run.yaml, weights/*.pt) and measure or redraw what training measured and drew."""
+"""A trained run rebuilt from its folder alone (config.yaml, run.yaml, weights/*.pt): `visionlaunch evaluate` and
+`visionlaunch figures` measure and redraw what training measured and drew; `RunModel` is the model and its
+preprocessing (weights, classes, input shape, normalisation, test-time augmentation) that `predict`, `export` and
+`evaluate --data` use.
+
+`visionlaunch evaluate RUN --data key=value ... [--split train|val|test]` measures a run's weights on another split or
+another dataset with the same classes. The data section starts as the run's own (config.yaml) with the given keys on
+top (`path=X` and `data.path=X` are the same). When the dataset changes (data.name or data.path), the run's subsets,
+validation hold-out and fallback (train_subset, test_subset, val_size, fallback) are dropped unless given again: the
+whole split of the new dataset is measured. Images are normalised with the run's own constants and, when their shape
+differs, converted to the run's input shape (datasets/conform.py). The classes are matched by name, in any order; a
+dataset with other class names stops with both lists.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from pydantic import ValidationError
+from torch import nn
 
-from visionlaunch.config import load_config
-from visionlaunch.datasets.loaders import make_loader
+from visionlaunch.config import DataConfig, RunConfig, apply_override, format_validation_error, load_config, \
+    parse_override
 from visionlaunch.errors import VisionlaunchError, describe_load_failure
 from visionlaunch.models import build_model
-from visionlaunch.trainers.artefacts import make_figures
 from visionlaunch.trainers.data import prepare_data
-from visionlaunch.trainers.losses import CrossEntropyLoss
-from visionlaunch.trainers.pipeline import BatchPipeline
 from visionlaunch.trainers.rundir import read_run_identity
-from visionlaunch.trainers.trainer import evaluate, make_accelerator
 
 
 def _log(message: str) -> None:
@@ -74,19 +84,80 @@ def read_weights_file(path: Path) -> dict:
     return ckpt
 
 
-def _rebuild(run_dir: Path, which: str):
-    cfg, ckpt, identity = load_run(run_dir, which)
-    accelerator = make_accelerator(cfg)
-    data = prepare_data(cfg.data, log=_log)
-    _check_same_task(run_dir / "weights" / f"{which}.pt", ckpt, data)
-    model = build_model(ckpt["model_name"], data.in_shape, len(data.classes), ckpt["model_args"])
+@dataclass
+class RunModel:
+    run_dir: Path
+    which: str                       # last, best, ema_last, ema_best
+    cfg: RunConfig
+    ckpt: dict
+    model: nn.Module                 # eval mode, on the CPU
+    classes: list[str]
+    in_shape: tuple[int, int, int]   # (C, H, W)
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def tta_flip(self) -> bool:
+        return self.cfg.train.tta_flip
+
+    @property
+    def epoch(self):
+        return self.ckpt.get("epoch")
+
+
+def load_run_model(run_dir: Path, which: str = "last") -> RunModel:
+    cfg, ckpt, _ = load_run(run_dir, which)
+    missing = [k for k in ("model", "model_name", "model_args", "in_shape", "classes") if k not in ckpt]
+    if missing:
+        raise VisionlaunchError(
+            f"{Path(run_dir) / 'weights' / f'{which}.pt'} lacks {', '.join(missing)}: it was not written by "
+            "`visionlaunch train`. Pass a run folder that training wrote.")
+    in_shape = tuple(int(d) for d in ckpt["in_shape"])
+    classes = [str(c) for c in ckpt["classes"]]
+    model = _built(ckpt, in_shape, len(classes), Path(run_dir) / "weights" / f"{which}.pt")
+    model.eval()
+    if "mean" in ckpt and "std" in ckpt:
+        mean, std = tuple(ckpt["mean"]), tuple(ckpt["std"])
+    else:  # weights written before the constants were stored with them: the run's own data gives them again
+        data = prepare_data(cfg.data, log=_log, progress=False)
+        mean, std = data.mean, data.std
+    return RunModel(Path(run_dir), which, cfg, ckpt, model, classes, in_shape, tuple(mean), tuple(std))
+
+
+def batch_logits(run: RunModel, images: torch.Tensor, device: torch.device, autocast) -> torch.Tensor:
+    """float32 logits of a uint8 NCHW batch of the run's input shape: normalised with the run's constants, with the
+    run's test-time augmentation (the mirror image, when it trained with train.tta_flip)."""
+    from visionlaunch.datasets import normalize
+    from visionlaunch.trainers.tta import tta_logits
+
+    with torch.no_grad(), autocast():
+        logits = tta_logits(run.model, normalize(images.to(device), run.mean, run.std), run.tta_flip)
+    return logits.float()
+
+
+def _built(ckpt: dict, in_shape, num_classes: int, path: Path) -> nn.Module:
+    """The model of a weights file, its weights loaded."""
+    model = build_model(ckpt["model_name"], in_shape, num_classes, ckpt["model_args"])
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:  # missing, unexpected or differently shaped tensors
         raise VisionlaunchError(
-            f"the weights in {run_dir / 'weights' / f'{which}.pt'} do not fit model {ckpt['model_name']!r} "
-            f"({' '.join(str(exc).split())[:300]}); the file was edited or belongs to another run. Use the weights "
-            "written by `visionlaunch train` for this run folder.") from None
+            f"the weights in {path} do not fit model {ckpt['model_name']!r} ({' '.join(str(exc).split())[:300]}); "
+            "the file was edited or belongs to another run. Use the weights written by `visionlaunch train` for "
+            "this run folder.") from None
+    return model
+
+
+def _rebuild(run_dir: Path, which: str):
+    from visionlaunch.trainers.pipeline import BatchPipeline
+    from visionlaunch.trainers.trainer import make_accelerator
+
+    cfg, ckpt, identity = load_run(run_dir, which)
+    accelerator = make_accelerator(cfg)
+    data = prepare_data(cfg.data, log=_log)
+    path = Path(run_dir) / "weights" / f"{which}.pt"
+    _check_same_task(path, ckpt, data)
+    model = _built(ckpt, data.in_shape, len(data.classes), path)
     # As the trainer evaluated it: the same memory layout, input dtype and mixed-precision forward (autocast,
     # logits cast to float32 before TTA averages them), so that a GPU run's accuracy is reproduced exactly.
     if cfg.train.channels_last:
@@ -116,6 +187,10 @@ def _check_same_task(path: Path, ckpt: dict, data) -> None:
 
 
 def evaluate_run(run_dir: Path, which: str = "last") -> int:
+    from visionlaunch.datasets.loaders import make_loader
+    from visionlaunch.trainers.losses import CrossEntropyLoss
+    from visionlaunch.trainers.trainer import evaluate
+
     cfg, ckpt, _, accelerator, data, model, pipeline = _rebuild(run_dir, which)
     # Evaluation has no augmentation, so the tensor backend reads the same test samples as ffcv would, without
     # needing the run's .beton files or a numba compile.
@@ -137,8 +212,100 @@ def evaluate_run(run_dir: Path, which: str = "last") -> int:
 
 
 def redraw_figures(run_dir: Path) -> list[Path]:
+    from visionlaunch.trainers.artefacts import make_figures
+
     cfg, _, identity, accelerator, data, model, pipeline = _rebuild(run_dir, "last")
     # run.yaml may be missing (a copied or partial folder): stamp with what is known, and today's date.
     identity = {"ident": cfg.resolved_ident(), "date": dt.date.today().isoformat(), "name": Path(run_dir).name,
                 **identity}
     return make_figures(Path(run_dir), model, data, pipeline, cfg, identity, device=accelerator.device)
+
+
+# ------------------------------------------------------------------------------------ another split or dataset
+
+
+SPLITS = ("train", "val", "test")
+_DATASET_KEYS = ("name", "path")
+# Dropped when the dataset changes, unless given: the run's subsets, hold-out and fallback were meant for its own data
+# (a fallback to the MNIST sample would silently measure other images).
+_SUBSET_KEYS = {"train_subset": None, "test_subset": None, "val_size": 0, "fallback": "none"}
+
+
+def data_config(run: RunModel, overrides: list[str], split: str) -> DataConfig:
+    tree = run.cfg.data.model_dump(mode="json")
+    given = set()
+    for text in overrides:
+        keys, value = parse_override(text)
+        if keys[0] == "data":
+            keys = keys[1:]
+        if not keys:
+            raise VisionlaunchError(f"--data {text!r}: give a data key, e.g. --data name=imagefolder path=/data/x.")
+        apply_override(tree, keys, value)
+        given.add(keys[0])
+    if any(tree.get(k) != getattr(run.cfg.data, k) for k in _DATASET_KEYS):
+        for key, value in _SUBSET_KEYS.items():
+            if key not in given and not (key == "val_size" and split == "val"):
+                tree[key] = value
+    try:
+        return DataConfig.model_validate(tree)
+    except ValidationError as err:
+        raise VisionlaunchError(format_validation_error(err, "--data " + " ".join(overrides))) from None
+
+
+def _names(classes: list[str]) -> str:
+    return ", ".join(classes[:12]) + (f", ... ({len(classes)} in all)" if len(classes) > 12 else "")
+
+
+def label_map(run: RunModel, classes: list[str], where: str):
+    """Index of each of the data's classes in the run's classes; an error when the names differ."""
+    if list(classes) == run.classes:
+        return None
+    if sorted(classes) == sorted(run.classes):
+        return torch.tensor([run.classes.index(c) for c in classes])
+    only_run = [c for c in run.classes if c not in classes]
+    only_data = [c for c in classes if c not in run.classes]
+    raise VisionlaunchError(
+        f"the classes of {where} do not match the run's: the run was trained on {len(run.classes)} classes "
+        f"({_names(run.classes)}), the data has {len(classes)} ({_names(classes)}). Only in the run: "
+        f"{_names(only_run) or 'none'}; only in the data: {_names(only_data) or 'none'}. Evaluate on data with the "
+        "same class names (for an ImageFolder, the folder names under train/ and test/).")
+
+
+def evaluate_on_data(run_dir: Path, which: str = "last", overrides: list[str] = (), split: str = "test") -> int:
+    from visionlaunch.datasets.conform import conform_batch, describe_conversion
+    from visionlaunch.datasets.loaders import make_loader
+    from visionlaunch.trainers.metrics import topk_correct
+    from visionlaunch.trainers.trainer import make_accelerator
+
+    if split not in SPLITS:
+        raise VisionlaunchError(f"--split {split!r}: choose one of {', '.join(SPLITS)}.")
+    run = load_run_model(run_dir, which)
+    cfg = data_config(run, list(overrides), split)
+    data = prepare_data(cfg, log=_log, progress=False)
+    ds = {"train": data.train, "val": data.val, "test": data.test}[split]
+    if ds is None or not len(ds):
+        raise VisionlaunchError(f"--split {split}: the data has no {split} split (data.val_size is "
+                                f"{cfg.val_size}). Hold some training images out with --data val_size=5000, or choose "
+                                "another split.")
+    mapping = label_map(run, ds.classes, f"{ds.source}")
+    labels = ds.labels if mapping is None else mapping[ds.labels]
+    images = ds.images
+    conversion = describe_conversion(tuple(images.shape[1:]), run.in_shape)
+    if conversion:
+        print(f"converting {len(images)} images of shape {tuple(images.shape[1:])} to the run's {run.in_shape}: "
+              f"{conversion}", file=sys.stderr)
+        images = conform_batch(images, run.in_shape)
+    accelerator = make_accelerator(run.cfg)
+    device = accelerator.device
+    run.model.to(device)
+    loader = make_loader("tensor", images, labels, run.cfg.train.eval_batch_size, train=False, seed=0, device=device)
+    totals = torch.zeros(4, dtype=torch.float64)
+    for batch, target in loader:
+        logits = batch_logits(run, batch, device, accelerator.autocast)
+        loss = torch.nn.functional.cross_entropy(logits, target, reduction="sum")
+        top1, top5 = topk_correct(logits, target)
+        totals += torch.tensor([loss.item(), top1.item(), top5.item(), len(target)], dtype=torch.float64)
+    loss_sum, top1, top5, n = totals.tolist()
+    print(f"{which} weights (epoch {run.epoch}) on {split} of {ds.source}: accuracy {100 * top1 / n:.2f}% "
+          f"({int(top1)}/{int(n)}), top-5 {100 * top5 / n:.2f}%, loss {loss_sum / n:.4f}")
+    return 0

@@ -31,7 +31,7 @@ from PIL import Image, UnidentifiedImageError
 from visionlaunch.atomic import atomic_write_text
 from visionlaunch.datasets.conform import conform_image
 from visionlaunch.errors import VisionlaunchError
-from visionlaunch.launch.runmodel import RunModel, batch_logits, load_run_model
+from visionlaunch.launch.evaluate import RunModel, batch_logits, load_run_model
 from visionlaunch.trainers.rundir import check_not_run_file
 
 ZIP_SUFFIXES = (".zip",)
