@@ -248,9 +248,8 @@ class RunConfig(_Section):
                              "or a fraction held out of train), or train.early_stop_patience=0")
         if self.data.val_size >= 1 and self.data.val_size != int(self.data.val_size):
             raise ValueError("data.val_size must be a whole count (>= 1) or a fraction below 1")
-        # Last, and only for an otherwise valid config: the builders' signatures need torch, so every other
-        # config error is reported before torch is imported.
-        from visionlaunch.models import validate_model_args  # importing the package registers the builders
+        # Last, for an otherwise valid config: the builders' signatures need torch, imported only now.
+        from visionlaunch.models import validate_model_args
         try:
             validate_model_args(self.model.name, self.model.args)
         except VisionlaunchError as exc:
@@ -269,31 +268,17 @@ class RunConfig(_Section):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
-def _section_keys(model_cls: type[BaseModel]) -> list[str]:
-    return list(model_cls.model_fields)
-
-
-def _model_for_path(path: tuple) -> type[BaseModel] | None:
-    """The config class that owns the key at `path` (for listing valid keys in errors)."""
-    cls: type[BaseModel] = RunConfig
-    for part in path[:-1]:
-        field = cls.model_fields.get(str(part))
-        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
-            return None
-        cls = field.annotation
-    return cls
-
-
 def format_validation_error(err: ValidationError, source: str) -> str:
     lines = [f"invalid configuration ({source}):"]
     for e in err.errors():
         loc = tuple(e["loc"])
         key = ".".join(str(p) for p in loc) or "<top level>"
-        owner = _model_for_path(loc)
+        section = RunConfig.model_fields.get(str(loc[0])) if len(loc) == 2 else None
+        owner = RunConfig if len(loc) <= 1 else section.annotation if section else None  # whose keys to list
         valid = ""
         if owner is not None:
             prefix = ".".join(str(p) for p in loc[:-1])
-            valid = " Valid keys" + (f" in '{prefix}'" if prefix else "") + ": " + ", ".join(_section_keys(owner)) + "."
+            valid = " Valid keys" + (f" in '{prefix}'" if prefix else "") + ": " + ", ".join(owner.model_fields) + "."
         if e["type"] == "extra_forbidden":
             lines.append(f"  - unknown key '{key}'.{valid}")
         else:
@@ -370,14 +355,11 @@ def describe_keys() -> str:
     """Every key with its type, default and description: the text of `visionlaunch show-config --keys`."""
     out = []
     for section, field in RunConfig.model_fields.items():
-        cls = field.annotation
         out.append(f"{section}:")
-        for key, f in cls.model_fields.items():
+        for key, f in field.annotation.model_fields.items():
             default = f.default if f.default_factory is None else f.default_factory()
-            if typing.get_origin(f.annotation) is Literal:
-                ann = " | ".join(repr(choice) for choice in typing.get_args(f.annotation))
-            else:
-                ann = str(f.annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")
+            ann = " | ".join(map(repr, typing.get_args(f.annotation))) if typing.get_origin(f.annotation) is Literal \
+                else str(f.annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")
             desc = f"  # {f.description}" if f.description else ""
             out.append(f"  {key}: {default!r}  ({ann}){desc}")
     return "\n".join(out)
@@ -385,7 +367,7 @@ def describe_keys() -> str:
 
 # Keys that may change without changing the sequence of weights a run goes through: where files are, what is logged
 # and how often, how the run reacts to signals, which kernels compute the same numbers. Resuming, the ablation's
-# check of its run folders and the comparison page all go by `shapes_trajectory`.
+# check of its run folders and the comparison page go by this list alone.
 TRAJECTORY_NEUTRAL = (
     "output.", "report.", "tracker.", "data.root", "data.cache_dir", "data.download", "data.verify", "data.fallback",
     "data.num_workers", "data.loader", "data.ffcv_dir", "train.resume", "train.progress", "train.log_every",
@@ -399,8 +381,7 @@ def shapes_trajectory(key: str) -> bool:
 
 
 def flatten(tree: Any, prefix: str = "", depth: int | None = None) -> dict[str, Any]:
-    """{"optim": {"lr": 0.1}} -> {"optim.lr": 0.1}, at most `depth` levels deep (2: the config keys, model.args
-    whole). Lists and empty mappings stay whole values."""
+    """{"optim": {"lr": 0.1}} -> {"optim.lr": 0.1}, `depth` levels deep at most; lists and empty mappings stay whole."""
     if not isinstance(tree, dict) or (not tree and prefix) or depth == 0:
         return {prefix: tree} if prefix else {}
     flat: dict[str, Any] = {}
@@ -410,21 +391,10 @@ def flatten(tree: Any, prefix: str = "", depth: int | None = None) -> dict[str, 
 
 
 def config_differences(old: dict, new: dict, old_label: str, new_label: str) -> list[str]:
-    """'key: <old_label> X, <new_label> Y' for every trajectory-shaping config key whose value differs between two
-    dumped configs (e.g. a checkpoint's and this run's). A key the old config's version did not have yet counts as
-    its default (what that version did), so adding a key with a default keeps old runs comparable."""
-    a, b = flatten(old, depth=2), flatten(new, depth=2)
-    defaults = flatten(_DEFAULTS, depth=2)
-    out = []
-    for key in sorted(set(a) | set(b)):
-        if not shapes_trajectory(key):
-            continue
-        if key not in a and key in defaults and b.get(key) == defaults[key]:
-            continue
-        if a.get(key, "<absent>") != b.get(key, "<absent>"):
-            out.append(f"{key}: {old_label} {a.get(key, '<absent>')!r}, {new_label} {b.get(key, '<absent>')!r}")
-    return out
-
-
-# Every section's defaults, as dumped (the defaults of a RunConfig, without validating model arguments).
-_DEFAULTS = {name: field.annotation().model_dump(mode="json") for name, field in RunConfig.model_fields.items()}
+    """'key: <old_label> X, <new_label> Y' for every trajectory-shaping config key (model.args whole) that differs
+    between two dumped configs. A key the old config's version did not have yet counts as its default (what that
+    version did), so adding a key with a default keeps old runs comparable."""
+    a = {**flatten(RunConfig.model_construct().model_dump(mode="json"), depth=2), **flatten(old, depth=2)}
+    b = flatten(new, depth=2)
+    keys = [k for k in sorted(set(a) | set(b)) if shapes_trajectory(k) and a.get(k, "<absent>") != b.get(k, "<absent>")]
+    return [f"{k}: {old_label} {a.get(k, '<absent>')!r}, {new_label} {b.get(k, '<absent>')!r}" for k in keys]

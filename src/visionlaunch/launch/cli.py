@@ -8,11 +8,12 @@ compare, ablate, submit, jobs.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
+from visionlaunch.config import describe_keys, load_config  # pydantic and YAML, no torch: config errors come first
 from visionlaunch.errors import EXIT_BAD_INPUT, VisionlaunchError, describe_environment_error
+from visionlaunch.slurm.render import SlurmOptions, add_slurm_arguments
 from visionlaunch.trainers.preemption import Preempted
 
 EPILOG = """examples:
@@ -32,6 +33,9 @@ EPILOG = """examples:
 """
 
 
+WEIGHTS = ("last", "best", "ema_last", "ema_best")  # the files in runs/<name>/weights/
+
+
 def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--config", "-c", required=required, help="YAML preset, e.g. configs/mnist_cnn.yaml")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optim.lr=0.05")
@@ -42,41 +46,42 @@ def build_parser() -> argparse.ArgumentParser:
                                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("train", help="train a model; writes runs/<name>/")
+    def command(name: str, func, **kwargs) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, **kwargs)
+        p.set_defaults(func=func)
+        return p
+
+    p = command("train", _train, help="train a model; writes runs/<name>/")
     _add_config_args(p)
     p.add_argument("--verbose", "-v", action="store_true",
                    help="also print the model's layer table (it is always in runs/<name>/summary.txt)")
-    p.set_defaults(func=_train)
 
-    p = sub.add_parser("evaluate", help="reload a run's saved weights and measure test accuracy again")
+    p = command("evaluate", _evaluate, help="reload a run's saved weights and measure test accuracy again")
     p.add_argument("run_dir", type=Path)
-    p.add_argument("--weights", choices=("last", "best", "ema_last", "ema_best"), default="last",
+    p.add_argument("--weights", choices=WEIGHTS, default="last",
                    help="ema_*: the EMA weights of a run trained with train.ema_decay")
     p.add_argument("--data", nargs="+", metavar="key=value",
                    help="measure on other data: the run's data section with these keys changed, e.g. --data "
                         "name=imagefolder path=/data/digits (classes must match by name)")
     p.add_argument("--split", choices=("train", "val", "test"), help="the split to measure (default test)")
-    p.set_defaults(func=_evaluate)
 
-    p = sub.add_parser("predict", help="classify images, folders or archives (.zip/.tar) with a run's weights")
+    p = command("predict", _predict, help="classify images, folders or archives (.zip/.tar) with a run's weights")
     p.add_argument("run_dir", type=Path)
     p.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="image files, folders, .zip/.tar archives")
-    p.add_argument("--weights", choices=("last", "best", "ema_last", "ema_best"), default="last")
+    p.add_argument("--weights", choices=WEIGHTS, default="last")
     p.add_argument("--top-k", type=int, default=3, help="classes per image, most probable first (default 3)")
     p.add_argument("--out", type=Path, help="write the table as CSV here instead of printing it")
     p.add_argument("--batch-size", type=int, help="images per batch; default the run's train.eval_batch_size")
-    p.set_defaults(func=_predict)
 
-    p = sub.add_parser("export", help="write a run's model as TorchScript, ONNX or safetensors, with a JSON beside it")
+    p = command("export", _export,
+                help="write a run's model as TorchScript, ONNX or safetensors, with a JSON beside it")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--format", required=True, choices=("torchscript", "onnx", "safetensors"))
-    p.add_argument("--weights", choices=("last", "best", "ema_last", "ema_best"), default="last")
+    p.add_argument("--weights", choices=WEIGHTS, default="last")
     p.add_argument("--out", type=Path, help="the model file; default <run>/export/<weights>.<format suffix>")
-    p.set_defaults(func=_export)
 
-    p = sub.add_parser("figures", help="redraw a run's figures from its folder and weights")
+    p = command("figures", _figures, help="redraw a run's figures from its folder and weights")
     p.add_argument("run_dir", type=Path)
-    p.set_defaults(func=_figures)
 
     p = sub.add_parser(
         "prepare", help="decode the config's dataset once into the tensor cache; `prepare ffcv` also writes .beton files",
@@ -93,29 +98,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_prepare_args(q)
     q.set_defaults(func=_prepare_ffcv)
 
-    p = sub.add_parser("show-config", help="print the resolved config (or every key with --keys)")
+    p = command("show-config", _show_config, help="print the resolved config (or every key with --keys)")
     _add_config_args(p, required=False)
     p.add_argument("--keys", action="store_true", help="list every key with its default and meaning")
-    p.set_defaults(func=_show_config)
 
-    p = sub.add_parser("models", help="list the models and their arguments")
+    p = command("models", _models, help="list the models and their arguments")
     p.add_argument("--timm", nargs="?", const="", metavar="PATTERN",
                    help="list timm's architectures (use as model.name=timm/<architecture>), those matching PATTERN")
-    p.set_defaults(func=_models)
 
-    p = sub.add_parser("report", help="write a run's self-contained report.html (and report.pdf with --pdf)")
+    p = command("report", _report, help="write a run's self-contained report.html (and report.pdf with --pdf)")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--pdf", action="store_true", help="also print report.pdf with headless Chromium")
-    p.set_defaults(func=_report)
 
-    p = sub.add_parser("compare", help="compare runs in one self-contained HTML page (the first is the baseline)")
+    p = command("compare", _compare, help="compare runs in one self-contained HTML page (the first is the baseline)")
     p.add_argument("run_dirs", type=Path, nargs="+", metavar="run_dir")
     p.add_argument("--out", type=Path, help="output file; default <common parent of the runs>/compare.html")
     p.add_argument("--pdf", action="store_true", help="also print the page to PDF with headless Chromium")
-    p.set_defaults(func=_compare)
 
-    p = sub.add_parser("ablate", help="run a config over a grid or list of overrides and seeds; write a table and "
-                                      "a figure")
+    p = command("ablate", _ablate,
+                help="run a config over a grid or list of overrides and seeds; write a table and a figure")
     p.add_argument("file", type=Path, help="ablation file, e.g. configs/ablations/mnist_width.yaml")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="extra overrides for every run (after --), e.g. -- data.root=../shared/data")
@@ -129,18 +130,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slurm", action="store_true",
                    help="submit the unfinished runs as one SLURM job array (task i = run i), then a job that builds "
                         "the table when all have ended; takes the resource and preemption options of `submit`")
-    _add_slurm_args(p, job_options=False)
-    p.set_defaults(func=_ablate)
+    add_slurm_arguments(p, job_options=False)
 
-    p = sub.add_parser("submit", help="run training as a SLURM batch job: submit [options] -- <train arguments>",
-                       description="Render a batch script into runs/<name>/slurm/job.sh and sbatch it. Everything "
-                                   "after `--` is given to `visionlaunch train` unchanged.")
-    _add_slurm_args(p)
-    p.set_defaults(func=_submit)
+    p = command("submit", _submit, help="run training as a SLURM batch job: submit [options] -- <train arguments>",
+                description="Render a batch script into runs/<name>/slurm/job.sh and sbatch it. Everything after "
+                            "`--` is given to `visionlaunch train` unchanged.")
+    add_slurm_arguments(p)
 
-    p = sub.add_parser("jobs", help="the SLURM jobs submitted from a runs folder, and their run folders")
+    p = command("jobs", _jobs, help="the SLURM jobs submitted from a runs folder, and their run folders")
     p.add_argument("--runs", type=Path, default=Path("runs"), help="the runs folder (output.dir); default runs")
-    p.set_defaults(func=_jobs)
     return parser
 
 
@@ -184,59 +182,13 @@ def _add_prepare_args(p: argparse.ArgumentParser, top: bool = False, ffcv: bool 
     add("--overwrite", action="store_true", help="write the files again even if they exist")
 
 
-def _add_slurm_args(p: argparse.ArgumentParser, job_options: bool = True) -> None:
-    g = p.add_argument_group("SLURM resources")
-    g.add_argument("--nodes", "-N", type=int, default=1)
-    g.add_argument("--gpus-per-node", type=int, default=0, help="0 (default): CPU nodes, DDP over gloo")
-    g.add_argument("--processes", type=int, help="training processes in all; default nodes x (GPUs per node or 1)")
-    g.add_argument("--cpus-per-task", type=int, help="CPUs for each node's launcher and its processes")
-    g.add_argument("--mem", help="memory per node, e.g. 32G")
-    g.add_argument("--time", help="time limit, e.g. 04:00:00")
-    g.add_argument("--partition", "-p")
-    g.add_argument("--account", "-A")
-    g.add_argument("--qos")
-    g.add_argument("--constraint")
-    g.add_argument("--job-name", help="default vl-<run name>")
-    g.add_argument("--sbatch", action="append", default=[], metavar="OPTION",
-                   help="an extra #SBATCH line, e.g. --sbatch=--mail-type=END (repeatable)")
-    g.add_argument("--setup", action="append", default=[], metavar="LINE",
-                   help="a shell line run before training, e.g. 'module load cuda' or 'source .venv/bin/activate'")
-    g = p.add_argument_group("SLURM preemption")
-    g.add_argument("--signal-seconds", type=int, default=120, help="USR2 this long before the time limit (120)")
-    g.add_argument("--no-requeue", action="store_true", help="do not requeue a preempted job")
-    g.add_argument("--max-requeues", type=int, default=5, help="requeues of one job at most (5)")
-    g.add_argument("--python", help="the Python on the compute nodes; default this one")
-    if not job_options:
-        return
-    g = p.add_argument_group("job")
-    g.add_argument("--script", help="run this front door (like train.py) instead of `python -m visionlaunch train`")
-    g.add_argument("--dry-run", action="store_true", help="print the batch script; submit nothing")
-    g.add_argument("--resume", type=Path, metavar="RUN_DIR",
-                   help="submit a run's own job (runs/<name>/slurm/job.sh) again; no training arguments")
-
-
-def _slurm_options(args: argparse.Namespace):
-    from visionlaunch.slurm.render import SlurmOptions
-    return SlurmOptions(nodes=args.nodes, gpus_per_node=args.gpus_per_node, processes=args.processes,
-                        cpus_per_task=args.cpus_per_task, mem=args.mem, time=args.time, partition=args.partition,
-                        account=args.account, qos=args.qos, constraint=args.constraint, job_name=args.job_name,
-                        signal_seconds=args.signal_seconds, requeue=not args.no_requeue,
-                        max_requeues=args.max_requeues, sbatch_lines=args.sbatch, setup_lines=args.setup)
-
-
-def _preset_name(config_path: str | None) -> str | None:
-    return Path(config_path).stem if config_path else None
-
-
 # ---------------------------------------------------------------------------------------------------- commands
 
 
 def _train(args: argparse.Namespace, argv: list[str]) -> int:
-    from visionlaunch.config import load_config
-
     cfg = load_config(args.config, args.overrides)  # before torch is imported: config errors come at once
     from visionlaunch.trainers.trainer import train
-    train(cfg, preset=_preset_name(args.config), argv=argv, verbose=args.verbose)
+    train(cfg, preset=Path(args.config).stem, argv=argv, verbose=args.verbose)
     return 0
 
 
@@ -274,8 +226,6 @@ def _print_paths(paths) -> int:
 
 
 def _prepare_cache(args: argparse.Namespace, argv: list[str]) -> int:
-    from visionlaunch.config import load_config
-
     used = [flag for flag, value in (("--dataset", args.dataset), ("--encoding", args.encoding),
                                      ("--jpeg-quality", args.jpeg_quality), ("--out", args.out),
                                      ("--overwrite", args.overwrite or None)) if value is not None]
@@ -291,8 +241,6 @@ def _prepare_cache(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _prepare_ffcv(args: argparse.Namespace, argv: list[str]) -> int:
-    from visionlaunch.config import load_config
-
     if not (args.config or args.dataset):
         raise VisionlaunchError("`visionlaunch prepare ffcv` needs --dataset NAME or --config FILE, e.g. "
                                 "`visionlaunch prepare ffcv --dataset cifar10 data.root=/data`.")
@@ -313,8 +261,6 @@ def _prepare_ffcv(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _show_config(args: argparse.Namespace, argv: list[str]) -> int:
-    from visionlaunch.config import describe_keys, load_config
-
     print(describe_keys() if args.keys else load_config(args.config, args.overrides).to_yaml(),
           end="\n" if args.keys else "")
     return 0
@@ -361,7 +307,8 @@ def _ablate(args: argparse.Namespace, argv: list[str]) -> int:
     ablation = load_ablation(args.file, out=args.out, extra_overrides=args.overrides)
     if args.slurm:
         from visionlaunch.slurm.ablation import submit_ablation
-        submit_ablation(ablation, _slurm_options(args), python=args.python, dry_run=args.dry_run, rerun=args.rerun)
+        submit_ablation(ablation, SlurmOptions.from_args(args), python=args.python, dry_run=args.dry_run,
+                        rerun=args.rerun)
         return 0
     selected = ablation.select(args.only)
     if args.dry_run:
@@ -386,7 +333,7 @@ def _submit(args: argparse.Namespace, argv: list[str]) -> int:
                 "after `--` (or drop --resume to submit a new run).")
         resubmit(args.resume)
         return 0
-    opts = _slurm_options(args)
+    opts = SlurmOptions.from_args(args)
     submit(opts, plan_job(opts, args.train_args, python=args.python, script=args.script), dry_run=args.dry_run)
     return 0
 
@@ -440,9 +387,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def console_main() -> None:  # pragma: no cover - thin wrapper for the console script
-    sys.exit(main())
-
-
-if __name__ == "__main__":  # pragma: no cover
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     sys.exit(main())

@@ -107,7 +107,7 @@ class RunModel:
 
 def load_run_model(run_dir: Path, which: str = "last") -> RunModel:
     cfg, ckpt, _ = load_run(run_dir, which)
-    missing = [k for k in ("model", "model_name", "model_args", "in_shape", "classes") if k not in ckpt]
+    missing = [k for k in ("in_shape", "classes") if k not in ckpt]  # read_weights_file checked the others
     if missing:
         raise VisionlaunchError(
             f"{Path(run_dir) / 'weights' / f'{which}.pt'} lacks {', '.join(missing)}: it was not written by "
@@ -224,7 +224,6 @@ def redraw_figures(run_dir: Path) -> list[Path]:
 # ------------------------------------------------------------------------------------ another split or dataset
 
 
-SPLITS = ("train", "val", "test")
 _DATASET_KEYS = ("name", "path")
 # Dropped when the dataset changes, unless given: the run's subsets, hold-out and fallback were meant for its own data
 # (a fallback to the MNIST sample would silently measure other images).
@@ -277,8 +276,6 @@ def evaluate_on_data(run_dir: Path, which: str = "last", overrides: list[str] = 
     from visionlaunch.trainers.metrics import topk_correct
     from visionlaunch.trainers.trainer import make_accelerator
 
-    if split not in SPLITS:
-        raise VisionlaunchError(f"--split {split!r}: choose one of {', '.join(SPLITS)}.")
     run = load_run_model(run_dir, which)
     cfg = data_config(run, list(overrides), split)
     data = prepare_data(cfg, log=_log, progress=False)

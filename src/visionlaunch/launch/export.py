@@ -112,8 +112,6 @@ def sidecar(run: RunModel, fmt: str, path: Path) -> dict:
 
 def export_run(run_dir: Path, fmt: str, which: str = "last", out: Path | None = None) -> tuple[Path, Path]:
     """Write the exported model and its JSON; return both paths."""
-    if fmt not in FORMATS:
-        raise VisionlaunchError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}.")
     require_packages(fmt)  # before anything is loaded or written
     path = Path(out) if out is not None else default_path(run_dir, which, fmt)
     check_not_run_file(path)

@@ -8,6 +8,7 @@ single words. The rendered text is checked with `bash -n` before anything is wri
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import re
 import shlex
@@ -45,6 +46,15 @@ class SlurmOptions:
     max_requeues: int = 5
     sbatch_lines: list[str] = field(default_factory=list)  # extra "#SBATCH ..." lines, e.g. --mail-type=END
     setup_lines: list[str] = field(default_factory=list)   # shell lines run first: module load, source venv
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> SlurmOptions:
+        """The options given to `submit` or `ablate --slurm` (see add_slurm_arguments)."""
+        return cls(nodes=args.nodes, gpus_per_node=args.gpus_per_node, processes=args.processes,
+                   cpus_per_task=args.cpus_per_task, mem=args.mem, time=args.time, partition=args.partition,
+                   account=args.account, qos=args.qos, constraint=args.constraint, job_name=args.job_name,
+                   signal_seconds=args.signal_seconds, requeue=not args.no_requeue, max_requeues=args.max_requeues,
+                   sbatch_lines=args.sbatch, setup_lines=args.setup)
 
     @property
     def total_processes(self) -> int:
@@ -190,3 +200,35 @@ def check_syntax(script: str) -> None:
         raise VisionlaunchError(
             f"the batch script does not parse (bash -n: {proc.stderr.strip()}). Check the --setup lines: each must "
             "be a complete shell command.")
+
+
+def add_slurm_arguments(p: argparse.ArgumentParser, job_options: bool = True) -> None:
+    """The command-line options of SlurmOptions (and --python); `job_options`: those of one training job."""
+    g = p.add_argument_group("SLURM resources")
+    g.add_argument("--nodes", "-N", type=int, default=1)
+    g.add_argument("--gpus-per-node", type=int, default=0, help="0 (default): CPU nodes, DDP over gloo")
+    g.add_argument("--processes", type=int, help="training processes in all; default nodes x (GPUs per node or 1)")
+    g.add_argument("--cpus-per-task", type=int, help="CPUs for each node's launcher and its processes")
+    g.add_argument("--mem", help="memory per node, e.g. 32G")
+    g.add_argument("--time", help="time limit, e.g. 04:00:00")
+    g.add_argument("--partition", "-p")
+    g.add_argument("--account", "-A")
+    g.add_argument("--qos")
+    g.add_argument("--constraint")
+    g.add_argument("--job-name", help="default vl-<run name>")
+    g.add_argument("--sbatch", action="append", default=[], metavar="OPTION",
+                   help="an extra #SBATCH line, e.g. --sbatch=--mail-type=END (repeatable)")
+    g.add_argument("--setup", action="append", default=[], metavar="LINE",
+                   help="a shell line run before training, e.g. 'module load cuda' or 'source .venv/bin/activate'")
+    g = p.add_argument_group("SLURM preemption")
+    g.add_argument("--signal-seconds", type=int, default=120, help="USR2 this long before the time limit (120)")
+    g.add_argument("--no-requeue", action="store_true", help="do not requeue a preempted job")
+    g.add_argument("--max-requeues", type=int, default=5, help="requeues of one job at most (5)")
+    g.add_argument("--python", help="the Python on the compute nodes; default this one")
+    if not job_options:
+        return
+    g = p.add_argument_group("job")
+    g.add_argument("--script", help="run this front door (like train.py) instead of `python -m visionlaunch train`")
+    g.add_argument("--dry-run", action="store_true", help="print the batch script; submit nothing")
+    g.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                   help="submit a run's own job (runs/<name>/slurm/job.sh) again; no training arguments")
