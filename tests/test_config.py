@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from visionlaunch.config import RunConfig, describe_keys, load_config
+from visionlaunch.config import RunConfig, config_differences, describe_keys, load_config, shapes_trajectory
 from visionlaunch.errors import VisionlaunchError
 
 PRESETS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
@@ -91,3 +91,27 @@ def test_describe_keys_covers_every_section():
     text = describe_keys()
     for section in RunConfig.model_fields:
         assert f"{section}:" in text
+
+
+def test_model_args_are_validated_with_the_config():
+    with pytest.raises(VisionlaunchError, match="model 'fcn' has no argument 'hiden'.*did you mean 'hidden'"):
+        load_config(None, ["model.name=fcn", "model.args={hiden: [8]}"])
+    with pytest.raises(VisionlaunchError, match="argument 'dropout' must be float >= 0 and < 1"):
+        load_config(None, ["model.name=fcn", "model.args={dropout: 1.5}"])
+    with pytest.raises(VisionlaunchError, match="unknown model 'resnet9000'"):
+        load_config(None, ["model.name=resnet9000"])
+
+
+def test_config_differences_name_only_the_keys_that_shape_training():
+    dump = lambda *o: load_config(None, ["model.name=fcn", *o]).model_dump(mode="json")  # noqa: E731
+    old, new = dump("model.args={hidden: [8]}"), dump("model.args={hidden: [16]}", "optim.lr=0.1",
+                                                      "train.log_every=7", "output.name=x", "data.root=/elsewhere")
+    assert config_differences(old, new, "checkpoint", "now") == [
+        "model.args: checkpoint {'hidden': [8]}, now {'hidden': [16]}", "optim.lr: checkpoint 0.05, now 0.1"]
+    assert config_differences(new, new, "run", "plan") == []
+    assert not shapes_trajectory("train.log_every") and shapes_trajectory("optim.lr")
+    # A key an older version did not write counts as its default: such a run stays comparable, unless the key is set.
+    del old["train"]["ema_decay"]
+    assert config_differences(old, dump("model.args={hidden: [8]}"), "run", "plan") == []
+    assert config_differences(old, dump("model.args={hidden: [8]}", "train.ema_decay=0.9"), "run", "plan") == [
+        "train.ema_decay: run 0.0, plan 0.9"]
