@@ -165,8 +165,10 @@ class _DefaultSubcommand(argparse._SubParsersAction):
 
 def _add_prepare_args(p: argparse.ArgumentParser, top: bool = False, ffcv: bool = True) -> None:
     def add(*flags, **kwargs):
-        kwargs = {**kwargs, "help": argparse.SUPPRESS} if top and flags[0] != "--config" else \
-            kwargs if top else {**kwargs, "default": argparse.SUPPRESS}
+        if top and flags[0] != "--config":
+            kwargs["help"] = argparse.SUPPRESS
+        elif not top:
+            kwargs["default"] = argparse.SUPPRESS  # a form's parser must not reset what stood before its name
         p.add_argument(*flags, **kwargs)
 
     add("--config", "-c", help="YAML preset, e.g. configs/mnist_cnn.yaml")
