@@ -14,7 +14,7 @@ import numpy as np
 
 from visionlaunch.atomic import atomic_write_text
 from visionlaunch.errors import VisionlaunchError
-from visionlaunch.runfolder import REPORT, RUN_FILES, holds_run_files
+from visionlaunch.runfolder import CONFIG, REPORT, RUN_FILES, holds_run_files
 
 from . import page
 from .analysis import Headline, RunFolder, epoch_rows, final_record, find_restarts, headline, number, read_run
@@ -348,6 +348,6 @@ def _model(run: RunFolder, expand: bool) -> str:
 def _config(run: RunFolder, expand: bool) -> str:
     if run.config_text is None:
         return ""
-    rerun = f"visionlaunch train --config {run.path / 'config.yaml'} output.name={run.name}-again"
+    rerun = f"visionlaunch train --config {run.path / CONFIG} output.name={run.name}-again"
     body = page.details("config.yaml (the resolved configuration)", page.pre(run.config_text), expand=expand)
     return page.section("config", "Configuration", body, lead=Html(f"Rerun it with <code>{esc(rerun)}</code>"))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from visionlaunch.atomic import atomic_write_text
 from visionlaunch.errors import VisionlaunchError
-from visionlaunch.runfolder import JOB_DIR, JOB_SCRIPT, default_run_name, job_log
+from visionlaunch.runfolder import CONFIG, JOB_DIR, JOB_SCRIPT, default_run_name, job_log
 from visionlaunch.slurm.jobs import record_submission
 from visionlaunch.slurm.render import Job, SlurmOptions, render_script
 
@@ -176,7 +176,7 @@ def resubmit(run_dir: Path, *, out=None) -> Submitted:
         raise VisionlaunchError(
             f"--resume {run_dir}: the folder has no {JOB_DIR}/{JOB_SCRIPT}, so it was not submitted by "
             "`visionlaunch submit`. Submit it as a new job with the same output.name: `visionlaunch submit ... -- "
-            f"--config {run_dir / 'config.yaml'} output.dir={run_dir.parent} output.name={run_dir.name}`.")
+            f"--config {run_dir / CONFIG} output.dir={run_dir.parent} output.name={run_dir.name}`.")
     require_sbatch()
     job_id = sbatch(script, run_dir)
     return _recorded(job_id, run_dir, script, None, None, out)
