@@ -355,7 +355,7 @@ class Trainer:
         atomic_write_text(rd / rf.CONFIG, saved.to_yaml())
         params = count_parameters(self.raw_model)
         atomic_write_text(rd / rf.SUMMARY, f"{self.cfg.model.name} on {self.data.in_shape}: {params:,} trainable "
-                                              f"parameters\n\n{self.summary}\n")
+                                           f"parameters\n\n{self.summary}\n")
         previous = rf.read_run_identity(rd) if self.resuming else {}
         identity = {
             "name": name, "ident": self.cfg.resolved_ident(), "date": dt.date.today().isoformat(),
