@@ -27,8 +27,8 @@ from visionlaunch.config import DataConfig, RunConfig, apply_override, format_va
     parse_override
 from visionlaunch.errors import VisionlaunchError, describe_load_failure
 from visionlaunch.models import build_model
+from visionlaunch.runfolder import CONFIG, WEIGHTS, read_run_identity, weights_file
 from visionlaunch.trainers.data import prepare_data
-from visionlaunch.trainers.rundir import read_run_identity
 
 
 def _log(message: str) -> None:
@@ -37,9 +37,9 @@ def _log(message: str) -> None:
 
 def load_run(run_dir: Path, which: str = "last"):
     run_dir = Path(run_dir)
-    config_path, weights_path = run_dir / "config.yaml", run_dir / "weights" / f"{which}.pt"
+    config_path, weights_path = run_dir / CONFIG, weights_file(run_dir, which)
     if config_path.is_file() and not weights_path.is_file():
-        present = sorted(p.stem for p in (run_dir / "weights").glob("*.pt"))
+        present = sorted(p.stem for p in (run_dir / WEIGHTS).glob("*.pt"))
         raise VisionlaunchError(
             f"{run_dir} has no weights/{which}.pt"
             + (f" (it has {', '.join(present)}: choose one with --weights)" if present else
@@ -110,11 +110,11 @@ def load_run_model(run_dir: Path, which: str = "last") -> RunModel:
     missing = [k for k in ("in_shape", "classes") if k not in ckpt]  # read_weights_file checked the others
     if missing:
         raise VisionlaunchError(
-            f"{Path(run_dir) / 'weights' / f'{which}.pt'} lacks {', '.join(missing)}: it was not written by "
+            f"{weights_file(run_dir, which)} lacks {', '.join(missing)}: it was not written by "
             "`visionlaunch train`. Pass a run folder that training wrote.")
     in_shape = tuple(int(d) for d in ckpt["in_shape"])
     classes = [str(c) for c in ckpt["classes"]]
-    model = _built(ckpt, in_shape, len(classes), Path(run_dir) / "weights" / f"{which}.pt")
+    model = _built(ckpt, in_shape, len(classes), weights_file(run_dir, which))
     model.eval()
     if "mean" in ckpt and "std" in ckpt:
         mean, std = tuple(ckpt["mean"]), tuple(ckpt["std"])
@@ -155,7 +155,7 @@ def _rebuild(run_dir: Path, which: str):
     cfg, ckpt, identity = load_run(run_dir, which)
     accelerator = make_accelerator(cfg)
     data = prepare_data(cfg.data, log=_log)
-    path = Path(run_dir) / "weights" / f"{which}.pt"
+    path = weights_file(run_dir, which)
     _check_same_task(path, ckpt, data)
     model = _built(ckpt, data.in_shape, len(data.classes), path)
     # As the trainer evaluated it: the same memory layout, input dtype and mixed-precision forward (autocast,
