@@ -26,7 +26,7 @@ def _owner(path: Path) -> str:
     rel = path.relative_to(PACKAGE)
     if len(rel.parts) > 1:
         return rel.parts[0]
-    return "visionlaunch" if rel.stem in ("__init__", "__main__") else rel.stem
+    return "visionlaunch" if rel.stem == "__init__" else rel.stem  # __main__ is a part of its own: nothing imports it
 
 
 def _imported(path: Path) -> set[str]:
