@@ -322,7 +322,7 @@ def _prepare(args: argparse.Namespace) -> int:
         print(prepare_data(cfg.data).note)
         return 0
     from visionlaunch.ffcv_builders.prepare import ensure_betons
-    from visionlaunch.ffcv_builders.requirements import require_ffcv
+    from visionlaunch.ffcv_builders import require_ffcv
 
     require_ffcv("`visionlaunch prepare ffcv`")
     bundle = prepare_data(cfg.data)

@@ -10,11 +10,10 @@ from pathlib import Path
 import torch
 
 from visionlaunch.config import load_config
-from visionlaunch.datasets.loaders import make_loader
 from visionlaunch.errors import VisionlaunchError, describe_load_failure
 from visionlaunch.models import build_model
 from visionlaunch.trainers.artefacts import make_figures
-from visionlaunch.trainers.data import prepare_data
+from visionlaunch.trainers.data import make_loader, prepare_data
 from visionlaunch.trainers.losses import CrossEntropyLoss
 from visionlaunch.trainers.pipeline import BatchPipeline
 from visionlaunch.trainers.rundir import read_run_identity

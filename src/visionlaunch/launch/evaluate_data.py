@@ -72,7 +72,7 @@ def evaluate_on_data(run_dir: Path, which: str = "last", overrides: list[str] = 
     import torch
 
     from visionlaunch.datasets.conform import conform_batch, describe_conversion
-    from visionlaunch.datasets.loaders import make_loader
+    from visionlaunch.trainers.data import make_loader
     from visionlaunch.trainers.data import prepare_data
     from visionlaunch.trainers.metrics import topk_correct
     from visionlaunch.trainers.trainer import make_accelerator
