@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from visionlaunch.config import AugmentConfig  # noqa: E402
 from visionlaunch.trainers.data import make_loader  # noqa: E402
-from visionlaunch.trainers.pipeline import BatchPipeline  # noqa: E402
+from visionlaunch.datasets.augment import BatchPipeline  # noqa: E402
 
 SHAPES = {
     "cifar": dict(n=50_000, shape=(3, 32, 32), augment=AugmentConfig(crop_padding=4, flip=True)),

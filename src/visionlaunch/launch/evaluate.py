@@ -15,7 +15,7 @@ from visionlaunch.models import build_model
 from visionlaunch.trainers.artefacts import make_figures
 from visionlaunch.trainers.data import make_loader, prepare_data
 from visionlaunch.trainers.losses import CrossEntropyLoss
-from visionlaunch.trainers.pipeline import BatchPipeline
+from visionlaunch.datasets.augment import BatchPipeline
 from visionlaunch.trainers.rundir import read_run_identity
 from visionlaunch.trainers.trainer import evaluate, make_accelerator
 

@@ -6,18 +6,10 @@ compared one to one with torchvision's models in the tests.
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import torch
-from annotated_types import Ge, Gt, Le, Lt
 from torch import nn
 
 from visionlaunch.models.layers import conv3x3, init_weights, set_batch_norm
-
-# Builder argument types shared by the residual nets.
-BNMomentum = Annotated[float, Gt(0.0), Le(1.0)]
-BNEps = Annotated[float, Gt(0.0)]
-DropRate = Annotated[float, Ge(0.0), Lt(1.0)]
 
 
 def projection(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:

@@ -10,8 +10,8 @@ from annotated_types import MinLen
 from torch import nn
 
 from visionlaunch.errors import VisionlaunchError
-from visionlaunch.models.layers import ImageClassifier, init_weights, mlp_blocks
-from visionlaunch.models.registry import Probability, Width, register
+from visionlaunch.models.layers import ImageClassifier, Probability, Width, init_weights, mlp_blocks
+from visionlaunch.models.registry import register
 
 
 def conv_stage(in_channels: int, out_channels: int, convs: int, batch_norm: bool) -> nn.Sequential:

@@ -7,8 +7,8 @@ import math
 import torch
 from torch import nn
 
-from visionlaunch.models.layers import ImageClassifier, init_weights, mlp_blocks
-from visionlaunch.models.registry import Probability, Width, register
+from visionlaunch.models.layers import ImageClassifier, Probability, Width, init_weights, mlp_blocks
+from visionlaunch.models.registry import register
 
 
 class FCN(ImageClassifier):

@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from visionlaunch.models.blocks import (BasicBlock, BNEps, BNMomentum, Bottleneck, PreActBlock, finish_init)
-from visionlaunch.models.layers import ImageClassifier, check_min_size, conv3x3
-from visionlaunch.models.registry import Width, register
+from visionlaunch.models.blocks import BasicBlock, Bottleneck, PreActBlock, finish_init
+from visionlaunch.models.layers import BNEps, BNMomentum, ImageClassifier, Width, check_min_size, conv3x3
+from visionlaunch.models.registry import register
 
 STAGE_STRIDES = (1, 2, 2, 2)
 

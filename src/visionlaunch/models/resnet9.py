@@ -15,9 +15,9 @@ import torch
 from annotated_types import Gt, Len
 from torch import nn
 
-from visionlaunch.models.blocks import BNEps, BNMomentum, finish_init
-from visionlaunch.models.layers import ImageClassifier, check_min_size, conv3x3
-from visionlaunch.models.registry import Width, register
+from visionlaunch.models.blocks import finish_init
+from visionlaunch.models.layers import BNEps, BNMomentum, ImageClassifier, Width, check_min_size, conv3x3
+from visionlaunch.models.registry import register
 
 
 def conv_bn(in_channels: int, out_channels: int, pool: bool) -> nn.Sequential:

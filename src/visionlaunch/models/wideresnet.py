@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from visionlaunch.errors import VisionlaunchError
-from visionlaunch.models.blocks import BNEps, BNMomentum, DropRate, PreActBlock, finish_init
-from visionlaunch.models.layers import ImageClassifier, check_min_size, conv3x3
-from visionlaunch.models.registry import Width, register
+from visionlaunch.models.blocks import PreActBlock, finish_init
+from visionlaunch.models.layers import BNEps, BNMomentum, ImageClassifier, Probability, Width, check_min_size, conv3x3
+from visionlaunch.models.registry import register
 
 GROUP_STRIDES = (1, 2, 2)
 
@@ -60,7 +60,7 @@ def build_wide_resnet(
     *,
     depth: Width = 28,
     widen_factor: Width = 10,
-    dropout: DropRate = 0.0,
+    dropout: Probability = 0.0,
     zero_init_residual: bool = False,
     kaiming_init: bool = True,
     bn_momentum: BNMomentum = 0.1,

@@ -57,7 +57,7 @@ from visionlaunch.trainers.early_stop import EarlyStopping
 from visionlaunch.trainers.ema import ModelEMA
 from visionlaunch.trainers.losses import CrossEntropyLoss
 from visionlaunch.trainers.metrics import MetricsWriter, read_metrics, topk_correct
-from visionlaunch.trainers.pipeline import BatchPipeline
+from visionlaunch.datasets.augment import BatchPipeline
 from visionlaunch.trainers.preemption import Preempted, PreemptionWatcher, clear_marker, write_marker
 from visionlaunch.trainers.rundir import (RunDirectory, atomic_torch_save, check_output_dir, default_run_name,
                                           only_job_files, read_run_identity, run_skeleton)
