@@ -179,8 +179,7 @@ class BatchPipeline:
                  resized_crop=None):
         self.augment = BatchAugment(crop_padding=augment.crop_padding, flip=augment.flip, cutout=augment.cutout)
         self.mixer = BatchMix(mixup_alpha=augment.mixup_alpha, cutmix_alpha=augment.cutmix_alpha)
-        self.mean, self.std = tuple(mean), tuple(std)
-        self._mean, self._std = normalization_tensors(self.mean, self.std, device)  # once, not per batch
+        self._mean, self._std = normalization_tensors(tuple(mean), tuple(std), device)  # once, not per batch
         self.channels_last = channels_last
         self.dtype = dtype  # float32, or the half type of mixed precision (data.half_inputs)
         # The ffcv backend augments inside its own pipeline; augmenting again here would do it twice.

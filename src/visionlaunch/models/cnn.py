@@ -40,7 +40,7 @@ class CNN(ImageClassifier):
         hidden: list[int],
         dropout: float,
     ) -> None:
-        super().__init__("cnn", in_shape, num_classes, fixed_size=not global_pool)
+        super().__init__("cnn", in_shape, fixed_size=not global_pool)
         c, h, w = in_shape
         _check_pooling(channels, h, w)
         in_channels = [c, *channels[:-1]]

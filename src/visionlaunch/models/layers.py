@@ -29,11 +29,10 @@ class ImageClassifier(nn.Module):
 
     classifier: nn.Linear
 
-    def __init__(self, arch: str, in_shape: tuple[int, int, int], num_classes: int, fixed_size: bool) -> None:
+    def __init__(self, arch: str, in_shape: tuple[int, int, int], fixed_size: bool) -> None:
         super().__init__()
         self.arch = arch
         self.in_shape = tuple(in_shape)
-        self.num_classes = num_classes
         self.fixed_size = fixed_size
 
     @property
