@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from visionlaunch import runfolder as rf
 from visionlaunch.config import RunConfig
 from visionlaunch.models.features import capture_features
 from visionlaunch.reports import (Stamp, plot_confusion, plot_curves, plot_predictions, plot_tsne,
                                   save_predictions)
-from visionlaunch.trainers.metrics import read_metrics
 from visionlaunch.trainers.tta import tta_logits
 
 
@@ -38,12 +38,12 @@ def layer_features(model, images: torch.Tensor, layer: str, pipeline, device, ba
 
 def make_figures(run_dir: Path, model, data, pipeline, cfg: RunConfig, identity: dict, device) -> list[Path]:
     run_dir = Path(run_dir)
-    out = run_dir / "figures"
+    out = run_dir / rf.FIGURES
     out.mkdir(exist_ok=True)
     stamp = Stamp(ident=identity["ident"], date=identity["date"], run_name=identity["name"])
     test = data.test
     groups = dict(superclasses=test.superclasses, superclass_of=test.superclass_of)  # CIFAR-100's; else None
-    paths = list(plot_curves(read_metrics(run_dir / "metrics.jsonl"), out, stamp))
+    paths = list(plot_curves(rf.read_metrics(run_dir / rf.METRICS), out, stamp))
 
     preds = predict(model, test.images, pipeline, device, tta_flip=cfg.train.tta_flip)  # as the test accuracy
     paths.append(plot_confusion(test.labels.numpy(), preds.numpy(), test.classes, out / "confusion.png", stamp,

@@ -14,7 +14,6 @@ Every file loads with `weights_only=True` (Accelerate's RNG files included), the
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +24,11 @@ from accelerate import Accelerator
 from visionlaunch.atomic import as_os_error, atomic_write_text, is_write_failure
 from visionlaunch.config import shapes_trajectory
 from visionlaunch.errors import VisionlaunchError, describe_load_failure, describe_os_error
+from visionlaunch.runfolder import CHECKPOINT_DONE as META
+from visionlaunch.runfolder import CHECKPOINTS, TORN_CHECKPOINTS, checkpoint_name, checkpoint_step, complete_checkpoints
 
-META = "visionlaunch.json"
 TRAINER_STATE = "trainer_state.pt"
 FORMAT = 1
-_NAME = re.compile(r"^step-(\d{8,})$")
 # Where training stood: what a resumed run reads from visionlaunch.json.
 META_KEYS = ("step", "epoch", "step_in_epoch", "best", "ema_best", "elapsed", "skipped_steps", "metrics_bytes",
              "world_size", "config")
@@ -38,20 +37,6 @@ META_KEYS = ("step", "epoch", "step_in_epoch", "best", "ema_best", "elapsed", "s
 
 def rank_state_name(rank: int) -> str:
     return f"rank_state_{rank}.pt"
-
-
-def checkpoint_step(path: Path) -> int | None:
-    m = _NAME.match(Path(path).name)
-    return int(m.group(1)) if m else None
-
-
-def complete_checkpoints(root: Path) -> list[Path]:
-    """Complete checkpoint folders under `root`, oldest first (torn `.tmp-*` folders are never listed)."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    found = [p for p in root.iterdir() if p.is_dir() and checkpoint_step(p) is not None and (p / META).is_file()]
-    return sorted(found, key=checkpoint_step)
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
@@ -161,7 +146,7 @@ def plan_resume(resume: str, default_run_path: Path) -> ResumePlan:
     if resume == "none":
         return ResumePlan(default_run_path, None, None)
     if resume == "auto":
-        found = complete_checkpoints(default_run_path / "checkpoints")
+        found = complete_checkpoints(default_run_path / CHECKPOINTS)
         if not found:
             return ResumePlan(default_run_path, None, None)
         skipped = []
@@ -176,11 +161,11 @@ def plan_resume(resume: str, default_run_path: Path) -> ResumePlan:
             f"train.resume=auto: no checkpoint of {default_run_path} can be resumed from: {'; '.join(skipped)}. "
             "Restore one, or start the run again with train.resume=none and output.overwrite=true.")
     path = Path(resume).expanduser()
-    if checkpoint_step(path) is None and (path / "checkpoints").is_dir():
-        found = complete_checkpoints(path / "checkpoints")
+    if checkpoint_step(path) is None and (path / CHECKPOINTS).is_dir():
+        found = complete_checkpoints(path / CHECKPOINTS)
         if not found:
             raise VisionlaunchError(
-                f"train.resume={resume}: the run folder has no complete checkpoint under {path / 'checkpoints'}. "
+                f"train.resume={resume}: the run folder has no complete checkpoint under {path / CHECKPOINTS}. "
                 "Start it again with train.resume=none and output.overwrite=true.")
         path = found[-1]
     if not path.is_dir() or checkpoint_step(path) is None:
@@ -198,7 +183,7 @@ class CheckpointWriter:
 
     def save(self, step: int, meta: dict, trainer_state: dict, rank_state: dict) -> Path:
         acc = self.accelerator
-        final = self.root / f"step-{step:08d}"
+        final = self.root / checkpoint_name(step)
         tmp = self.root / f".tmp-{final.name}"
         if acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -248,7 +233,7 @@ class CheckpointWriter:
     def _prune(self) -> None:
         for old in complete_checkpoints(self.root)[:-self.keep]:
             shutil.rmtree(old, ignore_errors=True)
-        for torn in self.root.glob(".tmp-step-*"):  # left by a process killed while writing
+        for torn in self.root.glob(TORN_CHECKPOINTS):
             shutil.rmtree(torn, ignore_errors=True)
 
 

@@ -35,7 +35,8 @@ from accelerate.utils import InitProcessGroupKwargs, set_seed
 from tqdm.auto import tqdm
 
 from visionlaunch import __version__
-from visionlaunch.atomic import atomic_write_text
+from visionlaunch import runfolder as rf
+from visionlaunch.atomic import atomic_torch_save, atomic_write_text
 from visionlaunch.config import RunConfig
 from visionlaunch.errors import VisionlaunchError, describe_os_error
 from visionlaunch.ffcv_builders import require_ffcv
@@ -45,7 +46,6 @@ from visionlaunch.datasets.resized_crop import ResizedCrop
 from visionlaunch.models.features import layer_names
 from visionlaunch.models.summary import count_parameters, model_summary
 from visionlaunch.progress import progress_bar
-from visionlaunch.reports.analysis import final_record
 from visionlaunch.trainers import checkpoint as ckpt
 from visionlaunch.reports.html import write_report
 from visionlaunch.trainers.artefacts import make_figures
@@ -56,11 +56,9 @@ from visionlaunch.trainers.distributed import (any_rank, broadcast_from_main, ch
 from visionlaunch.trainers.early_stop import EarlyStopping
 from visionlaunch.trainers.ema import ModelEMA
 from visionlaunch.trainers.losses import CrossEntropyLoss
-from visionlaunch.trainers.metrics import MetricsWriter, read_metrics, topk_correct
+from visionlaunch.trainers.metrics import topk_correct
 from visionlaunch.datasets.augment import BatchPipeline
-from visionlaunch.trainers.preemption import Preempted, PreemptionWatcher, clear_marker, write_marker
-from visionlaunch.trainers.rundir import (RunDirectory, atomic_torch_save, check_output_dir, default_run_name,
-                                          only_job_files, read_run_identity, run_skeleton)
+from visionlaunch.trainers.preemption import Preempted, PreemptionWatcher
 from visionlaunch.trainers.runlock import RunLock
 from visionlaunch.trainers.schedules import build_optimizer, build_scheduler
 from visionlaunch.trainers.tta import tta_logits
@@ -115,12 +113,9 @@ def evaluate(model, loader, pipeline: BatchPipeline, accelerator: Accelerator, c
     return {"loss": loss_sum / n, "acc": top1 / n, "acc5": top5 / n, "n": int(n)}
 
 
-def _unfinished_run(path: Path) -> bool:
-    """A run folder that was started but never finished (killed before its first checkpoint), or one that only
-    holds the batch job that is about to start it (runs/<name>/slurm/, written by `visionlaunch submit`)."""
-    if only_job_files(path) or run_skeleton(path):  # killed before it wrote run.yaml
-        return True
-    return (path / "run.yaml").is_file() and final_record(read_metrics(path / "metrics.jsonl")) is None
+# A run folder that was started but never finished (killed before its first checkpoint), or one that only holds
+# the batch job that is about to start it (runs/<name>/slurm/, written by `visionlaunch submit`).
+UNFINISHED = (rf.FolderState.EMPTY, rf.FolderState.JOB_ONLY, rf.FolderState.STARTED, rf.FolderState.PREEMPTED)
 
 
 class Trainer:
@@ -163,7 +158,7 @@ class Trainer:
             self._agreed(lambda: require_ffcv() and None)
 
         # Validate what is cheap and certain to fail before reading data or creating anything.
-        name = cfg.output.name or default_run_name(preset)
+        name = cfg.output.name or rf.default_run_name(preset)
         out_dir = Path(cfg.output.dir).expanduser()
         self.plan = self._agreed(lambda: self._lock_and_plan(out_dir / name))
         self.resuming = self.plan.checkpoint is not None
@@ -174,10 +169,11 @@ class Trainer:
         if self.resuming:
             self.run_path = self.plan.run_path
         else:
-            restart = cfg.train.resume == "auto" and _unfinished_run(out_dir / name)
-            if restart and not only_job_files(out_dir / name):
+            state = rf.folder_state(out_dir / name)
+            restart = cfg.train.resume == "auto" and state in UNFINISHED
+            if restart and state is not rf.FolderState.JOB_ONLY:
                 self.log(f"no complete checkpoint in {out_dir / name}: starting that run again")
-            self.run_path = check_output_dir(out_dir, name, cfg.output.overwrite or restart)
+            self.run_path = rf.check_output_dir(out_dir, name, cfg.output.overwrite or restart)
             self._replace_existing = cfg.output.overwrite or restart
         set_seed(cfg.train.seed)
 
@@ -204,9 +200,9 @@ class Trainer:
         # Everything validated: now the run folder may exist. Set-up failures after this remove it again (a
         # resumed run's folder is never removed).
         if self.resuming:
-            self.run_dir = RunDirectory.existing(self.run_path) if self.is_main else None
+            self.run_dir = rf.RunDirectory.existing(self.run_path) if self.is_main else None
         else:
-            self.run_dir = RunDirectory(self.run_path, self._replace_existing) if self.is_main else None
+            self.run_dir = rf.RunDirectory(self.run_path, self._replace_existing) if self.is_main else None
         try:
             self._setup_training()
             self._position()
@@ -302,7 +298,7 @@ class Trainer:
                 self.log("NOTE: train.compile on the CPU: compiling takes tens of seconds and small models often get "
                          "slower; it is meant for GPUs.")
             self.forward_model = torch.compile(self.model)  # forward only; checkpoints use the uncompiled module
-        self.checkpoints = ckpt.CheckpointWriter(acc, self.run_path / "checkpoints", cfg.train.keep_checkpoints)
+        self.checkpoints = ckpt.CheckpointWriter(acc, self.run_path / rf.CHECKPOINTS, cfg.train.keep_checkpoints)
 
     def _ffcv_files(self) -> dict:
         """The run's .beton files: the main process writes missing ones (the others wait) and refuses stale,
@@ -343,10 +339,7 @@ class Trainer:
         self.early_stop.load_state_dict(meta.get("early_stop"))
         if self.is_main:
             # Records written after the checkpoint are replayed by the resumed run: drop them, keep the rest.
-            metrics = self.run_path / "metrics.jsonl"
-            data = metrics.read_bytes()[:meta["metrics_bytes"]] if metrics.is_file() else b""
-            with contextlib.suppress(FileNotFoundError):
-                atomic_write_text(metrics, data.decode())
+            rf.truncate_metrics(self.run_path, meta["metrics_bytes"])
         if meta.get("finished"):
             self.log(f"{path} is the end of training: writing the final record and figures again")
         else:
@@ -357,11 +350,11 @@ class Trainer:
         rd = self.run_dir.path
         saved = self.cfg.model_copy(deep=True)
         saved.train.resume = "none"  # config.yaml reruns the experiment from scratch
-        atomic_write_text(rd / "config.yaml", saved.to_yaml())
+        atomic_write_text(rd / rf.CONFIG, saved.to_yaml())
         params = count_parameters(self.raw_model)
-        atomic_write_text(rd / "summary.txt", f"{self.cfg.model.name} on {self.data.in_shape}: {params:,} trainable "
-                                              f"parameters\n\n{self.summary}\n")
-        previous = read_run_identity(rd) if self.resuming else {}
+        atomic_write_text(rd / rf.SUMMARY, f"{self.cfg.model.name} on {self.data.in_shape}: {params:,} trainable "
+                                           f"parameters\n\n{self.summary}\n")
+        previous = rf.read_run_identity(rd) if self.resuming else {}
         identity = {
             "name": name, "ident": self.cfg.resolved_ident(), "date": dt.date.today().isoformat(),
             "started": dt.datetime.now().isoformat(timespec="seconds"), "command": shlex.join(self.argv),
@@ -375,7 +368,7 @@ class Trainer:
             identity["resumed"] = [*previous.get("resumed", []), {
                 "at": dt.datetime.now().isoformat(timespec="seconds"), "from": str(self.plan.checkpoint),
                 "command": shlex.join(self.argv)}]
-        atomic_write_text(rd / "run.yaml", yaml.safe_dump(identity, sort_keys=False))
+        atomic_write_text(rd / rf.IDENTITY, yaml.safe_dump(identity, sort_keys=False))
         self.identity = identity
 
     def _tracker_config(self) -> dict:
@@ -392,11 +385,11 @@ class Trainer:
         if not self.resuming:  # the layer table is in summary.txt; a log gets it only when asked
             self.log(self.summary if self.verbose else
                      f"model {cfg.model.name}: {count_parameters(self.raw_model):,} trainable parameters (layers: "
-                     f"{self.run_path / 'summary.txt'}; --verbose prints them here)")
+                     f"{self.run_path / rf.SUMMARY}; --verbose prints them here)")
         self.log(f"run folder: {self.run_path}")
-        self.metrics = MetricsWriter(self.run_path / "metrics.jsonl" if self.is_main else None)
+        self.metrics = rf.MetricsWriter(self.run_path / rf.METRICS if self.is_main else None)
         if self.is_main:
-            clear_marker(self.run_path)  # a resumed run is no longer the preempted one
+            rf.clear_preempted(self.run_path)  # a resumed run is no longer the preempted one
         self.start_time = time.perf_counter()
         try:
             with PreemptionWatcher(cfg.train.preempt_signals, log=self.log) as self.watcher:
@@ -410,7 +403,7 @@ class Trainer:
                 final = self._finish(results)
         except Preempted as exc:
             if self.is_main:
-                write_marker(self.run_path, exc)
+                rf.write_preempted(self.run_path, exc.signal_name, exc.step, exc.checkpoint)
             raise
         finally:
             self.metrics.close()
@@ -536,8 +529,8 @@ class Trainer:
 
     def _saved_state(self) -> str:
         """What a run that stops on bad numbers leaves to go back to: only files that exist are named."""
-        weights = self.run_path / "weights" / "last.pt"
-        found = ckpt.complete_checkpoints(self.run_path / "checkpoints")
+        weights = rf.weights_file(self.run_path, "last")
+        found = rf.complete_checkpoints(self.run_path / rf.CHECKPOINTS)
         kept = ([f"the last finished epoch's weights are in {weights}"] if weights.is_file() else []) + \
             ([f"the checkpoint {found[-1]} holds the last good state"] if found else [])
         if not kept:
@@ -591,14 +584,13 @@ class Trainer:
     def _save_checkpoint(self, epoch: int, step_in_epoch: int, totals: torch.Tensor, epoch_seconds: float) -> Path:
         """Position (epoch, step_in_epoch) is where a resumed run starts: the epoch-end checkpoint of epoch e is
         (e + 1, 0); a mid-epoch one after k optimizer steps of epoch e is (e, k)."""
-        metrics_file = self.run_path / "metrics.jsonl"
         meta = {
             "step": self.step, "epoch": epoch, "step_in_epoch": step_in_epoch,
             "finished": epoch == self.cfg.train.epochs or self.early_stop.stopped, "best": self.best,
             "ema_best": self.ema_best,
             "results": self.last_results if step_in_epoch == 0 else {}, "early_stop": self.early_stop.state_dict(),
             "elapsed": round(self._elapsed(), 3), "skipped_steps": self.skipped_steps,
-            "metrics_bytes": metrics_file.stat().st_size if self.is_main and metrics_file.is_file() else 0,
+            "metrics_bytes": rf.metrics_size(self.run_path) if self.is_main else 0,
             "world_size": self.accelerator.num_processes, "model": self.cfg.model.name,
             "config": self._config_dump(), "visionlaunch": __version__,
             "written": dt.datetime.now().isoformat(timespec="seconds"),
@@ -637,7 +629,7 @@ class Trainer:
             self.log("drawing figures (curves, t-SNE, predictions, confusion matrix) ...")
             figures = make_figures(self.run_path, self.raw_model, self.data, self.pipeline, cfg, self.identity,
                                    device=acc.device)
-        self.tracker.log_files(figures, self.run_path / "summary.txt", self.step)
+        self.tracker.log_files(figures, self.run_path / rf.SUMMARY, self.step)
         self.tracker.log_final(final, self.step)
         if self.is_main:
             self.log(f"report: {write_report(self.run_path)}")
@@ -662,7 +654,7 @@ class Trainer:
         if not self.is_main:
             return
         state = {k: v.detach().cpu() for k, v in state.items()}
-        path = self.run_dir.weights / f"{which}.pt"
+        path = rf.weights_file(self.run_path, which)
         try:
             atomic_torch_save({"model": state, "epoch": epoch, "results": results, "model_name": self.cfg.model.name,
                                "model_args": self.cfg.model.args, "in_shape": list(self.data.in_shape),
