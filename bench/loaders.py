@@ -32,8 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from visionlaunch.config import AugmentConfig  # noqa: E402
-from visionlaunch.datasets.loaders import make_loader  # noqa: E402
-from visionlaunch.trainers.pipeline import BatchPipeline  # noqa: E402
+from visionlaunch.trainers.data import make_loader  # noqa: E402
+from visionlaunch.datasets.augment import BatchPipeline  # noqa: E402
 
 SHAPES = {
     "cifar": dict(n=50_000, shape=(3, 32, 32), augment=AugmentConfig(crop_padding=4, flip=True)),

@@ -38,7 +38,7 @@ def require_ffcv() -> None:
     """The optional ffcv package: CI installs it (a missing one fails the test); a developer machine without it
     skips, saying how to install it."""
     from visionlaunch.errors import VisionlaunchError
-    from visionlaunch.ffcv_builders.requirements import require_ffcv as import_ffcv
+    from visionlaunch.ffcv_builders import require_ffcv as import_ffcv
     try:
         import_ffcv("running the FFCV tests")  # the product's import: it also keeps FFCV from changing torch's threads
     except VisionlaunchError as exc:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from visionlaunch.datasets.loaders import make_loader
+from visionlaunch.trainers.data import make_loader
 
 beton, out = sys.argv[1], sys.argv[2]
 dist.init_process_group("gloo")  # the launcher sets RANK, WORLD_SIZE, MASTER_ADDR/PORT

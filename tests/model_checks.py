@@ -1,4 +1,5 @@
-"""A check shared by the model tests: can a freshly built model memorise one tiny random batch?"""
+"""Checks shared by the model tests: does a model honour the contract the trainer and reports rely on, and can a
+freshly built model memorise one tiny random batch?"""
 
 from __future__ import annotations
 
@@ -16,3 +17,13 @@ def tiny_batch_accuracy(model: nn.Module, in_shape: tuple[int, int, int], lr: fl
         optimizer.step()
     with torch.no_grad():
         return (model.eval()(images).argmax(1) == labels).float().mean().item()
+
+
+def check_model_contract(model: nn.Module, num_classes: int) -> None:
+    """The contract of every registered model: its final nn.Linear is `.classifier` (num_classes outputs) and
+    `.feature_dim` is that layer's in_features (capture_features, weights files and reports rely on both)."""
+    classifier = getattr(model, "classifier", None)
+    assert isinstance(classifier, nn.Linear) and classifier.out_features == num_classes, \
+        f"a model must expose its final nn.Linear({num_classes} outputs) as .classifier"
+    assert getattr(model, "feature_dim", None) == classifier.in_features, \
+        "a model must set .feature_dim to classifier.in_features"

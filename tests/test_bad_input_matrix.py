@@ -500,7 +500,7 @@ def test_environment_errors_are_one_paragraph_and_bugs_keep_their_traceback(monk
 
 def test_a_cache_that_cannot_be_written_only_costs_speed(tmp_path, restore_limits):
     """The dataset cache under a file-size limit (as on a full disk): a warning, the data, and no file left."""
-    from visionlaunch.datasets.cache import cached
+    from visionlaunch.datasets.load import cached
     from visionlaunch.datasets.imageset import ImageSet
 
     data = ImageSet(images=torch.zeros(200, 1, 28, 28, dtype=torch.uint8), labels=torch.zeros(200, dtype=torch.int64),

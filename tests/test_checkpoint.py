@@ -18,7 +18,7 @@ import torch
 
 from tests.run_helpers import (FAULT_TRAIN_PY, STATEFUL, assert_same_records, env, max_weight_difference, records,
                                require_mnist, run, train_args)
-from visionlaunch.datasets.loaders import make_loader
+from visionlaunch.trainers.data import make_loader
 from visionlaunch.launch.cli import main
 from visionlaunch.trainers.checkpoint import complete_checkpoints
 

@@ -18,7 +18,7 @@ from tests.conftest import isolate_environment, require_cifar100
 from visionlaunch.config import DataConfig
 from visionlaunch.datasets import load_dataset
 from visionlaunch.datasets.cifar import FORMATS, unpickle
-from visionlaunch.datasets.fileio import md5_file
+from visionlaunch.datasets.files import md5_file
 from visionlaunch.errors import VisionlaunchError
 from visionlaunch.launch.cli import main
 from visionlaunch.reports.html import WIDE_FIGURE_PX

@@ -8,8 +8,7 @@ import torch
 
 from visionlaunch.datasets import (DATASET_NAMES, DatasetNotFound, default_cache_dir, load_dataset,
                                    resolve_data_root)
-from visionlaunch.datasets.make_sample import build_sample, main as make_sample_main
-from visionlaunch.datasets.embedded_sample import sample_resource
+from visionlaunch.datasets.mnist_sample import build_sample, main as make_sample_main, sample_resource
 from visionlaunch.errors import VisionlaunchError
 
 

@@ -21,7 +21,8 @@ import torch
 from tests.conftest import isolate_environment, require_ffcv, require_shared_data
 from visionlaunch.config import DataConfig
 from visionlaunch.datasets import BatchAugment, ImageSet, load_dataset
-from visionlaunch.datasets.loaders import TensorLoader, TorchLoader, make_loader
+from visionlaunch.datasets.loaders import TensorLoader, TorchLoader
+from visionlaunch.trainers.data import make_loader
 from visionlaunch.errors import VisionlaunchError
 
 pytestmark = pytest.mark.timeout(300)

@@ -13,7 +13,7 @@ from visionlaunch.datasets.loaders import TensorLoader
 from visionlaunch.errors import VisionlaunchError
 from visionlaunch.launch.cli import main
 from visionlaunch.runfolder import read_metrics
-from visionlaunch.trainers.pipeline import BatchPipeline
+from visionlaunch.datasets.augment import BatchPipeline
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -4,7 +4,8 @@ backends agree on order and sharding."""
 import pytest
 import torch
 
-from visionlaunch.datasets.loaders import TensorLoader, TorchLoader, make_loader
+from visionlaunch.datasets.loaders import TensorLoader, TorchLoader
+from visionlaunch.trainers.data import make_loader
 
 N = 103
 

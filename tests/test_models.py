@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.model_checks import tiny_batch_accuracy
+from tests.model_checks import check_model_contract, tiny_batch_accuracy
 from visionlaunch.errors import VisionlaunchError
 from visionlaunch.models import (
     build_model,
@@ -234,8 +234,24 @@ def test_register_checks_builders(monkeypatch):
         return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(in_shape), num_classes))
 
     assert "no_classifier" in model_names() and model_args("no_classifier") == {"width": ("int", 4)}
-    with pytest.raises(TypeError, match=r"\.classifier"):
-        build_model("no_classifier", (1, 4, 4), 3)
+    with pytest.raises(AssertionError, match=r"\.classifier"):  # the contract test below would catch it
+        check_model_contract(build_model("no_classifier", (1, 4, 4), 3), 3)
+
+
+# The smallest arguments of each registered model, so the contract test builds them all in a moment.
+TINY_ARGS = {
+    "fcn": {"hidden": [8]}, "cnn": {"channels": [4], "hidden": [8]}, "resnet9": {"widths": [4, 4, 4, 4]},
+    "resnet18": {"width": 4}, "resnet34": {"width": 4}, "resnet50": {"width": 4}, "preact_resnet18": {"width": 4},
+    "wide_resnet": {"depth": 10, "widen_factor": 1},
+}
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_every_registered_model_honours_the_contract(name):
+    model = build_model(name, (3, 32, 32), 7, TINY_ARGS.get(name))
+    check_model_contract(model, 7)
+    with torch.no_grad():
+        assert model.eval()(torch.zeros(2, 3, 32, 32)).shape == (2, 7)
 
 
 # --- features ---------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from visionlaunch.config import AugmentConfig, OptimConfig, load_config
 from visionlaunch.launch.cli import main
 from visionlaunch.models import build_model
 from visionlaunch.trainers.losses import CrossEntropyLoss
-from visionlaunch.trainers.pipeline import BatchPipeline
+from visionlaunch.datasets.augment import BatchPipeline
 from visionlaunch.trainers.schedules import build_optimizer
 from visionlaunch.trainers.trainer import evaluate, make_accelerator
 from visionlaunch.trainers.tta import tta_logits

@@ -12,7 +12,7 @@ from tests.model_checks import tiny_batch_accuracy
 from visionlaunch.errors import VisionlaunchError
 from visionlaunch.launch.cli import main
 from visionlaunch.models import build_model, capture_features, count_parameters, model_names, model_summary
-from visionlaunch.models.blocks import BasicBlock, Bottleneck, PreActBlock
+from visionlaunch.models.resnet import BasicBlock, Bottleneck, PreActBlock
 
 CIFAR = (3, 32, 32)
 # Full-size configurations, as in the presets.

@@ -13,7 +13,7 @@ from tests.run_helpers import DETERMINISTIC, max_weight_difference, records, tra
 from visionlaunch.config import AugmentConfig
 from visionlaunch.launch.cli import main
 from visionlaunch.trainers.ema import ModelEMA
-from visionlaunch.trainers.pipeline import BatchPipeline
+from visionlaunch.datasets.augment import BatchPipeline
 
 SHORT = ["train.epochs=1", "train.max_steps_per_epoch=12"]
 

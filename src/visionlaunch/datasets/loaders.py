@@ -1,6 +1,10 @@
-"""Loader backends. Each yields batches of (uint8 images NCHW, int64 labels) on the training device; the
-trainer's `BatchPipeline` then augments and normalises whole batches there, so every backend means the same
-augmentation and the model never knows which one fed it.
+"""The loader backends and the one core they share.
+
+Every backend yields batches of (uint8 images NCHW, int64 labels) on the training device; the batch pipeline
+(datasets/augment.py) then augments and normalises whole batches there, so every backend means the same
+augmentation and the model never knows which one fed it. `ShardedLoader` is what they share: which samples
+each step of an epoch takes on this rank, and how many steps the epoch has. The ffcv backend
+(ffcv_builders/loader.py) builds on it too.
 
 Sharding under several processes: each epoch one seeded permutation (identical on every rank) is cut into
 `world` disjoint shards, rank r taking positions r, r+world, ... . Training shards are trimmed to a common length
@@ -19,19 +23,51 @@ import math
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-
-def epoch_permutation(n: int, seed: int, epoch: int, shuffle: bool) -> torch.Tensor:
-    if not shuffle:
-        return torch.arange(n)
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=g)
+from visionlaunch.datasets.resized_crop import ResizedCropDataset
 
 
-def shard_indices(order: torch.Tensor, rank: int, world: int, even: bool) -> torch.Tensor:
-    shard = order[rank::world]
-    if even:
-        shard = shard[: len(order) // world]
-    return shard
+def epoch_steps(n: int, batch_size: int, *, train: bool, rank: int = 0, world: int = 1) -> int:
+    """Batches in rank `rank`'s epoch over `n` samples. Training drops the last partial batch (a batch of 1
+    breaks BatchNorm and skews the step size); evaluation keeps it, so every sample is counted."""
+    shard = n // world if train else len(range(rank, n, world))
+    return shard // batch_size if train else math.ceil(shard / batch_size)
+
+
+class ShardedLoader:
+    """Epoch order, rank shard and epoch length: the rules every backend follows. `max_steps` (the step budget
+    of an epoch, train.max_steps_per_epoch) cuts every epoch to at most that many batches."""
+
+    augments = False  # batches come raw; the batch pipeline augments them (the ffcv backend says True)
+    crops = False  # ... and makes the random-resized crop of data.image_size
+    note = None  # a line for the user about how the data is held (the tensor backend's spill to CPU memory)
+
+    def __init__(self, n: int, batch_size: int, *, train: bool, seed: int, rank: int = 0, world: int = 1,
+                 max_steps: int | None = None):
+        self.num_samples, self.batch_size, self.train, self.seed = n, batch_size, train, seed
+        self.rank, self.world, self.max_steps = rank, world, max_steps
+        self.epoch, self.start_batch = 0, 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select the epoch's order; iteration then begins at batch `start_batch` (a resumed epoch)."""
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def shard(self) -> torch.Tensor:
+        """This rank's positions of the epoch's seeded permutation (in order when not training)."""
+        if self.train:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.num_samples, generator=g)
+        else:
+            order = torch.arange(self.num_samples)
+        shard = order[self.rank::self.world]
+        return shard[: self.num_samples // self.world] if self.train else shard
+
+    def remaining(self) -> torch.Tensor:
+        """The shard from batch `start_batch` on: what a (resumed) epoch still visits."""
+        return self.shard()[self.start_batch * self.batch_size:]
+
+    def __len__(self) -> int:
+        steps = epoch_steps(self.num_samples, self.batch_size, train=self.train, rank=self.rank, world=self.world)
+        return min(steps, self.max_steps) if self.max_steps else steps
 
 
 # The dataset may take at most this share of the accelerator's free memory: the model, its activations and the
@@ -48,24 +84,22 @@ def device_budget(device: torch.device) -> int | None:
     return None
 
 
-class TensorLoader:
+class TensorLoader(ShardedLoader):
     """The whole uint8 dataset resident on `device`; batches are index gathers, no per-sample Python work.
 
     When it does not fit (more than DEVICE_SHARE of the free accelerator memory, or `memory_budget` bytes), it
     stays in pinned CPU memory and each gathered batch is copied to the device; `note` then says so.
     """
 
-    augments = False  # batches come raw; the trainer's BatchPipeline augments them
-    crops = False  # ... and makes the random-resized crop of data.image_size
-
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, train: bool, seed: int,
                  device: torch.device, rank: int = 0, world: int = 1, max_steps: int | None = None,
                  memory_budget: int | None = None):
+        super().__init__(len(labels), batch_size, train=train, seed=seed, rank=rank, world=world,
+                         max_steps=max_steps)
         self.device = device
         need = images.nbytes + labels.nbytes
         budget = memory_budget if memory_budget is not None else device_budget(device)
         self.resident = budget is None or need <= budget
-        self.note = None
         if self.resident:
             self.images, self.labels = images.to(device), labels.to(device)
         else:
@@ -76,31 +110,9 @@ class TensorLoader:
                          f"{budget / 2**20:,.0f} MiB the tensor loader may use on {device}; it stays in "
                          f"{'pinned ' if pin else ''}CPU memory and each batch is copied over (slower). Use a device "
                          "with more memory, data.loader=ffcv, or a subset (data.train_subset).")
-        self.batch_size = batch_size
-        self.train = train
-        self.seed = seed
-        self.rank, self.world = rank, world
-        self.max_steps = max_steps
-        self.epoch = 0
-        self.start_batch = 0
-
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        """Select the epoch's order; iteration then begins at batch `start_batch` (a resumed epoch)."""
-        self.epoch = epoch
-        self.start_batch = start_batch
-
-    def _shard(self) -> torch.Tensor:
-        order = epoch_permutation(len(self.labels), self.seed, self.epoch, shuffle=self.train)
-        return shard_indices(order, self.rank, self.world, even=self.train)
-
-    def __len__(self) -> int:
-        n = len(self.labels) // self.world if self.train else len(self._shard())
-        # Training drops the last partial batch: a batch of 1 breaks BatchNorm and skews the step size.
-        steps = n // self.batch_size if self.train else math.ceil(n / self.batch_size)
-        return min(steps, self.max_steps) if self.max_steps else steps
 
     def __iter__(self):
-        index = self._shard().to(self.images.device)
+        index = self.shard().to(self.images.device)
         for step in range(self.start_batch, len(self)):
             idx = index[step * self.batch_size:(step + 1) * self.batch_size]
             if self.resident:
@@ -123,93 +135,40 @@ class _IndexedTensors(Dataset):
         return self.images[i], self.labels[i]
 
 
-class _ShardSampler(torch.utils.data.Sampler):
-    """Same order and sharding rule as TensorLoader, so both backends visit the same samples per rank."""
+class _RemainingSampler(torch.utils.data.Sampler):
+    """The DataLoader's order: what the owning loader's epoch still visits."""
 
-    def __init__(self, n: int, *, train: bool, seed: int, rank: int, world: int):
-        self.n, self.train, self.seed, self.rank, self.world = n, train, seed, rank, world
-        self.epoch = 0
-        self.start = 0  # samples of the epoch's shard to skip (a resumed epoch)
-
-    def _indices(self) -> torch.Tensor:
-        order = epoch_permutation(self.n, self.seed, self.epoch, shuffle=self.train)
-        return shard_indices(order, self.rank, self.world, even=self.train)
+    def __init__(self, owner: ShardedLoader):
+        self.owner = owner
 
     def __iter__(self):
-        return iter(self._indices()[self.start:].tolist())
+        return iter(self.owner.remaining().tolist())
 
     def __len__(self) -> int:
-        return max(0, len(self._indices()) - self.start)
+        return len(self.owner.remaining())
 
 
-class TorchLoader:
+class TorchLoader(ShardedLoader):
     """The standard DataLoader (worker processes, pinned memory) as the baseline users know."""
-
-    augments = False
-    note = None
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, train: bool, seed: int,
                  device: torch.device, rank: int = 0, world: int = 1, num_workers: int = 2,
                  max_steps: int | None = None, resized_crop=None):
+        super().__init__(len(labels), batch_size, train=train, seed=seed, rank=rank, world=world,
+                         max_steps=max_steps)
         self.device = device
-        self.max_steps = max_steps
-        self.batch_size, self.train = batch_size, train
-        self.start_batch = 0
-        self.sampler = _ShardSampler(len(labels), train=train, seed=seed, rank=rank, world=world)
         # data.image_size: each training sample is cropped in the workers with torchvision's transforms v2.
         self.crops = bool(train and resized_crop is not None)
-        if self.crops:
-            from visionlaunch.datasets.resized_crop import ResizedCropDataset
-            dataset = ResizedCropDataset(images, labels, resized_crop)
-        else:
-            dataset = _IndexedTensors(images, labels)
+        dataset = ResizedCropDataset(images, labels, resized_crop) if self.crops else _IndexedTensors(images, labels)
         # Its own generator: DataLoader draws a worker base seed per epoch, which must not advance the global RNG
         # (dropout uses it), or a resumed run would draw different dropout masks than an uninterrupted one.
         self.loader = DataLoader(
-            dataset, batch_size=batch_size, sampler=self.sampler, drop_last=train,
+            dataset, batch_size=batch_size, sampler=_RemainingSampler(self), drop_last=train,
             num_workers=num_workers, pin_memory=device.type == "cuda", persistent_workers=num_workers > 0,
             generator=torch.Generator().manual_seed(seed))
-
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        """Select the epoch's order; iteration then begins at batch `start_batch` (a resumed epoch)."""
-        self.sampler.epoch = epoch
-        self.start_batch = start_batch
-        self.sampler.start = start_batch * self.batch_size
-
-    def __len__(self) -> int:
-        n = len(self.sampler._indices())
-        steps = n // self.batch_size if self.train else math.ceil(n / self.batch_size)
-        return min(steps, self.max_steps) if self.max_steps else steps
 
     def __iter__(self):
         for step, (images, labels) in enumerate(self.loader, start=self.start_batch):
             if step >= len(self):
                 break
             yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
-
-
-def make_loader(kind: str, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, beton=None,
-                verify_beton: bool = True, augment=None, channels_last: bool = False, **kwargs):
-    """A loader backend by name. `beton` (the split's .beton file; `verify_beton=False` when the caller has just
-    checked it against its manifest), `augment` (an AugmentConfig) and `channels_last` are for the ffcv backend,
-    which augments in its own pipeline; the others ignore them. `resized_crop` (a ResizedCrop, training with
-    data.image_size) is made by the torch and ffcv loaders, and by the trainer's BatchPipeline for tensor."""
-    if kind == "tensor":
-        kwargs.pop("num_workers", None)
-        kwargs.pop("resized_crop", None)
-        return TensorLoader(images, labels, batch_size, **kwargs)
-    if kind == "torch":
-        return TorchLoader(images, labels, batch_size, **kwargs)
-    if kind == "ffcv":
-        from visionlaunch.ffcv_builders.loader import FfcvLoader
-        if beton is None:
-            raise ValueError("the ffcv loader needs the split's .beton file (beton=...)")
-        aug = {} if augment is None else dict(crop_padding=augment.crop_padding, flip=augment.flip,
-                                               cutout=augment.cutout)
-        if not kwargs.get("train"):
-            kwargs.pop("resized_crop", None)
-        loader = FfcvLoader(beton, batch_size, channels_last=channels_last, verify=verify_beton, **aug, **kwargs)
-        if loader.num_samples != len(labels):
-            raise ValueError(f"{beton} holds {loader.num_samples} samples, the split {len(labels)}")
-        return loader
-    raise ValueError(f"unknown loader {kind!r}")

@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from visionlaunch.datasets.download import download_with_torchvision
-from visionlaunch.datasets.fileio import md5_file, read_maybe_gzip
+from visionlaunch.datasets.files import download_with_torchvision, md5_file, read_maybe_gzip
 from visionlaunch.datasets.imageset import DatasetNotFound, ImageSet
 from visionlaunch.errors import VisionlaunchError
 

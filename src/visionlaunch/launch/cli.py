@@ -251,7 +251,7 @@ def _prepare_ffcv(args: argparse.Namespace, argv: list[str]) -> int:
                                                 ("data.name", args.dataset)) if value is not None]
     cfg = load_config(args.config, [*flags, *args.overrides])
     from visionlaunch.ffcv_builders.prepare import ensure_betons
-    from visionlaunch.ffcv_builders.requirements import require_ffcv
+    from visionlaunch.ffcv_builders import require_ffcv
     from visionlaunch.trainers.data import prepare_data
 
     require_ffcv("`visionlaunch prepare ffcv`")

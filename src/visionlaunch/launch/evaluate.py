@@ -149,7 +149,7 @@ def _built(ckpt: dict, in_shape, num_classes: int, path: Path) -> nn.Module:
 
 
 def _rebuild(run_dir: Path, which: str):
-    from visionlaunch.trainers.pipeline import BatchPipeline
+    from visionlaunch.datasets.augment import BatchPipeline
     from visionlaunch.trainers.trainer import make_accelerator
 
     cfg, ckpt, identity = load_run(run_dir, which)
@@ -187,7 +187,7 @@ def _check_same_task(path: Path, ckpt: dict, data) -> None:
 
 
 def evaluate_run(run_dir: Path, which: str = "last") -> int:
-    from visionlaunch.datasets.loaders import make_loader
+    from visionlaunch.trainers.data import make_loader
     from visionlaunch.trainers.losses import CrossEntropyLoss
     from visionlaunch.trainers.trainer import evaluate
 
@@ -272,7 +272,7 @@ def label_map(run: RunModel, classes: list[str], where: str):
 
 def evaluate_on_data(run_dir: Path, which: str = "last", overrides: list[str] = (), split: str = "test") -> int:
     from visionlaunch.datasets.conform import conform_batch, describe_conversion
-    from visionlaunch.datasets.loaders import make_loader
+    from visionlaunch.trainers.data import make_loader
     from visionlaunch.trainers.metrics import topk_correct
     from visionlaunch.trainers.trainer import make_accelerator
 

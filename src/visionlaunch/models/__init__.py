@@ -4,7 +4,7 @@ Every model exposes its final linear layer as ``.classifier`` and its input size
 """
 
 # Importing the model modules registers their builders.
-from visionlaunch.models import cnn, fcn, resnet, resnet9, wideresnet  # noqa: F401
+from visionlaunch.models import cnn, fcn, resnet, resnet9  # noqa: F401
 from visionlaunch.models.features import capture_features, layer_names
 from visionlaunch.models.registry import (
     build_model,

@@ -10,8 +10,8 @@ from annotated_types import MinLen
 from torch import nn
 
 from visionlaunch.errors import VisionlaunchError
-from visionlaunch.models.layers import ImageClassifier, init_weights, mlp_blocks
-from visionlaunch.models.registry import Probability, Width, register
+from visionlaunch.models.layers import ImageClassifier, Probability, Width, init_weights, mlp_blocks
+from visionlaunch.models.registry import register
 
 
 def conv_stage(in_channels: int, out_channels: int, convs: int, batch_norm: bool) -> nn.Sequential:
@@ -40,7 +40,7 @@ class CNN(ImageClassifier):
         hidden: list[int],
         dropout: float,
     ) -> None:
-        super().__init__("cnn", in_shape, num_classes, fixed_size=not global_pool)
+        super().__init__("cnn", in_shape, fixed_size=not global_pool)
         c, h, w = in_shape
         _check_pooling(channels, h, w)
         in_channels = [c, *channels[:-1]]

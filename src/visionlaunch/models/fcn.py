@@ -7,8 +7,8 @@ import math
 import torch
 from torch import nn
 
-from visionlaunch.models.layers import ImageClassifier, init_weights, mlp_blocks
-from visionlaunch.models.registry import Probability, Width, register
+from visionlaunch.models.layers import ImageClassifier, Probability, Width, init_weights, mlp_blocks
+from visionlaunch.models.registry import register
 
 
 class FCN(ImageClassifier):
@@ -21,7 +21,7 @@ class FCN(ImageClassifier):
         dropout: float,
         input_dropout: float,
     ) -> None:
-        super().__init__("fcn", in_shape, num_classes, fixed_size=True)
+        super().__init__("fcn", in_shape, fixed_size=True)
         # Dropout(0) is an identity; leaving it out keeps summaries and layer names honest.
         self.input_dropout = nn.Dropout(input_dropout) if input_dropout > 0 else nn.Identity()
         self.hidden = mlp_blocks(math.prod(in_shape), hidden, batch_norm, dropout)

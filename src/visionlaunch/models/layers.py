@@ -1,14 +1,23 @@
-"""Pieces shared by the hand-built models: the base class with the model contract, the MLP head, weight init."""
+"""Pieces shared by the models: the argument types of builders, the base class with the model contract, the MLP
+head, weight init."""
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Annotated
 
 import torch
+from annotated_types import Ge, Gt, Le, Lt
 from torch import nn
 
 from visionlaunch.errors import VisionlaunchError
+
+# Argument types of the builders; their constraints show up in help and error text ("int > 0").
+Width = Annotated[int, Gt(0)]
+Probability = Annotated[float, Ge(0.0), Lt(1.0)]
+BNMomentum = Annotated[float, Gt(0.0), Le(1.0)]
+BNEps = Annotated[float, Gt(0.0)]
 
 
 class ImageClassifier(nn.Module):
@@ -20,11 +29,10 @@ class ImageClassifier(nn.Module):
 
     classifier: nn.Linear
 
-    def __init__(self, arch: str, in_shape: tuple[int, int, int], num_classes: int, fixed_size: bool) -> None:
+    def __init__(self, arch: str, in_shape: tuple[int, int, int], fixed_size: bool) -> None:
         super().__init__()
         self.arch = arch
         self.in_shape = tuple(in_shape)
-        self.num_classes = num_classes
         self.fixed_size = fixed_size
 
     @property

@@ -1,8 +1,15 @@
-"""ResNet-18/34/50 and pre-activation ResNet-18 for 32x32 images: the CIFAR variant of the ImageNet nets.
+"""The residual nets, written for 32x32 inputs: ResNet-18/34/50 and pre-activation ResNet-18 (He et al.
+2016a/b) and wide ResNets WRN-d-k (Zagoruyko & Komodakis 2016), with the blocks they are made of.
 
-The stem is one 3x3 conv (stride 1) with no max-pool, so a 32x32 image is 32, 16, 8, 4 pixels wide in the four
-stages (He et al. 2016a used this stem on CIFAR in later work; it is the common "CIFAR ResNet-18", 11.2M
-parameters with 100 classes). Everything after the stem is torchvision's ResNet, layer for layer.
+ResNets: the stem is one 3x3 conv (stride 1) with no max-pool, so a 32x32 image is 32, 16, 8, 4 pixels wide in the
+four stages (He et al. 2016a used this stem on CIFAR in later work; it is the common "CIFAR ResNet-18", 11.2M
+parameters with 100 classes). Everything after the stem is torchvision's ResNet, layer for layer; parameter
+names follow torchvision's (conv1, bn1, ..., downsample.0/.1) so that state_dict shapes can be compared one to
+one with torchvision's models in the tests.
+
+Wide ResNets: depth d = 6n + 4: a 3x3 stem conv with 16 channels, three groups of n pre-activation blocks with
+16k, 32k and 64k channels (strides 1, 2, 2), dropout between the two convs of each block, then BN-ReLU, global
+average pooling and the classifier. WRN-28-10 has 36.5M parameters (the paper's Table), WRN-16-8 11.0M.
 """
 
 from __future__ import annotations
@@ -10,9 +17,121 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from visionlaunch.models.blocks import (BasicBlock, BNEps, BNMomentum, Bottleneck, PreActBlock, finish_init)
-from visionlaunch.models.layers import ImageClassifier, check_min_size, conv3x3
-from visionlaunch.models.registry import Width, register
+from visionlaunch.errors import VisionlaunchError
+from visionlaunch.models.layers import (BNEps, BNMomentum, ImageClassifier, Probability, Width, check_min_size,
+                                        conv3x3, init_weights, set_batch_norm)
+from visionlaunch.models.registry import register
+
+
+def projection(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
+    """The shortcut when the shape changes: 1x1 conv (strided) + BatchNorm (He et al.'s option B)."""
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                         nn.BatchNorm2d(out_channels))
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs with BatchNorm, ReLU after the addition (ResNet-18/34)."""
+
+    expansion = 1
+
+    def __init__(self, in_channels: int, channels: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = conv3x3(in_channels, channels, stride)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.conv2 = conv3x3(channels, channels)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.relu = nn.ReLU(inplace=True)
+        shape_changes = stride != 1 or in_channels != channels
+        self.downsample = projection(in_channels, channels, stride) if shape_changes else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + self.downsample(x))
+
+    def zero_init_residual(self) -> None:
+        # The block starts as the identity (Goyal et al. 2017): its last BatchNorm scale is zero.
+        nn.init.zeros_(self.bn2.weight)
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3 (carrying the stride, as torchvision's "v1.5"), 1x1 expand by 4 (ResNet-50)."""
+
+    expansion = 4
+
+    def __init__(self, in_channels: int, channels: int, stride: int = 1) -> None:
+        super().__init__()
+        out_channels = channels * self.expansion
+        self.conv1 = nn.Conv2d(in_channels, channels, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.conv2 = conv3x3(channels, channels, stride)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.conv3 = nn.Conv2d(channels, out_channels, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        shape_changes = stride != 1 or in_channels != out_channels
+        self.downsample = projection(in_channels, out_channels, stride) if shape_changes else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + self.downsample(x))
+
+    def zero_init_residual(self) -> None:
+        nn.init.zeros_(self.bn3.weight)
+
+
+class PreActBlock(nn.Module):
+    """Pre-activation block (He et al. 2016b): BN-ReLU-conv3x3 twice, nothing after the addition.
+
+    With ``dropout`` it is the wide-ResNet block (Zagoruyko & Komodakis 2016: dropout between the two convs).
+    When the shape changes, the 1x1 shortcut conv reads the pre-activated input, as in both papers' code.
+    """
+
+    expansion = 1
+
+    def __init__(self, in_channels: int, channels: int, stride: int = 1, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_channels)
+        self.conv1 = conv3x3(in_channels, channels, stride)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.conv2 = conv3x3(channels, channels)
+        self.relu = nn.ReLU()  # not in place: the pre-activated input also feeds the shortcut
+        self.shape_changes = stride != 1 or in_channels != channels
+        self.shortcut = (nn.Conv2d(in_channels, channels, 1, stride=stride, bias=False) if self.shape_changes
+                         else nn.Identity())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pre = self.relu(self.bn1(x))
+        skip = self.shortcut(pre) if self.shape_changes else x
+        out = self.conv1(pre)
+        out = self.conv2(self.dropout(self.relu(self.bn2(out))))
+        return out + skip
+
+    def zero_init_residual(self) -> None:
+        # No BatchNorm ends the residual branch here; a zero last conv makes the block the identity instead.
+        nn.init.zeros_(self.conv2.weight)
+
+
+def zero_init_residuals(model: nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, (BasicBlock, Bottleneck, PreActBlock)):
+            module.zero_init_residual()
+
+
+def finish_init(model: nn.Module, kaiming_init: bool, zero_init_residual: bool, bn_momentum: float,
+                bn_eps: float) -> None:
+    """The init and BatchNorm options every residual net offers, applied in one place."""
+    if kaiming_init:
+        init_weights(model)
+    if zero_init_residual:
+        zero_init_residuals(model)
+    set_batch_norm(model, bn_momentum, bn_eps)
+
+
+# --- ResNet-18/34/50 ------------------------------------------------------------------------------------------
 
 STAGE_STRIDES = (1, 2, 2, 2)
 
@@ -30,9 +149,8 @@ class ResNet(ImageClassifier):
     def __init__(self, arch: str, in_shape: tuple[int, int, int], num_classes: int, block: type[nn.Module],
                  blocks_per_stage: tuple[int, ...], width: int, pre_activation: bool = False) -> None:
         # Global average pooling: any image size with in_shape's channels works once it survives the strides.
-        super().__init__(arch, in_shape, num_classes, fixed_size=False)
+        super().__init__(arch, in_shape, fixed_size=False)
         check_min_size(arch, in_shape, len(STAGE_STRIDES) - 1)
-        self.pre_activation = pre_activation
         self.conv1 = conv3x3(in_shape[0], width)
         # Pre-activation nets normalise at the start of every block instead, and once more before pooling.
         self.bn1 = nn.Identity() if pre_activation else nn.BatchNorm2d(width)
@@ -87,3 +205,64 @@ _register("resnet50", Bottleneck, (3, 4, 6, 3), False,
           "ResNet-50 with a 3x3 stem and no max-pool: stages of 3, 4, 6, 3 bottleneck blocks (x4 expansion).")
 _register("preact_resnet18", PreActBlock, (2, 2, 2, 2), True,
           "Pre-activation ResNet-18 (He et al. 2016b, 'Identity mappings'): BN-ReLU before each conv.")
+
+
+# --- wide ResNets ---------------------------------------------------------------------------------------------
+
+GROUP_STRIDES = (1, 2, 2)
+
+
+def blocks_per_group(depth: int) -> int:
+    if depth < 10 or (depth - 4) % 6:
+        raise VisionlaunchError(
+            f"model 'wide_resnet': depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, 34, 40, ...), got {depth}. "
+            "Each of the 3 groups has n blocks of 2 convs, plus the stem conv, the shortcut convs and the classifier."
+        )
+    return (depth - 4) // 6
+
+
+class WideResNet(ImageClassifier):
+    def __init__(self, in_shape: tuple[int, int, int], num_classes: int, depth: int, widen_factor: int,
+                 dropout: float) -> None:
+        super().__init__(f"wrn{depth}_{widen_factor}", in_shape, fixed_size=False)
+        n = blocks_per_group(depth)
+        check_min_size(self.arch, in_shape, len(GROUP_STRIDES) - 1)
+        self.conv1 = conv3x3(in_shape[0], 16)
+        in_channels = 16
+        for i, stride in enumerate(GROUP_STRIDES):
+            channels = 16 * 2 ** i * widen_factor
+            blocks = [PreActBlock(in_channels if j == 0 else channels, channels, stride if j == 0 else 1, dropout)
+                      for j in range(n)]
+            self.add_module(f"group{i + 1}", nn.Sequential(*blocks))
+            in_channels = channels
+        self.final_bn = nn.BatchNorm2d(in_channels)
+        self.final_relu = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(in_channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        x = self.group3(self.group2(self.group1(self.conv1(x))))
+        x = self.pool(self.final_relu(self.final_bn(x))).flatten(1)
+        return self.classifier(x)
+
+
+@register("wide_resnet")
+def build_wide_resnet(
+    in_shape: tuple[int, int, int],
+    num_classes: int,
+    *,
+    depth: Width = 28,
+    widen_factor: Width = 10,
+    dropout: Probability = 0.0,
+    zero_init_residual: bool = False,
+    kaiming_init: bool = True,
+    bn_momentum: BNMomentum = 0.1,
+    bn_eps: BNEps = 1e-5,
+) -> WideResNet:
+    """WRN-depth-widen_factor: depth = 6n + 4 (e.g. 16, 28, 40), widths 16k/32k/64k, dropout between the convs of
+    each block (the paper uses 0.3 on CIFAR). zero_init_residual: each block's last conv starts at zero;
+    kaiming_init: He-normal convs (false: PyTorch defaults); bn_momentum, bn_eps: BatchNorm settings."""
+    model = WideResNet(in_shape, num_classes, depth, widen_factor, dropout)
+    finish_init(model, kaiming_init, zero_init_residual, bn_momentum, bn_eps)
+    return model

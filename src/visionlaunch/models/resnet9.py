@@ -15,9 +15,9 @@ import torch
 from annotated_types import Gt, Len
 from torch import nn
 
-from visionlaunch.models.blocks import BNEps, BNMomentum, finish_init
-from visionlaunch.models.layers import ImageClassifier, check_min_size, conv3x3
-from visionlaunch.models.registry import Width, register
+from visionlaunch.models.layers import BNEps, BNMomentum, ImageClassifier, Width, check_min_size, conv3x3
+from visionlaunch.models.registry import register
+from visionlaunch.models.resnet import finish_init
 
 
 def conv_bn(in_channels: int, out_channels: int, pool: bool) -> nn.Sequential:
@@ -43,7 +43,7 @@ class Residual(nn.Module):
 
 class ResNet9(ImageClassifier):
     def __init__(self, in_shape: tuple[int, int, int], num_classes: int, widths: list[int], logit_scale: float):
-        super().__init__("resnet9", in_shape, num_classes, fixed_size=False)
+        super().__init__("resnet9", in_shape, fixed_size=False)
         check_min_size("resnet9", in_shape, 3)
         w0, w1, w2, w3 = widths
         self.prep = conv_bn(in_shape[0], w0, pool=False)

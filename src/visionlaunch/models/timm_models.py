@@ -3,7 +3,7 @@ channel and class count, with random weights (``model.weights=PATH`` loads a loc
 
 The timm network becomes ``.backbone`` with its own head removed (timm's ``num_classes=0``: it returns the pooled
 pre-logits features, after timm's own head dropout), and a fresh ``nn.Linear`` becomes ``.classifier``. That keeps
-the registry contract (``classifier``, ``feature_dim``, "penultimate" = the pre-logits features) for every
+the model contract (``classifier``, ``feature_dim``, "penultimate" = the pre-logits features) for every
 architecture, whatever timm calls its head (``fc``, ``head``, ``head.fc``, ``classifier``).
 
 Nothing is ever downloaded: this launcher runs where no model hub can be reached, and a run must be reproducible
@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+from collections.abc import Callable
 from functools import lru_cache
 
 import torch
 from torch import nn
 
 from visionlaunch.errors import VisionlaunchError
-from visionlaunch.models.registry import Builder, Probability
+from visionlaunch.models.layers import Probability
 
 PREFIX = "timm/"
 _HUB_PREFIXES = ("hf-hub:", "hf_hub:", "local-dir:")
@@ -123,7 +124,7 @@ def _feature_dim(name: str, backbone: nn.Module, in_shape: tuple[int, int, int])
     return int(out.shape[1])
 
 
-def builder_for(name: str) -> Builder:
+def builder_for(name: str) -> Callable[..., nn.Module]:
     """The registry builder for ``timm/<architecture>``; its keyword arguments are the model.args it accepts."""
     arch = architecture(name)
 

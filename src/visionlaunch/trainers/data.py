@@ -1,5 +1,5 @@
 """From the data section of the config to train/val/test tensors, normalisation constants and a note that
-says plainly which data the run used."""
+says plainly which data the run used; and the choice of loader backend (tensor, torch or ffcv) that feeds them."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from visionlaunch.datasets.mixed_size import center_crop
 from visionlaunch.datasets import (DatasetNotFound, ImageSet, default_cache_dir, load_dataset, normalization_stats,
                                    resolve_data_root, train_val_split)
 from visionlaunch.datasets.cifar import unofficial_note
+from visionlaunch.datasets.loaders import TensorLoader, TorchLoader, epoch_steps
 from visionlaunch.datasets.split import class_coverage_warning, stratified_subset
 
 
@@ -79,3 +80,38 @@ def prepare_data(cfg: DataConfig, log=print, progress: bool = True) -> DataBundl
             f"classes; source: {train.source}" + ("; not the official files (md5), content checked"
                                                    if train.unofficial or test.unofficial else ""))
     return DataBundle(train=train, val=val, test=test, mean=mean, std=std, note=note, name=name)
+
+
+def train_steps_per_epoch(n: int, micro_batch: int, grad_accum: int, world: int, limit: int | None) -> int:
+    """Optimizer steps in a training epoch of `n` samples: whole ones only (each takes `grad_accum` micro-batches
+    of `micro_batch` per rank), at most `limit` (train.max_steps_per_epoch)."""
+    steps = epoch_steps(n, micro_batch, train=True, world=world) // grad_accum
+    return min(steps, limit) if limit else steps
+
+
+def make_loader(kind: str, images, labels, batch_size: int, *, beton=None, verify_beton: bool = True, augment=None,
+                channels_last: bool = False, **kwargs):
+    """A loader backend by name, over uint8 images and int64 labels. `max_steps` is the epoch's step budget.
+    `beton` (the split's .beton file; `verify_beton=False` when the caller has just checked it against its
+    manifest), `augment` (an AugmentConfig) and `channels_last` are for the ffcv backend, which augments in its
+    own pipeline; the others ignore them. `resized_crop` (a ResizedCrop, training with data.image_size) is made
+    by the torch and ffcv loaders, and by the batch pipeline for tensor."""
+    if kind == "tensor":
+        kwargs.pop("num_workers", None)
+        kwargs.pop("resized_crop", None)
+        return TensorLoader(images, labels, batch_size, **kwargs)
+    if kind == "torch":
+        return TorchLoader(images, labels, batch_size, **kwargs)
+    if kind == "ffcv":
+        from visionlaunch.ffcv_builders.loader import FfcvLoader
+        if beton is None:
+            raise ValueError("the ffcv loader needs the split's .beton file (beton=...)")
+        aug = {} if augment is None else dict(crop_padding=augment.crop_padding, flip=augment.flip,
+                                               cutout=augment.cutout)
+        if not kwargs.get("train"):
+            kwargs.pop("resized_crop", None)
+        loader = FfcvLoader(beton, batch_size, channels_last=channels_last, verify=verify_beton, **aug, **kwargs)
+        if loader.num_samples != len(labels):
+            raise ValueError(f"{beton} holds {loader.num_samples} samples, the split {len(labels)}")
+        return loader
+    raise ValueError(f"unknown loader {kind!r}")

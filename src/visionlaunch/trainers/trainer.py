@@ -38,9 +38,8 @@ from visionlaunch import __version__
 from visionlaunch import runfolder as rf
 from visionlaunch.atomic import atomic_torch_save, atomic_write_text
 from visionlaunch.config import RunConfig
-from visionlaunch.datasets.loaders import make_loader
 from visionlaunch.errors import VisionlaunchError, describe_os_error
-from visionlaunch.ffcv_builders.requirements import require_ffcv
+from visionlaunch.ffcv_builders import require_ffcv
 from visionlaunch.models import build_model
 from visionlaunch.models.weights import load_weights
 from visionlaunch.datasets.resized_crop import ResizedCrop
@@ -50,7 +49,7 @@ from visionlaunch.progress import progress_bar
 from visionlaunch.trainers import checkpoint as ckpt
 from visionlaunch.reports.html import write_report
 from visionlaunch.trainers.artefacts import make_figures
-from visionlaunch.trainers.data import DataBundle, prepare_data
+from visionlaunch.trainers.data import DataBundle, make_loader, prepare_data, train_steps_per_epoch
 from visionlaunch.trainers.determinism import set_deterministic
 from visionlaunch.trainers.distributed import (any_rank, broadcast_from_main, check_world_size, mean_over_ranks,
                                                peer_lost)
@@ -58,7 +57,7 @@ from visionlaunch.trainers.early_stop import EarlyStopping
 from visionlaunch.trainers.ema import ModelEMA
 from visionlaunch.trainers.losses import CrossEntropyLoss
 from visionlaunch.trainers.metrics import topk_correct
-from visionlaunch.trainers.pipeline import BatchPipeline
+from visionlaunch.datasets.augment import BatchPipeline
 from visionlaunch.trainers.preemption import Preempted, PreemptionWatcher
 from visionlaunch.trainers.runlock import RunLock
 from visionlaunch.trainers.schedules import build_optimizer, build_scheduler
@@ -256,18 +255,17 @@ class Trainer:
         crop = ResizedCrop(cfg.data.image_size, tuple(cfg.augment.crop_scale)) if cfg.data.image_size else None
         # _ffcv_files has just hashed every file against its manifest on the main process: not again there.
         loader_args["verify_beton"] = not self.is_main
-        self.train_loader = make_loader(cfg.data.loader, self.data.train.images, self.data.train.labels,
-                                        self.micro_batch, train=True, beton=betons.get("train"), augment=cfg.augment,
-                                        channels_last=cfg.train.channels_last, resized_crop=crop, **loader_args)
         # An epoch is a whole number of optimizer steps; max_steps_per_epoch counts optimizer steps.
-        self.steps_per_epoch = len(self.train_loader) // cfg.train.grad_accum
-        if cfg.train.max_steps_per_epoch:
-            self.steps_per_epoch = min(self.steps_per_epoch, cfg.train.max_steps_per_epoch)
-        self.train_loader.max_steps = self.steps_per_epoch * cfg.train.grad_accum
+        self.steps_per_epoch = train_steps_per_epoch(len(self.data.train), self.micro_batch, cfg.train.grad_accum,
+                                                     acc.num_processes, cfg.train.max_steps_per_epoch)
         if self.steps_per_epoch == 0:
             raise VisionlaunchError(
                 f"no training step fits in an epoch: {len(self.data.train)} training images cannot fill one batch "
                 f"of {cfg.train.batch_size}. Lower train.batch_size or use more data.")
+        self.train_loader = make_loader(cfg.data.loader, self.data.train.images, self.data.train.labels,
+                                        self.micro_batch, train=True, beton=betons.get("train"), augment=cfg.augment,
+                                        channels_last=cfg.train.channels_last, resized_crop=crop,
+                                        max_steps=self.steps_per_epoch * cfg.train.grad_accum, **loader_args)
         eval_batch = max(1, cfg.train.eval_batch_size // acc.num_processes)
         self.eval_loaders = {
             split: make_loader(cfg.data.loader, ds.images, ds.labels, eval_batch, train=False, beton=betons.get(split),
