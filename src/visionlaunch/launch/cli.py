@@ -186,8 +186,10 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
 
     if args.command == "train":
         cfg = load_config(args.config, args.overrides)  # before torch is imported: config errors come at once
-        from visionlaunch.trainers.trainer import train
-        train(cfg, preset=_preset_name(args.config), argv=argv, verbose=args.verbose)
+        from visionlaunch.reports.artefacts import after_training
+        from visionlaunch.trainers.trainer import training
+        with training(cfg, preset=_preset_name(args.config), argv=argv, verbose=args.verbose) as trainer:
+            after_training(trainer, trainer.fit())  # figures and report, under the trainer's signal handlers
         return 0
     if args.command == "evaluate" and (args.data or args.split):
         from visionlaunch.launch.evaluate_data import evaluate_on_data

@@ -13,12 +13,13 @@ from visionlaunch.config import load_config
 from visionlaunch.datasets.loaders import make_loader
 from visionlaunch.errors import VisionlaunchError, describe_load_failure
 from visionlaunch.models import build_model
-from visionlaunch.trainers.artefacts import make_figures
+from visionlaunch.reports.artefacts import make_figures
 from visionlaunch.trainers.data import prepare_data
+from visionlaunch.trainers.distributed import make_accelerator
+from visionlaunch.trainers.evaluation import evaluate
 from visionlaunch.trainers.losses import CrossEntropyLoss
 from visionlaunch.trainers.pipeline import BatchPipeline
 from visionlaunch.trainers.rundir import read_run_identity
-from visionlaunch.trainers.trainer import evaluate, make_accelerator
 
 
 def _log(message: str) -> None:

@@ -74,8 +74,8 @@ def evaluate_on_data(run_dir: Path, which: str = "last", overrides: list[str] = 
     from visionlaunch.datasets.conform import conform_batch, describe_conversion
     from visionlaunch.datasets.loaders import make_loader
     from visionlaunch.trainers.data import prepare_data
-    from visionlaunch.trainers.metrics import topk_correct
-    from visionlaunch.trainers.trainer import make_accelerator
+    from visionlaunch.trainers.evaluation import topk_correct
+    from visionlaunch.trainers.distributed import make_accelerator
 
     if split not in SPLITS:
         raise VisionlaunchError(f"--split {split!r}: choose one of {', '.join(SPLITS)}.")

@@ -64,7 +64,7 @@ def batch_logits(run: RunModel, images: torch.Tensor, device: torch.device, auto
     """float32 logits of a uint8 NCHW batch of the run's input shape: normalised with the run's constants, with the
     run's test-time augmentation (the mirror image, when it trained with train.tta_flip)."""
     from visionlaunch.datasets import normalize
-    from visionlaunch.trainers.tta import tta_logits
+    from visionlaunch.trainers.evaluation import tta_logits
 
     with torch.no_grad(), autocast():
         logits = tta_logits(run.model, normalize(images.to(device), run.mean, run.std), run.tta_flip)

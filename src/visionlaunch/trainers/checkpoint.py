@@ -3,8 +3,8 @@
 A checkpoint is Accelerate's `save_state` (model, optimizer, fp16 scaler, every rank's RNG states) plus:
   trainer_state.pt      learning-rate scheduler and EMA (main process; identical on every rank)
   rank_state_<i>.pt     per rank: the augmentation generator and the epoch's running totals
-  visionlaunch.json     where training stood (epoch, batch, step, best, metrics.jsonl length), the config and
-                        the process count; written last, so its presence marks a complete checkpoint
+  visionlaunch.json     the TrainState (where training stood), the metrics.jsonl length, the config and the
+                        process count; written last, so its presence marks a complete checkpoint
 Everything is written into `.tmp-step-N/` and renamed when complete, so a process killed at any moment leaves
 the previous checkpoints intact and the torn folder is ignored (and cleaned up by the next save). The run folder
 must be on a filesystem every rank can see (the usual shared filesystem on a cluster).
@@ -14,9 +14,10 @@ Every file loads with `weights_only=True` (Accelerate's RNG files included), the
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -30,9 +31,63 @@ META = "visionlaunch.json"
 TRAINER_STATE = "trainer_state.pt"
 FORMAT = 1
 _NAME = re.compile(r"^step-(\d{8,})$")
-# Where training stood: what a resumed run reads from visionlaunch.json.
+# What a resumed run needs from visionlaunch.json (results and early_stop default to empty).
 META_KEYS = ("step", "epoch", "step_in_epoch", "best", "ema_best", "elapsed", "skipped_steps", "metrics_bytes",
              "world_size", "config")
+
+
+@dataclass
+class EarlyStop:
+    """Early stopping's counters: training ends when the validation metric (train.early_stop_metric) has not
+    improved for train.early_stop_patience epochs in a row. Saved in every checkpoint, so a resumed run counts on
+    from where the interrupted one stood and a run that stopped early stays stopped."""
+
+    best: float | None = None
+    best_epoch: int | None = None
+    bad_epochs: int = 0
+    stopped_epoch: int | None = None
+
+    @property
+    def stopped(self) -> bool:
+        return self.stopped_epoch is not None
+
+    def update(self, results: dict, epoch: int, patience: int, metric: str) -> bool:
+        """Record epoch `epoch`'s results (1-based); True when training should stop after it."""
+        split, key = metric.split("_", 1)  # "val_acc" -> results["val"]["acc"]
+        if not patience or split not in results:
+            return False
+        value = results[split][key]
+        improved = self.best is None or (value > self.best if key == "acc" else value < self.best)
+        if improved and math.isfinite(value):
+            self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
+        else:
+            self.bad_epochs += 1
+        if self.bad_epochs >= patience:
+            self.stopped_epoch = epoch
+        return self.stopped
+
+
+@dataclass
+class TrainState:
+    """Where training stands, and exactly what every checkpoint's visionlaunch.json records of it. The position
+    (epoch, step_in_epoch) is where a resumed run starts: after epoch e (0-based) it is (e + 1, 0); after k optimizer
+    steps of epoch e, (e, k)."""
+
+    step: int = 0  # optimizer steps done, over all epochs
+    epoch: int = 0
+    step_in_epoch: int = 0
+    best: dict = field(default_factory=lambda: {"val_acc": -1.0})  # best val accuracy, its epoch and test accuracy
+    ema_best: float = -1.0  # best val accuracy of the EMA weights
+    elapsed: float = 0.0  # seconds of training, all sessions together
+    skipped_steps: int = 0  # optimizer steps the fp16 loss scaler skipped
+    results: dict = field(default_factory=dict)  # the finished epoch's results, at an epoch's end
+    early_stop: EarlyStop = field(default_factory=EarlyStop)
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> TrainState:
+        state = cls(**{f.name: meta[f.name] for f in fields(cls) if f.name in meta})
+        state.early_stop = EarlyStop(**(meta.get("early_stop") or {}))
+        return state
 
 
 
@@ -196,9 +251,10 @@ class CheckpointWriter:
     def __init__(self, accelerator: Accelerator, root: Path, keep: int):
         self.accelerator, self.root, self.keep = accelerator, Path(root), keep
 
-    def save(self, step: int, meta: dict, trainer_state: dict, rank_state: dict) -> Path:
+    def save(self, state: TrainState, meta: dict, trainer_state: dict, rank_state: dict) -> Path:
+        """`meta`: what visionlaunch.json records beside the state (config, process count, ...)."""
         acc = self.accelerator
-        final = self.root / f"step-{step:08d}"
+        final = self.root / f"step-{state.step:08d}"
         tmp = self.root / f".tmp-{final.name}"
         if acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -217,7 +273,7 @@ class CheckpointWriter:
         acc.wait_for_everyone()
         if acc.is_main_process:
             try:
-                atomic_write_text(tmp / META, json.dumps({"format": FORMAT, **meta}, indent=1))
+                atomic_write_text(tmp / META, json.dumps({"format": FORMAT, **asdict(state), **meta}, indent=1))
             except OSError as exc:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise self._write_failed(final, exc) from exc
