@@ -59,6 +59,24 @@ def make_accelerator(cfg: RunConfig, *, training: bool = False) -> Accelerator:
     return Accelerator(mixed_precision=cfg.train.precision, cpu=cfg.train.device == "cpu", **kwargs)
 
 
+def start_processes(cfg: RunConfig) -> Accelerator:
+    """The run's Accelerator, once the launch and the process layout are known to fit the config."""
+    set_deterministic(cfg.train.deterministic)  # before the Accelerator touches CUDA (cuBLAS workspace)
+    acc = make_accelerator(cfg, training=True)
+    check_world_size(acc)
+    if cfg.train.precision == "fp16" and acc.device.type == "cpu":
+        raise VisionlaunchError(
+            "train.precision=fp16 needs a GPU: on the CPU Accelerate would silently train in fp32 (it has no fp16 "
+            "autocast or loss scaling there). Use train.precision=bf16 (CPU autocast) or no.")
+    world, accum = acc.num_processes, cfg.train.grad_accum
+    if cfg.train.batch_size % (world * accum):
+        raise VisionlaunchError(
+            f"train.batch_size={cfg.train.batch_size} is the global batch of one optimizer step and must divide "
+            f"evenly into {world} process(es) x train.grad_accum={accum} micro-batches. Choose a multiple of "
+            f"{world * accum}, or change train.grad_accum.")
+    return acc
+
+
 def _env_int(name: str) -> int | None:
     try:
         return int(os.environ[name])

@@ -80,3 +80,12 @@ def predict(model, images: torch.Tensor, pipeline, device, batch_size: int = 100
         batch = images[i:i + batch_size].to(device)
         preds.append(tta_logits(model, pipeline.eval(batch), tta_flip).argmax(1).cpu())
     return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
+
+
+def epoch_line(epoch: int, epochs: int, results: dict, elapsed: float) -> str:
+    """The log line of a finished epoch (counted from 1)."""
+    parts = [f"epoch {epoch:>3}/{epochs}"]
+    parts += [f"{split} loss {results[split]['loss']:.4f} acc {100 * results[split]['acc']:6.2f}%"
+              for split in ("train", "val", "test", "test_ema") if split in results]
+    parts += [f"{results['train']['images_per_s']:,.0f} img/s", f"{elapsed:,.0f} s"]
+    return " | ".join(parts)
