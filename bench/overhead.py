@@ -87,7 +87,7 @@ def make_config(setup: str, steps: int, epochs: int, device: str, extra: list[st
 
 def trainer_rates(cfg, data, out_dir: Path, name: str) -> list[float]:
     """Images/s of each training epoch, as the real trainer records them."""
-    from visionlaunch.trainers.metrics import read_metrics
+    from visionlaunch.runfolder import read_metrics
     from visionlaunch.trainers.trainer import Trainer
 
     cfg = cfg.model_copy(deep=True)

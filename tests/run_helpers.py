@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from visionlaunch.trainers.metrics import read_metrics
+from visionlaunch.runfolder import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_PY = REPO / "train.py"

@@ -21,7 +21,7 @@ from visionlaunch.config import load_config
 from visionlaunch.errors import VisionlaunchError
 from visionlaunch.launch.cli import main
 from visionlaunch.reports.figures import mean_curve
-from visionlaunch.trainers.metrics import read_metrics
+from visionlaunch.runfolder import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 FCN = str(REPO / "configs" / "mnist_fcn.yaml")

@@ -24,7 +24,7 @@ from visionlaunch.datasets import load_dataset, normalize
 from visionlaunch.datasets.split import stratified_subset
 from visionlaunch.launch.cli import main
 from visionlaunch.models import build_model
-from visionlaunch.trainers.metrics import read_metrics
+from visionlaunch.runfolder import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 N_TEST = 300  # the run's test split is a stratified sample of N_TEST MNIST test images; the same are written as PNGs

@@ -23,8 +23,8 @@ from visionlaunch.errors import VisionlaunchError
 from visionlaunch.launch.cli import main
 from visionlaunch.reports.html import WIDE_FIGURE_PX
 from visionlaunch.reports.predictions import load_predictions
+from visionlaunch.runfolder import read_metrics
 from visionlaunch.trainers.data import prepare_data
-from visionlaunch.trainers.metrics import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"

@@ -12,7 +12,7 @@ from visionlaunch.config import AugmentConfig, load_config
 from visionlaunch.datasets.loaders import TensorLoader
 from visionlaunch.errors import VisionlaunchError
 from visionlaunch.launch.cli import main
-from visionlaunch.trainers.metrics import read_metrics
+from visionlaunch.runfolder import read_metrics
 from visionlaunch.trainers.pipeline import BatchPipeline
 
 pytestmark = pytest.mark.timeout(600)

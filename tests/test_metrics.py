@@ -2,8 +2,8 @@
 
 import torch
 
+from visionlaunch.runfolder import MetricsWriter, read_metrics
 from visionlaunch.trainers.evaluation import topk_correct
-from visionlaunch.trainers.metrics import MetricsWriter, read_metrics
 
 
 def test_writer_and_reader_round_trip_and_skip_a_torn_last_line(tmp_path):

@@ -16,7 +16,7 @@ from tests.conftest import require_ffcv, require_shared_data
 from visionlaunch.datasets.mixed_size import decode_squares, stored_size
 from visionlaunch.datasets.resized_crop import ResizedCrop, ResizedCropDataset, draw_boxes
 from visionlaunch.launch.cli import main
-from visionlaunch.trainers.metrics import read_metrics
+from visionlaunch.runfolder import read_metrics
 
 PRESET = Path(__file__).resolve().parents[1] / "configs" / "imagefolder_timm.yaml"
 CLASSES = ("airplane", "automobile", "ship")

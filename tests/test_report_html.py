@@ -23,8 +23,7 @@ from tests.conftest import SHARED_DATA, isolate_environment, require_shared_data
 from visionlaunch.errors import VisionlaunchError
 from visionlaunch.launch.cli import main
 from visionlaunch.reports import write_report
-from visionlaunch.reports.analysis import epoch_rows, find_restarts, flatten, headline
-from visionlaunch.reports.runfolder import read_run
+from visionlaunch.reports.analysis import epoch_rows, find_restarts, flatten, headline, read_run
 
 REPO = Path(__file__).resolve().parents[1]
 # Small but real: 1,200 MNIST training images (200 held out for validation), 400 test images, a narrow CNN.

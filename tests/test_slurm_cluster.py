@@ -20,8 +20,8 @@ from tests.run_helpers import (DETERMINISTIC, FAULT_TRAIN_PY, FCN, assert_same_r
                                require_mnist, run, train_args, two_process_launcher)
 from tests.slurm_helpers import cancel, job_info, require_cluster, wait_for_job
 from visionlaunch.launch.cli import main
+from visionlaunch.runfolder import PREEMPTED
 from visionlaunch.slurm.jobs import RECORDS, read_records
-from visionlaunch.trainers.preemption import MARKER
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -109,7 +109,7 @@ def test_preempted_job_requeues_resumes_and_ends_with_the_same_weights(ctx, job_
     assert "USR2 received" in log and "stopped by SIGUSR2 after step" in log
     assert f"requeueing job {job} (requeue 1 of at most 5)" in log
     assert f"job {job} attempt 2" in log and "resuming from" in log
-    assert not (run_dir / MARKER).exists()  # cleared by the resumed run
+    assert not (run_dir / PREEMPTED).exists()  # cleared by the resumed run
     resumed = (run_dir / "run.yaml").read_text()
     assert resumed.count("from: ") == 1
     # Bitwise the same run as the uninterrupted two-node job.
@@ -129,7 +129,7 @@ def test_requeue_cap_then_submit_resume_continues_the_run(ctx, job_env, capsys):
     log = _log(run_dir, job)
     assert info["JobState"] == "FAILED" and info["ExitCode"] == "75:0" and info["Restarts"] == "0", f"{info}\n{log}"
     assert "already requeued 0 time(s) (the cap)" in log
-    marker = json.loads((run_dir / MARKER).read_text())
+    marker = json.loads((run_dir / PREEMPTED).read_text())
     assert marker["signal"] == "SIGUSR2" and marker["slurm_job_id"] == job
 
     job2 = _submit(capsys, "--resume", str(run_dir))

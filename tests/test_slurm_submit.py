@@ -12,9 +12,10 @@ import pytest
 
 from tests.run_helpers import FCN, records, train_args
 from visionlaunch.launch.cli import main
+from visionlaunch.runfolder import PREEMPTED
 from visionlaunch.slurm.jobs import RECORDS, format_statuses, job_statuses, record_submission
 from visionlaunch.trainers import losses
-from visionlaunch.trainers.preemption import MARKER, PREEMPTED_EXIT_CODE
+from visionlaunch.trainers.preemption import PREEMPTED_EXIT_CODE
 
 TINY = ["train.epochs=1", "data.train_subset=600", "data.test_subset=200", "data.val_size=100",
         "model.args={hidden: [16]}", "train.progress=false", "report.figures=false", "train.batch_size=50"]
@@ -154,13 +155,13 @@ def test_preemption_leaves_a_marker_that_the_resumed_run_clears(tmp_path, shared
     args = train_args(shared_data, tmp_path, "m", "train.resume=auto", "model.args={hidden: [16]}",
                       "train.batch_size=50")
     assert main(["train", *args]) == PREEMPTED_EXIT_CODE
-    marker = json.loads((tmp_path / "m" / MARKER).read_text())
+    marker = json.loads((tmp_path / "m" / PREEMPTED).read_text())
     assert marker["signal"] == "SIGUSR2" and marker["step"] == 4 and marker["slurm_job_id"] == "4242"
     assert marker["checkpoint"] == str(tmp_path / "m" / "checkpoints" / "step-00000004")
 
     monkeypatch.setattr(losses.CrossEntropyLoss, "forward", forward)
     assert main(["train", *args]) == 0
-    assert not (tmp_path / "m" / MARKER).exists()
+    assert not (tmp_path / "m" / PREEMPTED).exists()
 
 
 def test_squeue_ids_are_matched_to_recorded_jobs_and_array_tasks():

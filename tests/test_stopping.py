@@ -11,10 +11,10 @@ import pytest
 from tests.run_helpers import REPO
 from visionlaunch.launch.cli import main
 from visionlaunch.reports import artefacts
+from visionlaunch.runfolder import read_metrics
 from visionlaunch.trainers import losses
 from visionlaunch.trainers import trainer as trainer_module
 from visionlaunch.trainers.checkpoint import complete_checkpoints
-from visionlaunch.trainers.metrics import read_metrics
 
 TINY = ["--config", str(REPO / "configs" / "mnist_fcn.yaml"), "data.name=mnist_sample", "data.train_subset=600",
         "data.test_subset=100", "data.val_size=100", "train.batch_size=50", "train.progress=false",

@@ -11,7 +11,7 @@ import pytest
 
 from tests.run_helpers import train_args
 from visionlaunch.launch.cli import main
-from visionlaunch.trainers.metrics import read_metrics
+from visionlaunch.runfolder import read_metrics
 
 
 def _csv_rows(path: Path) -> list[dict]:

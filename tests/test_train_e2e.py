@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from visionlaunch.launch.cli import main
-from visionlaunch.trainers.metrics import read_metrics
+from visionlaunch.runfolder import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"

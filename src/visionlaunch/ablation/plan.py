@@ -29,7 +29,7 @@ import yaml
 
 from visionlaunch.config import RunConfig, load_config, load_yaml, parse_override
 from visionlaunch.errors import VisionlaunchError
-from visionlaunch.trainers.rundir import enclosing_run_folder
+from visionlaunch.runfolder import enclosing_run_folder
 
 FILE_KEYS = ("name", "description", "base", "overrides", "grid", "variants", "seeds", "output_dir")
 VARIANT_KEYS = ("name", "label", "overrides")

@@ -21,10 +21,10 @@ import yaml
 
 from visionlaunch.atomic import atomic_write_text
 from visionlaunch.errors import VisionlaunchError
-from visionlaunch.reports.analysis import final_record, flatten, number
+from visionlaunch.reports.analysis import flatten, number
 from visionlaunch.reports.figures import epoch_series, plot_ablation_curves
 from visionlaunch.reports.stamp import Stamp
-from visionlaunch.trainers.metrics import read_metrics
+from visionlaunch.runfolder import CONFIG, IDENTITY, METRICS, final_record, read_metrics
 
 from .plan import Ablation, Variant
 
@@ -108,15 +108,15 @@ def read_result(variant: Variant) -> RunResult:
     why = f"exit {code}: {exit_record.get('last_line') or 'no output'}" if failed else ""
     if not run.is_dir():
         return RunResult(variant, "failed" if failed else "not run", exit_code=code if failed else None, message=why)
-    records = read_metrics(run / "metrics.jsonl")
+    records = read_metrics(run / METRICS)
     final = final_record(records)
-    saved = _read_yaml(run / "config.yaml")
+    saved = _read_yaml(run / CONFIG)
     if final is not None:
         differences = config_differences(variant, saved) if saved else ["config.yaml is missing"]
         if differences:
             return RunResult(variant, "stale", records=records,
                              message="a finished run of another config (" + "; ".join(differences[:3]) + ")")
-        params = _read_yaml(run / "run.yaml").get("parameters")
+        params = _read_yaml(run / IDENTITY).get("parameters")
         return RunResult(variant, "ok", final_test_acc=number(final.get("test_acc")),
                          best_test_acc=best_test_accuracy(records), ema_test_acc=number(final.get("test_ema_acc")),
                          time_s=number(final.get("time")),
@@ -250,7 +250,7 @@ def render_csv(ablation: Ablation, rows: list[SettingRow]) -> str:
 def _stamp(ablation: Ablation, rows: list[SettingRow]) -> Stamp:
     ident = ""
     for r in (r for row in rows for r in row.ok):
-        ident = str(_read_yaml(r.variant.run_dir / "run.yaml").get("ident") or "")
+        ident = str(_read_yaml(r.variant.run_dir / IDENTITY).get("ident") or "")
         if ident:
             break
     return Stamp.today(ident=ident, run_name=f"ablation {ablation.name}")

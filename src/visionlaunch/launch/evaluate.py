@@ -14,12 +14,12 @@ from visionlaunch.datasets.loaders import make_loader
 from visionlaunch.errors import VisionlaunchError, describe_load_failure
 from visionlaunch.models import build_model
 from visionlaunch.reports.artefacts import make_figures
+from visionlaunch.runfolder import CONFIG, WEIGHTS, read_run_identity, weights_file
 from visionlaunch.trainers.data import prepare_data
 from visionlaunch.trainers.distributed import make_accelerator
 from visionlaunch.trainers.evaluation import evaluate
 from visionlaunch.trainers.losses import CrossEntropyLoss
 from visionlaunch.trainers.pipeline import BatchPipeline
-from visionlaunch.trainers.rundir import read_run_identity
 
 
 def _log(message: str) -> None:
@@ -28,9 +28,9 @@ def _log(message: str) -> None:
 
 def load_run(run_dir: Path, which: str = "last"):
     run_dir = Path(run_dir)
-    config_path, weights_path = run_dir / "config.yaml", run_dir / "weights" / f"{which}.pt"
+    config_path, weights_path = run_dir / CONFIG, weights_file(run_dir, which)
     if config_path.is_file() and not weights_path.is_file():
-        present = sorted(p.stem for p in (run_dir / "weights").glob("*.pt"))
+        present = sorted(p.stem for p in (run_dir / WEIGHTS).glob("*.pt"))
         raise VisionlaunchError(
             f"{run_dir} has no weights/{which}.pt"
             + (f" (it has {', '.join(present)}: choose one with --weights)" if present else
@@ -79,13 +79,13 @@ def _rebuild(run_dir: Path, which: str):
     cfg, ckpt, identity = load_run(run_dir, which)
     accelerator = make_accelerator(cfg)
     data = prepare_data(cfg.data, log=_log)
-    _check_same_task(run_dir / "weights" / f"{which}.pt", ckpt, data)
+    _check_same_task(weights_file(run_dir, which), ckpt, data)
     model = build_model(ckpt["model_name"], data.in_shape, len(data.classes), ckpt["model_args"])
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:  # missing, unexpected or differently shaped tensors
         raise VisionlaunchError(
-            f"the weights in {run_dir / 'weights' / f'{which}.pt'} do not fit model {ckpt['model_name']!r} "
+            f"the weights in {weights_file(run_dir, which)} do not fit model {ckpt['model_name']!r} "
             f"({' '.join(str(exc).split())[:300]}); the file was edited or belongs to another run. Use the weights "
             "written by `visionlaunch train` for this run folder.") from None
     # As the trainer evaluated it: the same memory layout, input dtype and mixed-precision forward (autocast,

@@ -24,7 +24,7 @@ from visionlaunch import __version__
 from visionlaunch.atomic import atomic_write, atomic_write_text
 from visionlaunch.errors import VisionlaunchError
 from visionlaunch.launch.runmodel import RunModel, load_run_model
-from visionlaunch.trainers.rundir import check_not_run_file
+from visionlaunch.runfolder import check_not_run_file
 
 FORMATS = ("torchscript", "onnx", "safetensors")
 SUFFIX = {"torchscript": ".torchscript.pt", "onnx": ".onnx", "safetensors": ".safetensors"}

@@ -32,7 +32,7 @@ from visionlaunch.atomic import atomic_write_text
 from visionlaunch.datasets.conform import conform_image
 from visionlaunch.errors import VisionlaunchError
 from visionlaunch.launch.runmodel import RunModel, batch_logits, load_run_model
-from visionlaunch.trainers.rundir import check_not_run_file
+from visionlaunch.runfolder import check_not_run_file
 
 ZIP_SUFFIXES = (".zip",)
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")

@@ -14,6 +14,7 @@ from visionlaunch.config import RunConfig
 from visionlaunch.errors import VisionlaunchError
 from visionlaunch.launch.evaluate import load_run
 from visionlaunch.models import build_model
+from visionlaunch.runfolder import weights_file
 
 WEIGHTS = ("last", "best", "ema_last", "ema_best")
 
@@ -44,7 +45,7 @@ def load_run_model(run_dir: Path, which: str = "last") -> RunModel:
     missing = [k for k in ("model", "model_name", "model_args", "in_shape", "classes") if k not in ckpt]
     if missing:
         raise VisionlaunchError(
-            f"{Path(run_dir) / 'weights' / f'{which}.pt'} lacks {', '.join(missing)}: it was not written by "
+            f"{weights_file(run_dir, which)} lacks {', '.join(missing)}: it was not written by "
             "`visionlaunch train`. Pass a run folder that training wrote.")
     in_shape = tuple(int(d) for d in ckpt["in_shape"])
     classes = [str(c) for c in ckpt["classes"]]

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from visionlaunch import runfolder as rf
 from visionlaunch.config import RunConfig
 from visionlaunch.models.features import capture_features
 from visionlaunch.reports import Stamp, plot_confusion, plot_curves, plot_predictions, plot_tsne, save_predictions
 from visionlaunch.reports.html import write_report
 from visionlaunch.trainers.evaluation import predict
-from visionlaunch.trainers.metrics import read_metrics
 
 
 @torch.no_grad()
@@ -28,12 +28,12 @@ def layer_features(model, images: torch.Tensor, layer: str, pipeline, device, ba
 
 def make_figures(run_dir: Path, model, data, pipeline, cfg: RunConfig, identity: dict, device) -> list[Path]:
     run_dir = Path(run_dir)
-    out = run_dir / "figures"
+    out = run_dir / rf.FIGURES
     out.mkdir(exist_ok=True)
     stamp = Stamp(ident=identity["ident"], date=identity["date"], run_name=identity["name"])
     test = data.test
     groups = dict(superclasses=test.superclasses, superclass_of=test.superclass_of)  # CIFAR-100's; else None
-    paths = list(plot_curves(read_metrics(run_dir / "metrics.jsonl"), out, stamp))
+    paths = list(plot_curves(rf.read_metrics(run_dir / rf.METRICS), out, stamp))
 
     preds = predict(model, test.images, pipeline, device, tta_flip=cfg.train.tta_flip)  # as the test accuracy
     paths.append(plot_confusion(test.labels.numpy(), preds.numpy(), test.classes, out / "confusion.png", stamp,
@@ -62,7 +62,7 @@ def after_training(trainer, final: dict) -> None:
         trainer.log("drawing figures (curves, t-SNE, predictions, confusion matrix) ...")
         figures = make_figures(run_path, trainer.raw_model, trainer.data, trainer.pipeline, trainer.cfg,
                                trainer.identity, device=trainer.accelerator.device)
-    trainer.tracker.log_files(figures, run_path / "summary.txt", final["steps"])
+    trainer.tracker.log_files(figures, run_path / rf.SUMMARY, final["steps"])
     trainer.tracker.log_final(final, final["steps"])
     if is_main:
         trainer.log(f"report: {write_report(run_path)}")

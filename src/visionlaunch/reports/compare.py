@@ -14,14 +14,12 @@ from pathlib import Path
 from visionlaunch.atomic import atomic_write_text
 from visionlaunch.config import shapes_trajectory
 from visionlaunch.errors import VisionlaunchError
-from visionlaunch.trainers.rundir import enclosing_run_folder
+from visionlaunch.runfolder import CONFIG, IDENTITY, METRICS, REPORT, enclosing_run_folder
 
 from . import page
-from .analysis import Headline, flatten, headline
+from .analysis import Headline, RunFolder, flatten, headline, read_run
 from .figures import plot_comparison
-from .html import REPORT_FILE
 from .page import Html, esc
-from .runfolder import RunFolder, read_run
 from .stamp import Stamp
 
 COMPARISON_FILE = "compare.html"
@@ -31,7 +29,7 @@ IGNORED_KEYS = frozenset({"output.name", "output.dir", "output.overwrite"})
 # (BatchNorm statistics and random draws are per process): shown beside the config keys, from run.yaml.
 PROCESSES_KEY = "processes"
 _ABSENT = object()  # a key one run's config has and another's lacks (different versions)
-_NOTES_SHOWN = ("run.yaml", "config.yaml", "metrics.jsonl")  # figures do not matter to a comparison
+_NOTES_SHOWN = (IDENTITY, CONFIG, METRICS)  # figures do not matter to a comparison
 
 
 @dataclass(frozen=True)
@@ -228,7 +226,7 @@ def _status(r: ComparedRun) -> str:
 
 
 def _run_link(r: ComparedRun, out: Path) -> Html | str:
-    report = r.folder.path / REPORT_FILE
+    report = r.folder.path / REPORT
     if not report.is_file():
         return r.label
     href = Path(os.path.relpath(report.resolve(), out.resolve().parent)).as_posix()

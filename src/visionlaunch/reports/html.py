@@ -14,16 +14,14 @@ import numpy as np
 
 from visionlaunch.atomic import atomic_write_text
 from visionlaunch.errors import VisionlaunchError
-from visionlaunch.trainers.rundir import RUN_FILES, holds_run_files
+from visionlaunch.runfolder import CONFIG, REPORT, RUN_FILES, holds_run_files
 
 from . import page
-from .analysis import Headline, epoch_rows, final_record, find_restarts, headline, number
+from .analysis import Headline, RunFolder, epoch_rows, final_record, find_restarts, headline, number, read_run
 from .figures import MAX_LEGEND_CLASSES, most_confused_pairs, plot_curves
 from .page import Html, esc
-from .runfolder import RunFolder, read_run
 from .stamp import Stamp
 
-REPORT_FILE = "report.html"
 WIDE_FIGURE_PX = 1400  # wider figures get the page's full width at their own size
 
 _IDENTITY = (  # run.yaml key -> label, in the order a reader wants them
@@ -41,16 +39,16 @@ def write_report(run_dir: Path, *, pdf: bool = False) -> Path:
     if not holds_run_files(run.path):  # report.html would land in (and replace a file of) some other folder
         raise VisionlaunchError(
             f"{run.path} is not a run folder: it holds none of a run's files ({', '.join(RUN_FILES)}), so "
-            f"there is nothing to report and {REPORT_FILE} is not written there. Pass the folder that "
+            f"there is nothing to report and {REPORT} is not written there. Pass the folder that "
             "`visionlaunch train` printed (runs/<name>).")
-    out = run.path / REPORT_FILE
+    out = run.path / REPORT
     atomic_write_text(out, render_report(run))
     if pdf:
         from .pdf import export_pdf
 
         # The printed copy opens the collapsed config and summary, which a PDF reader cannot click open.
         with tempfile.TemporaryDirectory(prefix="visionlaunch-report-") as tmp:
-            printable = Path(tmp) / REPORT_FILE
+            printable = Path(tmp) / REPORT
             printable.write_text(render_report(run, expand=True))
             export_pdf(printable, out.with_suffix(".pdf"))
     return out
@@ -350,6 +348,6 @@ def _model(run: RunFolder, expand: bool) -> str:
 def _config(run: RunFolder, expand: bool) -> str:
     if run.config_text is None:
         return ""
-    rerun = f"visionlaunch train --config {run.path / 'config.yaml'} output.name={run.name}-again"
+    rerun = f"visionlaunch train --config {run.path / CONFIG} output.name={run.name}-again"
     body = page.details("config.yaml (the resolved configuration)", page.pre(run.config_text), expand=expand)
     return page.section("config", "Configuration", body, lead=Html(f"Rerun it with <code>{esc(rerun)}</code>"))

@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from visionlaunch.atomic import atomic_write
-
-PREDICTIONS_FILE = "predictions.npz"
+from visionlaunch.runfolder import PREDICTIONS
 
 
 @dataclass(frozen=True)
@@ -76,7 +75,7 @@ def save_predictions(run_dir: Path, labels, preds, classes: list[str], grid=None
         arrays["grid"] = g.astype(np.int64)
     if groups is not None:
         arrays["superclasses"], arrays["superclass_of"] = np.array(superclasses, dtype=str), groups
-    path = Path(run_dir) / PREDICTIONS_FILE
+    path = Path(run_dir) / PREDICTIONS
     with atomic_write(path) as tmp, open(tmp, "wb") as fh:  # a file object: np.savez would append ".npz" to a name
         np.savez_compressed(fh, **arrays)
     return path
@@ -84,7 +83,7 @@ def save_predictions(run_dir: Path, labels, preds, classes: list[str], grid=None
 
 def load_predictions(run_dir: Path) -> Predictions:
     """Read run_dir/predictions.npz; raises FileNotFoundError if absent and ValueError if it is unreadable."""
-    path = Path(run_dir) / PREDICTIONS_FILE
+    path = Path(run_dir) / PREDICTIONS
     try:
         with np.load(path, allow_pickle=False) as npz:
             labels, preds, classes = npz["labels"], npz["preds"], [str(c) for c in npz["classes"]]

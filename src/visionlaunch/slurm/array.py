@@ -17,9 +17,10 @@ from pathlib import Path
 
 from visionlaunch.atomic import atomic_write_text
 from visionlaunch.errors import VisionlaunchError
+from visionlaunch.runfolder import JOB_DIR, JOB_SCRIPT
 from visionlaunch.slurm.jobs import record_submission
 from visionlaunch.slurm.render import Job, SlurmOptions, fill_template, job_name_for, render_script, sbatch_lines
-from visionlaunch.slurm.submit import SCRIPT_NAME, SLURM_DIR, highest_missing, require_sbatch, sbatch
+from visionlaunch.slurm.submit import highest_missing, require_sbatch, sbatch
 
 
 @dataclass
@@ -68,8 +69,8 @@ def submit_array(opts: SlurmOptions, jobs: list[Job], array_dir: Path, name: str
     if not jobs:
         raise VisionlaunchError("no runs to submit: the job array would be empty.")
     title = title or f"{len(jobs)} runs"
-    slurm_dir = Path(array_dir) / SLURM_DIR
-    scripts = [job.run_dir / SLURM_DIR / SCRIPT_NAME for job in jobs]
+    slurm_dir = Path(array_dir) / JOB_DIR
+    scripts = [job.run_dir / JOB_DIR / JOB_SCRIPT for job in jobs]
     texts = [render_script(opts, job) for job in jobs]  # every script checked before anything is written
     array_text = render_array(opts, scripts, name, title, slurm_dir, max_parallel)
     after_text = (render_after(opts, after_command, f"{name}-after", f"after the array of {title}", slurm_dir,

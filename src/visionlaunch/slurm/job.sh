@@ -24,7 +24,7 @@ PROCS_PER_NODE={{procs_per_node}}
 USE_CPU={{use_cpu}}
 MAX_REQUEUES={{max_requeues}}
 PREEMPTED_EXIT_CODE={{preempted_exit_code}}
-MARKER="$RUN_DIR/preempted.json"
+MARKER="$RUN_DIR/{{preempted_marker}}"
 
 set -o pipefail
 cd "$WORKDIR" || exit 2

@@ -15,6 +15,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from visionlaunch import runfolder as rf
 from visionlaunch.atomic import atomic_write_text
 
 RECORDS = ".slurm_jobs.jsonl"
@@ -110,27 +111,19 @@ def squeue_states(job_ids: list[str]) -> dict[str, str] | None:
 
 def run_folder_state(run_dir: Path) -> str:
     """What the run folder says, whatever SLURM remembers."""
-    from visionlaunch.reports.analysis import final_record
-    from visionlaunch.trainers.checkpoint import complete_checkpoints
-    from visionlaunch.trainers.metrics import read_metrics
-    from visionlaunch.trainers.preemption import MARKER
-
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         return "run folder missing"
     if (run_dir / "table.md").is_file():  # the folder of an ablation: its follow-up job writes the table
         return "ablation table written"
-    records = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else []
-    final = final_record(records)
-    if final is not None:
-        acc = final.get("test_acc")
+    state = rf.folder_state(run_dir)
+    if state is rf.FolderState.FINISHED:
+        acc = rf.final_record(rf.read_metrics(run_dir / rf.METRICS)).get("test_acc")
         return "finished" + (f", test acc {100 * acc:.2f}%" if isinstance(acc, (int, float)) else "")
-    checkpoints = complete_checkpoints(run_dir / "checkpoints")
+    checkpoints = rf.complete_checkpoints(run_dir / rf.CHECKPOINTS)
     last = f"checkpoint {checkpoints[-1].name}" if checkpoints else "no checkpoint"
-    if (run_dir / MARKER).is_file():
-        return f"preempted, {last}"
-    if (run_dir / "run.yaml").is_file():
-        return f"started, {last}"
+    if state in (rf.FolderState.STARTED, rf.FolderState.PREEMPTED):
+        return f"{state.value}, {last}"
     return "not started"
 
 

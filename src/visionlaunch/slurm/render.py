@@ -17,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 
 from visionlaunch.errors import VisionlaunchError
+from visionlaunch.runfolder import PREEMPTED, job_log
 from visionlaunch.trainers.preemption import PREEMPTED_EXIT_CODE
 
 TEMPLATE = "job.sh"
@@ -123,7 +124,7 @@ class Job:
 
     @property
     def log_pattern(self) -> Path:
-        return self.run_dir / "slurm" / "%j.out"
+        return job_log(self.run_dir, "%j")
 
 
 def job_name_for(name: str) -> str:
@@ -168,6 +169,7 @@ def render_script(opts: SlurmOptions, job: Job, now: dt.datetime | None = None) 
         "procs_per_node": str(opts.procs_per_node),
         "use_cpu": "1" if job.use_cpu else "0",
         "preempted_exit_code": str(PREEMPTED_EXIT_CODE),
+        "preempted_marker": PREEMPTED,
     }
     return fill_template(TEMPLATE, values)
 

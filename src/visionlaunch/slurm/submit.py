@@ -16,11 +16,10 @@ from pathlib import Path
 
 from visionlaunch.atomic import atomic_write_text
 from visionlaunch.errors import VisionlaunchError
+from visionlaunch.runfolder import CONFIG, JOB_DIR, JOB_SCRIPT, default_run_name, job_log
 from visionlaunch.slurm.jobs import record_submission
 from visionlaunch.slurm.render import Job, SlurmOptions, render_script
 
-SLURM_DIR = "slurm"          # runs/<name>/slurm/: job.sh and the job's logs (<job id>.out)
-SCRIPT_NAME = "job.sh"
 SBATCH_TIMEOUT_S = 120
 
 
@@ -54,7 +53,6 @@ def plan_job(opts: SlurmOptions, train_argv: list[str], *, python: str | None = 
     finds its folder) and train.resume=auto, and describe the job. Nothing is written. `allow_existing`: the run
     folder may exist (an unfinished run that the job continues)."""
     from visionlaunch.config import load_config
-    from visionlaunch.trainers.rundir import default_run_name
 
     opts.validate()
     if not train_argv:
@@ -147,8 +145,8 @@ def submit(opts: SlurmOptions, job: Job, *, dry_run: bool = False, out=None) -> 
         out.write(script_text)
         return None
     require_sbatch()
-    slurm_dir = job.run_dir / SLURM_DIR
-    script = slurm_dir / SCRIPT_NAME
+    slurm_dir = job.run_dir / JOB_DIR
+    script = slurm_dir / JOB_SCRIPT
     created = highest_missing(slurm_dir)  # removed again if the job is refused
     try:
         try:
@@ -169,16 +167,16 @@ def resubmit(run_dir: Path, *, out=None) -> Submitted:
     """Submit a run's own job.sh again (after it was cancelled, failed, or ran out of requeues)."""
     out = out or sys.stdout
     run_dir = Path(run_dir).expanduser().resolve()
-    script = run_dir / SLURM_DIR / SCRIPT_NAME
+    script = run_dir / JOB_DIR / JOB_SCRIPT
     if not run_dir.is_dir():
         raise VisionlaunchError(
             f"--resume {run_dir}: there is no such run folder. Give the folder of a run that was submitted with "
             "`visionlaunch submit` (runs/<name>; `visionlaunch jobs` lists them), or submit a new run.")
     if not script.is_file():
         raise VisionlaunchError(
-            f"--resume {run_dir}: the folder has no {SLURM_DIR}/{SCRIPT_NAME}, so it was not submitted by "
+            f"--resume {run_dir}: the folder has no {JOB_DIR}/{JOB_SCRIPT}, so it was not submitted by "
             "`visionlaunch submit`. Submit it as a new job with the same output.name: `visionlaunch submit ... -- "
-            f"--config {run_dir / 'config.yaml'} output.dir={run_dir.parent} output.name={run_dir.name}`.")
+            f"--config {run_dir / CONFIG} output.dir={run_dir.parent} output.name={run_dir.name}`.")
     require_sbatch()
     job_id = sbatch(script, run_dir)
     return _recorded(job_id, run_dir, script, None, None, out)
@@ -186,7 +184,7 @@ def resubmit(run_dir: Path, *, out=None) -> Submitted:
 
 def _recorded(job_id: str, run_dir: Path, script: Path, processes: int | None, nodes: int | None,
               out) -> Submitted:
-    log = run_dir / SLURM_DIR / f"{job_id}.out"
+    log = job_log(run_dir, job_id)
     try:
         record_submission(run_dir.parent, {"job_id": job_id, "run_dir": str(run_dir), "script": str(script),
                                            "log": str(log), "nodes": nodes, "processes": processes})

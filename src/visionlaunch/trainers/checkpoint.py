@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-import re
 import shutil
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -28,12 +27,13 @@ from visionlaunch import __version__
 from visionlaunch.atomic import as_os_error, atomic_torch_save, atomic_write_text, is_write_failure
 from visionlaunch.config import shapes_trajectory
 from visionlaunch.errors import VisionlaunchError, describe_load_failure, describe_os_error
+from visionlaunch.runfolder import CHECKPOINT_DONE as META
+from visionlaunch.runfolder import (CHECKPOINTS, TORN_CHECKPOINTS, checkpoint_name, checkpoint_step,
+                                    complete_checkpoints, weights_file)
 from visionlaunch.trainers.distributed import any_rank
 
-META = "visionlaunch.json"
 TRAINER_STATE = "trainer_state.pt"
 FORMAT = 1
-_NAME = re.compile(r"^step-(\d{8,})$")
 # What a resumed run needs from visionlaunch.json (results and early_stop default to empty).
 META_KEYS = ("step", "epoch", "step_in_epoch", "best", "ema_best", "elapsed", "skipped_steps", "metrics_bytes",
              "world_size", "config")
@@ -113,20 +113,6 @@ class TrainState:
 
 def rank_state_name(rank: int) -> str:
     return f"rank_state_{rank}.pt"
-
-
-def checkpoint_step(path: Path) -> int | None:
-    m = _NAME.match(Path(path).name)
-    return int(m.group(1)) if m else None
-
-
-def complete_checkpoints(root: Path) -> list[Path]:
-    """Complete checkpoint folders under `root`, oldest first (torn `.tmp-*` folders are never listed)."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    found = [p for p in root.iterdir() if p.is_dir() and checkpoint_step(p) is not None and (p / META).is_file()]
-    return sorted(found, key=checkpoint_step)
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
@@ -240,7 +226,7 @@ def plan_resume(resume: str, default_run_path: Path) -> ResumePlan:
     if resume == "none":
         return ResumePlan(default_run_path, None, None)
     if resume == "auto":
-        found = complete_checkpoints(default_run_path / "checkpoints")
+        found = complete_checkpoints(default_run_path / CHECKPOINTS)
         if not found:
             return ResumePlan(default_run_path, None, None)
         skipped = []
@@ -255,11 +241,11 @@ def plan_resume(resume: str, default_run_path: Path) -> ResumePlan:
             f"train.resume=auto: no checkpoint of {default_run_path} can be resumed from: {'; '.join(skipped)}. "
             "Restore one, or start the run again with train.resume=none and output.overwrite=true.")
     path = Path(resume).expanduser()
-    if checkpoint_step(path) is None and (path / "checkpoints").is_dir():
-        found = complete_checkpoints(path / "checkpoints")
+    if checkpoint_step(path) is None and (path / CHECKPOINTS).is_dir():
+        found = complete_checkpoints(path / CHECKPOINTS)
         if not found:
             raise VisionlaunchError(
-                f"train.resume={resume}: the run folder has no complete checkpoint under {path / 'checkpoints'}. "
+                f"train.resume={resume}: the run folder has no complete checkpoint under {path / CHECKPOINTS}. "
                 "Start it again with train.resume=none and output.overwrite=true.")
         path = found[-1]
     if not path.is_dir() or checkpoint_step(path) is None:
@@ -283,7 +269,7 @@ class CheckpointWriter:
                 "metrics_bytes": metrics_bytes, "world_size": acc.num_processes, "model": cfg.model.name,
                 "config": cfg.model_dump(mode="json"), "visionlaunch": __version__,
                 "written": dt.datetime.now().isoformat(timespec="seconds")}
-        final = self.root / f"step-{state.step:08d}"
+        final = self.root / checkpoint_name(state.step)
         tmp = self.root / f".tmp-{final.name}"
         if acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -333,12 +319,13 @@ class CheckpointWriter:
     def _prune(self) -> None:
         for old in complete_checkpoints(self.root)[:-self.keep]:
             shutil.rmtree(old, ignore_errors=True)
-        for torn in self.root.glob(".tmp-step-*"):  # left by a process killed while writing
+        for torn in self.root.glob(TORN_CHECKPOINTS):
             shutil.rmtree(torn, ignore_errors=True)
 
 
 def save_weights(path: Path, model_state: dict, epoch: int, results: dict, cfg, data) -> None:
-    """weights/<which>.pt: the model's tensors with what `evaluate`, `predict` and `export` need to rebuild it."""
+    """A weights file (runfolder.weights_file): the model's tensors with what `evaluate`, `predict` and `export`
+    need to rebuild it."""
     state = {k: v.detach().cpu() for k, v in model_state.items()}
     try:
         atomic_torch_save({"model": state, "epoch": epoch, "results": results, "model_name": cfg.model.name,
@@ -352,7 +339,7 @@ def save_weights(path: Path, model_state: dict, epoch: int, results: dict, cfg, 
 
 def what_was_saved(run_path: Path) -> str:
     """What a run that stops on bad numbers leaves to go back to: only files that exist are named."""
-    weights, found = run_path / "weights" / "last.pt", complete_checkpoints(run_path / "checkpoints")
+    weights, found = weights_file(run_path, "last"), complete_checkpoints(run_path / CHECKPOINTS)
     kept = ([f"the last finished epoch's weights are in {weights}"] if weights.is_file() else []) + \
         ([f"the checkpoint {found[-1]} holds the last good state"] if found else [])
     if not kept:

@@ -11,19 +11,13 @@ a signal then stops the main process at once, saying that only the figures and t
 
 from __future__ import annotations
 
-import datetime as dt
-import json
-import os
 import signal
 import sys
 import threading
-from pathlib import Path
 
 # 75 = EX_TEMPFAIL in sysexits.h: "temporary failure, the user is invited to retry". The one place it is defined.
+# The main process also leaves a marker in the run folder (visionlaunch.runfolder.write_preempted).
 PREEMPTED_EXIT_CODE = 75
-# Left in the run folder by the main process of a preempted run. Launchers hide the workers' exit status
-# (`accelerate launch` reports 1 when they exit 75), so a batch script looks for this file instead.
-MARKER = "preempted.json"
 
 
 class Preempted(Exception):
@@ -92,15 +86,3 @@ class PreemptionWatcher:
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)
         self._previous.clear()
-
-
-def write_marker(run_path: Path, exc: Preempted) -> None:
-    """Record in the run folder that this run stopped on request with a complete checkpoint."""
-    from visionlaunch.atomic import atomic_write_text
-    atomic_write_text(Path(run_path) / MARKER, json.dumps({
-        "signal": exc.signal_name, "step": exc.step, "checkpoint": str(exc.checkpoint),
-        "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "at": dt.datetime.now().isoformat(timespec="seconds")}) + "\n")
-
-
-def clear_marker(run_path: Path) -> None:
-    (Path(run_path) / MARKER).unlink(missing_ok=True)

@@ -15,20 +15,12 @@ import contextlib
 import datetime as dt
 import errno
 import fcntl
-import hashlib
 import os
 import platform
 from pathlib import Path
 
 from visionlaunch.errors import VisionlaunchError
-
-
-def lock_path(run_dir: Path) -> Path:
-    run_dir = Path(run_dir)
-    name = f".{run_dir.name}.lock"
-    if len(name.encode()) > 255:  # a run name near the file-name limit: a fixed-length name instead
-        name = f".{hashlib.sha1(run_dir.name.encode()).hexdigest()}.lock"
-    return run_dir.parent / name
+from visionlaunch.runfolder import lock_path
 
 
 class RunLock:

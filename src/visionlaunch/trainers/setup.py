@@ -17,6 +17,7 @@ import yaml
 from accelerate.utils import set_seed
 
 from visionlaunch import __version__
+from visionlaunch import runfolder as rf
 from visionlaunch.atomic import atomic_write_text
 from visionlaunch.config import RunConfig
 from visionlaunch.datasets.loaders import make_loader
@@ -30,10 +31,7 @@ from visionlaunch.models.weights import load_weights
 from visionlaunch.trainers import checkpoint as ckpt
 from visionlaunch.trainers.data import DataBundle, prepare_data
 from visionlaunch.trainers.distributed import broadcast_from_main
-from visionlaunch.trainers.metrics import read_metrics
 from visionlaunch.trainers.pipeline import BatchPipeline
-from visionlaunch.trainers.rundir import (check_output_dir, default_run_name, only_job_files, read_run_identity,
-                                          run_skeleton)
 from visionlaunch.trainers.runlock import RunLock
 from visionlaunch.trainers.trackers import new_run_id
 
@@ -94,11 +92,16 @@ def read_data(cfg: RunConfig, data: DataBundle | None, log, progress: bool) -> t
     return data, cfg
 
 
+# A run folder that was started but never finished (killed before its first checkpoint), or one that only holds
+# the batch job that is about to start it (runs/<name>/slurm/, written by `visionlaunch submit`).
+UNFINISHED = (rf.FolderState.EMPTY, rf.FolderState.JOB_ONLY, rf.FolderState.STARTED, rf.FolderState.PREEMPTED)
+
+
 def plan_start(cfg: RunConfig, preset: str | None, log) -> tuple[ckpt.ResumePlan, bool, RunLock]:
     """Main process: lock the run folder, then decide where training starts. Returns the plan, whether an existing
     folder is to be replaced (output.overwrite, or restarting an unfinished run) and the lock, held until the run
     ends: no other process may train into the folder, resume from it or replace it meanwhile."""
-    run_path = Path(cfg.output.dir).expanduser() / (cfg.output.name or default_run_name(preset))
+    run_path = Path(cfg.output.dir).expanduser() / (cfg.output.name or rf.default_run_name(preset))
     lock = RunLock(ckpt.plan_resume(cfg.train.resume, run_path).run_path).acquire(log=log)
     try:
         plan = ckpt.plan_resume(cfg.train.resume, run_path)  # again: the folder may have changed meanwhile
@@ -106,23 +109,15 @@ def plan_start(cfg: RunConfig, preset: str | None, log) -> tuple[ckpt.ResumePlan
             log(plan.note)
         if plan.checkpoint is not None:
             return plan, False, lock
-        restart = cfg.train.resume == "auto" and _unfinished_run(run_path)
-        if restart and not only_job_files(run_path):
+        state = rf.folder_state(run_path)
+        restart = cfg.train.resume == "auto" and state in UNFINISHED
+        if restart and state is not rf.FolderState.JOB_ONLY:
             log(f"no complete checkpoint in {run_path}: starting that run again")
-        check_output_dir(run_path.parent, run_path.name, cfg.output.overwrite or restart)
+        rf.check_output_dir(run_path.parent, run_path.name, cfg.output.overwrite or restart)
         return plan, cfg.output.overwrite or restart, lock
     except BaseException:
         lock.release()
         raise
-
-
-def _unfinished_run(path: Path) -> bool:
-    """A run folder that was started but never finished (killed before its first checkpoint), or one that only
-    holds the batch job that is about to start it (runs/<name>/slurm/, written by `visionlaunch submit`)."""
-    if only_job_files(path) or run_skeleton(path):  # killed before it wrote run.yaml
-        return True
-    return (path / "run.yaml").is_file() and not any(r.get("kind") == "final"
-                                                     for r in read_metrics(path / "metrics.jsonl"))
 
 
 def model_for(cfg: RunConfig, data: DataBundle, accelerator) -> torch.nn.Module:
@@ -183,10 +178,10 @@ def write_run_files(run_path: Path, cfg: RunConfig, data: DataBundle, model: tor
     the identity."""
     saved = cfg.model_copy(deep=True)
     saved.train.resume = "none"  # config.yaml reruns the experiment from scratch
-    atomic_write_text(run_path / "config.yaml", saved.to_yaml())
+    atomic_write_text(run_path / rf.CONFIG, saved.to_yaml())
     params = count_parameters(model)
-    atomic_write_text(run_path / "summary.txt", f"{cfg.model.name} on {data.in_shape}: {params:,} trainable "
-                                                f"parameters\n\n{summary}\n")
+    atomic_write_text(run_path / rf.SUMMARY, f"{cfg.model.name} on {data.in_shape}: {params:,} trainable "
+                                             f"parameters\n\n{summary}\n")
     now, command = dt.datetime.now().isoformat(timespec="seconds"), shlex.join(argv)
     identity = {
         "name": run_path.name, "ident": cfg.resolved_ident(), "date": dt.date.today().isoformat(), "started": now,
@@ -195,12 +190,12 @@ def write_run_files(run_path: Path, cfg: RunConfig, data: DataBundle, model: tor
         "processes": accelerator.num_processes, "precision": cfg.train.precision, "parameters": params,
         "data": data.note, "tracker_run_id": new_run_id(),
     }
-    previous = read_run_identity(run_path) if resumed_from is not None else {}
+    previous = rf.read_run_identity(run_path) if resumed_from is not None else {}
     if previous:  # a resumed run keeps its identity (date on the figures, W&B run) and lists its sessions
         identity.update({k: previous[k] for k in ("ident", "date", "started", "tracker_run_id") if k in previous})
         identity["resumed"] = [*previous.get("resumed", []), {"at": now, "from": str(resumed_from),
                                                               "command": command}]
-    atomic_write_text(run_path / "run.yaml", yaml.safe_dump(identity, sort_keys=False))
+    atomic_write_text(run_path / rf.IDENTITY, yaml.safe_dump(identity, sort_keys=False))
     return identity
 
 

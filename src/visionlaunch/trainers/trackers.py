@@ -23,6 +23,7 @@ from urllib.parse import urlparse
 
 from accelerate.tracking import GeneralTracker
 
+from visionlaunch import runfolder as rf
 from visionlaunch.atomic import atomic_write
 from visionlaunch.config import TrackerConfig
 from visionlaunch.errors import VisionlaunchError
@@ -175,9 +176,9 @@ class RunTracker:
             if "tensorboard" in names:
                 from accelerate.tracking import TensorBoardTracker
                 kwargs = {"purge_step": resume_step + 1} if resume_step is not None else {}
-                accelerator.log_with.append(TensorBoardTracker(run_name, run_path / "tensorboard", **kwargs))
+                accelerator.log_with.append(TensorBoardTracker(run_name, run_path / rf.TENSORBOARD, **kwargs))
             if "csv" in names:
-                accelerator.log_with.append(CsvTracker(run_path / "metrics.csv", resume_step))
+                accelerator.log_with.append(CsvTracker(run_path / rf.METRICS_CSV, resume_step))
         # A collective-free call: Accelerate runs it on the main process only.
         accelerator.init_trackers(cfg.project, init_kwargs=init_kwargs)
         if not self.enabled:

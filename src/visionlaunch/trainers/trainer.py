@@ -30,7 +30,7 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from visionlaunch import __version__
-from visionlaunch.atomic import atomic_write_text
+from visionlaunch import runfolder as rf
 from visionlaunch.config import RunConfig
 from visionlaunch.errors import VisionlaunchError
 from visionlaunch.models.summary import count_parameters, model_summary
@@ -42,9 +42,7 @@ from visionlaunch.trainers.distributed import any_rank, mean_over_ranks, peer_lo
 from visionlaunch.trainers.ema import ModelEMA
 from visionlaunch.trainers.evaluation import Totals, epoch_line, evaluate
 from visionlaunch.trainers.losses import CrossEntropyLoss
-from visionlaunch.trainers.metrics import MetricsWriter
-from visionlaunch.trainers.preemption import Preempted, PreemptionWatcher, clear_marker, write_marker
-from visionlaunch.trainers.rundir import RunDirectory
+from visionlaunch.trainers.preemption import Preempted, PreemptionWatcher
 from visionlaunch.trainers.runlock import RunLock
 from visionlaunch.trainers.schedules import build_optimizer, build_scheduler
 from visionlaunch.trainers.setup import decide_for_every_rank, loaders_for, model_for, write_run_files
@@ -87,8 +85,8 @@ class Trainer:
             self.summary = model_summary(self.model, self.data.in_shape)
             # Everything validated: now the run folder may exist. Set-up failures after this remove it again (a
             # resumed run's folder is never removed).
-            self.run_dir = (RunDirectory.existing(self.run_path) if self.resuming else
-                            RunDirectory(self.run_path, decided.replace)) if self.is_main else None
+            self.run_dir = (rf.RunDirectory.existing(self.run_path) if self.resuming else
+                            rf.RunDirectory(self.run_path, decided.replace)) if self.is_main else None
             try:
                 self._build_loaders(decided.betons)
                 self._build_optimization()
@@ -114,7 +112,7 @@ class Trainer:
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
             if isinstance(exc, Preempted) and self.is_main:
-                write_marker(self.run_path, exc)
+                rf.write_preempted(self.run_path, exc.signal_name, exc.step, exc.checkpoint)
             elif exc is None:  # the other ranks wait while the main process draws figures and writes the report
                 self.accelerator.wait_for_everyone()
         finally:
@@ -134,7 +132,7 @@ class Trainer:
         self.accelerator = acc = start_processes(cfg)
         self.is_main = acc.is_main_process
         self.watcher = PreemptionWatcher(cfg.train.preempt_signals, log=self.log)
-        self.metrics = MetricsWriter(None)  # metrics.jsonl, opened by fit()
+        self.metrics = rf.MetricsWriter(None)  # metrics.jsonl, opened by fit()
         self.micro_batch = cfg.train.batch_size // (acc.num_processes * cfg.train.grad_accum)
         check_tracker(cfg.tracker)
         if cfg.train.resume == "auto" and not cfg.output.name:
@@ -170,7 +168,7 @@ class Trainer:
                 self.log("NOTE: train.compile on the CPU: compiling takes tens of seconds and small models often get "
                          "slower; it is meant for GPUs.")
             self.forward_model = torch.compile(self.model)  # forward only; checkpoints use the uncompiled module
-        self.checkpoints = ckpt.CheckpointWriter(acc, self.run_path / "checkpoints", cfg)
+        self.checkpoints = ckpt.CheckpointWriter(acc, self.run_path / rf.CHECKPOINTS, cfg)
 
     def _restore(self) -> None:
         """Where training starts: the beginning, or exactly where the checkpoint stopped."""
@@ -184,10 +182,7 @@ class Trainer:
         self.state = TrainState.from_meta(meta)
         if self.is_main:
             # Records written after the checkpoint are replayed by the resumed run: drop them, keep the rest.
-            metrics = self.run_path / "metrics.jsonl"
-            data = metrics.read_bytes()[:meta["metrics_bytes"]] if metrics.is_file() else b""
-            with contextlib.suppress(FileNotFoundError):
-                atomic_write_text(metrics, data.decode())
+            rf.truncate_metrics(self.run_path, meta["metrics_bytes"])
         if meta.get("finished"):
             self.log(f"{path} is the end of training: writing the final record and figures again")
         else:
@@ -205,11 +200,11 @@ class Trainer:
         if not self.resuming:  # the layer table is in summary.txt; a log gets it only when asked
             self.log(self.summary if self.verbose else
                      f"model {cfg.model.name}: {count_parameters(self.raw_model):,} trainable parameters (layers: "
-                     f"{self.run_path / 'summary.txt'}; --verbose prints them here)")
+                     f"{self.run_path / rf.SUMMARY}; --verbose prints them here)")
         self.log(f"run folder: {self.run_path}")
-        self.metrics = MetricsWriter(self.run_path / "metrics.jsonl" if self.is_main else None)
+        self.metrics = rf.MetricsWriter(self.run_path / rf.METRICS if self.is_main else None)
         if self.is_main:
-            clear_marker(self.run_path)  # a resumed run is no longer the preempted one
+            rf.clear_preempted(self.run_path)  # a resumed run is no longer the preempted one
         self._clock = time.perf_counter()
         while state.epoch < cfg.train.epochs and not state.early_stop.stopped:  # a run stopped early stays stopped
             self._end_epoch(self._train_epoch())
@@ -368,14 +363,13 @@ class Trainer:
 
     def _save_checkpoint(self, totals: Totals, epoch_seconds: float) -> Path:
         """The state at its current position, this rank's running totals of the epoch and the objects' states."""
-        metrics_file = self.run_path / "metrics.jsonl"
         self._elapsed()
         trainer_state = {"scheduler": self.scheduler.state_dict(),
                          "ema": self.ema.state_dict() if self.ema is not None else None}
         rank_state = {"pipeline": self.pipeline.state_dict(), "totals": totals.sums.detach().cpu(),
                       "epoch_seconds": float(epoch_seconds)}
         return self.checkpoints.save(self.state, trainer_state, rank_state,
-                                     metrics_file.stat().st_size if self.is_main and metrics_file.is_file() else 0)
+                                     rf.metrics_size(self.run_path) if self.is_main else 0)
 
     def _finish(self) -> dict:
         cfg, acc, state = self.cfg, self.accelerator, self.state
@@ -394,4 +388,4 @@ class Trainer:
 
     def _save_weights(self, which: str, model_state: dict, epoch: int, results: dict) -> None:
         if self.is_main:
-            ckpt.save_weights(self.run_dir.weights / f"{which}.pt", model_state, epoch, results, self.cfg, self.data)
+            ckpt.save_weights(rf.weights_file(self.run_path, which), model_state, epoch, results, self.cfg, self.data)
