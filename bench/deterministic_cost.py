@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from visionlaunch.launch.cli import main
-from visionlaunch.trainers.metrics import read_metrics
+from visionlaunch.runfolder import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -87,12 +87,13 @@ def make_config(setup: str, steps: int, epochs: int, device: str, extra: list[st
 
 def trainer_rates(cfg, data, out_dir: Path, name: str) -> list[float]:
     """Images/s of each training epoch, as the real trainer records them."""
-    from visionlaunch.trainers.metrics import read_metrics
+    from visionlaunch.runfolder import read_metrics
     from visionlaunch.trainers.trainer import Trainer
 
     cfg = cfg.model_copy(deep=True)
     cfg.output.dir, cfg.output.name, cfg.output.overwrite = str(out_dir), name, True
-    Trainer(cfg, data=data, argv=["bench/overhead.py"]).fit()
+    with Trainer(cfg, data=data, argv=["bench/overhead.py"]) as trainer:
+        trainer.fit()
     records = read_metrics(out_dir / name / "metrics.jsonl")
     return [r["images_per_s"] for r in records if r.get("kind") == "epoch" and r.get("split") == "train"]
 

@@ -57,6 +57,11 @@ def trainer(tmp_path, name: str, *overrides: str) -> Trainer:
     return Trainer(cfg, data=bundle(), argv=["test_gpu"])
 
 
+def fit(t: Trainer) -> dict:
+    with t:
+        return t.fit()
+
+
 def record_dtypes(model: torch.nn.Module) -> list:
     """Output dtypes of the model's first convolution, appended on every training forward."""
     seen = []
@@ -95,7 +100,7 @@ def test_tensor_loader_is_resident_on_the_gpu_and_cuts_the_same_shards():
 def test_mixed_precision_runs_the_model_in_the_half_type_and_learns(tmp_path, precision, dtype):
     t = trainer(tmp_path, precision, f"train.precision={precision}", "train.epochs=2")
     seen = record_dtypes(t.raw_model)
-    final = t.fit()
+    final = fit(t)
     assert t.accelerator.device.type == "cuda" and next(t.raw_model.parameters()).is_cuda
     assert seen and set(seen) == {dtype}
     assert next(t.raw_model.parameters()).dtype == torch.float32  # the weights stay float32
@@ -130,10 +135,10 @@ def test_fp16_loss_scaling_skips_the_step_with_an_infinite_gradient_and_halves_t
     inner = t.optimizer.optimizer  # the torch optimizer inside Accelerate's wrapper: counts the real steps
     inner.register_step_post_hook(lambda *args: calls.__setitem__("steps", calls["steps"] + 1))
     start = scaler.get_scale()
-    final = t.fit()
+    final = fit(t)
     # One halving, at the poisoned step, and no other change (the scale grows only after 2000 clean steps).
     assert scales == [start] * (bad - 1) + [start / 2] * (steps - bad + 1)
-    assert t.skipped_steps == 1 and final["skipped_steps"] == 1
+    assert t.state.skipped_steps == 1 and final["skipped_steps"] == 1
     assert calls["steps"] == steps - 1  # the weights were not updated at the skipped step
     assert t.scheduler.last_epoch == steps - 1  # nor did the schedule advance
     assert all(torch.isfinite(p).all() for p in t.raw_model.parameters())
@@ -142,12 +147,12 @@ def test_fp16_loss_scaling_skips_the_step_with_an_infinite_gradient_and_halves_t
 
 def test_channels_last_reaches_the_model_and_gives_the_same_first_step(tmp_path):
     plain = trainer(tmp_path, "plain")
-    plain.fit()
+    fit(plain)
     t = trainer(tmp_path, "cl", "train.channels_last=true")
     layouts = []
     t.raw_model.register_forward_pre_hook(
         lambda mod, args: layouts.append(args[0].is_contiguous(memory_format=torch.channels_last)))
-    t.fit()
+    fit(t)
     assert layouts and all(layouts)
     convs = [m.weight for m in t.raw_model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert all(w.is_contiguous(memory_format=torch.channels_last) and w.shape[-1] > 1 for w in convs)
@@ -215,10 +220,10 @@ def test_ffcv_to_device_delivers_the_stored_pixels_on_the_gpu(tmp_path):
 
 def test_compile_trains_the_compiled_forward_and_saves_plain_weights(tmp_path):
     plain = trainer(tmp_path, "plain")
-    plain.fit()
+    fit(plain)
     t = trainer(tmp_path, "compiled", "train.compile=true")
     assert isinstance(t.forward_model, torch._dynamo.eval_frame.OptimizedModule)
-    final = t.fit()
+    final = fit(t)
     a, b = records(tmp_path / "plain", "step"), records(tmp_path / "compiled", "step")
     assert abs(a[0]["loss"] - b[0]["loss"]) < 1e-3 and final["test_acc"] > 0.9
     saved = torch.load(tmp_path / "compiled" / "weights" / "last.pt", map_location="cpu", weights_only=True)["model"]

@@ -13,7 +13,7 @@ from visionlaunch.trainers.losses import CrossEntropyLoss, cross_entropy
 
 
 def _both(logits, targets, **kwargs):
-    """(ours, torch's) loss and gradient w.r.t. the logits, from identical leaf copies."""
+    """(ours, torch's) mean loss and gradient w.r.t. the logits, from identical leaf copies."""
     results = []
     for fn in (cross_entropy, F.cross_entropy):
         x = logits.detach().clone().requires_grad_(True)
@@ -30,11 +30,10 @@ def _batch(n, c, dtype=torch.float32, seed=0):
 
 
 @pytest.mark.parametrize("eps", [0.0, 0.1])
-@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("shape", [(16, 10), (1, 10), (8, 1000), (4, 1)])
-def test_fp32_matches_torch(eps, reduction, shape):
+def test_fp32_matches_torch(eps, shape):
     logits, targets = _batch(*shape)
-    (ours, g_ours), (ref, g_ref) = _both(logits, targets, label_smoothing=eps, reduction=reduction)
+    (ours, g_ours), (ref, g_ref) = _both(logits, targets, label_smoothing=eps)
     assert ours.shape == ref.shape and ours.dtype == torch.float32
     torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(g_ours, g_ref, rtol=1e-6, atol=1e-6)
@@ -51,16 +50,15 @@ def test_float64_matches_torch_exactly(eps):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("eps", [0.0, 0.1])
-@pytest.mark.parametrize("reduction", ["mean", "none"])
-def test_low_precision_computed_in_float32(dtype, eps, reduction):
+def test_low_precision_computed_in_float32(dtype, eps):
     logits, targets = _batch(64, 100, dtype)
-    (ours, g_ours), (ref, g_ref) = _both(logits, targets, label_smoothing=eps, reduction=reduction)
+    (ours, g_ours), (ref, g_ref) = _both(logits, targets, label_smoothing=eps)
     assert ours.dtype == dtype and g_ours.dtype == dtype
     # Against torch in the same dtype: within a few units of bf16/fp16 rounding.
     torch.testing.assert_close(ours.float(), ref.float(), rtol=2e-2, atol=2e-2)
     torch.testing.assert_close(g_ours.float(), g_ref.float(), rtol=2e-2, atol=2e-3)
     # Against the float32 result for the same (rounded) logits: ours is that value, rounded once.
-    exact = F.cross_entropy(logits.float(), targets, label_smoothing=eps, reduction=reduction)
+    exact = F.cross_entropy(logits.float(), targets, label_smoothing=eps)
     torch.testing.assert_close(ours, exact.to(dtype), rtol=0, atol=0)
 
 
@@ -98,7 +96,9 @@ def test_extreme_logits_are_finite_where_torch_is(big, eps):
         [[big, -big, 0.0, 1.0], [big, -big, 0.0, 1.0], [2.0, float("-inf"), 0.5, -1.0]], dtype=torch.float32
     )
     targets = torch.tensor([0, 1, 0])
-    (ours, g_ours), (ref, g_ref) = _both(logits, targets, label_smoothing=eps, reduction="none")
+    rows = [_both(logits[i:i + 1], targets[i:i + 1], label_smoothing=eps) for i in range(3)]  # each row's own loss
+    (ours, g_ours), (ref, g_ref) = [(torch.stack([r[k][0] for r in rows]), torch.cat([r[k][1] for r in rows]))
+                                    for k in (0, 1)]
     finite = torch.isfinite(ref)
     assert torch.equal(finite, torch.isfinite(ours)), (ours, ref)
     torch.testing.assert_close(ours[finite], ref[finite], rtol=1e-6, atol=1e-6)
@@ -122,42 +122,9 @@ def test_batch_mean_over_rows_with_finite_extremes():
 
 def test_module_matches_function_and_repr():
     logits, targets = _batch(8, 10)
-    loss_fn = CrossEntropyLoss(label_smoothing=0.1, reduction="sum")
-    assert torch.equal(loss_fn(logits, targets), cross_entropy(logits, targets, 0.1, "sum"))
-    assert "label_smoothing=0.1" in repr(loss_fn) and "'sum'" in repr(loss_fn)
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "message"),
-    [
-        ({"label_smoothing": 1.0}, "label_smoothing must be in [0, 1)"),
-        ({"label_smoothing": -0.1}, "label_smoothing must be in [0, 1)"),
-        ({"reduction": "avg"}, "reduction must be one of mean, sum, none"),
-    ],
-)
-def test_bad_options_raise(kwargs, message):
-    logits, targets = _batch(2, 3)
-    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace(")", r"\)")):
-        cross_entropy(logits, targets, **kwargs)
-    with pytest.raises(ValueError):
-        CrossEntropyLoss(**kwargs)
-
-
-@pytest.mark.parametrize(
-    ("logits", "targets", "message"),
-    [
-        (torch.zeros(4, 3), torch.tensor([0, 1, 2, 3]), r"class indices in \[0, 3\), found \[3\]"),
-        (torch.zeros(2, 3), torch.tensor([-1, 0]), r"class indices in \[0, 3\), found \[-1\]"),
-        (torch.zeros(4, 3), torch.zeros(3, dtype=torch.long), r"targets must have shape \(N,\) = \(4,\)"),
-        (torch.zeros(4, 3), torch.zeros(4, 1, dtype=torch.long), r"targets must have shape"),
-        (torch.zeros(4, 3), torch.zeros(4), "integer class indices"),
-        (torch.zeros(4), torch.zeros(4, dtype=torch.long), r"logits must be .* shape \(N, C\)"),
-        (torch.zeros(4, 3, dtype=torch.long), torch.zeros(4, dtype=torch.long), "floating-point"),
-    ],
-)
-def test_bad_inputs_raise(logits, targets, message):
-    with pytest.raises(ValueError, match=message):
-        cross_entropy(logits, targets)
+    loss_fn = CrossEntropyLoss(label_smoothing=0.1)
+    assert torch.equal(loss_fn(logits, targets), cross_entropy(logits, targets, 0.1))
+    assert "label_smoothing=0.1" in repr(loss_fn)
 
 
 def test_integer_targets_of_other_dtypes_work():
@@ -171,11 +138,10 @@ def test_integer_targets_of_other_dtypes_work():
 
 
 @pytest.mark.parametrize("eps", [0.0, 0.1])
-@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-def test_probability_targets_match_torch(eps, reduction):
+def test_probability_targets_match_torch(eps):
     logits, _ = _batch(16, 10)
     probs = torch.softmax(torch.randn(16, 10, generator=torch.Generator().manual_seed(1)), dim=1)
-    (ours, g_ours), (ref, g_ref) = _both(logits, probs, label_smoothing=eps, reduction=reduction)
+    (ours, g_ours), (ref, g_ref) = _both(logits, probs, label_smoothing=eps)
     torch.testing.assert_close(ours, ref)
     torch.testing.assert_close(g_ours, g_ref)
 
@@ -186,15 +152,3 @@ def test_one_hot_probabilities_give_the_class_index_loss(eps):
     torch.testing.assert_close(cross_entropy(logits, F.one_hot(targets, 7).float(), eps),
                                cross_entropy(logits, targets, eps))
 
-
-@pytest.mark.parametrize(
-    ("targets", "message"),
-    [
-        (torch.full((4, 2), 0.5), r"the logits' shape \(4, 3\)"),
-        (torch.full((4, 3), 0.5), "rows summing to 1"),
-        (torch.tensor([[1.5, -0.5, 0.0]] * 4), ">= 0"),
-    ],
-)
-def test_bad_probability_targets_raise(targets, message):
-    with pytest.raises(ValueError, match=message):
-        cross_entropy(torch.zeros(4, 3), targets)

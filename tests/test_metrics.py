@@ -3,7 +3,7 @@
 import torch
 
 from visionlaunch.runfolder import MetricsWriter, read_metrics
-from visionlaunch.trainers.metrics import topk_correct
+from visionlaunch.trainers.evaluation import topk_correct
 
 
 def test_writer_and_reader_round_trip_and_skip_a_torn_last_line(tmp_path):

@@ -14,8 +14,8 @@ from visionlaunch.models import build_model
 from visionlaunch.trainers.losses import CrossEntropyLoss
 from visionlaunch.datasets.augment import BatchPipeline
 from visionlaunch.trainers.schedules import build_optimizer
-from visionlaunch.trainers.trainer import evaluate, make_accelerator
-from visionlaunch.trainers.tta import tta_logits
+from visionlaunch.trainers.distributed import make_accelerator
+from visionlaunch.trainers.evaluation import evaluate, tta_logits
 
 SHORT = ["train.epochs=1", "train.max_steps_per_epoch=8"]
 

@@ -10,6 +10,7 @@ import pytest
 
 from tests.run_helpers import REPO
 from visionlaunch.launch.cli import main
+from visionlaunch.reports import artefacts
 from visionlaunch.runfolder import read_metrics
 from visionlaunch.trainers import losses
 from visionlaunch.trainers import trainer as trainer_module
@@ -57,14 +58,14 @@ def test_ctrl_c_checkpoints_and_says_how_to_resume(tmp_path, capsys, monkeypatch
 
 def test_a_signal_while_drawing_figures_stops_at_once_and_resume_draws_them(tmp_path, capsys, monkeypatch):
     drawn = []
-    real = trainer_module.make_figures
+    real = artefacts.make_figures
 
     def interrupted_figures(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)
         drawn.append("after the signal")  # must not be reached: the handler stops the drawing at once
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(trainer_module, "make_figures", interrupted_figures)
+    monkeypatch.setattr(artefacts, "make_figures", interrupted_figures)
     started = time.monotonic()
     assert _train(tmp_path, "train.epochs=1") == 75
     err = capsys.readouterr().err

@@ -189,8 +189,11 @@ def _add_prepare_args(p: argparse.ArgumentParser, top: bool = False, ffcv: bool 
 
 def _train(args: argparse.Namespace, argv: list[str]) -> int:
     cfg = load_config(args.config, args.overrides)  # before torch is imported: config errors come at once
-    from visionlaunch.trainers.trainer import train
-    train(cfg, preset=Path(args.config).stem, argv=argv, verbose=args.verbose)
+    from visionlaunch.reports.artefacts import after_training
+    from visionlaunch.trainers.trainer import training
+    with training(cfg, preset=Path(args.config).stem if args.config else None, argv=argv,
+                  verbose=args.verbose) as trainer:
+        after_training(trainer, trainer.fit())  # figures and report, under the trainer's signal handlers
     return 0
 
 

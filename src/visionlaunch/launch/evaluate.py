@@ -128,7 +128,7 @@ def batch_logits(run: RunModel, images: torch.Tensor, device: torch.device, auto
     """float32 logits of a uint8 NCHW batch of the run's input shape: normalised with the run's constants, with the
     run's test-time augmentation (the mirror image, when it trained with train.tta_flip)."""
     from visionlaunch.datasets import normalize
-    from visionlaunch.trainers.tta import tta_logits
+    from visionlaunch.trainers.evaluation import tta_logits
 
     with torch.no_grad(), autocast():
         logits = tta_logits(run.model, normalize(images.to(device), run.mean, run.std), run.tta_flip)
@@ -150,7 +150,7 @@ def _built(ckpt: dict, in_shape, num_classes: int, path: Path) -> nn.Module:
 
 def _rebuild(run_dir: Path, which: str):
     from visionlaunch.datasets.augment import BatchPipeline
-    from visionlaunch.trainers.trainer import make_accelerator
+    from visionlaunch.trainers.distributed import make_accelerator
 
     cfg, ckpt, identity = load_run(run_dir, which)
     accelerator = make_accelerator(cfg)
@@ -189,7 +189,7 @@ def _check_same_task(path: Path, ckpt: dict, data) -> None:
 def evaluate_run(run_dir: Path, which: str = "last") -> int:
     from visionlaunch.trainers.data import make_loader
     from visionlaunch.trainers.losses import CrossEntropyLoss
-    from visionlaunch.trainers.trainer import evaluate
+    from visionlaunch.trainers.evaluation import evaluate
 
     cfg, ckpt, _, accelerator, data, model, pipeline = _rebuild(run_dir, which)
     # Evaluation has no augmentation, so the tensor backend reads the same test samples as ffcv would, without
@@ -212,7 +212,7 @@ def evaluate_run(run_dir: Path, which: str = "last") -> int:
 
 
 def redraw_figures(run_dir: Path) -> list[Path]:
-    from visionlaunch.trainers.artefacts import make_figures
+    from visionlaunch.reports.artefacts import make_figures
 
     cfg, _, identity, accelerator, data, model, pipeline = _rebuild(run_dir, "last")
     # run.yaml may be missing (a copied or partial folder): stamp with what is known, and today's date.
@@ -273,8 +273,8 @@ def label_map(run: RunModel, classes: list[str], where: str):
 def evaluate_on_data(run_dir: Path, which: str = "last", overrides: list[str] = (), split: str = "test") -> int:
     from visionlaunch.datasets.conform import conform_batch, describe_conversion
     from visionlaunch.trainers.data import make_loader
-    from visionlaunch.trainers.metrics import topk_correct
-    from visionlaunch.trainers.trainer import make_accelerator
+    from visionlaunch.trainers.evaluation import topk_correct
+    from visionlaunch.trainers.distributed import make_accelerator
 
     run = load_run_model(run_dir, which)
     cfg = data_config(run, list(overrides), split)

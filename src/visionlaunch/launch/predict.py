@@ -143,7 +143,7 @@ def iter_images(paths: list[Path], in_shape, skipped: list[tuple[str, str]],
 
 def predict(run: RunModel, paths: list[Path], top_k: int = 3, batch_size: int | None = None,
             log=lambda m: print(m, file=sys.stderr)) -> PredictResult:
-    from visionlaunch.trainers.trainer import make_accelerator
+    from visionlaunch.trainers.distributed import make_accelerator
 
     accelerator = make_accelerator(run.cfg)  # the GPU when there is one, the run's precision (autocast)
     device = accelerator.device

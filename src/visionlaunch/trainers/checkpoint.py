@@ -3,8 +3,8 @@
 A checkpoint is Accelerate's `save_state` (model, optimizer, fp16 scaler, every rank's RNG states) plus:
   trainer_state.pt      learning-rate scheduler and EMA (main process; identical on every rank)
   rank_state_<i>.pt     per rank: the augmentation generator and the epoch's running totals
-  visionlaunch.json     where training stood (epoch, batch, step, best, metrics.jsonl length), the config and
-                        the process count; written last, so its presence marks a complete checkpoint
+  visionlaunch.json     the TrainState (where training stood), the metrics.jsonl length, the config and the
+                        process count; written last, so its presence marks a complete checkpoint
 Everything is written into `.tmp-step-N/` and renamed when complete, so a process killed at any moment leaves
 the previous checkpoints intact and the torn folder is ignored (and cleaned up by the next save). The run folder
 must be on a filesystem every rank can see (the usual shared filesystem on a cluster).
@@ -13,25 +13,101 @@ Every file loads with `weights_only=True` (Accelerate's RNG files included), the
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import math
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 
-from visionlaunch.atomic import as_os_error, atomic_write_text, is_write_failure
+from visionlaunch import __version__
+from visionlaunch.atomic import as_os_error, atomic_torch_save, atomic_write_text, is_write_failure
 from visionlaunch.config import config_differences
 from visionlaunch.errors import VisionlaunchError, describe_load_failure, describe_os_error
 from visionlaunch.runfolder import CHECKPOINT_DONE as META
-from visionlaunch.runfolder import CHECKPOINTS, TORN_CHECKPOINTS, checkpoint_name, checkpoint_step, complete_checkpoints
+from visionlaunch.runfolder import (CHECKPOINTS, TORN_CHECKPOINTS, checkpoint_name, checkpoint_step,
+                                    complete_checkpoints, weights_file)
+from visionlaunch.trainers.distributed import any_rank
 
 TRAINER_STATE = "trainer_state.pt"
 FORMAT = 1
-# Where training stood: what a resumed run reads from visionlaunch.json.
+# What a resumed run needs from visionlaunch.json (results and early_stop default to empty).
 META_KEYS = ("step", "epoch", "step_in_epoch", "best", "ema_best", "elapsed", "skipped_steps", "metrics_bytes",
              "world_size", "config")
+
+
+@dataclass
+class EarlyStop:
+    """Early stopping's counters: training ends when the validation metric (train.early_stop_metric) has not
+    improved for train.early_stop_patience epochs in a row. Saved in every checkpoint, so a resumed run counts on
+    from where the interrupted one stood and a run that stopped early stays stopped."""
+
+    best: float | None = None
+    best_epoch: int | None = None
+    bad_epochs: int = 0
+    stopped_epoch: int | None = None
+
+    @property
+    def stopped(self) -> bool:
+        return self.stopped_epoch is not None
+
+    def update(self, results: dict, epoch: int, patience: int, metric: str) -> bool:
+        """Record epoch `epoch`'s results (1-based); True when training should stop after it."""
+        split, key = metric.split("_", 1)  # "val_acc" -> results["val"]["acc"]
+        if not patience or split not in results:
+            return False
+        value = results[split][key]
+        improved = self.best is None or (value > self.best if key == "acc" else value < self.best)
+        if improved and math.isfinite(value):
+            self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
+        else:
+            self.bad_epochs += 1
+        if self.bad_epochs >= patience:
+            self.stopped_epoch = epoch
+        return self.stopped
+
+
+@dataclass
+class TrainState:
+    """Where training stands, and exactly what every checkpoint's visionlaunch.json records of it. The position
+    (epoch, step_in_epoch) is where a resumed run starts: after epoch e (0-based) it is (e + 1, 0); after k optimizer
+    steps of epoch e, (e, k)."""
+
+    step: int = 0  # optimizer steps done, over all epochs
+    epoch: int = 0
+    step_in_epoch: int = 0
+    best: dict = field(default_factory=lambda: {"val_acc": -1.0})  # best val accuracy, its epoch and test accuracy
+    ema_best: float = -1.0  # best val accuracy of the EMA weights
+    elapsed: float = 0.0  # seconds of training, all sessions together
+    skipped_steps: int = 0  # optimizer steps the fp16 loss scaler skipped
+    results: dict = field(default_factory=dict)  # the finished epoch's results, at an epoch's end
+    early_stop: EarlyStop = field(default_factory=EarlyStop)
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> TrainState:
+        state = cls(**{f.name: meta[f.name] for f in fields(cls) if f.name in meta})
+        state.early_stop = EarlyStop(**(meta.get("early_stop") or {}))
+        return state
+
+    def final_record(self, cfg) -> dict:
+        """metrics.jsonl's closing `kind: final` record of a run that ended in this state."""
+        best, test = self.best, self.results.get("test", {})
+        final = {"kind": "final", "epochs": cfg.train.epochs, "steps": self.step, "time": round(self.elapsed, 3),
+                 "test_acc": test.get("acc"), "test_acc5": test.get("acc5"), "test_loss": test.get("loss"),
+                 "best_val_acc": best.get("val_acc") if "epoch" in best else None,
+                 "best_epoch": best.get("epoch"), "test_acc_at_best_val": best.get("test_acc")}
+        if "test_ema" in self.results:
+            final["test_ema_acc"] = self.results["test_ema"]["acc"]
+        if cfg.train.precision == "fp16":
+            final["skipped_steps"] = self.skipped_steps
+        if cfg.train.early_stop_patience:
+            final["early_stop"] = {"metric": cfg.train.early_stop_metric, "patience": cfg.train.early_stop_patience,
+                                   "best": self.early_stop.best, "best_epoch": self.early_stop.best_epoch,
+                                   "stopped_epoch": self.early_stop.stopped_epoch}
+        return final
 
 
 
@@ -68,10 +144,16 @@ def _damage(path: Path) -> str | None:
         read_meta(path)
     except VisionlaunchError as exc:
         return str(exc).split(": ", 1)[-1].split(". ")[0]
-    absent = [n for n in (TRAINER_STATE, "optimizer.bin") if not (Path(path) / n).is_file()]
-    if not ((Path(path) / "model.safetensors").is_file() or (Path(path) / "pytorch_model.bin").is_file()):
-        absent.append("model.safetensors")
+    absent = _missing(path, [TRAINER_STATE, "optimizer.bin"])
     return f"{', '.join(absent)} missing" if absent else None
+
+
+def _missing(path: Path, names: list[str]) -> list[str]:
+    """Which of `names` and of the model's weights (safetensors, or Accelerate's older .bin) the folder lacks."""
+    missing = [name for name in names if not (Path(path) / name).is_file()]
+    if not ((Path(path) / "model.safetensors").is_file() or (Path(path) / "pytorch_model.bin").is_file()):
+        missing.append("model.safetensors")
+    return missing
 
 
 def validate(path: Path, meta: dict, cfg_dump: dict, world: int, fp16: bool) -> None:
@@ -92,9 +174,7 @@ def validate(path: Path, meta: dict, cfg_dump: dict, world: int, fp16: bool) -> 
     needed += [f"random_states_{r}.pkl" for r in range(world)] + [rank_state_name(r) for r in range(world)]
     if fp16:
         needed.append("scaler.pt")
-    missing = [name for name in needed if not (Path(path) / name).is_file()]
-    if not ((Path(path) / "model.safetensors").is_file() or (Path(path) / "pytorch_model.bin").is_file()):
-        missing.append("model.safetensors")
+    missing = _missing(path, needed)
     if missing:
         raise VisionlaunchError(
             f"the checkpoint {path} is partial: {', '.join(missing)} missing. Resume from another checkpoint "
@@ -149,14 +229,20 @@ def plan_resume(resume: str, default_run_path: Path) -> ResumePlan:
 
 
 class CheckpointWriter:
-    """Saves checkpoints into `root` (every rank calls `save` at the same step), keeping the newest `keep`."""
+    """Saves checkpoints of the run configured by `cfg` into `root` (every rank calls `save` at the same step),
+    keeping the newest train.keep_checkpoints."""
 
-    def __init__(self, accelerator: Accelerator, root: Path, keep: int):
-        self.accelerator, self.root, self.keep = accelerator, Path(root), keep
+    def __init__(self, accelerator: Accelerator, root: Path, cfg):
+        self.accelerator, self.root, self.cfg, self.keep = accelerator, Path(root), cfg, cfg.train.keep_checkpoints
 
-    def save(self, step: int, meta: dict, trainer_state: dict, rank_state: dict) -> Path:
-        acc = self.accelerator
-        final = self.root / checkpoint_name(step)
+    def save(self, state: TrainState, trainer_state: dict, rank_state: dict, metrics_bytes: int) -> Path:
+        """`metrics_bytes`: the length of metrics.jsonl at this state (a resumed run drops what follows)."""
+        acc, cfg = self.accelerator, self.cfg
+        meta = {"finished": state.epoch == cfg.train.epochs or state.early_stop.stopped,
+                "metrics_bytes": metrics_bytes, "world_size": acc.num_processes, "model": cfg.model.name,
+                "config": cfg.model_dump(mode="json"), "visionlaunch": __version__,
+                "written": dt.datetime.now().isoformat(timespec="seconds")}
+        final = self.root / checkpoint_name(state.step)
         tmp = self.root / f".tmp-{final.name}"
         if acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -175,7 +261,7 @@ class CheckpointWriter:
         acc.wait_for_everyone()
         if acc.is_main_process:
             try:
-                atomic_write_text(tmp / META, json.dumps({"format": FORMAT, **meta}, indent=1))
+                atomic_write_text(tmp / META, json.dumps({"format": FORMAT, **asdict(state), **meta}, indent=1))
             except OSError as exc:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise self._write_failed(final, exc) from exc
@@ -208,6 +294,48 @@ class CheckpointWriter:
             shutil.rmtree(old, ignore_errors=True)
         for torn in self.root.glob(TORN_CHECKPOINTS):
             shutil.rmtree(torn, ignore_errors=True)
+
+
+def save_weights(path: Path, model_state: dict, epoch: int, results: dict, cfg, data) -> None:
+    """A weights file (runfolder.weights_file): the model's tensors with what `evaluate`, `predict` and `export`
+    need to rebuild it."""
+    state = {k: v.detach().cpu() for k, v in model_state.items()}
+    try:
+        atomic_torch_save({"model": state, "epoch": epoch, "results": results, "model_name": cfg.model.name,
+                           "model_args": cfg.model.args, "in_shape": list(data.in_shape), "classes": data.classes,
+                           "mean": list(data.mean), "std": list(data.std)}, path)
+    except OSError as exc:  # disk full, file-size limit: the file keeps its previous content
+        raise VisionlaunchError(
+            f"could not write the weights: {describe_os_error(exc)} "
+            + (f"{path.name} still holds an earlier epoch's weights." if path.is_file() else "")) from exc
+
+
+def what_was_saved(run_path: Path) -> str:
+    """What a run that stops on bad numbers leaves to go back to: only files that exist are named."""
+    weights, found = weights_file(run_path, "last"), complete_checkpoints(run_path / CHECKPOINTS)
+    kept = ([f"the last finished epoch's weights are in {weights}"] if weights.is_file() else []) + \
+        ([f"the checkpoint {found[-1]} holds the last good state"] if found else [])
+    if not kept:
+        return "Nothing was saved before it happened (no epoch finished, no checkpoint written)."
+    text = " and ".join(kept)
+    return text[0].upper() + text[1:] + "."
+
+
+def restore(accelerator: Accelerator, path: Path, scheduler, ema, pipeline) -> dict:
+    """Load a checkpoint into the prepared objects on every rank; return this rank's state. A rank that cannot
+    load it stops them all, with its message on that rank."""
+    error, rank_state = None, None
+    try:
+        trainer_state, rank_state = load(accelerator, path)
+        scheduler.load_state_dict(trainer_state["scheduler"])
+        if ema is not None:
+            ema.load_state_dict(trainer_state["ema"])
+        pipeline.load_state_dict(rank_state["pipeline"])
+    except (VisionlaunchError, KeyError, ValueError, RuntimeError) as exc:
+        error = str(exc) if isinstance(exc, VisionlaunchError) else f"cannot load the checkpoint {path}: {exc}"
+    if any_rank(accelerator, error is not None):
+        raise VisionlaunchError(error or f"another process could not load the checkpoint {path}; see its message.")
+    return rank_state
 
 
 def load(accelerator: Accelerator, path: Path) -> tuple[dict, dict]:

@@ -1,5 +1,12 @@
-"""Process-group facts the trainer relies on: the launch really started the processes it asked for, and every
-rank takes the same decision (stop, raise, which checkpoint) at the same step.
+"""The processes of a run: the Accelerator (device, precision, process group), deterministic mode, the facts the
+trainer relies on (the launch really started the processes it asked for; every rank takes the same decision, stop,
+raise, which checkpoint, at the same step) and what a survivor says when a peer is lost.
+
+`train.deterministic=true`: the same seed gives the same numbers on every run on the same machine. PyTorch then
+uses deterministic algorithms only (an operation without one stops with an error naming it), cuDNN picks
+deterministic convolution algorithms and does not benchmark them, and cuBLAS gets the fixed workspace it needs for
+reproducible results (CUBLAS_WORKSPACE_CONFIG, read when CUDA first initialises cuBLAS, so set before any CUDA
+work). The CPU kernels this project uses are deterministic already; on GPUs the cost is slower convolutions.
 
 When a process of a running group dies (crash, kill, out of memory) or hangs, the others learn it from the
 transport: their next collective fails at once (connection reset) or after train.dist_timeout_s (a hung peer).
@@ -14,14 +21,60 @@ trainer refuses to start and names the command that works.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
+from accelerate.utils import InitProcessGroupKwargs
 
+from visionlaunch.config import RunConfig
 from visionlaunch.errors import VisionlaunchError
 
 CPU_RECIPE = "ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes {n} train.py --config ..."
 TORCHRUN_CPU_RECIPE = "ACCELERATE_USE_CPU=1 torchrun --nproc_per_node {n} train.py --config ..."
+
+
+def set_deterministic(enabled: bool) -> None:
+    """Switch deterministic mode on or off for this process (a later run in the same process may not want it)."""
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(enabled)
+    torch.backends.cudnn.deterministic = enabled
+    if enabled:
+        torch.backends.cudnn.benchmark = False
+
+
+def make_accelerator(cfg: RunConfig, *, training: bool = False) -> Accelerator:
+    # Accelerate keeps its precision settings in a process-wide singleton; a second run in the same process (a
+    # notebook, the tests) with another precision would be refused. The process group (PartialState) is kept.
+    if AcceleratorState._shared_state:
+        AcceleratorState._reset_state(reset_partial_state=False)
+        GradientState._reset_state()
+    kwargs = {}
+    if training:
+        kwargs["kwargs_handlers"] = [InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.train.dist_timeout_s))]
+        if "wandb" in cfg.tracker.names:
+            kwargs["log_with"] = "wandb"
+    return Accelerator(mixed_precision=cfg.train.precision, cpu=cfg.train.device == "cpu", **kwargs)
+
+
+def start_processes(cfg: RunConfig) -> Accelerator:
+    """The run's Accelerator, once the launch and the process layout are known to fit the config."""
+    set_deterministic(cfg.train.deterministic)  # before the Accelerator touches CUDA (cuBLAS workspace)
+    acc = make_accelerator(cfg, training=True)
+    check_world_size(acc)
+    if cfg.train.precision == "fp16" and acc.device.type == "cpu":
+        raise VisionlaunchError(
+            "train.precision=fp16 needs a GPU: on the CPU Accelerate would silently train in fp32 (it has no fp16 "
+            "autocast or loss scaling there). Use train.precision=bf16 (CPU autocast) or no.")
+    world, accum = acc.num_processes, cfg.train.grad_accum
+    if cfg.train.batch_size % (world * accum):
+        raise VisionlaunchError(
+            f"train.batch_size={cfg.train.batch_size} is the global batch of one optimizer step and must divide "
+            f"evenly into {world} process(es) x train.grad_accum={accum} micro-batches. Choose a multiple of "
+            f"{world * accum}, or change train.grad_accum.")
+    return acc
 
 
 def _env_int(name: str) -> int | None:

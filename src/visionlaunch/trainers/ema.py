@@ -13,8 +13,6 @@ from torch import nn
 
 class ModelEMA:
     def __init__(self, model: nn.Module, decay: float):
-        if not 0 < decay < 1:
-            raise ValueError(f"EMA decay must be in (0, 1), got {decay}")
         self.decay = decay
         self.updates = 0
         self.state = {k: v.detach().clone().float() if v.is_floating_point() else v.detach().clone()

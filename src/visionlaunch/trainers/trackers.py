@@ -151,11 +151,12 @@ def _flat_scalars(tree: dict, prefix: str = "") -> dict:
 class RunTracker:
     """The trainer's view of the external trackers: no-ops unless one is on and this is the main process."""
 
-    def __init__(self, accelerator, cfg: TrackerConfig, run_path: Path, run_name: str, run_id: str, config: dict,
-                 resume_step: int | None = None):
-        # run_id is kept in run.yaml, so a resumed run continues the same W&B run (resume="allow").
-        # resume_step: the checkpoint's step; TensorBoard and the CSV drop what was logged after it.
-        self.accelerator = accelerator
+    def __init__(self, accelerator, run_cfg, run_path: Path, identity: dict, resume_step: int | None = None):
+        # identity: run.yaml's (main process); its tracker_run_id makes a resumed run continue the same W&B run
+        # (resume="allow"). resume_step: the checkpoint's step; TensorBoard and the CSV drop what was logged after it.
+        self.accelerator, cfg = accelerator, run_cfg.tracker
+        run_name, run_id = run_path.name, identity.get("tracker_run_id", "")
+        config = {**run_cfg.model_dump(mode="json"), "run": {k: v for k, v in identity.items() if k != "resumed"}}
         names = cfg.names
         self.enabled = bool(names) and accelerator.is_main_process
         self.run = None

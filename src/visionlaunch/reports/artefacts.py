@@ -1,5 +1,6 @@
-"""The assignment's figures for a finished (or reloaded) run: curves, t-SNE of a chosen layer, a grid of 10
-random test predictions and the confusion matrix, all stamped with the run's identifier and date."""
+"""What follows training, called by the command line: the assignment's figures for a finished (or reloaded) run
+(curves, t-SNE of a chosen layer, a grid of 10 random test predictions and the confusion matrix, all stamped with
+the run's identifier and date), the trackers' copy of them and of the final record, and the HTML report."""
 
 from __future__ import annotations
 
@@ -11,20 +12,9 @@ import torch
 from visionlaunch import runfolder as rf
 from visionlaunch.config import RunConfig
 from visionlaunch.models.features import capture_features
-from visionlaunch.reports import (Stamp, plot_confusion, plot_curves, plot_predictions, plot_tsne,
-                                  save_predictions)
-from visionlaunch.trainers.tta import tta_logits
-
-
-@torch.no_grad()
-def predict(model, images: torch.Tensor, pipeline, device, batch_size: int = 1000, tta_flip: bool = False
-            ) -> torch.Tensor:
-    model.eval()
-    preds = []
-    for i in range(0, len(images), batch_size):
-        batch = images[i:i + batch_size].to(device)
-        preds.append(tta_logits(model, pipeline.eval(batch), tta_flip).argmax(1).cpu())
-    return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
+from visionlaunch.reports import Stamp, plot_confusion, plot_curves, plot_predictions, plot_tsne, save_predictions
+from visionlaunch.reports.html import write_report
+from visionlaunch.trainers.evaluation import predict
 
 
 @torch.no_grad()
@@ -61,3 +51,22 @@ def make_figures(run_dir: Path, model, data, pipeline, cfg: RunConfig, identity:
     paths.append(plot_tsne(feats, test.labels[subset].numpy(), test.classes, out / "tsne.png", stamp,
                            layer=cfg.report.tsne_layer, seed=cfg.report.seed, **groups))
     return paths
+
+
+def after_training(trainer, final: dict) -> None:
+    """Once `trainer.fit()` returned `final`: figures, the trackers' copy of them and of the final record, the
+    report and the closing line. The trainer's signal handlers are still on: a signal now stops at once."""
+    run_path, is_main = trainer.run_path, trainer.is_main
+    figures = []
+    if is_main and trainer.cfg.report.figures:
+        trainer.log("drawing figures (curves, t-SNE, predictions, confusion matrix) ...")
+        figures = make_figures(run_path, trainer.raw_model, trainer.data, trainer.pipeline, trainer.cfg,
+                               trainer.identity, device=trainer.accelerator.device)
+    trainer.tracker.log_files(figures, run_path / rf.SUMMARY, final["steps"])
+    trainer.tracker.log_final(final, final["steps"])
+    if is_main:
+        trainer.log(f"report: {write_report(run_path)}")
+    if is_main and final["test_acc"] is not None:
+        trainer.log(f"done in {final['time']:.1f} s: test accuracy {100 * final['test_acc']:.2f}%"
+                    + (f", best val {100 * final['best_val_acc']:.2f}% at epoch {final['best_epoch']}"
+                       if final["best_val_acc"] is not None else "") + f" -> {run_path}")

@@ -1,0 +1,206 @@
+"""What a run needs before its first step, one function per thing, called in order by `Trainer.__init__`: the
+decisions every rank shares (the run folder, locked, the checkpoint to resume from, the ffcv files), the data and
+the config as used, the model, the loaders and the batch pipeline, and the run's own files (config.yaml,
+summary.txt, run.yaml)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import platform
+import shlex
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+from accelerate.utils import set_seed
+
+from visionlaunch import __version__
+from visionlaunch import runfolder as rf
+from visionlaunch.atomic import atomic_write_text
+from visionlaunch.config import RunConfig
+from visionlaunch.datasets.augment import BatchPipeline
+from visionlaunch.datasets.resized_crop import ResizedCrop
+from visionlaunch.errors import VisionlaunchError
+from visionlaunch.ffcv_builders import require_ffcv
+from visionlaunch.models import build_model
+from visionlaunch.models.features import layer_names
+from visionlaunch.models.summary import count_parameters
+from visionlaunch.models.weights import load_weights
+from visionlaunch.trainers import checkpoint as ckpt
+from visionlaunch.trainers.data import DataBundle, make_loader, prepare_data, train_steps_per_epoch
+from visionlaunch.trainers.distributed import broadcast_from_main
+from visionlaunch.trainers.runlock import RunLock
+from visionlaunch.trainers.trackers import new_run_id
+
+
+@dataclass
+class SharedDecisions:
+    """What the main process decides for every rank, sent to them in one broadcast."""
+    plan: ckpt.ResumePlan  # the run folder, and the checkpoint to resume from (or None)
+    replace: bool  # the folder exists and is to be replaced (output.overwrite, or restarting an unfinished run)
+    betons: dict  # data.loader=ffcv: the .beton file of each split
+
+
+def decide_for_every_rank(cfg: RunConfig, preset: str | None, data: DataBundle | None, accelerator, log
+                          ) -> tuple[SharedDecisions, DataBundle, RunConfig, RunLock | None]:
+    """The main process locks the run folder, decides where training starts, reads the data (filling the cache
+    the other ranks then read) and checks the checkpoint and the ffcv files; every rank gets its decision, or its
+    VisionlaunchError, in one broadcast, so all of them go on or stop together. Returns the decisions, the data,
+    the config as used and (main process) the run folder's lock."""
+    outcome, lock = None, None
+    if accelerator.is_main_process:
+        try:
+            if cfg.data.loader == "ffcv":  # before anything is read or written: the message says how to install it
+                require_ffcv()
+            plan, replace, lock = plan_start(cfg, preset, log)
+            data, used = read_data(cfg, data, log, cfg.train.progress)
+            if plan.checkpoint is not None:
+                ckpt.validate(plan.checkpoint, plan.meta, used.model_dump(mode="json"), accelerator.num_processes,
+                              cfg.train.precision == "fp16")
+            betons = {}
+            if cfg.data.loader == "ffcv":  # missing files are written; stale, truncated or foreign ones refused
+                from visionlaunch.ffcv_builders.prepare import ensure_betons
+                betons = ensure_betons({"train": data.train, "val": data.val, "test": data.test}, data.name,
+                                       cfg.data, log=log, progress=cfg.train.progress)
+            outcome = ("ok", SharedDecisions(plan, replace, betons))
+        except VisionlaunchError as exc:
+            outcome = ("error", str(exc))
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+    outcome = broadcast_from_main(accelerator, outcome)
+    if outcome[0] == "error":
+        if lock is not None:
+            lock.release()
+        raise VisionlaunchError(outcome[1])
+    if not accelerator.is_main_process:
+        data, used = read_data(cfg, data, log, False)
+    return outcome[1], data, used, lock
+
+
+def read_data(cfg: RunConfig, data: DataBundle | None, log, progress: bool) -> tuple[DataBundle, RunConfig]:
+    """The data (given, or read from cfg.data) and the config as used: after a fallback (the embedded MNIST
+    sample) a copy naming the data really used, so that config.yaml and `visionlaunch evaluate` reload the same
+    data. The config itself is never changed."""
+    data = data if data is not None else prepare_data(cfg.data, log=log, progress=progress)
+    if data.name != cfg.data.name:
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"name": data.name, "fallback": "none"})})
+    return data, cfg
+
+
+# A run folder that was started but never finished (killed before its first checkpoint), or one that only holds
+# the batch job that is about to start it (runs/<name>/slurm/, written by `visionlaunch submit`).
+UNFINISHED = (rf.FolderState.EMPTY, rf.FolderState.JOB_ONLY, rf.FolderState.STARTED, rf.FolderState.PREEMPTED)
+
+
+def plan_start(cfg: RunConfig, preset: str | None, log) -> tuple[ckpt.ResumePlan, bool, RunLock]:
+    """Main process: lock the run folder, then decide where training starts. Returns the plan, whether an existing
+    folder is to be replaced (output.overwrite, or restarting an unfinished run) and the lock, held until the run
+    ends: no other process may train into the folder, resume from it or replace it meanwhile."""
+    run_path = Path(cfg.output.dir).expanduser() / (cfg.output.name or rf.default_run_name(preset))
+    lock = RunLock(ckpt.plan_resume(cfg.train.resume, run_path).run_path).acquire(log=log)
+    try:
+        plan = ckpt.plan_resume(cfg.train.resume, run_path)  # again: the folder may have changed meanwhile
+        if plan.note:
+            log(plan.note)
+        if plan.checkpoint is not None:
+            return plan, False, lock
+        state = rf.folder_state(run_path)
+        restart = cfg.train.resume == "auto" and state in UNFINISHED
+        if restart and state is not rf.FolderState.JOB_ONLY:
+            log(f"no complete checkpoint in {run_path}: starting that run again")
+        rf.check_output_dir(run_path.parent, run_path.name, cfg.output.overwrite or restart)
+        return plan, cfg.output.overwrite or restart, lock
+    except BaseException:
+        lock.release()
+        raise
+
+
+def model_for(cfg: RunConfig, data: DataBundle, accelerator) -> torch.nn.Module:
+    """The model of cfg.model for this data (with its starting weights), checked against report.tsne_layer. The
+    initial weights are the same on every rank; from here on each rank draws its own random numbers (dropout)."""
+    model = build_model(cfg.model.name, data.in_shape, len(data.classes), cfg.model.args)
+    if cfg.model.weights:
+        load_weights(model, cfg.model.weights, cfg.model.name)
+    if accelerator.num_processes > 1:
+        set_seed((cfg.train.seed + accelerator.process_index) % 2**32)  # numpy takes 32-bit seeds
+    if cfg.report.figures and cfg.report.tsne_layer not in layer_names(model):
+        raise VisionlaunchError(
+            f"report.tsne_layer={cfg.report.tsne_layer!r} is not a layer of model {cfg.model.name!r}. Valid names: "
+            f"{', '.join(layer_names(model)[:40])}.")
+    return model
+
+
+@dataclass
+class Loaders:
+    train: object
+    evals: dict  # split name -> loader, for val and test when they hold images
+    steps_per_epoch: int  # optimizer steps
+    pipeline: BatchPipeline
+
+
+def loaders_for(cfg: RunConfig, data: DataBundle, accelerator, micro_batch: int, betons: dict,
+                verify_beton: bool) -> Loaders:
+    acc = accelerator
+    common = dict(seed=cfg.train.seed, device=acc.device, rank=acc.process_index, world=acc.num_processes,
+                  num_workers=cfg.data.num_workers, channels_last=cfg.train.channels_last, verify_beton=verify_beton)
+    crop = ResizedCrop(cfg.data.image_size, tuple(cfg.augment.crop_scale)) if cfg.data.image_size else None
+    # An epoch is a whole number of optimizer steps; max_steps_per_epoch counts optimizer steps.
+    steps = train_steps_per_epoch(len(data.train), micro_batch, cfg.train.grad_accum, acc.num_processes,
+                                  cfg.train.max_steps_per_epoch)
+    if steps == 0:
+        raise VisionlaunchError(
+            f"no training step fits in an epoch: {len(data.train)} training images cannot fill one batch "
+            f"of {cfg.train.batch_size}. Lower train.batch_size or use more data.")
+    train = make_loader(cfg.data.loader, data.train.images, data.train.labels, micro_batch, train=True,
+                        beton=betons.get("train"), augment=cfg.augment, resized_crop=crop,
+                        max_steps=steps * cfg.train.grad_accum, **common)
+    eval_batch = max(1, cfg.train.eval_batch_size // acc.num_processes)
+    evals = {split: make_loader(cfg.data.loader, ds.images, ds.labels, eval_batch, train=False,
+                                beton=betons.get(split), **common)
+             for split, ds in (("val", data.val), ("test", data.test)) if ds is not None and len(ds)}
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.precision, torch.float32)
+    pipeline = BatchPipeline(cfg.augment, data.mean, data.std, acc.device, seed=cfg.train.seed + acc.process_index,
+                             channels_last=cfg.train.channels_last,
+                             dtype=half if cfg.data.half_inputs else torch.float32, loader_augments=train.augments,
+                             resized_crop=None if train.augments or train.crops else crop)
+    return Loaders(train, evals, steps, pipeline)
+
+
+def write_run_files(run_path: Path, cfg: RunConfig, data: DataBundle, model: torch.nn.Module, summary: str,
+                    accelerator, argv: list[str], resumed_from: Path | None) -> dict:
+    """config.yaml, summary.txt and run.yaml (the run's identity, which a resumed run keeps and extends); returns
+    the identity."""
+    saved = cfg.model_copy(deep=True)
+    saved.train.resume = "none"  # config.yaml reruns the experiment from scratch
+    atomic_write_text(run_path / rf.CONFIG, saved.to_yaml())
+    params = count_parameters(model)
+    atomic_write_text(run_path / rf.SUMMARY, f"{cfg.model.name} on {data.in_shape}: {params:,} trainable "
+                                             f"parameters\n\n{summary}\n")
+    now, command = dt.datetime.now().isoformat(timespec="seconds"), shlex.join(argv)
+    identity = {
+        "name": run_path.name, "ident": cfg.resolved_ident(), "date": dt.date.today().isoformat(), "started": now,
+        "command": command, "visionlaunch": __version__, "git_commit": _git_commit(), "host": platform.node(),
+        "python": platform.python_version(), "torch": str(torch.__version__), "device": str(accelerator.device),
+        "processes": accelerator.num_processes, "precision": cfg.train.precision, "parameters": params,
+        "data": data.note, "tracker_run_id": new_run_id(),
+    }
+    previous = rf.read_run_identity(run_path) if resumed_from is not None else {}
+    if previous:  # a resumed run keeps its identity (date on the figures, W&B run) and lists its sessions
+        identity.update({k: previous[k] for k in ("ident", "date", "started", "tracker_run_id") if k in previous})
+        identity["resumed"] = [*previous.get("resumed", []), {"at": now, "from": str(resumed_from),
+                                                              "command": command}]
+    atomic_write_text(run_path / rf.IDENTITY, yaml.safe_dump(identity, sort_keys=False))
+    return identity
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
