@@ -15,7 +15,7 @@ from visionlaunch.trainers.losses import CrossEntropyLoss
 from visionlaunch.datasets.augment import BatchPipeline
 from visionlaunch.trainers.schedules import build_optimizer
 from visionlaunch.trainers.distributed import make_accelerator
-from visionlaunch.trainers.evaluation import evaluate, tta_logits
+from visionlaunch.trainers.evaluation import evaluate, predict, tta_logits
 
 SHORT = ["train.epochs=1", "train.max_steps_per_epoch=8"]
 
@@ -108,3 +108,33 @@ def test_tta_run_is_reproduced_by_evaluate_and_weights_for_other_classes_are_ref
     assert main(["evaluate", str(run)]) == 2
     err = capsys.readouterr().err
     assert "was trained for 3 classes" in err and "has 10" in err
+
+
+class AutocastRecorder(nn.Module):
+    """A linear classifier that notes whether each forward ran under CPU autocast, and in which dtype."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(3 * 8 * 8, 3)
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+        return self.linear(x.flatten(1))
+
+
+def test_figure_predictions_run_in_the_precision_of_the_reported_accuracy():
+    # The confusion matrix and the prediction grid must count what the test accuracy counted: a bf16 run's
+    # predictions under the same bf16 autocast (in fp32, near-ties flip and the figures disagree with the number).
+    cfg = load_config(overrides=["train.device=cpu", "train.precision=bf16"])
+    acc = make_accelerator(cfg)
+    images = torch.randint(0, 256, (20, 3, 8, 8), dtype=torch.uint8)
+    labels = torch.randint(0, 3, (20,))
+    pipeline = BatchPipeline(AugmentConfig(), (0.5,) * 3, (0.25,) * 3, torch.device("cpu"), seed=0)
+    model = AutocastRecorder()
+    result = evaluate(model, [(images, labels)], pipeline, acc, CrossEntropyLoss(), tta_flip=True)
+    assert model.seen and set(model.seen) == {torch.bfloat16}
+    model.seen.clear()
+    preds = predict(model, images, pipeline, acc, batch_size=7, tta_flip=True)
+    assert model.seen and set(model.seen) == {torch.bfloat16}
+    assert (preds == labels).float().mean().item() == pytest.approx(result["acc"])

@@ -218,7 +218,7 @@ def redraw_figures(run_dir: Path) -> list[Path]:
     # run.yaml may be missing (a copied or partial folder): stamp with what is known, and today's date.
     identity = {"ident": cfg.resolved_ident(), "date": dt.date.today().isoformat(), "name": Path(run_dir).name,
                 **identity}
-    return make_figures(Path(run_dir), model, data, pipeline, cfg, identity, device=accelerator.device)
+    return make_figures(Path(run_dir), model, data, pipeline, cfg, identity, accelerator)
 
 
 # ------------------------------------------------------------------------------------ another split or dataset

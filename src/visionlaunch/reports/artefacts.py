@@ -26,7 +26,7 @@ def layer_features(model, images: torch.Tensor, layer: str, pipeline, device, ba
     return torch.cat(captured).numpy()
 
 
-def make_figures(run_dir: Path, model, data, pipeline, cfg: RunConfig, identity: dict, device) -> list[Path]:
+def make_figures(run_dir: Path, model, data, pipeline, cfg: RunConfig, identity: dict, accelerator) -> list[Path]:
     run_dir = Path(run_dir)
     out = run_dir / rf.FIGURES
     out.mkdir(exist_ok=True)
@@ -35,7 +35,7 @@ def make_figures(run_dir: Path, model, data, pipeline, cfg: RunConfig, identity:
     groups = dict(superclasses=test.superclasses, superclass_of=test.superclass_of)  # CIFAR-100's; else None
     paths = list(plot_curves(rf.read_metrics(run_dir / rf.METRICS), out, stamp))
 
-    preds = predict(model, test.images, pipeline, device, tta_flip=cfg.train.tta_flip)  # as the test accuracy
+    preds = predict(model, test.images, pipeline, accelerator, tta_flip=cfg.train.tta_flip)  # as the test accuracy
     paths.append(plot_confusion(test.labels.numpy(), preds.numpy(), test.classes, out / "confusion.png", stamp,
                                 **groups))
 
@@ -47,7 +47,7 @@ def make_figures(run_dir: Path, model, data, pipeline, cfg: RunConfig, identity:
                                   test.classes, out / "predictions.png", stamp))
 
     subset = torch.randperm(len(test), generator=g)[:cfg.report.tsne_samples]
-    feats = layer_features(model, test.images[subset], cfg.report.tsne_layer, pipeline, device)
+    feats = layer_features(model, test.images[subset], cfg.report.tsne_layer, pipeline, accelerator.device)
     paths.append(plot_tsne(feats, test.labels[subset].numpy(), test.classes, out / "tsne.png", stamp,
                            layer=cfg.report.tsne_layer, seed=cfg.report.seed, **groups))
     return paths
@@ -61,7 +61,7 @@ def after_training(trainer, final: dict) -> None:
     if is_main and trainer.cfg.report.figures:
         trainer.log("drawing figures (curves, t-SNE, predictions, confusion matrix) ...")
         figures = make_figures(run_path, trainer.raw_model, trainer.data, trainer.pipeline, trainer.cfg,
-                               trainer.identity, device=trainer.accelerator.device)
+                               trainer.identity, trainer.accelerator)
     trainer.tracker.log_files(figures, run_path / rf.SUMMARY, final["steps"])
     trainer.tracker.log_final(final, final["steps"])
     if is_main:

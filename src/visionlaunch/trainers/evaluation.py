@@ -71,14 +71,16 @@ def evaluate(model, loader, pipeline, accelerator, criterion, tta_flip: bool = F
 
 
 @torch.no_grad()
-def predict(model, images: torch.Tensor, pipeline, device, batch_size: int = 1000, tta_flip: bool = False
+def predict(model, images: torch.Tensor, pipeline, accelerator, batch_size: int = 1000, tta_flip: bool = False
             ) -> torch.Tensor:
-    """The predicted class of every image (uint8 NCHW on the CPU), as the test accuracy counts them."""
+    """The predicted class of every image (uint8 NCHW on the CPU), as the test accuracy counts them: under the
+    same autocast as `evaluate`, so that a bf16/fp16 run's figures agree with its reported accuracy."""
     model.eval()
     preds = []
     for i in range(0, len(images), batch_size):
-        batch = images[i:i + batch_size].to(device)
-        preds.append(tta_logits(model, pipeline.eval(batch), tta_flip).argmax(1).cpu())
+        batch = images[i:i + batch_size].to(accelerator.device)
+        with accelerator.autocast():
+            preds.append(tta_logits(model, pipeline.eval(batch), tta_flip).argmax(1).cpu())
     return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
 
 
