@@ -16,7 +16,7 @@ from visionlaunch.reports import (
     plot_predictions,
     plot_tsne,
 )
-from visionlaunch.reports import figures
+from visionlaunch.reports import class_figures, figures
 from tests.cifar_format import CIFAR100_COARSE, CIFAR100_FINE, FINE_TO_COARSE
 
 STAMP = Stamp(ident="ada", date="2024-05-01", run_name="mnist-cnn")
@@ -50,6 +50,7 @@ def saved_figs(monkeypatch):
         return real_save(fig, path)
 
     monkeypatch.setattr(figures, "_save", keep)
+    monkeypatch.setattr(class_figures, "_save", keep)
     return kept
 
 
@@ -167,7 +168,7 @@ def gaussian_clusters(n=200, dim=16, k=3, seed=0):
 def test_tsne_is_deterministic_separates_clusters_and_writes_png(tmp_path, saved_figs):
     features, labels = gaussian_clusters()
     classes = ["cat", "dog", "bird"]
-    embedding = figures.tsne_embedding(features, seed=0)
+    embedding = class_figures.tsne_embedding(features, seed=0)
     assert embedding.shape == (200, 2)
     centroids = np.stack([embedding[labels == c].mean(axis=0) for c in range(3)])
     nearest = np.argmin(((embedding[:, None] - centroids[None]) ** 2).sum(-1), axis=1)
@@ -175,7 +176,7 @@ def test_tsne_is_deterministic_separates_clusters_and_writes_png(tmp_path, saved
 
     # plot_tsne, run again with the same seed, draws exactly the figure of the embedding above
     out = plot_tsne(features, labels, classes, tmp_path / "tsne.png", STAMP, layer="penultimate", seed=0)
-    reference = figures._save(figures._make_tsne_figure(embedding, labels, classes, STAMP, layer="penultimate",
+    reference = figures._save(class_figures._make_tsne_figure(embedding, labels, classes, STAMP, layer="penultimate",
                                                         n_total=200), tmp_path / "reference.png")
     np.testing.assert_array_equal(check_png(out), check_png(reference))
 
@@ -195,7 +196,7 @@ def test_tsne_many_classes_small_n_and_sampling(tmp_path, saved_figs):
     assert "no per-class legend" in fig.get_suptitle()
     assert fig.axes[0].get_legend() is None
 
-    assert figures.safe_perplexity(5) < 5 and figures.safe_perplexity(10_000) == 30.0
+    assert class_figures.safe_perplexity(5) < 5 and class_figures.safe_perplexity(10_000) == 30.0
     tiny, tiny_labels = gaussian_clusters(n=5, dim=3, k=2)
     check_png(plot_tsne(tiny, tiny_labels, ["a", "b"], tmp_path / "tiny.png", STAMP, layer="x"))
 
@@ -237,7 +238,7 @@ def test_confusion_small_case_values_and_names(tmp_path, saved_figs):
     classes = ["cat", "dog", "bird", "fish"]  # fish never occurs: its row stays zeros, not NaN
     labels = np.array([0, 0, 0, 0, 1, 1, 2, 2, 2, 2])
     preds = np.array([0, 0, 0, 1, 1, 0, 2, 2, 1, 0])
-    norm = figures.row_normalise(figures.confusion_counts(labels, preds, classes))
+    norm = class_figures.row_normalise(class_figures.confusion_counts(labels, preds, classes))
     np.testing.assert_allclose(norm, [[.75, .25, 0, 0], [.5, .5, 0, 0], [.25, .25, .5, 0], [0, 0, 0, 0]])
 
     check_png(plot_confusion(labels, preds, classes, tmp_path / "confusion.png", STAMP))
@@ -289,7 +290,7 @@ def test_confusion_hundred_classes_ordered_by_superclass(tmp_path, saved_figs):
     assert rows[:5] == ["beaver", "dolphin", "otter", "seal", "whale"] and sorted(rows) == CIFAR100_FINE
     assert [FINE_TO_COARSE[CIFAR100_FINE.index(r)] for r in rows] == sorted(FINE_TO_COARSE)
     assert len(ax.lines) == 2 * 19  # the 20 blocks outlined
-    assert [t.get_text() for t in ax.texts] == [figures._group_names([c])[0] for c in CIFAR100_COARSE]
+    assert [t.get_text() for t in ax.texts] == [class_figures._group_names([c])[0] for c in CIFAR100_COARSE]
     wrong = labels != preds
     inside = np.mean(np.array(FINE_TO_COARSE)[labels[wrong]] == np.array(FINE_TO_COARSE)[preds[wrong]])
     assert f"{inside:.0%} of all {wrong.sum():,} errors stay" in "\n".join(texts(fig))

@@ -2,15 +2,8 @@
 page of several runs (`write_comparison`); all of them read only the run folders."""
 
 from .compare import write_comparison
-from .figures import (
-    count_correct,
-    most_confused_pairs,
-    plot_comparison,
-    plot_confusion,
-    plot_curves,
-    plot_predictions,
-    plot_tsne,
-)
+from .class_figures import count_correct, most_confused_pairs, plot_confusion, plot_predictions, plot_tsne
+from .figures import plot_comparison, plot_curves
 from .html import write_report
 from .predictions import save_predictions
 from .stamp import Stamp

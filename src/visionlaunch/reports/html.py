@@ -18,7 +18,8 @@ from visionlaunch.runfolder import CONFIG, REPORT, RUN_FILES, holds_run_files
 
 from . import page
 from .analysis import Headline, RunFolder, epoch_rows, final_record, find_restarts, headline, number, read_run
-from .figures import MAX_LEGEND_CLASSES, most_confused_pairs, plot_curves
+from .class_figures import most_confused_pairs
+from .figures import MAX_LEGEND_CLASSES, plot_curves
 from .page import Html, esc
 from .stamp import Stamp
 
