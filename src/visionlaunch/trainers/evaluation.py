@@ -13,12 +13,19 @@ import torch
 from torch import nn
 
 
-def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[torch.Tensor]:
+TOP_KS = (1, 5)  # the accuracies every evaluation reports: top-1 and top-5
+
+
+def ranked_classes(logits: torch.Tensor, k: int = max(TOP_KS)) -> torch.Tensor:
+    """The k highest-scoring classes of each row, best first (k clipped to the class count). The one ranking
+    that both the accuracy and the test predictions use: ties, common in bf16 logits, are broken the same way."""
+    return logits.topk(min(k, logits.shape[1]), dim=1).indices
+
+
+def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = TOP_KS) -> list[torch.Tensor]:
     """Number of samples whose label is among the top-k logits, for each k (k clipped to the class count)."""
-    kmax = min(max(ks), logits.shape[1])
-    top = logits.topk(kmax, dim=1).indices
-    hit = top.eq(labels[:, None])
-    return [hit[:, :min(k, kmax)].any(dim=1).sum() for k in ks]
+    hit = ranked_classes(logits, max(ks)).eq(labels[:, None])
+    return [hit[:, :k].any(dim=1).sum() for k in ks]
 
 
 class Totals:
@@ -74,13 +81,15 @@ def evaluate(model, loader, pipeline, accelerator, criterion, tta_flip: bool = F
 def predict(model, images: torch.Tensor, pipeline, accelerator, batch_size: int = 1000, tta_flip: bool = False
             ) -> torch.Tensor:
     """The predicted class of every image (uint8 NCHW on the CPU), as the test accuracy counts them: under the
-    same autocast as `evaluate`, so that a bf16/fp16 run's figures agree with its reported accuracy."""
+    same autocast as `evaluate` and with the same tie-breaking, so a bf16/fp16 run's figures agree with its
+    reported accuracy."""
     model.eval()
     preds = []
     for i in range(0, len(images), batch_size):
         batch = images[i:i + batch_size].to(accelerator.device)
         with accelerator.autocast():
-            preds.append(tta_logits(model, pipeline.eval(batch), tta_flip).argmax(1).cpu())
+            logits = tta_logits(model, pipeline.eval(batch), tta_flip)
+        preds.append(ranked_classes(logits)[:, 0].cpu())
     return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
 
 
