@@ -13,8 +13,7 @@ import torch
 from PIL import Image
 
 from tests.conftest import require_ffcv, require_shared_data
-from visionlaunch.datasets.mixed_size import decode_squares, stored_size
-from visionlaunch.datasets.resized_crop import ResizedCrop, ResizedCropDataset, draw_boxes
+from visionlaunch.datasets.mixed_size import ResizedCrop, ResizedCropDataset, decode_squares, draw_boxes, stored_size
 from visionlaunch.launch.cli import main
 from visionlaunch.runfolder import read_metrics
 
@@ -134,7 +133,7 @@ def test_crop_boxes_follow_scale_and_ratio_and_stay_inside():
 def test_the_batched_crop_and_torchvision_v2_crop_mean_the_same(monkeypatch):
     """Same box: the tensor backend's grid sample equals torchvision's resized_crop away from the box's edge
     (there the grid sample reads the true neighbours outside the box, torchvision clamps to the box)."""
-    import visionlaunch.datasets.resized_crop as rc
+    import visionlaunch.datasets.mixed_size as rc
 
     images = torch.randint(0, 256, (3, 3, 73, 73), dtype=torch.uint8)
     monkeypatch.setattr(rc, "draw_boxes", lambda n, *a, **k: torch.tensor([[5, 9, 40, 34]] * n))

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import os
 import zlib
 from collections.abc import Callable
 from pathlib import Path
+
+from PIL import Image
 
 from visionlaunch.datasets.imageset import DatasetNotFound
 from visionlaunch.errors import VisionlaunchError
@@ -25,6 +28,11 @@ def default_cache_dir() -> Path:
     """$VISIONLAUNCH_CACHE, else ~/.cache/visionlaunch."""
     env = os.environ.get("VISIONLAUNCH_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "visionlaunch"
+
+
+def open_image(payload: bytes | Path) -> Image.Image:
+    """An image from an archive member's bytes or from a file."""
+    return Image.open(io.BytesIO(payload) if isinstance(payload, bytes) else payload)
 
 
 def md5_file(path: Path, chunk_size: int = 1 << 20) -> str:

@@ -8,7 +8,6 @@ agree on shape (every image one size; grayscale only when every image of both sp
 from __future__ import annotations
 
 import errno
-import io
 import os
 import stat
 import tarfile
@@ -21,7 +20,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from visionlaunch.datasets.files import open_image
 from visionlaunch.datasets.imageset import DatasetNotFound, ImageSet
+from visionlaunch.datasets.mixed_size import decode_squares, stored_size
 from visionlaunch.errors import VisionlaunchError, describe_os_error
 from visionlaunch.progress import progress_bar
 
@@ -186,10 +187,6 @@ class _Image:
     payload: bytes | Path
 
 
-def _open(payload: bytes | Path) -> Image.Image:
-    return Image.open(io.BytesIO(payload) if isinstance(payload, bytes) else payload)
-
-
 def _collect(entries: list[_Entry], where: Path) -> tuple[list[_Image], dict[str, set[str]]]:
     depth = _layout_depth(entries, where)
     images: list[_Image] = []
@@ -305,7 +302,7 @@ def _scan_headers(images: list[_Image], check_size: _SizeCheck, progress: bool, 
     gray = True
     for im in progress_bar(images, desc=f"checking {split} images", unit=" img", disable=not progress, leave=False):
         try:
-            with _open(im.payload) as pil:
+            with open_image(im.payload) as pil:
                 size, mode = pil.size, pil.mode
         except _BAD_IMAGE as exc:
             raise _unreadable(im, exc) from exc
@@ -321,7 +318,7 @@ def _decode(images: list[_Image], check_size: _SizeCheck, others_gray: bool, pro
     for i, im in enumerate(progress_bar(images, desc=f"decoding {split} images", unit=" img",
                                         disable=not progress)):
         try:
-            with _open(im.payload) as pil:
+            with open_image(im.payload) as pil:
                 check_size(im, pil.size)
                 gray = _is_gray(pil.mode)
                 pixels = _eight_bit(pil, gray, im.display)
@@ -347,26 +344,18 @@ def read(path: Path, split: str, progress: bool = True, image_size: int | None =
     # Sorted by split, class, then name: the order never depends on the archive or the file system.
     images.sort(key=lambda im: (im.split != "train", index[im.cls], im.display))
     wanted = [im for im in images if im.split == split]
-    kind = "archive" if path.is_file() else "folder"
-    if image_size:  # photos of any size, each decoded to one stored square (datasets/mixed_size.py)
-        from visionlaunch.datasets.mixed_size import decode_squares, stored_size
+    source = f"ImageFolder {'archive' if path.is_file() else 'folder'} {path} ({split}/, {len(classes)} classes"
+    if image_size:  # photos of any size, each decoded to one stored square
         pixels, note = decode_squares(wanted, image_size, max_upscale, unreadable=_unreadable, progress=progress,
                                       desc=f"decoding {split} images")
         side = stored_size(image_size)
-        return ImageSet(
-            images=torch.from_numpy(pixels), labels=torch.tensor([index[im.cls] for im in wanted], dtype=torch.int64),
-            classes=classes, name="imagefolder",
-            source=f"ImageFolder {kind} {path} ({split}/, {len(classes)} classes, mixed sizes stored as {side}x{side} "
-                   f"RGB{'; ' + note if note else ''})")
-    # The other split is only checked (header: size and colour mode), so both splits always agree on shape.
-    check_size = _SizeCheck()
-    other = "test" if split == "train" else "train"
-    others_gray = _scan_headers([im for im in images if im.split == other], check_size, progress, other)
-    pixels = _decode(wanted, check_size, others_gray, progress, split)
-    return ImageSet(
-        images=torch.from_numpy(pixels),
-        labels=torch.tensor([index[im.cls] for im in wanted], dtype=torch.int64),
-        classes=classes,
-        name="imagefolder",
-        source=f"ImageFolder {kind} {path} ({split}/, {len(classes)} classes)",
-    )
+        source += f", mixed sizes stored as {side}x{side} RGB{'; ' + note if note else ''}"
+    else:
+        # The other split is only checked (header: size and colour mode), so both splits always agree on shape.
+        check_size = _SizeCheck()
+        other = "test" if split == "train" else "train"
+        others_gray = _scan_headers([im for im in images if im.split == other], check_size, progress, other)
+        pixels = _decode(wanted, check_size, others_gray, progress, split)
+    labels = torch.tensor([index[im.cls] for im in wanted], dtype=torch.int64)
+    return ImageSet(images=torch.from_numpy(pixels), labels=labels, classes=classes, name="imagefolder",
+                    source=source + ")")

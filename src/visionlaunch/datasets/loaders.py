@@ -21,9 +21,9 @@ from __future__ import annotations
 import math
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, TensorDataset
 
-from visionlaunch.datasets.resized_crop import ResizedCropDataset
+from visionlaunch.datasets.mixed_size import ResizedCropDataset
 
 
 def epoch_steps(n: int, batch_size: int, *, train: bool, rank: int = 0, world: int = 1) -> int:
@@ -124,17 +124,6 @@ class TensorLoader(ShardedLoader):
                 yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
 
 
-class _IndexedTensors(Dataset):
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
-        self.images, self.labels = images, labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i):
-        return self.images[i], self.labels[i]
-
-
 class _RemainingSampler(torch.utils.data.Sampler):
     """The DataLoader's order: what the owning loader's epoch still visits."""
 
@@ -159,7 +148,7 @@ class TorchLoader(ShardedLoader):
         self.device = device
         # data.image_size: each training sample is cropped in the workers with torchvision's transforms v2.
         self.crops = bool(train and resized_crop is not None)
-        dataset = ResizedCropDataset(images, labels, resized_crop) if self.crops else _IndexedTensors(images, labels)
+        dataset = ResizedCropDataset(images, labels, resized_crop) if self.crops else TensorDataset(images, labels)
         # Its own generator: DataLoader draws a worker base seed per epoch, which must not advance the global RNG
         # (dropout uses it), or a resumed run would draw different dropout masks than an uninterrupted one.
         self.loader = DataLoader(

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from visionlaunch.datasets.loaders import ShardedLoader
+from visionlaunch.datasets.mixed_size import RATIO
 from visionlaunch.ffcv_builders import require_ffcv
 from visionlaunch.ffcv_builders.manifest import check_beton
 
@@ -64,11 +65,9 @@ class FfcvLoader(ShardedLoader):
         from ffcv.transforms import RandomHorizontalFlip, RandomTranslate, ToDevice, ToTensor, ToTorchImage
 
         image = [NDArrayDecoder() if grayscale else SimpleRGBImageDecoder()]
-        if resized_crop is not None:  # data.image_size: FFCV decodes straight into the random-resized crop
-            if grayscale:
-                raise ValueError(f"{self.path} holds grayscale arrays; the random-resized crop needs an RGB field")
+        if resized_crop is not None:  # data.image_size (always RGB): FFCV decodes straight into the crop
             image = [RandomResizedCropRGBImageDecoder((resized_crop.size,) * 2, scale=tuple(resized_crop.scale),
-                                                      ratio=tuple(resized_crop.ratio))]
+                                                      ratio=RATIO)]
         if self.train:  # the order of BatchAugment: translate, flip, then cutout
             if crop_padding:
                 image.append(RandomTranslate(padding=crop_padding, fill=(0,) * (1 if grayscale else 3)))

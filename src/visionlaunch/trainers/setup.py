@@ -21,7 +21,7 @@ from visionlaunch import runfolder as rf
 from visionlaunch.atomic import atomic_write_text
 from visionlaunch.config import RunConfig
 from visionlaunch.datasets.augment import BatchPipeline
-from visionlaunch.datasets.resized_crop import ResizedCrop
+from visionlaunch.datasets.mixed_size import ResizedCrop
 from visionlaunch.errors import VisionlaunchError
 from visionlaunch.ffcv_builders import require_ffcv
 from visionlaunch.models import build_model
