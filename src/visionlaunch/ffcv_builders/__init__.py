@@ -4,9 +4,8 @@
     write_imageset(train_set, "train.beton", split="train")           # validated, atomic, with a manifest
     loader = FfcvLoader("train.beton", 128, train=True, seed=0, device=torch.device("cpu"), flip=True)
 
-FFCV is an optional extra (`pip install visionlaunch[ffcv]` plus a Debian package line, see `INSTALL_HINT`):
-`require_ffcv` is the one place that imports it, only when a beton is written or read, so everything else works
-without it.
+FFCV is an optional extra (`pip install visionlaunch[ffcv]` plus the Debian packages of `INSTALL_HINT`):
+`require_ffcv` is the one place that imports it, only when a beton is written or read.
 """
 
 from __future__ import annotations
@@ -59,14 +58,7 @@ def require_ffcv(purpose: str = "the ffcv loader backend (data.loader=ffcv)"):
     return module
 
 
-def __getattr__(name):  # the parts that need ffcv (or numpy's hashing) load on first use
-    if name in ("write_beton", "write_imageset", "validate_samples"):
-        from visionlaunch.ffcv_builders import writer
-        return getattr(writer, name)
-    if name in ("BetonManifest", "check_beton", "source_digest"):
-        from visionlaunch.ffcv_builders import manifest
-        return getattr(manifest, name)
-    if name == "FfcvLoader":
-        from visionlaunch.ffcv_builders.loader import FfcvLoader
-        return FfcvLoader
-    raise AttributeError(name)
+# Below require_ffcv, which these modules import from here; none of them imports ffcv itself.
+from visionlaunch.ffcv_builders.loader import FfcvLoader  # noqa: E402
+from visionlaunch.ffcv_builders.manifest import BetonManifest, check_beton, source_digest  # noqa: E402
+from visionlaunch.ffcv_builders.writer import validate_samples, write_beton, write_imageset  # noqa: E402
