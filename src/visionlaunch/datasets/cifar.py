@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,9 +59,6 @@ FORMATS = {
 ROWS = {"train": 50_000, "test": 10_000}  # both datasets; classes are balanced within each split
 
 
-def _other(fmt: CifarFormat) -> CifarFormat:
-    return FORMATS["cifar100" if fmt.num_classes == 10 else "cifar10"]
-
 # The only globals a CIFAR pickle needs. Anything else means the file is not one, and refusing it also keeps
 # unpickling from running arbitrary code.
 _ALLOWED_GLOBALS = {
@@ -68,15 +66,12 @@ _ALLOWED_GLOBALS = {
     ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): codecs.encode,  # how Python 3 protocol-2 pickles write bytes
 }
 
 
 class _CifarUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
-        if (module, name) == ("_codecs", "encode"):  # how Python 3 protocol-2 pickles write bytes
-            import codecs
-
-            return codecs.encode
         try:
             return _ALLOWED_GLOBALS[(module, name)]
         except KeyError:
@@ -132,12 +127,11 @@ def locate(name: str, root: Path, split: str, download: bool) -> list[Path]:
 def _wrong_dataset_hint(found: dict, fmt: CifarFormat, key: str) -> str:
     """When a file holds the other CIFAR's keys, say so: a CIFAR-10 batch copied into cifar-100-python/ is a common
     mix-up, and "expected key 'fine_labels'" alone does not explain it."""
-    other = _other(fmt)
-    other_key = other.label_key if key == "labels" else other.names_key
-    if other_key in found:
-        name = next(n for n, f in FORMATS.items() if f is other)
-        return (f" It has {other_key!r}: it is a {other.title} file, which belongs in {other.folder}/ and is read "
-                f"with data.name={name}.")
+    for name, other in FORMATS.items():
+        other_key = other.label_key if key == "labels" else other.names_key
+        if other is not fmt and other_key in found:
+            return (f" It has {other_key!r}: it is a {other.title} file, which belongs in {other.folder}/ and is "
+                    f"read with data.name={name}.")
     return ""
 
 

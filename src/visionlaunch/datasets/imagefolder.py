@@ -35,10 +35,6 @@ WIDE_GRAY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _IGNORED_TOP = ("__MACOSX",)  # resource forks that macOS adds to archives
 
 
-def _is_archive(path: Path) -> bool:
-    return path.name.lower().endswith(ARCHIVE_SUFFIXES)
-
-
 def locate(root: Path, path: str | os.PathLike | None) -> Path:
     """The folder or archive named by `path` (absolute, or relative to `root`)."""
     if not path:
@@ -51,7 +47,7 @@ def locate(root: Path, path: str | os.PathLike | None) -> Path:
         raise DatasetNotFound(
             f"ImageFolder data not found at {p} (data.path={str(path)!r}, data root {root}). Give data.path as an "
             "absolute path or relative to the data root (data.root or $VISIONLAUNCH_DATA).")
-    if p.is_file() and not _is_archive(p):
+    if p.is_file() and not p.name.lower().endswith(ARCHIVE_SUFFIXES):
         raise VisionlaunchError(
             f"ImageFolder data.path {p} is a file but not a .tar, .tar.gz or .tgz archive. Point data.path at a "
             "folder holding train/ and test/, or at such an archive.")
@@ -122,10 +118,6 @@ class _Entry:
     parts: tuple[str, ...]  # path inside the dataset, split into components
     display: str  # how to name it in an error: a file path, or "archive.tar.gz:member"
     payload: bytes | Path | None  # bytes from an archive, a path in a folder, None for a directory
-
-
-def _entries_from_folder(path: Path) -> list[_Entry]:
-    return [_Entry(parts, str(p), None if is_dir else p) for parts, p, is_dir in _walk(path)]
 
 
 def _is_candidate_image(parts: tuple[str, ...]) -> bool:
@@ -337,7 +329,10 @@ def _decode(images: list[_Image], check_size: _SizeCheck, others_gray: bool, pro
 
 def read(path: Path, split: str, progress: bool = True, image_size: int | None = None,
          max_upscale: float = 4.0) -> ImageSet:
-    entries = _entries_from_archive(path, progress) if path.is_file() else _entries_from_folder(path)
+    if path.is_file():
+        entries = _entries_from_archive(path, progress)
+    else:
+        entries = [_Entry(parts, str(p), None if is_dir else p) for parts, p, is_dir in _walk(path)]
     images, class_dirs = _collect(entries, path)
     classes = _check_classes(images, class_dirs, path)
     index = {c: i for i, c in enumerate(classes)}

@@ -51,8 +51,7 @@ def load_dataset(name: str, split: str, *, root: Path, path: str | None = None, 
 
 
 def _load(name: str, split: str, root: Path, path: str | None, download: bool, verify: bool,
-          cache_dir: Path | None, progress: bool, image_size: int | None = None,
-          max_upscale: float = 4.0) -> ImageSet:
+          cache_dir: Path | None, progress: bool, image_size: int | None, max_upscale: float) -> ImageSet:
     if name == "mnist_sample":
         # Imported here, so that `python -m visionlaunch.datasets.mnist_sample` does not find itself imported.
         from visionlaunch.datasets.mnist_sample import load_mnist_sample

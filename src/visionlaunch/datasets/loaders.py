@@ -1,19 +1,12 @@
-"""The loader backends and the one core they share.
+"""The loader backends (tensor, torch; ffcv in ffcv_builders/loader.py) and the core they share, `ShardedLoader`:
+which samples each step of an epoch takes on this rank. Every backend yields (uint8 NCHW images, int64 labels) on
+the training device; the batch pipeline (augment.py) then augments and normalises them, the same for every backend.
 
-Every backend yields batches of (uint8 images NCHW, int64 labels) on the training device; the batch pipeline
-(datasets/augment.py) then augments and normalises whole batches there, so every backend means the same
-augmentation and the model never knows which one fed it. `ShardedLoader` is what they share: which samples
-each step of an epoch takes on this rank, and how many steps the epoch has. The ffcv backend
-(ffcv_builders/loader.py) builds on it too.
-
-Sharding under several processes: each epoch one seeded permutation (identical on every rank) is cut into
-`world` disjoint shards, rank r taking positions r, r+world, ... . Training shards are trimmed to a common length
-so every rank runs the same number of steps (at most world-1 samples a epoch are left out, a different few each
-epoch); evaluation shards are not trimmed, so every test sample is counted exactly once.
-
-With a per-process batch of train.batch_size / world, optimizer step k of every rank together covers positions
-[k*B, (k+1)*B) of the epoch's permutation: the same samples as step k of a single process with batch B.
-`set_epoch(epoch, start_batch)` starts an epoch part way through, at exactly the batch a checkpoint stopped at.
+Each epoch one seeded permutation (identical on every rank) is cut into `world` shards, rank r taking positions r,
+r+world, ... . Training shards are trimmed to a common length, so every rank runs the same number of steps (at most
+world-1 samples an epoch left out); evaluation shards are not, so every test sample counts exactly once. With a
+per-process batch of B / world, step k of all ranks covers positions [k*B, (k+1)*B): the samples of step k of one
+process with batch B. `set_epoch(epoch, start_batch)` resumes an epoch at exactly the batch a checkpoint stopped at.
 """
 
 from __future__ import annotations
@@ -75,15 +68,6 @@ class ShardedLoader:
 DEVICE_SHARE = 0.5
 
 
-def device_budget(device: torch.device) -> int | None:
-    """Bytes a resident dataset may take on `device`; None when there is no limit to check (CPU memory already
-    holds the decoded dataset)."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free * DEVICE_SHARE)
-    return None
-
-
 class TensorLoader(ShardedLoader):
     """The whole uint8 dataset resident on `device`; batches are index gathers, no per-sample Python work.
 
@@ -98,7 +82,9 @@ class TensorLoader(ShardedLoader):
                          max_steps=max_steps)
         self.device = device
         need = images.nbytes + labels.nbytes
-        budget = memory_budget if memory_budget is not None else device_budget(device)
+        budget = memory_budget
+        if budget is None and device.type == "cuda":  # on the CPU, memory already holds the decoded dataset
+            budget = int(torch.cuda.mem_get_info(device)[0] * DEVICE_SHARE)
         self.resident = budget is None or need <= budget
         if self.resident:
             self.images, self.labels = images.to(device), labels.to(device)

@@ -1,18 +1,11 @@
-"""The ffcv loader backend: an FFCV Loader behind the same contract as TensorLoader and TorchLoader.
+"""The ffcv loader backend: an FFCV Loader behind the contract and the sample order of TensorLoader and
+TorchLoader (ShardedLoader's rank shards replace FFCV's traversal orders; FFCV's `distributed=True` would pad
+evaluation shards with repeated samples and count some test images twice).
 
-Same contract: batches of (uint8 NCHW images, int64 labels) on the training device, `set_epoch(epoch,
-start_batch)`, `len()`, `max_steps`. Same order: FFCV's own traversal orders are replaced by the epoch's seeded
-permutation cut into rank shards (ShardedLoader in datasets/loaders.py), so the three backends visit the same
-samples in the same order on every rank; FFCV's `distributed=True` would pad evaluation shards with repeated
-samples the way DistributedSampler does, and counts some test images twice. A resumed epoch simply starts its
-order at `start_batch`, so mid-epoch resume continues at the exact sample.
-
-Different from the others: augmentation (translate, flip, cutout) runs inside the FFCV pipeline, in its
-compiled worker threads on the CPU, with numba's random generator: `augments = True` tells the batch pipeline
-not to augment a second time, and the draws are not seeded (a resumed run sees the same samples but other
-augmentations). Normalisation stays in the batch pipeline, the same arithmetic for every backend.
-FFCV reuses its batch buffers: a batch is valid until a few more batches have been taken; `clone=True` copies
-each batch for callers that keep them.
+Different from the others: augmentation (translate, flip, cutout) runs in FFCV's compiled CPU worker threads with
+numba's unseeded generator (`augments = True`: the batch pipeline does not augment again; a resumed run sees the
+same samples but other augmentations). FFCV reuses its batch buffers: a batch is valid until a few more have been
+taken; `clone=True` copies each batch for callers that keep them.
 """
 
 from __future__ import annotations

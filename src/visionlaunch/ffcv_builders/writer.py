@@ -79,12 +79,7 @@ def _fields(shape: tuple[int, int, int], encoding: str, jpeg_quality: int, max_r
     from ffcv.fields import IntField, NDArrayField, RGBImageField
 
     h, w, c = shape
-    if c == 1:
-        if encoding != "raw":
-            raise VisionlaunchError(
-                "FFCV stores JPEG only for 3-channel images; grayscale images are written raw (as an "
-                f"NDArrayField of shape {shape}). Use encoding raw (data.ffcv_encoding=raw) for this dataset.")
-        # FFCV's RGBImageField refuses (H, W, 1): a uint8 array field holds grayscale exactly.
+    if c == 1:  # FFCV's RGBImageField refuses (H, W, 1): a uint8 array field holds grayscale exactly
         image = NDArrayField(dtype=np.dtype("uint8"), shape=(h, w, 1))
     else:
         image = RGBImageField(write_mode="jpg" if encoding == "jpeg" else "raw", jpeg_quality=jpeg_quality,
@@ -171,6 +166,10 @@ def write_beton(images, labels, path, *, num_classes: int, dataset: str, split: 
     if not 1 <= int(jpeg_quality) <= 100:
         raise VisionlaunchError(f"JPEG quality must lie in 1..100, got {jpeg_quality}.")
     images, labels = validate_samples(images, labels, num_classes, what=f"{dataset} {split}")
+    if encoding == "jpeg" and images.shape[3] == 1:
+        raise VisionlaunchError(
+            f"JPEG encoding (data.ffcv_encoding=jpeg) needs 3-channel images, but {dataset} is grayscale: FFCV's "
+            "JPEG field stores RGB only. Use data.ffcv_encoding=raw (grayscale is stored raw, as a uint8 array).")
     require_ffcv("writing FFCV .beton files")
     path = Path(path)
     fields = _fields(images.shape[1:], encoding, int(jpeg_quality), max_resolution)
