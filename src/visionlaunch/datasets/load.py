@@ -8,6 +8,7 @@ ignored with a warning and rebuilt; a cache that cannot be written only costs sp
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import warnings
@@ -110,9 +111,7 @@ def _read_cache(path: Path, name: str, need_verified: bool) -> ImageSet | None:
             raise ValueError(f"format version {entry.get('version')} / name {entry.get('name')!r} do not match")
         if need_verified and not entry["verified"]:
             return None  # built with verify=False: read (and check) the sources again; not an error
-        return ImageSet(images=entry["images"], labels=entry["labels"], classes=list(entry["classes"]),
-                        name=entry["name"], source=entry["source"], superclasses=entry["superclasses"],
-                        superclass_of=entry["superclass_of"], unofficial=entry["unofficial"])
+        return ImageSet(**{field.name: entry[field.name] for field in dataclasses.fields(ImageSet)})
     except Exception as exc:  # truncated file, foreign pickle, wrong dtypes: all mean "rebuild"
         reason = describe_load_failure(exc) if not isinstance(exc, ValueError) else str(exc)
         warnings.warn(f"ignoring unreadable dataset cache file {path} ({reason}); "
@@ -121,10 +120,8 @@ def _read_cache(path: Path, name: str, need_verified: bool) -> ImageSet | None:
 
 
 def _write_cache(path: Path, data: ImageSet, verified: bool) -> None:
-    entry = {"version": FORMAT_VERSION, "name": data.name, "source": data.source, "classes": list(data.classes),
-             "images": data.images, "labels": data.labels, "verified": verified,
-             "superclasses": data.superclasses, "superclass_of": data.superclass_of,
-             "unofficial": [list(u) for u in data.unofficial]}  # the content check's result, so its NOTE survives
+    # Every field, the content check's `unofficial` included, so its NOTE survives the cache.
+    entry = {"version": FORMAT_VERSION, "verified": verified, **vars(data)}
     try:
         atomic_torch_save(entry, path)
     except OSError as exc:  # a full disk or a file-size limit included: the cache only saves time

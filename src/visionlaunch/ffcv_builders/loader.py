@@ -33,16 +33,15 @@ class FfcvLoader(ShardedLoader):
         from ffcv.loader import Loader, OrderOption
         from ffcv.reader import Reader
 
-        self.path = Path(path)
         if verify:  # FFCV itself would read a damaged file's garbage offsets (or hang in a worker): refuse it first
-            check_beton(self.path)
-        reader = Reader(str(self.path))
+            check_beton(Path(path))
+        reader = Reader(str(path))
         super().__init__(int(reader.num_samples), batch_size, train=train, seed=seed, rank=rank, world=world,
                          max_steps=max_steps)
         self.device, self.clone = device, clone
         grayscale = type(reader.handlers["image"]).__name__ == "NDArrayField"
         self.loader = Loader(
-            str(self.path), batch_size=batch_size, num_workers=max(1, num_workers), os_cache=True,
+            str(path), batch_size=batch_size, num_workers=max(1, num_workers), os_cache=True,
             order=OrderOption.SEQUENTIAL, drop_last=train, batches_ahead=3,
             pipelines=self._pipelines(grayscale, crop_padding, flip, cutout, channels_last,
                                       resized_crop if train else None))
