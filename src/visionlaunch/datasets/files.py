@@ -35,12 +35,9 @@ def open_image(payload: bytes | Path) -> Image.Image:
     return Image.open(io.BytesIO(payload) if isinstance(payload, bytes) else payload)
 
 
-def md5_file(path: Path, chunk_size: int = 1 << 20) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
+def md5_file(path: Path) -> str:
     with open(path, "rb") as f:
-        while chunk := f.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, lambda: hashlib.md5(usedforsecurity=False)).hexdigest()
 
 
 def read_maybe_gzip(path: Path) -> bytes:
@@ -57,10 +54,8 @@ def read_maybe_gzip(path: Path) -> bytes:
 
 
 def download_with_torchvision(fetch: Callable[[], object], what: str, root: Path, target: Path) -> None:
-    """Run `fetch` (a torchvision dataset constructor with download=True); turn any failure into advice.
-
-    A failed download leaves the files absent, so it is a DatasetNotFound: a caller may still fall back.
-    """
+    """Run `fetch` (a torchvision dataset constructor with download=True); a failure leaves the files absent, so it
+    is a DatasetNotFound (a caller may still fall back) with advice."""
     try:
         fetch()
     except Exception as exc:  # network, HTTP, DNS and checksum failures all surface here as different types

@@ -72,18 +72,15 @@ def train_val_split(train: ImageSet, val_size: int | float, seed: int) -> tuple[
     return rest, val
 
 
-def _subset_generator(seed: int, split: str) -> torch.Generator:
-    # A stream of its own per split, unrelated to the val split's (which draws with `seed` itself).
-    digest = hashlib.sha256(f"visionlaunch-subset:{split}:{int(seed)}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
-
-
 def stratified_subset(ds: ImageSet, count: int | None, seed: int, split: str) -> ImageSet:
     """`count` images of `ds` drawn with each class's share kept (stratified_indices), the same for the same
     seed; all of `ds` when `count` is None or not smaller. Kept in dataset order."""
     if count is None or count >= len(ds):
         return ds
-    picked = ds.subset(stratified_indices(ds.labels, count, _subset_generator(seed, split)))
+    # A stream of its own per split, unrelated to the val split's (which draws with `seed` itself).
+    digest = hashlib.sha256(f"visionlaunch-subset:{split}:{int(seed)}".encode()).digest()
+    generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+    picked = ds.subset(stratified_indices(ds.labels, count, generator))
     picked.source = f"{ds.source} [{split} subset: {count} of {len(ds)}, class-stratified, seed {seed}]"
     return picked
 
