@@ -14,7 +14,7 @@ from pathlib import Path
 from PIL import Image
 
 from visionlaunch.datasets.imageset import DatasetNotFound
-from visionlaunch.errors import VisionlaunchError
+from visionlaunch.errors import VisionlaunchError, describe_os_error
 
 
 def resolve_data_root(root: str | os.PathLike | None) -> Path:
@@ -30,9 +30,26 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "visionlaunch"
 
 
+# What opening or decoding a bad image file raises: UnidentifiedImageError is an OSError, some damaged files raise
+# SyntaxError, an image over PIL's decompression-bomb limit DecompressionBombError.
+BAD_IMAGE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
 def open_image(payload: bytes | Path) -> Image.Image:
     """An image from an archive member's bytes or from a file."""
     return Image.open(io.BytesIO(payload) if isinstance(payload, bytes) else payload)
+
+
+def unreadable_image(display: str, exc: Exception) -> VisionlaunchError:
+    if isinstance(exc, Image.DecompressionBombError):
+        return VisionlaunchError(
+            f"{display} is too large to decode safely ({str(exc).rstrip('.')}). Images of one dataset share one "
+            "size: shrink it or remove it.")
+    if isinstance(exc, OSError) and exc.strerror:  # the file itself cannot be read (permissions, a folder, ...)
+        return VisionlaunchError(f"cannot read the image {describe_os_error(exc)}")
+    return VisionlaunchError(
+        f"{display} is not a readable image ({type(exc).__name__}: {exc}); it may be truncated, damaged or "
+        "not an image at all. Remove or replace it.")
 
 
 def md5_file(path: Path) -> str:

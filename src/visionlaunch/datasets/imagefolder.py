@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from visionlaunch.datasets.files import open_image
+from visionlaunch.datasets.files import BAD_IMAGE, open_image, unreadable_image
 from visionlaunch.datasets.imageset import DatasetNotFound, ImageSet
 from visionlaunch.datasets.mixed_size import decode_squares, stored_size
 from visionlaunch.errors import VisionlaunchError, describe_os_error
@@ -234,23 +234,6 @@ def _check_classes(images: list[_Image], class_dirs: dict[str, set[str]], where:
     return train
 
 
-def _unreadable(im: _Image, exc: Exception) -> VisionlaunchError:
-    if isinstance(exc, Image.DecompressionBombError):
-        return VisionlaunchError(
-            f"{im.display} is too large to decode safely ({str(exc).rstrip('.')}). Images of one dataset share one "
-            "size: shrink it or remove it.")
-    if isinstance(exc, OSError) and exc.strerror:  # the file itself cannot be read (permissions, a folder, ...)
-        return VisionlaunchError(f"cannot read the image {describe_os_error(exc)}")
-    return VisionlaunchError(
-        f"{im.display} is not a readable image ({type(exc).__name__}: {exc}); it may be truncated, damaged or "
-        "not an image at all. Remove or replace it.")
-
-
-# What opening an image may raise for a bad file: UnidentifiedImageError is an OSError; an image over PIL's
-# decompression-bomb limit raises DecompressionBombError.
-_BAD_IMAGE = (OSError, ValueError, Image.DecompressionBombError)
-
-
 def _is_gray(mode: str) -> bool:
     return mode in GRAY_MODES or mode in WIDE_GRAY_MODES
 
@@ -296,8 +279,8 @@ def _scan_headers(images: list[_Image], check_size: _SizeCheck, progress: bool, 
         try:
             with open_image(im.payload) as pil:
                 size, mode = pil.size, pil.mode
-        except _BAD_IMAGE as exc:
-            raise _unreadable(im, exc) from exc
+        except BAD_IMAGE as exc:
+            raise unreadable_image(im.display, exc) from exc
         check_size(im, size)
         gray = gray and _is_gray(mode)
     return gray
@@ -316,8 +299,8 @@ def _decode(images: list[_Image], check_size: _SizeCheck, others_gray: bool, pro
                 pixels = _eight_bit(pil, gray, im.display)
         except VisionlaunchError:
             raise
-        except _BAD_IMAGE as exc:
-            raise _unreadable(im, exc) from exc
+        except BAD_IMAGE as exc:
+            raise unreadable_image(im.display, exc) from exc
         if out is None:
             w, h = check_size.expected[0]
             out = np.empty((len(images), 1 if gray and others_gray else 3, h, w), dtype=np.uint8)
@@ -341,7 +324,7 @@ def read(path: Path, split: str, progress: bool = True, image_size: int | None =
     wanted = [im for im in images if im.split == split]
     source = f"ImageFolder {'archive' if path.is_file() else 'folder'} {path} ({split}/, {len(classes)} classes"
     if image_size:  # photos of any size, each decoded to one stored square
-        pixels, note = decode_squares(wanted, image_size, max_upscale, unreadable=_unreadable, progress=progress,
+        pixels, note = decode_squares(wanted, image_size, max_upscale, progress=progress,
                                       desc=f"decoding {split} images")
         side = stored_size(image_size)
         source += f", mixed sizes stored as {side}x{side} RGB{'; ' + note if note else ''}"

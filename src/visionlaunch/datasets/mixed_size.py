@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from visionlaunch.datasets.files import open_image
+from visionlaunch.datasets.files import BAD_IMAGE, open_image, unreadable_image
 from visionlaunch.datasets.imageset import ImageSet
 from visionlaunch.errors import VisionlaunchError
 
@@ -71,11 +71,10 @@ def _too_small(display: str, size: tuple[int, int], stored: int, image_size: int
             "data.image_size, or raise data.max_upscale to accept it upscaled.")
 
 
-def decode_squares(items: Sequence, image_size: int, max_upscale: float, *, unreadable: Callable,
-                   progress: bool = True, desc: str = "decoding images") -> tuple[np.ndarray, str]:
+def decode_squares(items: Sequence, image_size: int, max_upscale: float, *, progress: bool = True,
+                   desc: str = "decoding images") -> tuple[np.ndarray, str]:
     """Decode `items` (each with `.display` and `.payload`: bytes or a path) to uint8 (N, 3, S, S), S the stored
-    size; and a note on the images that were upscaled (empty when none). `unreadable(item, exc)` makes the error
-    for a file that cannot be decoded."""
+    size; and a note on the images that were upscaled (empty when none)."""
     stored = stored_size(image_size)
     out = np.empty((len(items), 3, stored, stored), dtype=np.uint8)
     upscaled, smallest = 0, None
@@ -89,8 +88,8 @@ def decode_squares(items: Sequence, image_size: int, max_upscale: float, *, unre
                 out[i] = _square(rgb, stored)
         except VisionlaunchError:
             raise
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-            raise unreadable(item, exc) from exc
+        except BAD_IMAGE as exc:
+            raise unreadable_image(item.display, exc) from exc
         if short < stored:
             upscaled += 1
             if smallest is None or short < smallest[0]:
