@@ -27,8 +27,9 @@ def epoch_steps(n: int, batch_size: int, *, train: bool, rank: int = 0, world: i
 
 
 class ShardedLoader:
-    """Epoch order, rank shard and epoch length: the rules every backend follows. `max_steps` (the step budget
-    of an epoch, train.max_steps_per_epoch) cuts every epoch to at most that many batches."""
+    """Epoch order, rank shard and epoch length: the rules every backend follows (its subclasses take these
+    arguments as `**sharding`). `max_steps` (train.max_steps_per_epoch) cuts every epoch to at most that many
+    batches."""
 
     augments = False  # batches come raw; the batch pipeline augments them (the ffcv backend says True)
     crops = False  # ... and makes the random-resized crop of data.image_size
@@ -75,11 +76,9 @@ class TensorLoader(ShardedLoader):
     stays in pinned CPU memory and each gathered batch is copied to the device; `note` then says so.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, train: bool, seed: int,
-                 device: torch.device, rank: int = 0, world: int = 1, max_steps: int | None = None,
-                 memory_budget: int | None = None):
-        super().__init__(len(labels), batch_size, train=train, seed=seed, rank=rank, world=world,
-                         max_steps=max_steps)
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, device: torch.device,
+                 memory_budget: int | None = None, **sharding):
+        super().__init__(len(labels), batch_size, **sharding)
         self.device = device
         need = images.nbytes + labels.nbytes
         budget = memory_budget
@@ -126,21 +125,19 @@ class _RemainingSampler(torch.utils.data.Sampler):
 class TorchLoader(ShardedLoader):
     """The standard DataLoader (worker processes, pinned memory) as the baseline users know."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, train: bool, seed: int,
-                 device: torch.device, rank: int = 0, world: int = 1, num_workers: int = 2,
-                 max_steps: int | None = None, resized_crop=None):
-        super().__init__(len(labels), batch_size, train=train, seed=seed, rank=rank, world=world,
-                         max_steps=max_steps)
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, device: torch.device,
+                 num_workers: int = 2, resized_crop=None, **sharding):
+        super().__init__(len(labels), batch_size, **sharding)
         self.device = device
         # data.image_size: each training sample is cropped in the workers with torchvision's transforms v2.
-        self.crops = bool(train and resized_crop is not None)
+        self.crops = self.train and resized_crop is not None
         dataset = ResizedCropDataset(images, labels, resized_crop) if self.crops else TensorDataset(images, labels)
         # Its own generator: DataLoader draws a worker base seed per epoch, which must not advance the global RNG
         # (dropout uses it), or a resumed run would draw different dropout masks than an uninterrupted one.
         self.loader = DataLoader(
-            dataset, batch_size=batch_size, sampler=_RemainingSampler(self), drop_last=train,
+            dataset, batch_size=batch_size, sampler=_RemainingSampler(self), drop_last=self.train,
             num_workers=num_workers, pin_memory=device.type == "cuda", persistent_workers=num_workers > 0,
-            generator=torch.Generator().manual_seed(seed))
+            generator=torch.Generator().manual_seed(self.seed))
 
     def __iter__(self):
         for step, (images, labels) in enumerate(self.loader, start=self.start_batch):

@@ -25,10 +25,9 @@ from visionlaunch.ffcv_builders.manifest import check_beton
 class FfcvLoader(ShardedLoader):
     augments = True  # flip/translate/cutout happen in the FFCV pipeline
 
-    def __init__(self, path, batch_size: int, *, train: bool, seed: int, device: torch.device, rank: int = 0,
-                 world: int = 1, num_workers: int = 2, max_steps: int | None = None, crop_padding: int = 0,
+    def __init__(self, path, batch_size: int, *, device: torch.device, num_workers: int = 2, crop_padding: int = 0,
                  flip: bool = False, cutout: int = 0, channels_last: bool = False, clone: bool = False,
-                 verify: bool = True, resized_crop=None):
+                 verify: bool = True, resized_crop=None, **sharding):
         require_ffcv()
         from ffcv.loader import Loader, OrderOption
         from ffcv.reader import Reader
@@ -36,30 +35,29 @@ class FfcvLoader(ShardedLoader):
         if verify:  # FFCV itself would read a damaged file's garbage offsets (or hang in a worker): refuse it first
             check_beton(Path(path))
         reader = Reader(str(path))
-        super().__init__(int(reader.num_samples), batch_size, train=train, seed=seed, rank=rank, world=world,
-                         max_steps=max_steps)
+        super().__init__(int(reader.num_samples), batch_size, **sharding)
         self.device, self.clone = device, clone
         grayscale = type(reader.handlers["image"]).__name__ == "NDArrayField"
         self.loader = Loader(
             str(path), batch_size=batch_size, num_workers=max(1, num_workers), os_cache=True,
-            order=OrderOption.SEQUENTIAL, drop_last=train, batches_ahead=3,
-            pipelines=self._pipelines(grayscale, crop_padding, flip, cutout, channels_last,
-                                      resized_crop if train else None))
+            order=OrderOption.SEQUENTIAL, drop_last=self.train, batches_ahead=3,
+            pipelines=self._pipelines(grayscale, crop_padding, flip, cutout, channels_last, resized_crop))
         # Our order in place of FFCV's: the Loader asks it for each epoch's sample indices.
         self.loader.traversal_order = _RemainingOrder(self)
         self.loader.first_traversal_order = self.loader.traversal_order.sample_order(0)
 
     def _pipelines(self, grayscale: bool, crop_padding: int, flip: bool, cutout: int, channels_last: bool,
-                   resized_crop=None) -> dict:
+                   resized_crop) -> dict:
         from ffcv.fields.basics import IntDecoder
         from ffcv.fields.ndarray import NDArrayDecoder
         from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder, SimpleRGBImageDecoder
         from ffcv.transforms import RandomHorizontalFlip, RandomTranslate, ToDevice, ToTensor, ToTorchImage
 
-        image = [NDArrayDecoder() if grayscale else SimpleRGBImageDecoder()]
-        if resized_crop is not None:  # data.image_size (always RGB): FFCV decodes straight into the crop
+        if resized_crop is not None and self.train:  # data.image_size (always RGB): decoded straight into the crop
             image = [RandomResizedCropRGBImageDecoder((resized_crop.size,) * 2, scale=tuple(resized_crop.scale),
                                                       ratio=RATIO)]
+        else:
+            image = [NDArrayDecoder() if grayscale else SimpleRGBImageDecoder()]
         if self.train:  # the order of BatchAugment: translate, flip, then cutout
             if crop_padding:
                 image.append(RandomTranslate(padding=crop_padding, fill=(0,) * (1 if grayscale else 3)))
