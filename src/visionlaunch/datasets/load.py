@@ -43,8 +43,6 @@ def load_dataset(name: str, split: str, *, root: Path, path: str | None = None, 
         raise VisionlaunchError(
             f"data.path={path!r} only applies to data.name=imagefolder, but data.name is {name!r}. Remove "
             "data.path, or use data.root to say where the dataset's folder lives.")
-    if image_size is not None and name != "imagefolder":
-        raise VisionlaunchError(f"image_size (data.image_size) applies to imagefolder only, not {name!r}.")
     try:
         return _load(name, split, Path(root), path, download, verify, cache_dir, progress, image_size, max_upscale)
     except OSError as exc:  # a file or folder of the dataset that cannot be read (permissions, a folder, ...)

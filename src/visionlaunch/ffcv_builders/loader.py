@@ -42,9 +42,13 @@ class FfcvLoader(ShardedLoader):
             str(path), batch_size=batch_size, num_workers=max(1, num_workers), os_cache=True,
             order=OrderOption.SEQUENTIAL, drop_last=self.train, batches_ahead=3,
             pipelines=self._pipelines(grayscale, crop_padding, flip, cutout, channels_last, resized_crop))
-        # Our order in place of FFCV's: the Loader asks it for each epoch's sample indices.
-        self.loader.traversal_order = _RemainingOrder(self)
-        self.loader.first_traversal_order = self.loader.traversal_order.sample_order(0)
+        # Our order in place of FFCV's: the Loader asks its traversal order for each epoch's sample indices.
+        self.loader.traversal_order = self
+        self.loader.first_traversal_order = self.sample_order(0)
+
+    def sample_order(self, ffcv_epoch: int) -> np.ndarray:
+        """FFCV's traversal-order protocol: what this epoch still visits (FFCV's own epoch count is not ours)."""
+        return self.remaining().numpy().astype(np.uint64)
 
     def _pipelines(self, grayscale: bool, crop_padding: int, flip: bool, cutout: int, channels_last: bool,
                    resized_crop) -> dict:
@@ -77,7 +81,6 @@ class FfcvLoader(ShardedLoader):
         steps = len(self) - self.start_batch
         if steps <= 0:
             return
-        self.loader.next_epoch = self.epoch
         epoch_iter = iter(self.loader)
         try:
             for _ in range(steps):
@@ -87,17 +90,6 @@ class FfcvLoader(ShardedLoader):
                 yield (images.clone() if self.clone else images), labels
         finally:
             epoch_iter.close()  # stops FFCV's reader thread when the epoch is cut short
-
-
-class _RemainingOrder:
-    """FFCV traversal order = what the owning loader's epoch still visits (its rank shard from `start_batch`)."""
-
-    def __init__(self, owner: FfcvLoader):
-        self.owner = owner
-
-    def sample_order(self, epoch: int) -> np.ndarray:
-        self.owner.epoch = epoch
-        return self.owner.remaining().numpy().astype(np.uint64)
 
 
 def _clipped_cutout(size: int):
