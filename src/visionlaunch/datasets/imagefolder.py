@@ -35,8 +35,12 @@ WIDE_GRAY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _IGNORED_TOP = ("__MACOSX",)  # resource forks that macOS adds to archives
 
 
-def locate(root: Path, path: str | os.PathLike) -> Path:
-    """The folder or archive named by `path` (absolute, or relative to `root`; the config requires it)."""
+def locate(root: Path, path: str | os.PathLike | None) -> Path:
+    """The folder or archive named by `path` (absolute, or relative to `root`)."""
+    if not path:
+        raise VisionlaunchError(
+            "imagefolder needs data.path: a folder or a .tar/.tar.gz/.tgz archive holding train/<class>/<image> "
+            "and test/<class>/<image>, absolute or relative to the data root.")
     p = Path(path).expanduser()
     p = p if p.is_absolute() else root / p
     if not p.exists():
