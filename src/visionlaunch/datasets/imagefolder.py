@@ -1,7 +1,7 @@
 """ImageFolder: `train/<class>/<image>` and `test/<class>/<image>` in a folder or a tar archive.
 
-An archive is streamed member by member (no extraction to disk). Only the requested split is decoded; the other
-split's images are opened just far enough to read their size and colour mode, so that train and test always
+An archive is streamed member by member (no extraction to disk). Only the requested split is decoded; every image
+of both splits is first opened just far enough to read its size and colour mode, so that train and test always
 agree on shape (every image one size; grayscale only when every image of both splits is).
 """
 
@@ -256,56 +256,40 @@ def _eight_bit(pil: Image.Image, gray: bool, display: str) -> np.ndarray:
     return np.asarray(pil if pil.mode == target else pil.convert(target))
 
 
-class _SizeCheck:
-    """Every image must have the size of the first one seen (the model takes one input shape)."""
-
-    def __init__(self) -> None:
-        self.expected: tuple[tuple[int, int], str] | None = None
-
-    def __call__(self, im: _Image, size: tuple[int, int]) -> None:
-        if self.expected is None:
-            self.expected = (size, im.display)
-        elif size != self.expected[0]:
-            (w, h), ((ew, eh), first) = size, self.expected
-            raise VisionlaunchError(
-                f"{im.display} is {w}x{h} pixels (width x height), but every image must have the same size and "
-                f"{first} is {ew}x{eh}. Resize the dataset to one size (e.g. {ew}x{eh}) before training.")
-
-
-def _scan_headers(images: list[_Image], check_size: _SizeCheck, progress: bool, split: str) -> bool:
-    """Open every image's header (no pixel decoding); check its size. True when all are single-channel."""
-    gray = True
-    for im in progress_bar(images, desc=f"checking {split} images", unit=" img", disable=not progress, leave=False):
+def _scan_headers(images: list[_Image], progress: bool) -> tuple[tuple[int, int], bool]:
+    """Open every image's header (no pixel decoding): their one size (width, height), which every image must share
+    (the model takes one input shape), and whether all of them are single-channel."""
+    first, gray = None, True
+    for im in progress_bar(images, desc="checking images", unit=" img", disable=not progress, leave=False):
         try:
             with open_image(im.payload) as pil:
                 size, mode = pil.size, pil.mode
         except BAD_IMAGE as exc:
             raise unreadable_image(im.display, exc) from exc
-        check_size(im, size)
+        if first is None:
+            first = (size, im.display)
+        elif size != first[0]:
+            (w, h), ((ew, eh), name) = size, first
+            raise VisionlaunchError(
+                f"{im.display} is {w}x{h} pixels (width x height), but every image must have the same size and "
+                f"{name} is {ew}x{eh}. Resize the dataset to one size (e.g. {ew}x{eh}) before training.")
         gray = gray and _is_gray(mode)
-    return gray
+    return first[0], gray
 
 
-def _decode(images: list[_Image], check_size: _SizeCheck, others_gray: bool, progress: bool,
-            split: str) -> np.ndarray:
-    """Decode every image to (N, C, H, W): C = 1 while all images (of both splits) are single-channel, else 3."""
-    out: np.ndarray | None = None
+def _decode(images: list[_Image], size: tuple[int, int], gray: bool, progress: bool, split: str) -> np.ndarray:
+    """Decode every image to (N, C, H, W): C = 1 when all images (of both splits) are single-channel, else 3."""
+    w, h = size
+    out = np.empty((len(images), 1 if gray else 3, h, w), dtype=np.uint8)
     for i, im in enumerate(progress_bar(images, desc=f"decoding {split} images", unit=" img",
                                         disable=not progress)):
         try:
             with open_image(im.payload) as pil:
-                check_size(im, pil.size)
-                gray = _is_gray(pil.mode)
                 pixels = _eight_bit(pil, gray, im.display)
         except VisionlaunchError:
             raise
         except BAD_IMAGE as exc:
             raise unreadable_image(im.display, exc) from exc
-        if out is None:
-            w, h = check_size.expected[0]
-            out = np.empty((len(images), 1 if gray and others_gray else 3, h, w), dtype=np.uint8)
-        elif out.shape[1] == 1 and not gray:
-            out = np.repeat(out, 3, axis=1)  # first colour image: gray ones so far become R = G = B, as PIL does
         out[i] = pixels.transpose(2, 0, 1) if pixels.ndim == 3 else pixels  # gray broadcasts over 1 or 3 channels
     return out
 
@@ -328,12 +312,9 @@ def read(path: Path, split: str, progress: bool = True, image_size: int | None =
                                       desc=f"decoding {split} images")
         side = stored_size(image_size)
         source += f", mixed sizes stored as {side}x{side} RGB{'; ' + note if note else ''}"
-    else:
-        # The other split is only checked (header: size and colour mode), so both splits always agree on shape.
-        check_size = _SizeCheck()
-        other = "test" if split == "train" else "train"
-        others_gray = _scan_headers([im for im in images if im.split == other], check_size, progress, other)
-        pixels = _decode(wanted, check_size, others_gray, progress, split)
+    else:  # the headers of both splits first, so that train and test always agree on shape
+        size, gray = _scan_headers(images, progress)
+        pixels = _decode(wanted, size, gray, progress, split)
     labels = torch.tensor([index[im.cls] for im in wanted], dtype=torch.int64)
     return ImageSet(images=torch.from_numpy(pixels), labels=labels, classes=classes, name="imagefolder",
                     source=source + ")")
