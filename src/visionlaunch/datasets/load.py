@@ -87,17 +87,14 @@ def _digest(text: str, n: int) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:n]
 
 
-def fingerprint(files: list[Path]) -> str:
+def cache_path(cache_dir: Path, name: str, split: str, source_key: str, files: list[Path]) -> Path:
+    # name-split-<where>-<what>: <where> (the source location) lets a rebuild delete the entry it replaces.
     lines = [f"visionlaunch-cache-v{FORMAT_VERSION}"]
     for f in files:
         st = os.stat(f)
         lines.append(f"{os.path.realpath(f)}\t{st.st_size}\t{st.st_mtime_ns}")
-    return _digest("\n".join(lines), 16)
-
-
-def cache_path(cache_dir: Path, name: str, split: str, source_key: str, files: list[Path]) -> Path:
-    # name-split-<where>-<what>: <where> (the source location) lets a rebuild delete the entry it replaces.
-    return Path(cache_dir) / f"{name}-{split}-{_digest(os.path.realpath(source_key), 8)}-{fingerprint(files)}.pt"
+    where, what = _digest(os.path.realpath(source_key), 8), _digest("\n".join(lines), 16)
+    return Path(cache_dir) / f"{name}-{split}-{where}-{what}.pt"
 
 
 def _read_cache(path: Path, name: str, need_verified: bool) -> ImageSet | None:

@@ -118,9 +118,6 @@ class _RemainingSampler(torch.utils.data.Sampler):
     def __iter__(self):
         return iter(self.owner.remaining().tolist())
 
-    def __len__(self) -> int:
-        return len(self.owner.remaining())
-
 
 class TorchLoader(ShardedLoader):
     """The standard DataLoader (worker processes, pinned memory) as the baseline users know."""
