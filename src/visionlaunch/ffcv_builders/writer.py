@@ -51,8 +51,6 @@ def validate_samples(images, labels, num_classes: int, what: str = "dataset") ->
             f"{what}: labels must be one integer per image ({len(images)}), got shape {labels.shape}.")
     if not np.issubdtype(labels.dtype, np.integer):
         raise VisionlaunchError(f"{what}: labels must be integers, got {labels.dtype}.")
-    if num_classes < 1:
-        raise VisionlaunchError(f"{what}: num_classes must be at least 1, got {num_classes}.")
     low, high = int(labels.min()), int(labels.max())
     if low < 0 or high >= num_classes:
         bad = int(np.flatnonzero((labels < 0) | (labels >= num_classes))[0])
