@@ -53,8 +53,11 @@ def unreadable_image(display: str, exc: Exception) -> VisionlaunchError:
 
 
 def md5_file(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)  # not hashlib.file_digest: that needs Python 3.11
     with open(path, "rb") as f:
-        return hashlib.file_digest(f, lambda: hashlib.md5(usedforsecurity=False)).hexdigest()
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def read_maybe_gzip(path: Path) -> bytes:
