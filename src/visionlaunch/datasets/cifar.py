@@ -240,10 +240,9 @@ def read(name: str, files: list[Path], split: str, verify: bool = True) -> Image
                 unofficial.append((str(path), actual, official))
     *batch_paths, meta_path = files
     classes, superclasses = _class_names(meta_path, fmt)
-    batches = [_read_batch(p, fmt) for p in batch_paths]
-    data = np.concatenate([d for d, _, _ in batches])
-    labels = np.concatenate([lab for _, lab, _ in batches])
-    coarse = None if any(c is None for _, _, c in batches) else np.concatenate([c for _, _, c in batches])
+    data, labels, coarse = zip(*(_read_batch(p, fmt) for p in batch_paths))
+    data, labels = np.concatenate(data), np.concatenate(labels)
+    coarse = None if any(c is None for c in coarse) else np.concatenate(coarse)
     if unofficial and (problem := _content_problem(fmt, split, labels, coarse, superclasses)):
         listed = "; ".join(f"{p} has md5 {actual}, the official file {official}" for p, actual, official in unofficial)
         raise VisionlaunchError(

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
-from torch.utils.data import Dataset
+from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
 from visionlaunch.datasets.files import BAD_IMAGE, open_image, unreadable_image
@@ -163,7 +163,7 @@ class ResizedCrop:
         return TF.resized_crop(image, top, left, h, w, [self.size, self.size], antialias=True)
 
 
-class ResizedCropDataset(Dataset):
+class ResizedCropDataset(TensorDataset):
     """uint8 images, each returned as a fresh random-resized crop (the torch backend's training set).
 
     The draws come from a generator of this process, seeded from torch.initial_seed(): in DataLoader workers that
@@ -172,15 +172,12 @@ class ResizedCropDataset(Dataset):
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, crop: ResizedCrop):
-        self.images, self.labels, self.crop = images, labels, crop
-        self._generator: torch.Generator | None = None
-        self._pid = -1
-
-    def __len__(self) -> int:
-        return len(self.labels)
+        super().__init__(images, labels)
+        self.crop, self._generator, self._pid = crop, None, -1
 
     def __getitem__(self, i):
         if self._pid != os.getpid():  # a new worker process: its own stream
             self._generator = torch.Generator().manual_seed(torch.initial_seed() % 2**63)
             self._pid = os.getpid()
-        return self.crop.sample(self.images[i], self._generator), self.labels[i]
+        image, label = super().__getitem__(i)
+        return self.crop.sample(image, self._generator), label
