@@ -110,11 +110,7 @@ def locate(name: str, root: Path, split: str, download: bool) -> list[Path]:
         return [f for f, _ in _split_files(fmt, split) if not (folder / f).is_file()]
 
     if missing() and download:
-        from torchvision import datasets as tv
-
-        cls = getattr(tv, fmt.torchvision_class)
-        download_with_torchvision(lambda: cls(str(root), train=split == "train", download=True),
-                                  fmt.title, root, folder)
+        download_with_torchvision(fmt.torchvision_class, fmt.title, root, split, folder)
     if absent := missing():
         raise DatasetNotFound(
             f"{fmt.title} {split} files not found: {', '.join(absent)} missing from {folder}. Put the extracted "

@@ -8,7 +8,6 @@ import hashlib
 import io
 import os
 import zlib
-from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image
@@ -73,11 +72,13 @@ def read_maybe_gzip(path: Path) -> bytes:
             "download or copy. Delete it and download or copy it again.") from exc
 
 
-def download_with_torchvision(fetch: Callable[[], object], what: str, root: Path, target: Path) -> None:
-    """Run `fetch` (a torchvision dataset constructor with download=True); a failure leaves the files absent, so it
-    is a DatasetNotFound (a caller may still fall back) with advice."""
+def download_with_torchvision(dataset: str, what: str, root: Path, split: str, target: Path) -> None:
+    """Download `split` of torchvision's `dataset` class into `root`; a failure leaves the files absent, so it is a
+    DatasetNotFound (a caller may still fall back) with advice."""
+    from torchvision import datasets
+
     try:
-        fetch()
+        getattr(datasets, dataset)(str(root), train=split == "train", download=True)
     except Exception as exc:  # network, HTTP, DNS and checksum failures all surface here as different types
         # torchvision's messages span lines (one per mirror tried); keep the paragraph to one line.
         detail = " ".join(str(exc).split())
