@@ -66,7 +66,7 @@ def train_val_split(train: ImageSet, val_size: int | float, seed: int) -> tuple[
     val_index = stratified_indices(train.labels, count, generator)
     keep = torch.ones(len(train), dtype=torch.bool)
     keep[val_index] = False
-    rest, val = train.subset(torch.nonzero(keep).flatten()), train.subset(val_index)
+    rest, val = train.subset(keep), train.subset(val_index)
     rest.source = f"{train.source} [training part: {len(rest)} of {len(train)}, val split seed {seed}]"
     val.source = f"{train.source} [validation part: {len(val)} of {len(train)}, val split seed {seed}]"
     return rest, val
