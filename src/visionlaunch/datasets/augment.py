@@ -37,10 +37,8 @@ class BatchAugment:
         return bool(self.crop_padding or self.flip or self.cutout)
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Augment a batch (uint8 or float, NCHW); returns a new tensor of the same dtype, shape and device.
-
-        `generator` must live on the batch's device; the same generator state gives the same output.
-        """
+        """Augment a uint8 or float NCHW batch into a new tensor of its dtype, shape and device. `generator` lives
+        on the batch's device; the same generator state gives the same output."""
         if not self.enabled:
             return images
         if images.dim() != 4:

@@ -30,11 +30,8 @@ SPLITS = ("train", "test")
 def load_dataset(name: str, split: str, *, root: Path, path: str | None = None, download: bool = False,
                  verify: bool = True, cache_dir: Path | None = None, progress: bool = True,
                  image_size: int | None = None, max_upscale: float = 4.0) -> ImageSet:
-    """Load one split of a dataset as uint8 tensors.
-
-    Raises DatasetNotFound when the files are absent (so a caller may fall back), VisionlaunchError when they
-    are present but wrong. `cache_dir=None` reads the sources every time.
-    """
+    """One split of a dataset as uint8 tensors; `cache_dir=None` reads the sources every time. Raises
+    DatasetNotFound when the files are absent (a caller may fall back), VisionlaunchError when they are wrong."""
     if name not in DATASET_NAMES:
         raise VisionlaunchError(f"unknown dataset {name!r} (data.name); valid names: {', '.join(DATASET_NAMES)}.")
     if split not in SPLITS:
@@ -132,10 +129,8 @@ def _write_cache(path: Path, data: ImageSet, verified: bool) -> None:
 
 def cached(cache_dir: Path, name: str, split: str, source_key: str, files: list[Path],
            build: Callable[[], ImageSet], *, verified: bool) -> ImageSet:
-    """Return the cached ImageSet for these source files, or build it, store it and return it.
-
-    `verified` says whether `build` checks checksums; a cache built unverified is not used by a verified load.
-    """
+    """The cached ImageSet for these source files, else `build()`, stored. `verified`: whether `build` checks
+    checksums; a cache built unverified is not used by a verified load."""
     path = cache_path(cache_dir, name, split, source_key, files)
     data = _read_cache(path, name, need_verified=verified)
     if data is None:

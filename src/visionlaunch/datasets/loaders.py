@@ -70,11 +70,9 @@ DEVICE_SHARE = 0.5
 
 
 class TensorLoader(ShardedLoader):
-    """The whole uint8 dataset resident on `device`; batches are index gathers, no per-sample Python work.
-
-    When it does not fit (more than DEVICE_SHARE of the free accelerator memory, or `memory_budget` bytes), it
-    stays in pinned CPU memory and each gathered batch is copied to the device; `note` then says so.
-    """
+    """The whole uint8 dataset resident on `device`; batches are index gathers, no per-sample Python work. When it
+    does not fit (DEVICE_SHARE of the free accelerator memory, or `memory_budget` bytes), it stays in pinned CPU
+    memory and each gathered batch is copied over; `note` then says so."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, device: torch.device,
                  memory_budget: int | None = None, **sharding):

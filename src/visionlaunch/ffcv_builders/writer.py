@@ -1,10 +1,6 @@
-"""Write samples to a `.beton`: validated first, written under a temporary name with a progress bar, checked
-for dying workers, then published with its manifest.
-
-Publishing order: the beton is complete and fsynced under a temporary name, its manifest (which names the
-beton's size and SHA-256) is written atomically, and only then is the beton renamed into place. An interrupted
-or failed conversion therefore leaves either no file, or a file that its manifest does not describe; neither is
-ever loaded as good (see manifest.check_beton).
+"""Write samples to a `.beton`: validated first, written and fsynced under a temporary name (a dying worker
+stops it), then its manifest (naming the beton's size and SHA-256) atomically, and only then the beton renamed into
+place. An interrupted conversion leaves no file, or one its manifest does not describe: never loaded as good.
 """
 
 from __future__ import annotations
@@ -155,10 +151,8 @@ def _write(tmp: Path, fields: dict, samples: _Samples, workers: int, desc: str, 
 def write_beton(images, labels, path, *, num_classes: int, dataset: str, split: str, encoding: str = "raw",
                 jpeg_quality: int = 90, num_workers: int = 2, progress: bool = True, image_size: int | None = None,
                 max_resolution: int | None = None) -> BetonManifest:
-    """Write uint8 (N, H, W, C) images (C = 1 or 3) and integer labels to the FFCV file `path`, and its manifest.
-
-    Returns the manifest. Bad input (dtype, shape, label range, encoding) raises before any worker starts.
-    """
+    """Write uint8 (N, H, W, C) images (C = 1 or 3) and integer labels to the FFCV file `path` and its manifest
+    (returned). Bad input (dtype, shape, label range, encoding) raises before any worker starts."""
     if encoding not in ("raw", "jpeg"):
         raise VisionlaunchError(f"FFCV encoding must be 'raw' or 'jpeg', got {encoding!r}.")
     if not 1 <= int(jpeg_quality) <= 100:
