@@ -12,7 +12,7 @@ import os
 import stat
 import tarfile
 import zlib
-from collections import defaultdict
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -213,9 +213,7 @@ def _collect(entries: list[_Entry], where: Path) -> tuple[list[_Image], dict[str
 
 
 def _check_classes(images: list[_Image], class_dirs: dict[str, set[str]], where: Path) -> list[str]:
-    counts: dict[tuple[str, str], int] = defaultdict(int)
-    for im in images:
-        counts[(im.split, im.cls)] += 1
+    counts = Counter((im.split, im.cls) for im in images)
     for split in SPLITS:
         empty = sorted(c for c in class_dirs[split] if counts[(split, c)] == 0)
         if empty:

@@ -77,7 +77,7 @@ def decode_squares(items: Sequence, image_size: int, max_upscale: float, *, prog
     size; and a note on the images that were upscaled (empty when none)."""
     stored = stored_size(image_size)
     out = np.empty((len(items), 3, stored, stored), dtype=np.uint8)
-    upscaled, smallest = 0, None
+    upscaled = []  # (shorter side, file) of every image enlarged
     for i, item in enumerate(tqdm(items, desc=desc, unit=" img", disable=not progress)):
         try:
             with open_image(item.payload) as pil:
@@ -91,14 +91,12 @@ def decode_squares(items: Sequence, image_size: int, max_upscale: float, *, prog
         except BAD_IMAGE as exc:
             raise unreadable_image(item.display, exc) from exc
         if short < stored:
-            upscaled += 1
-            if smallest is None or short < smallest[0]:
-                smallest = (short, item.display)
-    note = ""
-    if upscaled:
-        note = (f"{upscaled} of {len(items)} images upscaled to {stored} px on the shorter side (smallest: "
-                f"{smallest[0]} px, {smallest[1]})")
-    return out, note
+            upscaled.append((short, item.display))
+    if not upscaled:
+        return out, ""
+    short, display = min(upscaled, key=lambda u: u[0])  # the first of the smallest
+    return out, (f"{len(upscaled)} of {len(items)} images upscaled to {stored} px on the shorter side (smallest: "
+                 f"{short} px, {display})")
 
 
 def center_crop(ds: ImageSet, image_size: int) -> ImageSet:

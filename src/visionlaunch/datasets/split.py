@@ -92,9 +92,7 @@ def class_coverage_warning(ds: ImageSet, what: str) -> str | None:
     present = int(torch.unique(ds.labels).numel())
     if present == len(ds.classes):
         return None
-    if present == 1:
-        consequence = "every image has the same label, so its accuracy says nothing (100% is trivially reached)"
-    else:
-        consequence = "its accuracy does not cover the missing classes"
+    consequence = ("every image has the same label, so its accuracy says nothing (100% is trivially reached)"
+                   if present == 1 else "its accuracy does not cover the missing classes")
     return (f"WARNING: the {what} set holds images of only {present} of {len(ds.classes)} classes ({len(ds)} "
             f"images): {consequence}. Use a larger data.train_subset / data.test_subset / data.val_size.")
