@@ -36,7 +36,6 @@ def stratified_indices(labels: torch.Tensor, count: int, generator: torch.Genera
 
 
 def _val_count(val_size: int | float, n: int) -> int:
-    problem = None
     if isinstance(val_size, bool) or not isinstance(val_size, numbers.Real) or math.isnan(val_size):
         problem = f"is {val_size!r}"
     elif val_size == 0:
