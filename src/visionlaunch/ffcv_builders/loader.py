@@ -11,7 +11,6 @@ taken; `clone=True` copies each batch for callers that keep them.
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -33,7 +32,7 @@ class FfcvLoader(ShardedLoader):
         from ffcv.reader import Reader
 
         if verify:  # FFCV itself would read a damaged file's garbage offsets (or hang in a worker): refuse it first
-            check_beton(Path(path))
+            check_beton(path)
         reader = Reader(str(path))
         super().__init__(int(reader.num_samples), batch_size, **sharding)
         self.device, self.clone = device, clone
