@@ -310,8 +310,8 @@ def read(path: Path, split: str, progress: bool = True, image_size: int | None =
                                       desc=f"decoding {split} images")
         side = stored_size(image_size)
         source += f", mixed sizes stored as {side}x{side} RGB{'; ' + note if note else ''}"
-    else:  # the headers of both splits first, so that train and test always agree on shape
-        size, gray = _scan_headers(images, progress)
+    else:  # the headers of both splits first (the other split's first), so train and test always agree on shape
+        size, gray = _scan_headers([im for im in images if im.split != split] + wanted, progress)
         pixels = _decode(wanted, size, gray, progress, split)
     labels = torch.tensor([index[im.cls] for im in wanted], dtype=torch.int64)
     return ImageSet(images=torch.from_numpy(pixels), labels=labels, classes=classes, name="imagefolder",
