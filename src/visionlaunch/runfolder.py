@@ -60,6 +60,11 @@ def weights_file(run_dir: Path, which: str) -> Path:
     return Path(run_dir) / WEIGHTS / f"{which}.pt"
 
 
+def figure_file(figures_dir: Path, stem: str) -> Path:
+    """The PNG of the figure `stem` (a key of FIGURE_STEMS) in a run's figures/ or in a scratch folder."""
+    return Path(figures_dir) / f"{stem}.png"
+
+
 def job_log(run_dir: Path, job_id: str) -> Path:
     return Path(run_dir) / JOB_DIR / f"{job_id}.out"
 

@@ -262,17 +262,17 @@ def _read_metrics(run: RunFolder) -> None:
 
 def _read_figures(run: RunFolder) -> None:
     for stem, what in rf.FIGURE_STEMS.items():
-        png = run.path / rf.FIGURES / f"{stem}.png"
+        png = rf.figure_file(run.path / rf.FIGURES, stem)
         try:
             data = png.read_bytes()
         except OSError:
-            run.missing.append(f"figures/{stem}.png is missing: no {what}.")
+            run.missing.append(f"{png.relative_to(run.path)} is missing: no {what}.")
             continue
         # A PNG cut short by a crash would show as a broken image: check both ends.
         if data.startswith(_PNG_START) and data.rstrip(b"\0").endswith(_PNG_END):
             run.figures[stem] = data
         else:
-            run.missing.append(f"figures/{stem}.png is not a complete PNG: no {what}.")
+            run.missing.append(f"{png.relative_to(run.path)} is not a complete PNG: no {what}.")
 
 
 def _read_predictions(run: RunFolder) -> None:

@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from visionlaunch.atomic import atomic_write
+from visionlaunch.runfolder import figure_file
 
 from .stamp import Stamp
 
@@ -212,8 +213,8 @@ def plot_curves(records: list[dict], out_dir: Path, stamp: Stamp) -> list[Path]:
     records = list(records)
     out_dir = Path(out_dir)
     return [
-        _save(_make_loss_figure(records, stamp), out_dir / "loss.png"),
-        _save(_make_accuracy_figure(records, stamp), out_dir / "accuracy.png"),
+        _save(_make_loss_figure(records, stamp), figure_file(out_dir, "loss")),
+        _save(_make_accuracy_figure(records, stamp), figure_file(out_dir, "accuracy")),
     ]
 
 

@@ -170,9 +170,10 @@ def _draw_missing_curves(run: RunFolder, figures: dict[str, bytes], missing: lis
     if ("loss" in figures and "accuracy" in figures) or not epoch_rows(run.records):
         return
     with tempfile.TemporaryDirectory(prefix="visionlaunch-curves-") as tmp:
-        for path in plot_curves(run.records, Path(tmp), _stamp(run)):
+        drawn = plot_curves(run.records, Path(tmp), _stamp(run))
+        for path in drawn:
             figures.setdefault(path.stem, path.read_bytes())
-    missing.append("loss.png and accuracy.png were drawn by the report from metrics.jsonl.")
+    missing.append(f"{' and '.join(p.name for p in drawn)} were drawn by the report from metrics.jsonl.")
 
 
 def _stamp(run: RunFolder) -> Stamp:
