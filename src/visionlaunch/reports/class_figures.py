@@ -11,9 +11,8 @@ import matplotlib as mpl
 import numpy as np
 from matplotlib.figure import Figure
 
-from .figures import (MAX_LEGEND_CLASSES, _RIGHT, _WRONG, _as_labels, _frameless, _label_pair, _save, _short,
-                      _styled_figure)
-from .predictions import check_groups
+from .figures import MAX_LEGEND_CLASSES, _RIGHT, _WRONG, _frameless, _save, _short, _styled_figure
+from .predictions import check_groups, class_indices, label_pair
 from .stamp import Stamp
 
 
@@ -95,7 +94,7 @@ def plot_tsne(features: np.ndarray, labels: np.ndarray, classes: list[str], out_
     """Scatter a 2-D t-SNE of `features` coloured by class, or by superclass (`superclasses` names,
     `superclass_of[class]` its index) when there are too many classes for a legend. Above `max_points` a seeded
     random sample is used, since t-SNE time grows with N and a few thousand points already show the structure."""
-    y = _as_labels(labels, len(classes), "labels")
+    y = class_indices(labels, len(classes), "labels")
     groups = check_groups(superclasses, superclass_of, len(classes))
     if len(y) != len(features):
         raise ValueError(f"features and labels differ in length: {len(features)} vs {len(y)}")
@@ -129,7 +128,7 @@ def _to_hwc(images) -> np.ndarray:
 
 def _make_predictions_figure(images, labels, preds, classes: list[str], stamp: Stamp) -> Figure:
     imgs = _to_hwc(images)
-    y, p = _label_pair(labels, preds, classes)
+    y, p = label_pair(labels, preds, classes)
     k = len(imgs)
     if k == 0 or len(y) != k:
         raise ValueError(f"need one label and prediction per image: {k} images, {len(y)} labels")
@@ -166,7 +165,7 @@ def confusion_counts(labels, preds, classes: list[str]) -> np.ndarray:
     """(n, n) counts, rows = true class, columns = predicted class, in the order of `classes`."""
     from sklearn.metrics import confusion_matrix  # imported here to keep `import visionlaunch.reports` light
 
-    y, p = _label_pair(labels, preds, classes)
+    y, p = label_pair(labels, preds, classes)
     return confusion_matrix(y, p, labels=np.arange(len(classes)))
 
 

@@ -32,21 +32,36 @@ class Predictions:
         return int(np.sum(self.labels[self.grid] == self.preds[self.grid])), len(self.grid)
 
 
-def _check(labels, preds, classes: list[str], grid) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    y, p = np.asarray(labels), np.asarray(preds)
-    if y.ndim != 1 or y.shape != p.shape:
-        raise ValueError(f"labels and preds must be 1-D arrays of one length, got shapes {y.shape} and {p.shape}")
+def class_indices(values, n_classes: int, what: str) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.ndim != 1:
+        raise ValueError(f"{what} must be a 1-D array of class indices, got shape {arr.shape}")
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"{what} must hold integer class indices, got dtype {arr.dtype}")
+    arr = arr.astype(np.int64)
+    if arr.size and (arr.min() < 0 or arr.max() >= n_classes):
+        raise ValueError(f"{what} must lie in [0, {n_classes}) for {n_classes} classes, got {arr.min()}..{arr.max()}")
+    return arr
+
+
+def label_pair(labels, preds, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
     if not classes:
         raise ValueError("classes is empty; pass the dataset's class names")
-    for what, arr in (("labels", y), ("preds", p)):
-        if arr.size and (not np.issubdtype(arr.dtype, np.integer) or arr.min() < 0 or arr.max() >= len(classes)):
-            raise ValueError(f"{what} must be integer class indices in [0, {len(classes)})")
-    g = None
-    if grid is not None:
-        g = np.asarray(grid)
-        if g.ndim != 1 or (g.size and (not np.issubdtype(g.dtype, np.integer) or g.min() < 0 or g.max() >= len(y))):
-            raise ValueError(f"grid must be 1-D indices into the {len(y)} predictions")
-    return y, p, g
+    y = class_indices(labels, len(classes), "labels")
+    p = class_indices(preds, len(classes), "preds")
+    if y.shape != p.shape:
+        raise ValueError(f"labels and preds differ in length: {len(y)} vs {len(p)}")
+    return y, p
+
+
+def _check(labels, preds, classes: list[str], grid) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    y, p = label_pair(labels, preds, classes)
+    if grid is None:
+        return y, p, None
+    g = np.asarray(grid)
+    if g.ndim != 1 or (g.size and (not np.issubdtype(g.dtype, np.integer) or g.min() < 0 or g.max() >= len(y))):
+        raise ValueError(f"grid must be 1-D indices into the {len(y)} predictions")
+    return y, p, g.astype(np.int64)
 
 
 def check_groups(superclasses, superclass_of, n_classes: int) -> np.ndarray | None:
@@ -72,7 +87,7 @@ def save_predictions(run_dir: Path, labels, preds, classes: list[str], grid=None
     small = np.int16 if len(classes) < 2**15 else np.int32  # class indices are small; keep the file small too
     arrays = {"labels": y.astype(small), "preds": p.astype(small), "classes": np.array(classes, dtype=str)}
     if g is not None:
-        arrays["grid"] = g.astype(np.int64)
+        arrays["grid"] = g
     if groups is not None:
         arrays["superclasses"], arrays["superclass_of"] = np.array(superclasses, dtype=str), groups
     path = Path(run_dir) / PREDICTIONS
@@ -99,5 +114,4 @@ def load_predictions(run_dir: Path) -> Predictions:
         groups = check_groups(superclasses, superclass_of, len(classes))
     except ValueError:
         superclasses, groups = None, None  # an optional extra: a bad one costs the grouping, not the report
-    return Predictions(y.astype(np.int64), p.astype(np.int64), classes, None if g is None else g.astype(np.int64),
-                       superclasses if groups is not None else None, groups)
+    return Predictions(y, p, classes, g, superclasses if groups is not None else None, groups)
