@@ -317,7 +317,7 @@ def _check_managed(sources: list[tuple[str, list[str]]], where: str) -> None:
     for source, overrides in sources:
         for o in overrides:
             key = _key(o)
-            if any(key == m or key.startswith(m + ".") or m.startswith(key + ".") for m in MANAGED_KEYS):
+            if any(_related(key, m) for m in MANAGED_KEYS):
                 raise VisionlaunchError(
                     f"{where}: {source} set {key}, which the ablation sets itself (every run goes to "
                     "<output_dir>/<ablation>/<variant> and continues with train.resume=auto). Remove it; choose "
