@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from visionlaunch import runfolder as rf
+from visionlaunch.config import RunConfig, flatten
 from visionlaunch.errors import VisionlaunchError
 from visionlaunch.runfolder import final_record, parse_records
 
@@ -60,12 +61,19 @@ class Headline:
     wall_s: float | None = None
     images_per_s: float | None = None  # mean training throughput over the epochs
 
+    @property
+    def status(self) -> str:
+        if self.finished:
+            return "finished"
+        of = f" of {self.epochs_planned}" if self.epochs_planned else ""
+        return f"unfinished: {self.epochs_done}{of} epochs" if self.epochs_done else "no finished epoch"
+
 
 def _get(row: dict, split: str, key: str) -> float | None:
     return number(row.get(split, {}).get(key))
 
 
-def _elapsed(row: dict) -> float | None:
+def epoch_elapsed(row: dict) -> float | None:
     """Seconds since the start of the run when the epoch's last record was written."""
     times = [t for t in (_get(row, split, "time") for split in SPLITS) if t is not None]
     return max(times) if times else None
@@ -80,7 +88,7 @@ def headline(records: list[dict], epochs_planned: int | None = None) -> Headline
     best_epoch, best_val = max(val, key=lambda ev: ev[1]) if val else (None, None)  # first best on ties
     best_row = next((r for r in rows if r["epoch"] == best_epoch), {})
     rates = [x for x in (_get(r, "train", "images_per_s") for r in rows) if x is not None]
-    elapsed = [t for t in map(_elapsed, rows) if t is not None]
+    elapsed = [t for t in map(epoch_elapsed, rows) if t is not None]
 
     def pick(final_key: str, fallback):
         value = number(final.get(final_key))
@@ -290,17 +298,9 @@ def _read_predictions(run: RunFolder) -> None:
 
 def config_key_notes(config: dict) -> list[str]:
     """Sentences about keys of an older or newer config: ones this version does not know, and ones it expects."""
-    from visionlaunch.config import RunConfig  # pydantic: imported only when a config is actually checked
-
-    known = {f"{section}.{key}" for section, fld in RunConfig.model_fields.items()
-             for key in fld.annotation.model_fields}
-    sections = set(RunConfig.model_fields)
-    present = set()
-    for section, values in config.items():
-        if isinstance(values, dict):
-            present.update(f"{section}.{key}" for key in values)
-        else:
-            present.add(str(section))
+    known = set(flatten(RunConfig.model_construct().model_dump(mode="json"), depth=2))
+    sections = {key.split(".")[0] for key in known}
+    present = set(flatten(config, depth=2))
     notes = []
     unknown = sorted(k for k in present - known if k.split(".")[0] not in sections or "." in k)
     if unknown:

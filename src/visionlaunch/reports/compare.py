@@ -216,15 +216,6 @@ def summarise(runs: list[ComparedRun], keys: list[str]) -> list[str]:
 # ---------------------------------------------------------------------------------------------------- page
 
 
-def _status(r: ComparedRun) -> str:
-    if r.head.finished:
-        return "finished"
-    if r.head.epochs_done:
-        of = f"/{r.head.epochs_planned}" if r.head.epochs_planned else ""
-        return f"unfinished ({r.head.epochs_done}{of} epochs)"
-    return "no finished epoch"
-
-
 def _run_link(r: ComparedRun, out: Path) -> Html | str:
     report = r.folder.path / REPORT
     if not report.is_file():
@@ -246,7 +237,7 @@ def _results(runs: list[ComparedRun], keys: list[str], out: Path) -> Html:
             delta = "baseline" if r is base else f"{100 * (h.test_acc - base.head.test_acc):+.2f} pts"
         best_val = page.pct(h.best_val_acc) + (f" (epoch {h.best_epoch})" if h.best_epoch is not None else "")
         params = r.folder.identity.get("parameters")
-        rows.append([_run_link(r, out), _status(r),
+        rows.append([_run_link(r, out), r.head.status,
                      *[fmt(r.settings.get(k, _ABSENT)) if r.has_config else "no config.yaml" for k in keys],
                      page.pct(h.test_acc), delta, best_val, page.pct(h.test_acc_at_best_val),
                      page.duration(h.wall_s), "—" if h.images_per_s is None else f"{h.images_per_s:,.0f}",
@@ -305,10 +296,8 @@ def render_comparison(runs: list[ComparedRun], curves_png: bytes, out: Path) -> 
         curves_png, "test accuracy, train loss and test loss per epoch for every run",
         "Per epoch, one colour per run: test accuracy, train loss and test loss."))
     sections = [_notes(runs), summary, _results(runs, keys, out), curves, _effects(runs, keys), _shared(runs, keys)]
-    sections = [s for s in sections if s]
-    nav = [(a, label) for a, label in (("summary", "Summary"), ("results", "Runs"), ("curves", "Curves"),
-                                       ("effects", "Effects"), ("shared", "Shared settings"))
-           if any(f'id="{a}"' in s for s in sections)]
+    nav = (("summary", "Summary"), ("results", "Runs"), ("curves", "Curves"), ("effects", "Effects"),
+           ("shared", "Shared settings"))
     parent = os.path.commonpath([str(r.folder.path.resolve()) for r in runs])
     hero = (f'<div class="eyebrow">visionlaunch comparison</div><h1>{len(runs)} runs compared</h1>'
             f'<div class="meta">{esc(", ".join(r.label for r in runs))} · in {esc(parent)}</div>')

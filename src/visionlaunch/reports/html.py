@@ -17,7 +17,7 @@ from visionlaunch.errors import VisionlaunchError
 from visionlaunch.runfolder import CONFIG, REPORT, RUN_FILES, holds_run_files
 
 from . import page
-from .analysis import Headline, RunFolder, epoch_rows, final_record, find_restarts, headline, number, read_run
+from .analysis import Headline, RunFolder, epoch_elapsed, epoch_rows, find_restarts, headline, number, read_run
 from .class_figures import most_confused_pairs
 from .figures import MAX_LEGEND_CLASSES, plot_curves
 from .page import Html, esc
@@ -63,23 +63,13 @@ def render_report(run: RunFolder, *, expand: bool = False) -> str:
         _draw_missing_curves(run, figures, missing)
     except Exception as exc:  # noqa: BLE001 - same reason as _guarded
         missing.append(f"the curves could not be drawn from metrics.jsonl ({type(exc).__name__}: {exc}).")
-    sections = [
-        _guarded("results", _results, run, head),
-        _guarded("curves", _curves, figures),
-        _guarded("samples", _samples, run, figures),
-        _guarded("confusion", _confusion, run, figures),
-        _guarded("epochs", _epochs, run, head),
-        _guarded("resumed", _restarts, run),
-        _guarded("run", _identity, run),
-        _guarded("model", _model, run, expand),
-        _guarded("config", _config, run, expand),
-    ]
-    sections.insert(0, _missing(missing))
-    nav = [(anchor, label) for anchor, label in (
-        ("results", "Results"), ("curves", "Curves"), ("samples", "Predictions"), ("confusion", "Confusion"),
-        ("epochs", "Per epoch"), ("resumed", "Resumed"), ("run", "Run"), ("model", "Model"), ("config", "Config"))
-        if any(f'id="{anchor}"' in s for s in sections)]
-    return page.document(f"{run.name} · visionlaunch report", _hero(run, head), nav, [s for s in sections if s])
+    sections = [_missing(missing)] + [_guarded(anchor, build, *args) for anchor, build, *args in (
+        ("results", _results, run, head), ("curves", _curves, figures), ("samples", _samples, run, figures),
+        ("confusion", _confusion, run, figures), ("epochs", _epochs, run, head), ("resumed", _restarts, run),
+        ("run", _identity, run), ("model", _model, run, expand), ("config", _config, run, expand))]
+    nav = (("results", "Results"), ("curves", "Curves"), ("samples", "Predictions"), ("confusion", "Confusion"),
+           ("epochs", "Per epoch"), ("resumed", "Resumed"), ("run", "Run"), ("model", "Model"), ("config", "Config"))
+    return page.document(f"{run.name} · visionlaunch report", _hero(run, head), nav, sections)
 
 
 def _guarded(anchor: str, build, *args) -> str:
@@ -98,13 +88,7 @@ def _guarded(anchor: str, build, *args) -> str:
 
 def _hero(run: RunFolder, head: Headline) -> str:
     ident = run.identity
-    if head.finished:
-        badge = '<span class="badge good">finished</span>'
-    elif head.epochs_done:
-        of = f" of {head.epochs_planned}" if head.epochs_planned else ""
-        badge = f'<span class="badge bad">unfinished: {head.epochs_done}{of} epochs</span>'
-    else:
-        badge = '<span class="badge bad">no finished epoch</span>'
+    badge = f'<span class="badge {"good" if head.finished else "bad"}">{head.status}</span>'
     facts = [ident.get("ident"), ident.get("date"), ident.get("host"), ident.get("device")]
     if ident.get("git_commit"):
         facts.append(f"git {ident['git_commit']}")
@@ -148,7 +132,7 @@ def _results(run: RunFolder, head: Headline) -> str:
 
 
 def _early_stop_note(run: RunFolder) -> str:
-    stop = (final_record(run.records) or {}).get("early_stop")
+    stop = (run.final or {}).get("early_stop")
     if not isinstance(stop, dict):
         return ""
     watched = f"{stop.get('metric')} with patience {stop.get('patience')}"
@@ -279,7 +263,7 @@ def _epochs(run: RunFolder, head: Headline) -> str:
             rec = r.get(s, {})
             cells += [page.num(number(rec.get("loss"))), page.pct(number(rec.get("acc")))]
         train = r.get("train", {})
-        elapsed = max((t for t in (number(r[s].get("time")) for s in splits if s in r) if t is not None), default=None)
+        elapsed = epoch_elapsed(r)
         rate = number(train.get("images_per_s"))
         lr = number(next((r[s].get("lr") for s in splits if s in r), None))
         cells += [page.num(lr, ".3g"), page.duration(number(train.get("seconds"))),

@@ -150,9 +150,11 @@ def pre(text: str) -> Html:
     return Html(f"<pre>{esc(text)}</pre>")
 
 
-def document(title: str, hero: str, nav: Sequence[tuple[str, str]], body: Iterable[str]) -> str:
-    """The whole page: head with CSP and styles, the coloured header, an anchor bar, the sections and a footer."""
-    links = "".join(f'<a href="#{esc(anchor)}">{esc(label)}</a>' for anchor, label in nav)
+def document(title: str, hero: str, nav: Sequence[tuple[str, str]], sections: Iterable[str]) -> str:
+    """The whole page: head with CSP and styles, the coloured header, an anchor bar (the `nav` (anchor, label) pairs
+    whose section is there), the sections that are not empty and a footer."""
+    body = "".join(sections)
+    links = "".join(f'<a href="#{esc(anchor)}">{esc(label)}</a>' for anchor, label in nav if f'id="{anchor}"' in body)
     written = dt.datetime.now().isoformat(sep=" ", timespec="seconds")
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
@@ -161,7 +163,7 @@ def document(title: str, hero: str, nav: Sequence[tuple[str, str]], body: Iterab
         f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>"
         f'<header class="hero"><div class="wrap">{hero}</div></header>'
         f'<nav><div class="wrap">{links}</div></nav>'
-        f'<main><div class="wrap">{"".join(body)}</div></main>'
+        f'<main><div class="wrap">{body}</div></main>'
         f"<footer>written by visionlaunch {esc(__version__)} on {esc(written)} · one self-contained file: "
         "no scripts, no network</footer></body></html>\n")
 
