@@ -33,13 +33,14 @@ def number(value) -> float | None:
 
 def epoch_rows(records: list[dict]) -> list[dict]:
     """One row per epoch, {"epoch": e, "train": rec, "val": rec, "test": rec} (splits that were logged), sorted.
+    Step records, other kinds or splits, records without an epoch and anything that is not a record are skipped.
 
     A resumed run logs some epochs twice: the later record wins, as it belongs to the run that went on.
     """
     rows: dict[int, dict] = {}
     for rec in records:
-        epoch = number(rec.get("epoch"))
-        if rec.get("kind") != "epoch" or rec.get("split") not in SPLITS or epoch is None:
+        epoch = number(rec.get("epoch")) if isinstance(rec, dict) else None
+        if epoch is None or rec.get("kind") != "epoch" or rec.get("split") not in SPLITS:
             continue
         rows.setdefault(int(epoch), {"epoch": int(epoch)})[rec["split"]] = rec
     return [rows[e] for e in sorted(rows)]

@@ -11,9 +11,8 @@ import matplotlib as mpl
 import numpy as np
 from matplotlib.figure import Figure
 
-from .figures import MAX_LEGEND_CLASSES, _RIGHT, _WRONG, _frameless, _save, _short, _styled_figure
+from .figures import MAX_LEGEND_CLASSES, _RIGHT, _WRONG, Stamp, _frameless, _save, _short, _styled_figure
 from .predictions import check_groups, class_indices, label_pair
-from .stamp import Stamp
 
 
 # ---------------------------------------------------------------------------------------------------- t-SNE

@@ -18,9 +18,8 @@ from visionlaunch.runfolder import CONFIG, IDENTITY, METRICS, REPORT, enclosing_
 
 from . import page
 from .analysis import Headline, RunFolder, headline, read_run
-from .figures import plot_comparison
+from .figures import Stamp, plot_comparison
 from .page import Html, esc
-from .stamp import Stamp
 
 COMPARISON_FILE = "compare.html"
 # Where a run was written says nothing about how it was trained, and output.name always differs.

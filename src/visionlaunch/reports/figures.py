@@ -8,8 +8,12 @@ pyplot, so no global figure list to leak and no display needed.
 
 from __future__ import annotations
 
+import datetime as dt
+import getpass
+import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib as mpl
@@ -22,8 +26,7 @@ from matplotlib.ticker import MaxNLocator
 from visionlaunch.atomic import atomic_write
 from visionlaunch.runfolder import figure_file
 
-from .analysis import number
-from .stamp import Stamp
+from .analysis import SPLITS, epoch_rows, number
 
 DPI = 120
 MAX_LEGEND_CLASSES = 20  # above this, t-SNE drops the per-class legend and the confusion matrix its cell text
@@ -51,6 +54,42 @@ _STYLE = {
 _STAMP_STRIP_IN = 0.25  # inches kept free at the bottom of every figure for the stamp
 _SPLIT_COLORS = {"train": "#1f77b4", "val": "#ff7f0e", "test": "#2ca02c"}
 _RIGHT, _WRONG = "#1a7f37", "#c62828"
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+@dataclass(frozen=True)
+class Stamp:
+    """The mark every figure carries: who made it (report.ident, default the user name), on which day
+    ("YYYY-MM-DD") and for which run. The date is passed in rather than read from the clock so that a report
+    rebuilt later keeps the run's date."""
+
+    ident: str
+    date: str
+    run_name: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.ident.strip():
+            raise ValueError("Stamp.ident is empty; set report.ident in the config (it defaults to the user name)")
+        if not _DATE.fullmatch(self.date):
+            raise ValueError(f"Stamp.date must be 'YYYY-MM-DD', got {self.date!r}")
+        dt.date.fromisoformat(self.date)  # rejects impossible dates such as 2024-02-30
+
+    def text(self) -> str:
+        """'<ident> · <date>', followed by ' · <run_name>' when a run name was given."""
+        return " · ".join(part for part in (self.ident.strip(), self.date, self.run_name.strip()) if part)
+
+    @classmethod
+    def today(cls, ident: str = "", run_name: str = "") -> Stamp:
+        """A stamp dated today; an empty ident falls back to the login name."""
+        return cls(ident=ident or _user_name(), date=dt.date.today().isoformat(), run_name=run_name)
+
+
+def _user_name() -> str:
+    # getpass raises in containers whose uid has no passwd entry; a figure should still get a stamp there.
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
 
 
 # ---------------------------------------------------------------------------------------------------- style + save
@@ -99,23 +138,13 @@ def _short(name: str, width: int = 18) -> str:
 
 
 def epoch_series(records: Iterable, key: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per split present, (epochs, values) of the epoch records that carry a finite `key`, sorted by epoch.
-
-    Step records, unknown kinds or splits and records with missing or non-numeric fields are skipped. When an
-    epoch appears twice (a resumed run logs it again) the later record wins.
-    """
-    by_split: dict[str, dict[float, float]] = {split: {} for split in _SPLIT_COLORS}
-    for rec in records:
-        if not isinstance(rec, dict) or rec.get("kind") != "epoch" or rec.get("split") not in by_split:
-            continue
-        epoch, value = number(rec.get("epoch")), number(rec.get(key))
-        if epoch is not None and value is not None:
-            by_split[rec["split"]][epoch] = value
+    """Per split present, (epochs, values) of the epoch rows (`epoch_rows`) whose record carries a finite `key`."""
+    rows = epoch_rows(records)
     series = {}
-    for split, points in by_split.items():
+    for split in SPLITS:
+        points = [(row["epoch"], value) for row in rows if (value := number(row.get(split, {}).get(key))) is not None]
         if points:
-            epochs = np.array(sorted(points))
-            series[split] = (epochs, np.array([points[e] for e in epochs]))
+            series[split] = tuple(np.array(column) for column in zip(*points))
     return series
 
 

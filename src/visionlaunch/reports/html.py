@@ -19,9 +19,8 @@ from visionlaunch.runfolder import CONFIG, REPORT, RUN_FILES, holds_run_files
 from . import page
 from .analysis import Headline, RunFolder, epoch_elapsed, epoch_rows, find_restarts, headline, number, read_run
 from .class_figures import most_confused_pairs
-from .figures import MAX_LEGEND_CLASSES, plot_curves
+from .figures import MAX_LEGEND_CLASSES, Stamp, plot_curves
 from .page import Html, esc
-from .stamp import Stamp
 
 WIDE_FIGURE_PX = 1400  # wider figures get the page's full width at their own size
 
