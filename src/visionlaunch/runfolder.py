@@ -106,7 +106,6 @@ def complete_checkpoints(root: Path) -> list[Path]:
 
 class MetricsWriter:
     def __init__(self, path: Path | None):
-        self.path = path
         self._fh = open(path, "a", buffering=1) if path is not None else None
 
     def write(self, record: dict) -> None:
@@ -256,24 +255,17 @@ def _as_written_and_resolved(path: Path) -> tuple[Path, Path]:
     return Path(os.path.abspath(path)), path.resolve()
 
 
-def _run_folder_above(path: Path) -> Path | None:
-    return next((folder for folder in path.parents if is_run_folder(folder)), None)
-
-
 def enclosing_run_folder(path: Path) -> Path | None:
     """The run folder that `path` (a file or folder, existing or not) lies in, at any depth, else None. Both the
     path as written and the one its links resolve to count."""
-    for candidate in _as_written_and_resolved(path):
-        run = _run_folder_above(candidate)
-        if run is not None:
-            return run
-    return None
+    return next((run for candidate in _as_written_and_resolved(path) for run in candidate.parents
+                 if is_run_folder(run)), None)
 
 
 def check_not_run_file(out: Path, option: str = "--out") -> None:
     """Refuse an output path that would replace a run's own file (metrics.jsonl, weights/..., figures/...)."""
     for candidate in _as_written_and_resolved(out):
-        run = _run_folder_above(candidate)
+        run = next((folder for folder in candidate.parents if is_run_folder(folder)), None)
         if run is not None and candidate.relative_to(run).parts[0] in RUN_OWN:
             raise VisionlaunchError(
                 f"{option} {Path(out).expanduser()} would replace {candidate.relative_to(run)} of the run folder "
