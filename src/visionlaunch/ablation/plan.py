@@ -59,12 +59,8 @@ class Variant:
         return self.out_dir / self.name
 
     def train_args(self, restart: bool = False) -> list[str]:
-        """The arguments of `visionlaunch train` (or `python train.py`) for this run, as a separate process or job.
-
-        Rerunning the same command continues an interrupted run from its newest checkpoint (train.resume=auto);
-        `restart` replaces the run folder instead. Progress bars are off (logs, not terminals), unless the
-        ablation's own overrides turn them on.
-        """
+        """The arguments of `visionlaunch train` for this run: rerun, they continue an interrupted run from its
+        newest checkpoint; with `restart` they replace its folder. Progress bars are off (logs, not terminals)."""
         tail = ["train.resume=none", "output.overwrite=true"] if restart else ["train.resume=auto"]
         return ["--config", str(self.config_path), "train.progress=false", *self.overrides,
                 f"output.dir={self.out_dir}", f"output.name={self.name}", *tail]
@@ -281,15 +277,11 @@ def _variants(variants: Any, where: str) -> tuple[list[tuple[str, str, list[str]
                                     "letters, digits, '.', '_' and '-', e.g. name: cosine.")
         label = entry.get("label", name)
         own = _overrides(entry.get("overrides", []), f"{here} ({name})")
-        settings.append((name, str(label), own, {}))
-    keys: dict[str, None] = {}
-    for _, _, own, _ in settings:
-        keys.update(dict.fromkeys(_key(o) for o in own))
-    varied = list(keys)
-    for i, (name, label, own, _) in enumerate(settings):  # each variant's value of every varied key (CSV columns)
-        mine = {_key(o): parse_override(o)[1] for o in own}
-        settings[i] = (name, label, own, {k: mine.get(k, "(base)") for k in varied})
-    return settings, varied
+        settings.append((name, str(label), own, {_key(o): parse_override(o)[1] for o in own}))
+    varied = list(dict.fromkeys(key for *_, values in settings for key in values))
+    # Each variant's value of every varied key (the CSV's columns).
+    return [(name, label, own, {k: values.get(k, "(base)") for k in varied})
+            for name, label, own, values in settings], varied
 
 
 _GENERIC = ("name", "args")  # too vague alone: schedule.name, model.args

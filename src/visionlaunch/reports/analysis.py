@@ -1,10 +1,7 @@
-"""A run folder as reports see it, and what they say about it.
-
-`read_run` reads a folder tolerantly, so that a crashed, unfinished or older run still gets a report: whatever
-exists is loaded; whatever is missing or unreadable is named in `RunFolder.missing` as a sentence for the reader.
-Only a folder that does not exist at all is an error. From the parsed lines of metrics.jsonl pure functions then
-compute per-epoch rows, the headline results, timing and where a resumed run restarted, tolerant of missing or
-odd fields."""
+"""A run folder as reports see it, and what they say about it. `read_run` reads a folder tolerantly, so that a
+crashed, unfinished or older run still gets a report: what is missing or unreadable becomes a sentence in
+`RunFolder.missing`. Pure functions of the metrics.jsonl records give per-epoch rows, the headline results and
+where a resumed run restarted."""
 
 from __future__ import annotations
 

@@ -239,7 +239,7 @@ def _results(runs: list[ComparedRun], keys: list[str], out: Path) -> Html:
         rows.append([_run_link(r, out), r.head.status,
                      *[fmt(r.settings.get(k, _ABSENT)) if r.has_config else "no config.yaml" for k in keys],
                      page.pct(h.test_acc), delta, best_val, page.pct(h.test_acc_at_best_val),
-                     page.duration(h.wall_s), "—" if h.images_per_s is None else f"{h.images_per_s:,.0f}",
+                     page.duration(h.wall_s), page.num(h.images_per_s, ",.0f"),
                      f"{params:,}" if isinstance(params, int) else "—"])
     scored = [i for i, r in enumerate(runs) if r.head.test_acc is not None]
     best = [max(scored, key=lambda i: runs[i].head.test_acc)] if scored else []

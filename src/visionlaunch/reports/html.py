@@ -1,9 +1,5 @@
-"""The run report: `write_report(run_dir)` turns a run folder into one self-contained report.html.
-
-Sections, in reading order: what is missing (if anything), results, curves, sample predictions and t-SNE,
-confusion, per-epoch metrics and timing, interruptions of a resumed run, the run's identity, the model summary
-and the resolved config. Each section renders from what exists, so an unfinished or older run still gets a page.
-"""
+"""The run report: `write_report(run_dir)` turns a run folder into one self-contained report.html, its sections
+(`render_report`) each drawn from what exists, so that an unfinished or older run still gets a page."""
 
 from __future__ import annotations
 
@@ -17,7 +13,7 @@ from visionlaunch.errors import VisionlaunchError
 from visionlaunch.runfolder import CONFIG, REPORT, RUN_FILES, holds_run_files
 
 from . import page
-from .analysis import Headline, RunFolder, epoch_elapsed, epoch_rows, find_restarts, headline, number, read_run
+from .analysis import SPLITS, Headline, RunFolder, epoch_elapsed, epoch_rows, find_restarts, headline, number, read_run
 from .class_figures import most_confused_pairs
 from .figures import MAX_LEGEND_CLASSES, Stamp, plot_curves
 from .page import Html, esc
@@ -119,8 +115,7 @@ def _results(run: RunFolder, head: Headline) -> str:
         page.card("Test accuracy at best val", page.pct(head.test_acc_at_best_val), "the model kept in best.pt"),
         page.card("Test loss", page.num(head.test_loss)),
         page.card("Wall time", page.duration(head.wall_s), f"{epochs} epochs"),
-        page.card("Training speed", "—" if head.images_per_s is None else f"{head.images_per_s:,.0f}",
-                  "images/s (mean over epochs)"),
+        page.card("Training speed", page.num(head.images_per_s, ",.0f"), "images/s (mean over epochs)"),
     ]
     if isinstance(params, int):
         precision = _precision(run.identity.get("precision"))
@@ -252,26 +247,24 @@ def _epochs(run: RunFolder, head: Headline) -> str:
     rows = epoch_rows(run.records)
     if not rows:
         return ""
-    splits = [s for s in ("train", "val", "test") if any(s in r for r in rows)]
+    splits = [s for s in SPLITS if any(s in r for r in rows)]
     headers = ["epoch"] + [f"{s} {m}" for s in splits for m in ("loss", "acc")] + \
         ["lr", "train time", "images/s", "epoch time", "elapsed"]
-    table_rows, highlight, previous = [], [], 0.0
-    for i, r in enumerate(rows):
+    table_rows, previous = [], 0.0
+    for r in rows:
         cells = [r["epoch"]]
         for s in splits:
             rec = r.get(s, {})
             cells += [page.num(number(rec.get("loss"))), page.pct(number(rec.get("acc")))]
         train = r.get("train", {})
         elapsed = epoch_elapsed(r)
-        rate = number(train.get("images_per_s"))
         lr = number(next((r[s].get("lr") for s in splits if s in r), None))
         cells += [page.num(lr, ".3g"), page.duration(number(train.get("seconds"))),
-                  "—" if rate is None else f"{rate:,.0f}",
+                  page.num(number(train.get("images_per_s")), ",.0f"),
                   page.duration(None if elapsed is None else elapsed - previous), page.duration(elapsed)]
         previous = elapsed if elapsed is not None else previous
         table_rows.append(cells)
-        if r["epoch"] == head.best_epoch:
-            highlight.append(i)
+    highlight = [i for i, r in enumerate(rows) if r["epoch"] == head.best_epoch]
     body = page.table(headers, table_rows, numeric=range(1, len(headers)), highlight=highlight)
     if len(rows) > 20:
         body = Html(f'<div class="scroll">{body}</div>')

@@ -1,10 +1,6 @@
-"""Building blocks shared by the run report and the comparison page: one stylesheet, escaping, embedded PNGs and
-tables.
-
-Pages are one file of plain HTML with inline CSS, PNGs as data URIs, no scripts and system fonts only. A
-Content-Security-Policy that forbids every fetch makes that a guarantee: a report opened offline, on a cluster
-or mailed to a teacher looks the same everywhere and never calls out.
-"""
+"""Building blocks of the run report and the comparison page. A page is one file of plain HTML with inline CSS,
+PNGs as data URIs, no scripts and system fonts only; its Content-Security-Policy forbids every fetch, so a report
+opened offline, on a cluster or mailed to a teacher looks the same everywhere and never calls out."""
 
 from __future__ import annotations
 

@@ -77,11 +77,8 @@ def check_groups(superclasses, superclass_of, n_classes: int) -> np.ndarray | No
 
 def save_predictions(run_dir: Path, labels, preds, classes: list[str], grid=None, *, superclasses=None,
                      superclass_of=None) -> Path:
-    """Write run_dir/predictions.npz (compressed; about 10 kB for 10,000 MNIST test images), atomically.
-
-    `grid` is the index of each image in the prediction grid figure, so the report can say "k/10 correct";
-    `superclasses` / `superclass_of` the class groups (CIFAR-100), so it can say which confusions stay in a group.
-    """
+    """Write run_dir/predictions.npz atomically. `grid` indexes the images of the prediction grid figure (the
+    report says "k/10 correct"); `superclasses` / `superclass_of` group the classes (CIFAR-100's 20)."""
     y, p, g = _check(labels, preds, classes, grid)
     groups = check_groups(superclasses, superclass_of, len(classes))
     small = np.int16 if len(classes) < 2**15 else np.int32  # class indices are small; keep the file small too
