@@ -12,7 +12,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from .figures import MAX_LEGEND_CLASSES, _RIGHT, _WRONG, Stamp, _frameless, _save, _short, _styled_figure
-from .predictions import check_groups, class_indices, label_pair
+from .predictions import check_groups, indices, label_pair
 
 
 # ---------------------------------------------------------------------------------------------------- t-SNE
@@ -93,7 +93,7 @@ def plot_tsne(features: np.ndarray, labels: np.ndarray, classes: list[str], out_
     """Scatter a 2-D t-SNE of `features` coloured by class, or by superclass (`superclasses` names,
     `superclass_of[class]` its index) when there are too many classes for a legend. Above `max_points` a seeded
     random sample is used, since t-SNE time grows with N and a few thousand points already show the structure."""
-    y = class_indices(labels, len(classes), "labels")
+    y = indices(labels, len(classes), "labels")
     groups = check_groups(superclasses, superclass_of, len(classes))
     if len(y) != len(features):
         raise ValueError(f"features and labels differ in length: {len(features)} vs {len(y)}")

@@ -32,23 +32,24 @@ class Predictions:
         return int(np.sum(self.labels[self.grid] == self.preds[self.grid])), len(self.grid)
 
 
-def class_indices(values, n_classes: int, what: str) -> np.ndarray:
+def indices(values, n: int, what: str) -> np.ndarray:
+    """`values` as a 1-D int64 array of indices in [0, n) (class indices, or positions in the predictions)."""
     arr = np.asarray(values)
     if arr.ndim != 1:
-        raise ValueError(f"{what} must be a 1-D array of class indices, got shape {arr.shape}")
+        raise ValueError(f"{what} must be a 1-D array of indices, got shape {arr.shape}")
     if arr.size and not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"{what} must hold integer class indices, got dtype {arr.dtype}")
+        raise ValueError(f"{what} must hold integer indices, got dtype {arr.dtype}")
     arr = arr.astype(np.int64)
-    if arr.size and (arr.min() < 0 or arr.max() >= n_classes):
-        raise ValueError(f"{what} must lie in [0, {n_classes}) for {n_classes} classes, got {arr.min()}..{arr.max()}")
+    if arr.size and (arr.min() < 0 or arr.max() >= n):
+        raise ValueError(f"{what} must lie in [0, {n}), got {arr.min()}..{arr.max()}")
     return arr
 
 
 def label_pair(labels, preds, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
     if not classes:
         raise ValueError("classes is empty; pass the dataset's class names")
-    y = class_indices(labels, len(classes), "labels")
-    p = class_indices(preds, len(classes), "preds")
+    y = indices(labels, len(classes), "labels")
+    p = indices(preds, len(classes), "preds")
     if y.shape != p.shape:
         raise ValueError(f"labels and preds differ in length: {len(y)} vs {len(p)}")
     return y, p
@@ -56,23 +57,17 @@ def label_pair(labels, preds, classes: list[str]) -> tuple[np.ndarray, np.ndarra
 
 def _check(labels, preds, classes: list[str], grid) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     y, p = label_pair(labels, preds, classes)
-    if grid is None:
-        return y, p, None
-    g = np.asarray(grid)
-    if g.ndim != 1 or (g.size and (not np.issubdtype(g.dtype, np.integer) or g.min() < 0 or g.max() >= len(y))):
-        raise ValueError(f"grid must be 1-D indices into the {len(y)} predictions")
-    return y, p, g.astype(np.int64)
+    return y, p, None if grid is None else indices(grid, len(y), "grid")
 
 
 def check_groups(superclasses, superclass_of, n_classes: int) -> np.ndarray | None:
     """superclass_of as int64 indices into superclasses, one per class; None when either is None."""
     if superclasses is None or superclass_of is None:
         return None
-    s = np.asarray(superclass_of)
-    if s.shape != (n_classes,) or not np.issubdtype(s.dtype, np.integer) or s.min() < 0 or s.max() >= len(superclasses):
-        raise ValueError(f"superclass_of must give each of the {n_classes} classes a group in "
-                         f"[0, {len(superclasses)})")
-    return s.astype(np.int64)
+    groups = indices(superclass_of, len(superclasses), "superclass_of")
+    if len(groups) != n_classes:
+        raise ValueError(f"superclass_of must give each of the {n_classes} classes a group, got {len(groups)}")
+    return groups
 
 
 def save_predictions(run_dir: Path, labels, preds, classes: list[str], grid=None, *, superclasses=None,
