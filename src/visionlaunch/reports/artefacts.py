@@ -36,8 +36,8 @@ def make_figures(run_dir: Path, model, data, pipeline, cfg: RunConfig, identity:
     paths = list(plot_curves(rf.read_metrics(run_dir / rf.METRICS), out, stamp))
 
     preds = predict(model, test.images, pipeline, accelerator, tta_flip=cfg.train.tta_flip)  # as the test accuracy
-    paths.append(plot_confusion(test.labels.numpy(), preds.numpy(), test.classes, rf.figure_file(out, "confusion"), stamp,
-                                **groups))
+    paths.append(plot_confusion(test.labels.numpy(), preds.numpy(), test.classes, rf.figure_file(out, "confusion"),
+                                stamp, **groups))
 
     g = torch.Generator().manual_seed(cfg.report.seed)
     pick = torch.randperm(len(test), generator=g)[:10]

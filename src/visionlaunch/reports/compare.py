@@ -43,17 +43,15 @@ class ComparedRun:
         return bool(self.settings)
 
 
-def default_comparison_path(run_dirs: list[Path]) -> Path:
-    """<common parent of the runs>/compare.html: beside the runs it compares."""
-    return Path(os.path.commonpath([Path(d).resolve().parent for d in run_dirs])) / COMPARISON_FILE
-
-
 def write_comparison(run_dirs: list[Path], out: Path | None = None, *, pdf: bool = False) -> Path:
-    """Write the comparison page of `run_dirs` to `out` (default: default_comparison_path) and return its path.
+    """Write the comparison page of `run_dirs` to `out` (default: compare.html beside the runs, in their common
+    parent folder) and return its path.
     The overlaid curves are also kept as a PNG beside it (<out stem>-curves.png); with `pdf`, also <out>.pdf."""
     runs = load_runs(run_dirs)
     given = out is not None
-    out = Path(out) if given else default_comparison_path(run_dirs)
+    if not given:
+        out = Path(os.path.commonpath([Path(d).resolve().parent for d in run_dirs])) / COMPARISON_FILE
+    out = Path(out)
     inside = enclosing_run_folder(out)
     if inside is not None:  # it and its -curves.png could replace that run's own files (metrics.jsonl, ...)
         raise VisionlaunchError(
