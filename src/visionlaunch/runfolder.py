@@ -262,13 +262,13 @@ def enclosing_run_folder(path: Path) -> Path | None:
                  if is_run_folder(run)), None)
 
 
-def check_not_run_file(out: Path, option: str = "--out") -> None:
+def check_not_run_file(out: Path) -> None:
     """Refuse an output path that would replace a run's own file (metrics.jsonl, weights/..., figures/...)."""
     for candidate in _as_written_and_resolved(out):
         run = next((folder for folder in candidate.parents if is_run_folder(folder)), None)
         if run is not None and candidate.relative_to(run).parts[0] in RUN_OWN:
             raise VisionlaunchError(
-                f"{option} {Path(out).expanduser()} would replace {candidate.relative_to(run)} of the run folder "
+                f"--out {Path(out).expanduser()} would replace {candidate.relative_to(run)} of the run folder "
                 f"{run}, one of that run's own files. Nothing was written. Choose another file name (e.g. "
                 f"{run / 'out'} or a path outside the run folder).")
 
@@ -276,9 +276,8 @@ def check_not_run_file(out: Path, option: str = "--out") -> None:
 # ---------------------------------------------------------------------------------------------------- creation
 
 
-def default_run_name(preset: str | None, now: dt.datetime | None = None) -> str:
-    now = now or dt.datetime.now()
-    return f"{preset or 'run'}-{now:%Y%m%d-%H%M%S}"
+def default_run_name(preset: str | None) -> str:
+    return f"{preset or 'run'}-{dt.datetime.now():%Y%m%d-%H%M%S}"
 
 
 def _replaceable(path: Path) -> bool:

@@ -91,20 +91,17 @@ def png_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def img(data: bytes, alt: str) -> Html:
+def figure(data: bytes, alt: str, caption: str | Html = "") -> Html:
+    """A PNG embedded as a data URI, with its size (if the header gives it) and an optional caption."""
     size = png_size(data)
     dims = f' width="{size[0]}" height="{size[1]}"' if size else ""
     src = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
-    return Html(f'<img src="{src}" alt="{esc(alt)}"{dims}>')
-
-
-def figure(data: bytes, alt: str, caption: str | Html = "") -> Html:
     cap = f"<figcaption>{cell(caption)}</figcaption>" if caption else ""
-    return Html(f"<figure>{img(data, alt)}{cap}</figure>")
+    return Html(f'<figure><img src="{src}" alt="{esc(alt)}"{dims}>{cap}</figure>')
 
 
 def table(headers: Sequence, rows: Iterable[Sequence], *, numeric: Iterable[int] = (),
-          highlight: Iterable[int] = (), cls: str = "") -> Html:
+          highlight: Iterable[int] = ()) -> Html:
     """A table whose cells are escaped unless they are Html. `numeric` columns align right; `highlight` rows stand
     out (e.g. the best epoch)."""
     numeric, highlight = set(numeric), set(highlight)
@@ -113,8 +110,7 @@ def table(headers: Sequence, rows: Iterable[Sequence], *, numeric: Iterable[int]
         return "".join(f'<{tag}{" class=num" if i in numeric else ""}>{cell(c)}</{tag}>' for i, c in enumerate(cells))
 
     body = "".join(f'<tr{" class=hl" if i in highlight else ""}>{row_html(r, "td")}</tr>' for i, r in enumerate(rows))
-    head = f"<thead><tr>{row_html(headers, 'th')}</tr></thead>" if headers else ""
-    return Html(f'<table{f" class={cls}" if cls else ""}>{head}<tbody>{body}</tbody></table>')
+    return Html(f"<table><thead><tr>{row_html(headers, 'th')}</tr></thead><tbody>{body}</tbody></table>")
 
 
 def key_values(pairs: Iterable[tuple[str, object]]) -> Html:
