@@ -199,10 +199,9 @@ def read_run(run_dir: Path) -> RunFolder:
             f"{path} {what}. Pass the run folder that `visionlaunch train` printed (runs/<name>), which holds "
             "config.yaml, run.yaml and metrics.jsonl.")
     run = RunFolder(path=path)
-    run.identity = _read_mapping(run, rf.IDENTITY, "the run's identity (who, when, where, command line)")
-    run.config_text = _read_text(run, rf.CONFIG, "the resolved configuration")
+    run.identity = _read_mapping(run, rf.IDENTITY, "the run's identity (who, when, where, command line)")[1]
+    run.config_text, run.config = _read_mapping(run, rf.CONFIG, "the resolved configuration")
     if run.config_text is not None:
-        run.config = _parse_mapping(run, rf.CONFIG, run.config_text)
         run.missing.extend(config_key_notes(run.config))
     run.summary = _read_text(run, rf.SUMMARY, "the model summary")
     _read_metrics(run)
@@ -230,21 +229,18 @@ def _read_text(run: RunFolder, name: str, what: str) -> str | None:
     return None
 
 
-def _parse_mapping(run: RunFolder, name: str, text: str) -> dict:
+def _read_mapping(run: RunFolder, name: str, what: str) -> tuple[str | None, dict]:
+    """The file's text and the mapping it holds ({} when it holds none: the text is still shown)."""
+    text = _read_text(run, name, what)
     try:
-        tree = yaml.safe_load(text)
+        tree = yaml.safe_load(text) if text is not None else {}
     except yaml.YAMLError as exc:
         run.missing.append(f"{name} is not valid YAML ({str(exc).splitlines()[0]}); it is shown as text only.")
-        return {}
+        return text, {}
     if not isinstance(tree, dict):
         run.missing.append(f"{name} does not hold a mapping of keys; it is shown as text only.")
-        return {}
-    return tree
-
-
-def _read_mapping(run: RunFolder, name: str, what: str) -> dict:
-    text = _read_text(run, name, what)
-    return {} if text is None else _parse_mapping(run, name, text)
+        return text, {}
+    return text, tree
 
 
 def _read_metrics(run: RunFolder) -> None:

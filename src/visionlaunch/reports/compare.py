@@ -113,9 +113,7 @@ def differing_keys(runs: list[ComparedRun]) -> list[str]:
     wherever it is recorded is a version difference, not a setting that was varied: it is left out.
     """
     with_config = [r for r in runs if r.has_config]
-    keys: dict[str, None] = {}
-    for r in with_config:
-        keys.update(dict.fromkeys(r.settings))
+    keys = dict.fromkeys(k for r in with_config for k in r.settings)
     return [k for k in keys if len({_canon(r.settings[k]) for r in with_config if k in r.settings}) > 1]
 
 

@@ -20,12 +20,9 @@ from .page import Html, esc
 
 WIDE_FIGURE_PX = 1400  # wider figures get the page's full width at their own size
 
-_IDENTITY = (  # run.yaml key -> label, in the order a reader wants them
-    ("ident", "identifier"), ("date", "date"), ("started", "started"), ("command", "command line"),
-    ("git_commit", "git commit"), ("host", "host"), ("device", "device"), ("processes", "processes"),
-    ("precision", "precision"), ("parameters", "parameters"), ("data", "data"), ("visionlaunch", "visionlaunch"),
-    ("python", "python"), ("torch", "torch"),
-)
+_IDENTITY = ("ident", "date", "started", "command", "git_commit", "host", "device", "processes", "precision",
+             "parameters", "data", "visionlaunch", "python", "torch")  # run.yaml keys, in the order a reader wants
+_LABELS = {"ident": "identifier", "command": "command line", "git_commit": "git commit"}  # the others: the key
 
 
 def write_report(run_dir: Path, *, pdf: bool = False) -> Path:
@@ -301,7 +298,7 @@ def _identity(run: RunFolder) -> str:
         return page.section("run", "Run", Html(f'<p class="muted">No run.yaml: folder <code>{esc(run.path)}</code>.'
                                                "</p>"))
     pairs = [("name", run.name), ("folder", Html(f"<code>{esc(run.path)}</code>"))]
-    for key, label in _IDENTITY:
+    for key in _IDENTITY:
         if ident.get(key) not in (None, ""):
             value = ident[key]
             if key == "command":
@@ -310,8 +307,8 @@ def _identity(run: RunFolder) -> str:
                 value = f"{value:,}"
             elif key == "precision":
                 value = _precision(value) + (" (no mixed precision)" if value == "no" else "")
-            pairs.append((label, value))
-    known = {key for key, _ in _IDENTITY} | {"name"}
+            pairs.append((_LABELS.get(key, key), value))
+    known = {*_IDENTITY, "name"}
     pairs += [(key, value) for key, value in ident.items() if key not in known]  # fields of newer versions
     return page.section("run", "Run", page.key_values(pairs))
 
