@@ -145,10 +145,6 @@ def epoch_series(records: Iterable, key: str) -> dict[str, tuple[np.ndarray, np.
     return series
 
 
-def _has_epoch_records(records: list) -> bool:
-    return any(isinstance(r, dict) and r.get("kind") == "epoch" and r.get("split") in _SPLIT_COLORS for r in records)
-
-
 def _epoch_axes(ax, ylabel: str) -> None:
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
@@ -161,7 +157,8 @@ def _line(ax, split: str, epochs: np.ndarray, values: np.ndarray, label: str) ->
 
 
 def _empty_message(records: list, what: str) -> str:
-    return f"no {what} in the epoch records" if _has_epoch_records(records) else "no epoch finished yet"
+    logged = any(isinstance(r, dict) and r.get("kind") == "epoch" and r.get("split") in SPLITS for r in records)
+    return f"no {what} in the epoch records" if logged else "no epoch finished yet"
 
 
 def _make_loss_figure(records: list, stamp: Stamp) -> Figure:
@@ -206,7 +203,6 @@ def _make_accuracy_figure(records: list, stamp: Stamp) -> Figure:
 def plot_curves(records: list[dict], out_dir: Path, stamp: Stamp) -> list[Path]:
     """Write out_dir/loss.png and out_dir/accuracy.png from the parsed lines of metrics.jsonl."""
     records = list(records)
-    out_dir = Path(out_dir)
     return [
         _save(_make_loss_figure(records, stamp), figure_file(out_dir, "loss")),
         _save(_make_accuracy_figure(records, stamp), figure_file(out_dir, "accuracy")),
