@@ -305,9 +305,7 @@ def check_output_dir(out_dir: Path, name: str, overwrite: bool) -> Path:
         raise VisionlaunchError(
             f"output.overwrite=true would delete {run_dir}, which {what}; overwrite only ever replaces a previous "
             "run. Nothing was deleted. Choose another output.name, or move that folder away yourself.")
-    probe_parent = out_dir
-    while not probe_parent.exists() and probe_parent != probe_parent.parent:
-        probe_parent = probe_parent.parent
+    probe_parent = next((p for p in (out_dir, *out_dir.parents) if p.exists()), out_dir)  # the folder to create it in
     # Try a real write: permission bits alone say nothing for root or on read-only mounts.
     try:
         if not probe_parent.is_dir():
