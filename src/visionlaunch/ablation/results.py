@@ -177,13 +177,9 @@ def _seconds(value: float | None) -> str:
     return f"{value:.2f} s" if value < 10 else f"{value:.1f} s" if value < 100 else f"{value:,.0f} s"
 
 
-def _has_ema(rows: list[SettingRow]) -> bool:
-    return any(r.ema_test_acc is not None for row in rows for r in row.ok)
-
-
 def render_markdown(ablation: Ablation, rows: list[SettingRow]) -> str:
     n_seeds = len(ablation.seeds)
-    ema = _has_ema(rows)
+    ema = any(r.ema_test_acc is not None for row in rows for r in row.ok)  # a column only when a run has EMA
     lines = [
         f"**Ablation `{ablation.name}`**" + (f": {ablation.description}" if ablation.description else "")
         + f" ({ablation.source}). Base `{ablation.base}`"
