@@ -20,6 +20,7 @@ trainer refuses to start and names the command that works.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from datetime import timedelta
 
@@ -29,7 +30,7 @@ from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import InitProcessGroupKwargs
 
 from visionlaunch.config import RunConfig
-from visionlaunch.errors import VisionlaunchError
+from visionlaunch.errors import VisionlaunchError, report
 
 CPU_RECIPE = "ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes {n} train.py --config ..."
 TORCHRUN_CPU_RECIPE = "ACCELERATE_USE_CPU=1 torchrun --nproc_per_node {n} train.py --config ..."
@@ -203,3 +204,18 @@ def peer_lost(exc: BaseException, world: int, timeout_s: int) -> PeerLost | None
         "in the job log): a crash, a kill, running out of memory, or a hang longer than train.dist_timeout_s="
         f"{timeout_s}. Fix that, then rerun the same command with train.resume=auto to continue from the newest "
         "complete checkpoint.")
+
+
+@contextlib.contextmanager
+def peer_loss_reported(timeout_s: int):
+    """Inside: a collective that fails because a peer is gone raises PeerLost, its message printed at once. The
+    launcher sends SIGTERM to the survivors soon after a peer dies, and destroying a process group with a dead
+    member can take seconds: said after the teardown, the message could be lost with the process."""
+    try:
+        yield
+    except Exception as exc:
+        lost = peer_lost(exc, int(os.environ.get("WORLD_SIZE", "1")), timeout_s)
+        if lost is None:
+            raise
+        report(lost)
+        raise lost from None

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import sys
 import time
 from collections.abc import Iterator
@@ -38,7 +37,7 @@ from visionlaunch.progress import progress_bar
 from visionlaunch.trainers import checkpoint as ckpt
 from visionlaunch.trainers.checkpoint import TrainState
 from visionlaunch.trainers.data import DataBundle
-from visionlaunch.trainers.distributed import any_rank, mean_over_ranks, peer_lost, start_processes
+from visionlaunch.trainers.distributed import any_rank, mean_over_ranks, peer_loss_reported, start_processes
 from visionlaunch.trainers.ema import ModelEMA
 from visionlaunch.trainers.evaluation import Totals, epoch_line, evaluate
 from visionlaunch.trainers.losses import CrossEntropyLoss
@@ -56,15 +55,12 @@ MAX_CONSECUTIVE_SKIPPED = 50
 @contextlib.contextmanager
 def training(cfg: RunConfig, **kwargs) -> Iterator[Trainer]:
     """A set-up Trainer whose signal handlers, run-folder lock and trackers stay on for the whole `with` block
-    (training and what follows it); a peer process's failure becomes one message (`PeerLost`)."""
-    try:
-        with Trainer(cfg, **kwargs) as trainer:
-            yield trainer
-    except Exception as exc:
-        lost = peer_lost(exc, int(os.environ.get("WORLD_SIZE", "1")), cfg.train.dist_timeout_s)
-        if lost is None:
-            raise
-        raise lost from None
+    (training and what follows it); a peer process's failure becomes one message (`PeerLost`), printed before the
+    Trainer's teardown."""
+    with peer_loss_reported(cfg.train.dist_timeout_s):
+        trainer = Trainer(cfg, **kwargs)
+    with trainer, peer_loss_reported(cfg.train.dist_timeout_s):
+        yield trainer
 
 
 class Trainer:
@@ -114,7 +110,8 @@ class Trainer:
             if isinstance(exc, Preempted) and self.is_main:
                 rf.write_preempted(self.run_path, exc.signal_name, exc.step, exc.checkpoint)
             elif exc is None:  # the other ranks wait while the main process draws figures and writes the report
-                self.accelerator.wait_for_everyone()
+                with peer_loss_reported(self.cfg.train.dist_timeout_s):
+                    self.accelerator.wait_for_everyone()
         finally:
             self.watcher.__exit__()
             self.metrics.close()
