@@ -104,14 +104,9 @@ def make_loader(kind: str, images, labels, batch_size: int, *, beton=None, verif
         return TorchLoader(images, labels, batch_size, **kwargs)
     if kind == "ffcv":
         from visionlaunch.ffcv_builders.loader import FfcvLoader
-        if beton is None:
-            raise ValueError("the ffcv loader needs the split's .beton file (beton=...)")
         aug = {} if augment is None else dict(crop_padding=augment.crop_padding, flip=augment.flip,
                                                cutout=augment.cutout)
         if not kwargs.get("train"):
             kwargs.pop("resized_crop", None)
-        loader = FfcvLoader(beton, batch_size, channels_last=channels_last, verify=verify_beton, **aug, **kwargs)
-        if loader.num_samples != len(labels):
-            raise ValueError(f"{beton} holds {loader.num_samples} samples, the split {len(labels)}")
-        return loader
+        return FfcvLoader(beton, batch_size, channels_last=channels_last, verify=verify_beton, **aug, **kwargs)
     raise ValueError(f"unknown loader {kind!r}")

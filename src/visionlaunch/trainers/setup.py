@@ -54,7 +54,10 @@ def decide_for_every_rank(cfg: RunConfig, preset: str | None, data: DataBundle |
         try:
             if cfg.data.loader == "ffcv":  # before anything is read or written: the message says how to install it
                 require_ffcv()
-            plan, replace, lock = plan_start(cfg, preset, log)
+            run_path = Path(cfg.output.dir).expanduser() / (cfg.output.name or rf.default_run_name(preset))
+            # Held until the run ends: no other process may train into the folder, resume from it or replace it.
+            lock = RunLock(ckpt.plan_resume(cfg.train.resume, run_path).run_path).acquire(log=log)
+            plan, replace = plan_start(cfg, run_path, log)
             data, used = read_data(cfg, data, log, cfg.train.progress)
             if plan.checkpoint is not None:
                 ckpt.validate(plan.checkpoint, plan.meta, used.model_dump(mode="json"), accelerator.num_processes,
@@ -65,16 +68,14 @@ def decide_for_every_rank(cfg: RunConfig, preset: str | None, data: DataBundle |
                 betons = ensure_betons({"train": data.train, "val": data.val, "test": data.test}, data.name,
                                        cfg.data, log=log, progress=cfg.train.progress)
             outcome = ("ok", SharedDecisions(plan, replace, betons))
-        except VisionlaunchError as exc:
-            outcome = ("error", str(exc))
-        except BaseException:
+        except BaseException as exc:
             if lock is not None:
                 lock.release()
-            raise
+            if not isinstance(exc, VisionlaunchError):
+                raise
+            outcome = ("error", str(exc))
     outcome = broadcast_from_main(accelerator, outcome)
     if outcome[0] == "error":
-        if lock is not None:
-            lock.release()
         raise VisionlaunchError(outcome[1])
     if not accelerator.is_main_process:
         data, used = read_data(cfg, data, log, False)
@@ -96,27 +97,20 @@ def read_data(cfg: RunConfig, data: DataBundle | None, log, progress: bool) -> t
 UNFINISHED = (rf.FolderState.EMPTY, rf.FolderState.JOB_ONLY, rf.FolderState.STARTED, rf.FolderState.PREEMPTED)
 
 
-def plan_start(cfg: RunConfig, preset: str | None, log) -> tuple[ckpt.ResumePlan, bool, RunLock]:
-    """Main process: lock the run folder, then decide where training starts. Returns the plan, whether an existing
-    folder is to be replaced (output.overwrite, or restarting an unfinished run) and the lock, held until the run
-    ends: no other process may train into the folder, resume from it or replace it meanwhile."""
-    run_path = Path(cfg.output.dir).expanduser() / (cfg.output.name or rf.default_run_name(preset))
-    lock = RunLock(ckpt.plan_resume(cfg.train.resume, run_path).run_path).acquire(log=log)
-    try:
-        plan = ckpt.plan_resume(cfg.train.resume, run_path)  # again: the folder may have changed meanwhile
-        if plan.note:
-            log(plan.note)
-        if plan.checkpoint is not None:
-            return plan, False, lock
-        state = rf.folder_state(run_path)
-        restart = cfg.train.resume == "auto" and state in UNFINISHED
-        if restart and state is not rf.FolderState.JOB_ONLY:
-            log(f"no complete checkpoint in {run_path}: starting that run again")
-        rf.check_output_dir(run_path.parent, run_path.name, cfg.output.overwrite or restart)
-        return plan, cfg.output.overwrite or restart, lock
-    except BaseException:
-        lock.release()
-        raise
+def plan_start(cfg: RunConfig, run_path: Path, log) -> tuple[ckpt.ResumePlan, bool]:
+    """Main process, the run folder locked: where training starts, and whether an existing folder is to be replaced
+    (output.overwrite, or restarting an unfinished run)."""
+    plan = ckpt.plan_resume(cfg.train.resume, run_path)  # again, under the lock: the folder may have changed meanwhile
+    if plan.note:
+        log(plan.note)
+    if plan.checkpoint is not None:
+        return plan, False
+    state = rf.folder_state(run_path)
+    restart = cfg.train.resume == "auto" and state in UNFINISHED
+    if restart and state is not rf.FolderState.JOB_ONLY:
+        log(f"no complete checkpoint in {run_path}: starting that run again")
+    rf.check_output_dir(run_path.parent, run_path.name, cfg.output.overwrite or restart)
+    return plan, cfg.output.overwrite or restart
 
 
 def model_for(cfg: RunConfig, data: DataBundle, accelerator) -> torch.nn.Module:
