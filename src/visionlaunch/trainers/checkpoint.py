@@ -110,11 +110,8 @@ class TrainState:
         return final
 
 
-
 def rank_state_name(rank: int) -> str:
     return f"rank_state_{rank}.pt"
-
-
 
 
 def read_meta(path: Path) -> dict:
@@ -228,15 +225,18 @@ def plan_resume(resume: str, default_run_path: Path) -> ResumePlan:
     return ResumePlan(path.parent.parent, path, read_meta(path))
 
 
-class CheckpointWriter:
-    """Saves checkpoints of the run configured by `cfg` into `root` (every rank calls `save` at the same step),
-    keeping the newest train.keep_checkpoints."""
+class Checkpoints:
+    """The checkpoints of the run configured by `cfg`, in `root`, and the objects whose state they hold beside
+    Accelerate's: `save` writes one (every rank at the same step) and keeps the newest train.keep_checkpoints,
+    `restore` loads one."""
 
-    def __init__(self, accelerator: Accelerator, root: Path, cfg):
-        self.accelerator, self.root, self.cfg, self.keep = accelerator, Path(root), cfg, cfg.train.keep_checkpoints
+    def __init__(self, accelerator: Accelerator, root: Path, cfg, scheduler, ema, pipeline):
+        self.accelerator, self.root, self.cfg = accelerator, Path(root), cfg
+        self.scheduler, self.ema, self.pipeline = scheduler, ema, pipeline
 
-    def save(self, state: TrainState, trainer_state: dict, rank_state: dict, metrics_bytes: int) -> Path:
-        """`metrics_bytes`: the length of metrics.jsonl at this state (a resumed run drops what follows)."""
+    def save(self, state: TrainState, totals: torch.Tensor, epoch_seconds: float, metrics_bytes: int) -> Path:
+        """`totals`, `epoch_seconds`: this rank's running sums and seconds of the epoch so far; `metrics_bytes`: the
+        length of metrics.jsonl at this state (a resumed run drops what follows)."""
         acc, cfg = self.accelerator, self.cfg
         meta = {"finished": state.epoch == cfg.train.epochs or state.early_stop.stopped,
                 "metrics_bytes": metrics_bytes, "world_size": acc.num_processes, "model": cfg.model.name,
@@ -250,9 +250,11 @@ class CheckpointWriter:
         acc.wait_for_everyone()
         try:
             acc.save_state(str(tmp))  # model, optimizer, scaler (main) and random_states_<rank>.pkl (every rank)
-            torch.save(rank_state, tmp / rank_state_name(acc.process_index))
+            torch.save({"pipeline": self.pipeline.state_dict(), "totals": totals.detach().cpu(),
+                        "epoch_seconds": float(epoch_seconds)}, tmp / rank_state_name(acc.process_index))
             if acc.is_main_process:
-                torch.save(trainer_state, tmp / TRAINER_STATE)
+                torch.save({"scheduler": self.scheduler.state_dict(),
+                            "ema": self.ema.state_dict() if self.ema is not None else None}, tmp / TRAINER_STATE)
         except Exception as exc:
             if not is_write_failure(exc):
                 raise
@@ -269,6 +271,30 @@ class CheckpointWriter:
             self._prune()
         acc.wait_for_everyone()
         return final
+
+    def restore(self, path: Path) -> dict:
+        """Load checkpoint `path` into the prepared objects on every rank; return this rank's state (the epoch's
+        running totals and seconds). A rank that cannot load it stops them all, with its message on that rank."""
+        from accelerate.utils import load as accelerate_load
+
+        acc, rank, error = self.accelerator, self.accelerator.process_index, None
+        try:
+            # Accelerate ignores an unreadable RNG file in silence; read it first so that corruption is reported.
+            accelerate_load(path / f"random_states_{rank}.pkl")
+            acc.load_state(str(path))
+            trainer_state = torch.load(path / TRAINER_STATE, map_location="cpu", weights_only=True)
+            rank_state = torch.load(path / rank_state_name(rank), map_location="cpu", weights_only=True)
+            self.scheduler.load_state_dict(trainer_state["scheduler"])
+            if self.ema is not None:
+                self.ema.load_state_dict(trainer_state["ema"])
+            self.pipeline.load_state_dict(rank_state["pipeline"])
+        except Exception as exc:
+            error = (f"cannot load the checkpoint {path}: {describe_load_failure(exc)}. The folder is corrupt or was "
+                     "written by another model: resume from another checkpoint (train.resume=<folder>) or delete "
+                     "this one so that train.resume=auto picks the previous one.")
+        if any_rank(acc, error is not None):
+            raise VisionlaunchError(error or f"another process could not load the checkpoint {path}; see its message.")
+        return rank_state
 
     def _write_failed(self, final: Path, exc: OSError) -> VisionlaunchError:
         kept = complete_checkpoints(self.root)
@@ -290,7 +316,7 @@ class CheckpointWriter:
             tmp.rename(final)
 
     def _prune(self) -> None:
-        for old in complete_checkpoints(self.root)[:-self.keep]:
+        for old in complete_checkpoints(self.root)[:-self.cfg.train.keep_checkpoints]:
             shutil.rmtree(old, ignore_errors=True)
         for torn in self.root.glob(TORN_CHECKPOINTS):
             shutil.rmtree(torn, ignore_errors=True)
@@ -319,39 +345,3 @@ def what_was_saved(run_path: Path) -> str:
         return "Nothing was saved before it happened (no epoch finished, no checkpoint written)."
     text = " and ".join(kept)
     return text[0].upper() + text[1:] + "."
-
-
-def restore(accelerator: Accelerator, path: Path, scheduler, ema, pipeline) -> dict:
-    """Load a checkpoint into the prepared objects on every rank; return this rank's state. A rank that cannot
-    load it stops them all, with its message on that rank."""
-    error, rank_state = None, None
-    try:
-        trainer_state, rank_state = load(accelerator, path)
-        scheduler.load_state_dict(trainer_state["scheduler"])
-        if ema is not None:
-            ema.load_state_dict(trainer_state["ema"])
-        pipeline.load_state_dict(rank_state["pipeline"])
-    except (VisionlaunchError, KeyError, ValueError, RuntimeError) as exc:
-        error = str(exc) if isinstance(exc, VisionlaunchError) else f"cannot load the checkpoint {path}: {exc}"
-    if any_rank(accelerator, error is not None):
-        raise VisionlaunchError(error or f"another process could not load the checkpoint {path}; see its message.")
-    return rank_state
-
-
-def load(accelerator: Accelerator, path: Path) -> tuple[dict, dict]:
-    """Load model, optimizer, scaler and this rank's RNG states into the prepared objects; return the trainer
-    state and this rank's state. Unreadable files become a VisionlaunchError (on the rank that read them)."""
-    rank = accelerator.process_index
-    try:
-        from accelerate.utils import load as accelerate_load
-        # Accelerate ignores an unreadable RNG file in silence; read it first so that corruption is reported.
-        accelerate_load(Path(path) / f"random_states_{rank}.pkl")
-        accelerator.load_state(str(path))
-        trainer_state = torch.load(Path(path) / TRAINER_STATE, map_location="cpu", weights_only=True)
-        rank_state = torch.load(Path(path) / rank_state_name(rank), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise VisionlaunchError(
-            f"cannot load the checkpoint {path}: {describe_load_failure(exc)}. The folder is corrupt or "
-            "was written by another model: resume from another checkpoint (train.resume=<folder>) or delete this "
-            "one so that train.resume=auto picks the previous one.") from None
-    return trainer_state, rank_state

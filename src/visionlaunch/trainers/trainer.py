@@ -165,7 +165,8 @@ class Trainer:
                 self.log("NOTE: train.compile on the CPU: compiling takes tens of seconds and small models often get "
                          "slower; it is meant for GPUs.")
             self.forward_model = torch.compile(self.model)  # forward only; checkpoints use the uncompiled module
-        self.checkpoints = ckpt.CheckpointWriter(acc, self.run_path / rf.CHECKPOINTS, cfg)
+        self.checkpoints = ckpt.Checkpoints(acc, self.run_path / rf.CHECKPOINTS, cfg, self.scheduler, self.ema,
+                                            self.pipeline)
 
     def _restore(self) -> None:
         """Where training starts: the beginning, or exactly where the checkpoint stopped."""
@@ -175,7 +176,7 @@ class Trainer:
         if not self.resuming:
             return
         path, meta = self.plan.checkpoint, self.plan.meta
-        self.resumed_epoch = ckpt.restore(self.accelerator, path, self.scheduler, self.ema, self.pipeline)
+        self.resumed_epoch = self.checkpoints.restore(path)
         self.state = TrainState.from_meta(meta)
         if self.is_main:
             # Records written after the checkpoint are replayed by the resumed run: drop them, keep the rest.
@@ -359,13 +360,9 @@ class Trainer:
             raise Preempted(self.watcher.received or "a signal sent to another process", state.step, path)
 
     def _save_checkpoint(self, totals: Totals, epoch_seconds: float) -> Path:
-        """The state at its current position, this rank's running totals of the epoch and the objects' states."""
+        """The state at its current position, with this rank's running totals and seconds of the epoch."""
         self._elapsed()
-        trainer_state = {"scheduler": self.scheduler.state_dict(),
-                         "ema": self.ema.state_dict() if self.ema is not None else None}
-        rank_state = {"pipeline": self.pipeline.state_dict(), "totals": totals.sums.detach().cpu(),
-                      "epoch_seconds": float(epoch_seconds)}
-        return self.checkpoints.save(self.state, trainer_state, rank_state,
+        return self.checkpoints.save(self.state, totals.sums, epoch_seconds,
                                      rf.metrics_size(self.run_path) if self.is_main else 0)
 
     def _finish(self) -> dict:
