@@ -128,16 +128,10 @@ def model_for(cfg: RunConfig, data: DataBundle, accelerator) -> torch.nn.Module:
     return model
 
 
-@dataclass
-class Loaders:
-    train: object
-    evals: dict  # split name -> loader, for val and test when they hold images
-    steps_per_epoch: int  # optimizer steps
-    pipeline: BatchPipeline
-
-
 def loaders_for(cfg: RunConfig, data: DataBundle, accelerator, micro_batch: int, betons: dict,
-                verify_beton: bool) -> Loaders:
+                verify_beton: bool) -> tuple[object, dict, int, BatchPipeline]:
+    """The training loader, the evaluation loaders (split name -> loader, for val and test when they hold images),
+    the optimizer steps of an epoch and the batch pipeline."""
     acc = accelerator
     common = dict(seed=cfg.train.seed, device=acc.device, rank=acc.process_index, world=acc.num_processes,
                   num_workers=cfg.data.num_workers, channels_last=cfg.train.channels_last, verify_beton=verify_beton)
@@ -161,7 +155,7 @@ def loaders_for(cfg: RunConfig, data: DataBundle, accelerator, micro_batch: int,
                              channels_last=cfg.train.channels_last,
                              dtype=half if cfg.data.half_inputs else torch.float32, loader_augments=train.augments,
                              resized_crop=None if train.augments or train.crops else crop)
-    return Loaders(train, evals, steps, pipeline)
+    return train, evals, steps, pipeline
 
 
 def write_run_files(run_path: Path, cfg: RunConfig, data: DataBundle, model: torch.nn.Module, summary: str,
