@@ -37,6 +37,8 @@ FORMAT = 1
 # What a resumed run needs from visionlaunch.json (results and early_stop default to empty).
 META_KEYS = ("step", "epoch", "step_in_epoch", "best", "ema_best", "elapsed", "skipped_steps", "metrics_bytes",
              "world_size", "config")
+TRY_ANOTHER = ("Resume from another checkpoint (train.resume=<folder>) or delete this one so that train.resume=auto "
+               "picks the previous one.")
 
 
 @dataclass
@@ -118,20 +120,16 @@ def read_meta(path: Path) -> dict:
     try:
         meta = json.loads((Path(path) / META).read_text())
     except (OSError, ValueError) as exc:
-        raise VisionlaunchError(
-            f"the checkpoint {path} is incomplete or corrupt: {META} cannot be read ({exc}). Resume from another "
-            f"checkpoint (train.resume=<folder>) or delete this folder so that train.resume=auto picks the previous "
-            "one.") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise VisionlaunchError(f"{path} is not a visionlaunch checkpoint of format {FORMAT}. Resume from a "
-                                "checkpoint written by this version, or start the run again.")
-    missing = [key for key in META_KEYS if key not in meta]
-    if missing:
-        raise VisionlaunchError(
-            f"the checkpoint {path} is incomplete or corrupt: its {META} lacks {', '.join(missing)}. Resume from "
-            "another checkpoint (train.resume=<folder>) or delete this folder so that train.resume=auto picks the "
-            "previous one.")
-    return meta
+        problem = f"{META} cannot be read ({exc})"
+    else:
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise VisionlaunchError(f"{path} is not a visionlaunch checkpoint of format {FORMAT}. Resume from a "
+                                    "checkpoint written by this version, or start the run again.")
+        missing = [key for key in META_KEYS if key not in meta]
+        if not missing:
+            return meta
+        problem = f"its {META} lacks {', '.join(missing)}"
+    raise VisionlaunchError(f"the checkpoint {path} is incomplete or corrupt: {problem}. {TRY_ANOTHER}")
 
 
 def _damage(path: Path) -> str | None:
@@ -167,15 +165,11 @@ def validate(path: Path, meta: dict, cfg_dump: dict, world: int, fp16: bool) -> 
             f"the checkpoint {path} was written by {meta.get('world_size')} processes and this run has {world}. An "
             f"exact resumption (each rank's random state and data shard) needs the same count: launch "
             f"{meta.get('world_size')} processes.")
-    needed = [META, TRAINER_STATE, "optimizer.bin"]
-    needed += [f"random_states_{r}.pkl" for r in range(world)] + [rank_state_name(r) for r in range(world)]
-    if fp16:
-        needed.append("scaler.pt")
+    needed = [TRAINER_STATE, "optimizer.bin", *(f"random_states_{r}.pkl" for r in range(world)),
+              *(rank_state_name(r) for r in range(world)), *(["scaler.pt"] if fp16 else [])]
     missing = _missing(path, needed)
     if missing:
-        raise VisionlaunchError(
-            f"the checkpoint {path} is partial: {', '.join(missing)} missing. Resume from another checkpoint "
-            "(train.resume=<folder>) or delete this one so that train.resume=auto picks the previous one.")
+        raise VisionlaunchError(f"the checkpoint {path} is partial: {', '.join(missing)} missing. {TRY_ANOTHER}")
 
 
 @dataclass
@@ -290,8 +284,7 @@ class Checkpoints:
             self.pipeline.load_state_dict(rank_state["pipeline"])
         except Exception as exc:
             error = (f"cannot load the checkpoint {path}: {describe_load_failure(exc)}. The folder is corrupt or was "
-                     "written by another model: resume from another checkpoint (train.resume=<folder>) or delete "
-                     "this one so that train.resume=auto picks the previous one.")
+                     f"written by another model. {TRY_ANOTHER}")
         if any_rank(acc, error is not None):
             raise VisionlaunchError(error or f"another process could not load the checkpoint {path}; see its message.")
         return rank_state

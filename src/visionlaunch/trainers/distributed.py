@@ -148,8 +148,6 @@ def any_rank(accelerator: Accelerator, flag: bool) -> bool:
 
 def mean_over_ranks(accelerator: Accelerator, value: torch.Tensor) -> torch.Tensor:
     """The mean of a scalar tensor over ranks (each rank's value weighs the same: equal per-rank batches)."""
-    if accelerator.num_processes == 1:
-        return value.detach().float()
     return accelerator.reduce(value.detach().float().reshape(1), reduction="mean")[0]
 
 

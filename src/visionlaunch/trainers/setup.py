@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import platform
+import secrets
 import shlex
 import subprocess
 from dataclasses import dataclass
@@ -32,7 +33,6 @@ from visionlaunch.trainers import checkpoint as ckpt
 from visionlaunch.trainers.data import DataBundle, make_loader, prepare_data, train_steps_per_epoch
 from visionlaunch.trainers.distributed import broadcast_from_main
 from visionlaunch.trainers.runlock import RunLock
-from visionlaunch.trainers.trackers import new_run_id
 
 
 @dataclass
@@ -174,7 +174,7 @@ def write_run_files(run_path: Path, cfg: RunConfig, data: DataBundle, model: tor
         "command": command, "visionlaunch": __version__, "git_commit": _git_commit(), "host": platform.node(),
         "python": platform.python_version(), "torch": str(torch.__version__), "device": str(accelerator.device),
         "processes": accelerator.num_processes, "precision": cfg.train.precision, "parameters": params,
-        "data": data.note, "tracker_run_id": new_run_id(),
+        "data": data.note, "tracker_run_id": secrets.token_hex(4),
     }
     previous = rf.read_run_identity(run_path) if resumed_from is not None else {}
     if previous:  # a resumed run keeps its identity (date on the figures, W&B run) and lists its sessions

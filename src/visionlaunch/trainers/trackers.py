@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import os
-import secrets
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -78,10 +77,6 @@ def check_tracker(cfg: TrackerConfig) -> None:
             "`wandb login`'s entry in ~/.netrc). Run `wandb login`, or log without network with "
             "tracker.mode=offline (or WANDB_MODE=offline) and upload later with "
             "`wandb sync <dir>/wandb/offline-run-*`.")
-
-
-def new_run_id() -> str:
-    return secrets.token_hex(4)
 
 
 class CsvTracker(GeneralTracker):
