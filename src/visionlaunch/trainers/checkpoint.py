@@ -299,14 +299,12 @@ class Checkpoints:
 
     @staticmethod
     def _publish(tmp: Path, final: Path) -> None:
+        old = final.with_name(f".old-{final.name}")
         if final.exists():  # the same step saved twice (a preemption at an epoch's last step): replace it
-            old = final.with_name(f".old-{final.name}")
             shutil.rmtree(old, ignore_errors=True)
             final.rename(old)
-            tmp.rename(final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(final)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
 
     def _prune(self) -> None:
         for old in complete_checkpoints(self.root)[:-self.cfg.train.keep_checkpoints]:
