@@ -11,7 +11,7 @@ from visionlaunch.datasets.mixed_size import center_crop
 from visionlaunch.datasets import (DatasetNotFound, ImageSet, default_cache_dir, load_dataset, normalization_stats,
                                    resolve_data_root, train_val_split)
 from visionlaunch.datasets.cifar import unofficial_note
-from visionlaunch.datasets.loaders import TensorLoader, TorchLoader, epoch_steps
+from visionlaunch.datasets.loaders import TensorLoader, TorchLoader
 from visionlaunch.datasets.split import class_coverage_warning, stratified_subset
 
 
@@ -80,13 +80,6 @@ def prepare_data(cfg: DataConfig, log=print, progress: bool = True) -> DataBundl
             f"classes; source: {train.source}" + ("; not the official files (md5), content checked"
                                                    if train.unofficial or test.unofficial else ""))
     return DataBundle(train=train, val=val, test=test, mean=mean, std=std, note=note, name=name)
-
-
-def train_steps_per_epoch(n: int, micro_batch: int, grad_accum: int, world: int, limit: int | None) -> int:
-    """Optimizer steps in a training epoch of `n` samples: whole ones only (each takes `grad_accum` micro-batches
-    of `micro_batch` per rank), at most `limit` (train.max_steps_per_epoch)."""
-    steps = epoch_steps(n, micro_batch, train=True, world=world) // grad_accum
-    return min(steps, limit) if limit else steps
 
 
 def make_loader(kind: str, images, labels, batch_size: int, *, beton=None, verify_beton: bool = True, augment=None,

@@ -22,6 +22,7 @@ from visionlaunch import runfolder as rf
 from visionlaunch.atomic import atomic_write_text
 from visionlaunch.config import RunConfig
 from visionlaunch.datasets.augment import BatchPipeline
+from visionlaunch.datasets.loaders import epoch_steps
 from visionlaunch.datasets.resized_crop import ResizedCrop
 from visionlaunch.errors import VisionlaunchError
 from visionlaunch.ffcv_builders import require_ffcv
@@ -30,7 +31,7 @@ from visionlaunch.models.features import layer_names
 from visionlaunch.models.summary import count_parameters
 from visionlaunch.models.weights import load_weights
 from visionlaunch.trainers import checkpoint as ckpt
-from visionlaunch.trainers.data import DataBundle, make_loader, prepare_data, train_steps_per_epoch
+from visionlaunch.trainers.data import DataBundle, make_loader, prepare_data
 from visionlaunch.trainers.distributed import broadcast_from_main
 from visionlaunch.trainers.runlock import RunLock
 
@@ -136,9 +137,10 @@ def loaders_for(cfg: RunConfig, data: DataBundle, accelerator, micro_batch: int,
     common = dict(seed=cfg.train.seed, device=acc.device, rank=acc.process_index, world=acc.num_processes,
                   num_workers=cfg.data.num_workers, channels_last=cfg.train.channels_last, verify_beton=verify_beton)
     crop = ResizedCrop(cfg.data.image_size, tuple(cfg.augment.crop_scale)) if cfg.data.image_size else None
-    # An epoch is a whole number of optimizer steps; max_steps_per_epoch counts optimizer steps.
-    steps = train_steps_per_epoch(len(data.train), micro_batch, cfg.train.grad_accum, acc.num_processes,
-                                  cfg.train.max_steps_per_epoch)
+    # An epoch is a whole number of optimizer steps (each of grad_accum micro-batches per rank);
+    # max_steps_per_epoch counts optimizer steps.
+    steps = epoch_steps(len(data.train), micro_batch, train=True, world=acc.num_processes) // cfg.train.grad_accum
+    steps = min(steps, cfg.train.max_steps_per_epoch or steps)
     if steps == 0:
         raise VisionlaunchError(
             f"no training step fits in an epoch: {len(data.train)} training images cannot fill one batch "
