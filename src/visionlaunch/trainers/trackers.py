@@ -1,12 +1,11 @@
 """Experiment trackers beside metrics.jsonl (which is always written), all through Accelerate's tracker API:
 Weights & Biases (`tracker.name=wandb`), TensorBoard (`tensorboard`: Accelerate's TensorBoardTracker, event files in
 <run>/tensorboard/<run name>/) and a CSV file (`csv`: <run>/metrics.csv, a tracker of our own, since Accelerate has
-none), or several at once (`tracker.name=[tensorboard, csv]`). Every tracker gets the same scalars below.
+none), or several at once (`tracker.name=[tensorboard, csv]`). Every tracker gets the same scalars: the step
+and epoch records of metrics.jsonl (step/loss, val/acc, ...) against the global optimizer step.
 
-What goes to W&B: the resolved config and the run identity; step records (step/loss, step/lr, step/grad_norm)
-and epoch records (<split>/loss, <split>/acc, <split>/acc5 for train, val, test and their _ema twins, epoch)
-against the global optimizer step; the figures as images; the model summary as a file; the final record in the
-run summary. Only the main process talks to W&B (Accelerate's rule too).
+W&B also gets the resolved config and the run identity, the figures as images, the model summary as a file and
+the final record in its run summary. Only the main process talks to a tracker (Accelerate's rule too).
 
 Offline mode (`tracker.mode=offline` or WANDB_MODE=offline) needs neither network nor key: the run is written under
 <dir>/wandb/offline-run-*/ and `wandb sync <that folder>` uploads it later. Online mode without a key would stop
