@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import load as accelerate_load
 
 from visionlaunch import __version__
 from visionlaunch.atomic import as_os_error, atomic_torch_save, atomic_write_text, is_write_failure
@@ -269,8 +270,6 @@ class Checkpoints:
     def restore(self, path: Path) -> dict:
         """Load checkpoint `path` into the prepared objects on every rank; return this rank's state (the epoch's
         running totals and seconds). A rank that cannot load it stops them all, with its message on that rank."""
-        from accelerate.utils import load as accelerate_load
-
         acc, rank, error = self.accelerator, self.accelerator.process_index, None
         try:
             # Accelerate ignores an unreadable RNG file in silence; read it first so that corruption is reported.
