@@ -222,6 +222,10 @@ def _check_classes(images: list[_Image], class_dirs: dict[str, set[str]], where:
                 f"hold{'' if len(empty) > 1 else 's'} no images (looked for {', '.join(IMAGE_EXTENSIONS)}). Add "
                 "images or remove the empty folder.")
     train, test = sorted(class_dirs["train"]), sorted(class_dirs["test"])
+    if not train and not test:
+        raise VisionlaunchError(
+            f"{where}: train/ and test/ hold no class folders, so there is nothing to learn from. Lay the images out "
+            "as train/<class>/<image> and test/<class>/<image> (the folder name is the class).")
     if train != test:
         only_train = sorted(set(train) - set(test))
         only_test = sorted(set(test) - set(train))
