@@ -25,8 +25,9 @@ SEED_MAX = 2**32 - 1
 
 
 class _Section(BaseModel):
-    # extra="forbid": a misspelt key must fail loudly instead of being silently ignored.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # extra="forbid": a misspelt key must fail loudly instead of being silently ignored. frozen: the validated
+    # config is the single source of truth; what a run really used differently is recorded beside it.
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class DataConfig(_Section):
