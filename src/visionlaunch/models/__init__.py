@@ -5,7 +5,7 @@ Every model exposes its final linear layer as ``.classifier`` and its input size
 
 # Importing the model modules registers their builders.
 from visionlaunch.models import cnn, fcn, resnet, resnet9  # noqa: F401
-from visionlaunch.models.features import capture_features, layer_names
+from visionlaunch.models.inspection import capture_features, count_parameters, layer_names, model_summary
 from visionlaunch.models.registry import (
     build_model,
     describe_args,
@@ -14,7 +14,6 @@ from visionlaunch.models.registry import (
     register,
     validate_model_args,
 )
-from visionlaunch.models.summary import count_parameters, model_summary
 
 __all__ = [
     "build_model",

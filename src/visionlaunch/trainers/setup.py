@@ -25,8 +25,7 @@ from visionlaunch.datasets.resized_crop import ResizedCrop
 from visionlaunch.errors import VisionlaunchError
 from visionlaunch.ffcv_builders import require_ffcv
 from visionlaunch.models import build_model
-from visionlaunch.models.features import layer_names
-from visionlaunch.models.summary import count_parameters
+from visionlaunch.models.inspection import count_parameters, layer_names
 from visionlaunch.models.weights import load_weights
 from visionlaunch.trainers import checkpoint as ckpt
 from visionlaunch.trainers.data import DataBundle, make_loader, prepare_data, train_steps_per_epoch
