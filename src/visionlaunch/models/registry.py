@@ -4,8 +4,9 @@ A builder is a function ``builder(in_shape, num_classes, *, arg=default, ...) ->
 arguments carry type annotations and defaults. The annotations are the single source of truth: they validate
 user arguments (through pydantic, so YAML lists become ``list[int]``) and they print in help and error text.
 
-Every built model honours one contract, which the tests hold for every registered model: the final linear
-layer is ``model.classifier`` (out_features == num_classes) and ``model.feature_dim`` is its in_features.
+Every builder and built model honours one contract, which the tests hold for every registered model: the builder
+starts with ``(in_shape, num_classes)`` and its other arguments are keyword-only, annotated and defaulted; the final
+linear layer is ``model.classifier`` (out_features == num_classes) and ``model.feature_dim`` is its in_features.
 """
 
 from __future__ import annotations
@@ -27,16 +28,15 @@ from visionlaunch.models import timm_models  # imports timm only when a timm mod
 Builder = Callable[..., nn.Module]
 
 _BUILDERS: dict[str, Builder] = {}
-_FIXED_PARAMS = ("in_shape", "num_classes")
+_FIXED_PARAMS = ("in_shape", "num_classes")  # every builder's first two parameters
 
 
 def register(name: str) -> Callable[[Builder], Builder]:
-    """Decorator that adds a builder under ``name``; its signature is checked now, not at first use."""
+    """Decorator that adds a builder under ``name``."""
 
     def decorator(builder: Builder) -> Builder:
         if name in _BUILDERS:
             raise ValueError(f"model name {name!r} is already registered by {_BUILDERS[name].__qualname__}")
-        _check_signature(name, builder)
         _BUILDERS[name] = builder
         return builder
 
@@ -155,18 +155,6 @@ def _arg_specs(name: str) -> dict[str, tuple[Any, Any]]:
     hints = typing.get_type_hints(builder, include_extras=True)
     params = list(inspect.signature(builder).parameters.values())[len(_FIXED_PARAMS) :]
     return {p.name: (hints[p.name], p.default) for p in params}
-
-
-def _check_signature(name: str, builder: Builder) -> None:
-    params = list(inspect.signature(builder).parameters.values())
-    if tuple(p.name for p in params[: len(_FIXED_PARAMS)]) != _FIXED_PARAMS:
-        raise TypeError(f"builder for {name!r} must start with parameters {_FIXED_PARAMS}")
-    hints = typing.get_type_hints(builder, include_extras=True)
-    for p in params[len(_FIXED_PARAMS) :]:
-        if p.kind is not inspect.Parameter.KEYWORD_ONLY or p.default is inspect.Parameter.empty:
-            raise TypeError(f"builder for {name!r}: argument {p.name!r} must be keyword-only with a default")
-        if p.name not in hints:
-            raise TypeError(f"builder for {name!r}: argument {p.name!r} needs a type annotation")
 
 
 def _check_in_shape(name: str, in_shape: Any) -> tuple[int, int, int]:
