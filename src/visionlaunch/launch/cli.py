@@ -350,10 +350,6 @@ def _jobs(args: argparse.Namespace, argv: list[str]) -> int:
     return 0
 
 
-def run(args: argparse.Namespace, argv: list[str]) -> int:
-    return args.func(args, argv)
-
-
 def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
     """Everything after a `--` is overrides, wherever the options stand (argparse alone rejects
     `ablate FILE --dry-run -- key=value`: it has already filled the positionals when it meets `--`), except for
@@ -373,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parse(build_parser(), argv)
     try:
-        return run(args, ["visionlaunch", *argv])
+        return args.func(args, ["visionlaunch", *argv])
     except VisionlaunchError as exc:
         print(f"visionlaunch: error: {exc}", file=sys.stderr)
         return exc.exit_code

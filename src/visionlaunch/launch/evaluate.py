@@ -35,32 +35,8 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-def load_run(run_dir: Path, which: str = "last"):
-    run_dir = Path(run_dir)
-    config_path, weights_path = run_dir / CONFIG, weights_file(run_dir, which)
-    if config_path.is_file() and not weights_path.is_file():
-        present = sorted(p.stem for p in (run_dir / WEIGHTS).glob("*.pt"))
-        raise VisionlaunchError(
-            f"{run_dir} has no weights/{which}.pt"
-            + (f" (it has {', '.join(present)}: choose one with --weights)" if present else
-               ": the run has not finished an epoch yet (weights are written at the end of every epoch)")
-            + ". Let the run finish an epoch (resume an interrupted one with train.resume=<run folder>), or pass "
-              "another run folder.")
-    for path in (config_path, weights_path):
-        if not path.is_file():
-            hint = (" (best.pt exists only for runs with a validation split; use --weights last)"
-                    if which == "best" and path == weights_path else "")
-            raise VisionlaunchError(
-                f"{path} not found: {run_dir} is not a finished visionlaunch run folder{hint}. Pass the folder that "
-                "`visionlaunch train` printed (runs/<name>).")
-    cfg = load_config(config_path)
-    ckpt = read_weights_file(weights_path)
-    identity = read_run_identity(run_dir)
-    return cfg, ckpt, identity
-
-
 # What `Trainer._save_weights` writes; a file without these keys was not written by visionlaunch.
-WEIGHTS_KEYS = ("model", "model_name", "model_args")
+WEIGHTS_KEYS = ("model", "model_name", "model_args", "in_shape", "classes")
 
 
 def read_weights_file(path: Path) -> dict:
@@ -106,22 +82,43 @@ class RunModel:
 
 
 def load_run_model(run_dir: Path, which: str = "last") -> RunModel:
-    cfg, ckpt, _ = load_run(run_dir, which)
-    missing = [k for k in ("in_shape", "classes") if k not in ckpt]  # read_weights_file checked the others
-    if missing:
+    """A run folder's config and weights, and the model they make (eval mode, on the CPU), each checked."""
+    run_dir = Path(run_dir)
+    config_path, weights_path = run_dir / CONFIG, weights_file(run_dir, which)
+    if config_path.is_file() and not weights_path.is_file():
+        present = sorted(p.stem for p in (run_dir / WEIGHTS).glob("*.pt"))
         raise VisionlaunchError(
-            f"{weights_file(run_dir, which)} lacks {', '.join(missing)}: it was not written by "
-            "`visionlaunch train`. Pass a run folder that training wrote.")
+            f"{run_dir} has no weights/{which}.pt"
+            + (f" (it has {', '.join(present)}: choose one with --weights)" if present else
+               ": the run has not finished an epoch yet (weights are written at the end of every epoch)")
+            + ". Let the run finish an epoch (resume an interrupted one with train.resume=<run folder>), or pass "
+              "another run folder.")
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            hint = (" (best.pt exists only for runs with a validation split; use --weights last)"
+                    if which == "best" and path == weights_path else "")
+            raise VisionlaunchError(
+                f"{path} not found: {run_dir} is not a finished visionlaunch run folder{hint}. Pass the folder that "
+                "`visionlaunch train` printed (runs/<name>).")
+    cfg = load_config(config_path)
+    ckpt = read_weights_file(weights_path)
     in_shape = tuple(int(d) for d in ckpt["in_shape"])
     classes = [str(c) for c in ckpt["classes"]]
-    model = _built(ckpt, in_shape, len(classes), weights_file(run_dir, which))
+    model = build_model(ckpt["model_name"], in_shape, len(classes), ckpt["model_args"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:  # missing, unexpected or differently shaped tensors
+        raise VisionlaunchError(
+            f"the weights in {weights_path} do not fit model {ckpt['model_name']!r} "
+            f"({' '.join(str(exc).split())[:300]}); the file was edited or belongs to another run. Use the weights "
+            "written by `visionlaunch train` for this run folder.") from None
     model.eval()
     if "mean" in ckpt and "std" in ckpt:
         mean, std = tuple(ckpt["mean"]), tuple(ckpt["std"])
     else:  # weights written before the constants were stored with them: the run's own data gives them again
         data = prepare_data(cfg.data, log=_log, progress=False)
         mean, std = data.mean, data.std
-    return RunModel(Path(run_dir), which, cfg, ckpt, model, classes, in_shape, tuple(mean), tuple(std))
+    return RunModel(run_dir, which, cfg, ckpt, model, classes, in_shape, tuple(mean), tuple(std))
 
 
 def batch_logits(run: RunModel, images: torch.Tensor, device: torch.device, autocast) -> torch.Tensor:
@@ -135,54 +132,39 @@ def batch_logits(run: RunModel, images: torch.Tensor, device: torch.device, auto
     return logits.float()
 
 
-def _built(ckpt: dict, in_shape, num_classes: int, path: Path) -> nn.Module:
-    """The model of a weights file, its weights loaded."""
-    model = build_model(ckpt["model_name"], in_shape, num_classes, ckpt["model_args"])
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as exc:  # missing, unexpected or differently shaped tensors
-        raise VisionlaunchError(
-            f"the weights in {path} do not fit model {ckpt['model_name']!r} ({' '.join(str(exc).split())[:300]}); "
-            "the file was edited or belongs to another run. Use the weights written by `visionlaunch train` for "
-            "this run folder.") from None
-    return model
-
-
 def _rebuild(run_dir: Path, which: str):
     from visionlaunch.datasets.augment import BatchPipeline
     from visionlaunch.trainers.distributed import make_accelerator
 
-    cfg, ckpt, identity = load_run(run_dir, which)
+    run = load_run_model(run_dir, which)
+    cfg = run.cfg
     accelerator = make_accelerator(cfg)
     data = prepare_data(cfg.data, log=_log)
-    path = weights_file(run_dir, which)
-    _check_same_task(path, ckpt, data)
-    model = _built(ckpt, data.in_shape, len(data.classes), path)
+    _check_same_task(run, data)
     # As the trainer evaluated it: the same memory layout, input dtype and mixed-precision forward (autocast,
     # logits cast to float32 before TTA averages them), so that a GPU run's accuracy is reproduced exactly.
-    if cfg.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = run.model.to(memory_format=torch.channels_last) if cfg.train.channels_last else run.model
     model = accelerator.prepare_model(model, evaluation_mode=True)
     half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.precision, torch.float32)
     pipeline = BatchPipeline(cfg.augment, data.mean, data.std, accelerator.device, seed=cfg.train.seed,
                              channels_last=cfg.train.channels_last,
                              dtype=half if cfg.data.half_inputs else torch.float32)
-    return cfg, ckpt, identity, accelerator, data, model, pipeline
+    return run, accelerator, data, model, pipeline
 
 
-def _check_same_task(path: Path, ckpt: dict, data) -> None:
+def _check_same_task(run: RunModel, data) -> None:
     """Weights trained for other classes or another image shape cannot be evaluated on this data: say so instead
     of PyTorch's size-mismatch dump (e.g. a run folder whose config.yaml was edited, or data that changed)."""
-    classes, shape = ckpt.get("classes"), ckpt.get("in_shape")
-    if classes is not None and list(classes) != list(data.classes):
+    path, classes = weights_file(run.run_dir, run.which), run.classes
+    if classes != list(data.classes):
         raise VisionlaunchError(
-            f"{path} was trained for {len(classes)} classes ({', '.join(map(str, classes[:5]))}"
+            f"{path} was trained for {len(classes)} classes ({', '.join(classes[:5])}"
             f"{', ...' if len(classes) > 5 else ''}) but the data of this run folder's config.yaml has "
             f"{len(data.classes)} ({', '.join(data.classes[:5])}{', ...' if len(data.classes) > 5 else ''}). "
             "Evaluate it on the dataset it was trained on (data.name/data.path in config.yaml).")
-    if shape is not None and tuple(shape) != tuple(data.in_shape):
+    if run.in_shape != tuple(data.in_shape):
         raise VisionlaunchError(
-            f"{path} was trained on images of shape {tuple(shape)} but the data of this run folder's config.yaml "
+            f"{path} was trained on images of shape {run.in_shape} but the data of this run folder's config.yaml "
             f"has shape {tuple(data.in_shape)}. Evaluate it on the dataset it was trained on.")
 
 
@@ -191,7 +173,8 @@ def evaluate_run(run_dir: Path, which: str = "last") -> int:
     from visionlaunch.trainers.losses import CrossEntropyLoss
     from visionlaunch.trainers.evaluation import evaluate
 
-    cfg, ckpt, _, accelerator, data, model, pipeline = _rebuild(run_dir, which)
+    run, accelerator, data, model, pipeline = _rebuild(run_dir, which)
+    cfg, ckpt = run.cfg, run.ckpt
     # Evaluation has no augmentation, so the tensor backend reads the same test samples as ffcv would, without
     # needing the run's .beton files or a numba compile.
     kind = "tensor" if cfg.data.loader == "ffcv" else cfg.data.loader
@@ -199,9 +182,7 @@ def evaluate_run(run_dir: Path, which: str = "last") -> int:
                          train=False, seed=cfg.train.seed, device=accelerator.device, num_workers=0)
     result = evaluate(model, loader, pipeline, accelerator, CrossEntropyLoss(), tta_flip=cfg.train.tta_flip)
     recorded = ckpt.get("results", {}).get("test", {})
-    print(f"{which} weights (epoch {ckpt.get('epoch')}): test accuracy {100 * result['acc']:.2f}% "
-          f"({round(result['acc'] * result['n'])}/{result['n']}), top-5 {100 * result['acc5']:.2f}%, "
-          f"loss {result['loss']:.4f}")
+    print(f"{which} weights (epoch {ckpt.get('epoch')}): test {_measured(result)}")
     if "acc" not in recorded:
         print("no test accuracy was recorded with these weights to compare against")
         return 0
@@ -211,14 +192,19 @@ def evaluate_run(run_dir: Path, which: str = "last") -> int:
     return 0 if same else 1
 
 
+def _measured(result: dict) -> str:
+    return (f"accuracy {100 * result['acc']:.2f}% ({round(result['acc'] * result['n'])}/{result['n']}), top-5 "
+            f"{100 * result['acc5']:.2f}%, loss {result['loss']:.4f}")
+
+
 def redraw_figures(run_dir: Path) -> list[Path]:
     from visionlaunch.reports.artefacts import make_figures
 
-    cfg, _, identity, accelerator, data, model, pipeline = _rebuild(run_dir, "last")
+    run, accelerator, data, model, pipeline = _rebuild(run_dir, "last")
     # run.yaml may be missing (a copied or partial folder): stamp with what is known, and today's date.
-    identity = {"ident": cfg.resolved_ident(), "date": dt.date.today().isoformat(), "name": Path(run_dir).name,
-                **identity}
-    return make_figures(Path(run_dir), model, data, pipeline, cfg, identity, accelerator)
+    identity = {"ident": run.cfg.resolved_ident(), "date": dt.date.today().isoformat(), "name": run.run_dir.name,
+                **read_run_identity(run.run_dir)}
+    return make_figures(run.run_dir, model, data, pipeline, run.cfg, identity, accelerator)
 
 
 # ------------------------------------------------------------------------------------ another split or dataset
@@ -273,7 +259,7 @@ def label_map(run: RunModel, classes: list[str], where: str):
 def evaluate_on_data(run_dir: Path, which: str = "last", overrides: list[str] = (), split: str = "test") -> int:
     from visionlaunch.datasets.conform import conform_batch, describe_conversion
     from visionlaunch.trainers.data import make_loader
-    from visionlaunch.trainers.evaluation import topk_correct
+    from visionlaunch.trainers.evaluation import Totals
     from visionlaunch.trainers.distributed import make_accelerator
 
     run = load_run_model(run_dir, which)
@@ -296,13 +282,9 @@ def evaluate_on_data(run_dir: Path, which: str = "last", overrides: list[str] = 
     device = accelerator.device
     run.model.to(device)
     loader = make_loader("tensor", images, labels, run.cfg.train.eval_batch_size, train=False, seed=0, device=device)
-    totals = torch.zeros(4, dtype=torch.float64)
+    totals = Totals(device)
     for batch, target in loader:
         logits = batch_logits(run, batch, device, accelerator.autocast)
-        loss = torch.nn.functional.cross_entropy(logits, target, reduction="sum")
-        top1, top5 = topk_correct(logits, target)
-        totals += torch.tensor([loss.item(), top1.item(), top5.item(), len(target)], dtype=torch.float64)
-    loss_sum, top1, top5, n = totals.tolist()
-    print(f"{which} weights (epoch {run.epoch}) on {split} of {ds.source}: accuracy {100 * top1 / n:.2f}% "
-          f"({int(top1)}/{int(n)}), top-5 {100 * top5 / n:.2f}%, loss {loss_sum / n:.4f}")
+        totals.add(torch.nn.functional.cross_entropy(logits, target), logits, target)
+    print(f"{which} weights (epoch {run.epoch}) on {split} of {ds.source}: {_measured(totals.result(accelerator))}")
     return 0

@@ -26,34 +26,22 @@ from visionlaunch.errors import VisionlaunchError
 from visionlaunch.launch.evaluate import RunModel, load_run_model
 from visionlaunch.runfolder import check_not_run_file
 
-FORMATS = ("torchscript", "onnx", "safetensors")
 SUFFIX = {"torchscript": ".torchscript.pt", "onnx": ".onnx", "safetensors": ".safetensors"}
-# The packages each format needs to be written (and, for onnx, checked): module -> pip name.
-NEEDS = {"torchscript": {}, "onnx": {"onnx": "onnx"}, "safetensors": {"safetensors": "safetensors"}}
 ONNX_OPSET = 17
 
 
-def require_packages(fmt: str) -> None:
-    missing = []
-    for module, pip_name in NEEDS[fmt].items():
-        try:
-            __import__(module)
-        except ImportError:
-            missing.append(pip_name)
-    if missing:
+def require_package(fmt: str) -> None:
+    """onnx and safetensors need the package of their name (torch writes TorchScript itself)."""
+    if fmt == "torchscript":
+        return
+    try:
+        __import__(fmt)
+    except ImportError:
         extra = " onnxruntime" if fmt == "onnx" else ""
         raise VisionlaunchError(
-            f"--format {fmt} needs the {', '.join(missing)} package, which is not installed. Install it with "
-            f"pip install 'visionlaunch[export]' (or pip install {' '.join(missing)}{extra}), or choose another "
-            f"format ({', '.join(f for f in FORMATS if f != fmt)}).")
-
-
-def default_path(run_dir: Path, which: str, fmt: str) -> Path:
-    return Path(run_dir) / "export" / f"{which}{SUFFIX[fmt]}"
-
-
-def sidecar_path(path: Path) -> Path:
-    return path.with_name(path.name + ".json")
+            f"--format {fmt} needs the {fmt} package, which is not installed. Install it with pip install "
+            f"'visionlaunch[export]' (or pip install {fmt}{extra}), or choose another format "
+            f"({', '.join(f for f in SUFFIX if f != fmt)}).") from None
 
 
 def example_input(run: RunModel, n: int = 2, seed: int = 0) -> torch.Tensor:
@@ -112,16 +100,16 @@ def sidecar(run: RunModel, fmt: str, path: Path) -> dict:
 
 def export_run(run_dir: Path, fmt: str, which: str = "last", out: Path | None = None) -> tuple[Path, Path]:
     """Write the exported model and its JSON; return both paths."""
-    require_packages(fmt)  # before anything is loaded or written
-    path = Path(out) if out is not None else default_path(run_dir, which, fmt)
+    require_package(fmt)  # before anything is loaded or written
+    path = Path(out) if out is not None else Path(run_dir) / "export" / f"{which}{SUFFIX[fmt]}"
+    json_path = path.with_name(path.name + ".json")
     check_not_run_file(path)
-    check_not_run_file(sidecar_path(path))
+    check_not_run_file(json_path)
     run = load_run_model(run_dir, which)
     if path.is_dir():
         raise VisionlaunchError(f"--out {path} is a folder. Give a file name, e.g. --out "
                                 f"{path / (which + SUFFIX[fmt])}.")
     path.parent.mkdir(parents=True, exist_ok=True)
     WRITERS[fmt](run, path)
-    json_path = sidecar_path(path)
     atomic_write_text(json_path, json.dumps(sidecar(run, fmt, path), indent=1) + "\n")
     return path, json_path
