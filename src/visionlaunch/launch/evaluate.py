@@ -137,6 +137,7 @@ def _rebuild(run_dir: Path, which: str):
     from visionlaunch.trainers.distributed import make_accelerator
 
     run = load_run_model(run_dir, which)
+    identity = read_run_identity(run.run_dir)  # a damaged run.yaml is an error here too, not only for figures
     cfg = run.cfg
     accelerator = make_accelerator(cfg)
     data = prepare_data(cfg.data, log=_log)
@@ -149,7 +150,7 @@ def _rebuild(run_dir: Path, which: str):
     pipeline = BatchPipeline(cfg.augment, data.mean, data.std, accelerator.device, seed=cfg.train.seed,
                              channels_last=cfg.train.channels_last,
                              dtype=half if cfg.data.half_inputs else torch.float32)
-    return run, accelerator, data, model, pipeline
+    return run, identity, accelerator, data, model, pipeline
 
 
 def _check_same_task(run: RunModel, data) -> None:
@@ -173,7 +174,7 @@ def evaluate_run(run_dir: Path, which: str = "last") -> int:
     from visionlaunch.trainers.losses import CrossEntropyLoss
     from visionlaunch.trainers.evaluation import evaluate
 
-    run, accelerator, data, model, pipeline = _rebuild(run_dir, which)
+    run, _, accelerator, data, model, pipeline = _rebuild(run_dir, which)
     cfg, ckpt = run.cfg, run.ckpt
     # Evaluation has no augmentation, so the tensor backend reads the same test samples as ffcv would, without
     # needing the run's .beton files or a numba compile.
@@ -200,10 +201,10 @@ def _measured(result: dict) -> str:
 def redraw_figures(run_dir: Path) -> list[Path]:
     from visionlaunch.reports.artefacts import make_figures
 
-    run, accelerator, data, model, pipeline = _rebuild(run_dir, "last")
+    run, identity, accelerator, data, model, pipeline = _rebuild(run_dir, "last")
     # run.yaml may be missing (a copied or partial folder): stamp with what is known, and today's date.
     identity = {"ident": run.cfg.resolved_ident(), "date": dt.date.today().isoformat(), "name": run.run_dir.name,
-                **read_run_identity(run.run_dir)}
+                **identity}
     return make_figures(run.run_dir, model, data, pipeline, run.cfg, identity, accelerator)
 
 
