@@ -11,7 +11,7 @@ import yaml
 
 from visionlaunch.atomic import atomic_write_text
 from visionlaunch.errors import VisionlaunchError
-from visionlaunch.slurm.array import ArraySubmission, submit_array
+from visionlaunch.slurm.array import submit_array
 from visionlaunch.slurm.render import SlurmOptions
 from visionlaunch.slurm.submit import plan_job
 
@@ -22,7 +22,7 @@ def table_command(python: str, ablation_file: Path, out_dir: Path, extra: list[s
 
 
 def submit_ablation(ablation, opts: SlurmOptions, *, python: str | None = None, dry_run: bool = False,
-                    rerun: bool = False, out=None) -> ArraySubmission | None:
+                    rerun: bool = False, out=None) -> None:
     from visionlaunch.ablation.plan import PLAN_FILE
     from visionlaunch.ablation.results import read_result, write_ablation_results
     from visionlaunch.ablation.runner import check_existing_runs
@@ -39,12 +39,11 @@ def submit_ablation(ablation, opts: SlurmOptions, *, python: str | None = None, 
         paths = write_ablation_results(ablation)
         out.write(f"every run of ablation {ablation.name} has finished: nothing submitted; table rebuilt: "
                   f"{', '.join(str(p) for p in paths)}\n")
-        return None
+        return
     out_dir = Path(ablation.out_dir).resolve()
     jobs = [plan_job(opts, v.train_args(), python=python, allow_existing=True) for v in pending]
-    submitted = submit_array(opts, jobs, out_dir, ablation.name, title=f"ablation {ablation.name}",
-                             after_command=table_command(python, ablation.source, out_dir, ablation.extra),
-                             dry_run=dry_run, out=out)
+    submit_array(opts, jobs, out_dir, ablation.name, title=f"ablation {ablation.name}",
+                 after_command=table_command(python, ablation.source, out_dir, ablation.extra),
+                 dry_run=dry_run, out=out)
     if not dry_run:  # the same record of the plan as the sequential runner leaves
         atomic_write_text(out_dir / PLAN_FILE, yaml.safe_dump(ablation.plan(), sort_keys=False, width=1 << 20))
-    return submitted

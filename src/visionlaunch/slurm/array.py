@@ -12,24 +12,13 @@ import shlex
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-from visionlaunch.atomic import atomic_write_text
 from visionlaunch.errors import VisionlaunchError
 from visionlaunch.runfolder import JOB_DIR, JOB_SCRIPT
 from visionlaunch.slurm.jobs import record_submission
 from visionlaunch.slurm.render import Job, SlurmOptions, fill_template, job_name_for, render_script, sbatch_lines
-from visionlaunch.slurm.submit import highest_missing, require_sbatch, sbatch
-
-
-@dataclass
-class ArraySubmission:
-    array_id: str | None
-    after_id: str | None
-    array_script: Path
-    after_script: Path | None
-    task_ids: list[str]
+from visionlaunch.slurm.submit import highest_missing, require_sbatch, sbatch, write_script
 
 
 def _after_options(opts: SlurmOptions) -> SlurmOptions:
@@ -62,7 +51,7 @@ def render_after(opts: SlurmOptions, command: list[str], name: str, title: str, 
 
 def submit_array(opts: SlurmOptions, jobs: list[Job], array_dir: Path, name: str, *, title: str | None = None,
                  after_command: list[str] | None = None, dry_run: bool = False, max_parallel: int | None = None,
-                 out=None) -> ArraySubmission:
+                 out=None) -> None:
     """Submit `jobs` as one array (their scripts go into each run folder's slurm/, the array's into
     `array_dir`/slurm/), then `after_command` (if any) as a job that waits for the whole array."""
     out = out or sys.stdout
@@ -79,7 +68,7 @@ def submit_array(opts: SlurmOptions, jobs: list[Job], array_dir: Path, name: str
         out.write(array_text)
         if after_text:
             out.write("\n# ---- then, with --dependency=afterany:<array job id>:\n" + after_text)
-        return ArraySubmission(None, None, slurm_dir / "array.sh", slurm_dir / "after.sh" if after_text else None, [])
+        return
     require_sbatch()
     made: list[Path] = []  # folders this call created: removed again if the submission fails
     array_id = None
@@ -89,10 +78,10 @@ def submit_array(opts: SlurmOptions, jobs: list[Job], array_dir: Path, name: str
             if top is not None and top not in made:
                 made.append(top)
         for script, text in zip(scripts, texts):
-            _write(script, text)
-        _write(slurm_dir / "array.sh", array_text)
+            write_script(script, text)
+        write_script(slurm_dir / "array.sh", array_text)
         if after_text:
-            _write(slurm_dir / "after.sh", after_text)
+            write_script(slurm_dir / "after.sh", after_text)
         array_id = sbatch(slurm_dir / "array.sh", jobs[0].workdir)
         after_id = None
         if after_text:
@@ -118,14 +107,4 @@ def submit_array(opts: SlurmOptions, jobs: list[Job], array_dir: Path, name: str
     if after_id:
         out.write(f"then job {after_id} (after every task has ended): {shlex.join(after_command)}\n")
     out.write(f"status: visionlaunch jobs --runs {jobs[0].run_dir.parent}\n")
-    return ArraySubmission(array_id, after_id, slurm_dir / "array.sh", slurm_dir / "after.sh" if after_text else None,
-                           task_ids)
 
-
-def _write(path: Path, text: str) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, text)
-    except OSError as exc:
-        raise VisionlaunchError(f"cannot write {path}: {exc.strerror or exc}. Set the output folder to one you can "
-                                "write to (on a cluster: a shared filesystem).") from None

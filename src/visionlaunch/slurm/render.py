@@ -13,7 +13,7 @@ import datetime as dt
 import re
 import shlex
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 
@@ -50,12 +50,8 @@ class SlurmOptions:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> SlurmOptions:
-        """The options given to `submit` or `ablate --slurm` (see add_slurm_arguments)."""
-        return cls(nodes=args.nodes, gpus_per_node=args.gpus_per_node, processes=args.processes,
-                   cpus_per_task=args.cpus_per_task, mem=args.mem, time=args.time, partition=args.partition,
-                   account=args.account, qos=args.qos, constraint=args.constraint, job_name=args.job_name,
-                   signal_seconds=args.signal_seconds, requeue=not args.no_requeue, max_requeues=args.max_requeues,
-                   sbatch_lines=args.sbatch, setup_lines=args.setup)
+        """The options given to `submit` or `ablate --slurm` (add_slurm_arguments names them after the fields)."""
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
 
     @property
     def total_processes(self) -> int:
@@ -218,13 +214,13 @@ def add_slurm_arguments(p: argparse.ArgumentParser, job_options: bool = True) ->
     g.add_argument("--qos")
     g.add_argument("--constraint")
     g.add_argument("--job-name", help="default vl-<run name>")
-    g.add_argument("--sbatch", action="append", default=[], metavar="OPTION",
+    g.add_argument("--sbatch", action="append", default=[], metavar="OPTION", dest="sbatch_lines",
                    help="an extra #SBATCH line, e.g. --sbatch=--mail-type=END (repeatable)")
-    g.add_argument("--setup", action="append", default=[], metavar="LINE",
+    g.add_argument("--setup", action="append", default=[], metavar="LINE", dest="setup_lines",
                    help="a shell line run before training, e.g. 'module load cuda' or 'source .venv/bin/activate'")
     g = p.add_argument_group("SLURM preemption")
     g.add_argument("--signal-seconds", type=int, default=120, help="USR2 this long before the time limit (120)")
-    g.add_argument("--no-requeue", action="store_true", help="do not requeue a preempted job")
+    g.add_argument("--no-requeue", action="store_false", dest="requeue", help="do not requeue a preempted job")
     g.add_argument("--max-requeues", type=int, default=5, help="requeues of one job at most (5)")
     g.add_argument("--python", help="the Python on the compute nodes; default this one")
     if not job_options:

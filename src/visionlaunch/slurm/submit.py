@@ -11,7 +11,6 @@ import argparse
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 from visionlaunch.atomic import atomic_write_text
@@ -21,14 +20,6 @@ from visionlaunch.slurm.jobs import record_submission
 from visionlaunch.slurm.render import Job, SlurmOptions, render_script
 
 SBATCH_TIMEOUT_S = 120
-
-
-@dataclass
-class Submitted:
-    job_id: str
-    run_dir: Path
-    script: Path
-    log: Path
 
 
 def _train_parser() -> argparse.ArgumentParser:
@@ -137,8 +128,18 @@ def sbatch(script: Path, workdir: Path, extra: list[str] | None = None) -> str:
     return job_id
 
 
-def submit(opts: SlurmOptions, job: Job, *, dry_run: bool = False, out=None) -> Submitted | None:
-    """Render, write into runs/<name>/slurm/, sbatch, record. With dry_run: print the script, write nothing."""
+def write_script(path: Path, text: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, text)
+    except OSError as exc:
+        raise VisionlaunchError(f"cannot write the batch script {path}: {exc.strerror or exc}. Set output.dir to a "
+                                "folder you can write to (on a cluster: a shared filesystem).") from None
+
+
+def submit(opts: SlurmOptions, job: Job, *, dry_run: bool = False, out=None) -> str | None:
+    """Render, write into runs/<name>/slurm/, sbatch, record; the job id. With dry_run: print the script, write
+    nothing."""
     out = out or sys.stdout
     script_text = render_script(opts, job)
     if dry_run:
@@ -149,12 +150,7 @@ def submit(opts: SlurmOptions, job: Job, *, dry_run: bool = False, out=None) -> 
     script = slurm_dir / JOB_SCRIPT
     created = highest_missing(slurm_dir)  # removed again if the job is refused
     try:
-        try:
-            slurm_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(script, script_text)
-        except OSError as exc:
-            raise VisionlaunchError(f"cannot write the batch script {script}: {exc.strerror or exc}. Set output.dir "
-                                    "to a folder you can write to (on a cluster: a shared filesystem).") from None
+        write_script(script, script_text)
         job_id = sbatch(script, job.workdir)
     except BaseException:
         if created is not None:  # nothing half-submitted: what was made for the refused job goes again
@@ -163,7 +159,7 @@ def submit(opts: SlurmOptions, job: Job, *, dry_run: bool = False, out=None) -> 
     return _recorded(job_id, job.run_dir, script, opts.total_processes, opts.nodes, out)
 
 
-def resubmit(run_dir: Path, *, out=None) -> Submitted:
+def resubmit(run_dir: Path, *, out=None) -> str:
     """Submit a run's own job.sh again (after it was cancelled, failed, or ran out of requeues)."""
     out = out or sys.stdout
     run_dir = Path(run_dir).expanduser().resolve()
@@ -182,8 +178,7 @@ def resubmit(run_dir: Path, *, out=None) -> Submitted:
     return _recorded(job_id, run_dir, script, None, None, out)
 
 
-def _recorded(job_id: str, run_dir: Path, script: Path, processes: int | None, nodes: int | None,
-              out) -> Submitted:
+def _recorded(job_id: str, run_dir: Path, script: Path, processes: int | None, nodes: int | None, out) -> str:
     log = job_log(run_dir, job_id)
     try:
         record_submission(run_dir.parent, {"job_id": job_id, "run_dir": str(run_dir), "script": str(script),
@@ -193,4 +188,4 @@ def _recorded(job_id: str, run_dir: Path, script: Path, processes: int | None, n
               f"({exc})", file=sys.stderr)
     out.write(f"submitted job {job_id}\n  run folder: {run_dir}\n  script:     {script}\n  log:        {log}\n"
               f"  status:     visionlaunch jobs --runs {run_dir.parent}\n")
-    return Submitted(job_id, run_dir, script, log)
+    return job_id
