@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import os
 import sys
 import tarfile
@@ -152,25 +153,13 @@ def predict(run: RunModel, paths: list[Path], top_k: int = 3, batch_size: int | 
     batch_size = batch_size or run.cfg.train.eval_batch_size
     rows: list[Prediction] = []
     skipped: list[tuple[str, str]] = []
-    names: list[str] = []
-    pixels: list[np.ndarray] = []
-
-    def flush() -> None:
-        if not pixels:
-            return
+    images = iter_images(paths, run.in_shape, skipped, image_size=run.cfg.data.image_size)
+    while batch := list(itertools.islice(images, batch_size)):
+        names, pixels = zip(*batch)
         logits = batch_logits(run, torch.from_numpy(np.stack(pixels)), device, accelerator.autocast)
         probs, index = logits.softmax(dim=1).topk(k, dim=1)
         for name, p, i in zip(names, probs.cpu().tolist(), index.cpu().tolist()):
             rows.append(Prediction(name, [(run.classes[c], q) for c, q in zip(i, p)]))
-        names.clear()
-        pixels.clear()
-
-    for name, chw in iter_images(paths, run.in_shape, skipped, image_size=run.cfg.data.image_size):
-        names.append(name)
-        pixels.append(chw)
-        if len(pixels) == batch_size:
-            flush()
-    flush()
     for name, why in skipped:
         log(f"skipped {name}: not a readable image ({why})")
     if not rows:
@@ -181,7 +170,8 @@ def predict(run: RunModel, paths: list[Path], top_k: int = 3, batch_size: int | 
     return PredictResult(rows, skipped, str(device))
 
 
-def csv_text(result: PredictResult, k: int) -> str:
+def csv_text(result: PredictResult) -> str:
+    k = len(result.rows[0].top)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["file", *[f"{what}_{i}" for i in range(1, k + 1) for what in ("class", "prob")]])
@@ -211,11 +201,10 @@ def predict_command(run_dir: Path, paths: list[Path], *, which: str = "last", to
         check_not_run_file(out)
     run = load_run_model(run_dir, which)
     result = predict(run, paths, top_k, batch_size)
-    k = len(result.rows[0].top)
     if out is not None:
         if Path(out).is_dir():
             raise VisionlaunchError(f"--out {out} is a folder. Give a file name, e.g. --out {Path(out) / 'preds.csv'}.")
-        atomic_write_text(Path(out), csv_text(result, k))
+        atomic_write_text(Path(out), csv_text(result))
     else:
         sys.stdout.write(table_text(result))
     skipped = f"; {len(result.skipped)} file(s) skipped (not readable images, named above)" if result.skipped else ""

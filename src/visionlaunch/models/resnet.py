@@ -115,34 +115,21 @@ class PreActBlock(nn.Module):
         nn.init.zeros_(self.conv2.weight)
 
 
-def zero_init_residuals(model: nn.Module) -> None:
-    for module in model.modules():
-        if isinstance(module, (BasicBlock, Bottleneck, PreActBlock)):
-            module.zero_init_residual()
-
-
 def finish_init(model: nn.Module, kaiming_init: bool, zero_init_residual: bool, bn_momentum: float,
                 bn_eps: float) -> None:
     """The init and BatchNorm options every residual net offers, applied in one place."""
     if kaiming_init:
         init_weights(model)
     if zero_init_residual:
-        zero_init_residuals(model)
+        for module in model.modules():
+            if isinstance(module, (BasicBlock, Bottleneck, PreActBlock)):
+                module.zero_init_residual()
     set_batch_norm(model, bn_momentum, bn_eps)
 
 
 # --- ResNet-18/34/50 ------------------------------------------------------------------------------------------
 
 STAGE_STRIDES = (1, 2, 2, 2)
-
-
-def make_stage(block: type[nn.Module], in_channels: int, channels: int, blocks: int, stride: int) -> nn.Sequential:
-    """``blocks`` residual blocks; the first one changes the width and carries the stride."""
-    layers = []
-    for i in range(blocks):
-        layers.append(block(in_channels, channels, stride if i == 0 else 1))
-        in_channels = channels * block.expansion
-    return nn.Sequential(*layers)
 
 
 class ResNet(ImageClassifier):
@@ -156,10 +143,13 @@ class ResNet(ImageClassifier):
         self.bn1 = nn.Identity() if pre_activation else nn.BatchNorm2d(width)
         self.relu = nn.Identity() if pre_activation else nn.ReLU(inplace=True)
         in_channels = width
-        for i, (blocks, stride) in enumerate(zip(blocks_per_stage, STAGE_STRIDES)):
-            stage = make_stage(block, in_channels, width * 2 ** i, blocks, stride)
-            self.add_module(f"layer{i + 1}", stage)
-            in_channels = width * 2 ** i * block.expansion
+        for i, (n, stride) in enumerate(zip(blocks_per_stage, STAGE_STRIDES)):
+            # The first block of a stage changes the width and carries the stride.
+            channels = width * 2 ** i
+            self.add_module(f"layer{i + 1}", nn.Sequential(*(
+                block(in_channels if j == 0 else channels * block.expansion, channels, stride if j == 0 else 1)
+                for j in range(n))))
+            in_channels = channels * block.expansion
         self.final_bn = nn.BatchNorm2d(in_channels) if pre_activation else nn.Identity()
         self.final_relu = nn.ReLU() if pre_activation else nn.Identity()
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -212,20 +202,16 @@ _register("preact_resnet18", PreActBlock, (2, 2, 2, 2), True,
 GROUP_STRIDES = (1, 2, 2)
 
 
-def blocks_per_group(depth: int) -> int:
-    if depth < 10 or (depth - 4) % 6:
-        raise VisionlaunchError(
-            f"model 'wide_resnet': depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, 34, 40, ...), got {depth}. "
-            "Each of the 3 groups has n blocks of 2 convs, plus the stem conv, the shortcut convs and the classifier."
-        )
-    return (depth - 4) // 6
-
-
 class WideResNet(ImageClassifier):
     def __init__(self, in_shape: tuple[int, int, int], num_classes: int, depth: int, widen_factor: int,
                  dropout: float) -> None:
         super().__init__(f"wrn{depth}_{widen_factor}", in_shape, fixed_size=False)
-        n = blocks_per_group(depth)
+        if depth < 10 or (depth - 4) % 6:
+            raise VisionlaunchError(
+                f"model 'wide_resnet': depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, 34, 40, ...), got {depth}. "
+                "Each of the 3 groups has n blocks of 2 convs, plus the stem conv, the shortcut convs and the "
+                "classifier.")
+        n = (depth - 4) // 6
         check_min_size(self.arch, in_shape, len(GROUP_STRIDES) - 1)
         self.conv1 = conv3x3(in_shape[0], 16)
         in_channels = 16

@@ -86,22 +86,14 @@ def _create(arch: str, name: str, in_shape: tuple[int, int, int], **kwargs) -> n
     import timm
 
     channels, height, width = in_shape
-    try:
-        # Transformers fix their position embeddings to img_size; convnets take any size and refuse the argument.
-        return timm.create_model(arch, pretrained=False, num_classes=0, in_chans=channels, img_size=(height, width),
-                                 **kwargs)
-    except TypeError as exc:
-        if "img_size" not in str(exc):
-            raise _bad_argument(name, exc) from None
-    try:
-        return timm.create_model(arch, pretrained=False, num_classes=0, in_chans=channels, **kwargs)
-    except TypeError as exc:
-        raise _bad_argument(name, exc) from None
-
-
-def _bad_argument(name: str, exc: TypeError) -> VisionlaunchError:
-    return VisionlaunchError(f"model {name!r} does not take one of the arguments given in model.args ({exc}). "
-                             "Remove it, or choose an architecture that has it.")
+    # Transformers fix their position embeddings to img_size; convnets take any size and refuse the argument.
+    for size in ({"img_size": (height, width)}, {}):
+        try:
+            return timm.create_model(arch, pretrained=False, num_classes=0, in_chans=channels, **size, **kwargs)
+        except TypeError as exc:
+            if not (size and "img_size" in str(exc)):
+                raise VisionlaunchError(f"model {name!r} does not take one of the arguments given in model.args "
+                                        f"({exc}). Remove it, or choose an architecture that has it.") from None
 
 
 def _feature_dim(name: str, backbone: nn.Module, in_shape: tuple[int, int, int]) -> int:
