@@ -1,16 +1,8 @@
 """A trained run rebuilt from its folder alone (config.yaml, run.yaml, weights/*.pt): `visionlaunch evaluate` and
 `visionlaunch figures` measure and redraw what training measured and drew; `RunModel` is the model and its
 preprocessing (weights, classes, input shape, normalisation, test-time augmentation) that `predict`, `export` and
-`evaluate --data` use.
-
-`visionlaunch evaluate RUN --data key=value ... [--split train|val|test]` measures a run's weights on another split or
-another dataset with the same classes. The data section starts as the run's own (config.yaml) with the given keys on
-top (`path=X` and `data.path=X` are the same). When the dataset changes (data.name or data.path), the run's subsets,
-validation hold-out and fallback (train_subset, test_subset, val_size, fallback) are dropped unless given again: the
-whole split of the new dataset is measured. Images are normalised with the run's own constants and, when their shape
-differs, converted to the run's input shape (datasets/conform.py). The classes are matched by name, in any order; a
-dataset with other class names stops with both lists.
-"""
+`evaluate --data` use. `evaluate --data` measures the weights on another split, or on another dataset whose classes
+have the same names (in any order), converted to the run's input shape (datasets/conform.py)."""
 
 from __future__ import annotations
 

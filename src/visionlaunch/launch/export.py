@@ -1,16 +1,7 @@
 """`visionlaunch export RUN --format torchscript|onnx|safetensors`: a run's weights in a file that loads without
-visionlaunch, with <file>.json beside it saying how to feed it.
-
-The exported model maps a float32 batch (N, C, H, W), already normalised, to logits (N, classes): take the pixels
-in [0, 1] (uint8 / 255), subtract `mean` and divide by `std` per channel (both in the JSON), in the run's input
-shape (`input_shape`; datasets/conform.py says how any image is brought to it). Softmax gives probabilities. A run
-trained with train.tta_flip averaged the logits of each image and its mirror image (`tta_flip` in the JSON).
-
-  torchscript  torch.jit.load(file) (traced; any batch size)
-  onnx         onnxruntime.InferenceSession(file), input "input", output "logits", dynamic batch (opset 17)
-  safetensors  the state_dict: safetensors.torch.load_file(file); the module is rebuilt from `model` in the JSON
-               (visionlaunch.models.build_model(name, input_shape, len(classes), args), or your copy of its code)
-"""
+visionlaunch, with <file>.json beside it saying how to feed it: a float32 batch (N, C, H, W) of the run's input shape,
+pixels / 255 normalised with the JSON's mean and std, gives logits (N, classes). The README shows how to load each
+format."""
 
 from __future__ import annotations
 

@@ -1,15 +1,7 @@
-"""`visionlaunch predict RUN PATH...`: classify new images with a trained run.
-
-PATH is an image file, a folder (searched recursively) or an archive (.zip, .tar, .tar.gz, .tgz, .tar.bz2, .tar.xz).
-Every image is decoded and brought to the run's input shape as datasets/conform.py says (colour mode, size), then
-normalised with the run's constants and classified in batches, with the run's test-time augmentation, on the GPU
-when there is one. The table has one row per image: the file and its top-k classes with their probabilities.
-
-A file that is not a readable image (a README, a damaged file) is skipped: every skipped file is named on stderr and
-counted below the table. Hidden files and folders (.DS_Store, .git) and macOS's __MACOSX folders are not read.
-A folder or archive given on the command line that holds no readable image is an error (exit 2): it is almost
-certainly the wrong path.
-"""
+"""`visionlaunch predict RUN PATH...`: classify image files, folders (searched recursively) and archives (.zip and
+.tar in its compressions) with a trained run: each image is brought to the run's input shape (datasets/conform.py) and
+classified in batches with the run's test-time augmentation. Unreadable files are skipped and named; a folder or
+archive without one readable image is an error (exit 2): it is almost certainly the wrong path."""
 
 from __future__ import annotations
 
