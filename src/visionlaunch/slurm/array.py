@@ -21,12 +21,6 @@ from visionlaunch.slurm.render import Job, SlurmOptions, fill_template, job_name
 from visionlaunch.slurm.submit import highest_missing, require_sbatch, sbatch, write_script
 
 
-def _after_options(opts: SlurmOptions) -> SlurmOptions:
-    """One small task on the same partition/account/qos: building a table needs no GPU and no requeue."""
-    return SlurmOptions(nodes=1, cpus_per_task=1, time=opts.time, partition=opts.partition, account=opts.account,
-                        qos=opts.qos, requeue=False, setup_lines=opts.setup_lines)
-
-
 def render_array(opts: SlurmOptions, scripts: list[Path], name: str, title: str, log_dir: Path,
                  max_parallel: int | None = None) -> str:
     last = len(scripts) - 1
@@ -40,7 +34,9 @@ def render_array(opts: SlurmOptions, scripts: list[Path], name: str, title: str,
 
 def render_after(opts: SlurmOptions, command: list[str], name: str, title: str, log_dir: Path,
                  workdir: Path) -> str:
-    after = _after_options(opts)
+    # One small task on the same partition/account/qos: building a table needs no GPU and no requeue.
+    after = SlurmOptions(nodes=1, cpus_per_task=1, time=opts.time, partition=opts.partition, account=opts.account,
+                         qos=opts.qos, requeue=False, setup_lines=opts.setup_lines)
     lines = sbatch_lines(after, job_name_for(name), log_dir / "%x-%j.out")
     return fill_template("after.sh", {
         "title": title.replace("\n", " "), "date": f"{dt.datetime.now():%Y-%m-%d %H:%M:%S}",

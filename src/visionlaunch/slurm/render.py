@@ -21,7 +21,6 @@ from visionlaunch.errors import VisionlaunchError
 from visionlaunch.runfolder import PREEMPTED, job_log
 from visionlaunch.trainers.preemption import PREEMPTED_EXIT_CODE
 
-TEMPLATE = "job.sh"
 _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
 _TIME = re.compile(r"^(\d+|\d+:\d{2}|\d+:\d{2}:\d{2}|\d+-\d+|\d+-\d+:\d{2}|\d+-\d+:\d{2}:\d{2})$")
 _MEM = re.compile(r"^\d+[KMGT]?$", re.IGNORECASE)
@@ -128,10 +127,6 @@ class Job:
     train_args: list[str]
     use_cpu: bool
 
-    @property
-    def log_pattern(self) -> Path:
-        return job_log(self.run_dir, "%j")
-
 
 def job_name_for(name: str) -> str:
     return "vl-" + re.sub(r"[^\w.+-]", "_", name)  # a run's name, made one word
@@ -165,7 +160,7 @@ def render_script(opts: SlurmOptions, job: Job, now: dt.datetime | None = None) 
         "date": f"{now or dt.datetime.now():%Y-%m-%d %H:%M:%S}",
         "signal_seconds": str(opts.signal_seconds),
         "max_requeues": str(opts.max_requeues if opts.requeue else 0),
-        "sbatch_lines": "\n".join(sbatch_lines(opts, job_name_for(job.run_name), job.log_pattern)),
+        "sbatch_lines": "\n".join(sbatch_lines(opts, job_name_for(job.run_name), job_log(job.run_dir, "%j"))),
         "setup_lines": "\n".join(opts.setup_lines) if opts.setup_lines else "# (none)",
         "run_dir_q": shlex.quote(str(job.run_dir)),
         "workdir_q": shlex.quote(str(job.workdir)),
@@ -177,7 +172,7 @@ def render_script(opts: SlurmOptions, job: Job, now: dt.datetime | None = None) 
         "preempted_exit_code": str(PREEMPTED_EXIT_CODE),
         "preempted_marker": PREEMPTED,
     }
-    return fill_template(TEMPLATE, values)
+    return fill_template("job.sh", values)
 
 
 def fill_template(name: str, values: dict[str, str]) -> str:
@@ -187,17 +182,13 @@ def fill_template(name: str, values: dict[str, str]) -> str:
     assert not missing, f"template placeholders without a value: {missing}"
     # One pass over the template, so a value that itself contains "{{x}}" is never substituted again.
     script = _PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
-    check_syntax(script)
-    return script
-
-
-def check_syntax(script: str) -> None:
-    """`bash -n`: the script parses (a --setup line with an unclosed quote would otherwise fail on the cluster)."""
+    # `bash -n`: the script parses (a --setup line with an unclosed quote would otherwise fail on the cluster).
     proc = subprocess.run(["bash", "-n"], input=script, capture_output=True, text=True, timeout=30)
     if proc.returncode != 0:
         raise VisionlaunchError(
             f"the batch script does not parse (bash -n: {proc.stderr.strip()}). Check the --setup lines: each must "
             "be a complete shell command.")
+    return script
 
 
 def add_slurm_arguments(p: argparse.ArgumentParser, job_options: bool = True) -> None:

@@ -22,22 +22,6 @@ from visionlaunch.slurm.render import Job, SlurmOptions, render_script
 SBATCH_TIMEOUT_S = 120
 
 
-def _train_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="visionlaunch submit ... --", add_help=False)
-    p.add_argument("--config", "-c", required=True)
-    p.add_argument("--verbose", "-v", action="store_true")
-    p.add_argument("overrides", nargs="*")
-    return p
-
-
-def _override_value(overrides: list[str], key: str) -> str | None:
-    found = None
-    for item in overrides:
-        if item.split("=", 1)[0].strip() == key and "=" in item:
-            found = item.split("=", 1)[1]
-    return found
-
-
 def plan_job(opts: SlurmOptions, train_argv: list[str], *, python: str | None = None, script: str | None = None,
              cwd: Path | None = None, allow_existing: bool = False) -> Job:
     """Check the training arguments as `visionlaunch train` would, fix the run's name (so that a requeued job
@@ -50,8 +34,12 @@ def plan_job(opts: SlurmOptions, train_argv: list[str], *, python: str | None = 
         raise VisionlaunchError(
             "no training arguments: give them after `--`, exactly as for `visionlaunch train`, e.g. "
             "visionlaunch submit --nodes 2 -- --config configs/mnist_cnn.yaml optim.lr=0.05")
+    p = argparse.ArgumentParser(prog="visionlaunch submit ... --", add_help=False)  # the arguments of train
+    p.add_argument("--config", "-c", required=True)
+    p.add_argument("--verbose", "-v", action="store_true")
+    p.add_argument("overrides", nargs="*")
     try:
-        parsed = _train_parser().parse_args(list(train_argv))
+        parsed = p.parse_args(list(train_argv))
     except SystemExit:
         raise VisionlaunchError(
             f"cannot read the training arguments {' '.join(train_argv)!r}: they must be `--config FILE` followed "
@@ -63,7 +51,8 @@ def plan_job(opts: SlurmOptions, train_argv: list[str], *, python: str | None = 
     name = cfg.output.name or default_run_name(Path(parsed.config).stem)
     if not cfg.output.name:
         args.append(f"output.name={name}")
-    if cfg.train.resume == "none" and _override_value(parsed.overrides, "train.resume") is None:
+    resume_given = any(o.split("=", 1)[0].strip() == "train.resume" for o in parsed.overrides if "=" in o)
+    if cfg.train.resume == "none" and not resume_given:
         args.append("train.resume=auto")
     elif cfg.train.resume != "auto":
         raise VisionlaunchError(
