@@ -19,17 +19,12 @@ _SHOWN_NAMES = 40
 
 
 def count_parameters(model: nn.Module) -> int:
-    """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def model_summary(model: nn.Module, in_shape: tuple[int, int, int], device: str | torch.device = "cpu") -> str:
-    """torchinfo's table for a batch of 2 run in eval mode, leaving the model exactly as it was.
-
-    The input is zeros (not torch.rand) so that writing a summary does not shift the global random stream.
-    Each module's train/eval flag, BatchNorm statistics (eval mode does not update them) and the model's
-    device are restored, since torchinfo only restores the top-level flag and moves the model to ``device``.
-    """
+    """torchinfo's table for a batch of 2 zeros (torch.rand would shift the global random stream) run in eval mode,
+    leaving the model as it was: torchinfo only restores the top-level train flag and moves the model to ``device``."""
     modes = {module: module.training for module in model.modules()}
     first = next(model.parameters(), None)
     home = first.device if first is not None else None

@@ -44,7 +44,6 @@ def register(name: str) -> Callable[[Builder], Builder]:
 
 
 def model_names() -> list[str]:
-    """Registered model names, sorted."""
     return sorted(_BUILDERS)
 
 
@@ -59,10 +58,7 @@ def describe_args(name: str) -> str:
 
 
 def validate_model_args(name: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Check user arguments against the builder's annotations and return them complete, with defaults.
-
-    Config validation can call this without building anything.
-    """
+    """User arguments checked against the builder's annotations (nothing is built), completed with defaults."""
     specs = _arg_specs(name)
     args = dict(args or {})
     unknown = [arg for arg in args if arg not in specs]

@@ -1,15 +1,10 @@
-"""The residual nets, written for 32x32 inputs: ResNet-18/34/50 and pre-activation ResNet-18 (He et al.
-2016a/b) and wide ResNets WRN-d-k (Zagoruyko & Komodakis 2016), with the blocks they are made of.
+"""The residual nets, written for 32x32 inputs: ResNet-18/34/50 and pre-activation ResNet-18 (He et al. 2016a/b) and
+wide ResNets WRN-d-k (Zagoruyko & Komodakis 2016), with the blocks they are made of.
 
-ResNets: the stem is one 3x3 conv (stride 1) with no max-pool, so a 32x32 image is 32, 16, 8, 4 pixels wide in the
-four stages (He et al. 2016a used this stem on CIFAR in later work; it is the common "CIFAR ResNet-18", 11.2M
-parameters with 100 classes). Everything after the stem is torchvision's ResNet, layer for layer; parameter
-names follow torchvision's (conv1, bn1, ..., downsample.0/.1) so that state_dict shapes can be compared one to
-one with torchvision's models in the tests.
-
-Wide ResNets: depth d = 6n + 4: a 3x3 stem conv with 16 channels, three groups of n pre-activation blocks with
-16k, 32k and 64k channels (strides 1, 2, 2), dropout between the two convs of each block, then BN-ReLU, global
-average pooling and the classifier. WRN-28-10 has 36.5M parameters (the paper's Table), WRN-16-8 11.0M.
+ResNets: the stem is one 3x3 conv (stride 1) with no max-pool (the common "CIFAR ResNet-18", 11.2M parameters with
+100 classes); everything after it is torchvision's ResNet layer for layer, with torchvision's parameter names, so that
+the tests compare state_dict shapes one to one. Wide ResNets: depth 6n + 4, three groups of n pre-activation blocks
+16k, 32k and 64k channels wide, dropout between the two convs of each block (WRN-28-10: 36.5M parameters).
 """
 
 from __future__ import annotations

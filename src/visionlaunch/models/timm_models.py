@@ -1,13 +1,9 @@
 """timm architectures by name: ``model.name=timm/<architecture>`` builds any of timm's classifiers for the data's
 channel and class count, with random weights (``model.weights=PATH`` loads a local file afterwards).
 
-The timm network becomes ``.backbone`` with its own head removed (timm's ``num_classes=0``: it returns the pooled
-pre-logits features, after timm's own head dropout), and a fresh ``nn.Linear`` becomes ``.classifier``. That keeps
-the model contract (``classifier``, ``feature_dim``, "penultimate" = the pre-logits features) for every
-architecture, whatever timm calls its head (``fc``, ``head``, ``head.fc``, ``classifier``).
-
-Nothing is ever downloaded: this launcher runs where no model hub can be reached, and a run must be reproducible
-from local files, so a request for pretrained or hub weights stops with a message that points to model.weights.
+The timm network without its head (timm's ``num_classes=0``: pooled pre-logits features) becomes ``.backbone`` and a
+fresh ``nn.Linear`` ``.classifier``: the model contract holds whatever timm calls its head. Nothing is ever
+downloaded: no model hub is reachable where this launcher runs, and a run must be reproducible from local files.
 """
 
 from __future__ import annotations

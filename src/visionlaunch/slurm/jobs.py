@@ -1,9 +1,6 @@
-"""`visionlaunch jobs`: the project's submitted jobs, their SLURM state and their run folders.
-
-Every submission is recorded in <output.dir>/.slurm_jobs.jsonl (job id, run folder, script, log). The SLURM
-state comes from sacct when accounting is configured, else from squeue (which knows running and pending jobs,
-and finished ones only for a few minutes: MinJobAge); what neither knows is reported as unknown. The run
-folder says the rest: finished (final record), preempted (checkpoint + preempted.json), checkpointed, started.
+"""`visionlaunch jobs`: the submissions recorded in <output.dir>/.slurm_jobs.jsonl, their SLURM state (from sacct
+when the cluster keeps accounting, else from squeue, which forgets finished jobs after MinJobAge) and what their run
+folders say.
 """
 
 from __future__ import annotations
