@@ -311,7 +311,7 @@ def _ablate(args: argparse.Namespace, argv: list[str]) -> int:
         raise VisionlaunchError("--table-only runs nothing: drop --slurm (the table is built here, now).")
     ablation = load_ablation(args.file, out=args.out, extra_overrides=args.overrides)
     if args.slurm:
-        from visionlaunch.slurm.ablation import submit_ablation
+        from visionlaunch.slurm.array import submit_ablation
         submit_ablation(ablation, SlurmOptions.from_args(args), python=args.python, dry_run=args.dry_run,
                         rerun=args.rerun)
         return 0
