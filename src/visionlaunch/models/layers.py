@@ -97,13 +97,6 @@ def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
 
 
-def set_batch_norm(model: nn.Module, momentum: float, eps: float) -> None:
-    """BatchNorm settings for every BatchNorm layer of a model (PyTorch defaults: momentum 0.1, eps 1e-5)."""
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.momentum, module.eps = momentum, eps
-
-
 def check_min_size(arch: str, in_shape: tuple[int, int, int], halvings: int) -> None:
     """Refuse, at build time, an input too small for a model that halves it ``halvings`` times."""
     _, h, w = in_shape

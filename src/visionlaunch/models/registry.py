@@ -134,7 +134,7 @@ def _shown(default: Any) -> Any:
 
 
 def _lookup(name: str) -> Builder:
-    if timm_models.is_timm_name(name):
+    if str(name).startswith(timm_models.PREFIX):
         return timm_models.builder_for(name)
     if name not in _BUILDERS:
         hints = difflib.get_close_matches(str(name), _BUILDERS, n=1)

@@ -14,7 +14,7 @@ from torch import nn
 
 from visionlaunch.errors import VisionlaunchError
 from visionlaunch.models.layers import (BNEps, BNMomentum, ImageClassifier, Probability, Width, check_min_size,
-                                        conv3x3, init_weights, set_batch_norm)
+                                        conv3x3, init_weights)
 from visionlaunch.models.registry import register
 
 
@@ -115,11 +115,11 @@ def finish_init(model: nn.Module, kaiming_init: bool, zero_init_residual: bool, 
     """The init and BatchNorm options every residual net offers, applied in one place."""
     if kaiming_init:
         init_weights(model)
-    if zero_init_residual:
-        for module in model.modules():
-            if isinstance(module, (BasicBlock, Bottleneck, PreActBlock)):
-                module.zero_init_residual()
-    set_batch_norm(model, bn_momentum, bn_eps)
+    for module in model.modules():
+        if zero_init_residual and isinstance(module, (BasicBlock, Bottleneck, PreActBlock)):
+            module.zero_init_residual()
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.momentum, module.eps = bn_momentum, bn_eps  # PyTorch's defaults: 0.1, 1e-5
 
 
 # --- ResNet-18/34/50 ------------------------------------------------------------------------------------------

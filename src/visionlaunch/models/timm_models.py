@@ -26,10 +26,6 @@ _NO_DOWNLOAD = ("visionlaunch never downloads weights (no model hub is reachable
                 "state_dict, .pth/.pt or .safetensors), copy it here and pass model.weights=/path/to/the/file.")
 
 
-def is_timm_name(name: str) -> bool:
-    return isinstance(name, str) and name.startswith(PREFIX)
-
-
 @lru_cache(maxsize=1)
 def _all_architectures() -> tuple[str, ...]:
     import timm
