@@ -11,14 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
-def _umask() -> int:
-    # Read once at import (os.umask can only be read by setting it), so files get the usual permissions.
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-_FILE_MODE = 0o666 & ~_umask()
+# The umask, read once at import (os.umask can only be read by setting it), so files get the usual permissions.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+_FILE_MODE = 0o666 & ~_UMASK
 
 
 @contextlib.contextmanager

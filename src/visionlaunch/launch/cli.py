@@ -289,17 +289,15 @@ def _models(args: argparse.Namespace, argv: list[str]) -> int:
 def _report(args: argparse.Namespace, argv: list[str]) -> int:
     from visionlaunch.reports.html import write_report
 
-    return _print_page(write_report(args.run_dir, pdf=args.pdf), args.pdf)
+    out = write_report(args.run_dir, pdf=args.pdf)
+    return _print_paths([out, out.with_suffix(".pdf")] if args.pdf else [out])
 
 
 def _compare(args: argparse.Namespace, argv: list[str]) -> int:
     from visionlaunch.reports.compare import write_comparison
 
-    return _print_page(write_comparison(args.run_dirs, args.out, pdf=args.pdf), args.pdf)
-
-
-def _print_page(out: Path, pdf: bool) -> int:
-    return _print_paths([out, out.with_suffix(".pdf")] if pdf else [out])
+    out = write_comparison(args.run_dirs, args.out, pdf=args.pdf)
+    return _print_paths([out, out.with_suffix(".pdf")] if args.pdf else [out])
 
 
 def _ablate(args: argparse.Namespace, argv: list[str]) -> int:

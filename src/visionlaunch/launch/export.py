@@ -39,42 +39,29 @@ def example_input(run: RunModel, n: int = 2, seed: int = 0) -> torch.Tensor:
     return torch.randn(n, *run.in_shape, generator=torch.Generator().manual_seed(seed))
 
 
-def _torchscript(run: RunModel, path: Path) -> None:
-    with torch.no_grad(), warnings.catch_warnings():
+def write_model(run: RunModel, fmt: str, path: Path) -> None:
+    with atomic_write(path) as tmp, torch.no_grad(), warnings.catch_warnings():
         # TorchScript is deprecated in favour of torch.export, but it is still the format plain `torch.jit.load`
-        # reads everywhere; the tracer's notes concern the input-shape checks, fixed for the run's shape anyway.
-        warnings.simplefilter("ignore", FutureWarning)
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        traced = torch.jit.trace(run.model, example_input(run), check_trace=True)
-        with atomic_write(path) as tmp:
-            torch.jit.save(traced, str(tmp))
+        # reads everywhere, and the TorchScript-based ONNX exporter needs no onnxscript and makes the batch dimension
+        # dynamic simply; the tracer's notes concern the input-shape checks, fixed for the run's shape anyway.
+        for category in (DeprecationWarning, FutureWarning, torch.jit.TracerWarning):
+            warnings.simplefilter("ignore", category)
+        if fmt == "torchscript":
+            torch.jit.save(torch.jit.trace(run.model, example_input(run), check_trace=True), str(tmp))
+        elif fmt == "onnx":
+            import onnx
 
+            torch.onnx.export(run.model, (example_input(run),), str(tmp), dynamo=False, input_names=["input"],
+                              output_names=["logits"], opset_version=ONNX_OPSET,
+                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+            onnx.checker.check_model(str(tmp))
+        else:
+            from safetensors.torch import save_file
 
-def _onnx(run: RunModel, path: Path) -> None:
-    import onnx
-
-    with atomic_write(path) as tmp, warnings.catch_warnings():
-        # The TorchScript-based exporter: it needs no onnxscript and gives a dynamic batch dimension simply.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", FutureWarning)
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        torch.onnx.export(run.model, (example_input(run),), str(tmp), dynamo=False, input_names=["input"],
-                          output_names=["logits"], opset_version=ONNX_OPSET,
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
-        onnx.checker.check_model(str(tmp))
-
-
-def _safetensors(run: RunModel, path: Path) -> None:
-    from safetensors.torch import save_file
-
-    state = {k: v.detach().cpu().contiguous() for k, v in run.model.state_dict().items()}
-    meta = {"model_name": run.ckpt["model_name"], "model_args": json.dumps(run.ckpt["model_args"]),
-            "input_shape": json.dumps(list(run.in_shape)), "classes": json.dumps(run.classes)}
-    with atomic_write(path) as tmp:
-        save_file(state, str(tmp), metadata=meta)
-
-
-WRITERS = {"torchscript": _torchscript, "onnx": _onnx, "safetensors": _safetensors}
+            state = {k: v.detach().cpu().contiguous() for k, v in run.model.state_dict().items()}
+            save_file(state, str(tmp), metadata={
+                "model_name": run.ckpt["model_name"], "model_args": json.dumps(run.ckpt["model_args"]),
+                "input_shape": json.dumps(list(run.in_shape)), "classes": json.dumps(run.classes)})
 
 
 def sidecar(run: RunModel, fmt: str, path: Path) -> dict:
@@ -100,7 +87,6 @@ def export_run(run_dir: Path, fmt: str, which: str = "last", out: Path | None = 
     if path.is_dir():
         raise VisionlaunchError(f"--out {path} is a folder. Give a file name, e.g. --out "
                                 f"{path / (which + SUFFIX[fmt])}.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    WRITERS[fmt](run, path)
+    write_model(run, fmt, path)
     atomic_write_text(json_path, json.dumps(sidecar(run, fmt, path), indent=1) + "\n")
     return path, json_path
