@@ -136,19 +136,13 @@ def sbatch_lines(opts: SlurmOptions, job_name: str, log_pattern: Path, first: tu
     """The #SBATCH lines: `first` (e.g. --array), then resources, log, preemption signal, requeue, extras."""
     lines = [*first, f"--job-name={sbatch_word('--job-name', opts.job_name or job_name)}",
              f"--nodes={opts.nodes}", "--ntasks-per-node=1"]
-    if opts.cpus_per_task:
-        lines.append(f"--cpus-per-task={opts.cpus_per_task}")
-    if opts.gpus_per_node:
-        lines.append(f"--gpus-per-node={opts.gpus_per_node}")
-    for name in ("mem", "time", "partition", "account", "qos", "constraint"):
-        value = getattr(opts, name)
-        if value is not None:
-            lines.append(f"--{name}={value}")
-    lines.append(f"--output={sbatch_word('the log path', str(log_pattern))}")
-    lines.append("--open-mode=append")  # a requeued job appends to the same log
-    lines.append(f"--signal=B:USR2@{opts.signal_seconds}")
-    lines.append("--requeue" if opts.requeue else "--no-requeue")
-    lines.extend(line.strip() for line in opts.sbatch_lines)
+    for name in ("cpus_per_task", "gpus_per_node", "mem", "time", "partition", "account", "qos", "constraint"):
+        if getattr(opts, name):  # None, or 0 GPUs: the cluster's default
+            lines.append(f"--{name.replace('_', '-')}={getattr(opts, name)}")
+    lines += [f"--output={sbatch_word('the log path', str(log_pattern))}",
+              "--open-mode=append",  # a requeued job appends to the same log
+              f"--signal=B:USR2@{opts.signal_seconds}", "--requeue" if opts.requeue else "--no-requeue",
+              *(line.strip() for line in opts.sbatch_lines)]
     return [f"#SBATCH {line}" for line in lines]
 
 

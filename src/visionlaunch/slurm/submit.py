@@ -162,9 +162,7 @@ def resubmit(run_dir: Path, *, out=None) -> str:
             f"--resume {run_dir}: the folder has no {JOB_DIR}/{JOB_SCRIPT}, so it was not submitted by "
             "`visionlaunch submit`. Submit it as a new job with the same output.name: `visionlaunch submit ... -- "
             f"--config {run_dir / CONFIG} output.dir={run_dir.parent} output.name={run_dir.name}`.")
-    require_sbatch()
-    job_id = sbatch(script, run_dir)
-    return _recorded(job_id, run_dir, script, None, None, out)
+    return _recorded(sbatch(script, run_dir), run_dir, script, None, None, out)
 
 
 def _recorded(job_id: str, run_dir: Path, script: Path, processes: int | None, nodes: int | None, out) -> str:
