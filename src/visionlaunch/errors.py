@@ -6,7 +6,6 @@ keeps its traceback. Imports nothing heavy: the command line uses it before torc
 from __future__ import annotations
 
 import errno
-import os
 
 EXIT_BAD_INPUT = 2
 
@@ -44,8 +43,7 @@ if hasattr(errno, "EDQUOT"):
 
 def describe_os_error(exc: OSError) -> str:
     """'<file>: <reason>. <what to do>' for an OSError (the file named when the error carries it)."""
-    names = [str(n) for n in (exc.filename, exc.filename2) if n is not None]
-    where = " -> ".join(os.fspath(n) for n in names)
+    where = " -> ".join(str(n) for n in (exc.filename, exc.filename2) if n is not None)
     reason = exc.strerror or str(exc) or type(exc).__name__
     advice = _OS_ADVICE.get(exc.errno, "")
     return f"{where + ': ' if where else ''}{reason}{'' if reason.endswith('.') else '.'}{' ' + advice if advice else ''}"

@@ -63,14 +63,8 @@ class RunModel:
     in_shape: tuple[int, int, int]   # (C, H, W)
     mean: tuple[float, ...]
     std: tuple[float, ...]
-
-    @property
-    def tta_flip(self) -> bool:
-        return self.cfg.train.tta_flip
-
-    @property
-    def epoch(self):
-        return self.ckpt.get("epoch")
+    tta_flip: bool                   # train.tta_flip: evaluate each image and its mirror image
+    epoch: int | None                # the epoch the weights are from
 
 
 def load_run_model(run_dir: Path, which: str = "last") -> RunModel:
@@ -110,7 +104,8 @@ def load_run_model(run_dir: Path, which: str = "last") -> RunModel:
     else:  # weights written before the constants were stored with them: the run's own data gives them again
         data = prepare_data(cfg.data, log=_log, progress=False)
         mean, std = data.mean, data.std
-    return RunModel(run_dir, which, cfg, ckpt, model, classes, in_shape, tuple(mean), tuple(std))
+    return RunModel(run_dir, which, cfg, ckpt, model, classes, in_shape, tuple(mean), tuple(std), cfg.train.tta_flip,
+                    ckpt.get("epoch"))
 
 
 def batch_logits(run: RunModel, images: torch.Tensor, device: torch.device, autocast) -> torch.Tensor:

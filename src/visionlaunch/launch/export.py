@@ -35,10 +35,6 @@ def require_package(fmt: str) -> None:
             f"({', '.join(f for f in SUFFIX if f != fmt)}).") from None
 
 
-def example_input(run: RunModel, n: int = 2, seed: int = 0) -> torch.Tensor:
-    return torch.randn(n, *run.in_shape, generator=torch.Generator().manual_seed(seed))
-
-
 def write_model(run: RunModel, fmt: str, path: Path) -> None:
     with atomic_write(path) as tmp, torch.no_grad(), warnings.catch_warnings():
         # TorchScript is deprecated in favour of torch.export, but it is still the format plain `torch.jit.load`
@@ -46,12 +42,13 @@ def write_model(run: RunModel, fmt: str, path: Path) -> None:
         # dynamic simply; the tracer's notes concern the input-shape checks, fixed for the run's shape anyway.
         for category in (DeprecationWarning, FutureWarning, torch.jit.TracerWarning):
             warnings.simplefilter("ignore", category)
+        example = torch.randn(2, *run.in_shape, generator=torch.Generator().manual_seed(0))
         if fmt == "torchscript":
-            torch.jit.save(torch.jit.trace(run.model, example_input(run), check_trace=True), str(tmp))
+            torch.jit.save(torch.jit.trace(run.model, example, check_trace=True), str(tmp))
         elif fmt == "onnx":
             import onnx
 
-            torch.onnx.export(run.model, (example_input(run),), str(tmp), dynamo=False, input_names=["input"],
+            torch.onnx.export(run.model, (example,), str(tmp), dynamo=False, input_names=["input"],
                               output_names=["logits"], opset_version=ONNX_OPSET,
                               dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
             onnx.checker.check_model(str(tmp))
