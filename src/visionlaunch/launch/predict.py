@@ -134,8 +134,7 @@ def iter_images(paths: list[Path], in_shape, skipped: list[tuple[str, str]],
                 "are not read). Pass a folder or archive of images (PNG, JPEG, BMP, GIF, TIFF, WebP, ...).")
 
 
-def predict(run: RunModel, paths: list[Path], top_k: int = 3, batch_size: int | None = None,
-            log=lambda m: print(m, file=sys.stderr)) -> PredictResult:
+def predict(run: RunModel, paths: list[Path], top_k: int = 3, batch_size: int | None = None) -> PredictResult:
     from visionlaunch.trainers.distributed import make_accelerator
 
     accelerator = make_accelerator(run.cfg)  # the GPU when there is one, the run's precision (autocast)
@@ -153,7 +152,7 @@ def predict(run: RunModel, paths: list[Path], top_k: int = 3, batch_size: int | 
         for name, p, i in zip(names, probs.cpu().tolist(), index.cpu().tolist()):
             rows.append(Prediction(name, [(run.classes[c], q) for c, q in zip(i, p)]))
     for name, why in skipped:
-        log(f"skipped {name}: not a readable image ({why})")
+        print(f"skipped {name}: not a readable image ({why})", file=sys.stderr)
     if not rows:
         raise VisionlaunchError(
             f"none of the {len(skipped)} file(s) given is a readable image ({', '.join(n for n, _ in skipped[:5])}"

@@ -48,10 +48,9 @@ def render_after(opts: SlurmOptions, command: list[str], name: str, title: str, 
 
 
 def submit_array(opts: SlurmOptions, jobs: list[Job], array_dir: Path, name: str, title: str,
-                 after_command: list[str], *, dry_run: bool = False, out=None) -> None:
+                 after_command: list[str], *, dry_run: bool = False) -> None:
     """Submit `jobs` as one array (their scripts go into each run folder's slurm/, the array's into
     `array_dir`/slurm/), then `after_command` as a job that waits for the whole array."""
-    out = out or sys.stdout
     slurm_dir = Path(array_dir) / JOB_DIR
     scripts = [job.run_dir / JOB_DIR / JOB_SCRIPT for job in jobs]
     texts = [render_script(opts, job) for job in jobs]  # every script checked before anything is written
@@ -59,7 +58,7 @@ def submit_array(opts: SlurmOptions, jobs: list[Job], array_dir: Path, name: str
     after_text = render_after(opts, after_command, f"{name}-after", f"after the array of {title}", slurm_dir,
                               jobs[0].workdir)
     if dry_run:
-        out.write(array_text + "\n# ---- then, with --dependency=afterany:<array job id>:\n" + after_text)
+        sys.stdout.write(array_text + "\n# ---- then, with --dependency=afterany:<array job id>:\n" + after_text)
         return
     require_sbatch()
     made: list[Path] = []  # folders this call created: removed again if the submission fails
@@ -88,21 +87,20 @@ def submit_array(opts: SlurmOptions, jobs: list[Job], array_dir: Path, name: str
                                                "nodes": opts.nodes, "processes": opts.total_processes})
     record_submission(jobs[0].run_dir.parent, {"job_id": after_id, "run_dir": str(array_dir),
                                                "script": str(slurm_dir / "after.sh"), "log": str(slurm_dir)})
-    out.write(f"submitted job array {array_id}: {len(jobs)} task(s), {title}\n"
+    sys.stdout.write(f"submitted job array {array_id}: {len(jobs)} task(s), {title}\n"
               f"  logs:    {slurm_dir}/{array_id}_<task>.out\n")
     for task_id, job in zip(task_ids, jobs):
-        out.write(f"  {task_id}  {job.run_dir}\n")
-    out.write(f"then job {after_id} (after every task has ended): {shlex.join(after_command)}\n")
-    out.write(f"status: visionlaunch jobs --runs {jobs[0].run_dir.parent}\n")
+        sys.stdout.write(f"  {task_id}  {job.run_dir}\n")
+    sys.stdout.write(f"then job {after_id} (after every task has ended): {shlex.join(after_command)}\n")
+    sys.stdout.write(f"status: visionlaunch jobs --runs {jobs[0].run_dir.parent}\n")
 
 
 def submit_ablation(ablation, opts: SlurmOptions, *, python: str | None = None, dry_run: bool = False,
-                    rerun: bool = False, out=None) -> None:
+                    rerun: bool = False) -> None:
     from visionlaunch.ablation.plan import PLAN_FILE
     from visionlaunch.ablation.results import read_result, write_ablation_results
     from visionlaunch.ablation.runner import check_existing_runs
 
-    out = out or sys.stdout
     if rerun:
         raise VisionlaunchError(
             "--rerun cannot be combined with --slurm: a requeued job would start its run over again instead of "
@@ -112,13 +110,13 @@ def submit_ablation(ablation, opts: SlurmOptions, *, python: str | None = None, 
     pending = [v for v in ablation.variants if read_result(v).state != "ok"]
     if not pending:
         paths = write_ablation_results(ablation)
-        out.write(f"every run of ablation {ablation.name} has finished: nothing submitted; table rebuilt: "
+        sys.stdout.write(f"every run of ablation {ablation.name} has finished: nothing submitted; table rebuilt: "
                   f"{', '.join(str(p) for p in paths)}\n")
         return
     out_dir = Path(ablation.out_dir).resolve()
     jobs = [plan_job(opts, v.train_args(), python=python, allow_existing=True) for v in pending]
     table = [python, "-m", "visionlaunch", "ablate", str(Path(ablation.source).resolve()), "--table-only", "--out",
              str(out_dir), *(["--", *ablation.extra] if ablation.extra else [])]
-    submit_array(opts, jobs, out_dir, ablation.name, f"ablation {ablation.name}", table, dry_run=dry_run, out=out)
+    submit_array(opts, jobs, out_dir, ablation.name, f"ablation {ablation.name}", table, dry_run=dry_run)
     if not dry_run:  # the same record of the plan as the sequential runner leaves
         atomic_write_text(out_dir / PLAN_FILE, yaml.safe_dump(ablation.plan(), sort_keys=False, width=1 << 20))

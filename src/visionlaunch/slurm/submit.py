@@ -126,13 +126,12 @@ def write_script(path: Path, text: str) -> None:
                                 "folder you can write to (on a cluster: a shared filesystem).") from None
 
 
-def submit(opts: SlurmOptions, job: Job, *, dry_run: bool = False, out=None) -> str | None:
+def submit(opts: SlurmOptions, job: Job, *, dry_run: bool = False) -> str | None:
     """Render, write into runs/<name>/slurm/, sbatch, record; the job id. With dry_run: print the script, write
     nothing."""
-    out = out or sys.stdout
     script_text = render_script(opts, job)
     if dry_run:
-        out.write(script_text)
+        sys.stdout.write(script_text)
         return None
     require_sbatch()
     slurm_dir = job.run_dir / JOB_DIR
@@ -145,12 +144,11 @@ def submit(opts: SlurmOptions, job: Job, *, dry_run: bool = False, out=None) -> 
         if created is not None:  # nothing half-submitted: what was made for the refused job goes again
             shutil.rmtree(created, ignore_errors=True)
         raise
-    return _recorded(job_id, job.run_dir, script, opts.total_processes, opts.nodes, out)
+    return _recorded(job_id, job.run_dir, script, opts.total_processes, opts.nodes)
 
 
-def resubmit(run_dir: Path, *, out=None) -> str:
+def resubmit(run_dir: Path) -> str:
     """Submit a run's own job.sh again (after it was cancelled, failed, or ran out of requeues)."""
-    out = out or sys.stdout
     run_dir = Path(run_dir).expanduser().resolve()
     script = run_dir / JOB_DIR / JOB_SCRIPT
     if not run_dir.is_dir():
@@ -162,10 +160,10 @@ def resubmit(run_dir: Path, *, out=None) -> str:
             f"--resume {run_dir}: the folder has no {JOB_DIR}/{JOB_SCRIPT}, so it was not submitted by "
             "`visionlaunch submit`. Submit it as a new job with the same output.name: `visionlaunch submit ... -- "
             f"--config {run_dir / CONFIG} output.dir={run_dir.parent} output.name={run_dir.name}`.")
-    return _recorded(sbatch(script, run_dir), run_dir, script, None, None, out)
+    return _recorded(sbatch(script, run_dir), run_dir, script, None, None)
 
 
-def _recorded(job_id: str, run_dir: Path, script: Path, processes: int | None, nodes: int | None, out) -> str:
+def _recorded(job_id: str, run_dir: Path, script: Path, processes: int | None, nodes: int | None) -> str:
     log = job_log(run_dir, job_id)
     try:
         record_submission(run_dir.parent, {"job_id": job_id, "run_dir": str(run_dir), "script": str(script),
@@ -173,6 +171,6 @@ def _recorded(job_id: str, run_dir: Path, script: Path, processes: int | None, n
     except OSError as exc:  # the job is queued whatever happens here: say so, do not fail
         print(f"visionlaunch: warning: job {job_id} is queued but could not be recorded for `visionlaunch jobs` "
               f"({exc})", file=sys.stderr)
-    out.write(f"submitted job {job_id}\n  run folder: {run_dir}\n  script:     {script}\n  log:        {log}\n"
+    sys.stdout.write(f"submitted job {job_id}\n  run folder: {run_dir}\n  script:     {script}\n  log:        {log}\n"
               f"  status:     visionlaunch jobs --runs {run_dir.parent}\n")
     return job_id
