@@ -19,11 +19,8 @@ _FILE_MODE = 0o666 & ~_UMASK
 
 @contextlib.contextmanager
 def atomic_write(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it replaces `path` in one step, on failure it is removed.
-
-    Readers never see a half-written file, and two processes writing the same file (e.g. DDP ranks filling the
-    cache) each replace it whole.
-    """
+    """Yield a temporary path beside `path`; on success it replaces `path` in one step, on failure it is removed:
+    readers never see a half-written file, and two processes writing one file (DDP ranks) each replace it whole."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

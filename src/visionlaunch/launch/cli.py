@@ -1,8 +1,5 @@
-"""The `visionlaunch` command: train, evaluate, predict, export, figures, prepare, show-config, models, report,
-compare, ablate, submit, jobs.
-
-`train.py` at the repository root calls `main(["train", ...])`, so `accelerate launch train.py ...` and
-`visionlaunch train ...` are the same program.
+"""The `visionlaunch` command and its subcommands. `train.py` at the repository root calls `main(["train", ...])`, so
+`accelerate launch train.py ...` and `visionlaunch train ...` are the same program.
 """
 
 from __future__ import annotations

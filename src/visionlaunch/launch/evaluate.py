@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import sys
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -23,8 +24,7 @@ from visionlaunch.runfolder import CONFIG, WEIGHTS, read_run_identity, weights_f
 from visionlaunch.trainers.data import prepare_data
 
 
-def _log(message: str) -> None:
-    print(message, file=sys.stderr)
+_log = partial(print, file=sys.stderr)
 
 
 # What `Trainer._save_weights` writes; a file without these keys was not written by visionlaunch.

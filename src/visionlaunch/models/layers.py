@@ -22,10 +22,8 @@ BNEps = Annotated[float, Gt(0.0)]
 
 class ImageClassifier(nn.Module):
     """Base of the registered models: ``classifier`` is the final nn.Linear, ``feature_dim`` its input size.
-
-    ``fixed_size`` says whether the model needs exactly in_shape's height and width (a flatten before the
-    head) or accepts any size with in_shape's channel count (global pooling).
-    """
+    ``fixed_size``: the model needs exactly in_shape's height and width (a flatten before the head), not only its
+    channel count (global pooling)."""
 
     classifier: nn.Linear
 

@@ -1,12 +1,9 @@
 """Models by name: builders register themselves, configs name them, arguments are checked before building.
 
-A builder is a function ``builder(in_shape, num_classes, *, arg=default, ...) -> nn.Module`` whose keyword
-arguments carry type annotations and defaults. The annotations are the single source of truth: they validate
-user arguments (through pydantic, so YAML lists become ``list[int]``) and they print in help and error text.
-
-Every builder and built model honours one contract, which the tests hold for every registered model: the builder
-starts with ``(in_shape, num_classes)`` and its other arguments are keyword-only, annotated and defaulted; the final
-linear layer is ``model.classifier`` (out_features == num_classes) and ``model.feature_dim`` is its in_features.
+A builder is ``builder(in_shape, num_classes, *, arg: type = default, ...) -> nn.Module``; the annotations validate
+user arguments (through pydantic, so YAML lists become ``list[int]``) and print in help and error text. The tests hold
+the contract for every registered model: that signature, ``model.classifier`` the final nn.Linear (num_classes
+outputs) and ``model.feature_dim`` its in_features.
 """
 
 from __future__ import annotations

@@ -78,11 +78,9 @@ class Bottleneck(nn.Module):
 
 
 class PreActBlock(nn.Module):
-    """Pre-activation block (He et al. 2016b): BN-ReLU-conv3x3 twice, nothing after the addition.
-
-    With ``dropout`` it is the wide-ResNet block (Zagoruyko & Komodakis 2016: dropout between the two convs).
-    When the shape changes, the 1x1 shortcut conv reads the pre-activated input, as in both papers' code.
-    """
+    """Pre-activation block (He et al. 2016b): BN-ReLU-conv3x3 twice, nothing after the addition; with ``dropout``
+    between the convs, the wide-ResNet block. A 1x1 shortcut conv reads the pre-activated input, as in both papers'
+    code."""
 
     expansion = 1
 

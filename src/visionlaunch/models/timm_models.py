@@ -33,14 +33,11 @@ def _all_architectures() -> tuple[str, ...]:
     return tuple(timm.list_models())
 
 
-def list_architectures(pattern: str | None = None) -> list[str]:
-    """timm's architectures matching a shell pattern (a plain word matches anywhere in the name), sorted."""
-    names = _all_architectures()
-    if not pattern:
-        return list(names)
+def list_architectures(pattern: str = "") -> list[str]:
+    """timm's architectures matching a shell pattern (a plain word matches anywhere in the name; "" matches all)."""
     if not any(ch in pattern for ch in "*?["):
         pattern = f"*{pattern}*"
-    return [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+    return [n for n in _all_architectures() if fnmatch.fnmatchcase(n, pattern)]
 
 
 def architecture(name: str) -> str:
