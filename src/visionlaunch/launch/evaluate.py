@@ -67,8 +67,8 @@ class RunModel:
     epoch: int | None                # the epoch the weights are from
 
 
-def load_run_model(run_dir: Path, which: str = "last") -> RunModel:
-    """A run folder's config and weights, and the model they make (eval mode, on the CPU), each checked."""
+def read_run(run_dir: Path, which: str) -> tuple[RunConfig, dict]:
+    """A run folder's config and weights file, each checked."""
     run_dir = Path(run_dir)
     config_path, weights_path = run_dir / CONFIG, weights_file(run_dir, which)
     if config_path.is_file() and not weights_path.is_file():
@@ -86,26 +86,35 @@ def load_run_model(run_dir: Path, which: str = "last") -> RunModel:
             raise VisionlaunchError(
                 f"{path} not found: {run_dir} is not a finished visionlaunch run folder{hint}. Pass the folder that "
                 "`visionlaunch train` printed (runs/<name>).")
-    cfg = load_config(config_path)
-    ckpt = read_weights_file(weights_path)
-    in_shape = tuple(int(d) for d in ckpt["in_shape"])
-    classes = [str(c) for c in ckpt["classes"]]
-    model = build_model(ckpt["model_name"], in_shape, len(classes), ckpt["model_args"])
+    return load_config(config_path), read_weights_file(weights_path)
+
+
+def _built(ckpt: dict, in_shape: tuple[int, int, int], num_classes: int, path: Path) -> nn.Module:
+    """The model of a weights file, its weights loaded."""
+    model = build_model(ckpt["model_name"], in_shape, num_classes, ckpt["model_args"])
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:  # missing, unexpected or differently shaped tensors
         raise VisionlaunchError(
-            f"the weights in {weights_path} do not fit model {ckpt['model_name']!r} "
-            f"({' '.join(str(exc).split())[:300]}); the file was edited or belongs to another run. Use the weights "
-            "written by `visionlaunch train` for this run folder.") from None
-    model.eval()
+            f"the weights in {path} do not fit model {ckpt['model_name']!r} ({' '.join(str(exc).split())[:300]}); "
+            "the file was edited or belongs to another run. Use the weights written by `visionlaunch train` for "
+            "this run folder.") from None
+    return model
+
+
+def load_run_model(run_dir: Path, which: str = "last") -> RunModel:
+    """A run folder's model (eval mode, on the CPU) and its preprocessing."""
+    cfg, ckpt = read_run(run_dir, which)
+    in_shape = tuple(int(d) for d in ckpt["in_shape"])
+    classes = [str(c) for c in ckpt["classes"]]
+    model = _built(ckpt, in_shape, len(classes), weights_file(run_dir, which)).eval()
     if "mean" in ckpt and "std" in ckpt:
         mean, std = tuple(ckpt["mean"]), tuple(ckpt["std"])
     else:  # weights written before the constants were stored with them: the run's own data gives them again
         data = prepare_data(cfg.data, log=_log, progress=False)
         mean, std = data.mean, data.std
-    return RunModel(run_dir, which, cfg, ckpt, model, classes, in_shape, tuple(mean), tuple(std), cfg.train.tta_flip,
-                    ckpt.get("epoch"))
+    return RunModel(Path(run_dir), which, cfg, ckpt, model, classes, in_shape, tuple(mean), tuple(std),
+                    cfg.train.tta_flip, ckpt.get("epoch"))
 
 
 def batch_logits(run: RunModel, images: torch.Tensor, device: torch.device, autocast) -> torch.Tensor:
@@ -123,36 +132,38 @@ def _rebuild(run_dir: Path, which: str):
     from visionlaunch.datasets.augment import BatchPipeline
     from visionlaunch.trainers.distributed import make_accelerator
 
-    run = load_run_model(run_dir, which)
-    identity = read_run_identity(run.run_dir)  # a damaged run.yaml is an error here too, not only for figures
-    cfg = run.cfg
+    cfg, ckpt = read_run(run_dir, which)
+    identity = read_run_identity(run_dir)
     accelerator = make_accelerator(cfg)
     data = prepare_data(cfg.data, log=_log)
-    _check_same_task(run, data)
+    path = weights_file(run_dir, which)
+    _check_same_task(path, ckpt, data)  # before building: the weights of another task do not fit this data's model
+    model = _built(ckpt, data.in_shape, len(data.classes), path)
     # As the trainer evaluated it: the same memory layout, input dtype and mixed-precision forward (autocast,
     # logits cast to float32 before TTA averages them), so that a GPU run's accuracy is reproduced exactly.
-    model = run.model.to(memory_format=torch.channels_last) if cfg.train.channels_last else run.model
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     model = accelerator.prepare_model(model, evaluation_mode=True)
     half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.precision, torch.float32)
     pipeline = BatchPipeline(cfg.augment, data.mean, data.std, accelerator.device, seed=cfg.train.seed,
                              channels_last=cfg.train.channels_last,
                              dtype=half if cfg.data.half_inputs else torch.float32)
-    return run, identity, accelerator, data, model, pipeline
+    return cfg, ckpt, identity, accelerator, data, model, pipeline
 
 
-def _check_same_task(run: RunModel, data) -> None:
+def _check_same_task(path: Path, ckpt: dict, data) -> None:
     """Weights trained for other classes or another image shape cannot be evaluated on this data: say so instead
     of PyTorch's size-mismatch dump (e.g. a run folder whose config.yaml was edited, or data that changed)."""
-    path, classes = weights_file(run.run_dir, run.which), run.classes
+    classes, shape = [str(c) for c in ckpt["classes"]], tuple(ckpt["in_shape"])
     if classes != list(data.classes):
         raise VisionlaunchError(
             f"{path} was trained for {len(classes)} classes ({', '.join(classes[:5])}"
             f"{', ...' if len(classes) > 5 else ''}) but the data of this run folder's config.yaml has "
             f"{len(data.classes)} ({', '.join(data.classes[:5])}{', ...' if len(data.classes) > 5 else ''}). "
             "Evaluate it on the dataset it was trained on (data.name/data.path in config.yaml).")
-    if run.in_shape != tuple(data.in_shape):
+    if shape != tuple(data.in_shape):
         raise VisionlaunchError(
-            f"{path} was trained on images of shape {run.in_shape} but the data of this run folder's config.yaml "
+            f"{path} was trained on images of shape {shape} but the data of this run folder's config.yaml "
             f"has shape {tuple(data.in_shape)}. Evaluate it on the dataset it was trained on.")
 
 
@@ -161,8 +172,7 @@ def evaluate_run(run_dir: Path, which: str = "last") -> int:
     from visionlaunch.trainers.losses import CrossEntropyLoss
     from visionlaunch.trainers.evaluation import evaluate
 
-    run, _, accelerator, data, model, pipeline = _rebuild(run_dir, which)
-    cfg, ckpt = run.cfg, run.ckpt
+    cfg, ckpt, _, accelerator, data, model, pipeline = _rebuild(run_dir, which)
     # Evaluation has no augmentation, so the tensor backend reads the same test samples as ffcv would, without
     # needing the run's .beton files or a numba compile.
     kind = "tensor" if cfg.data.loader == "ffcv" else cfg.data.loader
@@ -188,11 +198,11 @@ def _measured(result: dict) -> str:
 def redraw_figures(run_dir: Path) -> list[Path]:
     from visionlaunch.reports.artefacts import make_figures
 
-    run, identity, accelerator, data, model, pipeline = _rebuild(run_dir, "last")
+    cfg, _, identity, accelerator, data, model, pipeline = _rebuild(run_dir, "last")
     # run.yaml may be missing (a copied or partial folder): stamp with what is known, and today's date.
-    identity = {"ident": run.cfg.resolved_ident(), "date": dt.date.today().isoformat(), "name": run.run_dir.name,
+    identity = {"ident": cfg.resolved_ident(), "date": dt.date.today().isoformat(), "name": Path(run_dir).name,
                 **identity}
-    return make_figures(run.run_dir, model, data, pipeline, run.cfg, identity, accelerator)
+    return make_figures(Path(run_dir), model, data, pipeline, cfg, identity, accelerator)
 
 
 # ------------------------------------------------------------------------------------ another split or dataset
