@@ -22,25 +22,18 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def model_summary(model: nn.Module, in_shape: tuple[int, int, int], device: str | torch.device = "cpu") -> str:
+def model_summary(model: nn.Module, in_shape: tuple[int, int, int]) -> str:
     """torchinfo's table for a batch of 2 zeros (torch.rand would shift the global random stream) run in eval mode,
-    leaving the model as it was: torchinfo only restores the top-level train flag and moves the model to ``device``."""
+    leaving the model as it was: torchinfo only restores the top-level train flag and moves the model to the CPU."""
     modes = {module: module.training for module in model.modules()}
     first = next(model.parameters(), None)
     home = first.device if first is not None else None
     dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
     depth = max((name.count(".") + 1 for name, _ in model.named_modules() if name), default=1)
     try:
-        stats = torchinfo.summary(
-            model,
-            input_data=torch.zeros((2, *in_shape), dtype=dtype, device=device),
-            device=device,
-            depth=depth,
-            col_names=("output_size", "num_params"),
-            row_settings=("var_names",),
-            mode="eval",
-            verbose=0,
-        )
+        stats = torchinfo.summary(model, input_data=torch.zeros((2, *in_shape), dtype=dtype), device="cpu", depth=depth,
+                                  col_names=("output_size", "num_params"), row_settings=("var_names",), mode="eval",
+                                  verbose=0)
     except RuntimeError as err:
         # torchinfo wraps every failure; a user error from the model (wrong in_shape) should stay one.
         if isinstance(err.__cause__, VisionlaunchError):

@@ -83,10 +83,8 @@ def init_weights(model: nn.Module) -> None:
             continue
         if getattr(module, "bias", None) is not None:
             nn.init.zeros_(module.bias)
-    classifier = getattr(model, "classifier", None)
-    if isinstance(classifier, nn.Linear):
-        # No ReLU follows the logits, so the ReLU gain of sqrt(2) would only inflate the initial loss.
-        nn.init.kaiming_normal_(classifier.weight, mode="fan_in", nonlinearity="linear")
+    # No ReLU follows the logits, so the ReLU gain of sqrt(2) would only inflate the initial loss.
+    nn.init.kaiming_normal_(model.classifier.weight, mode="fan_in", nonlinearity="linear")
 
 
 def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
