@@ -6,6 +6,8 @@ $VL_TEST_FAULT is comma-separated key=value pairs:
   action=kill_in_checkpoint,save=K             SIGKILL right after Accelerate wrote the K-th checkpoint's model and
                                                optimizer files, before the rest (a torn checkpoint folder)
   sleep=S                                      (with any action, or alone) sleep S seconds per training micro-batch
+  teardown_sleep=S                             (with any action) sleep S seconds before destroying the process
+                                               group: a slow teardown, as after a peer's death
 The numerics are untouched: a run with a fault that does not fire equals a plain run.
 """
 
@@ -53,6 +55,16 @@ def _install(spec: dict) -> None:
             return out
 
         Accelerator.save_state = dying_save_state
+
+    if "teardown_sleep" in spec:
+        from accelerate.state import PartialState
+        destroy = PartialState.destroy_process_group
+
+        def slow_destroy(self, *args, **kwargs):
+            time.sleep(float(spec["teardown_sleep"]))
+            return destroy(self, *args, **kwargs)
+
+        PartialState.destroy_process_group = slow_destroy
 
 
 if __name__ == "__main__":

@@ -115,7 +115,7 @@ def file_size_limit_after(saves: int, limit: int = 20_000) -> Callable[[Path, py
     """From the `saves`-th checkpoint on, no file may grow past `limit` bytes (as on a full disk; SIGXFSZ ignored so
     that the write fails with EFBIG instead of killing the process). The test restores the limit."""
     def setup(d: Path, mp: pytest.MonkeyPatch) -> None:
-        save, calls = checkpoint.CheckpointWriter.save, [0]
+        save, calls = checkpoint.Checkpoints.save, [0]
 
         def limited_save(self, *args, **kwargs):
             out = save(self, *args, **kwargs)
@@ -123,7 +123,7 @@ def file_size_limit_after(saves: int, limit: int = 20_000) -> Callable[[Path, py
             if calls[0] == saves:
                 resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
             return out
-        mp.setattr(checkpoint.CheckpointWriter, "save", limited_save)
+        mp.setattr(checkpoint.Checkpoints, "save", limited_save)
     return setup
 
 

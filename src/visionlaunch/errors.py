@@ -6,6 +6,7 @@ keeps its traceback. Imports nothing heavy: the command line uses it before torc
 from __future__ import annotations
 
 import errno
+import sys
 
 EXIT_BAD_INPUT = 2
 
@@ -15,6 +16,15 @@ class VisionlaunchError(Exception):
     command line prints it without a traceback and exits with status 2."""
 
     exit_code = EXIT_BAD_INPUT
+
+
+def report(exc: VisionlaunchError) -> int:
+    """Print the error's paragraph on stderr, once however often it is reported (a survivor of a lost peer says it
+    before its teardown, the command line again after it), and return its exit status."""
+    if not getattr(exc, "reported", False):
+        print(f"visionlaunch: error: {exc}", file=sys.stderr, flush=True)
+        exc.reported = True
+    return exc.exit_code
 
 
 # What to do about an OSError, by errno. A write that fails never leaves a half-written file behind (every file

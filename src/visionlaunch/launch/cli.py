@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from visionlaunch.config import describe_keys, load_config  # pydantic and YAML, no torch: config errors come first
-from visionlaunch.errors import EXIT_BAD_INPUT, VisionlaunchError, describe_environment_error
+from visionlaunch.errors import EXIT_BAD_INPUT, VisionlaunchError, describe_environment_error, report
 from visionlaunch.slurm.render import SlurmOptions, add_slurm_arguments
 from visionlaunch.trainers.preemption import Preempted
 
@@ -366,8 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args, ["visionlaunch", *argv])
     except VisionlaunchError as exc:
-        print(f"visionlaunch: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return report(exc)
     except Preempted as exc:  # a checkpoint is written: a scheduler may requeue on this exit status
         print(f"visionlaunch: {exc}", file=sys.stderr)
         return exc.exit_code

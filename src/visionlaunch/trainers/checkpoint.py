@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import load as accelerate_load
 
 from visionlaunch import __version__
 from visionlaunch.atomic import as_os_error, atomic_torch_save, atomic_write_text, is_write_failure
@@ -37,6 +38,8 @@ FORMAT = 1
 # What a resumed run needs from visionlaunch.json (results and early_stop default to empty).
 META_KEYS = ("step", "epoch", "step_in_epoch", "best", "ema_best", "elapsed", "skipped_steps", "metrics_bytes",
              "world_size", "config")
+TRY_ANOTHER = ("Resume from another checkpoint (train.resume=<folder>) or delete this one so that train.resume=auto "
+               "picks the previous one.")
 
 
 @dataclass
@@ -110,31 +113,24 @@ class TrainState:
         return final
 
 
-
 def rank_state_name(rank: int) -> str:
     return f"rank_state_{rank}.pt"
-
-
 
 
 def read_meta(path: Path) -> dict:
     try:
         meta = json.loads((Path(path) / META).read_text())
     except (OSError, ValueError) as exc:
-        raise VisionlaunchError(
-            f"the checkpoint {path} is incomplete or corrupt: {META} cannot be read ({exc}). Resume from another "
-            f"checkpoint (train.resume=<folder>) or delete this folder so that train.resume=auto picks the previous "
-            "one.") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise VisionlaunchError(f"{path} is not a visionlaunch checkpoint of format {FORMAT}. Resume from a "
-                                "checkpoint written by this version, or start the run again.")
-    missing = [key for key in META_KEYS if key not in meta]
-    if missing:
-        raise VisionlaunchError(
-            f"the checkpoint {path} is incomplete or corrupt: its {META} lacks {', '.join(missing)}. Resume from "
-            "another checkpoint (train.resume=<folder>) or delete this folder so that train.resume=auto picks the "
-            "previous one.")
-    return meta
+        problem = f"{META} cannot be read ({exc})"
+    else:
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise VisionlaunchError(f"{path} is not a visionlaunch checkpoint of format {FORMAT}. Resume from a "
+                                    "checkpoint written by this version, or start the run again.")
+        missing = [key for key in META_KEYS if key not in meta]
+        if not missing:
+            return meta
+        problem = f"its {META} lacks {', '.join(missing)}"
+    raise VisionlaunchError(f"the checkpoint {path} is incomplete or corrupt: {problem}. {TRY_ANOTHER}")
 
 
 def _damage(path: Path) -> str | None:
@@ -170,15 +166,11 @@ def validate(path: Path, meta: dict, cfg_dump: dict, world: int, fp16: bool) -> 
             f"the checkpoint {path} was written by {meta.get('world_size')} processes and this run has {world}. An "
             f"exact resumption (each rank's random state and data shard) needs the same count: launch "
             f"{meta.get('world_size')} processes.")
-    needed = [META, TRAINER_STATE, "optimizer.bin"]
-    needed += [f"random_states_{r}.pkl" for r in range(world)] + [rank_state_name(r) for r in range(world)]
-    if fp16:
-        needed.append("scaler.pt")
+    needed = [TRAINER_STATE, "optimizer.bin", *(f"random_states_{r}.pkl" for r in range(world)),
+              *(rank_state_name(r) for r in range(world)), *(["scaler.pt"] if fp16 else [])]
     missing = _missing(path, needed)
     if missing:
-        raise VisionlaunchError(
-            f"the checkpoint {path} is partial: {', '.join(missing)} missing. Resume from another checkpoint "
-            "(train.resume=<folder>) or delete this one so that train.resume=auto picks the previous one.")
+        raise VisionlaunchError(f"the checkpoint {path} is partial: {', '.join(missing)} missing. {TRY_ANOTHER}")
 
 
 @dataclass
@@ -228,15 +220,18 @@ def plan_resume(resume: str, default_run_path: Path) -> ResumePlan:
     return ResumePlan(path.parent.parent, path, read_meta(path))
 
 
-class CheckpointWriter:
-    """Saves checkpoints of the run configured by `cfg` into `root` (every rank calls `save` at the same step),
-    keeping the newest train.keep_checkpoints."""
+class Checkpoints:
+    """The checkpoints of the run configured by `cfg`, in `root`, and the objects whose state they hold beside
+    Accelerate's: `save` writes one (every rank at the same step) and keeps the newest train.keep_checkpoints,
+    `restore` loads one."""
 
-    def __init__(self, accelerator: Accelerator, root: Path, cfg):
-        self.accelerator, self.root, self.cfg, self.keep = accelerator, Path(root), cfg, cfg.train.keep_checkpoints
+    def __init__(self, accelerator: Accelerator, root: Path, cfg, scheduler, ema, pipeline):
+        self.accelerator, self.root, self.cfg = accelerator, Path(root), cfg
+        self.scheduler, self.ema, self.pipeline = scheduler, ema, pipeline
 
-    def save(self, state: TrainState, trainer_state: dict, rank_state: dict, metrics_bytes: int) -> Path:
-        """`metrics_bytes`: the length of metrics.jsonl at this state (a resumed run drops what follows)."""
+    def save(self, state: TrainState, totals: torch.Tensor, epoch_seconds: float, metrics_bytes: int) -> Path:
+        """`totals`, `epoch_seconds`: this rank's running sums and seconds of the epoch so far; `metrics_bytes`: the
+        length of metrics.jsonl at this state (a resumed run drops what follows)."""
         acc, cfg = self.accelerator, self.cfg
         meta = {"finished": state.epoch == cfg.train.epochs or state.early_stop.stopped,
                 "metrics_bytes": metrics_bytes, "world_size": acc.num_processes, "model": cfg.model.name,
@@ -250,9 +245,11 @@ class CheckpointWriter:
         acc.wait_for_everyone()
         try:
             acc.save_state(str(tmp))  # model, optimizer, scaler (main) and random_states_<rank>.pkl (every rank)
-            torch.save(rank_state, tmp / rank_state_name(acc.process_index))
+            torch.save({"pipeline": self.pipeline.state_dict(), "totals": totals.detach().cpu(),
+                        "epoch_seconds": float(epoch_seconds)}, tmp / rank_state_name(acc.process_index))
             if acc.is_main_process:
-                torch.save(trainer_state, tmp / TRAINER_STATE)
+                torch.save({"scheduler": self.scheduler.state_dict(),
+                            "ema": self.ema.state_dict() if self.ema is not None else None}, tmp / TRAINER_STATE)
         except Exception as exc:
             if not is_write_failure(exc):
                 raise
@@ -270,6 +267,27 @@ class CheckpointWriter:
         acc.wait_for_everyone()
         return final
 
+    def restore(self, path: Path) -> dict:
+        """Load checkpoint `path` into the prepared objects on every rank; return this rank's state (the epoch's
+        running totals and seconds). A rank that cannot load it stops them all, with its message on that rank."""
+        acc, rank, error = self.accelerator, self.accelerator.process_index, None
+        try:
+            # Accelerate ignores an unreadable RNG file in silence; read it first so that corruption is reported.
+            accelerate_load(path / f"random_states_{rank}.pkl")
+            acc.load_state(str(path))
+            trainer_state = torch.load(path / TRAINER_STATE, map_location="cpu", weights_only=True)
+            rank_state = torch.load(path / rank_state_name(rank), map_location="cpu", weights_only=True)
+            self.scheduler.load_state_dict(trainer_state["scheduler"])
+            if self.ema is not None:
+                self.ema.load_state_dict(trainer_state["ema"])
+            self.pipeline.load_state_dict(rank_state["pipeline"])
+        except Exception as exc:
+            error = (f"cannot load the checkpoint {path}: {describe_load_failure(exc)}. The folder is corrupt or was "
+                     f"written by another model. {TRY_ANOTHER}")
+        if any_rank(acc, error is not None):
+            raise VisionlaunchError(error or f"another process could not load the checkpoint {path}; see its message.")
+        return rank_state
+
     def _write_failed(self, final: Path, exc: OSError) -> VisionlaunchError:
         kept = complete_checkpoints(self.root)
         return VisionlaunchError(
@@ -280,17 +298,15 @@ class CheckpointWriter:
 
     @staticmethod
     def _publish(tmp: Path, final: Path) -> None:
+        old = final.with_name(f".old-{final.name}")
         if final.exists():  # the same step saved twice (a preemption at an epoch's last step): replace it
-            old = final.with_name(f".old-{final.name}")
             shutil.rmtree(old, ignore_errors=True)
             final.rename(old)
-            tmp.rename(final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(final)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
 
     def _prune(self) -> None:
-        for old in complete_checkpoints(self.root)[:-self.keep]:
+        for old in complete_checkpoints(self.root)[:-self.cfg.train.keep_checkpoints]:
             shutil.rmtree(old, ignore_errors=True)
         for torn in self.root.glob(TORN_CHECKPOINTS):
             shutil.rmtree(torn, ignore_errors=True)
@@ -319,39 +335,3 @@ def what_was_saved(run_path: Path) -> str:
         return "Nothing was saved before it happened (no epoch finished, no checkpoint written)."
     text = " and ".join(kept)
     return text[0].upper() + text[1:] + "."
-
-
-def restore(accelerator: Accelerator, path: Path, scheduler, ema, pipeline) -> dict:
-    """Load a checkpoint into the prepared objects on every rank; return this rank's state. A rank that cannot
-    load it stops them all, with its message on that rank."""
-    error, rank_state = None, None
-    try:
-        trainer_state, rank_state = load(accelerator, path)
-        scheduler.load_state_dict(trainer_state["scheduler"])
-        if ema is not None:
-            ema.load_state_dict(trainer_state["ema"])
-        pipeline.load_state_dict(rank_state["pipeline"])
-    except (VisionlaunchError, KeyError, ValueError, RuntimeError) as exc:
-        error = str(exc) if isinstance(exc, VisionlaunchError) else f"cannot load the checkpoint {path}: {exc}"
-    if any_rank(accelerator, error is not None):
-        raise VisionlaunchError(error or f"another process could not load the checkpoint {path}; see its message.")
-    return rank_state
-
-
-def load(accelerator: Accelerator, path: Path) -> tuple[dict, dict]:
-    """Load model, optimizer, scaler and this rank's RNG states into the prepared objects; return the trainer
-    state and this rank's state. Unreadable files become a VisionlaunchError (on the rank that read them)."""
-    rank = accelerator.process_index
-    try:
-        from accelerate.utils import load as accelerate_load
-        # Accelerate ignores an unreadable RNG file in silence; read it first so that corruption is reported.
-        accelerate_load(Path(path) / f"random_states_{rank}.pkl")
-        accelerator.load_state(str(path))
-        trainer_state = torch.load(Path(path) / TRAINER_STATE, map_location="cpu", weights_only=True)
-        rank_state = torch.load(Path(path) / rank_state_name(rank), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise VisionlaunchError(
-            f"cannot load the checkpoint {path}: {describe_load_failure(exc)}. The folder is corrupt or "
-            "was written by another model: resume from another checkpoint (train.resume=<folder>) or delete this "
-            "one so that train.resume=auto picks the previous one.") from None
-    return trainer_state, rank_state

@@ -11,7 +11,7 @@ from visionlaunch.datasets.mixed_size import center_crop
 from visionlaunch.datasets import (DatasetNotFound, ImageSet, default_cache_dir, load_dataset, normalization_stats,
                                    resolve_data_root, train_val_split)
 from visionlaunch.datasets.cifar import unofficial_note
-from visionlaunch.datasets.loaders import TensorLoader, TorchLoader, epoch_steps
+from visionlaunch.datasets.loaders import TensorLoader, TorchLoader
 from visionlaunch.datasets.split import class_coverage_warning, stratified_subset
 
 
@@ -84,13 +84,6 @@ def prepare_data(cfg: DataConfig, log=print, progress: bool = True) -> DataBundl
                       val_size=val_size)
 
 
-def train_steps_per_epoch(n: int, micro_batch: int, grad_accum: int, world: int, limit: int | None) -> int:
-    """Optimizer steps in a training epoch of `n` samples: whole ones only (each takes `grad_accum` micro-batches
-    of `micro_batch` per rank), at most `limit` (train.max_steps_per_epoch)."""
-    steps = epoch_steps(n, micro_batch, train=True, world=world) // grad_accum
-    return min(steps, limit) if limit else steps
-
-
 def make_loader(kind: str, images, labels, batch_size: int, *, beton=None, verify_beton: bool = True, augment=None,
                 channels_last: bool = False, **kwargs):
     """A loader backend by name, over uint8 images and int64 labels. `max_steps` is the epoch's step budget.
@@ -106,14 +99,9 @@ def make_loader(kind: str, images, labels, batch_size: int, *, beton=None, verif
         return TorchLoader(images, labels, batch_size, **kwargs)
     if kind == "ffcv":
         from visionlaunch.ffcv_builders.loader import FfcvLoader
-        if beton is None:
-            raise ValueError("the ffcv loader needs the split's .beton file (beton=...)")
         aug = {} if augment is None else dict(crop_padding=augment.crop_padding, flip=augment.flip,
                                                cutout=augment.cutout)
         if not kwargs.get("train"):
             kwargs.pop("resized_crop", None)
-        loader = FfcvLoader(beton, batch_size, channels_last=channels_last, verify=verify_beton, **aug, **kwargs)
-        if loader.num_samples != len(labels):
-            raise ValueError(f"{beton} holds {loader.num_samples} samples, the split {len(labels)}")
-        return loader
+        return FfcvLoader(beton, batch_size, channels_last=channels_last, verify=verify_beton, **aug, **kwargs)
     raise ValueError(f"unknown loader {kind!r}")

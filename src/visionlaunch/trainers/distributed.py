@@ -2,24 +2,22 @@
 trainer relies on (the launch really started the processes it asked for; every rank takes the same decision, stop,
 raise, which checkpoint, at the same step) and what a survivor says when a peer is lost.
 
-`train.deterministic=true`: the same seed gives the same numbers on every run on the same machine. PyTorch then
-uses deterministic algorithms only (an operation without one stops with an error naming it), cuDNN picks
-deterministic convolution algorithms and does not benchmark them, and cuBLAS gets the fixed workspace it needs for
-reproducible results (CUBLAS_WORKSPACE_CONFIG, read when CUDA first initialises cuBLAS, so set before any CUDA
-work). The CPU kernels this project uses are deterministic already; on GPUs the cost is slower convolutions.
+`train.deterministic=true`: the same seed gives the same numbers on every run on the same machine: deterministic
+algorithms only (an operation without one stops with an error naming it), no cuDNN benchmarking, and cuBLAS's fixed
+workspace (CUBLAS_WORKSPACE_CONFIG, read when CUDA first initialises cuBLAS). The CPU kernels this project uses are
+deterministic already; on GPUs the cost is slower convolutions.
 
-When a process of a running group dies (crash, kill, out of memory) or hangs, the others learn it from the
-transport: their next collective fails at once (connection reset) or after train.dist_timeout_s (a hung peer).
-`peer_lost` turns that error into one message on each survivor instead of a page of backend traceback.
+When a process of a running group dies or hangs, the others' next collective fails at once (connection reset) or
+after train.dist_timeout_s (a hung peer); each survivor then says so in one message instead of a backend traceback.
 
-Launching wrongly is silent in Accelerate: `accelerate launch --multi_gpu` or `torchrun` on a
-machine without GPUs starts N unsynchronised single-process copies, and `accelerate launch --cpu --num_processes
-N` starts ONE process. Both train "successfully" and produce N different (or 1 instead of N) models, so the
-trainer refuses to start and names the command that works.
+Launching wrongly is silent in Accelerate: `accelerate launch --multi_gpu` or `torchrun` on a machine without GPUs
+starts N unsynchronised single-process copies, and `accelerate launch --cpu --num_processes N` starts ONE process.
+Both would train "successfully", so the trainer refuses to start and names the command that works.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from datetime import timedelta
 
@@ -29,7 +27,7 @@ from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import InitProcessGroupKwargs
 
 from visionlaunch.config import RunConfig
-from visionlaunch.errors import VisionlaunchError
+from visionlaunch.errors import VisionlaunchError, report
 
 CPU_RECIPE = "ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes {n} train.py --config ..."
 TORCHRUN_CPU_RECIPE = "ACCELERATE_USE_CPU=1 torchrun --nproc_per_node {n} train.py --config ..."
@@ -77,13 +75,6 @@ def start_processes(cfg: RunConfig) -> Accelerator:
     return acc
 
 
-def _env_int(name: str) -> int | None:
-    try:
-        return int(os.environ[name])
-    except (KeyError, ValueError):
-        return None
-
-
 def _launch_args_of(cmdline: list[str]) -> list[str] | None:
     """The arguments given to `accelerate launch` in a command line, or None when it is not that command."""
     for i, word in enumerate(cmdline[:3]):  # [python] accelerate launch ... | python -m accelerate.commands.launch
@@ -126,7 +117,7 @@ def processes_requested_by_launcher(parent_cmdline: list[str] | None = None) -> 
 def check_world_size(accelerator: Accelerator, parent_cmdline: list[str] | None = None) -> None:
     """Stop when the process group is not the one the launcher meant to start (see the module docstring)."""
     actual = accelerator.num_processes
-    env_world = _env_int("WORLD_SIZE")
+    env_world = int(os.environ["WORLD_SIZE"]) if os.environ.get("WORLD_SIZE", "").isdigit() else None
     if env_world is not None and env_world != actual:
         cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
         raise VisionlaunchError(
@@ -157,8 +148,6 @@ def any_rank(accelerator: Accelerator, flag: bool) -> bool:
 
 def mean_over_ranks(accelerator: Accelerator, value: torch.Tensor) -> torch.Tensor:
     """The mean of a scalar tensor over ranks (each rank's value weighs the same: equal per-rank batches)."""
-    if accelerator.num_processes == 1:
-        return value.detach().float()
     return accelerator.reduce(value.detach().float().reshape(1), reduction="mean")[0]
 
 
@@ -203,3 +192,18 @@ def peer_lost(exc: BaseException, world: int, timeout_s: int) -> PeerLost | None
         "in the job log): a crash, a kill, running out of memory, or a hang longer than train.dist_timeout_s="
         f"{timeout_s}. Fix that, then rerun the same command with train.resume=auto to continue from the newest "
         "complete checkpoint.")
+
+
+@contextlib.contextmanager
+def peer_loss_reported(timeout_s: int):
+    """Inside: a collective that fails because a peer is gone raises PeerLost, its message printed at once. The
+    launcher sends SIGTERM to the survivors soon after a peer dies, and destroying a process group with a dead
+    member can take seconds: said after the teardown, the message could be lost with the process."""
+    try:
+        yield
+    except Exception as exc:
+        lost = peer_lost(exc, int(os.environ.get("WORLD_SIZE", "1")), timeout_s)
+        if lost is None:
+            raise
+        report(lost)
+        raise lost from None

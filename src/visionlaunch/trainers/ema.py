@@ -18,9 +18,7 @@ class ModelEMA:
         self.state = {k: v.detach().clone().float() if v.is_floating_point() else v.detach().clone()
                       for k, v in model.state_dict().items()}
         # An evaluation copy with the same architecture; it gets the averaged weights before each evaluation.
-        self._shadow = copy.deepcopy(model).eval()
-        for p in self._shadow.parameters():
-            p.requires_grad_(False)
+        self._shadow = copy.deepcopy(model).eval().requires_grad_(False)
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:

@@ -14,9 +14,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
-
-
 def stable_log_softmax(x: Tensor) -> Tensor:
     """log softmax over dim 1, stable for huge or infinite logits (max subtraction before exp)."""
     # The max is a constant shift: it cancels in the result, so no gradient needs to flow through it.
@@ -29,7 +26,7 @@ def stable_log_softmax(x: Tensor) -> Tensor:
 
 def cross_entropy(logits: Tensor, targets: Tensor, label_smoothing: float = 0.0) -> Tensor:
     """Mean cross-entropy of ``logits`` (N, C) against class indices ``targets`` (N,) or class probabilities (N, C)."""
-    x = logits.float() if logits.dtype in _LOW_PRECISION else logits
+    x = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
     log_probs = stable_log_softmax(x)
     if targets.is_floating_point() and targets.dim() == 2:
         # The logits' precision is enough: the targets only weight log-probabilities that are already float32.

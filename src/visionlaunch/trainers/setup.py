@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import platform
+import secrets
 import shlex
 import subprocess
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from visionlaunch import runfolder as rf
 from visionlaunch.atomic import atomic_write_text
 from visionlaunch.config import RunConfig
 from visionlaunch.datasets.augment import BatchPipeline
+from visionlaunch.datasets.loaders import epoch_steps
 from visionlaunch.datasets.resized_crop import ResizedCrop
 from visionlaunch.errors import VisionlaunchError
 from visionlaunch.ffcv_builders import require_ffcv
@@ -28,10 +30,9 @@ from visionlaunch.models import build_model
 from visionlaunch.models.inspection import count_parameters, layer_names
 from visionlaunch.models.weights import load_weights
 from visionlaunch.trainers import checkpoint as ckpt
-from visionlaunch.trainers.data import DataBundle, make_loader, prepare_data, train_steps_per_epoch
+from visionlaunch.trainers.data import DataBundle, make_loader, prepare_data
 from visionlaunch.trainers.distributed import broadcast_from_main
 from visionlaunch.trainers.runlock import RunLock
-from visionlaunch.trainers.trackers import new_run_id
 
 
 @dataclass
@@ -53,7 +54,10 @@ def decide_for_every_rank(cfg: RunConfig, preset: str | None, data: DataBundle |
         try:
             if cfg.data.loader == "ffcv":  # before anything is read or written: the message says how to install it
                 require_ffcv()
-            plan, replace, lock = plan_start(cfg, preset, log)
+            run_path = Path(cfg.output.dir).expanduser() / (cfg.output.name or rf.default_run_name(preset))
+            # Held until the run ends: no other process may train into the folder, resume from it or replace it.
+            lock = RunLock(ckpt.plan_resume(cfg.train.resume, run_path).run_path).acquire(log=log)
+            plan, replace = plan_start(cfg, run_path, log)
             data, used = read_data(cfg, data, log, cfg.train.progress)
             if plan.checkpoint is not None:
                 ckpt.validate(plan.checkpoint, plan.meta, used.model_dump(mode="json"), accelerator.num_processes,
@@ -64,16 +68,14 @@ def decide_for_every_rank(cfg: RunConfig, preset: str | None, data: DataBundle |
                 betons = ensure_betons({"train": data.train, "val": data.val, "test": data.test}, data.name,
                                        cfg.data, log=log, progress=cfg.train.progress)
             outcome = ("ok", SharedDecisions(plan, replace, betons))
-        except VisionlaunchError as exc:
-            outcome = ("error", str(exc))
-        except BaseException:
+        except BaseException as exc:
             if lock is not None:
                 lock.release()
-            raise
+            if not isinstance(exc, VisionlaunchError):
+                raise
+            outcome = ("error", str(exc))
     outcome = broadcast_from_main(accelerator, outcome)
     if outcome[0] == "error":
-        if lock is not None:
-            lock.release()
         raise VisionlaunchError(outcome[1])
     if not accelerator.is_main_process:
         data, used = read_data(cfg, data, log, False)
@@ -96,27 +98,20 @@ def read_data(cfg: RunConfig, data: DataBundle | None, log, progress: bool) -> t
 UNFINISHED = (rf.FolderState.EMPTY, rf.FolderState.JOB_ONLY, rf.FolderState.STARTED, rf.FolderState.PREEMPTED)
 
 
-def plan_start(cfg: RunConfig, preset: str | None, log) -> tuple[ckpt.ResumePlan, bool, RunLock]:
-    """Main process: lock the run folder, then decide where training starts. Returns the plan, whether an existing
-    folder is to be replaced (output.overwrite, or restarting an unfinished run) and the lock, held until the run
-    ends: no other process may train into the folder, resume from it or replace it meanwhile."""
-    run_path = Path(cfg.output.dir).expanduser() / (cfg.output.name or rf.default_run_name(preset))
-    lock = RunLock(ckpt.plan_resume(cfg.train.resume, run_path).run_path).acquire(log=log)
-    try:
-        plan = ckpt.plan_resume(cfg.train.resume, run_path)  # again: the folder may have changed meanwhile
-        if plan.note:
-            log(plan.note)
-        if plan.checkpoint is not None:
-            return plan, False, lock
-        state = rf.folder_state(run_path)
-        restart = cfg.train.resume == "auto" and state in UNFINISHED
-        if restart and state is not rf.FolderState.JOB_ONLY:
-            log(f"no complete checkpoint in {run_path}: starting that run again")
-        rf.check_output_dir(run_path.parent, run_path.name, cfg.output.overwrite or restart)
-        return plan, cfg.output.overwrite or restart, lock
-    except BaseException:
-        lock.release()
-        raise
+def plan_start(cfg: RunConfig, run_path: Path, log) -> tuple[ckpt.ResumePlan, bool]:
+    """Main process, the run folder locked: where training starts, and whether an existing folder is to be replaced
+    (output.overwrite, or restarting an unfinished run)."""
+    plan = ckpt.plan_resume(cfg.train.resume, run_path)  # again, under the lock: the folder may have changed meanwhile
+    if plan.note:
+        log(plan.note)
+    if plan.checkpoint is not None:
+        return plan, False
+    state = rf.folder_state(run_path)
+    restart = cfg.train.resume == "auto" and state in UNFINISHED
+    if restart and state is not rf.FolderState.JOB_ONLY:
+        log(f"no complete checkpoint in {run_path}: starting that run again")
+    rf.check_output_dir(run_path.parent, run_path.name, cfg.output.overwrite or restart)
+    return plan, cfg.output.overwrite or restart
 
 
 def model_for(cfg: RunConfig, data: DataBundle, accelerator) -> torch.nn.Module:
@@ -134,23 +129,18 @@ def model_for(cfg: RunConfig, data: DataBundle, accelerator) -> torch.nn.Module:
     return model
 
 
-@dataclass
-class Loaders:
-    train: object
-    evals: dict  # split name -> loader, for val and test when they hold images
-    steps_per_epoch: int  # optimizer steps
-    pipeline: BatchPipeline
-
-
 def loaders_for(cfg: RunConfig, data: DataBundle, accelerator, micro_batch: int, betons: dict,
-                verify_beton: bool) -> Loaders:
+                verify_beton: bool) -> tuple[object, dict, int, BatchPipeline]:
+    """The training loader, the evaluation loaders (split name -> loader, for val and test when they hold images),
+    the optimizer steps of an epoch and the batch pipeline."""
     acc = accelerator
     common = dict(seed=cfg.train.seed, device=acc.device, rank=acc.process_index, world=acc.num_processes,
                   num_workers=cfg.data.num_workers, channels_last=cfg.train.channels_last, verify_beton=verify_beton)
     crop = ResizedCrop(cfg.data.image_size, tuple(cfg.augment.crop_scale)) if cfg.data.image_size else None
-    # An epoch is a whole number of optimizer steps; max_steps_per_epoch counts optimizer steps.
-    steps = train_steps_per_epoch(len(data.train), micro_batch, cfg.train.grad_accum, acc.num_processes,
-                                  cfg.train.max_steps_per_epoch)
+    # An epoch is a whole number of optimizer steps (each of grad_accum micro-batches per rank);
+    # max_steps_per_epoch counts optimizer steps.
+    steps = epoch_steps(len(data.train), micro_batch, train=True, world=acc.num_processes) // cfg.train.grad_accum
+    steps = min(steps, cfg.train.max_steps_per_epoch or steps)
     if steps == 0:
         raise VisionlaunchError(
             f"no training step fits in an epoch: {len(data.train)} training images cannot fill one batch "
@@ -167,7 +157,7 @@ def loaders_for(cfg: RunConfig, data: DataBundle, accelerator, micro_batch: int,
                              channels_last=cfg.train.channels_last,
                              dtype=half if cfg.data.half_inputs else torch.float32, loader_augments=train.augments,
                              resized_crop=None if train.augments or train.crops else crop)
-    return Loaders(train, evals, steps, pipeline)
+    return train, evals, steps, pipeline
 
 
 def write_run_files(run_path: Path, cfg: RunConfig, data: DataBundle, model: torch.nn.Module, summary: str,
@@ -186,7 +176,7 @@ def write_run_files(run_path: Path, cfg: RunConfig, data: DataBundle, model: tor
         "command": command, "visionlaunch": __version__, "git_commit": _git_commit(), "host": platform.node(),
         "python": platform.python_version(), "torch": str(torch.__version__), "device": str(accelerator.device),
         "processes": accelerator.num_processes, "precision": cfg.train.precision, "parameters": params,
-        "data": data.note, "tracker_run_id": new_run_id(),
+        "data": data.note, "tracker_run_id": secrets.token_hex(4),
     }
     previous = rf.read_run_identity(run_path) if resumed_from is not None else {}
     if previous:  # a resumed run keeps its identity (date on the figures, W&B run) and lists its sessions

@@ -1,12 +1,11 @@
 """Experiment trackers beside metrics.jsonl (which is always written), all through Accelerate's tracker API:
 Weights & Biases (`tracker.name=wandb`), TensorBoard (`tensorboard`: Accelerate's TensorBoardTracker, event files in
 <run>/tensorboard/<run name>/) and a CSV file (`csv`: <run>/metrics.csv, a tracker of our own, since Accelerate has
-none), or several at once (`tracker.name=[tensorboard, csv]`). Every tracker gets the same scalars below.
+none), or several at once (`tracker.name=[tensorboard, csv]`). Every tracker gets the same scalars: the step
+and epoch records of metrics.jsonl (step/loss, val/acc, ...) against the global optimizer step.
 
-What goes to W&B: the resolved config and the run identity; step records (step/loss, step/lr, step/grad_norm)
-and epoch records (<split>/loss, <split>/acc, <split>/acc5 for train, val, test and their _ema twins, epoch)
-against the global optimizer step; the figures as images; the model summary as a file; the final record in the
-run summary. Only the main process talks to W&B (Accelerate's rule too).
+W&B also gets the resolved config and the run identity, the figures as images, the model summary as a file and
+the final record in its run summary. Only the main process talks to a tracker (Accelerate's rule too).
 
 Offline mode (`tracker.mode=offline` or WANDB_MODE=offline) needs neither network nor key: the run is written under
 <dir>/wandb/offline-run-*/ and `wandb sync <that folder>` uploads it later. Online mode without a key would stop
@@ -17,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import os
-import secrets
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -25,7 +23,7 @@ from accelerate.tracking import GeneralTracker
 
 from visionlaunch import runfolder as rf
 from visionlaunch.atomic import atomic_write
-from visionlaunch.config import TrackerConfig
+from visionlaunch.config import TrackerConfig, flatten
 from visionlaunch.errors import VisionlaunchError
 
 _MODE_ALIASES = {"dryrun": "offline", "run": "online"}
@@ -80,18 +78,13 @@ def check_tracker(cfg: TrackerConfig) -> None:
             "`wandb sync <dir>/wandb/offline-run-*`.")
 
 
-def new_run_id() -> str:
-    return secrets.token_hex(4)
-
-
 class CsvTracker(GeneralTracker):
     """metrics.csv, one row per logged value: step, key, value (e.g. `120,val/acc,0.9713`), appended and flushed as
-    it goes. A resumed run first drops the rows after its checkpoint's step, which it is about to log again."""
+    it goes. A resumed run first drops the rows after its checkpoint's step, which it is about to log again. The
+    configuration is not stored: config.yaml beside it holds it."""
 
     name = "csv"
     requires_logging_directory = True
-    main_process_only = True
-    COLUMNS = ("step", "key", "value")
 
     def __init__(self, path: Path, resume_step: int | None = None):
         super().__init__()
@@ -106,17 +99,14 @@ class CsvTracker(GeneralTracker):
         kept = []
         if self.resume_step is not None and self.path.is_file():
             with open(self.path, newline="") as fh:
-                kept = [row for row in csv.DictReader(fh) if (_int_or_none(row.get("step")) or 0) <= self.resume_step]
+                kept = [row for row in csv.DictReader(fh) if int(row["step"]) <= self.resume_step]
         # The header, and on resume the rows up to the checkpoint; replaced whole, so a crash here loses nothing.
         with atomic_write(self.path) as tmp, open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, self.COLUMNS, extrasaction="ignore")
+            writer = csv.DictWriter(fh, ("step", "key", "value"))
             writer.writeheader()
             writer.writerows(kept)
         self._fh = open(self.path, "a", newline="", buffering=1)
         self._writer = csv.writer(self._fh)
-
-    def store_init_configuration(self, values: dict) -> None:
-        pass  # config.yaml beside it holds the configuration
 
     def log(self, values: dict, step: int | None = None, **kwargs) -> None:
         for key, value in values.items():
@@ -130,64 +120,43 @@ class CsvTracker(GeneralTracker):
             self._fh = None
 
 
-def _int_or_none(text) -> int | None:
-    try:
-        return int(text)
-    except (TypeError, ValueError):
-        return None
-
-
-def _flat_scalars(tree: dict, prefix: str = "") -> dict:
-    """A nested config as TensorBoard's hyper-parameter table takes it: dotted keys, lists and None as text."""
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flat_scalars(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
-    return flat
-
-
 class RunTracker:
     """The trainer's view of the external trackers: no-ops unless one is on and this is the main process."""
 
     def __init__(self, accelerator, run_cfg, run_path: Path, identity: dict, resume_step: int | None = None):
-        # identity: run.yaml's (main process); its tracker_run_id makes a resumed run continue the same W&B run
-        # (resume="allow"). resume_step: the checkpoint's step; TensorBoard and the CSV drop what was logged after it.
-        self.accelerator, cfg = accelerator, run_cfg.tracker
-        run_name, run_id = run_path.name, identity.get("tracker_run_id", "")
-        config = {**run_cfg.model_dump(mode="json"), "run": {k: v for k, v in identity.items() if k != "resumed"}}
-        names = cfg.names
-        self.enabled = bool(names) and accelerator.is_main_process
+        # identity: run.yaml's; its tracker_run_id makes a resumed run continue the same W&B run (resume="allow").
+        # resume_step: the checkpoint's step; TensorBoard and the CSV drop what was logged after it.
+        self.accelerator, cfg, names = accelerator, run_cfg.tracker, run_cfg.tracker.names
+        self.enabled = bool(names) and accelerator.is_main_process  # Accelerate runs trackers there only
         self.run = None
-        if not names:
+        if not self.enabled:
             return
         init_kwargs = {}
         if "wandb" in names:
-            init = {"name": cfg.run_name or run_name, "id": run_id, "resume": "allow", "mode": wandb_mode(cfg),
-                    "tags": list(cfg.tags), "group": cfg.group, "entity": cfg.entity}
+            init = {"name": cfg.run_name or run_path.name, "id": identity.get("tracker_run_id", ""),
+                    "resume": "allow", "mode": wandb_mode(cfg), "tags": list(cfg.tags), "group": cfg.group,
+                    "entity": cfg.entity}
             if cfg.dir or not os.environ.get("WANDB_DIR"):
                 init["dir"] = str(Path(cfg.dir or run_path).expanduser())
                 Path(init["dir"]).mkdir(parents=True, exist_ok=True)
             init_kwargs["wandb"] = {k: v for k, v in init.items() if v is not None}
-        if accelerator.is_main_process:
-            # Accelerate starts custom trackers given as instances; these need the run folder, which is only known
-            # now, after the Accelerator was made, so they join its list here.
-            if "tensorboard" in names:
-                from accelerate.tracking import TensorBoardTracker
-                kwargs = {"purge_step": resume_step + 1} if resume_step is not None else {}
-                accelerator.log_with.append(TensorBoardTracker(run_name, run_path / rf.TENSORBOARD, **kwargs))
-            if "csv" in names:
-                accelerator.log_with.append(CsvTracker(run_path / rf.METRICS_CSV, resume_step))
-        # A collective-free call: Accelerate runs it on the main process only.
+        # Accelerate starts custom trackers given as instances; these need the run folder, which is only known now,
+        # after the Accelerator was made, so they join its list here.
+        if "tensorboard" in names:
+            from accelerate.tracking import TensorBoardTracker
+            kwargs = {"purge_step": resume_step + 1} if resume_step is not None else {}
+            accelerator.log_with.append(TensorBoardTracker(run_path.name, run_path / rf.TENSORBOARD, **kwargs))
+        if "csv" in names:
+            accelerator.log_with.append(CsvTracker(run_path / rf.METRICS_CSV, resume_step))
         accelerator.init_trackers(cfg.project, init_kwargs=init_kwargs)
-        if not self.enabled:
-            return
+        # W&B keeps the nested config; TensorBoard's hyper-parameter table wants flat scalars (the rest as text).
+        config = {**run_cfg.model_dump(mode="json"), "run": {k: v for k, v in identity.items() if k != "resumed"}}
+        flat = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flatten(config).items()}
         for tracker in accelerator.trackers:
-            # W&B keeps the nested config; TensorBoard's hyper-parameter table wants flat scalars.
-            tracker.store_init_configuration(config if tracker.name == "wandb" else _flat_scalars(config))
+            tracker.store_init_configuration(config if tracker.name == "wandb" else flat)
         if "wandb" in names:
             self.run = accelerator.get_tracker("wandb", unwrap=True)
+
     def log_step(self, record: dict) -> None:
         if self.enabled:
             values = {f"step/{k}": record[k] for k in ("loss", "lr", "grad_norm", "skipped_steps") if k in record}
@@ -201,7 +170,7 @@ class RunTracker:
             self.accelerator.log(values, step=step)
 
     def log_files(self, figures: list[Path], summary: Path | None, step: int) -> None:
-        if not self.enabled or self.run is None:
+        if self.run is None:
             return
         import wandb
         images = {f"figures/{Path(p).stem}": wandb.Image(str(p)) for p in figures if Path(p).suffix == ".png"}

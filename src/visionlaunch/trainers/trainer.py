@@ -2,10 +2,8 @@
 
 Reads top to bottom: set-up (`Trainer.__init__`, named steps; everything, a checkpoint to resume from included, is
 validated before the run folder exists) -> `fit`: epochs of optimizer steps (`_optimizer_step`), a checkpoint every
-train.checkpoint_every steps and at each epoch end, evaluation per epoch, the final record. Where training stands is
-one `TrainState`, which is what a checkpoint stores. A preemption signal checkpoints and exits with status 75. The
-command line draws the figures and writes the report inside the same `with training(...)` block, under the same
-signal handlers and lock. Only the main process writes files, prints and talks to W&B; every process computes.
+train.checkpoint_every steps and at each epoch end, evaluation per epoch, the final record. Only the main process
+writes files, prints and talks to W&B; every process computes.
 
 What stays the same whatever the process count N and the accumulation A: train.batch_size is the global batch
 of one optimizer step (each process runs micro-batches of batch_size / (N * A)), optim.lr is the learning rate
@@ -19,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import sys
 import time
 from collections.abc import Iterator
@@ -38,7 +35,7 @@ from visionlaunch.progress import progress_bar
 from visionlaunch.trainers import checkpoint as ckpt
 from visionlaunch.trainers.checkpoint import TrainState
 from visionlaunch.trainers.data import DataBundle
-from visionlaunch.trainers.distributed import any_rank, mean_over_ranks, peer_lost, start_processes
+from visionlaunch.trainers.distributed import any_rank, mean_over_ranks, peer_loss_reported, start_processes
 from visionlaunch.trainers.ema import ModelEMA
 from visionlaunch.trainers.evaluation import Totals, epoch_line, evaluate
 from visionlaunch.trainers.losses import CrossEntropyLoss
@@ -56,15 +53,12 @@ MAX_CONSECUTIVE_SKIPPED = 50
 @contextlib.contextmanager
 def training(cfg: RunConfig, **kwargs) -> Iterator[Trainer]:
     """A set-up Trainer whose signal handlers, run-folder lock and trackers stay on for the whole `with` block
-    (training and what follows it); a peer process's failure becomes one message (`PeerLost`)."""
-    try:
-        with Trainer(cfg, **kwargs) as trainer:
-            yield trainer
-    except Exception as exc:
-        lost = peer_lost(exc, int(os.environ.get("WORLD_SIZE", "1")), cfg.train.dist_timeout_s)
-        if lost is None:
-            raise
-        raise lost from None
+    (training and what follows it); a peer process's failure becomes one message (`PeerLost`), printed before the
+    Trainer's teardown."""
+    with peer_loss_reported(cfg.train.dist_timeout_s):
+        trainer = Trainer(cfg, **kwargs)
+    with trainer, peer_loss_reported(cfg.train.dist_timeout_s):
+        yield trainer
 
 
 class Trainer:
@@ -85,8 +79,8 @@ class Trainer:
             self.summary = model_summary(self.model, self.data.in_shape)
             # Everything validated: now the run folder may exist. Set-up failures after this remove it again (a
             # resumed run's folder is never removed).
-            self.run_dir = (rf.RunDirectory.existing(self.run_path) if self.resuming else
-                            rf.RunDirectory(self.run_path, decided.replace)) if self.is_main else None
+            run_dir = (rf.RunDirectory.existing(self.run_path) if self.resuming else
+                       rf.RunDirectory(self.run_path, decided.replace)) if self.is_main else None
             try:
                 self._build_loaders(decided.betons)
                 self._build_optimization()
@@ -97,8 +91,8 @@ class Trainer:
                 self.tracker = RunTracker(self.accelerator, self.cfg, self.run_path, self.identity,
                                           self.state.step if self.resuming else None)
             except BaseException:
-                if self.run_dir is not None:
-                    self.run_dir.discard()
+                if run_dir is not None:
+                    run_dir.discard()
                 raise
         except BaseException:
             if self.lock is not None:
@@ -114,7 +108,8 @@ class Trainer:
             if isinstance(exc, Preempted) and self.is_main:
                 rf.write_preempted(self.run_path, exc.signal_name, exc.step, exc.checkpoint)
             elif exc is None:  # the other ranks wait while the main process draws figures and writes the report
-                self.accelerator.wait_for_everyone()
+                with peer_loss_reported(self.cfg.train.dist_timeout_s):
+                    self.accelerator.wait_for_everyone()
         finally:
             self.watcher.__exit__()
             self.metrics.close()
@@ -141,9 +136,8 @@ class Trainer:
 
     def _build_loaders(self, betons: dict) -> None:
         # The main process has just hashed every .beton against its manifest: not again there.
-        loaders = loaders_for(self.cfg, self.data, self.accelerator, self.micro_batch, betons, not self.is_main)
-        self.train_loader, self.eval_loaders, self.pipeline = loaders.train, loaders.evals, loaders.pipeline
-        self.steps_per_epoch = loaders.steps_per_epoch
+        self.train_loader, self.eval_loaders, self.steps_per_epoch, self.pipeline = loaders_for(
+            self.cfg, self.data, self.accelerator, self.micro_batch, betons, not self.is_main)
         for loader in (self.train_loader, *self.eval_loaders.values()):
             if loader.note:  # e.g. a dataset too big to stay resident on the device
                 self.log(loader.note)
@@ -153,7 +147,6 @@ class Trainer:
         cfg, acc = self.cfg, self.accelerator
         self.criterion = CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
         self.eval_criterion = CrossEntropyLoss()
-        self.num_classes = len(self.data.classes)  # for the soft targets of mixup/cutmix
         if cfg.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.model, self.optimizer = acc.prepare(self.model, build_optimizer(self.model, cfg.optim))
@@ -168,7 +161,8 @@ class Trainer:
                 self.log("NOTE: train.compile on the CPU: compiling takes tens of seconds and small models often get "
                          "slower; it is meant for GPUs.")
             self.forward_model = torch.compile(self.model)  # forward only; checkpoints use the uncompiled module
-        self.checkpoints = ckpt.CheckpointWriter(acc, self.run_path / rf.CHECKPOINTS, cfg)
+        self.checkpoints = ckpt.Checkpoints(acc, self.run_path / rf.CHECKPOINTS, cfg, self.scheduler, self.ema,
+                                            self.pipeline)
 
     def _restore(self) -> None:
         """Where training starts: the beginning, or exactly where the checkpoint stopped."""
@@ -178,7 +172,7 @@ class Trainer:
         if not self.resuming:
             return
         path, meta = self.plan.checkpoint, self.plan.meta
-        self.resumed_epoch = ckpt.restore(self.accelerator, path, self.scheduler, self.ema, self.pipeline)
+        self.resumed_epoch = self.checkpoints.restore(path)
         self.state = TrainState.from_meta(meta)
         if self.is_main:
             # Records written after the checkpoint are replayed by the resumed run: drop them, keep the rest.
@@ -240,8 +234,7 @@ class Trainer:
                 last_postfix, (_, top1, _, n) = time.perf_counter(), totals.sums.tolist()
                 bar.set_postfix(loss=f"{step_loss.item():.4f}", acc=f"{100 * top1 / n:.1f}%", lr=f"{lr:.2e}",
                                 img_s=f"{n * acc.num_processes / max(last_postfix - t0, 1e-9):,.0f}")
-            # Agreed every step (one tiny all-reduce with several processes); no signals configured, no check.
-            stop = bool(cfg.train.preempt_signals) and any_rank(acc, self.watcher.requested)
+            stop = self._preemption_requested()
             every, last_of_epoch = cfg.train.checkpoint_every, index + 1 == self.steps_per_epoch
             if stop or (every and state.step % every == 0 and not last_of_epoch):  # the epoch end saves anyway
                 if any_rank(acc, not totals.loss_is_finite()):
@@ -249,7 +242,7 @@ class Trainer:
                 path = self._save_checkpoint(totals, seconds_before + time.perf_counter() - t0)
                 if stop:
                     bar.close()
-                    raise Preempted(self.watcher.received or "a signal sent to another process", state.step, path)
+                    raise self._preempted(path)
         bar.close()
         if acc.device.type == "cuda":  # the epoch's time includes the kernels still queued, not only their launch
             torch.cuda.synchronize(acc.device)
@@ -272,7 +265,7 @@ class Trainer:
             images, labels = next(batches)
             with contextlib.nullcontext() if micro == accum - 1 else acc.no_sync(self.model):
                 with acc.autocast():
-                    inputs, targets = self.pipeline.train_targets(images, labels, self.num_classes)
+                    inputs, targets = self.pipeline.train_targets(images, labels, len(self.data.classes))
                     logits = self.forward_model(inputs)
                     loss = self.criterion(logits, targets)
                 acc.backward(loss / accum)
@@ -356,19 +349,14 @@ class Trainer:
             self.log(f"early stopping after epoch {epoch}: {cfg.train.early_stop_metric} has not improved for "
                      f"{cfg.train.early_stop_patience} epochs (best {stop.best:.4f} at epoch {stop.best_epoch})")
         state.epoch, state.step_in_epoch = epoch, 0
-        path = self.last_checkpoint = self._save_checkpoint(Totals(acc.device), 0.0)
-        if cfg.train.preempt_signals and any_rank(acc, self.watcher.requested) and epoch < cfg.train.epochs \
-                and not stop.stopped:
-            raise Preempted(self.watcher.received or "a signal sent to another process", state.step, path)
+        self.last_checkpoint = self._save_checkpoint(Totals(acc.device), 0.0)
+        if epoch < cfg.train.epochs and not stop.stopped and self._preemption_requested():
+            raise self._preempted(self.last_checkpoint)
 
     def _save_checkpoint(self, totals: Totals, epoch_seconds: float) -> Path:
-        """The state at its current position, this rank's running totals of the epoch and the objects' states."""
+        """The state at its current position, with this rank's running totals and seconds of the epoch."""
         self._elapsed()
-        trainer_state = {"scheduler": self.scheduler.state_dict(),
-                         "ema": self.ema.state_dict() if self.ema is not None else None}
-        rank_state = {"pipeline": self.pipeline.state_dict(), "totals": totals.sums.detach().cpu(),
-                      "epoch_seconds": float(epoch_seconds)}
-        return self.checkpoints.save(self.state, trainer_state, rank_state,
+        return self.checkpoints.save(self.state, totals.sums, epoch_seconds,
                                      rf.metrics_size(self.run_path) if self.is_main else 0)
 
     def _finish(self) -> dict:
@@ -379,12 +367,20 @@ class Trainer:
         self.metrics.close()
         acc.wait_for_everyone()
         # A signal that came during the last epoch's evaluation promised a checkpoint: the final one is written.
-        if cfg.train.preempt_signals and any_rank(acc, self.watcher.requested):
-            raise Preempted(self.watcher.received or "a signal sent to another process", state.step,
-                            self.last_checkpoint, finished=True)
+        if self._preemption_requested():
+            raise self._preempted(self.last_checkpoint, finished=True)
         self.watcher.training_finished(
             (lambda name: Preempted(name, state.step, self.last_checkpoint, finished=True)) if self.is_main else None)
         return final
+
+    def _preemption_requested(self) -> bool:
+        """Whether any rank got a preemption signal: agreed by every rank at the same point (one tiny all-reduce with
+        several processes); no signals configured, no check."""
+        return bool(self.cfg.train.preempt_signals) and any_rank(self.accelerator, self.watcher.requested)
+
+    def _preempted(self, checkpoint: Path, finished: bool = False) -> Preempted:
+        return Preempted(self.watcher.received or "a signal sent to another process", self.state.step, checkpoint,
+                         finished=finished)
 
     def _save_weights(self, which: str, model_state: dict, epoch: int, results: dict) -> None:
         if self.is_main:
