@@ -51,10 +51,8 @@ class ImageClassifier(nn.Module):
 
 
 def mlp_blocks(in_features: int, hidden: Sequence[int], batch_norm: bool, dropout: float) -> nn.Sequential:
-    """Hidden layers of a head: per width, Linear -> (BatchNorm1d) -> ReLU -> (Dropout).
-
-    Named ``<i>.linear``, ``<i>.bn``... so that feature capture and summaries read well.
-    """
+    """Hidden layers of a head: per width, Linear -> (BatchNorm1d) -> ReLU -> (Dropout), named ``<i>.linear``,
+    ``<i>.bn``... so that feature capture and summaries read well."""
     blocks = []
     for width in hidden:
         layers: OrderedDict[str, nn.Module] = OrderedDict()

@@ -156,8 +156,7 @@ class ResNet(ImageClassifier):
         return self.classifier(x)
 
 
-def _register(name: str, block: type[nn.Module], blocks_per_stage: tuple[int, ...], pre_activation: bool,
-              doc: str) -> None:
+def _register(name: str, block: type[nn.Module], blocks_per_stage: tuple[int, ...], pre_activation: bool) -> None:
     def builder(
         in_shape: tuple[int, int, int],
         num_classes: int,
@@ -168,26 +167,23 @@ def _register(name: str, block: type[nn.Module], blocks_per_stage: tuple[int, ..
         bn_momentum: BNMomentum = 0.1,
         bn_eps: BNEps = 1e-5,
     ) -> ResNet:
+        """width: channels of the first stage (doubled per stage); zero_init_residual: every residual branch starts
+        at zero so each block is the identity; kaiming_init: He-normal convs (false: PyTorch defaults);
+        bn_momentum, bn_eps: BatchNorm settings."""
         model = ResNet(name, in_shape, num_classes, block, blocks_per_stage, width, pre_activation)
         finish_init(model, kaiming_init, zero_init_residual, bn_momentum, bn_eps)
         return model
 
     builder.__name__ = builder.__qualname__ = f"build_{name}"
-    builder.__doc__ = doc + (
-        " width: channels of the first stage (doubled per stage); zero_init_residual: every residual branch starts "
-        "at zero so each block is the identity; kaiming_init: He-normal convs (false: PyTorch defaults); "
-        "bn_momentum, bn_eps: BatchNorm settings.")
     register(name)(builder)
 
 
-_register("resnet18", BasicBlock, (2, 2, 2, 2), False,
-          "ResNet-18 (He et al. 2016) with a 3x3 stem and no max-pool: 4 stages of 2 basic blocks.")
-_register("resnet34", BasicBlock, (3, 4, 6, 3), False,
-          "ResNet-34 with a 3x3 stem and no max-pool: stages of 3, 4, 6, 3 basic blocks.")
-_register("resnet50", Bottleneck, (3, 4, 6, 3), False,
-          "ResNet-50 with a 3x3 stem and no max-pool: stages of 3, 4, 6, 3 bottleneck blocks (x4 expansion).")
-_register("preact_resnet18", PreActBlock, (2, 2, 2, 2), True,
-          "Pre-activation ResNet-18 (He et al. 2016b, 'Identity mappings'): BN-ReLU before each conv.")
+# ResNet-18/34 (He et al. 2016: basic blocks) and -50 (bottleneck blocks, x4 expansion), and the pre-activation
+# ResNet-18 (He et al. 2016b, "Identity mappings": BN-ReLU before each conv), all with the 3x3 stem and no max-pool.
+_register("resnet18", BasicBlock, (2, 2, 2, 2), False)
+_register("resnet34", BasicBlock, (3, 4, 6, 3), False)
+_register("resnet50", Bottleneck, (3, 4, 6, 3), False)
+_register("preact_resnet18", PreActBlock, (2, 2, 2, 2), True)
 
 
 # --- wide ResNets ---------------------------------------------------------------------------------------------
