@@ -24,6 +24,7 @@ FILE_NAMES = {rf.CONFIG, rf.IDENTITY, rf.SUMMARY, rf.METRICS, rf.WEIGHTS, rf.CHE
               rf.PREEMPTED, rf.METRICS_CSV, rf.CHECKPOINT_DONE, "last.pt", "best.pt"}
 # Also command, tracker or config names ("figures", "wandb", ...): a copy only when joined onto a path.
 FOLDER_NAMES = FILE_NAMES | {rf.FIGURES, rf.JOB_DIR, rf.TENSORBOARD, "wandb"}
+FIGURE_FILES = {rf.figure_file(Path(), stem).name for stem in rf.FIGURE_STEMS}  # loss.png, confusion.png, ...
 
 
 def contract_copies(source: str) -> list[str]:
@@ -39,7 +40,8 @@ def contract_copies(source: str) -> list[str]:
         if not isinstance(node, ast.Constant) or not isinstance(node.value, str) or id(node) in keys:
             continue
         text = node.value
-        if id(node) in joined or text in FILE_NAMES or text.startswith(("step-", ".tmp-step-")) or text == ".lock" \
+        if id(node) in joined or text in FILE_NAMES | FIGURE_FILES or text.startswith(("step-", ".tmp-step-")) \
+                or text == ".lock" or id(node) in in_fstring and text.startswith(".png") \
                 or id(node) not in in_fstring and any(text.startswith(f"{name}/") for name in FOLDER_NAMES):
             found.append(f"{node.lineno}: {text!r}")
     return found
@@ -53,13 +55,17 @@ figures = run / "figures"
 glob = run.glob("figures/*.png")
 name = f"step-{step:08d}"
 lock = f".{name}.lock"
+confusion = out_dir / "confusion.png"
+curves = out_dir / f"{stem}.png"
 '''
-    assert sorted(int(line.split(":")[0]) for line in contract_copies(planted)) == [2, 3, 4, 5, 6, 7]  # each once
+    assert sorted(int(line.split(":")[0]) for line in contract_copies(planted)) == [2, 3, 4, 5, 6, 7, 8, 9]
     fine = '''
 manifest = {"weights": which, "run": name}        # a key of another file's JSON
 parser.add_parser("figures", help="redraw")      # a command name
 message = f"{run} has no weights/{which}.pt: let the run finish an epoch"
 images = {f"figures/{stem}": image}               # a W&B key
+pngs = [p for p in paths if p.suffix == ".png"]   # any PNG
+beside = out.with_name(f"{out.stem}-curves.png")  # another command's output file
 '''
     assert contract_copies(fine) == []
 

@@ -60,6 +60,11 @@ def weights_file(run_dir: Path, which: str) -> Path:
     return Path(run_dir) / WEIGHTS / f"{which}.pt"
 
 
+def figure_file(figures_dir: Path, stem: str) -> Path:
+    """The PNG of the figure `stem` (a key of FIGURE_STEMS) in a run's figures/ or in a scratch folder."""
+    return Path(figures_dir) / f"{stem}.png"
+
+
 def job_log(run_dir: Path, job_id: str) -> Path:
     return Path(run_dir) / JOB_DIR / f"{job_id}.out"
 
@@ -101,7 +106,6 @@ def complete_checkpoints(root: Path) -> list[Path]:
 
 class MetricsWriter:
     def __init__(self, path: Path | None):
-        self.path = path
         self._fh = open(path, "a", buffering=1) if path is not None else None
 
     def write(self, record: dict) -> None:
@@ -251,27 +255,20 @@ def _as_written_and_resolved(path: Path) -> tuple[Path, Path]:
     return Path(os.path.abspath(path)), path.resolve()
 
 
-def _run_folder_above(path: Path) -> Path | None:
-    return next((folder for folder in path.parents if is_run_folder(folder)), None)
-
-
 def enclosing_run_folder(path: Path) -> Path | None:
     """The run folder that `path` (a file or folder, existing or not) lies in, at any depth, else None. Both the
     path as written and the one its links resolve to count."""
-    for candidate in _as_written_and_resolved(path):
-        run = _run_folder_above(candidate)
-        if run is not None:
-            return run
-    return None
+    return next((run for candidate in _as_written_and_resolved(path) for run in candidate.parents
+                 if is_run_folder(run)), None)
 
 
-def check_not_run_file(out: Path, option: str = "--out") -> None:
+def check_not_run_file(out: Path) -> None:
     """Refuse an output path that would replace a run's own file (metrics.jsonl, weights/..., figures/...)."""
     for candidate in _as_written_and_resolved(out):
-        run = _run_folder_above(candidate)
+        run = next((folder for folder in candidate.parents if is_run_folder(folder)), None)
         if run is not None and candidate.relative_to(run).parts[0] in RUN_OWN:
             raise VisionlaunchError(
-                f"{option} {Path(out).expanduser()} would replace {candidate.relative_to(run)} of the run folder "
+                f"--out {Path(out).expanduser()} would replace {candidate.relative_to(run)} of the run folder "
                 f"{run}, one of that run's own files. Nothing was written. Choose another file name (e.g. "
                 f"{run / 'out'} or a path outside the run folder).")
 
@@ -279,9 +276,8 @@ def check_not_run_file(out: Path, option: str = "--out") -> None:
 # ---------------------------------------------------------------------------------------------------- creation
 
 
-def default_run_name(preset: str | None, now: dt.datetime | None = None) -> str:
-    now = now or dt.datetime.now()
-    return f"{preset or 'run'}-{now:%Y%m%d-%H%M%S}"
+def default_run_name(preset: str | None) -> str:
+    return f"{preset or 'run'}-{dt.datetime.now():%Y%m%d-%H%M%S}"
 
 
 def _replaceable(path: Path) -> bool:
@@ -309,9 +305,7 @@ def check_output_dir(out_dir: Path, name: str, overwrite: bool) -> Path:
         raise VisionlaunchError(
             f"output.overwrite=true would delete {run_dir}, which {what}; overwrite only ever replaces a previous "
             "run. Nothing was deleted. Choose another output.name, or move that folder away yourself.")
-    probe_parent = out_dir
-    while not probe_parent.exists() and probe_parent != probe_parent.parent:
-        probe_parent = probe_parent.parent
+    probe_parent = next((p for p in (out_dir, *out_dir.parents) if p.exists()), out_dir)  # the folder to create it in
     # Try a real write: permission bits alone say nothing for root or on read-only mounts.
     try:
         if not probe_parent.is_dir():

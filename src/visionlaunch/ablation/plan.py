@@ -59,12 +59,8 @@ class Variant:
         return self.out_dir / self.name
 
     def train_args(self, restart: bool = False) -> list[str]:
-        """The arguments of `visionlaunch train` (or `python train.py`) for this run, as a separate process or job.
-
-        Rerunning the same command continues an interrupted run from its newest checkpoint (train.resume=auto);
-        `restart` replaces the run folder instead. Progress bars are off (logs, not terminals), unless the
-        ablation's own overrides turn them on.
-        """
+        """The arguments of `visionlaunch train` for this run: rerun, they continue an interrupted run from its
+        newest checkpoint; with `restart` they replace its folder. Progress bars are off (logs, not terminals)."""
         tail = ["train.resume=none", "output.overwrite=true"] if restart else ["train.resume=auto"]
         return ["--config", str(self.config_path), "train.progress=false", *self.overrides,
                 f"output.dir={self.out_dir}", f"output.name={self.name}", *tail]
@@ -143,11 +139,9 @@ def load_ablation(path: str | os.PathLike, *, out: str | os.PathLike | None = No
             f"{where}: the ablation folder {out_dir} lies inside the run folder {inside}. Choose a folder outside "
             f"any run with output_dir: in the file or `visionlaunch ablate --out DIR`, e.g. {inside.parent / name}.")
 
-    _check_managed([("the ablation's overrides", fixed), ("the command-line overrides", extra)]
-                   + [(f"variant {s}", o) for s, _, o, _ in settings], where)
     variants: list[Variant] = []
     for setting, label, own, values in settings:
-        _check_conflicts([("the fixed overrides", fixed), ("the command-line overrides", extra),
+        _check_overrides([("the fixed overrides", fixed), ("the command-line overrides", extra),
                           (f"variant {setting!r}", own)], where, seeds_given="seeds" in tree)
         for seed in seeds:
             overrides = [*fixed, *extra, *own, f"train.seed={seed}"]
@@ -281,15 +275,11 @@ def _variants(variants: Any, where: str) -> tuple[list[tuple[str, str, list[str]
                                     "letters, digits, '.', '_' and '-', e.g. name: cosine.")
         label = entry.get("label", name)
         own = _overrides(entry.get("overrides", []), f"{here} ({name})")
-        settings.append((name, str(label), own, {}))
-    keys: dict[str, None] = {}
-    for _, _, own, _ in settings:
-        keys.update(dict.fromkeys(_key(o) for o in own))
-    varied = list(keys)
-    for i, (name, label, own, _) in enumerate(settings):  # each variant's value of every varied key (CSV columns)
-        mine = {_key(o): parse_override(o)[1] for o in own}
-        settings[i] = (name, label, own, {k: mine.get(k, "(base)") for k in varied})
-    return settings, varied
+        settings.append((name, str(label), own, {_key(o): parse_override(o)[1] for o in own}))
+    varied = list(dict.fromkeys(key for *_, values in settings for key in values))
+    # Each variant's value of every varied key (the CSV's columns).
+    return [(name, label, own, {k: values.get(k, "(base)") for k in varied})
+            for name, label, own, values in settings], varied
 
 
 _GENERIC = ("name", "args")  # too vague alone: schedule.name, model.args
@@ -313,26 +303,27 @@ def _key(override: str) -> str:
 # ---------------------------------------------------------------------------------------------------- checks
 
 
-def _check_managed(sources: list[tuple[str, list[str]]], where: str) -> None:
-    for source, overrides in sources:
-        for o in overrides:
-            key = _key(o)
-            if any(key == m or key.startswith(m + ".") or m.startswith(key + ".") for m in MANAGED_KEYS):
-                raise VisionlaunchError(
-                    f"{where}: {source} set {key}, which the ablation sets itself (every run goes to "
-                    "<output_dir>/<ablation>/<variant> and continues with train.resume=auto). Remove it; choose "
-                    "the folder with output_dir: in the file or `visionlaunch ablate --out DIR`.")
-
-
 def _related(a: str, b: str) -> bool:
     """Same key, or one inside the other (model.args and model.args.hidden)."""
     return a == b or a.startswith(b + ".") or b.startswith(a + ".")
 
 
-def _check_conflicts(sources: list[tuple[str, list[str]]], where: str, seeds_given: bool) -> None:
-    """A key set by two sources with different values is ambiguous: the file does not say which one is meant.
-    The command-line extras may replace the fixed overrides (the usual command-line precedence), but not what a
-    variant varies. train.seed belongs to `seeds:` when the file lists seeds."""
+def _check_overrides(sources: list[tuple[str, list[str]]], where: str, seeds_given: bool) -> None:
+    """The keys the ablation sets itself, and train.seed (from `seeds:`), are not overrides. A key set by two
+    sources with different values is ambiguous: the file does not say which one is meant. The command-line extras
+    may replace the fixed overrides (the usual command-line precedence), but not what a variant varies."""
+    for src, overrides in sources:
+        for o in overrides:
+            key = _key(o)
+            if any(_related(key, m) for m in MANAGED_KEYS):
+                raise VisionlaunchError(
+                    f"{where}: {src} set {key}, which the ablation sets itself (every run goes to "
+                    "<output_dir>/<ablation>/<variant> and continues with train.resume=auto). Remove it; choose "
+                    "the folder with output_dir: in the file or `visionlaunch ablate --out DIR`.")
+            if _related(key, "train.seed"):
+                raise VisionlaunchError(
+                    f"{where}: {src} set {o}, but each run's train.seed comes from seeds: "
+                    f"({'as listed' if seeds_given else 'default [0]'}). List the seeds there instead.")
     (fixed_src, fixed), (extra_src, extra), (own_src, own) = sources
     pairs = [(fixed_src, fixed, own_src, own), (extra_src, extra, own_src, own)]
     for src, overrides in ((fixed_src, fixed), (own_src, own)):  # one list naming a key twice
@@ -345,12 +336,6 @@ def _check_conflicts(sources: list[tuple[str, list[str]]], where: str, seeds_giv
                     raise VisionlaunchError(
                         f"{where}: conflicting overrides: {a_src} set {a} and {b_src} set {b}. Set each key in "
                         "one place: vary it in the grid/variants, or fix it in overrides:, not both.")
-    for src, overrides in sources:
-        for o in overrides:
-            if _related(_key(o), "train.seed"):
-                raise VisionlaunchError(
-                    f"{where}: {src} set {o}, but each run's train.seed comes from seeds: "
-                    f"({'as listed' if seeds_given else 'default [0]'}). List the seeds there instead.")
 
 
 def _canon(override: str) -> str:

@@ -23,8 +23,7 @@ from visionlaunch.atomic import atomic_write_text
 from visionlaunch.config import config_differences
 from visionlaunch.errors import VisionlaunchError
 from visionlaunch.reports.analysis import number
-from visionlaunch.reports.figures import epoch_series, plot_ablation_curves
-from visionlaunch.reports.stamp import Stamp
+from visionlaunch.reports.figures import Stamp, epoch_series, plot_ablation_curves
 from visionlaunch.runfolder import CONFIG, IDENTITY, METRICS, final_record, read_metrics
 
 from .plan import Ablation, Variant
@@ -51,9 +50,8 @@ class RunResult:
     best_test_acc: float | None = None     # the highest test accuracy of any epoch
     ema_test_acc: float | None = None      # final test accuracy of the EMA weights (train.ema_decay > 0)
     time_s: float | None = None            # the final record's time: training and per-epoch evaluation
-    parameters: int | None = None
+    identity: dict = field(default_factory=dict, repr=False)  # run.yaml
     records: list[dict] = field(default_factory=list, repr=False)
-    exit_code: int | None = None
     message: str = ""                      # why a run is not ok, in a few words
 
 
@@ -98,23 +96,21 @@ def read_result(variant: Variant) -> RunResult:
     failed = isinstance(code, int) and code != 0
     why = f"exit {code}: {exit_record.get('last_line') or 'no output'}" if failed else ""
     if not run.is_dir():
-        return RunResult(variant, "failed" if failed else "not run", exit_code=code if failed else None, message=why)
+        return RunResult(variant, "failed" if failed else "not run", message=why)
     records = read_metrics(run / METRICS)
     final = final_record(records)
-    saved = _read_yaml(run / CONFIG)
     if final is not None:
+        saved = _read_yaml(run / CONFIG)
         differences = plan_differences(variant, saved) if saved else ["config.yaml is missing"]
         if differences:
-            return RunResult(variant, "stale", records=records,
+            return RunResult(variant, "stale",
                              message="a finished run of another config (" + "; ".join(differences[:3]) + ")")
-        params = _read_yaml(run / IDENTITY).get("parameters")
         return RunResult(variant, "ok", final_test_acc=number(final.get("test_acc")),
                          best_test_acc=best_test_accuracy(records), ema_test_acc=number(final.get("test_ema_acc")),
-                         time_s=number(final.get("time")),
-                         parameters=params if isinstance(params, int) else None, records=records)
+                         time_s=number(final.get("time")), identity=_read_yaml(run / IDENTITY), records=records)
     if failed:
-        return RunResult(variant, "failed", records=records, exit_code=code, message=why)
-    return RunResult(variant, "unfinished", records=records,
+        return RunResult(variant, "failed", message=why)
+    return RunResult(variant, "unfinished",
                      message="no final record and no exit status: still running, or killed (rerun to resume)")
 
 
@@ -148,7 +144,7 @@ class SettingRow:
 
     @property
     def parameters(self) -> int | None:
-        return next((r.parameters for r in self.ok if r.parameters is not None), None)
+        return next((p for r in self.ok if isinstance(p := r.identity.get("parameters"), int)), None)
 
     @property
     def status(self) -> str:
@@ -181,13 +177,9 @@ def _seconds(value: float | None) -> str:
     return f"{value:.2f} s" if value < 10 else f"{value:.1f} s" if value < 100 else f"{value:,.0f} s"
 
 
-def _has_ema(rows: list[SettingRow]) -> bool:
-    return any(r.ema_test_acc is not None for row in rows for r in row.ok)
-
-
 def render_markdown(ablation: Ablation, rows: list[SettingRow]) -> str:
     n_seeds = len(ablation.seeds)
-    ema = _has_ema(rows)
+    ema = any(r.ema_test_acc is not None for row in rows for r in row.ok)  # a column only when a run has EMA
     lines = [
         f"**Ablation `{ablation.name}`**" + (f": {ablation.description}" if ablation.description else "")
         + f" ({ablation.source}). Base `{ablation.base}`"
@@ -219,31 +211,25 @@ def render_markdown(ablation: Ablation, rows: list[SettingRow]) -> str:
 def render_csv(ablation: Ablation, rows: list[SettingRow]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["setting", "label", *ablation.varied, "seeds_ok", "seeds_total", "final_test_acc_mean_pct",
-                     "final_test_acc_std_pct", "best_test_acc_mean_pct", "best_test_acc_std_pct",
-                     "ema_test_acc_mean_pct", "ema_test_acc_std_pct", "time_s_mean",
+    accuracies = ("final_test_acc", "best_test_acc", "ema_test_acc")
+    writer.writerow(["setting", "label", *ablation.varied, "seeds_ok", "seeds_total",
+                     *(f"{acc}_{stat}_pct" for acc in accuracies for stat in ("mean", "std")), "time_s_mean",
                      "parameters", "status"])
 
     def num(value: float | None, scale: float = 1.0) -> str:
         return "" if value is None else f"{scale * value:.4f}"
 
     for row in rows:
-        final, best, ema = row.stat("final_test_acc"), row.stat("best_test_acc"), row.stat("ema_test_acc")
         writer.writerow([row.setting, row.label,
                          *[json.dumps(row.values[k]) if isinstance(row.values.get(k), (list, dict))
                            else row.values.get(k) for k in ablation.varied],
-                         len(row.ok), len(row.runs), num(final[0], 100), num(final[1], 100), num(best[0], 100),
-                         num(best[1], 100), num(ema[0], 100), num(ema[1], 100), num(row.stat("time_s")[0]),
-                         "" if row.parameters is None else row.parameters, row.status])
+                         len(row.ok), len(row.runs), *(num(v, 100) for acc in accuracies for v in row.stat(acc)),
+                         num(row.stat("time_s")[0]), "" if row.parameters is None else row.parameters, row.status])
     return buf.getvalue()
 
 
 def _stamp(ablation: Ablation, rows: list[SettingRow]) -> Stamp:
-    ident = ""
-    for r in (r for row in rows for r in row.ok):
-        ident = str(_read_yaml(r.variant.run_dir / IDENTITY).get("ident") or "")
-        if ident:
-            break
+    ident = next((str(r.identity["ident"]) for row in rows for r in row.ok if r.identity.get("ident")), "")
     return Stamp.today(ident=ident, run_name=f"ablation {ablation.name}")
 
 

@@ -22,7 +22,7 @@ from visionlaunch.atomic import atomic_write_text
 from visionlaunch.errors import VisionlaunchError
 
 from .plan import PLAN_FILE, Ablation, Variant
-from .results import is_complete, log_path, read_result, status_path, write_ablation_results
+from .results import LOGS, is_complete, log_path, read_result, status_path, write_ablation_results
 
 TAIL_LINES = 20
 
@@ -37,8 +37,8 @@ class AblationRun:
     outputs: list[Path] = field(default_factory=list)  # table.md, table.csv, curves.png
 
 
-def train_command(variant: Variant, restart: bool = False, python: str | None = None) -> list[str]:
-    return [python or sys.executable, "-m", "visionlaunch", "train", *variant.train_args(restart=restart)]
+def train_command(variant: Variant, restart: bool = False) -> list[str]:
+    return [sys.executable, "-m", "visionlaunch", "train", *variant.train_args(restart=restart)]
 
 
 def check_existing_runs(ablation: Ablation, rerun: bool) -> None:
@@ -55,7 +55,7 @@ def check_existing_runs(ablation: Ablation, rerun: bool) -> None:
 
 
 def run_ablation(ablation: Ablation, *, rerun: bool = False, only: list[str] | None = None,
-                 log: Callable[[str], None] | None = None, python: str | None = None) -> AblationRun:
+                 log: Callable[[str], None] | None = None) -> AblationRun:
     """Run every variant that has not finished (all of them with `rerun`; those named in `only`, see
     Ablation.select, when given), then write the table and figure from all run folders. Returns what ran; a
     failed variant is recorded and the others go on."""
@@ -63,7 +63,7 @@ def run_ablation(ablation: Ablation, *, rerun: bool = False, only: list[str] | N
     selected = ablation.select(only)
     check_existing_runs(ablation, rerun)
     out = ablation.out_dir
-    (out / "logs").mkdir(parents=True, exist_ok=True)
+    (out / LOGS).mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / PLAN_FILE, yaml.safe_dump(ablation.plan(), sort_keys=False, width=1 << 20))
     result = AblationRun()
     total = len(selected)
@@ -75,7 +75,7 @@ def run_ablation(ablation: Ablation, *, rerun: bool = False, only: list[str] | N
                 log(f"{head}: finished before, skipped")
                 continue
             log(f"{head}: running, log in {log_path(variant)}")
-            code, seconds = _run_variant(variant, rerun, python)
+            code, seconds = _run_variant(variant, rerun)
             result.ran.append(variant.name)
             outcome = read_result(variant)
             if code == 0 and outcome.state == "ok":
@@ -93,11 +93,11 @@ def run_ablation(ablation: Ablation, *, rerun: bool = False, only: list[str] | N
     return result
 
 
-def _run_variant(variant: Variant, restart: bool, python: str | None) -> tuple[int, float]:
+def _run_variant(variant: Variant, restart: bool) -> tuple[int, float]:
     """Run one variant in a child process; write its exit record. Returns (exit status, seconds)."""
     status = status_path(variant)
     status.unlink(missing_ok=True)  # an old failure must not outlive the new attempt
-    cmd = train_command(variant, restart, python)
+    cmd = train_command(variant, restart)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     start = time.perf_counter()
     with open(log_path(variant), "w") as fh:

@@ -3,10 +3,9 @@ page of several runs (`write_comparison`); all of them read only the run folders
 
 from .compare import write_comparison
 from .class_figures import count_correct, most_confused_pairs, plot_confusion, plot_predictions, plot_tsne
-from .figures import plot_comparison, plot_curves
+from .figures import Stamp, plot_comparison, plot_curves
 from .html import write_report
 from .predictions import save_predictions
-from .stamp import Stamp
 
 __all__ = [
     "Stamp",

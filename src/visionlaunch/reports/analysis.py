@@ -1,10 +1,7 @@
-"""A run folder as reports see it, and what they say about it.
-
-`read_run` reads a folder tolerantly, so that a crashed, unfinished or older run still gets a report: whatever
-exists is loaded; whatever is missing or unreadable is named in `RunFolder.missing` as a sentence for the reader.
-Only a folder that does not exist at all is an error. From the parsed lines of metrics.jsonl pure functions then
-compute per-epoch rows, the headline results, timing and where a resumed run restarted, tolerant of missing or
-odd fields."""
+"""A run folder as reports see it, and what they say about it. `read_run` reads a folder tolerantly, so that a
+crashed, unfinished or older run still gets a report: what is missing or unreadable becomes a sentence in
+`RunFolder.missing`. Pure functions of the metrics.jsonl records give per-epoch rows, the headline results and
+where a resumed run restarted."""
 
 from __future__ import annotations
 
@@ -15,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from visionlaunch import runfolder as rf
+from visionlaunch.config import RunConfig, flatten
 from visionlaunch.errors import VisionlaunchError
 from visionlaunch.runfolder import final_record, parse_records
 
@@ -32,13 +30,14 @@ def number(value) -> float | None:
 
 def epoch_rows(records: list[dict]) -> list[dict]:
     """One row per epoch, {"epoch": e, "train": rec, "val": rec, "test": rec} (splits that were logged), sorted.
+    Step records, other kinds or splits, records without an epoch and anything that is not a record are skipped.
 
     A resumed run logs some epochs twice: the later record wins, as it belongs to the run that went on.
     """
     rows: dict[int, dict] = {}
     for rec in records:
-        epoch = number(rec.get("epoch"))
-        if rec.get("kind") != "epoch" or rec.get("split") not in SPLITS or epoch is None:
+        epoch = number(rec.get("epoch")) if isinstance(rec, dict) else None
+        if epoch is None or rec.get("kind") != "epoch" or rec.get("split") not in SPLITS:
             continue
         rows.setdefault(int(epoch), {"epoch": int(epoch)})[rec["split"]] = rec
     return [rows[e] for e in sorted(rows)]
@@ -60,12 +59,19 @@ class Headline:
     wall_s: float | None = None
     images_per_s: float | None = None  # mean training throughput over the epochs
 
+    @property
+    def status(self) -> str:
+        if self.finished:
+            return "finished"
+        of = f" of {self.epochs_planned}" if self.epochs_planned else ""
+        return f"unfinished: {self.epochs_done}{of} epochs" if self.epochs_done else "no finished epoch"
+
 
 def _get(row: dict, split: str, key: str) -> float | None:
     return number(row.get(split, {}).get(key))
 
 
-def _elapsed(row: dict) -> float | None:
+def epoch_elapsed(row: dict) -> float | None:
     """Seconds since the start of the run when the epoch's last record was written."""
     times = [t for t in (_get(row, split, "time") for split in SPLITS) if t is not None]
     return max(times) if times else None
@@ -80,7 +86,7 @@ def headline(records: list[dict], epochs_planned: int | None = None) -> Headline
     best_epoch, best_val = max(val, key=lambda ev: ev[1]) if val else (None, None)  # first best on ties
     best_row = next((r for r in rows if r["epoch"] == best_epoch), {})
     rates = [x for x in (_get(r, "train", "images_per_s") for r in rows) if x is not None]
-    elapsed = [t for t in map(_elapsed, rows) if t is not None]
+    elapsed = [t for t in map(epoch_elapsed, rows) if t is not None]
 
     def pick(final_key: str, fallback):
         value = number(final.get(final_key))
@@ -193,10 +199,9 @@ def read_run(run_dir: Path) -> RunFolder:
             f"{path} {what}. Pass the run folder that `visionlaunch train` printed (runs/<name>), which holds "
             "config.yaml, run.yaml and metrics.jsonl.")
     run = RunFolder(path=path)
-    run.identity = _read_mapping(run, rf.IDENTITY, "the run's identity (who, when, where, command line)")
-    run.config_text = _read_text(run, rf.CONFIG, "the resolved configuration")
+    run.identity = _read_mapping(run, rf.IDENTITY, "the run's identity (who, when, where, command line)")[1]
+    run.config_text, run.config = _read_mapping(run, rf.CONFIG, "the resolved configuration")
     if run.config_text is not None:
-        run.config = _parse_mapping(run, rf.CONFIG, run.config_text)
         run.missing.extend(config_key_notes(run.config))
     run.summary = _read_text(run, rf.SUMMARY, "the model summary")
     _read_metrics(run)
@@ -224,21 +229,18 @@ def _read_text(run: RunFolder, name: str, what: str) -> str | None:
     return None
 
 
-def _parse_mapping(run: RunFolder, name: str, text: str) -> dict:
+def _read_mapping(run: RunFolder, name: str, what: str) -> tuple[str | None, dict]:
+    """The file's text and the mapping it holds ({} when it holds none: the text is still shown)."""
+    text = _read_text(run, name, what)
     try:
-        tree = yaml.safe_load(text)
+        tree = yaml.safe_load(text) if text is not None else {}
     except yaml.YAMLError as exc:
         run.missing.append(f"{name} is not valid YAML ({str(exc).splitlines()[0]}); it is shown as text only.")
-        return {}
+        return text, {}
     if not isinstance(tree, dict):
         run.missing.append(f"{name} does not hold a mapping of keys; it is shown as text only.")
-        return {}
-    return tree
-
-
-def _read_mapping(run: RunFolder, name: str, what: str) -> dict:
-    text = _read_text(run, name, what)
-    return {} if text is None else _parse_mapping(run, name, text)
+        return text, {}
+    return text, tree
 
 
 def _read_metrics(run: RunFolder) -> None:
@@ -262,17 +264,17 @@ def _read_metrics(run: RunFolder) -> None:
 
 def _read_figures(run: RunFolder) -> None:
     for stem, what in rf.FIGURE_STEMS.items():
-        png = run.path / rf.FIGURES / f"{stem}.png"
+        png = rf.figure_file(run.path / rf.FIGURES, stem)
         try:
             data = png.read_bytes()
         except OSError:
-            run.missing.append(f"figures/{stem}.png is missing: no {what}.")
+            run.missing.append(f"{png.relative_to(run.path)} is missing: no {what}.")
             continue
         # A PNG cut short by a crash would show as a broken image: check both ends.
         if data.startswith(_PNG_START) and data.rstrip(b"\0").endswith(_PNG_END):
             run.figures[stem] = data
         else:
-            run.missing.append(f"figures/{stem}.png is not a complete PNG: no {what}.")
+            run.missing.append(f"{png.relative_to(run.path)} is not a complete PNG: no {what}.")
 
 
 def _read_predictions(run: RunFolder) -> None:
@@ -290,17 +292,9 @@ def _read_predictions(run: RunFolder) -> None:
 
 def config_key_notes(config: dict) -> list[str]:
     """Sentences about keys of an older or newer config: ones this version does not know, and ones it expects."""
-    from visionlaunch.config import RunConfig  # pydantic: imported only when a config is actually checked
-
-    known = {f"{section}.{key}" for section, fld in RunConfig.model_fields.items()
-             for key in fld.annotation.model_fields}
-    sections = set(RunConfig.model_fields)
-    present = set()
-    for section, values in config.items():
-        if isinstance(values, dict):
-            present.update(f"{section}.{key}" for key in values)
-        else:
-            present.add(str(section))
+    known = set(flatten(RunConfig.model_construct().model_dump(mode="json"), depth=2))
+    sections = {key.split(".")[0] for key in known}
+    present = set(flatten(config, depth=2))
     notes = []
     unknown = sorted(k for k in present - known if k.split(".")[0] not in sections or "." in k)
     if unknown:

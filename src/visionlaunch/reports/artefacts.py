@@ -36,19 +36,19 @@ def make_figures(run_dir: Path, model, data, pipeline, cfg: RunConfig, identity:
     paths = list(plot_curves(rf.read_metrics(run_dir / rf.METRICS), out, stamp))
 
     preds = predict(model, test.images, pipeline, accelerator, tta_flip=cfg.train.tta_flip)  # as the test accuracy
-    paths.append(plot_confusion(test.labels.numpy(), preds.numpy(), test.classes, out / "confusion.png", stamp,
-                                **groups))
+    paths.append(plot_confusion(test.labels.numpy(), preds.numpy(), test.classes, rf.figure_file(out, "confusion"),
+                                stamp, **groups))
 
     g = torch.Generator().manual_seed(cfg.report.seed)
     pick = torch.randperm(len(test), generator=g)[:10]
     # Stored so the HTML report can list the most confused class pairs without reloading the model.
     save_predictions(run_dir, test.labels.numpy(), preds.numpy(), test.classes, grid=pick.numpy(), **groups)
     paths.append(plot_predictions(test.images[pick].numpy(), test.labels[pick].numpy(), preds[pick].numpy(),
-                                  test.classes, out / "predictions.png", stamp))
+                                  test.classes, rf.figure_file(out, "predictions"), stamp))
 
     subset = torch.randperm(len(test), generator=g)[:cfg.report.tsne_samples]
     feats = layer_features(model, test.images[subset], cfg.report.tsne_layer, pipeline, accelerator.device)
-    paths.append(plot_tsne(feats, test.labels[subset].numpy(), test.classes, out / "tsne.png", stamp,
+    paths.append(plot_tsne(feats, test.labels[subset].numpy(), test.classes, rf.figure_file(out, "tsne"), stamp,
                            layer=cfg.report.tsne_layer, seed=cfg.report.seed, **groups))
     return paths
 

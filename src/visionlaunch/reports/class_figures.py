@@ -11,10 +11,8 @@ import matplotlib as mpl
 import numpy as np
 from matplotlib.figure import Figure
 
-from .figures import (MAX_LEGEND_CLASSES, _RIGHT, _WRONG, _as_labels, _frameless, _label_pair, _save, _short,
-                      _styled_figure)
-from .predictions import check_groups
-from .stamp import Stamp
+from .figures import MAX_LEGEND_CLASSES, _RIGHT, _WRONG, Stamp, _frameless, _save, _short, _styled_figure
+from .predictions import check_groups, indices, label_pair
 
 
 # ---------------------------------------------------------------------------------------------------- t-SNE
@@ -95,7 +93,7 @@ def plot_tsne(features: np.ndarray, labels: np.ndarray, classes: list[str], out_
     """Scatter a 2-D t-SNE of `features` coloured by class, or by superclass (`superclasses` names,
     `superclass_of[class]` its index) when there are too many classes for a legend. Above `max_points` a seeded
     random sample is used, since t-SNE time grows with N and a few thousand points already show the structure."""
-    y = _as_labels(labels, len(classes), "labels")
+    y = indices(labels, len(classes), "labels")
     groups = check_groups(superclasses, superclass_of, len(classes))
     if len(y) != len(features):
         raise ValueError(f"features and labels differ in length: {len(features)} vs {len(y)}")
@@ -129,7 +127,7 @@ def _to_hwc(images) -> np.ndarray:
 
 def _make_predictions_figure(images, labels, preds, classes: list[str], stamp: Stamp) -> Figure:
     imgs = _to_hwc(images)
-    y, p = _label_pair(labels, preds, classes)
+    y, p = label_pair(labels, preds, classes)
     k = len(imgs)
     if k == 0 or len(y) != k:
         raise ValueError(f"need one label and prediction per image: {k} images, {len(y)} labels")
@@ -166,7 +164,7 @@ def confusion_counts(labels, preds, classes: list[str]) -> np.ndarray:
     """(n, n) counts, rows = true class, columns = predicted class, in the order of `classes`."""
     from sklearn.metrics import confusion_matrix  # imported here to keep `import visionlaunch.reports` light
 
-    y, p = _label_pair(labels, preds, classes)
+    y, p = label_pair(labels, preds, classes)
     return confusion_matrix(y, p, labels=np.arange(len(classes)))
 
 
@@ -259,19 +257,16 @@ def _make_large_confusion_figure(counts: np.ndarray, classes: list[str], stamp: 
 def _pairs_panel(ax, counts: np.ndarray, classes: list[str], superclass_of: np.ndarray | None) -> None:
     """The largest off-diagonal cells as text: true class, predicted class, images, share of the true class."""
     ax.set_axis_off()
-    off = counts.copy()
-    np.fill_diagonal(off, 0)
-    flat = np.argsort(-off, axis=None, kind="stable")[:LARGE_CONFUSION_PAIRS]
-    pairs = [divmod(int(f), len(classes)) for f in flat if off.flat[f] > 0]
+    pairs = _confused(counts, LARGE_CONFUSION_PAIRS)
     totals = counts.sum(axis=1)
     same_group = [superclass_of is not None and superclass_of[i] == superclass_of[j] for i, j in pairs]
     lines = [f"{_short(classes[i], 14):>14} → {_short(classes[j], 14):<14}{counts[i, j]:>4}{counts[i, j] / totals[i]:>5.0%}"
              + (" *" if same else "") for (i, j), same in zip(pairs, same_group)]
+    off = counts - np.diag(np.diag(counts))
     errors = int(off.sum())
     head = "Most confused pairs\n(true → predicted, images, share of the true class)"
     if superclass_of is not None and errors:
-        same = sum(int(off[i, j]) for i in range(len(classes)) for j in np.flatnonzero(off[i])
-                   if superclass_of[i] == superclass_of[j])
+        same = int(off[superclass_of[:, None] == superclass_of[None, :]].sum())
         head += f"\n* same superclass: {same / errors:.0%} of all {errors:,} errors stay\n  in the true class's superclass"
     ax.text(0.0, 1.0, head, transform=ax.transAxes, va="top", ha="left", fontsize=8.5, fontweight="bold")
     ax.text(0.0, 0.92, "\n".join(lines) if lines else "no test image was misclassified", transform=ax.transAxes,
@@ -288,10 +283,13 @@ def plot_confusion(labels: np.ndarray, preds: np.ndarray, classes: list[str], ou
     return _save(fig, out_path)
 
 
+def _confused(counts: np.ndarray, k: int) -> list[tuple[int, int]]:
+    """(true, predicted) of the k largest off-diagonal counts, largest first; ties in class order."""
+    off = counts - np.diag(np.diag(counts))
+    return [divmod(int(f), len(off)) for f in np.argsort(-off, axis=None, kind="stable")[:k] if off.flat[f] > 0]
+
+
 def most_confused_pairs(labels, preds, classes: list[str], k: int = 5) -> list[tuple[str, str, int]]:
     """The k largest off-diagonal counts as (true, predicted, count), largest first; ties in class order."""
-    counts = confusion_counts(labels, preds, classes).copy()
-    np.fill_diagonal(counts, 0)
-    true_idx, pred_idx = np.nonzero(counts)
-    order = sorted(zip(true_idx, pred_idx), key=lambda ij: (-counts[ij], ij[0], ij[1]))
-    return [(classes[i], classes[j], int(counts[i, j])) for i, j in order[:k]]
+    counts = confusion_counts(labels, preds, classes)
+    return [(classes[i], classes[j], int(counts[i, j])) for i, j in _confused(counts, k)]

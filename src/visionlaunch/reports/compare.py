@@ -18,9 +18,8 @@ from visionlaunch.runfolder import CONFIG, IDENTITY, METRICS, REPORT, enclosing_
 
 from . import page
 from .analysis import Headline, RunFolder, headline, read_run
-from .figures import plot_comparison
+from .figures import Stamp, plot_comparison
 from .page import Html, esc
-from .stamp import Stamp
 
 COMPARISON_FILE = "compare.html"
 # Where a run was written says nothing about how it was trained, and output.name always differs.
@@ -44,17 +43,15 @@ class ComparedRun:
         return bool(self.settings)
 
 
-def default_comparison_path(run_dirs: list[Path]) -> Path:
-    """<common parent of the runs>/compare.html: beside the runs it compares."""
-    return Path(os.path.commonpath([Path(d).resolve().parent for d in run_dirs])) / COMPARISON_FILE
-
-
 def write_comparison(run_dirs: list[Path], out: Path | None = None, *, pdf: bool = False) -> Path:
-    """Write the comparison page of `run_dirs` to `out` (default: default_comparison_path) and return its path.
+    """Write the comparison page of `run_dirs` to `out` (default: compare.html beside the runs, in their common
+    parent folder) and return its path.
     The overlaid curves are also kept as a PNG beside it (<out stem>-curves.png); with `pdf`, also <out>.pdf."""
     runs = load_runs(run_dirs)
     given = out is not None
-    out = Path(out) if given else default_comparison_path(run_dirs)
+    if not given:
+        out = Path(os.path.commonpath([Path(d).resolve().parent for d in run_dirs])) / COMPARISON_FILE
+    out = Path(out)
     inside = enclosing_run_folder(out)
     if inside is not None:  # it and its -curves.png could replace that run's own files (metrics.jsonl, ...)
         raise VisionlaunchError(
@@ -116,9 +113,7 @@ def differing_keys(runs: list[ComparedRun]) -> list[str]:
     wherever it is recorded is a version difference, not a setting that was varied: it is left out.
     """
     with_config = [r for r in runs if r.has_config]
-    keys: dict[str, None] = {}
-    for r in with_config:
-        keys.update(dict.fromkeys(r.settings))
+    keys = dict.fromkeys(k for r in with_config for k in r.settings)
     return [k for k in keys if len({_canon(r.settings[k]) for r in with_config if k in r.settings}) > 1]
 
 
@@ -216,15 +211,6 @@ def summarise(runs: list[ComparedRun], keys: list[str]) -> list[str]:
 # ---------------------------------------------------------------------------------------------------- page
 
 
-def _status(r: ComparedRun) -> str:
-    if r.head.finished:
-        return "finished"
-    if r.head.epochs_done:
-        of = f"/{r.head.epochs_planned}" if r.head.epochs_planned else ""
-        return f"unfinished ({r.head.epochs_done}{of} epochs)"
-    return "no finished epoch"
-
-
 def _run_link(r: ComparedRun, out: Path) -> Html | str:
     report = r.folder.path / REPORT
     if not report.is_file():
@@ -246,10 +232,10 @@ def _results(runs: list[ComparedRun], keys: list[str], out: Path) -> Html:
             delta = "baseline" if r is base else f"{100 * (h.test_acc - base.head.test_acc):+.2f} pts"
         best_val = page.pct(h.best_val_acc) + (f" (epoch {h.best_epoch})" if h.best_epoch is not None else "")
         params = r.folder.identity.get("parameters")
-        rows.append([_run_link(r, out), _status(r),
+        rows.append([_run_link(r, out), r.head.status,
                      *[fmt(r.settings.get(k, _ABSENT)) if r.has_config else "no config.yaml" for k in keys],
                      page.pct(h.test_acc), delta, best_val, page.pct(h.test_acc_at_best_val),
-                     page.duration(h.wall_s), "—" if h.images_per_s is None else f"{h.images_per_s:,.0f}",
+                     page.duration(h.wall_s), page.num(h.images_per_s, ",.0f"),
                      f"{params:,}" if isinstance(params, int) else "—"])
     scored = [i for i, r in enumerate(runs) if r.head.test_acc is not None]
     best = [max(scored, key=lambda i: runs[i].head.test_acc)] if scored else []
@@ -305,10 +291,8 @@ def render_comparison(runs: list[ComparedRun], curves_png: bytes, out: Path) -> 
         curves_png, "test accuracy, train loss and test loss per epoch for every run",
         "Per epoch, one colour per run: test accuracy, train loss and test loss."))
     sections = [_notes(runs), summary, _results(runs, keys, out), curves, _effects(runs, keys), _shared(runs, keys)]
-    sections = [s for s in sections if s]
-    nav = [(a, label) for a, label in (("summary", "Summary"), ("results", "Runs"), ("curves", "Curves"),
-                                       ("effects", "Effects"), ("shared", "Shared settings"))
-           if any(f'id="{a}"' in s for s in sections)]
+    nav = (("summary", "Summary"), ("results", "Runs"), ("curves", "Curves"), ("effects", "Effects"),
+           ("shared", "Shared settings"))
     parent = os.path.commonpath([str(r.folder.path.resolve()) for r in runs])
     hero = (f'<div class="eyebrow">visionlaunch comparison</div><h1>{len(runs)} runs compared</h1>'
             f'<div class="meta">{esc(", ".join(r.label for r in runs))} · in {esc(parent)}</div>')

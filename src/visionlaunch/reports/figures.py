@@ -1,27 +1,29 @@
-"""The run's curves (loss, accuracy; several runs side by side; ablation means) and the style, stamp and atomic
-saving every figure shares (t-SNE, predictions and the confusion matrix are in `class_figures.py`).
-
-Every public `plot_*` function builds its Figure in a `_make_*_figure` (so tests can read its texts) and writes
-it with `_save`, atomically, as a PNG at `DPI`. Figures use matplotlib's object API on the Agg canvas: no
-pyplot, so no global figure list to leak and no display needed.
-"""
+"""The run's curves (loss, accuracy; several runs or settings overlaid) and the style, stamp and atomic saving
+every figure shares (t-SNE, predictions and the confusion matrix are in `class_figures.py`). Each `plot_*` builds
+its Figure in a `_make_*_figure` (so tests can read its texts) with matplotlib's object API on the Agg canvas: no
+pyplot, so no global figure list to leak and no display needed."""
 
 from __future__ import annotations
 
-import math
+import datetime as dt
+import getpass
+import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib as mpl
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from visionlaunch.atomic import atomic_write
+from visionlaunch.runfolder import figure_file
 
-from .stamp import Stamp
+from .analysis import SPLITS, epoch_rows, number
 
 DPI = 120
 MAX_LEGEND_CLASSES = 20  # above this, t-SNE drops the per-class legend and the confusion matrix its cell text
@@ -49,6 +51,42 @@ _STYLE = {
 _STAMP_STRIP_IN = 0.25  # inches kept free at the bottom of every figure for the stamp
 _SPLIT_COLORS = {"train": "#1f77b4", "val": "#ff7f0e", "test": "#2ca02c"}
 _RIGHT, _WRONG = "#1a7f37", "#c62828"
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+@dataclass(frozen=True)
+class Stamp:
+    """The mark every figure carries: who made it (report.ident, default the user name), on which day
+    ("YYYY-MM-DD") and for which run. The date is passed in rather than read from the clock so that a report
+    rebuilt later keeps the run's date."""
+
+    ident: str
+    date: str
+    run_name: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.ident.strip():
+            raise ValueError("Stamp.ident is empty; set report.ident in the config (it defaults to the user name)")
+        if not _DATE.fullmatch(self.date):
+            raise ValueError(f"Stamp.date must be 'YYYY-MM-DD', got {self.date!r}")
+        dt.date.fromisoformat(self.date)  # rejects impossible dates such as 2024-02-30
+
+    def text(self) -> str:
+        """'<ident> · <date>', followed by ' · <run_name>' when a run name was given."""
+        return " · ".join(part for part in (self.ident.strip(), self.date, self.run_name.strip()) if part)
+
+    @classmethod
+    def today(cls, ident: str = "", run_name: str = "") -> Stamp:
+        """A stamp dated today; an empty ident falls back to the login name."""
+        return cls(ident=ident or _user_name(), date=dt.date.today().isoformat(), run_name=run_name)
+
+
+def _user_name() -> str:
+    # getpass raises in containers whose uid has no passwd entry; a figure should still get a stamp there.
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
 
 
 # ---------------------------------------------------------------------------------------------------- style + save
@@ -93,64 +131,18 @@ def _short(name: str, width: int = 18) -> str:
     return name if len(name) <= width else name[: width - 1] + "…"
 
 
-# ---------------------------------------------------------------------------------------------------- input checks
-
-
-def _as_labels(values, n_classes: int, what: str) -> np.ndarray:
-    arr = np.asarray(values)
-    if arr.ndim != 1:
-        raise ValueError(f"{what} must be a 1-D array of class indices, got shape {arr.shape}")
-    if arr.size and not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"{what} must hold integer class indices, got dtype {arr.dtype}")
-    arr = arr.astype(np.int64)
-    if arr.size and (arr.min() < 0 or arr.max() >= n_classes):
-        raise ValueError(f"{what} must lie in [0, {n_classes}) for {n_classes} classes, got {arr.min()}..{arr.max()}")
-    return arr
-
-
-def _label_pair(labels, preds, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    if not classes:
-        raise ValueError("classes is empty; pass the dataset's class names")
-    y = _as_labels(labels, len(classes), "labels")
-    p = _as_labels(preds, len(classes), "preds")
-    if y.shape != p.shape:
-        raise ValueError(f"labels and preds differ in length: {len(y)} vs {len(p)}")
-    return y, p
-
-
 # ---------------------------------------------------------------------------------------------------- curves
 
 
-def _number(value) -> float | None:
-    """A finite float, or None for anything else (strings, bools, NaN, missing)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return float(value)
-
-
 def epoch_series(records: Iterable, key: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per split present, (epochs, values) of the epoch records that carry a finite `key`, sorted by epoch.
-
-    Step records, unknown kinds or splits and records with missing or non-numeric fields are skipped. When an
-    epoch appears twice (a resumed run logs it again) the later record wins.
-    """
-    by_split: dict[str, dict[float, float]] = {split: {} for split in _SPLIT_COLORS}
-    for rec in records:
-        if not isinstance(rec, dict) or rec.get("kind") != "epoch" or rec.get("split") not in by_split:
-            continue
-        epoch, value = _number(rec.get("epoch")), _number(rec.get(key))
-        if epoch is not None and value is not None:
-            by_split[rec["split"]][epoch] = value
+    """Per split present, (epochs, values) of the epoch rows (`epoch_rows`) whose record carries a finite `key`."""
+    rows = epoch_rows(records)
     series = {}
-    for split, points in by_split.items():
+    for split in SPLITS:
+        points = [(row["epoch"], value) for row in rows if (value := number(row.get(split, {}).get(key))) is not None]
         if points:
-            epochs = np.array(sorted(points))
-            series[split] = (epochs, np.array([points[e] for e in epochs]))
+            series[split] = tuple(np.array(column) for column in zip(*points))
     return series
-
-
-def _has_epoch_records(records: list) -> bool:
-    return any(isinstance(r, dict) and r.get("kind") == "epoch" and r.get("split") in _SPLIT_COLORS for r in records)
 
 
 def _epoch_axes(ax, ylabel: str) -> None:
@@ -165,7 +157,8 @@ def _line(ax, split: str, epochs: np.ndarray, values: np.ndarray, label: str) ->
 
 
 def _empty_message(records: list, what: str) -> str:
-    return f"no {what} in the epoch records" if _has_epoch_records(records) else "no epoch finished yet"
+    logged = any(isinstance(r, dict) and r.get("kind") == "epoch" and r.get("split") in SPLITS for r in records)
+    return f"no {what} in the epoch records" if logged else "no epoch finished yet"
 
 
 def _make_loss_figure(records: list, stamp: Stamp) -> Figure:
@@ -210,65 +203,13 @@ def _make_accuracy_figure(records: list, stamp: Stamp) -> Figure:
 def plot_curves(records: list[dict], out_dir: Path, stamp: Stamp) -> list[Path]:
     """Write out_dir/loss.png and out_dir/accuracy.png from the parsed lines of metrics.jsonl."""
     records = list(records)
-    out_dir = Path(out_dir)
     return [
-        _save(_make_loss_figure(records, stamp), out_dir / "loss.png"),
-        _save(_make_accuracy_figure(records, stamp), out_dir / "accuracy.png"),
+        _save(_make_loss_figure(records, stamp), figure_file(out_dir, "loss")),
+        _save(_make_accuracy_figure(records, stamp), figure_file(out_dir, "accuracy")),
     ]
 
 
-# ---------------------------------------------------------------------------------------------------- run comparison
-
-
-def _run_colors(n: int) -> list:
-    if n <= 10:
-        return [mpl.colormaps["tab10"](i) for i in range(n)]
-    if n <= 20:
-        return [mpl.colormaps["tab20"](i) for i in range(n)]
-    return [mpl.colormaps["turbo"](x) for x in np.linspace(0.05, 0.95, n)]
-
-
-def _make_comparison_figure(runs: list[tuple[str, list]], stamp: Stamp) -> Figure:
-    """Three panels side by side: test accuracy, train loss and test loss per epoch, one colour per run.
-    Runs without test records fall back to validation, so an ablation without a test split still compares."""
-    panels = (("acc", "test", "top-1 accuracy (%)", "Test accuracy"), ("loss", "train", "loss", "Train loss"),
-              ("loss", "test", "loss", "Test loss"))
-    colors = _run_colors(len(runs))
-    with _styled_figure(stamp, f"{len(runs)} runs compared, per epoch", (13.0, 4.4)) as fig:
-        axes = fig.subplots(1, 3)
-        for ax, (key, split, ylabel, title) in zip(axes, panels):
-            _epoch_axes(ax, ylabel)
-            drawn, used_val = 0, False
-            for (label, records), color in zip(runs, colors):
-                series = epoch_series(records, key)
-                if split not in series and split == "test" and "val" in series:
-                    split_used, used_val = "val", True
-                else:
-                    split_used = split
-                if split_used not in series:
-                    continue
-                epochs, values = series[split_used]
-                values = 100.0 * values if key == "acc" else values
-                ax.plot(epochs, values, color=color, marker="o" if len(epochs) <= 40 else None,
-                        linestyle="--" if split_used != split else "-", label=_short(label, 28))
-                drawn += 1
-            ax.set_title(title + (" (dashed: validation)" if used_val else ""))
-            if not drawn:
-                _placeholder(ax, "no epoch records")
-        handles, labels = axes[0].get_legend_handles_labels()
-        if not handles:
-            handles, labels = axes[1].get_legend_handles_labels()
-        if handles:
-            fig.legend(handles, labels, loc="outside right upper", title="run")
-        return fig
-
-
-def plot_comparison(runs: list[tuple[str, list[dict]]], out_path: Path, stamp: Stamp) -> Path:
-    """Overlaid per-epoch curves of several runs, given as (label, parsed metrics.jsonl records) pairs."""
-    return _save(_make_comparison_figure([(label, list(records)) for label, records in runs], stamp), out_path)
-
-
-# ---------------------------------------------------------------------------------------------------- ablation
+# ---------------------------------------------------------------------------------------------------- several runs
 
 
 def mean_curve(runs: list[list[dict]], split: str, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -290,19 +231,28 @@ def mean_curve(runs: list[list[dict]], split: str, key: str) -> tuple[np.ndarray
     return epochs, mean, std
 
 
-def _make_ablation_figure(groups: list[tuple[str, list[list[dict]]]], stamp: Stamp, title: str) -> Figure:
-    """Two panels, test accuracy and test loss per epoch: one colour per setting, its mean over seeds with a
-    band of ± one standard deviation. Settings without test records fall back to validation (dashed)."""
+def _run_colors(n: int) -> list:
+    if n <= 10:
+        return [mpl.colormaps["tab10"](i) for i in range(n)]
+    if n <= 20:
+        return [mpl.colormaps["tab20"](i) for i in range(n)]
+    return [mpl.colormaps["turbo"](x) for x in np.linspace(0.05, 0.95, n)]
+
+
+def _make_overlay_figure(groups: list[tuple[str, list[list[dict]]]], stamp: Stamp, title: str, panels: tuple,
+                         figsize: tuple[float, float], *, label_width: int, empty: str, legend_title: str) -> Figure:
+    """Panels of (metric, split, y label, title) side by side, one colour per group of runs: its mean per epoch,
+    with a band of ± one standard deviation where it has several runs. Groups without test records fall back to
+    validation (dashed), so runs without a test split still compare."""
     colors = _run_colors(len(groups))
-    with _styled_figure(stamp, title, (11.5, 4.4)) as fig:
-        axes = fig.subplots(1, 2)
-        for ax, (key, ylabel, panel) in zip(axes, (("acc", "top-1 accuracy (%)", "Test accuracy"),
-                                                   ("loss", "loss", "Test loss"))):
+    with _styled_figure(stamp, title, figsize) as fig:
+        axes = fig.subplots(1, len(panels))
+        for ax, (key, split, ylabel, panel) in zip(axes, panels):
             _epoch_axes(ax, ylabel)
             drawn, used_val = 0, False
             for (label, runs), color in zip(groups, colors):
-                curve, dashed = mean_curve(runs, "test", key), False
-                if curve is None:
+                curve, dashed = mean_curve(runs, split, key), False
+                if curve is None and split == "test":
                     curve, dashed = mean_curve(runs, "val", key), True
                 if curve is None:
                     continue
@@ -310,22 +260,40 @@ def _make_ablation_figure(groups: list[tuple[str, list[list[dict]]]], stamp: Sta
                 epochs, mean, std = curve
                 scale = 100.0 if key == "acc" else 1.0
                 ax.plot(epochs, scale * mean, color=color, marker="o" if len(epochs) <= 40 else None,
-                        linestyle="--" if dashed else "-", label=_short(label, 36))
+                        linestyle="--" if dashed else "-", label=_short(label, label_width))
                 if std.any():
                     ax.fill_between(epochs, scale * (mean - std), scale * (mean + std), color=color, alpha=0.15,
                                     linewidth=0)
                 drawn += 1
             ax.set_title(panel + (" (dashed: validation)" if used_val else ""))
             if not drawn:
-                _placeholder(ax, "no finished run with epoch records")
-        handles, labels = axes[0].get_legend_handles_labels()
+                _placeholder(ax, empty)
+        handles, labels = next((h for h in map(Axes.get_legend_handles_labels, axes) if h[0]), ([], []))
         if handles:
-            fig.legend(handles, labels, loc="outside right upper", title="setting (finished seeds)")
+            fig.legend(handles, labels, loc="outside right upper", title=legend_title)
         return fig
+
+
+def _make_comparison_figure(runs: list[tuple[str, list]], stamp: Stamp) -> Figure:
+    """Three panels: test accuracy, train loss and test loss per epoch, one colour per run."""
+    panels = (("acc", "test", "top-1 accuracy (%)", "Test accuracy"), ("loss", "train", "loss", "Train loss"),
+              ("loss", "test", "loss", "Test loss"))
+    return _make_overlay_figure([(label, [records]) for label, records in runs], stamp,
+                                f"{len(runs)} runs compared, per epoch", panels, (13.0, 4.4), label_width=28,
+                                empty="no epoch records", legend_title="run")
+
+
+def plot_comparison(runs: list[tuple[str, list[dict]]], out_path: Path, stamp: Stamp) -> Path:
+    """Overlaid per-epoch curves of several runs, given as (label, parsed metrics.jsonl records) pairs."""
+    return _save(_make_comparison_figure([(label, list(records)) for label, records in runs], stamp), out_path)
 
 
 def plot_ablation_curves(groups: list[tuple[str, list[list[dict]]]], out_path: Path, stamp: Stamp, *,
                          title: str = "Ablation: mean over seeds") -> Path:
-    """Overlaid mean-over-seeds test curves of an ablation's settings, given as (label, [records of each seed])."""
+    """Test accuracy and test loss per epoch of an ablation's settings, each the mean over its seeds, given as
+    (label, [records of each seed])."""
+    panels = (("acc", "test", "top-1 accuracy (%)", "Test accuracy"), ("loss", "test", "loss", "Test loss"))
     groups = [(label, [list(records) for records in runs]) for label, runs in groups]
-    return _save(_make_ablation_figure(groups, stamp, title), out_path)
+    fig = _make_overlay_figure(groups, stamp, title, panels, (11.5, 4.4), label_width=36,
+                               empty="no finished run with epoch records", legend_title="setting (finished seeds)")
+    return _save(fig, out_path)

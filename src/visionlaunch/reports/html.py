@@ -1,9 +1,5 @@
-"""The run report: `write_report(run_dir)` turns a run folder into one self-contained report.html.
-
-Sections, in reading order: what is missing (if anything), results, curves, sample predictions and t-SNE,
-confusion, per-epoch metrics and timing, interruptions of a resumed run, the run's identity, the model summary
-and the resolved config. Each section renders from what exists, so an unfinished or older run still gets a page.
-"""
+"""The run report: `write_report(run_dir)` turns a run folder into one self-contained report.html, its sections
+(`render_report`) each drawn from what exists, so that an unfinished or older run still gets a page."""
 
 from __future__ import annotations
 
@@ -17,20 +13,16 @@ from visionlaunch.errors import VisionlaunchError
 from visionlaunch.runfolder import CONFIG, REPORT, RUN_FILES, holds_run_files
 
 from . import page
-from .analysis import Headline, RunFolder, epoch_rows, final_record, find_restarts, headline, number, read_run
+from .analysis import SPLITS, Headline, RunFolder, epoch_elapsed, epoch_rows, find_restarts, headline, number, read_run
 from .class_figures import most_confused_pairs
-from .figures import MAX_LEGEND_CLASSES, plot_curves
+from .figures import MAX_LEGEND_CLASSES, Stamp, plot_curves
 from .page import Html, esc
-from .stamp import Stamp
 
 WIDE_FIGURE_PX = 1400  # wider figures get the page's full width at their own size
 
-_IDENTITY = (  # run.yaml key -> label, in the order a reader wants them
-    ("ident", "identifier"), ("date", "date"), ("started", "started"), ("command", "command line"),
-    ("git_commit", "git commit"), ("host", "host"), ("device", "device"), ("processes", "processes"),
-    ("precision", "precision"), ("parameters", "parameters"), ("data", "data"), ("visionlaunch", "visionlaunch"),
-    ("python", "python"), ("torch", "torch"),
-)
+_IDENTITY = ("ident", "date", "started", "command", "git_commit", "host", "device", "processes", "precision",
+             "parameters", "data", "visionlaunch", "python", "torch")  # run.yaml keys, in the order a reader wants
+_LABELS = {"ident": "identifier", "command": "command line", "git_commit": "git commit"}  # the others: the key
 
 
 def write_report(run_dir: Path, *, pdf: bool = False) -> Path:
@@ -63,23 +55,13 @@ def render_report(run: RunFolder, *, expand: bool = False) -> str:
         _draw_missing_curves(run, figures, missing)
     except Exception as exc:  # noqa: BLE001 - same reason as _guarded
         missing.append(f"the curves could not be drawn from metrics.jsonl ({type(exc).__name__}: {exc}).")
-    sections = [
-        _guarded("results", _results, run, head),
-        _guarded("curves", _curves, figures),
-        _guarded("samples", _samples, run, figures),
-        _guarded("confusion", _confusion, run, figures),
-        _guarded("epochs", _epochs, run, head),
-        _guarded("resumed", _restarts, run),
-        _guarded("run", _identity, run),
-        _guarded("model", _model, run, expand),
-        _guarded("config", _config, run, expand),
-    ]
-    sections.insert(0, _missing(missing))
-    nav = [(anchor, label) for anchor, label in (
-        ("results", "Results"), ("curves", "Curves"), ("samples", "Predictions"), ("confusion", "Confusion"),
-        ("epochs", "Per epoch"), ("resumed", "Resumed"), ("run", "Run"), ("model", "Model"), ("config", "Config"))
-        if any(f'id="{anchor}"' in s for s in sections)]
-    return page.document(f"{run.name} · visionlaunch report", _hero(run, head), nav, [s for s in sections if s])
+    sections = [_missing(missing)] + [_guarded(anchor, build, *args) for anchor, build, *args in (
+        ("results", _results, run, head), ("curves", _curves, figures), ("samples", _samples, run, figures),
+        ("confusion", _confusion, run, figures), ("epochs", _epochs, run, head), ("resumed", _restarts, run),
+        ("run", _identity, run), ("model", _model, run, expand), ("config", _config, run, expand))]
+    nav = (("results", "Results"), ("curves", "Curves"), ("samples", "Predictions"), ("confusion", "Confusion"),
+           ("epochs", "Per epoch"), ("resumed", "Resumed"), ("run", "Run"), ("model", "Model"), ("config", "Config"))
+    return page.document(f"{run.name} · visionlaunch report", _hero(run, head), nav, sections)
 
 
 def _guarded(anchor: str, build, *args) -> str:
@@ -98,13 +80,7 @@ def _guarded(anchor: str, build, *args) -> str:
 
 def _hero(run: RunFolder, head: Headline) -> str:
     ident = run.identity
-    if head.finished:
-        badge = '<span class="badge good">finished</span>'
-    elif head.epochs_done:
-        of = f" of {head.epochs_planned}" if head.epochs_planned else ""
-        badge = f'<span class="badge bad">unfinished: {head.epochs_done}{of} epochs</span>'
-    else:
-        badge = '<span class="badge bad">no finished epoch</span>'
+    badge = f'<span class="badge {"good" if head.finished else "bad"}">{head.status}</span>'
     facts = [ident.get("ident"), ident.get("date"), ident.get("host"), ident.get("device")]
     if ident.get("git_commit"):
         facts.append(f"git {ident['git_commit']}")
@@ -136,8 +112,7 @@ def _results(run: RunFolder, head: Headline) -> str:
         page.card("Test accuracy at best val", page.pct(head.test_acc_at_best_val), "the model kept in best.pt"),
         page.card("Test loss", page.num(head.test_loss)),
         page.card("Wall time", page.duration(head.wall_s), f"{epochs} epochs"),
-        page.card("Training speed", "—" if head.images_per_s is None else f"{head.images_per_s:,.0f}",
-                  "images/s (mean over epochs)"),
+        page.card("Training speed", page.num(head.images_per_s, ",.0f"), "images/s (mean over epochs)"),
     ]
     if isinstance(params, int):
         precision = _precision(run.identity.get("precision"))
@@ -148,7 +123,7 @@ def _results(run: RunFolder, head: Headline) -> str:
 
 
 def _early_stop_note(run: RunFolder) -> str:
-    stop = (final_record(run.records) or {}).get("early_stop")
+    stop = (run.final or {}).get("early_stop")
     if not isinstance(stop, dict):
         return ""
     watched = f"{stop.get('metric')} with patience {stop.get('patience')}"
@@ -170,9 +145,10 @@ def _draw_missing_curves(run: RunFolder, figures: dict[str, bytes], missing: lis
     if ("loss" in figures and "accuracy" in figures) or not epoch_rows(run.records):
         return
     with tempfile.TemporaryDirectory(prefix="visionlaunch-curves-") as tmp:
-        for path in plot_curves(run.records, Path(tmp), _stamp(run)):
+        drawn = plot_curves(run.records, Path(tmp), _stamp(run))
+        for path in drawn:
             figures.setdefault(path.stem, path.read_bytes())
-    missing.append("loss.png and accuracy.png were drawn by the report from metrics.jsonl.")
+    missing.append(f"{' and '.join(p.name for p in drawn)} were drawn by the report from metrics.jsonl.")
 
 
 def _stamp(run: RunFolder) -> Stamp:
@@ -268,26 +244,24 @@ def _epochs(run: RunFolder, head: Headline) -> str:
     rows = epoch_rows(run.records)
     if not rows:
         return ""
-    splits = [s for s in ("train", "val", "test") if any(s in r for r in rows)]
+    splits = [s for s in SPLITS if any(s in r for r in rows)]
     headers = ["epoch"] + [f"{s} {m}" for s in splits for m in ("loss", "acc")] + \
         ["lr", "train time", "images/s", "epoch time", "elapsed"]
-    table_rows, highlight, previous = [], [], 0.0
-    for i, r in enumerate(rows):
+    table_rows, previous = [], 0.0
+    for r in rows:
         cells = [r["epoch"]]
         for s in splits:
             rec = r.get(s, {})
             cells += [page.num(number(rec.get("loss"))), page.pct(number(rec.get("acc")))]
         train = r.get("train", {})
-        elapsed = max((t for t in (number(r[s].get("time")) for s in splits if s in r) if t is not None), default=None)
-        rate = number(train.get("images_per_s"))
+        elapsed = epoch_elapsed(r)
         lr = number(next((r[s].get("lr") for s in splits if s in r), None))
         cells += [page.num(lr, ".3g"), page.duration(number(train.get("seconds"))),
-                  "—" if rate is None else f"{rate:,.0f}",
+                  page.num(number(train.get("images_per_s")), ",.0f"),
                   page.duration(None if elapsed is None else elapsed - previous), page.duration(elapsed)]
         previous = elapsed if elapsed is not None else previous
         table_rows.append(cells)
-        if r["epoch"] == head.best_epoch:
-            highlight.append(i)
+    highlight = [i for i, r in enumerate(rows) if r["epoch"] == head.best_epoch]
     body = page.table(headers, table_rows, numeric=range(1, len(headers)), highlight=highlight)
     if len(rows) > 20:
         body = Html(f'<div class="scroll">{body}</div>')
@@ -324,7 +298,7 @@ def _identity(run: RunFolder) -> str:
         return page.section("run", "Run", Html(f'<p class="muted">No run.yaml: folder <code>{esc(run.path)}</code>.'
                                                "</p>"))
     pairs = [("name", run.name), ("folder", Html(f"<code>{esc(run.path)}</code>"))]
-    for key, label in _IDENTITY:
+    for key in _IDENTITY:
         if ident.get(key) not in (None, ""):
             value = ident[key]
             if key == "command":
@@ -333,8 +307,8 @@ def _identity(run: RunFolder) -> str:
                 value = f"{value:,}"
             elif key == "precision":
                 value = _precision(value) + (" (no mixed precision)" if value == "no" else "")
-            pairs.append((label, value))
-    known = {key for key, _ in _IDENTITY} | {"name"}
+            pairs.append((_LABELS.get(key, key), value))
+    known = {*_IDENTITY, "name"}
     pairs += [(key, value) for key, value in ident.items() if key not in known]  # fields of newer versions
     return page.section("run", "Run", page.key_values(pairs))
 

@@ -1,10 +1,6 @@
-"""Building blocks shared by the run report and the comparison page: one stylesheet, escaping, embedded PNGs and
-tables.
-
-Pages are one file of plain HTML with inline CSS, PNGs as data URIs, no scripts and system fonts only. A
-Content-Security-Policy that forbids every fetch makes that a guarantee: a report opened offline, on a cluster
-or mailed to a teacher looks the same everywhere and never calls out.
-"""
+"""Building blocks of the run report and the comparison page. A page is one file of plain HTML with inline CSS,
+PNGs as data URIs, no scripts and system fonts only; its Content-Security-Policy forbids every fetch, so a report
+opened offline, on a cluster or mailed to a teacher looks the same everywhere and never calls out."""
 
 from __future__ import annotations
 
@@ -95,20 +91,17 @@ def png_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def img(data: bytes, alt: str) -> Html:
+def figure(data: bytes, alt: str, caption: str | Html = "") -> Html:
+    """A PNG embedded as a data URI, with its size (if the header gives it) and an optional caption."""
     size = png_size(data)
     dims = f' width="{size[0]}" height="{size[1]}"' if size else ""
     src = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
-    return Html(f'<img src="{src}" alt="{esc(alt)}"{dims}>')
-
-
-def figure(data: bytes, alt: str, caption: str | Html = "") -> Html:
     cap = f"<figcaption>{cell(caption)}</figcaption>" if caption else ""
-    return Html(f"<figure>{img(data, alt)}{cap}</figure>")
+    return Html(f'<figure><img src="{src}" alt="{esc(alt)}"{dims}>{cap}</figure>')
 
 
 def table(headers: Sequence, rows: Iterable[Sequence], *, numeric: Iterable[int] = (),
-          highlight: Iterable[int] = (), cls: str = "") -> Html:
+          highlight: Iterable[int] = ()) -> Html:
     """A table whose cells are escaped unless they are Html. `numeric` columns align right; `highlight` rows stand
     out (e.g. the best epoch)."""
     numeric, highlight = set(numeric), set(highlight)
@@ -117,8 +110,7 @@ def table(headers: Sequence, rows: Iterable[Sequence], *, numeric: Iterable[int]
         return "".join(f'<{tag}{" class=num" if i in numeric else ""}>{cell(c)}</{tag}>' for i, c in enumerate(cells))
 
     body = "".join(f'<tr{" class=hl" if i in highlight else ""}>{row_html(r, "td")}</tr>' for i, r in enumerate(rows))
-    head = f"<thead><tr>{row_html(headers, 'th')}</tr></thead>" if headers else ""
-    return Html(f'<table{f" class={cls}" if cls else ""}>{head}<tbody>{body}</tbody></table>')
+    return Html(f"<table><thead><tr>{row_html(headers, 'th')}</tr></thead><tbody>{body}</tbody></table>")
 
 
 def key_values(pairs: Iterable[tuple[str, object]]) -> Html:
@@ -150,9 +142,11 @@ def pre(text: str) -> Html:
     return Html(f"<pre>{esc(text)}</pre>")
 
 
-def document(title: str, hero: str, nav: Sequence[tuple[str, str]], body: Iterable[str]) -> str:
-    """The whole page: head with CSP and styles, the coloured header, an anchor bar, the sections and a footer."""
-    links = "".join(f'<a href="#{esc(anchor)}">{esc(label)}</a>' for anchor, label in nav)
+def document(title: str, hero: str, nav: Sequence[tuple[str, str]], sections: Iterable[str]) -> str:
+    """The whole page: head with CSP and styles, the coloured header, an anchor bar (the `nav` (anchor, label) pairs
+    whose section is there), the sections that are not empty and a footer."""
+    body = "".join(sections)
+    links = "".join(f'<a href="#{esc(anchor)}">{esc(label)}</a>' for anchor, label in nav if f'id="{anchor}"' in body)
     written = dt.datetime.now().isoformat(sep=" ", timespec="seconds")
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
@@ -161,7 +155,7 @@ def document(title: str, hero: str, nav: Sequence[tuple[str, str]], body: Iterab
         f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>"
         f'<header class="hero"><div class="wrap">{hero}</div></header>'
         f'<nav><div class="wrap">{links}</div></nav>'
-        f'<main><div class="wrap">{"".join(body)}</div></main>'
+        f'<main><div class="wrap">{body}</div></main>'
         f"<footer>written by visionlaunch {esc(__version__)} on {esc(written)} · one self-contained file: "
         "no scripts, no network</footer></body></html>\n")
 

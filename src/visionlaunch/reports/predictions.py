@@ -32,47 +32,54 @@ class Predictions:
         return int(np.sum(self.labels[self.grid] == self.preds[self.grid])), len(self.grid)
 
 
-def _check(labels, preds, classes: list[str], grid) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    y, p = np.asarray(labels), np.asarray(preds)
-    if y.ndim != 1 or y.shape != p.shape:
-        raise ValueError(f"labels and preds must be 1-D arrays of one length, got shapes {y.shape} and {p.shape}")
+def indices(values, n: int, what: str) -> np.ndarray:
+    """`values` as a 1-D int64 array of indices in [0, n) (class indices, or positions in the predictions)."""
+    arr = np.asarray(values)
+    if arr.ndim != 1:
+        raise ValueError(f"{what} must be a 1-D array of indices, got shape {arr.shape}")
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"{what} must hold integer indices, got dtype {arr.dtype}")
+    arr = arr.astype(np.int64)
+    if arr.size and (arr.min() < 0 or arr.max() >= n):
+        raise ValueError(f"{what} must lie in [0, {n}), got {arr.min()}..{arr.max()}")
+    return arr
+
+
+def label_pair(labels, preds, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
     if not classes:
         raise ValueError("classes is empty; pass the dataset's class names")
-    for what, arr in (("labels", y), ("preds", p)):
-        if arr.size and (not np.issubdtype(arr.dtype, np.integer) or arr.min() < 0 or arr.max() >= len(classes)):
-            raise ValueError(f"{what} must be integer class indices in [0, {len(classes)})")
-    g = None
-    if grid is not None:
-        g = np.asarray(grid)
-        if g.ndim != 1 or (g.size and (not np.issubdtype(g.dtype, np.integer) or g.min() < 0 or g.max() >= len(y))):
-            raise ValueError(f"grid must be 1-D indices into the {len(y)} predictions")
-    return y, p, g
+    y = indices(labels, len(classes), "labels")
+    p = indices(preds, len(classes), "preds")
+    if y.shape != p.shape:
+        raise ValueError(f"labels and preds differ in length: {len(y)} vs {len(p)}")
+    return y, p
+
+
+def _check(labels, preds, classes: list[str], grid) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    y, p = label_pair(labels, preds, classes)
+    return y, p, None if grid is None else indices(grid, len(y), "grid")
 
 
 def check_groups(superclasses, superclass_of, n_classes: int) -> np.ndarray | None:
     """superclass_of as int64 indices into superclasses, one per class; None when either is None."""
     if superclasses is None or superclass_of is None:
         return None
-    s = np.asarray(superclass_of)
-    if s.shape != (n_classes,) or not np.issubdtype(s.dtype, np.integer) or s.min() < 0 or s.max() >= len(superclasses):
-        raise ValueError(f"superclass_of must give each of the {n_classes} classes a group in "
-                         f"[0, {len(superclasses)})")
-    return s.astype(np.int64)
+    groups = indices(superclass_of, len(superclasses), "superclass_of")
+    if len(groups) != n_classes:
+        raise ValueError(f"superclass_of must give each of the {n_classes} classes a group, got {len(groups)}")
+    return groups
 
 
 def save_predictions(run_dir: Path, labels, preds, classes: list[str], grid=None, *, superclasses=None,
                      superclass_of=None) -> Path:
-    """Write run_dir/predictions.npz (compressed; about 10 kB for 10,000 MNIST test images), atomically.
-
-    `grid` is the index of each image in the prediction grid figure, so the report can say "k/10 correct";
-    `superclasses` / `superclass_of` the class groups (CIFAR-100), so it can say which confusions stay in a group.
-    """
+    """Write run_dir/predictions.npz atomically. `grid` indexes the images of the prediction grid figure (the
+    report says "k/10 correct"); `superclasses` / `superclass_of` group the classes (CIFAR-100's 20)."""
     y, p, g = _check(labels, preds, classes, grid)
     groups = check_groups(superclasses, superclass_of, len(classes))
     small = np.int16 if len(classes) < 2**15 else np.int32  # class indices are small; keep the file small too
     arrays = {"labels": y.astype(small), "preds": p.astype(small), "classes": np.array(classes, dtype=str)}
     if g is not None:
-        arrays["grid"] = g.astype(np.int64)
+        arrays["grid"] = g
     if groups is not None:
         arrays["superclasses"], arrays["superclass_of"] = np.array(superclasses, dtype=str), groups
     path = Path(run_dir) / PREDICTIONS
@@ -99,5 +106,4 @@ def load_predictions(run_dir: Path) -> Predictions:
         groups = check_groups(superclasses, superclass_of, len(classes))
     except ValueError:
         superclasses, groups = None, None  # an optional extra: a bad one costs the grouping, not the report
-    return Predictions(y.astype(np.int64), p.astype(np.int64), classes, None if g is None else g.astype(np.int64),
-                       superclasses if groups is not None else None, groups)
+    return Predictions(y, p, classes, g, superclasses if groups is not None else None, groups)
