@@ -79,13 +79,10 @@ def read_run(run_dir: Path, which: str) -> tuple[RunConfig, dict]:
                ": the run has not finished an epoch yet (weights are written at the end of every epoch)")
             + ". Let the run finish an epoch (resume an interrupted one with train.resume=<run folder>), or pass "
               "another run folder.")
-    for path in (config_path, weights_path):
-        if not path.is_file():
-            hint = (" (best.pt exists only for runs with a validation split; use --weights last)"
-                    if which == "best" and path == weights_path else "")
-            raise VisionlaunchError(
-                f"{path} not found: {run_dir} is not a finished visionlaunch run folder{hint}. Pass the folder that "
-                "`visionlaunch train` printed (runs/<name>).")
+    if not config_path.is_file():
+        raise VisionlaunchError(
+            f"{config_path} not found: {run_dir} is not a finished visionlaunch run folder. Pass the folder that "
+            "`visionlaunch train` printed (runs/<name>).")
     return load_config(config_path), read_weights_file(weights_path)
 
 
