@@ -5,6 +5,7 @@ folders say.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import shutil
@@ -31,17 +32,11 @@ def record_submission(runs_dir: Path, record: dict) -> None:
 
 def read_records(runs_dir: Path) -> list[dict]:
     path = Path(runs_dir) / RECORDS
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and "job_id" in record:
-            out.append(record)
-    return out
+    records = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        with contextlib.suppress(ValueError):  # a line cut short by a crash
+            records.append(json.loads(line))
+    return [r for r in records if isinstance(r, dict) and "job_id" in r]
 
 
 def _rows(cmd: list[str]) -> list[list[str]] | None:
