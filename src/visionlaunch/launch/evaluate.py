@@ -87,7 +87,6 @@ def read_run(run_dir: Path, which: str) -> tuple[RunConfig, dict]:
 
 
 def _built(ckpt: dict, in_shape: tuple[int, int, int], num_classes: int, path: Path) -> nn.Module:
-    """The model of a weights file, its weights loaded."""
     model = build_model(ckpt["model_name"], in_shape, num_classes, ckpt["model_args"])
     try:
         model.load_state_dict(ckpt["model"])
