@@ -147,15 +147,18 @@ def _rebuild(run_dir: Path, which: str):
     return cfg, ckpt, identity, accelerator, data, model, pipeline
 
 
+def _names(classes: list[str]) -> str:
+    return ", ".join(classes[:12]) + (f", ... ({len(classes)} in all)" if len(classes) > 12 else "")
+
+
 def _check_same_task(path: Path, ckpt: dict, data) -> None:
     """Weights trained for other classes or another image shape cannot be evaluated on this data: say so instead
     of PyTorch's size-mismatch dump (e.g. a run folder whose config.yaml was edited, or data that changed)."""
     classes, shape = [str(c) for c in ckpt["classes"]], tuple(ckpt["in_shape"])
     if classes != list(data.classes):
         raise VisionlaunchError(
-            f"{path} was trained for {len(classes)} classes ({', '.join(classes[:5])}"
-            f"{', ...' if len(classes) > 5 else ''}) but the data of this run folder's config.yaml has "
-            f"{len(data.classes)} ({', '.join(data.classes[:5])}{', ...' if len(data.classes) > 5 else ''}). "
+            f"{path} was trained for {len(classes)} classes ({_names(classes)}) but the data of this run folder's "
+            f"config.yaml has {len(data.classes)} ({_names(data.classes)}). "
             "Evaluate it on the dataset it was trained on (data.name/data.path in config.yaml).")
     if shape != tuple(data.in_shape):
         raise VisionlaunchError(
@@ -231,10 +234,6 @@ def data_config(run: RunModel, overrides: list[str], split: str) -> DataConfig:
         raise VisionlaunchError(format_validation_error(err, "--data " + " ".join(overrides))) from None
 
 
-def _names(classes: list[str]) -> str:
-    return ", ".join(classes[:12]) + (f", ... ({len(classes)} in all)" if len(classes) > 12 else "")
-
-
 def label_map(run: RunModel, classes: list[str], where: str):
     """Index of each of the data's classes in the run's classes; an error when the names differ."""
     if list(classes) == run.classes:
@@ -264,7 +263,7 @@ def evaluate_on_data(run_dir: Path, which: str = "last", overrides: list[str] = 
         raise VisionlaunchError(f"--split {split}: the data has no {split} split (data.val_size is "
                                 f"{cfg.val_size}). Hold some training images out with --data val_size=5000, or choose "
                                 "another split.")
-    mapping = label_map(run, ds.classes, f"{ds.source}")
+    mapping = label_map(run, ds.classes, str(ds.source))
     labels = ds.labels if mapping is None else mapping[ds.labels]
     images = ds.images
     conversion = describe_conversion(tuple(images.shape[1:]), run.in_shape)
