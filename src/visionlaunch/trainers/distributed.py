@@ -24,7 +24,7 @@ from datetime import timedelta
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
-from accelerate.utils import InitProcessGroupKwargs
+from accelerate.utils import InitProcessGroupKwargs, broadcast_object_list
 
 from visionlaunch.config import RunConfig
 from visionlaunch.errors import VisionlaunchError, report
@@ -37,10 +37,9 @@ def set_deterministic(enabled: bool) -> None:
     """Switch deterministic mode on or off for this process (a later run in the same process may not want it)."""
     if enabled:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
     torch.use_deterministic_algorithms(enabled)
     torch.backends.cudnn.deterministic = enabled
-    if enabled:
-        torch.backends.cudnn.benchmark = False
 
 
 def make_accelerator(cfg: RunConfig, *, training: bool = False) -> Accelerator:
@@ -153,12 +152,7 @@ def mean_over_ranks(accelerator: Accelerator, value: torch.Tensor) -> torch.Tens
 
 def broadcast_from_main(accelerator: Accelerator, obj):
     """The main process's `obj` on every rank (picklable objects only)."""
-    if accelerator.num_processes == 1:
-        return obj
-    from accelerate.utils import broadcast_object_list
-    box = [obj if accelerator.is_main_process else None]
-    broadcast_object_list(box, from_process=0)
-    return box[0]
+    return broadcast_object_list([obj if accelerator.is_main_process else None], from_process=0)[0]
 
 
 # What the collective backends say when a peer is gone: gloo ("Connection reset by peer", "Connection closed by

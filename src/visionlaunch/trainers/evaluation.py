@@ -43,9 +43,6 @@ class Totals:
         n = len(labels)
         self.sums += torch.stack([loss.detach().double() * n, top1.double(), top5.double(), self._one * n])
 
-    def merge(self, other: Totals) -> None:
-        self.sums += other.sums
-
     def loss_is_finite(self) -> bool:
         return bool(torch.isfinite(self.sums[0]))
 

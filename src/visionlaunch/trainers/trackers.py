@@ -126,10 +126,10 @@ class RunTracker:
     def __init__(self, accelerator, run_cfg, run_path: Path, identity: dict, resume_step: int | None = None):
         # identity: run.yaml's; its tracker_run_id makes a resumed run continue the same W&B run (resume="allow").
         # resume_step: the checkpoint's step; TensorBoard and the CSV drop what was logged after it.
+        # Without trackers accelerator.trackers stays empty and its log() does nothing.
         self.accelerator, cfg, names = accelerator, run_cfg.tracker, run_cfg.tracker.names
-        self.enabled = bool(names) and accelerator.is_main_process  # Accelerate runs trackers there only
         self.run = None
-        if not self.enabled:
+        if not (names and accelerator.is_main_process):  # Accelerate runs trackers there only
             return
         init_kwargs = {}
         if "wandb" in names:
@@ -158,16 +158,14 @@ class RunTracker:
             self.run = accelerator.get_tracker("wandb", unwrap=True)
 
     def log_step(self, record: dict) -> None:
-        if self.enabled:
-            values = {f"step/{k}": record[k] for k in ("loss", "lr", "grad_norm", "skipped_steps") if k in record}
-            self.accelerator.log(values, step=record["step"])
+        values = {f"step/{k}": record[k] for k in ("loss", "lr", "grad_norm", "skipped_steps") if k in record}
+        self.accelerator.log(values, step=record["step"])
 
     def log_epoch(self, results: dict, epoch: int, step: int, seconds: float) -> None:
-        if self.enabled:
-            values = {"epoch": epoch, "time": seconds}
-            for split, r in results.items():
-                values.update({f"{split}/{k}": r[k] for k in ("loss", "acc", "acc5", "images_per_s") if k in r})
-            self.accelerator.log(values, step=step)
+        values = {"epoch": epoch, "time": seconds}
+        for split, r in results.items():
+            values.update({f"{split}/{k}": r[k] for k in ("loss", "acc", "acc5", "images_per_s") if k in r})
+        self.accelerator.log(values, step=step)
 
     def log_files(self, figures: list[Path], summary: Path | None, step: int) -> None:
         if self.run is None:
@@ -180,8 +178,6 @@ class RunTracker:
             self.run.save(str(summary), base_path=str(summary.parent), policy="now")
 
     def log_final(self, final: dict, step: int) -> None:
-        if not self.enabled:
-            return
         values = {k: v for k, v in final.items() if k != "kind" and v is not None}
         if self.run is not None:
             self.run.summary.update(values)

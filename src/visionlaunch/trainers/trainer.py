@@ -290,7 +290,7 @@ class Trainer:
             self.scheduler.step()
             if self.ema is not None:
                 self.ema.update(self.raw_model)
-            epoch_totals.merge(step_totals)
+            epoch_totals.sums += step_totals.sums
         state.step += 1
         state.step_in_epoch += 1
         if state.step % cfg.train.log_every == 0:
