@@ -133,23 +133,14 @@ def read_meta(path: Path) -> dict:
     raise VisionlaunchError(f"the checkpoint {path} is incomplete or corrupt: {problem}. {TRY_ANOTHER}")
 
 
-def _damage(path: Path) -> str | None:
-    """Why a checkpoint cannot be resumed from whatever the run's settings (unreadable metadata, a file every
-    checkpoint has missing), or None."""
-    try:
-        read_meta(path)
-    except VisionlaunchError as exc:
-        return str(exc).split(": ", 1)[-1].split(". ")[0]
-    absent = _missing(path, [TRAINER_STATE, "optimizer.bin"])
-    return f"{', '.join(absent)} missing" if absent else None
-
-
-def _missing(path: Path, names: list[str]) -> list[str]:
-    """Which of `names` and of the model's weights (safetensors, or Accelerate's older .bin) the folder lacks."""
-    missing = [name for name in names if not (Path(path) / name).is_file()]
-    if not ((Path(path) / "model.safetensors").is_file() or (Path(path) / "pytorch_model.bin").is_file()):
+def check_files(path: Path, needed: list[str]) -> None:
+    """Stop unless the folder holds every file of `needed` and the model's weights (safetensors, or Accelerate's
+    older .bin)."""
+    missing = [name for name in needed if not (path / name).is_file()]
+    if not ((path / "model.safetensors").is_file() or (path / "pytorch_model.bin").is_file()):
         missing.append("model.safetensors")
-    return missing
+    if missing:
+        raise VisionlaunchError(f"the checkpoint {path} is partial: {', '.join(missing)} missing. {TRY_ANOTHER}")
 
 
 def validate(path: Path, meta: dict, cfg_dump: dict, world: int, fp16: bool) -> None:
@@ -166,11 +157,8 @@ def validate(path: Path, meta: dict, cfg_dump: dict, world: int, fp16: bool) -> 
             f"the checkpoint {path} was written by {meta.get('world_size')} processes and this run has {world}. An "
             f"exact resumption (each rank's random state and data shard) needs the same count: launch "
             f"{meta.get('world_size')} processes.")
-    needed = [TRAINER_STATE, "optimizer.bin", *(f"random_states_{r}.pkl" for r in range(world)),
-              *(rank_state_name(r) for r in range(world)), *(["scaler.pt"] if fp16 else [])]
-    missing = _missing(path, needed)
-    if missing:
-        raise VisionlaunchError(f"the checkpoint {path} is partial: {', '.join(missing)} missing. {TRY_ANOTHER}")
+    check_files(path, [TRAINER_STATE, "optimizer.bin", *(f"random_states_{r}.pkl" for r in range(world)),
+                       *(rank_state_name(r) for r in range(world)), *(["scaler.pt"] if fp16 else [])])
 
 
 @dataclass
@@ -196,12 +184,15 @@ def plan_resume(resume: str, default_run_path: Path) -> ResumePlan:
             return ResumePlan(default_run_path, None, None)
         skipped = []
         for path in reversed(found):  # the newest one that is whole (a damaged one is kept for inspection)
-            damage = _damage(path)
-            if damage is None:
-                note = (f"NOTE: train.resume=auto skipped the damaged checkpoint(s) {'; '.join(skipped)} and resumes "
-                        f"from the previous complete one, {path.name}") if skipped else None
-                return ResumePlan(default_run_path, path, read_meta(path), note)
-            skipped.append(f"{path.name} ({damage})")
+            try:  # whatever the run's settings: readable metadata, and the files every checkpoint has
+                meta = read_meta(path)
+                check_files(path, [TRAINER_STATE, "optimizer.bin"])
+            except VisionlaunchError as exc:  # its reason: the message's first sentence, after the path
+                skipped.append(f"{path.name} ({str(exc).split(': ', 1)[-1].split('. ')[0]})")
+                continue
+            note = (f"NOTE: train.resume=auto skipped the damaged checkpoint(s) {'; '.join(skipped)} and resumes "
+                    f"from the previous complete one, {path.name}") if skipped else None
+            return ResumePlan(default_run_path, path, meta, note)
         raise VisionlaunchError(
             f"train.resume=auto: no checkpoint of {default_run_path} can be resumed from: {'; '.join(skipped)}. "
             "Restore one, or start the run again with train.resume=none and output.overwrite=true.")
@@ -329,9 +320,6 @@ def save_weights(path: Path, model_state: dict, epoch: int, results: dict, cfg, 
 def what_was_saved(run_path: Path) -> str:
     """What a run that stops on bad numbers leaves to go back to: only files that exist are named."""
     weights, found = weights_file(run_path, "last"), complete_checkpoints(run_path / CHECKPOINTS)
-    kept = ([f"the last finished epoch's weights are in {weights}"] if weights.is_file() else []) + \
-        ([f"the checkpoint {found[-1]} holds the last good state"] if found else [])
-    if not kept:
-        return "Nothing was saved before it happened (no epoch finished, no checkpoint written)."
-    text = " and ".join(kept)
-    return text[0].upper() + text[1:] + "."
+    kept = ([f"The last finished epoch's weights are in {weights}."] if weights.is_file() else []) + \
+        ([f"The checkpoint {found[-1]} holds the last good state."] if found else [])
+    return " ".join(kept) or "Nothing was saved before it happened (no epoch finished, no checkpoint written)."
