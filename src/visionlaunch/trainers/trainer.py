@@ -40,7 +40,6 @@ from visionlaunch.trainers.ema import ModelEMA
 from visionlaunch.trainers.evaluation import Totals, epoch_line, evaluate
 from visionlaunch.trainers.losses import CrossEntropyLoss
 from visionlaunch.trainers.preemption import Preempted, PreemptionWatcher
-from visionlaunch.trainers.runlock import RunLock
 from visionlaunch.trainers.schedules import build_optimizer, build_scheduler
 from visionlaunch.trainers.setup import decide_for_every_rank, loaders_for, model_for, write_run_files
 from visionlaunch.trainers.trackers import RunTracker, check_tracker
@@ -67,37 +66,33 @@ class Trainer:
         """`data`: train on these tensors instead of reading cfg.data (benchmarks, tests); its name must be
         cfg.data.name. `verbose`: print the model's layer table too (it is always in summary.txt). Use it as
         `with Trainer(...) as t: t.fit()`: the block holds the signal handlers, the lock and the trackers."""
-        self.lock: RunLock | None = None  # the run folder's lock, held by the main process until the block ends
         self.verbose, self.argv = verbose, argv if argv is not None else sys.argv
-        try:
+        with contextlib.ExitStack() as undo:  # what a failed set-up gives back (nothing once it has succeeded)
             self._start_processes(cfg)
+            # The main process holds the run folder's lock until the `with` block ends.
             decided, self.data, self.cfg, self.lock = decide_for_every_rank(cfg, preset, data, self.accelerator,
                                                                             self.log)
+            if self.lock is not None:
+                undo.callback(self.lock.release)
             self.plan, self.run_path = decided.plan, decided.plan.run_path
             self.resuming = self.plan.checkpoint is not None
             self.model = model_for(self.cfg, self.data, self.accelerator)
             self.summary = model_summary(self.model, self.data.in_shape)
             # Everything validated: now the run folder may exist. Set-up failures after this remove it again (a
             # resumed run's folder is never removed).
-            run_dir = (rf.RunDirectory.existing(self.run_path) if self.resuming else
-                       rf.RunDirectory(self.run_path, decided.replace)) if self.is_main else None
-            try:
-                self._build_loaders(decided.betons)
-                self._build_optimization()
-                self._restore()
-                self.identity = write_run_files(self.run_path, self.cfg, self.data, self.raw_model, self.summary,
-                                                self.accelerator, self.argv, self.plan.checkpoint) if self.is_main else {}
-                self.accelerator.wait_for_everyone()
-                self.tracker = RunTracker(self.accelerator, self.cfg, self.run_path, self.identity,
-                                          self.state.step if self.resuming else None)
-            except BaseException:
-                if run_dir is not None:
-                    run_dir.discard()
-                raise
-        except BaseException:
-            if self.lock is not None:
-                self.lock.release()
-            raise
+            if self.is_main:
+                run_dir = (rf.RunDirectory.existing(self.run_path) if self.resuming else
+                           rf.RunDirectory(self.run_path, decided.replace))
+                undo.callback(run_dir.discard)
+            self._build_loaders(decided.betons)
+            self._build_optimization()
+            self._restore()
+            self.identity = write_run_files(self.run_path, self.cfg, self.data, self.raw_model, self.summary,
+                                            self.accelerator, self.argv, self.plan.checkpoint) if self.is_main else {}
+            self.accelerator.wait_for_everyone()
+            self.tracker = RunTracker(self.accelerator, self.cfg, self.run_path, self.identity,
+                                      self.state.step if self.resuming else None)
+            undo.pop_all()
 
     def __enter__(self) -> Trainer:
         self.watcher.__enter__()
