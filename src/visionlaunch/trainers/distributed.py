@@ -7,9 +7,6 @@ algorithms only (an operation without one stops with an error naming it), no cuD
 workspace (CUBLAS_WORKSPACE_CONFIG, read when CUDA first initialises cuBLAS). The CPU kernels this project uses are
 deterministic already; on GPUs the cost is slower convolutions.
 
-When a process of a running group dies or hangs, the others' next collective fails at once (connection reset) or
-after train.dist_timeout_s (a hung peer); each survivor then says so in one message instead of a backend traceback.
-
 Launching wrongly is silent in Accelerate: `accelerate launch --multi_gpu` or `torchrun` on a machine without GPUs
 starts N unsynchronised single-process copies, and `accelerate launch --cpu --num_processes N` starts ONE process.
 Both would train "successfully", so the trainer refuses to start and names the command that works.
@@ -113,7 +110,7 @@ def processes_requested_by_launcher(parent_cmdline: list[str] | None = None) -> 
     return None
 
 
-def check_world_size(accelerator: Accelerator, parent_cmdline: list[str] | None = None) -> None:
+def check_world_size(accelerator: Accelerator) -> None:
     """Stop when the process group is not the one the launcher meant to start (see the module docstring)."""
     actual = accelerator.num_processes
     env_world = int(os.environ["WORLD_SIZE"]) if os.environ.get("WORLD_SIZE", "").isdigit() else None
@@ -128,7 +125,7 @@ def check_world_size(accelerator: Accelerator, parent_cmdline: list[str] | None 
                f"torch sees {cuda} GPU(s): use `accelerate launch --multi_gpu --num_processes {env_world} train.py "
                "...` with no more processes than GPUs per machine, and do not force CPU.")
             + " On one machine without a launcher, run `python train.py ...` or `visionlaunch train ...`.")
-    requested = processes_requested_by_launcher(parent_cmdline)
+    requested = processes_requested_by_launcher()
     if requested is not None and requested > 1 and actual == 1 and env_world is None:
         raise VisionlaunchError(
             f"`accelerate launch` was asked for {requested} processes but started only this one (with --cpu, or "

@@ -37,8 +37,6 @@ class RunLock:
 
     def acquire(self, log=None) -> RunLock:
         """`log` gets the note of a file system without locks (the run then goes on unguarded)."""
-        if self.held:
-            return self
         # The folders missing above the lock file, deepest first: made now, removed again on release when empty.
         self._made = [folder for folder in (self.path.parent, *self.path.parent.parents) if not folder.exists()]
         with contextlib.suppress(OSError):  # a folder that cannot be made is reported below, by os.open
@@ -72,12 +70,9 @@ class RunLock:
                     "output.name. Nothing was changed. (The lock is "
                     f"{self.path}; it is released when that process exits, even if it is killed.)") from None
             # A releaser unlinks the file after locking it: if ours was unlinked meanwhile, it locks nothing.
-            try:
-                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
+            with contextlib.suppress(FileNotFoundError):
+                if os.path.samestat(os.fstat(fd), os.stat(self.path)):
+                    break
             os.close(fd)
         os.ftruncate(fd, 0)
         os.write(fd, (f"pid {os.getpid()} on {platform.node()}, since "
