@@ -39,24 +39,21 @@ def set_deterministic(enabled: bool) -> None:
     torch.backends.cudnn.deterministic = enabled
 
 
-def make_accelerator(cfg: RunConfig, *, training: bool = False) -> Accelerator:
+def make_accelerator(cfg: RunConfig, **kwargs) -> Accelerator:
+    """The Accelerator of cfg's device and precision; `kwargs` go to Accelerator (a training run's)."""
     # Accelerate keeps its precision settings in a process-wide singleton; a second run in the same process (a
     # notebook, the tests) with another precision would be refused. The process group (PartialState) is kept.
     if AcceleratorState._shared_state:
         AcceleratorState._reset_state(reset_partial_state=False)
         GradientState._reset_state()
-    kwargs = {}
-    if training:
-        kwargs["kwargs_handlers"] = [InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.train.dist_timeout_s))]
-        if "wandb" in cfg.tracker.names:
-            kwargs["log_with"] = "wandb"
     return Accelerator(mixed_precision=cfg.train.precision, cpu=cfg.train.device == "cpu", **kwargs)
 
 
 def start_processes(cfg: RunConfig) -> Accelerator:
     """The run's Accelerator, once the launch and the process layout are known to fit the config."""
     set_deterministic(cfg.train.deterministic)  # before the Accelerator touches CUDA (cuBLAS workspace)
-    acc = make_accelerator(cfg, training=True)
+    timeout = InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.train.dist_timeout_s))
+    acc = make_accelerator(cfg, kwargs_handlers=[timeout], log_with="wandb" if "wandb" in cfg.tracker.names else None)
     check_world_size(acc)
     if cfg.train.precision == "fp16" and acc.device.type == "cpu":
         raise VisionlaunchError(

@@ -3,7 +3,8 @@
 `runs/.<name>.lock` is locked by the main process before it looks into `runs/<name>` (resume, restart, overwrite)
 and held until training ends; the other ranks follow the main process's decision. The kernel releases a flock
 when its process dies however it dies (SIGKILL, OOM, a node reboot of a requeued SLURM job), so a lock is never
-left stuck: the next `train.resume=auto` simply takes it. The file is removed when the lock is released. On Linux, flock on NFS (v4, or v3 with lockd) is a byte-range lock that every client sees; on a file system
+left stuck: the next `train.resume=auto` simply takes it. The file is removed when the lock is released.
+On Linux, flock on NFS (v4, or v3 with lockd) is a byte-range lock that every client sees; on a file system
 without locks (Lustre mounted with noflock) the run goes on unguarded, with a note.
 """
 
