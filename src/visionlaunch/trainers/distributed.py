@@ -166,10 +166,9 @@ def peer_lost(exc: BaseException, world: int, timeout_s: int) -> PeerLost | None
     """The message for a survivor when `exc` is a collective that failed because a peer is gone, else None."""
     if world <= 1 or isinstance(exc, VisionlaunchError):
         return None
-    dist_error = getattr(torch.distributed, "DistError", ())
     text = str(exc)
-    if not (isinstance(exc, dist_error) or (isinstance(exc, RuntimeError)
-                                             and any(mark in text for mark in _PEER_FAILURE_MARKS))):
+    if not (isinstance(exc, torch.distributed.DistError)
+            or isinstance(exc, RuntimeError) and any(mark in text for mark in _PEER_FAILURE_MARKS)):
         return None
     detail = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
     detail = detail.split("] ", 1)[-1].split(". ")[0][:200]  # without the backend's source position and advice

@@ -1,7 +1,5 @@
 """What a run needs before its first step, one function per thing, called in order by `Trainer.__init__`: the
-decisions every rank shares (the run folder, locked, the checkpoint to resume from, the ffcv files), the data and
-the config as used, the model, the loaders and the batch pipeline, and the run's own files (config.yaml,
-summary.txt, run.yaml)."""
+decisions every rank shares, the data and the config as used, the model, the loaders and the run's own files."""
 
 from __future__ import annotations
 

@@ -109,9 +109,8 @@ class CsvTracker(GeneralTracker):
         self._writer = csv.writer(self._fh)
 
     def log(self, values: dict, step: int | None = None, **kwargs) -> None:
-        for key, value in values.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                self._writer.writerow((step, key, repr(float(value)) if isinstance(value, float) else value))
+        for key, value in values.items():  # numbers only: RunTracker logs no other values
+            self._writer.writerow((step, key, repr(value) if isinstance(value, float) else value))
         self._fh.flush()
 
     def finish(self) -> None:

@@ -359,7 +359,6 @@ class Trainer:
         self._elapsed()
         final = state.final_record(cfg)
         self.metrics.write(final)
-        self.metrics.close()
         acc.wait_for_everyone()
         # A signal that came during the last epoch's evaluation promised a checkpoint: the final one is written.
         if self._preemption_requested():
@@ -369,8 +368,7 @@ class Trainer:
         return final
 
     def _preemption_requested(self) -> bool:
-        """Whether any rank got a preemption signal: agreed by every rank at the same point (one tiny all-reduce with
-        several processes); no signals configured, no check."""
+        """Whether any rank got a preemption signal, agreed by every rank at the same step (no signals, no check)."""
         return bool(self.cfg.train.preempt_signals) and any_rank(self.accelerator, self.watcher.requested)
 
     def _preempted(self, checkpoint: Path, finished: bool = False) -> Preempted:
