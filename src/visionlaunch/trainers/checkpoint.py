@@ -30,7 +30,7 @@ from visionlaunch.config import config_differences
 from visionlaunch.errors import VisionlaunchError, describe_load_failure, describe_os_error
 from visionlaunch.runfolder import CHECKPOINT_DONE as META
 from visionlaunch.runfolder import (CHECKPOINTS, TORN_CHECKPOINTS, checkpoint_name, checkpoint_step,
-                                    complete_checkpoints, weights_file)
+                                    complete_checkpoints, metrics_size, weights_file)
 from visionlaunch.trainers.distributed import any_rank
 
 TRAINER_STATE = "trainer_state.pt"
@@ -220,14 +220,9 @@ class Checkpoints:
         self.accelerator, self.root, self.cfg = accelerator, Path(root), cfg
         self.scheduler, self.ema, self.pipeline = scheduler, ema, pipeline
 
-    def save(self, state: TrainState, totals: torch.Tensor, epoch_seconds: float, metrics_bytes: int) -> Path:
-        """`totals`, `epoch_seconds`: this rank's running sums and seconds of the epoch so far; `metrics_bytes`: the
-        length of metrics.jsonl at this state (a resumed run drops what follows)."""
+    def save(self, state: TrainState, totals: torch.Tensor, epoch_seconds: float) -> Path:
+        """`totals`, `epoch_seconds`: this rank's running sums and seconds of the epoch so far."""
         acc, cfg = self.accelerator, self.cfg
-        meta = {"finished": state.epoch == cfg.train.epochs or state.early_stop.stopped,
-                "metrics_bytes": metrics_bytes, "world_size": acc.num_processes, "model": cfg.model.name,
-                "config": cfg.model_dump(mode="json"), "visionlaunch": __version__,
-                "written": dt.datetime.now().isoformat(timespec="seconds")}
         final = self.root / checkpoint_name(state.step)
         tmp = self.root / f".tmp-{final.name}"
         if acc.is_main_process:
@@ -248,8 +243,13 @@ class Checkpoints:
             raise self._write_failed(final, as_os_error(exc, tmp)) from exc
         acc.wait_for_everyone()
         if acc.is_main_process:
+            meta = {"format": FORMAT, **asdict(state),
+                    "finished": state.epoch == cfg.train.epochs or state.early_stop.stopped,
+                    "metrics_bytes": metrics_size(self.root.parent),  # a resumed run drops what follows
+                    "world_size": acc.num_processes, "model": cfg.model.name, "config": cfg.model_dump(mode="json"),
+                    "visionlaunch": __version__, "written": dt.datetime.now().isoformat(timespec="seconds")}
             try:
-                atomic_write_text(tmp / META, json.dumps({"format": FORMAT, **asdict(state), **meta}, indent=1))
+                atomic_write_text(tmp / META, json.dumps(meta, indent=1))
             except OSError as exc:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise self._write_failed(final, exc) from exc

@@ -351,8 +351,7 @@ class Trainer:
     def _save_checkpoint(self, totals: Totals, epoch_seconds: float) -> Path:
         """The state at its current position, with this rank's running totals and seconds of the epoch."""
         self._elapsed()
-        return self.checkpoints.save(self.state, totals.sums, epoch_seconds,
-                                     rf.metrics_size(self.run_path) if self.is_main else 0)
+        return self.checkpoints.save(self.state, totals.sums, epoch_seconds)
 
     def _finish(self) -> dict:
         cfg, acc, state = self.cfg, self.accelerator, self.state
