@@ -20,6 +20,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from accelerate.tracking import GeneralTracker
+from accelerate.utils import is_tensorboard_available, is_wandb_available
 
 from visionlaunch import runfolder as rf
 from visionlaunch.atomic import atomic_write
@@ -52,21 +53,16 @@ def _has_wandb_credentials() -> bool:
 
 def check_tracker(cfg: TrackerConfig) -> None:
     """Refuse, before anything is written, a tracker set-up that cannot work."""
-    if "tensorboard" in cfg.names:
-        try:
-            from torch.utils.tensorboard import SummaryWriter  # noqa: F401
-        except ImportError:
-            raise VisionlaunchError(
-                "tracker.name=tensorboard needs the tensorboard package: pip install 'visionlaunch[tensorboard]' "
-                "(or pip install tensorboard), or choose another tracker (csv, wandb, none).") from None
+    if "tensorboard" in cfg.names and not is_tensorboard_available():  # Accelerate's own tests for its trackers
+        raise VisionlaunchError(
+            "tracker.name=tensorboard needs the tensorboard package: pip install 'visionlaunch[tensorboard]' "
+            "(or pip install tensorboard), or choose another tracker (csv, wandb, none).")
     if "wandb" not in cfg.names:
         return
-    try:
-        import wandb  # noqa: F401
-    except ImportError:
+    if not is_wandb_available():
         raise VisionlaunchError(
             "tracker.name=wandb needs the wandb package: pip install 'visionlaunch[wandb]' (or pip install wandb), "
-            "or set tracker.name=none.") from None
+            "or set tracker.name=none.")
     mode = wandb_mode(cfg)
     if mode not in ("online", "offline", "disabled", "shared"):
         raise VisionlaunchError(f"W&B mode {mode!r} (from WANDB_MODE) is not one of online, offline, disabled.")
