@@ -216,29 +216,27 @@ class Trainer:
         totals = Totals(acc.device, resumed["totals"] if resumed else None)  # this rank's samples this epoch
         seconds_before = resumed["epoch_seconds"] if resumed else 0.0
         self._consecutive_skips = 0
-        bar = progress_bar(total=self.steps_per_epoch, initial=start, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
-                           unit="step", disable=not (self.is_main and cfg.train.progress), leave=False,
-                           dynamic_ncols=True)
-        t0 = last_postfix = time.perf_counter()
-        batches = iter(self.train_loader)
-        for index in range(start, self.steps_per_epoch):
-            step_loss, lr = self._optimizer_step(batches, totals)
-            bar.update(1)
-            if not bar.disable and time.perf_counter() - last_postfix > 1.0 and totals.sums[3] > 0:
-                # Refreshed by time, not by log_every, so short epochs show live numbers too (this rank's share).
-                last_postfix, (_, top1, _, n) = time.perf_counter(), totals.sums.tolist()
-                bar.set_postfix(loss=f"{step_loss.item():.4f}", acc=f"{100 * top1 / n:.1f}%", lr=f"{lr:.2e}",
-                                img_s=f"{n * acc.num_processes / max(last_postfix - t0, 1e-9):,.0f}")
-            stop = self._preemption_requested()
-            every, last_of_epoch = cfg.train.checkpoint_every, index + 1 == self.steps_per_epoch
-            if stop or (every and state.step % every == 0 and not last_of_epoch):  # the epoch end saves anyway
-                if any_rank(acc, not totals.loss_is_finite()):
-                    self._nonfinite_error(f"before step {state.step} (epoch {epoch + 1})", float("nan"))
-                path = self._save_checkpoint(totals, seconds_before + time.perf_counter() - t0)
-                if stop:
-                    bar.close()
-                    raise self._preempted(path)
-        bar.close()
+        with progress_bar(total=self.steps_per_epoch, initial=start, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
+                          unit="step", disable=not (self.is_main and cfg.train.progress), leave=False,
+                          dynamic_ncols=True) as bar:
+            t0 = last_postfix = time.perf_counter()
+            batches = iter(self.train_loader)
+            for index in range(start, self.steps_per_epoch):
+                step_loss, lr = self._optimizer_step(batches, totals)
+                bar.update(1)
+                if not bar.disable and time.perf_counter() - last_postfix > 1.0 and totals.sums[3] > 0:
+                    # Refreshed by time, not by log_every, so short epochs show live numbers too (this rank's share).
+                    last_postfix, (_, top1, _, n) = time.perf_counter(), totals.sums.tolist()
+                    bar.set_postfix(loss=f"{step_loss.item():.4f}", acc=f"{100 * top1 / n:.1f}%", lr=f"{lr:.2e}",
+                                    img_s=f"{n * acc.num_processes / max(last_postfix - t0, 1e-9):,.0f}")
+                stop = self._preemption_requested()
+                every, last_of_epoch = cfg.train.checkpoint_every, index + 1 == self.steps_per_epoch
+                if stop or (every and state.step % every == 0 and not last_of_epoch):  # the epoch end saves anyway
+                    if any_rank(acc, not totals.loss_is_finite()):
+                        self._nonfinite_error(f"before step {state.step} (epoch {epoch + 1})", float("nan"))
+                    path = self._save_checkpoint(totals, seconds_before + time.perf_counter() - t0)
+                    if stop:
+                        raise self._preempted(path)
         if acc.device.type == "cuda":  # the epoch's time includes the kernels still queued, not only their launch
             torch.cuda.synchronize(acc.device)
         seconds = seconds_before + time.perf_counter() - t0
