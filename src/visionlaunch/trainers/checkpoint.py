@@ -34,6 +34,7 @@ from visionlaunch.runfolder import (CHECKPOINTS, TORN_CHECKPOINTS, checkpoint_na
 from visionlaunch.trainers.distributed import any_rank
 
 TRAINER_STATE = "trainer_state.pt"
+RANK_STATE = "rank_state_{}.pt"  # of rank {}
 FORMAT = 1
 # What a resumed run needs from visionlaunch.json (results and early_stop default to empty).
 META_KEYS = ("step", "epoch", "step_in_epoch", "best", "ema_best", "elapsed", "skipped_steps", "metrics_bytes",
@@ -113,10 +114,6 @@ class TrainState:
         return final
 
 
-def rank_state_name(rank: int) -> str:
-    return f"rank_state_{rank}.pt"
-
-
 def read_meta(path: Path) -> dict:
     try:
         meta = json.loads((Path(path) / META).read_text())
@@ -158,7 +155,7 @@ def validate(path: Path, meta: dict, cfg_dump: dict, world: int, fp16: bool) -> 
             f"exact resumption (each rank's random state and data shard) needs the same count: launch "
             f"{meta.get('world_size')} processes.")
     check_files(path, [TRAINER_STATE, "optimizer.bin", *(f"random_states_{r}.pkl" for r in range(world)),
-                       *(rank_state_name(r) for r in range(world)), *(["scaler.pt"] if fp16 else [])])
+                       *(RANK_STATE.format(r) for r in range(world)), *(["scaler.pt"] if fp16 else [])])
 
 
 @dataclass
@@ -232,7 +229,7 @@ class Checkpoints:
         try:
             acc.save_state(str(tmp))  # model, optimizer, scaler (main) and random_states_<rank>.pkl (every rank)
             torch.save({"pipeline": self.pipeline.state_dict(), "totals": totals.detach().cpu(),
-                        "epoch_seconds": float(epoch_seconds)}, tmp / rank_state_name(acc.process_index))
+                        "epoch_seconds": float(epoch_seconds)}, tmp / RANK_STATE.format(acc.process_index))
             if acc.is_main_process:
                 torch.save({"scheduler": self.scheduler.state_dict(),
                             "ema": self.ema.state_dict() if self.ema is not None else None}, tmp / TRAINER_STATE)
@@ -267,7 +264,7 @@ class Checkpoints:
             accelerate_load(path / f"random_states_{rank}.pkl")
             acc.load_state(str(path))
             trainer_state = torch.load(path / TRAINER_STATE, map_location="cpu", weights_only=True)
-            rank_state = torch.load(path / rank_state_name(rank), map_location="cpu", weights_only=True)
+            rank_state = torch.load(path / RANK_STATE.format(rank), map_location="cpu", weights_only=True)
             self.scheduler.load_state_dict(trainer_state["scheduler"])
             if self.ema is not None:
                 self.ema.load_state_dict(trainer_state["ema"])

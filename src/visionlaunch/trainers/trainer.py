@@ -1,9 +1,7 @@
 """The Accelerate trainer: one path for one CPU, one GPU or many processes.
 
-Reads top to bottom: set-up (`Trainer.__init__`, named steps; everything, a checkpoint to resume from included, is
-validated before the run folder exists) -> `fit`: epochs of optimizer steps (`_optimizer_step`), a checkpoint every
-train.checkpoint_every steps and at each epoch end, evaluation per epoch, the final record. Only the main process
-writes files, prints and talks to W&B; every process computes.
+Reads top to bottom: set-up (`Trainer.__init__`: everything, a checkpoint to resume from included, is validated
+before the run folder exists), then `fit`. Only the main process writes files, prints and talks to W&B.
 
 What stays the same whatever the process count N and the accumulation A: train.batch_size is the global batch
 of one optimizer step (each process runs micro-batches of batch_size / (N * A)), optim.lr is the learning rate
