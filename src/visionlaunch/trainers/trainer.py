@@ -67,7 +67,6 @@ class Trainer:
         self.verbose, self.argv = verbose, argv if argv is not None else sys.argv
         with contextlib.ExitStack() as undo:  # what a failed set-up gives back (nothing once it has succeeded)
             self._start_processes(cfg)
-            # The main process holds the run folder's lock until the `with` block ends.
             decided, self.data, self.cfg, self.lock = decide_for_every_rank(cfg, preset, data, self.accelerator,
                                                                             self.log)
             if self.lock is not None:
@@ -364,7 +363,7 @@ class Trainer:
 
     def _preemption_requested(self) -> bool:
         """Whether any rank got a preemption signal, agreed by every rank at the same step (no signals, no check)."""
-        return bool(self.cfg.train.preempt_signals) and any_rank(self.accelerator, self.watcher.requested)
+        return bool(self.cfg.train.preempt_signals) and any_rank(self.accelerator, self.watcher.received is not None)
 
     def _preempted(self, checkpoint: Path, finished: bool = False) -> Preempted:
         return Preempted(self.watcher.received or "a signal sent to another process", self.state.step, checkpoint,
