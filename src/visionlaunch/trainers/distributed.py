@@ -21,7 +21,7 @@ from datetime import timedelta
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
-from accelerate.utils import InitProcessGroupKwargs, broadcast_object_list
+from accelerate.utils import InitProcessGroupKwargs
 
 from visionlaunch.config import RunConfig
 from visionlaunch.errors import VisionlaunchError, report
@@ -137,16 +137,6 @@ def any_rank(accelerator: Accelerator, flag: bool) -> bool:
         return bool(flag)
     t = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
     return bool(accelerator.reduce(t, reduction="sum").item() > 0)
-
-
-def mean_over_ranks(accelerator: Accelerator, value: torch.Tensor) -> torch.Tensor:
-    """The mean of a scalar tensor over ranks (each rank's value weighs the same: equal per-rank batches)."""
-    return accelerator.reduce(value.detach().float().reshape(1), reduction="mean")[0]
-
-
-def broadcast_from_main(accelerator: Accelerator, obj):
-    """The main process's `obj` on every rank (picklable objects only)."""
-    return broadcast_object_list([obj if accelerator.is_main_process else None], from_process=0)[0]
 
 
 # What the collective backends say when a peer is gone: gloo ("Connection reset by peer", "Connection closed by

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from accelerate.utils import set_seed
+from accelerate.utils import broadcast_object_list, set_seed
 
 from visionlaunch import __version__
 from visionlaunch import runfolder as rf
@@ -30,7 +30,6 @@ from visionlaunch.models.summary import count_parameters
 from visionlaunch.models.weights import load_weights
 from visionlaunch.trainers import checkpoint as ckpt
 from visionlaunch.trainers.data import DataBundle, make_loader, prepare_data
-from visionlaunch.trainers.distributed import broadcast_from_main
 from visionlaunch.trainers.runlock import RunLock
 
 
@@ -73,7 +72,7 @@ def decide_for_every_rank(cfg: RunConfig, preset: str | None, data: DataBundle |
             if not isinstance(exc, VisionlaunchError):
                 raise
             outcome = ("error", str(exc))
-    outcome = broadcast_from_main(accelerator, outcome)
+    outcome = broadcast_object_list([outcome], from_process=0)[0]  # None on the other ranks until now
     if outcome[0] == "error":
         raise VisionlaunchError(outcome[1])
     if not accelerator.is_main_process:

@@ -33,7 +33,7 @@ from visionlaunch.progress import progress_bar
 from visionlaunch.trainers import checkpoint as ckpt
 from visionlaunch.trainers.checkpoint import TrainState
 from visionlaunch.trainers.data import DataBundle
-from visionlaunch.trainers.distributed import any_rank, mean_over_ranks, peer_loss_reported, start_processes
+from visionlaunch.trainers.distributed import any_rank, peer_loss_reported, start_processes
 from visionlaunch.trainers.ema import ModelEMA
 from visionlaunch.trainers.evaluation import Totals, epoch_line, evaluate
 from visionlaunch.trainers.losses import CrossEntropyLoss
@@ -284,7 +284,8 @@ class Trainer:
         state.step += 1
         state.step_in_epoch += 1
         if state.step % cfg.train.log_every == 0:
-            loss_value = mean_over_ranks(acc, step_loss).item()  # the global batch's loss, on every rank
+            # The global batch's loss, on every rank (each rank's weighs the same: equal per-rank batches).
+            loss_value = acc.reduce(step_loss.reshape(1), reduction="mean").item()
             if not skipped and not math.isfinite(loss_value):
                 self._nonfinite_error(f"at step {state.step} (epoch {state.epoch + 1})", loss_value)
             record = {"kind": "step", "split": "train", "epoch": state.epoch + 1, "step": state.step,
