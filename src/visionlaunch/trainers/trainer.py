@@ -229,7 +229,7 @@ class Trainer:
                 stop = self._preemption_requested()
                 every, last_of_epoch = cfg.train.checkpoint_every, index + 1 == self.steps_per_epoch
                 if stop or (every and state.step % every == 0 and not last_of_epoch):  # the epoch end saves anyway
-                    if any_rank(acc, not totals.loss_is_finite()):
+                    if any_rank(acc, not torch.isfinite(totals.sums[0])):  # the sum of the epoch's losses so far
                         self._nonfinite_error(f"before step {state.step} (epoch {epoch + 1})", float("nan"))
                     path = self._save_checkpoint(totals, seconds_before + time.perf_counter() - t0)
                     if stop:
