@@ -209,9 +209,8 @@ def plan_resume(resume: str, default_run_path: Path) -> ResumePlan:
 
 
 class Checkpoints:
-    """The checkpoints of the run configured by `cfg`, in `root`, and the objects whose state they hold beside
-    Accelerate's: `save` writes one (every rank at the same step) and keeps the newest train.keep_checkpoints,
-    `restore` loads one."""
+    """The run's checkpoints in `root`, with the objects whose state they hold beside Accelerate's: `save` writes
+    one (every rank at the same step) and keeps the newest train.keep_checkpoints, `restore` loads one."""
 
     def __init__(self, accelerator: Accelerator, root: Path, cfg, scheduler, ema, pipeline):
         self.accelerator, self.root, self.cfg = accelerator, Path(root), cfg

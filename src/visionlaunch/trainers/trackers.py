@@ -109,10 +109,8 @@ class CsvTracker(GeneralTracker):
             self._writer.writerow((step, key, repr(value) if isinstance(value, float) else value))
         self._fh.flush()
 
-    def finish(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+    def finish(self) -> None:  # once, by Accelerator.end_training, after start
+        self._fh.close()
 
 
 class RunTracker:
