@@ -45,8 +45,7 @@ def decide_for_every_rank(cfg: RunConfig, preset: str | None, data: DataBundle |
                           ) -> tuple[SharedDecisions, DataBundle, RunConfig, RunLock | None]:
     """The main process locks the run folder, decides where training starts, reads the data (filling the cache
     the other ranks then read) and checks the checkpoint and the ffcv files; every rank gets its decision, or its
-    VisionlaunchError, in one broadcast, so all of them go on or stop together. Returns the decisions, the data,
-    the config as used and (main process) the run folder's lock."""
+    VisionlaunchError, in one broadcast, so all of them go on or stop together; the main process keeps the lock."""
     outcome, lock = None, None
     if accelerator.is_main_process:
         try:

@@ -27,12 +27,9 @@ from visionlaunch.atomic import atomic_write
 from visionlaunch.config import TrackerConfig, flatten
 from visionlaunch.errors import VisionlaunchError
 
-_MODE_ALIASES = {"dryrun": "offline", "run": "online"}
-
-
 def wandb_mode(cfg: TrackerConfig) -> str:
     mode = cfg.mode or os.environ.get("WANDB_MODE") or "online"
-    return _MODE_ALIASES.get(mode, mode)
+    return {"dryrun": "offline", "run": "online"}.get(mode, mode)  # W&B's older names
 
 
 def _has_wandb_credentials() -> bool:
@@ -101,13 +98,12 @@ class CsvTracker(GeneralTracker):
             writer = csv.DictWriter(fh, ("step", "key", "value"))
             writer.writeheader()
             writer.writerows(kept)
-        self._fh = open(self.path, "a", newline="", buffering=1)
+        self._fh = open(self.path, "a", newline="", buffering=1)  # line-buffered: each row is flushed
         self._writer = csv.writer(self._fh)
 
     def log(self, values: dict, step: int | None = None, **kwargs) -> None:
         for key, value in values.items():  # numbers only: RunTracker logs no other values
             self._writer.writerow((step, key, repr(value) if isinstance(value, float) else value))
-        self._fh.flush()
 
     def finish(self) -> None:  # once, by Accelerator.end_training, after start
         self._fh.close()

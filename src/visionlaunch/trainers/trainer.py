@@ -49,9 +49,8 @@ MAX_CONSECUTIVE_SKIPPED = 50
 
 @contextlib.contextmanager
 def training(cfg: RunConfig, **kwargs) -> Iterator[Trainer]:
-    """A set-up Trainer whose signal handlers, run-folder lock and trackers stay on for the whole `with` block
-    (training and what follows it); a peer process's failure becomes one message (`PeerLost`), printed before the
-    Trainer's teardown."""
+    """A set-up Trainer whose signal handlers, run-folder lock and trackers last the whole `with` block; a peer
+    process's failure becomes one message (`PeerLost`), printed before the Trainer's teardown."""
     with peer_loss_reported(cfg.train.dist_timeout_s):
         trainer = Trainer(cfg, **kwargs)
     with trainer, peer_loss_reported(cfg.train.dist_timeout_s):
@@ -135,7 +134,6 @@ class Trainer:
                 self.log(loader.note)
 
     def _build_optimization(self) -> None:
-        """Losses, model on the device, optimizer, schedule, EMA, compiled forward, checkpoint writer."""
         cfg, acc = self.cfg, self.accelerator
         self.criterion = CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
         self.eval_criterion = CrossEntropyLoss()
