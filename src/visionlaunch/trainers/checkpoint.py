@@ -131,8 +131,7 @@ def read_meta(path: Path) -> dict:
 
 
 def check_files(path: Path, needed: list[str]) -> None:
-    """Stop unless the folder holds every file of `needed` and the model's weights (safetensors, or Accelerate's
-    older .bin)."""
+    """Stop unless the folder holds every file of `needed` and the model's weights."""
     missing = [name for name in needed if not (path / name).is_file()]
     if not ((path / "model.safetensors").is_file() or (path / "pytorch_model.bin").is_file()):
         missing.append("model.safetensors")

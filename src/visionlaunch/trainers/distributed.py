@@ -40,7 +40,6 @@ def set_deterministic(enabled: bool) -> None:
 
 
 def make_accelerator(cfg: RunConfig, **kwargs) -> Accelerator:
-    """The Accelerator of cfg's device and precision; `kwargs` go to Accelerator (a training run's)."""
     # Accelerate keeps its precision settings in a process-wide singleton; a second run in the same process (a
     # notebook, the tests) with another precision would be refused. The process group (PartialState) is kept.
     if AcceleratorState._shared_state:
