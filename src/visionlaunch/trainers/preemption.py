@@ -45,6 +45,10 @@ class PreemptionWatcher:
         self._finishing = False
         self._stop_now = None  # after training, on the main process: makes the exception that stops it at once
 
+    @property
+    def requested(self) -> bool:
+        return self.received is not None
+
     def _handle(self, signum, frame) -> None:
         name = signal.Signals(signum).name
         if self.received == name:  # asked twice: stop waiting for the step boundary

@@ -362,7 +362,7 @@ class Trainer:
 
     def _preemption_requested(self) -> bool:
         """Whether any rank got a preemption signal, agreed by every rank at the same step (no signals, no check)."""
-        return bool(self.cfg.train.preempt_signals) and any_rank(self.accelerator, self.watcher.received is not None)
+        return bool(self.cfg.train.preempt_signals) and any_rank(self.accelerator, self.watcher.requested)
 
     def _preempted(self, checkpoint: Path, finished: bool = False) -> Preempted:
         return Preempted(self.watcher.received or "a signal sent to another process", self.state.step, checkpoint,
