@@ -141,8 +141,7 @@ def check_files(path: Path, needed: list[str]) -> None:
 
 def validate(path: Path, meta: dict, cfg_dump: dict, world: int, fp16: bool) -> None:
     """Everything that can be checked before loading: the same config and process count, and no file missing."""
-    differences = config_differences(meta.get("config", {}), cfg_dump, "checkpoint", "now")
-    if differences:
+    if differences := config_differences(meta["config"], cfg_dump, "checkpoint", "now"):
         raise VisionlaunchError(
             f"the checkpoint {path} belongs to a run with a different configuration, so it cannot continue this one:"
             + "".join(f"\n  - {d}" for d in differences)

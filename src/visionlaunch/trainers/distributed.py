@@ -89,8 +89,7 @@ def processes_requested_by_launcher(parent_cmdline: list[str] | None = None) -> 
                 parent_cmdline = [w.decode(errors="replace") for w in fh.read().split(b"\0") if w]
         except OSError:  # not Linux, or no /proc: nothing to compare with
             return None
-    args = _launch_args_of(parent_cmdline)
-    if args is None:
+    if (args := _launch_args_of(parent_cmdline)) is None:
         return None
     try:
         from accelerate.commands.launch import launch_command_parser
@@ -161,13 +160,12 @@ def peer_lost(exc: BaseException, world: int, timeout_s: int) -> PeerLost | None
         return None
     detail = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
     detail = detail.split("] ", 1)[-1].split(". ")[0][:200]  # without the backend's source position and advice
-    rank = os.environ.get("RANK", "?")
     return PeerLost(
-        f"another process of this run died or stopped answering, so this one (rank {rank} of {world}) stops too "
-        f"({type(exc).__name__}: {detail}). The process that failed first says why in its own message (above, or "
-        "in the job log): a crash, a kill, running out of memory, or a hang longer than train.dist_timeout_s="
-        f"{timeout_s}. Fix that, then rerun the same command with train.resume=auto to continue from the newest "
-        "complete checkpoint.")
+        f"another process of this run died or stopped answering, so this one (rank {os.environ.get('RANK', '?')} of "
+        f"{world}) stops too ({type(exc).__name__}: {detail}). The process that failed first says why in its own "
+        "message (above, or in the job log): a crash, a kill, running out of memory, or a hang longer than "
+        f"train.dist_timeout_s={timeout_s}. Fix that, then rerun the same command with train.resume=auto to continue "
+        "from the newest complete checkpoint.")
 
 
 @contextlib.contextmanager
