@@ -156,46 +156,38 @@ def _line(ax, split: str, epochs: np.ndarray, values: np.ndarray, label: str) ->
     ax.plot(epochs, values, marker=marker, color=_SPLIT_COLORS[split], label=label)
 
 
-def _empty_message(records: list, what: str) -> str:
-    logged = any(isinstance(r, dict) and r.get("kind") == "epoch" and r.get("split") in SPLITS for r in records)
-    return f"no {what} in the epoch records" if logged else "no epoch finished yet"
+_CURVES = {  # metrics.jsonl key -> figure stem, title, y label
+    "loss": ("loss", "Loss per epoch", "loss"),
+    "acc": ("accuracy", "Top-1 accuracy per epoch", "top-1 accuracy (%)"),
+}
 
 
-def _make_loss_figure(records: list, stamp: Stamp) -> Figure:
-    series = epoch_series(records, "loss")
-    with _styled_figure(stamp, "Loss per epoch", (6.4, 4.2)) as fig:
+def _make_curve_figure(records: list, stamp: Stamp, key: str) -> Figure:
+    """One line per split: loss (log scale when it spans decades) or accuracy in %, starred at val's and test's best."""
+    series = epoch_series(records, key)
+    what, title, ylabel = _CURVES[key]
+    with _styled_figure(stamp, title, (6.4, 4.2)) as fig:
         ax = fig.add_subplot()
-        _epoch_axes(ax, "loss")
+        _epoch_axes(ax, ylabel)
         if not series:
-            _placeholder(ax, _empty_message(records, "loss"))
+            logged = any(isinstance(r, dict) and r.get("kind") == "epoch" and r.get("split") in SPLITS
+                         for r in records)
+            _placeholder(ax, f"no {what} in the epoch records" if logged else "no epoch finished yet")
             return fig
-        for split, (epochs, losses) in series.items():
-            _line(ax, split, epochs, losses, f"{split} (last {losses[-1]:.4g})")
-        values = np.concatenate([v for _, v in series.values()])
-        if values.min() > 0 and values.max() / values.min() > 100:  # losses spanning decades read better in log
-            ax.set_yscale("log")
-        ax.legend()
-        return fig
-
-
-def _make_accuracy_figure(records: list, stamp: Stamp) -> Figure:
-    series = epoch_series(records, "acc")
-    with _styled_figure(stamp, "Top-1 accuracy per epoch", (6.4, 4.2)) as fig:
-        ax = fig.add_subplot()
-        _epoch_axes(ax, "top-1 accuracy (%)")
-        if not series:
-            _placeholder(ax, _empty_message(records, "accuracy"))
-            return fig
-        for split, (epochs, acc) in series.items():
-            acc = 100.0 * acc  # metrics.jsonl stores fractions
-            if split == "train":
-                _line(ax, split, epochs, acc, f"train (last {acc[-1]:.2f}%)")
+        for split, (epochs, values) in series.items():
+            if key == "acc":
+                values = 100.0 * values  # metrics.jsonl stores fractions
+            if key == "loss" or split == "train":
+                last = f"{values[-1]:.4g}" if key == "loss" else f"{values[-1]:.2f}%"
+                _line(ax, split, epochs, values, f"{split} (last {last})")
                 continue
-            best = int(np.argmax(acc))
-            label = f"{split} (best {acc[best]:.2f}% @ epoch {epochs[best]:g})"
-            _line(ax, split, epochs, acc, label)
-            ax.plot(epochs[best], acc[best], marker="*", markersize=13, color=_SPLIT_COLORS[split],
+            best = int(np.argmax(values))
+            _line(ax, split, epochs, values, f"{split} (best {values[best]:.2f}% @ epoch {epochs[best]:g})")
+            ax.plot(epochs[best], values[best], marker="*", markersize=13, color=_SPLIT_COLORS[split],
                     markeredgecolor="black", markeredgewidth=0.6, zorder=5)
+        values = np.concatenate([v for _, v in series.values()])
+        if key == "loss" and values.min() > 0 and values.max() / values.min() > 100:  # decades read better in log
+            ax.set_yscale("log")
         ax.legend()
         return fig
 
@@ -203,10 +195,7 @@ def _make_accuracy_figure(records: list, stamp: Stamp) -> Figure:
 def plot_curves(records: list[dict], out_dir: Path, stamp: Stamp) -> list[Path]:
     """Write out_dir/loss.png and out_dir/accuracy.png from the parsed lines of metrics.jsonl."""
     records = list(records)
-    return [
-        _save(_make_loss_figure(records, stamp), figure_file(out_dir, "loss")),
-        _save(_make_accuracy_figure(records, stamp), figure_file(out_dir, "accuracy")),
-    ]
+    return [_save(_make_curve_figure(records, stamp, key), figure_file(out_dir, _CURVES[key][0])) for key in _CURVES]
 
 
 # ---------------------------------------------------------------------------------------------------- several runs
