@@ -67,20 +67,13 @@ def plan_differences(variant: Variant, saved: dict) -> list[str]:
     return config_differences(saved, planned, "run", "plan")
 
 
-def _read_yaml(path: Path) -> dict:
+def _read_mapping(path: Path, load=yaml.safe_load) -> dict:
+    """The mapping a file holds; {} when it is absent, unreadable or holds something else."""
     try:
-        tree = yaml.safe_load(path.read_text())
-    except (OSError, ValueError, yaml.YAMLError):  # ValueError: not UTF-8 text
+        tree = load(path.read_text())
+    except (OSError, ValueError, yaml.YAMLError):  # ValueError: not UTF-8 text, or not JSON
         return {}
     return tree if isinstance(tree, dict) else {}
-
-
-def _exit_record(variant: Variant) -> dict:
-    try:
-        record = json.loads(status_path(variant).read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return record if isinstance(record, dict) else {}
 
 
 def best_test_accuracy(records: list[dict]) -> float | None:
@@ -91,7 +84,7 @@ def best_test_accuracy(records: list[dict]) -> float | None:
 def read_result(variant: Variant) -> RunResult:
     """What the variant's run folder (and the runner's exit record, if any) says about this run."""
     run = variant.run_dir
-    exit_record = _exit_record(variant)
+    exit_record = _read_mapping(status_path(variant), json.loads)
     code = exit_record.get("exit_code")
     failed = isinstance(code, int) and code != 0
     why = f"exit {code}: {exit_record.get('last_line') or 'no output'}" if failed else ""
@@ -100,14 +93,14 @@ def read_result(variant: Variant) -> RunResult:
     records = read_metrics(run / METRICS)
     final = final_record(records)
     if final is not None:
-        saved = _read_yaml(run / CONFIG)
+        saved = _read_mapping(run / CONFIG)
         differences = plan_differences(variant, saved) if saved else ["config.yaml is missing"]
         if differences:
             return RunResult(variant, "stale",
                              message="a finished run of another config (" + "; ".join(differences[:3]) + ")")
         return RunResult(variant, "ok", final_test_acc=number(final.get("test_acc")),
                          best_test_acc=best_test_accuracy(records), ema_test_acc=number(final.get("test_ema_acc")),
-                         time_s=number(final.get("time")), identity=_read_yaml(run / IDENTITY), records=records)
+                         time_s=number(final.get("time")), identity=_read_mapping(run / IDENTITY), records=records)
     if failed:
         return RunResult(variant, "failed", message=why)
     return RunResult(variant, "unfinished",
