@@ -221,11 +221,6 @@ def render_csv(ablation: Ablation, rows: list[SettingRow]) -> str:
     return buf.getvalue()
 
 
-def _stamp(ablation: Ablation, rows: list[SettingRow]) -> Stamp:
-    ident = next((str(r.identity["ident"]) for row in rows for r in row.ok if r.identity.get("ident")), "")
-    return Stamp.today(ident=ident, run_name=f"ablation {ablation.name}")
-
-
 def write_ablation_results(ablation: Ablation) -> list[Path]:
     """Write table.md, table.csv and curves.png into the ablation folder from its run folders; their paths."""
     rows = collect_results(ablation)
@@ -237,6 +232,7 @@ def write_ablation_results(ablation: Ablation) -> list[Path]:
     atomic_write_text(out / TABLE_MD, render_markdown(ablation, rows))
     atomic_write_text(out / TABLE_CSV, render_csv(ablation, rows))
     groups = [(f"{row.label} (n={len(row.ok)})", [r.records for r in row.ok]) for row in rows if row.ok]
-    curves = plot_ablation_curves(groups, out / CURVES_PNG, _stamp(ablation, rows),
-                                  title=f"Ablation {ablation.name}: mean over seeds")
+    ident = next((str(r.identity["ident"]) for row in rows for r in row.ok if r.identity.get("ident")), "")
+    curves = plot_ablation_curves(groups, out / CURVES_PNG, Stamp.today(ident, f"ablation {ablation.name}"),
+                                  f"Ablation {ablation.name}: mean over seeds")
     return [out / TABLE_MD, out / TABLE_CSV, curves]

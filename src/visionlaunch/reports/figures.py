@@ -274,15 +274,13 @@ def _make_comparison_figure(runs: list[tuple[str, list]], stamp: Stamp) -> Figur
 
 def plot_comparison(runs: list[tuple[str, list[dict]]], out_path: Path, stamp: Stamp) -> Path:
     """Overlaid per-epoch curves of several runs, given as (label, parsed metrics.jsonl records) pairs."""
-    return _save(_make_comparison_figure([(label, list(records)) for label, records in runs], stamp), out_path)
+    return _save(_make_comparison_figure(runs, stamp), out_path)
 
 
-def plot_ablation_curves(groups: list[tuple[str, list[list[dict]]]], out_path: Path, stamp: Stamp, *,
-                         title: str = "Ablation: mean over seeds") -> Path:
+def plot_ablation_curves(groups: list[tuple[str, list[list[dict]]]], out_path: Path, stamp: Stamp, title: str) -> Path:
     """Test accuracy and test loss per epoch of an ablation's settings, each the mean over its seeds, given as
     (label, [records of each seed])."""
     panels = (("acc", "test", "top-1 accuracy (%)", "Test accuracy"), ("loss", "test", "loss", "Test loss"))
-    groups = [(label, [list(records) for records in runs]) for label, runs in groups]
     fig = _make_overlay_figure(groups, stamp, title, panels, (11.5, 4.4), label_width=36,
                                empty="no finished run with epoch records", legend_title="setting (finished seeds)")
     return _save(fig, out_path)
