@@ -1,7 +1,6 @@
 """The run's curves (loss, accuracy; several runs or settings overlaid) and the style, stamp and atomic saving
-every figure shares (t-SNE, predictions and the confusion matrix are in `class_figures.py`). Each `plot_*` builds
-its Figure in a `_make_*_figure` (so tests can read its texts) with matplotlib's object API on the Agg canvas: no
-pyplot, so no global figure list to leak and no display needed."""
+every figure shares (t-SNE, predictions and the confusion matrix are in `class_figures.py`). Figures use
+matplotlib's object API on the Agg canvas: no pyplot, so no global figure list to leak and no display needed."""
 
 from __future__ import annotations
 
