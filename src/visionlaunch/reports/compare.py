@@ -181,14 +181,11 @@ def summarise(runs: list[ComparedRun], keys: list[str]) -> list[str]:
     why = "the first run given" if base is runs[0] else f"the first run with a test accuracy; {runs[0].label} has none"
     lines.append(f"Baseline: {base.label} ({why}), test accuracy {page.pct(base.head.test_acc)}.")
     deltas = [(100 * (r.head.test_acc - base.head.test_acc), r) for r in scored if r is not base]
-    gain = max(deltas, key=lambda d: d[0], default=None)
-    drop = min(deltas, key=lambda d: d[0], default=None)
-    if gain and gain[0] > 0:
-        lines.append(f"Largest gain: {gain[1].label} ({gain[0]:+.2f} points test accuracy) differs in "
-                     f"{changes(base, gain[1], keys)}.")
-    if drop and drop[0] < 0:
-        lines.append(f"Largest drop: {drop[1].label} ({drop[0]:+.2f} points test accuracy) differs in "
-                     f"{changes(base, drop[1], keys)}.")
+    for word, extreme, sign in (("gain", max, 1), ("drop", min, -1)):
+        delta, run = extreme(deltas, key=lambda d: d[0], default=(0, None))
+        if sign * delta > 0:
+            lines.append(f"Largest {word}: {run.label} ({delta:+.2f} points test accuracy) differs in "
+                         f"{changes(base, run, keys)}.")
     if deltas and all(d == 0 for d, _ in deltas):
         lines.append("Every run reaches exactly the baseline's test accuracy.")
     best = max(scored, key=lambda r: r.head.test_acc)
@@ -276,21 +273,15 @@ def _shared(runs: list[ComparedRun], keys: list[str]) -> Html | str:
     return page.section("shared", "Shared settings", body)
 
 
-def _notes(runs: list[ComparedRun]) -> Html | str:
-    notes = [f"{r.label}: {note}" for r in runs for note in r.folder.missing if note.startswith(_NOTES_SHOWN)]
-    if not notes:
-        return ""
-    return page.section("missing", "Missing or incomplete", page.bullets(notes), cls="notes",
-                        lead="The comparison uses everything else the run folders hold.")
-
-
 def render_comparison(runs: list[ComparedRun], curves_png: bytes, out: Path) -> str:
     keys = differing_keys(runs)
     summary = page.section("summary", "What changed most", page.bullets(summarise(runs, keys)), cls="summary")
     curves = page.section("curves", "Curves", page.figure(
         curves_png, "test accuracy, train loss and test loss per epoch for every run",
         "Per epoch, one colour per run: test accuracy, train loss and test loss."))
-    sections = [_notes(runs), summary, _results(runs, keys, out), curves, _effects(runs, keys), _shared(runs, keys)]
+    notes = [f"{r.label}: {note}" for r in runs for note in r.folder.missing if note.startswith(_NOTES_SHOWN)]
+    sections = [page.notes(notes, "The comparison uses everything else the run folders hold."), summary,
+                _results(runs, keys, out), curves, _effects(runs, keys), _shared(runs, keys)]
     nav = (("summary", "Summary"), ("results", "Runs"), ("curves", "Curves"), ("effects", "Effects"),
            ("shared", "Shared settings"))
     parent = os.path.commonpath([str(r.folder.path.resolve()) for r in runs])

@@ -55,7 +55,8 @@ def render_report(run: RunFolder, *, expand: bool = False) -> str:
         _draw_missing_curves(run, figures, missing)
     except Exception as exc:  # noqa: BLE001 - same reason as _guarded
         missing.append(f"the curves could not be drawn from metrics.jsonl ({type(exc).__name__}: {exc}).")
-    sections = [_missing(missing)] + [_guarded(anchor, build, *args) for anchor, build, *args in (
+    notes = page.notes(missing, "The report shows everything else the run folder holds.")
+    sections = [notes] + [_guarded(anchor, build, *args) for anchor, build, *args in (
         ("results", _results, run, head), ("curves", _curves, figures), ("samples", _samples, run, figures),
         ("confusion", _confusion, run, figures), ("epochs", _epochs, run, head), ("resumed", _restarts, run),
         ("run", _identity, run), ("model", _model, run, expand), ("config", _config, run, expand))]
@@ -87,13 +88,6 @@ def _hero(run: RunFolder, head: Headline) -> str:
     meta = " · ".join(esc(f) for f in facts if f) or esc(str(run.path))
     return (f'<div class="eyebrow">visionlaunch run report</div><h1>{esc(run.name)}{badge}</h1>'
             f'<div class="meta">{meta}</div>')
-
-
-def _missing(missing: list[str]) -> str:
-    if not missing:
-        return ""
-    return page.section("missing", "Missing or incomplete", page.bullets(missing),
-                        lead="The report shows everything else the run folder holds.", cls="notes")
 
 
 # ---------------------------------------------------------------------------------------------------- results
