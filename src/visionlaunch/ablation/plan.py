@@ -149,8 +149,7 @@ def load_ablation(path: str | os.PathLike, *, out: str | os.PathLike | None = No
                               setting=setting, values=values, config_path=base, out_dir=out_dir)
             variant.config = _validated(variant, where)
             variants.append(variant)
-    _check_unique_names(variants, where)
-    _check_name_lengths([name, *(v.name for v in variants)], where)
+    _check_folder_names(name, variants, where)
     description = tree.get("description", "")
     return Ablation(name=name, source=source, description=description if isinstance(description, str) else "",
                     base=base, out_dir=out_dir, fixed=fixed, extra=extra, varied=varied, seeds=seeds,
@@ -356,18 +355,9 @@ def _validated(variant: Variant, where: str) -> RunConfig:
 MAX_NAME_BYTES = 255 - 20
 
 
-def _check_name_lengths(names: list[str], where: str) -> None:
-    """Before any file is written: a name the file system would refuse stops the plan, not its 5th run."""
-    long = [n for n in names if len(n.encode()) > MAX_NAME_BYTES]
-    if long:
-        raise VisionlaunchError(
-            f"{where}: the folder name {long[0][:60]}... is {len(long[0].encode())} bytes long ({len(long)} name(s) "
-            f"over the limit of {MAX_NAME_BYTES}: file systems allow 255 bytes per name, and the runner adds "
-            "suffixes). Nothing was written. Shorten the grid values or give the settings short names with a "
-            "variants: list.")
-
-
-def _check_unique_names(variants: list[Variant], where: str) -> None:
+def _check_folder_names(name: str, variants: list[Variant], where: str) -> None:
+    """Before any file is written: two runs sharing a folder, or a name the file system would refuse, stop the plan,
+    not its 5th run."""
     seen: dict[str, Variant] = {}
     for v in variants:
         if v.name in seen:
@@ -375,4 +365,10 @@ def _check_unique_names(variants: list[Variant], where: str) -> None:
                 f"{where}: two runs would share the folder {v.name} ({seen[v.name].label!r} and {v.label!r}). Give "
                 "variants distinct names (grid values that differ only in punctuation need a variants: list).")
         seen[v.name] = v
-
+    long = [n for n in (name, *seen) if len(n.encode()) > MAX_NAME_BYTES]
+    if long:
+        raise VisionlaunchError(
+            f"{where}: the folder name {long[0][:60]}... is {len(long[0].encode())} bytes long ({len(long)} name(s) "
+            f"over the limit of {MAX_NAME_BYTES}: file systems allow 255 bytes per name, and the runner adds "
+            "suffixes). Nothing was written. Shorten the grid values or give the settings short names with a "
+            "variants: list.")

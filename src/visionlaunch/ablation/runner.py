@@ -41,11 +41,9 @@ def train_command(variant: Variant, restart: bool = False) -> list[str]:
     return [sys.executable, "-m", "visionlaunch", "train", *variant.train_args(restart=restart)]
 
 
-def check_existing_runs(ablation: Ablation, rerun: bool) -> None:
+def check_existing_runs(ablation: Ablation) -> None:
     """A finished run of another config in a variant's folder would be skipped and then tabulated as if it
     belonged to this plan: stop before running anything instead."""
-    if rerun:
-        return
     stale = [(v, r.message) for v in ablation.variants if (r := read_result(v)).state == "stale"]
     if stale:
         listed = "; ".join(f"{v.run_dir}: {message}" for v, message in stale[:3])
@@ -61,7 +59,8 @@ def run_ablation(ablation: Ablation, *, rerun: bool = False, only: list[str] | N
     failed variant is recorded and the others go on."""
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     selected = ablation.select(only)
-    check_existing_runs(ablation, rerun)
+    if not rerun:
+        check_existing_runs(ablation)
     out = ablation.out_dir
     (out / LOGS).mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / PLAN_FILE, yaml.safe_dump(ablation.plan(), sort_keys=False, width=1 << 20))

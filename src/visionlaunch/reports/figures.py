@@ -77,15 +77,12 @@ class Stamp:
     @classmethod
     def today(cls, ident: str = "", run_name: str = "") -> Stamp:
         """A stamp dated today; an empty ident falls back to the login name."""
-        return cls(ident=ident or _user_name(), date=dt.date.today().isoformat(), run_name=run_name)
-
-
-def _user_name() -> str:
-    # getpass raises in containers whose uid has no passwd entry; a figure should still get a stamp there.
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
+        if not ident:
+            try:
+                ident = getpass.getuser()
+            except (KeyError, OSError):  # a uid without a passwd entry (containers): the figure still gets a stamp
+                ident = "unknown"
+        return cls(ident=ident, date=dt.date.today().isoformat(), run_name=run_name)
 
 
 # ---------------------------------------------------------------------------------------------------- style + save
