@@ -22,7 +22,7 @@ from matplotlib.ticker import MaxNLocator
 from visionlaunch.atomic import atomic_write
 from visionlaunch.runfolder import figure_file
 
-from .analysis import SPLITS, epoch_rows, number
+from .analysis import SPLITS, epoch_rows, row_value
 
 DPI = 120
 MAX_LEGEND_CLASSES = 20  # above this, t-SNE drops the per-class legend and the confusion matrix its cell text
@@ -135,7 +135,7 @@ def epoch_series(records: Iterable, key: str) -> dict[str, tuple[np.ndarray, np.
     rows = epoch_rows(records)
     series = {}
     for split in SPLITS:
-        points = [(row["epoch"], value) for row in rows if (value := number(row.get(split, {}).get(key))) is not None]
+        points = [(row["epoch"], value) for row in rows if (value := row_value(row, split, key)) is not None]
         if points:
             series[split] = tuple(np.array(column) for column in zip(*points))
     return series

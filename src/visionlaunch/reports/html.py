@@ -13,7 +13,8 @@ from visionlaunch.errors import VisionlaunchError
 from visionlaunch.runfolder import CONFIG, REPORT, RUN_FILES, holds_run_files
 
 from . import page
-from .analysis import SPLITS, Headline, RunFolder, epoch_elapsed, epoch_rows, find_restarts, headline, number, read_run
+from .analysis import (SPLITS, Headline, RunFolder, epoch_elapsed, epoch_rows, find_restarts, headline, number, read_run,
+                       row_value)
 from .class_figures import most_confused_pairs
 from .figures import MAX_LEGEND_CLASSES, Stamp, plot_curves
 from .page import Html, esc
@@ -206,17 +207,15 @@ def _confusion(run: RunFolder, figures: dict[str, bytes]) -> str:
         many = len(pred.classes) > MAX_LEGEND_CLASSES
         pairs = most_confused_pairs(pred.labels, pred.preds, pred.classes, k=15 if many else 8)
         per_true = {c: int((pred.labels == i).sum()) for i, c in enumerate(pred.classes)}
-        index = {c: i for i, c in enumerate(pred.classes)}
         groups = pred.superclass_of
         headers = ("true class", "predicted as", "images", "of the true class")
         rows = [(true, predicted, count, page.pct(count / per_true[true], 1)) for true, predicted, count in pairs]
         note = ""
         if groups is not None:
             headers += ("superclasses",)
-            names = [n.replace("_", " ") for n in pred.superclasses]
-            rows = [row + ((f"both {names[groups[index[row[0]]]]}" if groups[index[row[0]]] == groups[index[row[1]]]
-                            else f"{names[groups[index[row[0]]]]} → {names[groups[index[row[1]]]]}"),)
-                    for row in rows]
+            group = {c: pred.superclasses[g].replace("_", " ") for c, g in zip(pred.classes, groups)}
+            rows = [(true, predicted, *rest, f"both {group[true]}" if group[true] == group[predicted]
+                     else f"{group[true]} → {group[predicted]}") for true, predicted, *rest in rows]
             wrong = pred.labels != pred.preds
             if wrong.any():
                 same = float(np.mean(groups[pred.labels[wrong]] == groups[pred.preds[wrong]]))
@@ -245,13 +244,11 @@ def _epochs(run: RunFolder, head: Headline) -> str:
     for r in rows:
         cells = [r["epoch"]]
         for s in splits:
-            rec = r.get(s, {})
-            cells += [page.num(number(rec.get("loss"))), page.pct(number(rec.get("acc")))]
-        train = r.get("train", {})
+            cells += [page.num(row_value(r, s, "loss")), page.pct(row_value(r, s, "acc"))]
         elapsed = epoch_elapsed(r)
         lr = number(next((r[s].get("lr") for s in splits if s in r), None))
-        cells += [page.num(lr, ".3g"), page.duration(number(train.get("seconds"))),
-                  page.num(number(train.get("images_per_s")), ",.0f"),
+        cells += [page.num(lr, ".3g"), page.duration(row_value(r, "train", "seconds")),
+                  page.num(row_value(r, "train", "images_per_s"), ",.0f"),
                   page.duration(None if elapsed is None else elapsed - previous), page.duration(elapsed)]
         previous = elapsed if elapsed is not None else previous
         table_rows.append(cells)
