@@ -104,20 +104,15 @@ def _run_variant(variant: Variant, restart: bool) -> tuple[int, float]:
         fh.flush()
         code = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, check=False).returncode
     seconds = time.perf_counter() - start
-    tail = _tail(log_path(variant))
+    try:
+        tail = log_path(variant).read_text(errors="replace").splitlines()[-TAIL_LINES:]
+    except OSError:
+        tail = []
     record = {"variant": variant.name, "exit_code": code, "seconds": round(seconds, 3),
               "finished": dt.datetime.now().isoformat(timespec="seconds"), "command": shlex.join(cmd),
               "last_line": _last_line(tail), "tail": tail}
     atomic_write_text(status, json.dumps(record, indent=1) + "\n")
     return code, seconds
-
-
-def _tail(path: Path) -> list[str]:
-    try:
-        lines = path.read_text(errors="replace").splitlines()
-    except OSError:
-        return []
-    return lines[-TAIL_LINES:]
 
 
 def _last_line(tail: list[str]) -> str:

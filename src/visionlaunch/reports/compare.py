@@ -81,10 +81,8 @@ def load_runs(run_dirs: list[Path]) -> list[ComparedRun]:
     twice = sorted({str(p) for p in paths if resolved.count(p.resolve()) > 1})
     if twice:
         raise VisionlaunchError(f"{', '.join(twice)} given more than once. Pass each run folder once.")
-    folders = [read_run(p) for p in paths]
-    labels = _labels(resolved)
     return [ComparedRun(label, f, _settings(f), headline(f.records, f.epochs_planned))
-            for label, f in zip(labels, folders)]
+            for label, f in zip(_labels(resolved), map(read_run, paths))]
 
 
 def _labels(resolved: list[Path]) -> list[str]:
