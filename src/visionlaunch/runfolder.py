@@ -6,6 +6,7 @@ folder, replacing only a previous run's. Its lock, runs/.<name>.lock, sits besid
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import enum
 import hashlib
@@ -137,7 +138,6 @@ def parse_records(text: str) -> tuple[list[dict], int]:
 
 
 def read_metrics(path: Path) -> list[dict]:
-    """All well-formed records of a metrics.jsonl file; [] when it does not exist."""
     if not Path(path).is_file():
         return []
     return parse_records(Path(path).read_text(errors="replace"))[0]
@@ -344,10 +344,8 @@ class RunDirectory:
         if not self.owned:
             return
         if (self.path / JOB_DIR).is_dir():  # the batch job's script and log stay (the log says what failed)
-            try:
+            with contextlib.suppress(OSError):
                 self._remove_except_job_files()
-            except OSError:
-                pass
         else:
             shutil.rmtree(self.path, ignore_errors=True)
 

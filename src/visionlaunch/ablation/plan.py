@@ -120,7 +120,8 @@ def load_ablation(path: str | os.PathLike, *, out: str | os.PathLike | None = No
     file's fixed overrides, so they win over them) but may not touch a key the ablation varies."""
     source = Path(path)
     where = f"ablation file {source}"
-    tree = _read_file(source)
+    tree = load_yaml(source, what="ablation file", example="configs/ablations/mnist_schedule.yaml",
+                     holds="a mapping with base:, overrides:, grid: or variants:, and seeds:")
     _check_keys(tree, FILE_KEYS, where, "top-level key")
     name = tree.get("name", source.stem)
     if not isinstance(name, str) or not _SAFE_NAME.match(name):
@@ -154,11 +155,6 @@ def load_ablation(path: str | os.PathLike, *, out: str | os.PathLike | None = No
     return Ablation(name=name, source=source, description=description if isinstance(description, str) else "",
                     base=base, out_dir=out_dir, fixed=fixed, extra=extra, varied=varied, seeds=seeds,
                     variants=variants)
-
-
-def _read_file(source: Path) -> dict:
-    return load_yaml(source, what="ablation file", example="configs/ablations/mnist_schedule.yaml",
-                     holds="a mapping with base:, overrides:, grid: or variants:, and seeds:")
 
 
 def _check_keys(tree: dict, valid: tuple[str, ...], where: str, what: str) -> None:

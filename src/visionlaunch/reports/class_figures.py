@@ -110,7 +110,6 @@ def plot_tsne(features: np.ndarray, labels: np.ndarray, classes: list[str], out_
 
 
 def count_correct(labels, preds) -> int:
-    """How many predictions equal their label."""
     return int(np.sum(np.asarray(labels) == np.asarray(preds)))
 
 
