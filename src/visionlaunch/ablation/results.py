@@ -76,11 +76,6 @@ def _read_mapping(path: Path, load=yaml.safe_load) -> dict:
     return tree if isinstance(tree, dict) else {}
 
 
-def best_test_accuracy(records: list[dict]) -> float | None:
-    series = epoch_series(records, "acc").get("test")
-    return float(series[1].max()) if series is not None else None
-
-
 def read_result(variant: Variant) -> RunResult:
     """What the variant's run folder (and the runner's exit record, if any) says about this run."""
     run = variant.run_dir
@@ -98,8 +93,10 @@ def read_result(variant: Variant) -> RunResult:
         if differences:
             return RunResult(variant, "stale",
                              message="a finished run of another config (" + "; ".join(differences[:3]) + ")")
+        test = epoch_series(records, "acc").get("test")  # (epochs, accuracies), or None without a test split
         return RunResult(variant, "ok", final_test_acc=number(final.get("test_acc")),
-                         best_test_acc=best_test_accuracy(records), ema_test_acc=number(final.get("test_ema_acc")),
+                         best_test_acc=float(test[1].max()) if test else None,
+                         ema_test_acc=number(final.get("test_ema_acc")),
                          time_s=number(final.get("time")), identity=_read_mapping(run / IDENTITY), records=records)
     if failed:
         return RunResult(variant, "failed", message=why)
@@ -147,11 +144,6 @@ class SettingRow:
             return "ok"
         parts = [f"{state} {n}" for state, n in counts.items() if n and state != "ok"]
         return ", ".join(parts) + f" of {len(self.runs)}"
-
-
-def collect_results(ablation: Ablation) -> list[SettingRow]:
-    return [SettingRow(setting, label, variants[0].values, [read_result(v) for v in variants])
-            for setting, label, variants in ablation.settings()]
 
 
 # ---------------------------------------------------------------------------------------------------- outputs
@@ -223,7 +215,8 @@ def render_csv(ablation: Ablation, rows: list[SettingRow]) -> str:
 
 def write_ablation_results(ablation: Ablation) -> list[Path]:
     """Write table.md, table.csv and curves.png into the ablation folder from its run folders; their paths."""
-    rows = collect_results(ablation)
+    rows = [SettingRow(setting, label, variants[0].values, [read_result(v) for v in variants])
+            for setting, label, variants in ablation.settings()]
     if all(r.state == "not run" for row in rows for r in row.runs):
         raise VisionlaunchError(
             f"no run of ablation {ablation.name} exists under {ablation.out_dir}: nothing to tabulate. Run it first "

@@ -244,8 +244,7 @@ def _results(runs: list[ComparedRun], keys: list[str], out: Path) -> Html:
 
 
 def _scrolling(table: Html) -> Html:
-    """A table that scrolls sideways when it is wider than the page (many differing keys), instead of squeezing
-    its columns or running past the page's edge."""
+    """A table that scrolls sideways when wider than the page (many differing keys) rather than squeeze its columns."""
     return Html(f'<div class="scroll wide">{table}</div>')
 
 

@@ -13,8 +13,8 @@ from visionlaunch.errors import VisionlaunchError
 from visionlaunch.runfolder import CONFIG, REPORT, RUN_FILES, holds_run_files
 
 from . import page
-from .analysis import (SPLITS, Headline, RunFolder, epoch_elapsed, epoch_rows, find_restarts, headline, number, read_run,
-                       row_value)
+from .analysis import (SPLITS, Headline, RunFolder, epoch_elapsed, epoch_rows, find_restarts, headline, number,
+                       read_run, row_value)
 from .class_figures import most_confused_pairs
 from .figures import MAX_LEGEND_CLASSES, Stamp, plot_curves
 from .page import Html, esc
@@ -139,19 +139,16 @@ def _draw_missing_curves(run: RunFolder, figures: dict[str, bytes], missing: lis
     """Curves need only metrics.jsonl: when their PNGs are missing (figures off, crash before drawing), draw them."""
     if ("loss" in figures and "accuracy" in figures) or not epoch_rows(run.records):
         return
+    ident = str(run.identity.get("ident") or "")
+    try:
+        stamp = Stamp(ident=ident or "unknown", date=str(run.identity.get("date")), run_name=run.name)
+    except ValueError:  # no or malformed date in run.yaml: stamp with today's
+        stamp = Stamp.today(ident=ident, run_name=run.name)
     with tempfile.TemporaryDirectory(prefix="visionlaunch-curves-") as tmp:
-        drawn = plot_curves(run.records, Path(tmp), _stamp(run))
+        drawn = plot_curves(run.records, Path(tmp), stamp)
         for path in drawn:
             figures.setdefault(path.stem, path.read_bytes())
     missing.append(f"{' and '.join(p.name for p in drawn)} were drawn by the report from metrics.jsonl.")
-
-
-def _stamp(run: RunFolder) -> Stamp:
-    ident = str(run.identity.get("ident") or "")
-    try:
-        return Stamp(ident=ident or "unknown", date=str(run.identity.get("date")), run_name=run.name)
-    except ValueError:  # no or malformed date in run.yaml: stamp with today's
-        return Stamp.today(ident=ident, run_name=run.name)
 
 
 def _figures_section(key: str, title: str, parts: list) -> str:
