@@ -217,10 +217,8 @@ def mean_curve(runs: list[list[dict]], split: str, key: str) -> tuple[np.ndarray
 
 
 def _run_colors(n: int) -> list:
-    if n <= 10:
-        return [mpl.colormaps["tab10"](i) for i in range(n)]
     if n <= 20:
-        return [mpl.colormaps["tab20"](i) for i in range(n)]
+        return list(mpl.colormaps["tab10" if n <= 10 else "tab20"].colors[:n])
     return [mpl.colormaps["turbo"](x) for x in np.linspace(0.05, 0.95, n)]
 
 
@@ -259,18 +257,15 @@ def _make_overlay_figure(groups: list[tuple[str, list[list[dict]]]], stamp: Stam
         return fig
 
 
-def _make_comparison_figure(runs: list[tuple[str, list]], stamp: Stamp) -> Figure:
-    """Three panels: test accuracy, train loss and test loss per epoch, one colour per run."""
+def plot_comparison(runs: list[tuple[str, list[dict]]], out_path: Path, stamp: Stamp) -> Path:
+    """Test accuracy, train loss and test loss per epoch of several runs, given as (label, parsed metrics.jsonl
+    records) pairs, one colour per run."""
     panels = (("acc", "test", "top-1 accuracy (%)", "Test accuracy"), ("loss", "train", "loss", "Train loss"),
               ("loss", "test", "loss", "Test loss"))
-    return _make_overlay_figure([(label, [records]) for label, records in runs], stamp,
-                                f"{len(runs)} runs compared, per epoch", panels, (13.0, 4.4), label_width=28,
-                                empty="no epoch records", legend_title="run")
-
-
-def plot_comparison(runs: list[tuple[str, list[dict]]], out_path: Path, stamp: Stamp) -> Path:
-    """Overlaid per-epoch curves of several runs, given as (label, parsed metrics.jsonl records) pairs."""
-    return _save(_make_comparison_figure(runs, stamp), out_path)
+    fig = _make_overlay_figure([(label, [records]) for label, records in runs], stamp,
+                               f"{len(runs)} runs compared, per epoch", panels, (13.0, 4.4), label_width=28,
+                               empty="no epoch records", legend_title="run")
+    return _save(fig, out_path)
 
 
 def plot_ablation_curves(groups: list[tuple[str, list[list[dict]]]], out_path: Path, stamp: Stamp, title: str) -> Path:
