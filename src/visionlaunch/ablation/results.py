@@ -1,11 +1,9 @@
-"""An ablation's results, built from its run folders alone (so it works after runs that went as separate jobs):
-table.md and table.csv with one row per setting, seeds aggregated, and curves.png overlaying the settings'
-mean test curves.
+"""An ablation's results from its run folders alone (so it works after runs that went as separate jobs): table.md
+and table.csv with one row per setting, seeds aggregated, and curves.png with the settings' mean test curves.
 
-A run counts when its metrics.jsonl has the final record and its config.yaml is the variant's config. A run that
-did not finish is failed (its exit status and last log line come from logs/<variant>.json, which the sequential
-runner writes), unfinished (no exit status: still running, or killed), stale (a finished run of another config)
-or not run.
+A run counts when its metrics.jsonl has the final record and its config.yaml is the variant's config. Otherwise it
+is failed (exit status and last log line from logs/<variant>.json, which the sequential runner writes), unfinished
+(no exit status: still running, or killed), stale (a finished run of another config) or not run.
 """
 
 from __future__ import annotations

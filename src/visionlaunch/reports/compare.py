@@ -1,8 +1,6 @@
-"""The comparison page of several runs: `write_comparison(run_dirs, out)` writes one self-contained HTML file with
-the config keys that differ and the results of each run, overlaid per-epoch curves, and a text summary of what
-changed most. `visionlaunch compare` and the output of an ablation grid both call it; the first run given is the
-baseline that the others are measured against.
-"""
+"""The comparison page of several runs (`visionlaunch compare`): one self-contained HTML file with the config keys
+that differ and each run's results, overlaid per-epoch curves, and a summary of what changed most against the
+baseline, the first run given."""
 
 from __future__ import annotations
 

@@ -296,8 +296,7 @@ def _identity(run: RunFolder) -> str:
             elif key == "precision":
                 value = _precision(value) + (" (no mixed precision)" if value == "no" else "")
             pairs.append((_LABELS.get(key, key), value))
-    known = {*_IDENTITY, "name"}
-    pairs += [(key, value) for key, value in ident.items() if key not in known]  # fields of newer versions
+    pairs += [(key, value) for key, value in ident.items() if key not in {*_IDENTITY, "name"}]  # of newer versions
     return page.section("run", "Run", page.key_values(pairs))
 
 
