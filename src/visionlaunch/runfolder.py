@@ -179,11 +179,9 @@ def read_run_identity(run_dir: Path) -> dict:
     except (UnicodeDecodeError, yaml.YAMLError) as exc:
         reason = str(exc).splitlines()[0]
         raise VisionlaunchError(f"{path} is damaged: it is not valid UTF-8 YAML ({reason}). {fix}") from None
-    if tree is None:
-        return {}
-    if not isinstance(tree, dict):
+    if tree is not None and not isinstance(tree, dict):
         raise VisionlaunchError(f"{path} is damaged: it holds a {type(tree).__name__}, not a mapping of keys. {fix}")
-    return tree
+    return tree or {}
 
 
 def write_preempted(run_dir: Path, signal_name: str, step: int, checkpoint) -> None:

@@ -202,10 +202,7 @@ def mean_curve(runs: list[list[dict]], split: str, key: str) -> tuple[np.ndarray
     std is the sample standard deviation (0 where only one run reached the epoch). None when no run has it."""
     points: dict[float, list[float]] = {}
     for records in runs:
-        series = epoch_series(records, key).get(split)
-        if series is None:
-            continue
-        for epoch, value in zip(*series):
+        for epoch, value in zip(*epoch_series(records, key).get(split, ((), ()))):  # (epochs, values) of that run
             points.setdefault(float(epoch), []).append(float(value))
     if not points:
         return None
