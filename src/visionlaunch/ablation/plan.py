@@ -127,7 +127,7 @@ def load_ablation(path: str | os.PathLike, *, out: str | os.PathLike | None = No
     if not isinstance(name, str) or not _SAFE_NAME.match(name):
         raise VisionlaunchError(f"{where}: name {name!r} cannot be a folder name. Use letters, digits, '.', '_' and "
                                 "'-' only, e.g. name: mnist_label_smoothing.")
-    base = _resolve_base(tree.get("base"), source)
+    base = _resolve_base(tree.get("base"), source, where)
     fixed = _overrides(tree.get("overrides", []), f"{where}, overrides")
     extra = _overrides(list(extra_overrides), "the command-line overrides")
     seeds = _seeds(tree.get("seeds", [0]), where)
@@ -170,9 +170,8 @@ def _string(value: Any, where: str) -> str:
     return value
 
 
-def _resolve_base(value: Any, source: Path) -> Path:
+def _resolve_base(value: Any, source: Path, where: str) -> Path:
     """The base config: beside the ablation file first, then relative to the working directory."""
-    where = f"ablation file {source}"
     if value is None:
         raise VisionlaunchError(f"{where} has no base config. Add e.g. `base: configs/mnist_cnn.yaml` (relative "
                                 "to the ablation file or to the repository).")

@@ -15,7 +15,7 @@ from visionlaunch.runfolder import CONFIG, REPORT, RUN_FILES, holds_run_files
 from . import page
 from .analysis import (SPLITS, Headline, RunFolder, epoch_elapsed, epoch_rows, find_restarts, headline, number,
                        read_run, row_value)
-from .class_figures import most_confused_pairs
+from .class_figures import count_correct, most_confused_pairs
 from .figures import MAX_LEGEND_CLASSES, Stamp, plot_curves
 from .page import Html, esc
 
@@ -172,10 +172,11 @@ def _samples(run: RunFolder, figures: dict[str, bytes]) -> str:
     # would be too small to read.
     many = run.predictions is not None and len(run.predictions.classes) > MAX_LEGEND_CLASSES
     if "predictions" in figures:
-        counted = run.predictions.grid_correct() if run.predictions else None
         caption = "Random test images with true and predicted class: green when right, red when wrong."
-        if counted:
-            caption = f"{counted[0]}/{counted[1]} correct. {caption}"
+        pred = run.predictions
+        if pred is not None and pred.grid is not None and len(pred.grid):  # the grid's images, when stored
+            right = count_correct(pred.labels[pred.grid], pred.preds[pred.grid])
+            caption = f"{right}/{len(pred.grid)} correct. {caption}"
         parts.append(_full(page.figure(figures["predictions"], "grid of test predictions", caption), many))
     if "tsne" in figures:
         grouped = many and run.predictions.superclasses is not None
