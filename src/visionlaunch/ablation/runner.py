@@ -65,10 +65,9 @@ def run_ablation(ablation: Ablation, *, rerun: bool = False, only: list[str] | N
     (out / LOGS).mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / PLAN_FILE, yaml.safe_dump(ablation.plan(), sort_keys=False, width=1 << 20))
     result = AblationRun()
-    total = len(selected)
     try:
         for i, variant in enumerate(selected, 1):
-            head = f"[{i}/{total}] {variant.name} ({variant.label}, seed {variant.seed})"
+            head = f"[{i}/{len(selected)}] {variant.name} ({variant.label}, seed {variant.seed})"
             if not rerun and is_complete(variant):
                 result.skipped.append(variant.name)
                 log(f"{head}: finished before, skipped")

@@ -30,10 +30,7 @@ def number(value) -> float | None:
 
 def epoch_rows(records: list[dict]) -> list[dict]:
     """One row per epoch, {"epoch": e, "train": rec, "val": rec, "test": rec} (splits that were logged), sorted.
-    Step records, other kinds or splits, records without an epoch and anything that is not a record are skipped.
-
-    A resumed run logs some epochs twice: the later record wins, as it belongs to the run that went on.
-    """
+    A resumed run logs some epochs twice: the later record wins, as it belongs to the run that went on."""
     rows: dict[int, dict] = {}
     for rec in records:
         epoch = number(rec.get("epoch")) if isinstance(rec, dict) else None
