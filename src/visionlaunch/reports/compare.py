@@ -103,20 +103,16 @@ def _settings(folder: RunFolder) -> dict:
 
 
 def differing_keys(runs: list[ComparedRun]) -> list[str]:
-    """Config keys with more than one value among the runs that record them, in config order.
-
-    A key that only some runs record (their configs come from different versions) but that has one value
-    wherever it is recorded is a version difference, not a setting that was varied: it is left out.
-    """
+    """Config keys with more than one value among the runs that record them, in config order. A key that only some
+    runs record but with one value wherever recorded is a version difference, not a varied setting: left out."""
     with_config = [r for r in runs if r.has_config]
     keys = dict.fromkeys(k for r in with_config for k in r.settings)
     return [k for k in keys if len({_canon(r.settings[k]) for r in with_config if k in r.settings}) > 1]
 
 
 def has_effect(key: str) -> bool:
-    """Whether a difference in `key` can explain a difference in results: the keys that shape the training
-    trajectory (the same rule that decides which keys a resumed run must keep), never paths, logging or
-    checkpointing; shown in the tables when they differ, never credited."""
+    """Whether a difference in `key` can explain a difference in results: keys that shape the training trajectory
+    (as for resuming), never paths, logging or checkpointing (shown in the tables when they differ, never credited)."""
     return key == PROCESSES_KEY or shapes_trajectory(key)
 
 
