@@ -147,6 +147,15 @@ def test_empty_class_folder_in_an_archive(tmp_path):
         _load(tmp_path, path="ds.tar")
 
 
+def test_splits_without_class_folders(tmp_path):
+    (tmp_path / "ds" / "train").mkdir(parents=True)
+    (tmp_path / "ds" / "test").mkdir()
+    (tmp_path / "ds" / "train" / "notes.txt").write_text("not an image")
+    for split in ("train", "test"):
+        with pytest.raises(VisionlaunchError, match=r"hold no class folders"):
+            _load(tmp_path, split)
+
+
 def test_mismatched_classes(tmp_path):
     make_folder(tmp_path / "ds")
     for p in (tmp_path / "ds" / "test" / "emu").iterdir():

@@ -13,8 +13,7 @@ import torch
 from PIL import Image
 
 from tests.conftest import require_ffcv, require_shared_data
-from visionlaunch.datasets.mixed_size import decode_squares, stored_size
-from visionlaunch.datasets.resized_crop import ResizedCrop, ResizedCropDataset, draw_boxes
+from visionlaunch.datasets.mixed_size import ResizedCrop, ResizedCropDataset, decode_squares, draw_boxes, stored_size
 from visionlaunch.launch.cli import main
 from visionlaunch.runfolder import read_metrics
 
@@ -75,10 +74,6 @@ class _Item:
         self.display, self.payload = str(path), path
 
 
-def _unreadable(item, exc):
-    return ValueError(f"{item.display}: {exc}")
-
-
 def test_decoding_honours_exif_and_converts_gray_and_rgba_to_rgb(folder):
     ship = folder / "train" / "ship"
     upright = ship / "upright.png"
@@ -86,7 +81,7 @@ def test_decoding_honours_exif_and_converts_gray_and_rgba_to_rgb(folder):
         assert im.size == (64, 96)  # stored sideways
     Image.open(folder / "train" / "ship" / "rgba.png").convert("RGB").save(upright)
     names = ["sideways.jpg", "upright.png", "gray.jpg", "rgba.png"]
-    pixels, note = decode_squares([_Item(ship / n) for n in names], 32, 4.0, unreadable=_unreadable, progress=False)
+    pixels, note = decode_squares([_Item(ship / n) for n in names], 32, 4.0, progress=False)
     assert pixels.shape == (4, 3, stored_size(32), stored_size(32)) == (4, 3, 37, 37) and pixels.dtype == np.uint8
     sideways, upright, gray, rgba = pixels.astype(int)
     assert np.abs(sideways - upright).mean() < 6  # the EXIF rotation was applied (JPEG noise aside)
@@ -101,8 +96,8 @@ def test_images_below_the_upscale_limit_are_refused_naming_the_file(folder):
     Image.new("RGB", (12, 30), "red").save(tiny)
     items = [_Item(folder / "train" / "ship" / "gray.jpg"), _Item(tiny)]
     with pytest.raises(Exception, match=r"tiny\.png is 12x30 pixels .*data\.image_size=64.*data\.max_upscale=4"):
-        decode_squares(items, 64, 4.0, unreadable=_unreadable, progress=False)
-    pixels, note = decode_squares(items, 64, 8.0, unreadable=_unreadable, progress=False)
+        decode_squares(items, 64, 4.0, progress=False)
+    pixels, note = decode_squares(items, 64, 8.0, progress=False)
     assert pixels.shape[0] == 2 and "2 of 2 images upscaled to 73 px" in note and "smallest: 12 px" in note
     assert "tiny.png" in note  # 96x64 gray.jpg is enlarged too, less
 
@@ -134,7 +129,7 @@ def test_crop_boxes_follow_scale_and_ratio_and_stay_inside():
 def test_the_batched_crop_and_torchvision_v2_crop_mean_the_same(monkeypatch):
     """Same box: the tensor backend's grid sample equals torchvision's resized_crop away from the box's edge
     (there the grid sample reads the true neighbours outside the box, torchvision clamps to the box)."""
-    import visionlaunch.datasets.resized_crop as rc
+    import visionlaunch.datasets.mixed_size as rc
 
     images = torch.randint(0, 256, (3, 3, 73, 73), dtype=torch.uint8)
     monkeypatch.setattr(rc, "draw_boxes", lambda n, *a, **k: torch.tensor([[5, 9, 40, 34]] * n))

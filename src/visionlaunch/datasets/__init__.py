@@ -12,17 +12,6 @@ from visionlaunch.datasets.files import default_cache_dir, resolve_data_root
 from visionlaunch.datasets.split import train_val_split
 from visionlaunch.datasets.stats import normalization_stats, normalize
 
-__all__ = [
-    "DATASET_NAMES",
-    "BatchAugment",
-    "BatchMix",
-    "BatchPipeline",
-    "DatasetNotFound",
-    "ImageSet",
-    "default_cache_dir",
-    "load_dataset",
-    "normalization_stats",
-    "normalize",
-    "resolve_data_root",
-    "train_val_split",
-]
+__all__ = ["DATASET_NAMES", "BatchAugment", "BatchMix", "BatchPipeline", "DatasetNotFound", "ImageSet",
+           "default_cache_dir", "load_dataset", "normalization_stats", "normalize", "resolve_data_root",
+           "train_val_split"]

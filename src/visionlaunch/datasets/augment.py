@@ -1,16 +1,11 @@
-"""The training batch on its way to the model: batched augmentation, mixup/cutmix and normalisation, on whole
-NCHW batches on whatever device the batch is on (no per-sample Python). `BatchPipeline` is the contract shared by
-every loader backend: uint8 NCHW in, normalised float NCHW out.
+"""The training batch on its way to the model, on whole NCHW batches on their device (no per-sample Python).
+`BatchPipeline` is the contract shared by every loader backend: uint8 NCHW in, normalised float NCHW out.
 
-Augmentation has the meaning of the usual per-image pipeline: random crop of the zero-padded image (= a random
-translation in [-p, p] on both axes with zero fill), then a horizontal flip with probability 0.5, then cutout
-(one s x s zeroed square at a random centre, clipped at the borders).
-
-Mixup (Zhang et al. 2018) and CutMix (Yun et al. 2019) pair each batch with a seeded permutation of itself and a
-mixing weight lam ~ Beta(alpha, alpha): mixup blends the two images, lam * x + (1 - lam) * x[perm]; cutmix pastes
-a box of x[perm] covering a 1 - lam share of the image (lam is then set to the exact share the clipped box
-leaves). The targets become lam * onehot(y) + (1 - lam) * onehot(y[perm]), for the cross-entropy on class
-probabilities (losses.py). With both alphas set, each batch uses one of the two, chosen with probability 1/2.
+Augmentation means the usual per-image pipeline: random crop of the zero-padded image (a random translation in
+[-p, p] with zero fill), a horizontal flip with probability 0.5, then cutout (one s x s zeroed square at a random
+centre, clipped at the borders). Mixup (Zhang et al. 2018) and CutMix (Yun et al. 2019) pair each batch with a
+seeded permutation of itself and lam ~ Beta(alpha, alpha); the targets become lam * onehot(y) + (1 - lam) *
+onehot(y[perm]) (losses.py). With both alphas set, each batch uses one of the two, chosen with probability 1/2.
 """
 
 from __future__ import annotations
@@ -41,14 +36,9 @@ class BatchAugment:
     def enabled(self) -> bool:
         return bool(self.crop_padding or self.flip or self.cutout)
 
-    def __repr__(self) -> str:
-        return f"BatchAugment(crop_padding={self.crop_padding}, flip={self.flip}, cutout={self.cutout})"
-
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Augment a batch (uint8 or float, NCHW); returns a new tensor of the same dtype, shape and device.
-
-        `generator` must live on the batch's device; the same generator state gives the same output.
-        """
+        """Augment a uint8 or float NCHW batch into a new tensor of its dtype, shape and device. `generator` lives
+        on the batch's device; the same generator state gives the same output."""
         if not self.enabled:
             return images
         if images.dim() != 4:
@@ -129,16 +119,11 @@ class BatchMix:
     def enabled(self) -> bool:
         return self.mixup_alpha > 0 or self.cutmix_alpha > 0
 
-    def __repr__(self) -> str:
-        return f"BatchMix(mixup_alpha={self.mixup_alpha}, cutmix_alpha={self.cutmix_alpha})"
-
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mixed float NCHW images and (N, num_classes) float32 target probabilities."""
-        if not images.is_floating_point():
-            raise ValueError("BatchMix mixes normalised float images; got dtype " + str(images.dtype))
-        n, _, h, w = images.shape
-        dev = images.device
+        """Mixed normalised float NCHW images and (N, num_classes) float32 target probabilities: mixup blends
+        lam * x + (1 - lam) * x[perm]; cutmix pastes a box of x[perm] and sets lam to the share it leaves."""
+        n, dev = len(images), images.device
         onehot = torch.zeros(n, num_classes, device=dev).scatter_(1, labels.long().view(-1, 1), 1.0)
         if not self.enabled or n < 2:
             return images, onehot
@@ -182,13 +167,10 @@ class BatchPipeline:
         self._mean, self._std = normalization_tensors(tuple(mean), tuple(std), device)  # once, not per batch
         self.channels_last = channels_last
         self.dtype = dtype  # float32, or the half type of mixed precision (data.half_inputs)
-        # The ffcv backend augments inside its own pipeline; augmenting again here would do it twice.
-        self.loader_augments = loader_augments
-        # data.image_size with the tensor backend: the random-resized crop of whole batches, before the rest.
-        self.resized_crop = resized_crop
-        # A generator on the batch's device: augmentation draws never touch the global RNG, so they are
-        # reproducible and independent of what else consumes random numbers. It is per rank (seeded with the
-        # rank), so checkpoints save it per rank: see state_dict.
+        self.loader_augments = loader_augments  # the ffcv backend augments in its own pipeline: not twice
+        self.resized_crop = resized_crop  # data.image_size with the tensor backend: cropped here, first
+        # Augmentation draws never touch the global RNG, so they are reproducible whatever else draws. Seeded
+        # per rank, so checkpoints save it per rank.
         self.generator = torch.Generator(device=device).manual_seed(seed)
 
     def _layout(self, images: torch.Tensor) -> torch.Tensor:

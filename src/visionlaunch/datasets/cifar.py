@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,9 +59,6 @@ FORMATS = {
 ROWS = {"train": 50_000, "test": 10_000}  # both datasets; classes are balanced within each split
 
 
-def _other(fmt: CifarFormat) -> CifarFormat:
-    return FORMATS["cifar100" if fmt.num_classes == 10 else "cifar10"]
-
 # The only globals a CIFAR pickle needs. Anything else means the file is not one, and refusing it also keeps
 # unpickling from running arbitrary code.
 _ALLOWED_GLOBALS = {
@@ -68,15 +66,12 @@ _ALLOWED_GLOBALS = {
     ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): codecs.encode,  # how Python 3 protocol-2 pickles write bytes
 }
 
 
 class _CifarUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
-        if (module, name) == ("_codecs", "encode"):  # how Python 3 protocol-2 pickles write bytes
-            import codecs
-
-            return codecs.encode
         try:
             return _ALLOWED_GLOBALS[(module, name)]
         except KeyError:
@@ -115,11 +110,7 @@ def locate(name: str, root: Path, split: str, download: bool) -> list[Path]:
         return [f for f, _ in _split_files(fmt, split) if not (folder / f).is_file()]
 
     if missing() and download:
-        from torchvision import datasets as tv
-
-        cls = getattr(tv, fmt.torchvision_class)
-        download_with_torchvision(lambda: cls(str(root), train=split == "train", download=True),
-                                  fmt.title, root, folder)
+        download_with_torchvision(fmt.torchvision_class, fmt.title, root, split, folder)
     if absent := missing():
         raise DatasetNotFound(
             f"{fmt.title} {split} files not found: {', '.join(absent)} missing from {folder}. Put the extracted "
@@ -132,12 +123,11 @@ def locate(name: str, root: Path, split: str, download: bool) -> list[Path]:
 def _wrong_dataset_hint(found: dict, fmt: CifarFormat, key: str) -> str:
     """When a file holds the other CIFAR's keys, say so: a CIFAR-10 batch copied into cifar-100-python/ is a common
     mix-up, and "expected key 'fine_labels'" alone does not explain it."""
-    other = _other(fmt)
-    other_key = other.label_key if key == "labels" else other.names_key
-    if other_key in found:
-        name = next(n for n, f in FORMATS.items() if f is other)
-        return (f" It has {other_key!r}: it is a {other.title} file, which belongs in {other.folder}/ and is read "
-                f"with data.name={name}.")
+    for name, other in FORMATS.items():
+        other_key = other.label_key if key == "labels" else other.names_key
+        if other is not fmt and other_key in found:
+            return (f" It has {other_key!r}: it is a {other.title} file, which belongs in {other.folder}/ and is "
+                    f"read with data.name={name}.")
     return ""
 
 
@@ -227,11 +217,10 @@ def _content_problem(fmt: CifarFormat, split: str, labels: np.ndarray, coarse: n
     counts = np.bincount(coarse, minlength=fmt.num_superclasses)
     if (off := np.flatnonzero(counts != per_group)).size:
         return f"superclass {off[0]} has {counts[off[0]]} images, the official split has {per_group} in each"
-    if _superclass_of(labels, coarse, fmt.num_classes) is None:
-        for c in range(fmt.num_classes):
-            if len(groups := np.unique(coarse[labels == c])) > 1:
-                return (f"class {c} appears with superclass labels {', '.join(map(str, groups[:4]))}; in "
-                        f"{fmt.title} every class belongs to exactly one superclass")
+    for c in range(fmt.num_classes):
+        if len(groups := np.unique(coarse[labels == c])) > 1:
+            return (f"class {c} appears with superclass labels {', '.join(map(str, groups[:4]))}; in "
+                    f"{fmt.title} every class belongs to exactly one superclass")
     return None
 
 
@@ -247,10 +236,9 @@ def read(name: str, files: list[Path], split: str, verify: bool = True) -> Image
                 unofficial.append((str(path), actual, official))
     *batch_paths, meta_path = files
     classes, superclasses = _class_names(meta_path, fmt)
-    batches = [_read_batch(p, fmt) for p in batch_paths]
-    data = np.concatenate([d for d, _, _ in batches])
-    labels = np.concatenate([lab for _, lab, _ in batches])
-    coarse = None if any(c is None for _, _, c in batches) else np.concatenate([c for _, _, c in batches])
+    data, labels, coarse = zip(*(_read_batch(p, fmt) for p in batch_paths))
+    data, labels = np.concatenate(data), np.concatenate(labels)
+    coarse = None if any(c is None for c in coarse) else np.concatenate(coarse)
     if unofficial and (problem := _content_problem(fmt, split, labels, coarse, superclasses)):
         listed = "; ".join(f"{p} has md5 {actual}, the official file {official}" for p, actual, official in unofficial)
         raise VisionlaunchError(

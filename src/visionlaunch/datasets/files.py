@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import os
 import zlib
-from collections.abc import Callable
 from pathlib import Path
 
+from PIL import Image
+
 from visionlaunch.datasets.imageset import DatasetNotFound
-from visionlaunch.errors import VisionlaunchError
+from visionlaunch.errors import VisionlaunchError, describe_os_error
 
 
 def resolve_data_root(root: str | os.PathLike | None) -> Path:
@@ -27,10 +29,32 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "visionlaunch"
 
 
-def md5_file(path: Path, chunk_size: int = 1 << 20) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
+# What opening or decoding a bad image file raises: UnidentifiedImageError is an OSError, some damaged files raise
+# SyntaxError, an image over PIL's decompression-bomb limit DecompressionBombError.
+BAD_IMAGE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def open_image(payload: bytes | Path) -> Image.Image:
+    """An image from an archive member's bytes or from a file."""
+    return Image.open(io.BytesIO(payload) if isinstance(payload, bytes) else payload)
+
+
+def unreadable_image(display: str, exc: Exception) -> VisionlaunchError:
+    if isinstance(exc, Image.DecompressionBombError):
+        return VisionlaunchError(
+            f"{display} is too large to decode safely ({str(exc).rstrip('.')}). Images of one dataset share one "
+            "size: shrink it or remove it.")
+    if isinstance(exc, OSError) and exc.strerror:  # the file itself cannot be read (permissions, a folder, ...)
+        return VisionlaunchError(f"cannot read the image {describe_os_error(exc)}")
+    return VisionlaunchError(
+        f"{display} is not a readable image ({type(exc).__name__}: {exc}); it may be truncated, damaged or "
+        "not an image at all. Remove or replace it.")
+
+
+def md5_file(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)  # not hashlib.file_digest: that needs Python 3.11
     with open(path, "rb") as f:
-        while chunk := f.read(chunk_size):
+        while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
 
@@ -48,13 +72,13 @@ def read_maybe_gzip(path: Path) -> bytes:
             "download or copy. Delete it and download or copy it again.") from exc
 
 
-def download_with_torchvision(fetch: Callable[[], object], what: str, root: Path, target: Path) -> None:
-    """Run `fetch` (a torchvision dataset constructor with download=True); turn any failure into advice.
+def download_with_torchvision(dataset: str, what: str, root: Path, split: str, target: Path) -> None:
+    """Download `split` of torchvision's `dataset` class into `root`; a failure leaves the files absent, so it is a
+    DatasetNotFound (a caller may still fall back) with advice."""
+    from torchvision import datasets
 
-    A failed download leaves the files absent, so it is a DatasetNotFound: a caller may still fall back.
-    """
     try:
-        fetch()
+        getattr(datasets, dataset)(str(root), train=split == "train", download=True)
     except Exception as exc:  # network, HTTP, DNS and checksum failures all surface here as different types
         # torchvision's messages span lines (one per mirror tried); keep the paragraph to one line.
         detail = " ".join(str(exc).split())

@@ -1,19 +1,18 @@
 """ImageFolder: `train/<class>/<image>` and `test/<class>/<image>` in a folder or a tar archive.
 
-An archive is streamed member by member (no extraction to disk). Only the requested split is decoded; the other
-split's images are opened just far enough to read their size and colour mode, so that train and test always
+An archive is streamed member by member (no extraction to disk). Only the requested split is decoded; every image
+of both splits is first opened just far enough to read its size and colour mode, so that train and test always
 agree on shape (every image one size; grayscale only when every image of both splits is).
 """
 
 from __future__ import annotations
 
 import errno
-import io
 import os
 import stat
 import tarfile
 import zlib
-from collections import defaultdict
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +20,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from visionlaunch.datasets.files import BAD_IMAGE, open_image, unreadable_image
 from visionlaunch.datasets.imageset import DatasetNotFound, ImageSet
+from visionlaunch.datasets.mixed_size import decode_squares, stored_size
 from visionlaunch.errors import VisionlaunchError, describe_os_error
 from visionlaunch.progress import progress_bar
 
@@ -32,10 +33,6 @@ GRAY_MODES = ("1", "L", "LA")  # single-channel content; anything else is read a
 # 16-bit grayscale (e.g. 16-bit PNG or TIFF): scaled to 8 bits (v x 255 / 65535, rounded), not clipped at 255.
 WIDE_GRAY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _IGNORED_TOP = ("__MACOSX",)  # resource forks that macOS adds to archives
-
-
-def _is_archive(path: Path) -> bool:
-    return path.name.lower().endswith(ARCHIVE_SUFFIXES)
 
 
 def locate(root: Path, path: str | os.PathLike | None) -> Path:
@@ -50,7 +47,7 @@ def locate(root: Path, path: str | os.PathLike | None) -> Path:
         raise DatasetNotFound(
             f"ImageFolder data not found at {p} (data.path={str(path)!r}, data root {root}). Give data.path as an "
             "absolute path or relative to the data root (data.root or $VISIONLAUNCH_DATA).")
-    if p.is_file() and not _is_archive(p):
+    if p.is_file() and not p.name.lower().endswith(ARCHIVE_SUFFIXES):
         raise VisionlaunchError(
             f"ImageFolder data.path {p} is a file but not a .tar, .tar.gz or .tgz archive. Point data.path at a "
             "folder holding train/ and test/, or at such an archive.")
@@ -123,10 +120,6 @@ class _Entry:
     payload: bytes | Path | None  # bytes from an archive, a path in a folder, None for a directory
 
 
-def _entries_from_folder(path: Path) -> list[_Entry]:
-    return [_Entry(parts, str(p), None if is_dir else p) for parts, p, is_dir in _walk(path)]
-
-
 def _is_candidate_image(parts: tuple[str, ...]) -> bool:
     # An image the layout may use: under train/ or test/ at depth 0 or 1. Others are never read into memory.
     return parts[-1].lower().endswith(IMAGE_EXTENSIONS) and any(p in SPLITS for p in parts[:2])
@@ -186,10 +179,6 @@ class _Image:
     payload: bytes | Path
 
 
-def _open(payload: bytes | Path) -> Image.Image:
-    return Image.open(io.BytesIO(payload) if isinstance(payload, bytes) else payload)
-
-
 def _collect(entries: list[_Entry], where: Path) -> tuple[list[_Image], dict[str, set[str]]]:
     depth = _layout_depth(entries, where)
     images: list[_Image] = []
@@ -224,9 +213,7 @@ def _collect(entries: list[_Entry], where: Path) -> tuple[list[_Image], dict[str
 
 
 def _check_classes(images: list[_Image], class_dirs: dict[str, set[str]], where: Path) -> list[str]:
-    counts: dict[tuple[str, str], int] = defaultdict(int)
-    for im in images:
-        counts[(im.split, im.cls)] += 1
+    counts = Counter((im.split, im.cls) for im in images)
     for split in SPLITS:
         empty = sorted(c for c in class_dirs[split] if counts[(split, c)] == 0)
         if empty:
@@ -235,6 +222,10 @@ def _check_classes(images: list[_Image], class_dirs: dict[str, set[str]], where:
                 f"hold{'' if len(empty) > 1 else 's'} no images (looked for {', '.join(IMAGE_EXTENSIONS)}). Add "
                 "images or remove the empty folder.")
     train, test = sorted(class_dirs["train"]), sorted(class_dirs["test"])
+    if not train and not test:
+        raise VisionlaunchError(
+            f"{where}: train/ and test/ hold no class folders, so there is nothing to learn from. Lay the images out "
+            "as train/<class>/<image> and test/<class>/<image> (the folder name is the class).")
     if train != test:
         only_train = sorted(set(train) - set(test))
         only_test = sorted(set(test) - set(train))
@@ -243,23 +234,6 @@ def _check_classes(images: list[_Image], class_dirs: dict[str, set[str]], where:
             f"{', '.join(only_train) or 'none'}; only in test/: {', '.join(only_test) or 'none'}. Add or rename "
             "folders so both splits list the same classes.")
     return train
-
-
-def _unreadable(im: _Image, exc: Exception) -> VisionlaunchError:
-    if isinstance(exc, Image.DecompressionBombError):
-        return VisionlaunchError(
-            f"{im.display} is too large to decode safely ({str(exc).rstrip('.')}). Images of one dataset share one "
-            "size: shrink it or remove it.")
-    if isinstance(exc, OSError) and exc.strerror:  # the file itself cannot be read (permissions, a folder, ...)
-        return VisionlaunchError(f"cannot read the image {describe_os_error(exc)}")
-    return VisionlaunchError(
-        f"{im.display} is not a readable image ({type(exc).__name__}: {exc}); it may be truncated, damaged or "
-        "not an image at all. Remove or replace it.")
-
-
-# What opening an image may raise for a bad file: UnidentifiedImageError is an OSError; an image over PIL's
-# decompression-bomb limit raises DecompressionBombError.
-_BAD_IMAGE = (OSError, ValueError, Image.DecompressionBombError)
 
 
 def _is_gray(mode: str) -> bool:
@@ -284,89 +258,65 @@ def _eight_bit(pil: Image.Image, gray: bool, display: str) -> np.ndarray:
     return np.asarray(pil if pil.mode == target else pil.convert(target))
 
 
-class _SizeCheck:
-    """Every image must have the size of the first one seen (the model takes one input shape)."""
-
-    def __init__(self) -> None:
-        self.expected: tuple[tuple[int, int], str] | None = None
-
-    def __call__(self, im: _Image, size: tuple[int, int]) -> None:
-        if self.expected is None:
-            self.expected = (size, im.display)
-        elif size != self.expected[0]:
-            (w, h), ((ew, eh), first) = size, self.expected
+def _scan_headers(images: list[_Image], progress: bool) -> tuple[tuple[int, int], bool]:
+    """Open every image's header (no pixel decoding): their one size (width, height), which every image must share
+    (the model takes one input shape), and whether all of them are single-channel."""
+    first, gray = None, True
+    for im in progress_bar(images, desc="checking images", unit=" img", disable=not progress, leave=False):
+        try:
+            with open_image(im.payload) as pil:
+                size, mode = pil.size, pil.mode
+        except BAD_IMAGE as exc:
+            raise unreadable_image(im.display, exc) from exc
+        if first is None:
+            first = (size, im.display)
+        elif size != first[0]:
+            (w, h), ((ew, eh), name) = size, first
             raise VisionlaunchError(
                 f"{im.display} is {w}x{h} pixels (width x height), but every image must have the same size and "
-                f"{first} is {ew}x{eh}. Resize the dataset to one size (e.g. {ew}x{eh}) before training.")
-
-
-def _scan_headers(images: list[_Image], check_size: _SizeCheck, progress: bool, split: str) -> bool:
-    """Open every image's header (no pixel decoding); check its size. True when all are single-channel."""
-    gray = True
-    for im in progress_bar(images, desc=f"checking {split} images", unit=" img", disable=not progress, leave=False):
-        try:
-            with _open(im.payload) as pil:
-                size, mode = pil.size, pil.mode
-        except _BAD_IMAGE as exc:
-            raise _unreadable(im, exc) from exc
-        check_size(im, size)
+                f"{name} is {ew}x{eh}. Resize the dataset to one size (e.g. {ew}x{eh}) before training.")
         gray = gray and _is_gray(mode)
-    return gray
+    return first[0], gray
 
 
-def _decode(images: list[_Image], check_size: _SizeCheck, others_gray: bool, progress: bool,
-            split: str) -> np.ndarray:
-    """Decode every image to (N, C, H, W): C = 1 while all images (of both splits) are single-channel, else 3."""
-    out: np.ndarray | None = None
+def _decode(images: list[_Image], size: tuple[int, int], gray: bool, progress: bool, split: str) -> np.ndarray:
+    """Decode every image to (N, C, H, W): C = 1 when all images (of both splits) are single-channel, else 3."""
+    w, h = size
+    out = np.empty((len(images), 1 if gray else 3, h, w), dtype=np.uint8)
     for i, im in enumerate(progress_bar(images, desc=f"decoding {split} images", unit=" img",
                                         disable=not progress)):
         try:
-            with _open(im.payload) as pil:
-                check_size(im, pil.size)
-                gray = _is_gray(pil.mode)
+            with open_image(im.payload) as pil:
                 pixels = _eight_bit(pil, gray, im.display)
         except VisionlaunchError:
             raise
-        except _BAD_IMAGE as exc:
-            raise _unreadable(im, exc) from exc
-        if out is None:
-            w, h = check_size.expected[0]
-            out = np.empty((len(images), 1 if gray and others_gray else 3, h, w), dtype=np.uint8)
-        elif out.shape[1] == 1 and not gray:
-            out = np.repeat(out, 3, axis=1)  # first colour image: gray ones so far become R = G = B, as PIL does
+        except BAD_IMAGE as exc:
+            raise unreadable_image(im.display, exc) from exc
         out[i] = pixels.transpose(2, 0, 1) if pixels.ndim == 3 else pixels  # gray broadcasts over 1 or 3 channels
     return out
 
 
 def read(path: Path, split: str, progress: bool = True, image_size: int | None = None,
          max_upscale: float = 4.0) -> ImageSet:
-    entries = _entries_from_archive(path, progress) if path.is_file() else _entries_from_folder(path)
+    if path.is_file():
+        entries = _entries_from_archive(path, progress)
+    else:
+        entries = [_Entry(parts, str(p), None if is_dir else p) for parts, p, is_dir in _walk(path)]
     images, class_dirs = _collect(entries, path)
     classes = _check_classes(images, class_dirs, path)
     index = {c: i for i, c in enumerate(classes)}
     # Sorted by split, class, then name: the order never depends on the archive or the file system.
     images.sort(key=lambda im: (im.split != "train", index[im.cls], im.display))
     wanted = [im for im in images if im.split == split]
-    kind = "archive" if path.is_file() else "folder"
-    if image_size:  # photos of any size, each decoded to one stored square (datasets/mixed_size.py)
-        from visionlaunch.datasets.mixed_size import decode_squares, stored_size
-        pixels, note = decode_squares(wanted, image_size, max_upscale, unreadable=_unreadable, progress=progress,
+    source = f"ImageFolder {'archive' if path.is_file() else 'folder'} {path} ({split}/, {len(classes)} classes"
+    if image_size:  # photos of any size, each decoded to one stored square
+        pixels, note = decode_squares(wanted, image_size, max_upscale, progress=progress,
                                       desc=f"decoding {split} images")
         side = stored_size(image_size)
-        return ImageSet(
-            images=torch.from_numpy(pixels), labels=torch.tensor([index[im.cls] for im in wanted], dtype=torch.int64),
-            classes=classes, name="imagefolder",
-            source=f"ImageFolder {kind} {path} ({split}/, {len(classes)} classes, mixed sizes stored as {side}x{side} "
-                   f"RGB{'; ' + note if note else ''})")
-    # The other split is only checked (header: size and colour mode), so both splits always agree on shape.
-    check_size = _SizeCheck()
-    other = "test" if split == "train" else "train"
-    others_gray = _scan_headers([im for im in images if im.split == other], check_size, progress, other)
-    pixels = _decode(wanted, check_size, others_gray, progress, split)
-    return ImageSet(
-        images=torch.from_numpy(pixels),
-        labels=torch.tensor([index[im.cls] for im in wanted], dtype=torch.int64),
-        classes=classes,
-        name="imagefolder",
-        source=f"ImageFolder {kind} {path} ({split}/, {len(classes)} classes)",
-    )
+        source += f", mixed sizes stored as {side}x{side} RGB{'; ' + note if note else ''}"
+    else:  # the headers of both splits first (the other split's first), so train and test always agree on shape
+        size, gray = _scan_headers([im for im in images if im.split != split] + wanted, progress)
+        pixels = _decode(wanted, size, gray, progress, split)
+    labels = torch.tensor([index[im.cls] for im in wanted], dtype=torch.int64)
+    return ImageSet(images=torch.from_numpy(pixels), labels=labels, classes=classes, name="imagefolder",
+                    source=source + ")")

@@ -59,8 +59,7 @@ class ImageSet:
 
     def subset(self, index: torch.Tensor) -> ImageSet:
         """The images at `index` (int64 positions or a bool mask), as a new ImageSet with the same classes."""
-        index = torch.as_tensor(index, device=self.images.device)
-        return replace(self, images=self.images[index].contiguous(), labels=self.labels[index].contiguous())
+        return replace(self, images=self.images[index], labels=self.labels[index])
 
     def __repr__(self) -> str:
         return (f"ImageSet(name={self.name!r}, n={len(self)}, shape={self.shape}, classes={len(self.classes)}, "

@@ -8,6 +8,7 @@ ignored with a warning and rebuilt; a cache that cannot be written only costs sp
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import warnings
@@ -29,11 +30,8 @@ SPLITS = ("train", "test")
 def load_dataset(name: str, split: str, *, root: Path, path: str | None = None, download: bool = False,
                  verify: bool = True, cache_dir: Path | None = None, progress: bool = True,
                  image_size: int | None = None, max_upscale: float = 4.0) -> ImageSet:
-    """Load one split of a dataset as uint8 tensors.
-
-    Raises DatasetNotFound when the files are absent (so a caller may fall back), VisionlaunchError when they
-    are present but wrong. `cache_dir=None` reads the sources every time.
-    """
+    """One split of a dataset as uint8 tensors; `cache_dir=None` reads the sources every time. Raises
+    DatasetNotFound when the files are absent (a caller may fall back), VisionlaunchError when they are wrong."""
     if name not in DATASET_NAMES:
         raise VisionlaunchError(f"unknown dataset {name!r} (data.name); valid names: {', '.join(DATASET_NAMES)}.")
     if split not in SPLITS:
@@ -42,8 +40,6 @@ def load_dataset(name: str, split: str, *, root: Path, path: str | None = None, 
         raise VisionlaunchError(
             f"data.path={path!r} only applies to data.name=imagefolder, but data.name is {name!r}. Remove "
             "data.path, or use data.root to say where the dataset's folder lives.")
-    if image_size is not None and name != "imagefolder":
-        raise VisionlaunchError(f"image_size (data.image_size) applies to imagefolder only, not {name!r}.")
     try:
         return _load(name, split, Path(root), path, download, verify, cache_dir, progress, image_size, max_upscale)
     except OSError as exc:  # a file or folder of the dataset that cannot be read (permissions, a folder, ...)
@@ -51,8 +47,7 @@ def load_dataset(name: str, split: str, *, root: Path, path: str | None = None, 
 
 
 def _load(name: str, split: str, root: Path, path: str | None, download: bool, verify: bool,
-          cache_dir: Path | None, progress: bool, image_size: int | None = None,
-          max_upscale: float = 4.0) -> ImageSet:
+          cache_dir: Path | None, progress: bool, image_size: int | None, max_upscale: float) -> ImageSet:
     if name == "mnist_sample":
         # Imported here, so that `python -m visionlaunch.datasets.mnist_sample` does not find itself imported.
         from visionlaunch.datasets.mnist_sample import load_mnist_sample
@@ -89,17 +84,14 @@ def _digest(text: str, n: int) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:n]
 
 
-def fingerprint(files: list[Path]) -> str:
+def cache_path(cache_dir: Path, name: str, split: str, source_key: str, files: list[Path]) -> Path:
+    # name-split-<where>-<what>: <where> (the source location) lets a rebuild delete the entry it replaces.
     lines = [f"visionlaunch-cache-v{FORMAT_VERSION}"]
     for f in files:
         st = os.stat(f)
         lines.append(f"{os.path.realpath(f)}\t{st.st_size}\t{st.st_mtime_ns}")
-    return _digest("\n".join(lines), 16)
-
-
-def cache_path(cache_dir: Path, name: str, split: str, source_key: str, files: list[Path]) -> Path:
-    # name-split-<where>-<what>: <where> (the source location) lets a rebuild delete the entry it replaces.
-    return Path(cache_dir) / f"{name}-{split}-{_digest(os.path.realpath(source_key), 8)}-{fingerprint(files)}.pt"
+    where, what = _digest(os.path.realpath(source_key), 8), _digest("\n".join(lines), 16)
+    return Path(cache_dir) / f"{name}-{split}-{where}-{what}.pt"
 
 
 def _read_cache(path: Path, name: str, need_verified: bool) -> ImageSet | None:
@@ -111,9 +103,7 @@ def _read_cache(path: Path, name: str, need_verified: bool) -> ImageSet | None:
             raise ValueError(f"format version {entry.get('version')} / name {entry.get('name')!r} do not match")
         if need_verified and not entry["verified"]:
             return None  # built with verify=False: read (and check) the sources again; not an error
-        return ImageSet(images=entry["images"], labels=entry["labels"], classes=list(entry["classes"]),
-                        name=entry["name"], source=entry["source"], superclasses=entry["superclasses"],
-                        superclass_of=entry["superclass_of"], unofficial=entry["unofficial"])
+        return ImageSet(**{field.name: entry[field.name] for field in dataclasses.fields(ImageSet)})
     except Exception as exc:  # truncated file, foreign pickle, wrong dtypes: all mean "rebuild"
         reason = describe_load_failure(exc) if not isinstance(exc, ValueError) else str(exc)
         warnings.warn(f"ignoring unreadable dataset cache file {path} ({reason}); "
@@ -122,10 +112,8 @@ def _read_cache(path: Path, name: str, need_verified: bool) -> ImageSet | None:
 
 
 def _write_cache(path: Path, data: ImageSet, verified: bool) -> None:
-    entry = {"version": FORMAT_VERSION, "name": data.name, "source": data.source, "classes": list(data.classes),
-             "images": data.images, "labels": data.labels, "verified": verified,
-             "superclasses": data.superclasses, "superclass_of": data.superclass_of,
-             "unofficial": [list(u) for u in data.unofficial]}  # the content check's result, so its NOTE survives
+    # Every field, the content check's `unofficial` included, so its NOTE survives the cache.
+    entry = {"version": FORMAT_VERSION, "verified": verified, **vars(data)}
     try:
         atomic_torch_save(entry, path)
     except OSError as exc:  # a full disk or a file-size limit included: the cache only saves time
@@ -141,10 +129,8 @@ def _write_cache(path: Path, data: ImageSet, verified: bool) -> None:
 
 def cached(cache_dir: Path, name: str, split: str, source_key: str, files: list[Path],
            build: Callable[[], ImageSet], *, verified: bool) -> ImageSet:
-    """Return the cached ImageSet for these source files, or build it, store it and return it.
-
-    `verified` says whether `build` checks checksums; a cache built unverified is not used by a verified load.
-    """
+    """The cached ImageSet for these source files, else `build()`, stored. `verified`: whether `build` checks
+    checksums; a cache built unverified is not used by a verified load."""
     path = cache_path(cache_dir, name, split, source_key, files)
     data = _read_cache(path, name, need_verified=verified)
     if data is None:

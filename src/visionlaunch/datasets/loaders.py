@@ -1,19 +1,12 @@
-"""The loader backends and the one core they share.
+"""The loader backends (tensor, torch; ffcv in ffcv_builders/loader.py) and the core they share, `ShardedLoader`:
+which samples each step of an epoch takes on this rank. Every backend yields (uint8 NCHW images, int64 labels) on
+the training device; the batch pipeline (augment.py) then augments and normalises them, the same for every backend.
 
-Every backend yields batches of (uint8 images NCHW, int64 labels) on the training device; the batch pipeline
-(datasets/augment.py) then augments and normalises whole batches there, so every backend means the same
-augmentation and the model never knows which one fed it. `ShardedLoader` is what they share: which samples
-each step of an epoch takes on this rank, and how many steps the epoch has. The ffcv backend
-(ffcv_builders/loader.py) builds on it too.
-
-Sharding under several processes: each epoch one seeded permutation (identical on every rank) is cut into
-`world` disjoint shards, rank r taking positions r, r+world, ... . Training shards are trimmed to a common length
-so every rank runs the same number of steps (at most world-1 samples a epoch are left out, a different few each
-epoch); evaluation shards are not trimmed, so every test sample is counted exactly once.
-
-With a per-process batch of train.batch_size / world, optimizer step k of every rank together covers positions
-[k*B, (k+1)*B) of the epoch's permutation: the same samples as step k of a single process with batch B.
-`set_epoch(epoch, start_batch)` starts an epoch part way through, at exactly the batch a checkpoint stopped at.
+Each epoch one seeded permutation (identical on every rank) is cut into `world` shards, rank r taking positions r,
+r+world, ... . Training shards are trimmed to a common length, so every rank runs the same number of steps (at most
+world-1 samples an epoch left out); evaluation shards are not, so every test sample counts exactly once. With a
+per-process batch of B / world, step k of all ranks covers positions [k*B, (k+1)*B): the samples of step k of one
+process with batch B. `set_epoch(epoch, start_batch)` resumes an epoch at exactly the batch a checkpoint stopped at.
 """
 
 from __future__ import annotations
@@ -21,9 +14,9 @@ from __future__ import annotations
 import math
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, TensorDataset
 
-from visionlaunch.datasets.resized_crop import ResizedCropDataset
+from visionlaunch.datasets.mixed_size import ResizedCropDataset
 
 
 def epoch_steps(n: int, batch_size: int, *, train: bool, rank: int = 0, world: int = 1) -> int:
@@ -34,8 +27,9 @@ def epoch_steps(n: int, batch_size: int, *, train: bool, rank: int = 0, world: i
 
 
 class ShardedLoader:
-    """Epoch order, rank shard and epoch length: the rules every backend follows. `max_steps` (the step budget
-    of an epoch, train.max_steps_per_epoch) cuts every epoch to at most that many batches."""
+    """Epoch order, rank shard and epoch length: the rules every backend follows (its subclasses take these
+    arguments as `**sharding`). `max_steps` (train.max_steps_per_epoch) cuts every epoch to at most that many
+    batches."""
 
     augments = False  # batches come raw; the batch pipeline augments them (the ffcv backend says True)
     crops = False  # ... and makes the random-resized crop of data.image_size
@@ -75,30 +69,19 @@ class ShardedLoader:
 DEVICE_SHARE = 0.5
 
 
-def device_budget(device: torch.device) -> int | None:
-    """Bytes a resident dataset may take on `device`; None when there is no limit to check (CPU memory already
-    holds the decoded dataset)."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free * DEVICE_SHARE)
-    return None
-
-
 class TensorLoader(ShardedLoader):
-    """The whole uint8 dataset resident on `device`; batches are index gathers, no per-sample Python work.
+    """The whole uint8 dataset resident on `device`; batches are index gathers, no per-sample Python work. When it
+    does not fit (DEVICE_SHARE of the free accelerator memory, or `memory_budget` bytes), it stays in pinned CPU
+    memory and each gathered batch is copied over; `note` then says so."""
 
-    When it does not fit (more than DEVICE_SHARE of the free accelerator memory, or `memory_budget` bytes), it
-    stays in pinned CPU memory and each gathered batch is copied to the device; `note` then says so.
-    """
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, train: bool, seed: int,
-                 device: torch.device, rank: int = 0, world: int = 1, max_steps: int | None = None,
-                 memory_budget: int | None = None):
-        super().__init__(len(labels), batch_size, train=train, seed=seed, rank=rank, world=world,
-                         max_steps=max_steps)
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, device: torch.device,
+                 memory_budget: int | None = None, **sharding):
+        super().__init__(len(labels), batch_size, **sharding)
         self.device = device
         need = images.nbytes + labels.nbytes
-        budget = memory_budget if memory_budget is not None else device_budget(device)
+        budget = memory_budget
+        if budget is None and device.type == "cuda":  # on the CPU, memory already holds the decoded dataset
+            budget = int(torch.cuda.mem_get_info(device)[0] * DEVICE_SHARE)
         self.resident = budget is None or need <= budget
         if self.resident:
             self.images, self.labels = images.to(device), labels.to(device)
@@ -124,17 +107,6 @@ class TensorLoader(ShardedLoader):
                 yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
 
 
-class _IndexedTensors(Dataset):
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
-        self.images, self.labels = images, labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i):
-        return self.images[i], self.labels[i]
-
-
 class _RemainingSampler(torch.utils.data.Sampler):
     """The DataLoader's order: what the owning loader's epoch still visits."""
 
@@ -144,28 +116,23 @@ class _RemainingSampler(torch.utils.data.Sampler):
     def __iter__(self):
         return iter(self.owner.remaining().tolist())
 
-    def __len__(self) -> int:
-        return len(self.owner.remaining())
-
 
 class TorchLoader(ShardedLoader):
     """The standard DataLoader (worker processes, pinned memory) as the baseline users know."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, train: bool, seed: int,
-                 device: torch.device, rank: int = 0, world: int = 1, num_workers: int = 2,
-                 max_steps: int | None = None, resized_crop=None):
-        super().__init__(len(labels), batch_size, train=train, seed=seed, rank=rank, world=world,
-                         max_steps=max_steps)
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, device: torch.device,
+                 num_workers: int = 2, resized_crop=None, **sharding):
+        super().__init__(len(labels), batch_size, **sharding)
         self.device = device
         # data.image_size: each training sample is cropped in the workers with torchvision's transforms v2.
-        self.crops = bool(train and resized_crop is not None)
-        dataset = ResizedCropDataset(images, labels, resized_crop) if self.crops else _IndexedTensors(images, labels)
+        self.crops = self.train and resized_crop is not None
+        dataset = ResizedCropDataset(images, labels, resized_crop) if self.crops else TensorDataset(images, labels)
         # Its own generator: DataLoader draws a worker base seed per epoch, which must not advance the global RNG
         # (dropout uses it), or a resumed run would draw different dropout masks than an uninterrupted one.
         self.loader = DataLoader(
-            dataset, batch_size=batch_size, sampler=_RemainingSampler(self), drop_last=train,
+            dataset, batch_size=batch_size, sampler=_RemainingSampler(self), drop_last=self.train,
             num_workers=num_workers, pin_memory=device.type == "cuda", persistent_workers=num_workers > 0,
-            generator=torch.Generator().manual_seed(seed))
+            generator=torch.Generator().manual_seed(self.seed))
 
     def __iter__(self):
         for step, (images, labels) in enumerate(self.loader, start=self.start_batch):

@@ -1,41 +1,44 @@
-"""Photos of every size (data.image_size): decode each once into one fixed-size square, the form that is cached.
+"""Photos of every size (data.image_size): each decoded once to a fixed-size stored square, then cropped to
+image_size x image_size: at random for training, in the centre for evaluation.
 
-Each image is decoded with its EXIF orientation applied, converted to RGB (grayscale repeats its channel; the
-alpha channel of RGBA, LA and transparent palette images is dropped, keeping the colour beneath), then its shorter
-side is resized to the *stored size* and the centre square of that side is kept. The stored size is
-image_size / 0.875 (73 px for 64, 256 for 224: the usual resize-then-crop ratio), so that
+Decoding applies the EXIF orientation, converts to RGB (grayscale repeats its channel; the alpha channel of RGBA,
+LA and transparent palette images is dropped, keeping the colour beneath), resizes the shorter side to the stored
+size image_size / 0.875 (73 px for 64, 256 for 224: the usual resize-then-crop ratio) and keeps its centre square;
+the ends of a non-square photo's longer side never reach a crop. Images smaller than that are upscaled; more than
+data.max_upscale times is refused, naming the file.
 
-  * training draws its random-resized crops from the stored square (datasets/resized_crop.py), and
-  * evaluation takes the centre image_size square of it (`center_crop`): "resize the shorter side, centre crop".
-
-What is lost: the ends of the longer side of a non-square photo (beyond its centre square) never reach a crop.
-Images smaller than the stored size are upscaled; more than data.max_upscale times is refused, naming the file.
+The random-resized crop is torchvision's RandomResizedCrop (area share drawn uniformly from `scale`, aspect ratio
+log-uniformly from 3/4..4/3, ten attempts, else the whole image) with one meaning for every backend: the tensor
+backend crops whole batches on their device with one affine grid sample (`ResizedCrop.batch`, not antialiased,
+which a shrink of at most 0.875 hardly needs), the torch backend crops each sample with torchvision's transforms v2
+in the DataLoader workers (`ResizedCropDataset`), the ffcv backend uses FFCV's RandomResizedCropRGBImageDecoder.
 """
 
 from __future__ import annotations
 
 import dataclasses
-
-import io
-from collections.abc import Callable, Sequence
-from pathlib import Path
+import math
+import os
+from collections.abc import Sequence
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from PIL import Image, ImageOps
+from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
+from visionlaunch.datasets.files import BAD_IMAGE, open_image, unreadable_image
 from visionlaunch.datasets.imageset import ImageSet
 from visionlaunch.errors import VisionlaunchError
 
 CROP_FRACTION = 0.875  # image_size / stored size
+ATTEMPTS = 10
+RATIO = (3 / 4, 4 / 3)
 
 
 def stored_size(image_size: int) -> int:
     return int(round(image_size / CROP_FRACTION))
-
-
-def _open(payload: bytes | Path) -> Image.Image:
-    return Image.open(io.BytesIO(payload) if isinstance(payload, bytes) else payload)
 
 
 def _rgb(pil: Image.Image, stored: int) -> Image.Image:
@@ -68,17 +71,16 @@ def _too_small(display: str, size: tuple[int, int], stored: int, image_size: int
             "data.image_size, or raise data.max_upscale to accept it upscaled.")
 
 
-def decode_squares(items: Sequence, image_size: int, max_upscale: float, *, unreadable: Callable,
-                   progress: bool = True, desc: str = "decoding images") -> tuple[np.ndarray, str]:
+def decode_squares(items: Sequence, image_size: int, max_upscale: float, *, progress: bool = True,
+                   desc: str = "decoding images") -> tuple[np.ndarray, str]:
     """Decode `items` (each with `.display` and `.payload`: bytes or a path) to uint8 (N, 3, S, S), S the stored
-    size; and a note on the images that were upscaled (empty when none). `unreadable(item, exc)` makes the error
-    for a file that cannot be decoded."""
+    size; and a note on the images that were upscaled (empty when none)."""
     stored = stored_size(image_size)
     out = np.empty((len(items), 3, stored, stored), dtype=np.uint8)
-    upscaled, smallest = 0, None
+    upscaled = []  # (shorter side, file) of every image enlarged
     for i, item in enumerate(tqdm(items, desc=desc, unit=" img", disable=not progress)):
         try:
-            with _open(item.payload) as pil:
+            with open_image(item.payload) as pil:
                 rgb = _rgb(pil, stored)
                 short = min(rgb.size)
                 if short * max_upscale < stored:
@@ -86,17 +88,15 @@ def decode_squares(items: Sequence, image_size: int, max_upscale: float, *, unre
                 out[i] = _square(rgb, stored)
         except VisionlaunchError:
             raise
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-            raise unreadable(item, exc) from exc
+        except BAD_IMAGE as exc:
+            raise unreadable_image(item.display, exc) from exc
         if short < stored:
-            upscaled += 1
-            if smallest is None or short < smallest[0]:
-                smallest = (short, item.display)
-    note = ""
-    if upscaled:
-        note = (f"{upscaled} of {len(items)} images upscaled to {stored} px on the shorter side (smallest: "
-                f"{smallest[0]} px, {smallest[1]})")
-    return out, note
+            upscaled.append((short, item.display))
+    if not upscaled:
+        return out, ""
+    short, display = min(upscaled, key=lambda u: u[0])  # the first of the smallest
+    return out, (f"{len(upscaled)} of {len(items)} images upscaled to {stored} px on the shorter side (smallest: "
+                 f"{short} px, {display})")
 
 
 def center_crop(ds: ImageSet, image_size: int) -> ImageSet:
@@ -105,3 +105,77 @@ def center_crop(ds: ImageSet, image_size: int) -> ImageSet:
     top, left = (h - image_size) // 2, (w - image_size) // 2
     images = ds.images[:, :, top:top + image_size, left:left + image_size].contiguous()
     return dataclasses.replace(ds, images=images)  # keeps labels, classes, superclasses, provenance
+
+
+def draw_boxes(n: int, height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float],
+               generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+    """(n, 4) int64 boxes (top, left, box height, box width), each the first of its ATTEMPTS draws that fits, else
+    the whole image. Always the same number of draws, so a restored generator (checkpoints) gives the same boxes."""
+    area = height * width
+    u = torch.rand(4, n, ATTEMPTS, generator=generator, device=device, dtype=torch.float64)
+    target = area * (scale[0] + (scale[1] - scale[0]) * u[0])
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(log_lo + (log_hi - log_lo) * u[1])
+    w = torch.sqrt(target * aspect).round().long()
+    h = torch.sqrt(target / aspect).round().long()
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = fits.long().argmax(dim=1, keepdim=True)  # the first attempt that fits (0 when none does)
+    found = fits.any(dim=1)
+    pick = lambda t: t.gather(1, first).squeeze(1)  # noqa: E731
+    h = torch.where(found, pick(h), torch.full_like(found, height, dtype=torch.long))
+    w = torch.where(found, pick(w), torch.full_like(found, width, dtype=torch.long))
+    top = (pick(u[2]) * (height - h + 1)).floor().long().clamp(max=height - 1)
+    left = (pick(u[3]) * (width - w + 1)).floor().long().clamp(max=width - 1)
+    top = torch.where(found, top, torch.zeros_like(top))
+    left = torch.where(found, left, torch.zeros_like(left))
+    return torch.stack([top, left, h, w], dim=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class ResizedCrop:
+    size: int
+    scale: tuple[float, float] = (0.25, 1.0)
+
+    def batch(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Crop every image of a uint8 (or float) NCHW batch to its own random box, resized to size x size."""
+        n, _, height, width = images.shape
+        boxes = draw_boxes(n, height, width, self.scale, RATIO, generator, images.device).to(torch.float32)
+        top, left, h, w = boxes.unbind(1)
+        # Output pixel centres spread evenly over the box, in grid_sample's [-1, 1] coordinates (align_corners=False).
+        theta = torch.zeros(n, 2, 3, device=images.device)
+        theta[:, 0, 0] = w / width
+        theta[:, 0, 2] = (2 * left + w) / width - 1
+        theta[:, 1, 1] = h / height
+        theta[:, 1, 2] = (2 * top + h) / height - 1
+        grid = F.affine_grid(theta, [n, images.shape[1], self.size, self.size], align_corners=False)
+        out = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+        if images.dtype == torch.uint8:
+            return out.round_().clamp_(0, 255).to(torch.uint8)
+        return out.to(images.dtype)
+
+    def sample(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One CHW image, cropped with torchvision's transforms v2."""
+        from torchvision.transforms.v2 import functional as TF
+
+        top, left, h, w = draw_boxes(1, image.shape[-2], image.shape[-1], self.scale, RATIO, generator)[0].tolist()
+        return TF.resized_crop(image, top, left, h, w, [self.size, self.size], antialias=True)
+
+
+class ResizedCropDataset(TensorDataset):
+    """uint8 images, each returned as a fresh random-resized crop (the torch backend's training set).
+
+    The draws come from a generator of this process, seeded from torch.initial_seed(): in DataLoader workers that
+    is the worker's own seed (drawn from the loader's seeded generator), in the main process (num_workers=0) the
+    run's seed; the global random stream (dropout) is never touched.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, crop: ResizedCrop):
+        super().__init__(images, labels)
+        self.crop, self._generator, self._pid = crop, None, -1
+
+    def __getitem__(self, i):
+        if self._pid != os.getpid():  # a new worker process: its own stream
+            self._generator = torch.Generator().manual_seed(torch.initial_seed() % 2**63)
+            self._pid = os.getpid()
+        image, label = super().__getitem__(i)
+        return self.crop.sample(image, self._generator), label

@@ -48,10 +48,7 @@ def locate(root: Path, split: str, download: bool) -> list[Path]:
     """The [images, labels] files of `split` under `root`, downloading them first when asked and absent."""
     files = _find(root, split)
     if files is None and download:
-        from torchvision import datasets as tv
-
-        download_with_torchvision(lambda: tv.MNIST(str(root), train=split == "train", download=True),
-                                  "MNIST", root, root / "MNIST" / "raw")
+        download_with_torchvision("MNIST", "MNIST", root, split, root / "MNIST" / "raw")
         files = _find(root, split)
     if files is None:
         where = ", ".join(str(d) for d in search_dirs(root))

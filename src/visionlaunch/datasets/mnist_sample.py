@@ -10,7 +10,6 @@ train_index/test_index (positions in the official files, so every image can be t
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 from importlib import resources
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch
 
 from visionlaunch.atomic import atomic_write
 from visionlaunch.datasets import mnist
-from visionlaunch.datasets.files import resolve_data_root
+from visionlaunch.datasets.files import md5_file, resolve_data_root
 from visionlaunch.datasets.imageset import ImageSet
 from visionlaunch.datasets.split import stratified_indices
 from visionlaunch.errors import VisionlaunchError
@@ -66,11 +65,6 @@ def build_sample(root: Path, n_train: int = N_TRAIN, n_test: int = N_TEST, seed:
     return arrays
 
 
-def write_sample(arrays: dict[str, np.ndarray], out: Path) -> None:
-    with atomic_write(out) as tmp, open(tmp, "wb") as f:  # a file object: numpy then adds no ".npz" suffix
-        np.savez_compressed(f, **arrays)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default=None, help="data root holding mnist/raw or MNIST/raw (default: "
@@ -82,8 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = Path(args.out) if args.out else Path(str(sample_resource()))
     arrays = build_sample(resolve_data_root(args.root), args.n_train, args.n_test, args.seed)
-    write_sample(arrays, out)
-    md5 = hashlib.md5(out.read_bytes(), usedforsecurity=False).hexdigest()
+    with atomic_write(out) as tmp, open(tmp, "wb") as f:  # a file object: numpy then adds no ".npz" suffix
+        np.savez_compressed(f, **arrays)
+    md5 = md5_file(out)
     for split in ("train", "test"):
         counts = np.bincount(arrays[f"{split}_labels"], minlength=10).tolist()
         print(f"{split}: {len(arrays[f'{split}_labels'])} images, per class {counts}")

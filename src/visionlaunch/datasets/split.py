@@ -36,7 +36,6 @@ def stratified_indices(labels: torch.Tensor, count: int, generator: torch.Genera
 
 
 def _val_count(val_size: int | float, n: int) -> int:
-    problem = None
     if isinstance(val_size, bool) or not isinstance(val_size, numbers.Real) or math.isnan(val_size):
         problem = f"is {val_size!r}"
     elif val_size == 0:
@@ -66,16 +65,10 @@ def train_val_split(train: ImageSet, val_size: int | float, seed: int) -> tuple[
     val_index = stratified_indices(train.labels, count, generator)
     keep = torch.ones(len(train), dtype=torch.bool)
     keep[val_index] = False
-    rest, val = train.subset(torch.nonzero(keep).flatten()), train.subset(val_index)
+    rest, val = train.subset(keep), train.subset(val_index)
     rest.source = f"{train.source} [training part: {len(rest)} of {len(train)}, val split seed {seed}]"
     val.source = f"{train.source} [validation part: {len(val)} of {len(train)}, val split seed {seed}]"
     return rest, val
-
-
-def _subset_generator(seed: int, split: str) -> torch.Generator:
-    # A stream of its own per split, unrelated to the val split's (which draws with `seed` itself).
-    digest = hashlib.sha256(f"visionlaunch-subset:{split}:{int(seed)}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
 
 def stratified_subset(ds: ImageSet, count: int | None, seed: int, split: str) -> ImageSet:
@@ -83,7 +76,10 @@ def stratified_subset(ds: ImageSet, count: int | None, seed: int, split: str) ->
     seed; all of `ds` when `count` is None or not smaller. Kept in dataset order."""
     if count is None or count >= len(ds):
         return ds
-    picked = ds.subset(stratified_indices(ds.labels, count, _subset_generator(seed, split)))
+    # A stream of its own per split, unrelated to the val split's (which draws with `seed` itself).
+    digest = hashlib.sha256(f"visionlaunch-subset:{split}:{int(seed)}".encode()).digest()
+    generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+    picked = ds.subset(stratified_indices(ds.labels, count, generator))
     picked.source = f"{ds.source} [{split} subset: {count} of {len(ds)}, class-stratified, seed {seed}]"
     return picked
 
@@ -95,9 +91,7 @@ def class_coverage_warning(ds: ImageSet, what: str) -> str | None:
     present = int(torch.unique(ds.labels).numel())
     if present == len(ds.classes):
         return None
-    if present == 1:
-        consequence = "every image has the same label, so its accuracy says nothing (100% is trivially reached)"
-    else:
-        consequence = "its accuracy does not cover the missing classes"
+    consequence = ("every image has the same label, so its accuracy says nothing (100% is trivially reached)"
+                   if present == 1 else "its accuracy does not cover the missing classes")
     return (f"WARNING: the {what} set holds images of only {present} of {len(ds.classes)} classes ({len(ds)} "
             f"images): {consequence}. Use a larger data.train_subset / data.test_subset / data.val_size.")

@@ -19,10 +19,8 @@ PUBLISHED = {
 
 
 def measure_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Mean and (population) std per channel of uint8 images on [0, 1].
-
-    From a histogram of the 256 byte values per channel: exact, and far faster than float arithmetic on every pixel.
-    """
+    """Mean and (population) std per channel of uint8 images on [0, 1], from a histogram of the 256 byte values
+    per channel: exact, and far faster than float arithmetic on every pixel."""
     if len(images) == 0:
         raise VisionlaunchError("cannot compute normalisation statistics of an empty training set; "
                                 "check data.train_subset and data.val_size.")
@@ -49,9 +47,12 @@ def normalization_stats(train: ImageSet) -> tuple[tuple[float, ...], tuple[float
 def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float],
               dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """(x - mean) / std per channel of an NCHW batch. uint8 is scaled to [0, 1] first; float is taken as [0, 1]."""
+    if len(mean) != images.shape[1]:
+        raise VisionlaunchError(
+            f"normalisation has {len(mean)} mean and {len(std)} std values but the images have {images.shape[1]} "
+            "channel(s); give one mean and one std per channel.")
     compute = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype  # full precision, then cast
-    m, s = normalization_tensors(mean, std, images.device, compute)
-    return normalize_with(images, m, s, dtype)
+    return normalize_with(images, *normalization_tensors(mean, std, images.device, compute), dtype)
 
 
 def normalization_tensors(mean: Sequence[float], std: Sequence[float], device: torch.device | str = "cpu",
@@ -69,12 +70,8 @@ def normalization_tensors(mean: Sequence[float], std: Sequence[float], device: t
 
 def normalize_with(images: torch.Tensor, m: torch.Tensor, s: torch.Tensor,
                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """`normalize` with the tensors of `normalization_tensors` (their dtype is the one computed in)."""
-    channels = images.shape[1]
-    if m.shape[1] != channels:
-        raise VisionlaunchError(
-            f"normalisation has {m.shape[1]} mean and {s.shape[1]} std values but the images have {channels} "
-            "channel(s); give one mean and one std per channel.")
+    """`normalize` with the tensors of `normalization_tensors` (their dtype is the one computed in), unchecked:
+    per batch, with constants measured on the same data."""
     if images.dtype == torch.uint8:
         # The conversion made a new tensor, so in-place steps save memory without touching the input.
         return images.to(m.dtype).div_(255).sub_(m).div_(s).to(dtype)

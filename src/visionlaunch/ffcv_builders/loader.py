@@ -1,29 +1,22 @@
-"""The ffcv loader backend: an FFCV Loader behind the same contract as TensorLoader and TorchLoader.
+"""The ffcv loader backend: an FFCV Loader behind the contract and the sample order of TensorLoader and
+TorchLoader (ShardedLoader's rank shards replace FFCV's traversal orders; FFCV's `distributed=True` would pad
+evaluation shards with repeated samples and count some test images twice).
 
-Same contract: batches of (uint8 NCHW images, int64 labels) on the training device, `set_epoch(epoch,
-start_batch)`, `len()`, `max_steps`. Same order: FFCV's own traversal orders are replaced by the epoch's seeded
-permutation cut into rank shards (ShardedLoader in datasets/loaders.py), so the three backends visit the same
-samples in the same order on every rank; FFCV's `distributed=True` would pad evaluation shards with repeated
-samples the way DistributedSampler does, and counts some test images twice. A resumed epoch simply starts its
-order at `start_batch`, so mid-epoch resume continues at the exact sample.
-
-Different from the others: augmentation (translate, flip, cutout) runs inside the FFCV pipeline, in its
-compiled worker threads on the CPU, with numba's random generator: `augments = True` tells the batch pipeline
-not to augment a second time, and the draws are not seeded (a resumed run sees the same samples but other
-augmentations). Normalisation stays in the batch pipeline, the same arithmetic for every backend.
-FFCV reuses its batch buffers: a batch is valid until a few more batches have been taken; `clone=True` copies
-each batch for callers that keep them.
+Different from the others: augmentation (translate, flip, cutout) runs in FFCV's compiled CPU worker threads with
+numba's unseeded generator (`augments = True`: the batch pipeline does not augment again; a resumed run sees the
+same samples but other augmentations). FFCV reuses its batch buffers: a batch is valid until a few more have been
+taken; `clone=True` copies each batch for callers that keep them.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from visionlaunch.datasets.loaders import ShardedLoader
+from visionlaunch.datasets.mixed_size import RATIO
 from visionlaunch.ffcv_builders import require_ffcv
 from visionlaunch.ffcv_builders.manifest import check_beton
 
@@ -31,44 +24,43 @@ from visionlaunch.ffcv_builders.manifest import check_beton
 class FfcvLoader(ShardedLoader):
     augments = True  # flip/translate/cutout happen in the FFCV pipeline
 
-    def __init__(self, path, batch_size: int, *, train: bool, seed: int, device: torch.device, rank: int = 0,
-                 world: int = 1, num_workers: int = 2, max_steps: int | None = None, crop_padding: int = 0,
+    def __init__(self, path, batch_size: int, *, device: torch.device, num_workers: int = 2, crop_padding: int = 0,
                  flip: bool = False, cutout: int = 0, channels_last: bool = False, clone: bool = False,
-                 verify: bool = True, resized_crop=None):
+                 verify: bool = True, resized_crop=None, **sharding):
         require_ffcv()
         from ffcv.loader import Loader, OrderOption
         from ffcv.reader import Reader
 
-        self.path = Path(path)
         if verify:  # FFCV itself would read a damaged file's garbage offsets (or hang in a worker): refuse it first
-            check_beton(self.path)
-        reader = Reader(str(self.path))
-        super().__init__(int(reader.num_samples), batch_size, train=train, seed=seed, rank=rank, world=world,
-                         max_steps=max_steps)
+            check_beton(path)
+        reader = Reader(str(path))
+        super().__init__(int(reader.num_samples), batch_size, **sharding)
         self.device, self.clone = device, clone
         grayscale = type(reader.handlers["image"]).__name__ == "NDArrayField"
         self.loader = Loader(
-            str(self.path), batch_size=batch_size, num_workers=max(1, num_workers), os_cache=True,
-            order=OrderOption.SEQUENTIAL, drop_last=train, batches_ahead=3,
-            pipelines=self._pipelines(grayscale, crop_padding, flip, cutout, channels_last,
-                                      resized_crop if train else None))
-        # Our order in place of FFCV's: the Loader asks it for each epoch's sample indices.
-        self.loader.traversal_order = _RemainingOrder(self)
-        self.loader.first_traversal_order = self.loader.traversal_order.sample_order(0)
+            str(path), batch_size=batch_size, num_workers=max(1, num_workers), os_cache=True,
+            order=OrderOption.SEQUENTIAL, drop_last=self.train, batches_ahead=3,
+            pipelines=self._pipelines(grayscale, crop_padding, flip, cutout, channels_last, resized_crop))
+        # Our order in place of FFCV's: the Loader asks its traversal order for each epoch's sample indices.
+        self.loader.traversal_order = self
+        self.loader.first_traversal_order = self.sample_order(0)
+
+    def sample_order(self, ffcv_epoch: int) -> np.ndarray:
+        """FFCV's traversal-order protocol: what this epoch still visits (FFCV's own epoch count is not ours)."""
+        return self.remaining().numpy().astype(np.uint64)
 
     def _pipelines(self, grayscale: bool, crop_padding: int, flip: bool, cutout: int, channels_last: bool,
-                   resized_crop=None) -> dict:
+                   resized_crop) -> dict:
         from ffcv.fields.basics import IntDecoder
         from ffcv.fields.ndarray import NDArrayDecoder
         from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder, SimpleRGBImageDecoder
         from ffcv.transforms import RandomHorizontalFlip, RandomTranslate, ToDevice, ToTensor, ToTorchImage
 
-        image = [NDArrayDecoder() if grayscale else SimpleRGBImageDecoder()]
-        if resized_crop is not None:  # data.image_size: FFCV decodes straight into the random-resized crop
-            if grayscale:
-                raise ValueError(f"{self.path} holds grayscale arrays; the random-resized crop needs an RGB field")
+        if resized_crop is not None and self.train:  # data.image_size (always RGB): decoded straight into the crop
             image = [RandomResizedCropRGBImageDecoder((resized_crop.size,) * 2, scale=tuple(resized_crop.scale),
-                                                      ratio=tuple(resized_crop.ratio))]
+                                                      ratio=RATIO)]
+        else:
+            image = [NDArrayDecoder() if grayscale else SimpleRGBImageDecoder()]
         if self.train:  # the order of BatchAugment: translate, flip, then cutout
             if crop_padding:
                 image.append(RandomTranslate(padding=crop_padding, fill=(0,) * (1 if grayscale else 3)))
@@ -88,7 +80,6 @@ class FfcvLoader(ShardedLoader):
         steps = len(self) - self.start_batch
         if steps <= 0:
             return
-        self.loader.next_epoch = self.epoch
         epoch_iter = iter(self.loader)
         try:
             for _ in range(steps):
@@ -98,17 +89,6 @@ class FfcvLoader(ShardedLoader):
                 yield (images.clone() if self.clone else images), labels
         finally:
             epoch_iter.close()  # stops FFCV's reader thread when the epoch is cut short
-
-
-class _RemainingOrder:
-    """FFCV traversal order = what the owning loader's epoch still visits (its rank shard from `start_batch`)."""
-
-    def __init__(self, owner: FfcvLoader):
-        self.owner = owner
-
-    def sample_order(self, epoch: int) -> np.ndarray:
-        self.owner.epoch = epoch
-        return self.owner.remaining().numpy().astype(np.uint64)
 
 
 def _clipped_cutout(size: int):

@@ -64,24 +64,6 @@ def _rewrite_hint(beton: Path) -> str:
             "and let training write it).")
 
 
-def read_manifest(beton: Path) -> BetonManifest:
-    beton = Path(beton)
-    path = manifest_path(beton)
-    if not path.is_file():
-        raise VisionlaunchError(
-            f"{beton} has no manifest ({path.name}): it was not written by visionlaunch, or its conversion was "
-            f"interrupted, so nothing says what it holds. {_rewrite_hint(beton)}")
-    try:
-        fields = json.loads(path.read_text())
-        manifest = BetonManifest(**fields)
-    except (ValueError, TypeError) as exc:
-        raise VisionlaunchError(f"the manifest {path} cannot be read ({exc}). {_rewrite_hint(beton)}") from None
-    if manifest.format != FORMAT:
-        raise VisionlaunchError(f"{path} is format {manifest.format!r}, this version reads {FORMAT!r}. "
-                                f"{_rewrite_hint(beton)}")
-    return manifest
-
-
 def check_beton(beton: Path, *, dataset: str | None = None, split: str | None = None,
                 source_sha256: str | None = None) -> BetonManifest:
     """The manifest of `beton` after checking the file against it (size, SHA-256) and, when given, against the
@@ -89,7 +71,18 @@ def check_beton(beton: Path, *, dataset: str | None = None, split: str | None = 
     beton = Path(beton)
     if not beton.is_file():
         raise VisionlaunchError(f"the FFCV file {beton} does not exist. {_rewrite_hint(beton)}")
-    manifest = read_manifest(beton)
+    path = manifest_path(beton)
+    if not path.is_file():
+        raise VisionlaunchError(
+            f"{beton} has no manifest ({path.name}): it was not written by visionlaunch, or its conversion was "
+            f"interrupted, so nothing says what it holds. {_rewrite_hint(beton)}")
+    try:
+        manifest = BetonManifest(**json.loads(path.read_text()))
+    except (ValueError, TypeError) as exc:
+        raise VisionlaunchError(f"the manifest {path} cannot be read ({exc}). {_rewrite_hint(beton)}") from None
+    if manifest.format != FORMAT:
+        raise VisionlaunchError(f"{path} is format {manifest.format!r}, this version reads {FORMAT!r}. "
+                                f"{_rewrite_hint(beton)}")
     size = beton.stat().st_size
     if size != manifest.beton_bytes:
         raise VisionlaunchError(

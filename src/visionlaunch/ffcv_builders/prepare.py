@@ -15,7 +15,6 @@ from pathlib import Path
 from visionlaunch.config import DataConfig
 from visionlaunch.datasets import default_cache_dir
 from visionlaunch.datasets.imageset import ImageSet
-from visionlaunch.errors import VisionlaunchError
 from visionlaunch.ffcv_builders.manifest import check_beton, source_digest
 
 SPLITS = ("train", "val", "test")
@@ -52,10 +51,6 @@ def ensure_betons(splits: dict[str, ImageSet | None], dataset: str, cfg: DataCon
     truncated, foreign or stale stops with a VisionlaunchError unless `overwrite` is set."""
     from visionlaunch.ffcv_builders.writer import imageset_arrays, write_beton
 
-    if cfg.ffcv_encoding == "jpeg" and any(ds is not None and ds.shape[0] == 1 for ds in splits.values()):
-        raise VisionlaunchError(
-            f"data.ffcv_encoding=jpeg needs 3-channel images, but {dataset} is grayscale: FFCV's JPEG field stores "
-            "RGB only. Use data.ffcv_encoding=raw (grayscale is stored raw, as a uint8 array field).")
     folder = beton_dir(cfg)
     out = {}
     for split in SPLITS:

@@ -1,10 +1,6 @@
-"""Write samples to a `.beton`: validated first, written under a temporary name with a progress bar, checked
-for dying workers, then published with its manifest.
-
-Publishing order: the beton is complete and fsynced under a temporary name, its manifest (which names the
-beton's size and SHA-256) is written atomically, and only then is the beton renamed into place. An interrupted
-or failed conversion therefore leaves either no file, or a file that its manifest does not describe; neither is
-ever loaded as good (see manifest.check_beton).
+"""Write samples to a `.beton`: validated first, written and fsynced under a temporary name (a dying worker
+stops it), then its manifest (naming the beton's size and SHA-256) atomically, and only then the beton renamed into
+place. An interrupted conversion leaves no file, or one its manifest does not describe: never loaded as good.
 """
 
 from __future__ import annotations
@@ -51,8 +47,6 @@ def validate_samples(images, labels, num_classes: int, what: str = "dataset") ->
             f"{what}: labels must be one integer per image ({len(images)}), got shape {labels.shape}.")
     if not np.issubdtype(labels.dtype, np.integer):
         raise VisionlaunchError(f"{what}: labels must be integers, got {labels.dtype}.")
-    if num_classes < 1:
-        raise VisionlaunchError(f"{what}: num_classes must be at least 1, got {num_classes}.")
     low, high = int(labels.min()), int(labels.max())
     if low < 0 or high >= num_classes:
         bad = int(np.flatnonzero((labels < 0) | (labels >= num_classes))[0])
@@ -79,12 +73,7 @@ def _fields(shape: tuple[int, int, int], encoding: str, jpeg_quality: int, max_r
     from ffcv.fields import IntField, NDArrayField, RGBImageField
 
     h, w, c = shape
-    if c == 1:
-        if encoding != "raw":
-            raise VisionlaunchError(
-                "FFCV stores JPEG only for 3-channel images; grayscale images are written raw (as an "
-                f"NDArrayField of shape {shape}). Use encoding raw (data.ffcv_encoding=raw) for this dataset.")
-        # FFCV's RGBImageField refuses (H, W, 1): a uint8 array field holds grayscale exactly.
+    if c == 1:  # FFCV's RGBImageField refuses (H, W, 1): a uint8 array field holds grayscale exactly
         image = NDArrayField(dtype=np.dtype("uint8"), shape=(h, w, 1))
     else:
         image = RGBImageField(write_mode="jpg" if encoding == "jpeg" else "raw", jpeg_quality=jpeg_quality,
@@ -162,15 +151,17 @@ def _write(tmp: Path, fields: dict, samples: _Samples, workers: int, desc: str, 
 def write_beton(images, labels, path, *, num_classes: int, dataset: str, split: str, encoding: str = "raw",
                 jpeg_quality: int = 90, num_workers: int = 2, progress: bool = True, image_size: int | None = None,
                 max_resolution: int | None = None) -> BetonManifest:
-    """Write uint8 (N, H, W, C) images (C = 1 or 3) and integer labels to the FFCV file `path`, and its manifest.
-
-    Returns the manifest. Bad input (dtype, shape, label range, encoding) raises before any worker starts.
-    """
+    """Write uint8 (N, H, W, C) images (C = 1 or 3) and integer labels to the FFCV file `path` and its manifest
+    (returned). Bad input (dtype, shape, label range, encoding) raises before any worker starts."""
     if encoding not in ("raw", "jpeg"):
         raise VisionlaunchError(f"FFCV encoding must be 'raw' or 'jpeg', got {encoding!r}.")
     if not 1 <= int(jpeg_quality) <= 100:
         raise VisionlaunchError(f"JPEG quality must lie in 1..100, got {jpeg_quality}.")
     images, labels = validate_samples(images, labels, num_classes, what=f"{dataset} {split}")
+    if encoding == "jpeg" and images.shape[3] == 1:
+        raise VisionlaunchError(
+            f"JPEG encoding (data.ffcv_encoding=jpeg) needs 3-channel images, but {dataset} is grayscale: FFCV's "
+            "JPEG field stores RGB only. Use data.ffcv_encoding=raw (grayscale is stored raw, as a uint8 array).")
     require_ffcv("writing FFCV .beton files")
     path = Path(path)
     fields = _fields(images.shape[1:], encoding, int(jpeg_quality), max_resolution)

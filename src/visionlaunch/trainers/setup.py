@@ -23,7 +23,7 @@ from visionlaunch.atomic import atomic_write_text
 from visionlaunch.config import RunConfig
 from visionlaunch.datasets.augment import BatchPipeline
 from visionlaunch.datasets.loaders import epoch_steps
-from visionlaunch.datasets.resized_crop import ResizedCrop
+from visionlaunch.datasets.mixed_size import ResizedCrop
 from visionlaunch.errors import VisionlaunchError
 from visionlaunch.ffcv_builders import require_ffcv
 from visionlaunch.models import build_model
