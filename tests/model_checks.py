@@ -3,6 +3,9 @@ freshly built model memorise one tiny random batch?"""
 
 from __future__ import annotations
 
+import inspect
+import typing
+
 import torch
 from torch import nn
 
@@ -27,3 +30,15 @@ def check_model_contract(model: nn.Module, num_classes: int) -> None:
         f"a model must expose its final nn.Linear({num_classes} outputs) as .classifier"
     assert getattr(model, "feature_dim", None) == classifier.in_features, \
         "a model must set .feature_dim to classifier.in_features"
+
+
+def check_builder_signature(builder) -> None:
+    """The contract of every builder: `(in_shape, num_classes, *, arg: type = default, ...)`; the registry reads
+    the keyword arguments' annotations and defaults to validate model.args and to print help."""
+    params = list(inspect.signature(builder).parameters.values())
+    assert [p.name for p in params[:2]] == ["in_shape", "num_classes"], "a builder must start with in_shape, num_classes"
+    hints = typing.get_type_hints(builder, include_extras=True)
+    for p in params[2:]:
+        assert p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not inspect.Parameter.empty, \
+            f"argument {p.name!r} must be keyword-only with a default"
+        assert p.name in hints, f"argument {p.name!r} needs a type annotation"

@@ -482,7 +482,7 @@ def test_environment_errors_are_one_paragraph_and_bugs_keep_their_traceback(monk
     def fail(exc):
         def run(args, argv):
             raise exc
-        monkeypatch.setattr(cli, "run", run)
+        monkeypatch.setattr(cli, "_models", run)  # the command main() runs for `visionlaunch models`
         return cli.main(["models"])
 
     assert fail(OSError(28, "No space left on device", "/x/metrics.jsonl")) == 2

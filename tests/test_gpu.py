@@ -47,7 +47,7 @@ def blocks(n: int, seed: int = 0) -> ImageSet:
 
 def bundle(n_train: int = 2048, n_test: int = 500) -> DataBundle:
     return DataBundle(train=blocks(n_train), val=None, test=blocks(n_test, seed=1), mean=(0.3,), std=(0.3,),
-                      note="generated blocks", name="mnist")
+                      note="generated blocks", name="mnist", val_size=0)
 
 
 def trainer(tmp_path, name: str, *overrides: str) -> Trainer:

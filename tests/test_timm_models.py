@@ -11,10 +11,12 @@ import timm
 import torch
 from safetensors.torch import save_file
 
+from tests.model_checks import check_builder_signature
 from tests.run_helpers import FAULT_TRAIN_PY, TRAIN_PY, env, max_weight_difference, records, two_process_launcher
 from visionlaunch.errors import VisionlaunchError
 from visionlaunch.launch.cli import main
 from visionlaunch.models import build_model, capture_features, layer_names, model_summary
+from visionlaunch.models.timm_models import builder_for
 from visionlaunch.models.weights import load_weights
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,6 +29,7 @@ RUN = ["--config", str(REPO / "configs" / "mnist_cnn.yaml"), "data.name=mnist_sa
 @pytest.mark.parametrize("name, in_shape", [(TINY, (1, 28, 28)), ("timm/test_vit", (3, 32, 32)),
                                             ("timm/mobilenetv3_small_050", (3, 64, 64))])
 def test_timm_models_honour_the_registry_contract(name, in_shape):
+    check_builder_signature(builder_for(name))
     model = build_model(name, in_shape, 7)
     assert isinstance(model.classifier, torch.nn.Linear) and model.classifier.out_features == 7
     x = torch.zeros(2, *in_shape)

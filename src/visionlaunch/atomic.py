@@ -11,23 +11,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
-def _umask() -> int:
-    # Read once at import (os.umask can only be read by setting it), so files get the usual permissions.
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-_FILE_MODE = 0o666 & ~_umask()
+# The umask, read once at import (os.umask can only be read by setting it), so files get the usual permissions.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+_FILE_MODE = 0o666 & ~_UMASK
 
 
 @contextlib.contextmanager
 def atomic_write(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it replaces `path` in one step, on failure it is removed.
-
-    Readers never see a half-written file, and two processes writing the same file (e.g. DDP ranks filling the
-    cache) each replace it whole.
-    """
+    """Yield a temporary path beside `path`; on success it replaces `path` in one step, on failure it is removed:
+    readers never see a half-written file, and two processes writing one file (DDP ranks) each replace it whole."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -25,8 +25,8 @@ SEED_MAX = 2**32 - 1
 
 
 class _Section(BaseModel):
-    # extra="forbid": a misspelt key must fail loudly instead of being silently ignored.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # forbid: a misspelt key fails loudly. frozen: a validated config never changes (what a run used is recorded).
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class DataConfig(_Section):
@@ -342,8 +342,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
     """Defaults <- YAML file <- dotted overrides, validated as a whole."""
     tree = load_yaml(path) if path is not None else {}
     for text in overrides:
-        keys, value = parse_override(text)
-        apply_override(tree, keys, value)
+        apply_override(tree, *parse_override(text))
     source = f"{path}" + (f" + overrides {' '.join(overrides)}" if overrides else "") if path else "overrides"
     try:
         return RunConfig.model_validate(tree)

@@ -1,27 +1,19 @@
-"""The one exception type a user sees, and the last-resort translation of the environment's own errors.
-
-Code that knows the context (which file, which key) raises `VisionlaunchError` with a message that names it.
-Errors that reach the command line without that context, but that the environment caused rather than a bug (a
-file that cannot be read or written, a full disk, a file in the wrong format), are turned into one paragraph by
-`describe_environment_error`; anything else keeps its traceback and exit status 1. This module imports nothing
-heavy: the command line uses it before torch is loaded.
+"""The one exception type a user sees, and the last-resort translation of the environment's own errors (a file that
+cannot be read or written, a full disk, a file in the wrong format) into one paragraph; anything else is a bug and
+keeps its traceback. Imports nothing heavy: the command line uses it before torch is loaded.
 """
 
 from __future__ import annotations
 
 import errno
-import os
 import sys
 
 EXIT_BAD_INPUT = 2
 
 
 class VisionlaunchError(Exception):
-    """A problem with the user's input (config, data, paths) that they can fix.
-
-    The message says what was wrong and how to fix it. The command line prints it without a traceback and
-    exits with status 2.
-    """
+    """A problem with the user's input that they can fix; the message says what was wrong and how to fix it. The
+    command line prints it without a traceback and exits with status 2."""
 
     exit_code = EXIT_BAD_INPUT
 
@@ -61,8 +53,7 @@ if hasattr(errno, "EDQUOT"):
 
 def describe_os_error(exc: OSError) -> str:
     """'<file>: <reason>. <what to do>' for an OSError (the file named when the error carries it)."""
-    names = [str(n) for n in (exc.filename, exc.filename2) if n is not None]
-    where = " -> ".join(os.fspath(n) for n in names)
+    where = " -> ".join(str(n) for n in (exc.filename, exc.filename2) if n is not None)
     reason = exc.strerror or str(exc) or type(exc).__name__
     advice = _OS_ADVICE.get(exc.errno, "")
     return f"{where + ': ' if where else ''}{reason}{'' if reason.endswith('.') else '.'}{' ' + advice if advice else ''}"

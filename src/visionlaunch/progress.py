@@ -14,14 +14,6 @@ from tqdm.auto import tqdm
 PLAIN_EVERY_S = 30.0
 
 
-def on_terminal(stream=None) -> bool:
-    stream = sys.stderr if stream is None else stream
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):  # no isatty, or a closed stream
-        return False
-
-
 class PlainProgress:
     """The part of tqdm's interface that visionlaunch uses, writing `desc: n/total unit (p%), rate, elapsed |
     postfix` as a plain line at most every `every_s` seconds (never a carriage return)."""
@@ -74,6 +66,9 @@ class PlainProgress:
 def progress_bar(iterable=None, **kwargs):
     """tqdm(iterable, **kwargs) on a terminal, PlainProgress off one (where the output goes: kwargs' file or
     stderr)."""
-    if on_terminal(kwargs.get("file")):
-        return tqdm(iterable, **kwargs)
-    return PlainProgress(iterable, **kwargs)
+    stream = kwargs.get("file") or sys.stderr
+    try:
+        on_terminal = stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        on_terminal = False
+    return tqdm(iterable, **kwargs) if on_terminal else PlainProgress(iterable, **kwargs)

@@ -1,8 +1,5 @@
-"""The `visionlaunch` command: train, evaluate, predict, export, figures, prepare, show-config, models, report,
-compare, ablate, submit, jobs.
-
-`train.py` at the repository root calls `main(["train", ...])`, so `accelerate launch train.py ...` and
-`visionlaunch train ...` are the same program.
+"""The `visionlaunch` command and its subcommands. `train.py` at the repository root calls `main(["train", ...])`, so
+`accelerate launch train.py ...` and `visionlaunch train ...` are the same program.
 """
 
 from __future__ import annotations
@@ -289,17 +286,15 @@ def _models(args: argparse.Namespace, argv: list[str]) -> int:
 def _report(args: argparse.Namespace, argv: list[str]) -> int:
     from visionlaunch.reports.html import write_report
 
-    return _print_page(write_report(args.run_dir, pdf=args.pdf), args.pdf)
+    out = write_report(args.run_dir, pdf=args.pdf)
+    return _print_paths([out, out.with_suffix(".pdf")] if args.pdf else [out])
 
 
 def _compare(args: argparse.Namespace, argv: list[str]) -> int:
     from visionlaunch.reports.compare import write_comparison
 
-    return _print_page(write_comparison(args.run_dirs, args.out, pdf=args.pdf), args.pdf)
-
-
-def _print_page(out: Path, pdf: bool) -> int:
-    return _print_paths([out, out.with_suffix(".pdf")] if pdf else [out])
+    out = write_comparison(args.run_dirs, args.out, pdf=args.pdf)
+    return _print_paths([out, out.with_suffix(".pdf")] if args.pdf else [out])
 
 
 def _ablate(args: argparse.Namespace, argv: list[str]) -> int:
@@ -311,7 +306,7 @@ def _ablate(args: argparse.Namespace, argv: list[str]) -> int:
         raise VisionlaunchError("--table-only runs nothing: drop --slurm (the table is built here, now).")
     ablation = load_ablation(args.file, out=args.out, extra_overrides=args.overrides)
     if args.slurm:
-        from visionlaunch.slurm.ablation import submit_ablation
+        from visionlaunch.slurm.array import submit_ablation
         submit_ablation(ablation, SlurmOptions.from_args(args), python=args.python, dry_run=args.dry_run,
                         rerun=args.rerun)
         return 0
@@ -350,10 +345,6 @@ def _jobs(args: argparse.Namespace, argv: list[str]) -> int:
     return 0
 
 
-def run(args: argparse.Namespace, argv: list[str]) -> int:
-    return args.func(args, argv)
-
-
 def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
     """Everything after a `--` is overrides, wherever the options stand (argparse alone rejects
     `ablate FILE --dry-run -- key=value`: it has already filled the positionals when it meets `--`), except for
@@ -373,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parse(build_parser(), argv)
     try:
-        return run(args, ["visionlaunch", *argv])
+        return args.func(args, ["visionlaunch", *argv])
     except VisionlaunchError as exc:
         return report(exc)
     except Preempted as exc:  # a checkpoint is written: a scheduler may requeue on this exit status

@@ -1,22 +1,15 @@
 """A trained run rebuilt from its folder alone (config.yaml, run.yaml, weights/*.pt): `visionlaunch evaluate` and
 `visionlaunch figures` measure and redraw what training measured and drew; `RunModel` is the model and its
 preprocessing (weights, classes, input shape, normalisation, test-time augmentation) that `predict`, `export` and
-`evaluate --data` use.
-
-`visionlaunch evaluate RUN --data key=value ... [--split train|val|test]` measures a run's weights on another split or
-another dataset with the same classes. The data section starts as the run's own (config.yaml) with the given keys on
-top (`path=X` and `data.path=X` are the same). When the dataset changes (data.name or data.path), the run's subsets,
-validation hold-out and fallback (train_subset, test_subset, val_size, fallback) are dropped unless given again: the
-whole split of the new dataset is measured. Images are normalised with the run's own constants and, when their shape
-differs, converted to the run's input shape (datasets/conform.py). The classes are matched by name, in any order; a
-dataset with other class names stops with both lists.
-"""
+`evaluate --data` use. `evaluate --data` measures the weights on another split, or on another dataset whose classes
+have the same names (in any order), converted to the run's input shape (datasets/conform.py)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import sys
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -31,36 +24,11 @@ from visionlaunch.runfolder import CONFIG, WEIGHTS, read_run_identity, weights_f
 from visionlaunch.trainers.data import prepare_data
 
 
-def _log(message: str) -> None:
-    print(message, file=sys.stderr)
-
-
-def load_run(run_dir: Path, which: str = "last"):
-    run_dir = Path(run_dir)
-    config_path, weights_path = run_dir / CONFIG, weights_file(run_dir, which)
-    if config_path.is_file() and not weights_path.is_file():
-        present = sorted(p.stem for p in (run_dir / WEIGHTS).glob("*.pt"))
-        raise VisionlaunchError(
-            f"{run_dir} has no weights/{which}.pt"
-            + (f" (it has {', '.join(present)}: choose one with --weights)" if present else
-               ": the run has not finished an epoch yet (weights are written at the end of every epoch)")
-            + ". Let the run finish an epoch (resume an interrupted one with train.resume=<run folder>), or pass "
-              "another run folder.")
-    for path in (config_path, weights_path):
-        if not path.is_file():
-            hint = (" (best.pt exists only for runs with a validation split; use --weights last)"
-                    if which == "best" and path == weights_path else "")
-            raise VisionlaunchError(
-                f"{path} not found: {run_dir} is not a finished visionlaunch run folder{hint}. Pass the folder that "
-                "`visionlaunch train` printed (runs/<name>).")
-    cfg = load_config(config_path)
-    ckpt = read_weights_file(weights_path)
-    identity = read_run_identity(run_dir)
-    return cfg, ckpt, identity
+_log = partial(print, file=sys.stderr)
 
 
 # What `Trainer._save_weights` writes; a file without these keys was not written by visionlaunch.
-WEIGHTS_KEYS = ("model", "model_name", "model_args")
+WEIGHTS_KEYS = ("model", "model_name", "model_args", "in_shape", "classes")
 
 
 def read_weights_file(path: Path) -> dict:
@@ -95,33 +63,58 @@ class RunModel:
     in_shape: tuple[int, int, int]   # (C, H, W)
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    tta_flip: bool                   # train.tta_flip: evaluate each image and its mirror image
+    epoch: int | None                # the epoch the weights are from
 
-    @property
-    def tta_flip(self) -> bool:
-        return self.cfg.train.tta_flip
 
-    @property
-    def epoch(self):
-        return self.ckpt.get("epoch")
+def read_run(run_dir: Path, which: str) -> tuple[RunConfig, dict]:
+    """A run folder's config and weights file, each checked."""
+    run_dir = Path(run_dir)
+    config_path, weights_path = run_dir / CONFIG, weights_file(run_dir, which)
+    if config_path.is_file() and not weights_path.is_file():
+        present = sorted(p.stem for p in (run_dir / WEIGHTS).glob("*.pt"))
+        raise VisionlaunchError(
+            f"{run_dir} has no weights/{which}.pt"
+            + (f" (it has {', '.join(present)}: choose one with --weights)" if present else
+               ": the run has not finished an epoch yet (weights are written at the end of every epoch)")
+            + ". Let the run finish an epoch (resume an interrupted one with train.resume=<run folder>), or pass "
+              "another run folder.")
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            hint = (" (best.pt exists only for runs with a validation split; use --weights last)"
+                    if which == "best" and path == weights_path else "")
+            raise VisionlaunchError(
+                f"{path} not found: {run_dir} is not a finished visionlaunch run folder{hint}. Pass the folder that "
+                "`visionlaunch train` printed (runs/<name>).")
+    return load_config(config_path), read_weights_file(weights_path)
+
+
+def _built(ckpt: dict, in_shape: tuple[int, int, int], num_classes: int, path: Path) -> nn.Module:
+    """The model of a weights file, its weights loaded."""
+    model = build_model(ckpt["model_name"], in_shape, num_classes, ckpt["model_args"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:  # missing, unexpected or differently shaped tensors
+        raise VisionlaunchError(
+            f"the weights in {path} do not fit model {ckpt['model_name']!r} ({' '.join(str(exc).split())[:300]}); "
+            "the file was edited or belongs to another run. Use the weights written by `visionlaunch train` for "
+            "this run folder.") from None
+    return model
 
 
 def load_run_model(run_dir: Path, which: str = "last") -> RunModel:
-    cfg, ckpt, _ = load_run(run_dir, which)
-    missing = [k for k in ("in_shape", "classes") if k not in ckpt]  # read_weights_file checked the others
-    if missing:
-        raise VisionlaunchError(
-            f"{weights_file(run_dir, which)} lacks {', '.join(missing)}: it was not written by "
-            "`visionlaunch train`. Pass a run folder that training wrote.")
+    """A run folder's model (eval mode, on the CPU) and its preprocessing."""
+    cfg, ckpt = read_run(run_dir, which)
     in_shape = tuple(int(d) for d in ckpt["in_shape"])
     classes = [str(c) for c in ckpt["classes"]]
-    model = _built(ckpt, in_shape, len(classes), weights_file(run_dir, which))
-    model.eval()
+    model = _built(ckpt, in_shape, len(classes), weights_file(run_dir, which)).eval()
     if "mean" in ckpt and "std" in ckpt:
         mean, std = tuple(ckpt["mean"]), tuple(ckpt["std"])
     else:  # weights written before the constants were stored with them: the run's own data gives them again
         data = prepare_data(cfg.data, log=_log, progress=False)
         mean, std = data.mean, data.std
-    return RunModel(Path(run_dir), which, cfg, ckpt, model, classes, in_shape, tuple(mean), tuple(std))
+    return RunModel(Path(run_dir), which, cfg, ckpt, model, classes, in_shape, tuple(mean), tuple(std),
+                    cfg.train.tta_flip, ckpt.get("epoch"))
 
 
 def batch_logits(run: RunModel, images: torch.Tensor, device: torch.device, autocast) -> torch.Tensor:
@@ -135,28 +128,16 @@ def batch_logits(run: RunModel, images: torch.Tensor, device: torch.device, auto
     return logits.float()
 
 
-def _built(ckpt: dict, in_shape, num_classes: int, path: Path) -> nn.Module:
-    """The model of a weights file, its weights loaded."""
-    model = build_model(ckpt["model_name"], in_shape, num_classes, ckpt["model_args"])
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as exc:  # missing, unexpected or differently shaped tensors
-        raise VisionlaunchError(
-            f"the weights in {path} do not fit model {ckpt['model_name']!r} ({' '.join(str(exc).split())[:300]}); "
-            "the file was edited or belongs to another run. Use the weights written by `visionlaunch train` for "
-            "this run folder.") from None
-    return model
-
-
 def _rebuild(run_dir: Path, which: str):
     from visionlaunch.datasets.augment import BatchPipeline
     from visionlaunch.trainers.distributed import make_accelerator
 
-    cfg, ckpt, identity = load_run(run_dir, which)
+    cfg, ckpt = read_run(run_dir, which)
+    identity = read_run_identity(run_dir)
     accelerator = make_accelerator(cfg)
     data = prepare_data(cfg.data, log=_log)
     path = weights_file(run_dir, which)
-    _check_same_task(path, ckpt, data)
+    _check_same_task(path, ckpt, data)  # before building: the weights of another task do not fit this data's model
     model = _built(ckpt, data.in_shape, len(data.classes), path)
     # As the trainer evaluated it: the same memory layout, input dtype and mixed-precision forward (autocast,
     # logits cast to float32 before TTA averages them), so that a GPU run's accuracy is reproduced exactly.
@@ -173,16 +154,16 @@ def _rebuild(run_dir: Path, which: str):
 def _check_same_task(path: Path, ckpt: dict, data) -> None:
     """Weights trained for other classes or another image shape cannot be evaluated on this data: say so instead
     of PyTorch's size-mismatch dump (e.g. a run folder whose config.yaml was edited, or data that changed)."""
-    classes, shape = ckpt.get("classes"), ckpt.get("in_shape")
-    if classes is not None and list(classes) != list(data.classes):
+    classes, shape = [str(c) for c in ckpt["classes"]], tuple(ckpt["in_shape"])
+    if classes != list(data.classes):
         raise VisionlaunchError(
-            f"{path} was trained for {len(classes)} classes ({', '.join(map(str, classes[:5]))}"
+            f"{path} was trained for {len(classes)} classes ({', '.join(classes[:5])}"
             f"{', ...' if len(classes) > 5 else ''}) but the data of this run folder's config.yaml has "
             f"{len(data.classes)} ({', '.join(data.classes[:5])}{', ...' if len(data.classes) > 5 else ''}). "
             "Evaluate it on the dataset it was trained on (data.name/data.path in config.yaml).")
-    if shape is not None and tuple(shape) != tuple(data.in_shape):
+    if shape != tuple(data.in_shape):
         raise VisionlaunchError(
-            f"{path} was trained on images of shape {tuple(shape)} but the data of this run folder's config.yaml "
+            f"{path} was trained on images of shape {shape} but the data of this run folder's config.yaml "
             f"has shape {tuple(data.in_shape)}. Evaluate it on the dataset it was trained on.")
 
 
@@ -199,9 +180,7 @@ def evaluate_run(run_dir: Path, which: str = "last") -> int:
                          train=False, seed=cfg.train.seed, device=accelerator.device, num_workers=0)
     result = evaluate(model, loader, pipeline, accelerator, CrossEntropyLoss(), tta_flip=cfg.train.tta_flip)
     recorded = ckpt.get("results", {}).get("test", {})
-    print(f"{which} weights (epoch {ckpt.get('epoch')}): test accuracy {100 * result['acc']:.2f}% "
-          f"({round(result['acc'] * result['n'])}/{result['n']}), top-5 {100 * result['acc5']:.2f}%, "
-          f"loss {result['loss']:.4f}")
+    print(f"{which} weights (epoch {ckpt.get('epoch')}): test {_measured(result)}")
     if "acc" not in recorded:
         print("no test accuracy was recorded with these weights to compare against")
         return 0
@@ -209,6 +188,11 @@ def evaluate_run(run_dir: Path, which: str = "last") -> int:
     print(f"recorded at training time: {100 * recorded['acc']:.2f}% ({round(recorded['acc'] * recorded['n'])}/"
           f"{recorded['n']}) -> " + ("reproduced exactly" if same else "MISMATCH"))
     return 0 if same else 1
+
+
+def _measured(result: dict) -> str:
+    return (f"accuracy {100 * result['acc']:.2f}% ({round(result['acc'] * result['n'])}/{result['n']}), top-5 "
+            f"{100 * result['acc5']:.2f}%, loss {result['loss']:.4f}")
 
 
 def redraw_figures(run_dir: Path) -> list[Path]:
@@ -273,7 +257,7 @@ def label_map(run: RunModel, classes: list[str], where: str):
 def evaluate_on_data(run_dir: Path, which: str = "last", overrides: list[str] = (), split: str = "test") -> int:
     from visionlaunch.datasets.conform import conform_batch, describe_conversion
     from visionlaunch.trainers.data import make_loader
-    from visionlaunch.trainers.evaluation import topk_correct
+    from visionlaunch.trainers.evaluation import Totals
     from visionlaunch.trainers.distributed import make_accelerator
 
     run = load_run_model(run_dir, which)
@@ -296,13 +280,9 @@ def evaluate_on_data(run_dir: Path, which: str = "last", overrides: list[str] = 
     device = accelerator.device
     run.model.to(device)
     loader = make_loader("tensor", images, labels, run.cfg.train.eval_batch_size, train=False, seed=0, device=device)
-    totals = torch.zeros(4, dtype=torch.float64)
+    totals = Totals(device)
     for batch, target in loader:
         logits = batch_logits(run, batch, device, accelerator.autocast)
-        loss = torch.nn.functional.cross_entropy(logits, target, reduction="sum")
-        top1, top5 = topk_correct(logits, target)
-        totals += torch.tensor([loss.item(), top1.item(), top5.item(), len(target)], dtype=torch.float64)
-    loss_sum, top1, top5, n = totals.tolist()
-    print(f"{which} weights (epoch {run.epoch}) on {split} of {ds.source}: accuracy {100 * top1 / n:.2f}% "
-          f"({int(top1)}/{int(n)}), top-5 {100 * top5 / n:.2f}%, loss {loss_sum / n:.4f}")
+        totals.add(torch.nn.functional.cross_entropy(logits, target), logits, target)
+    print(f"{which} weights (epoch {run.epoch}) on {split} of {ds.source}: {_measured(totals.result(accelerator))}")
     return 0

@@ -1,16 +1,7 @@
 """`visionlaunch export RUN --format torchscript|onnx|safetensors`: a run's weights in a file that loads without
-visionlaunch, with <file>.json beside it saying how to feed it.
-
-The exported model maps a float32 batch (N, C, H, W), already normalised, to logits (N, classes): take the pixels
-in [0, 1] (uint8 / 255), subtract `mean` and divide by `std` per channel (both in the JSON), in the run's input
-shape (`input_shape`; datasets/conform.py says how any image is brought to it). Softmax gives probabilities. A run
-trained with train.tta_flip averaged the logits of each image and its mirror image (`tta_flip` in the JSON).
-
-  torchscript  torch.jit.load(file) (traced; any batch size)
-  onnx         onnxruntime.InferenceSession(file), input "input", output "logits", dynamic batch (opset 17)
-  safetensors  the state_dict: safetensors.torch.load_file(file); the module is rebuilt from `model` in the JSON
-               (visionlaunch.models.build_model(name, input_shape, len(classes), args), or your copy of its code)
-"""
+visionlaunch, with <file>.json beside it saying how to feed it: a float32 batch (N, C, H, W) of the run's input shape,
+pixels / 255 normalised with the JSON's mean and std, gives logits (N, classes). The README shows how to load each
+format."""
 
 from __future__ import annotations
 
@@ -26,76 +17,48 @@ from visionlaunch.errors import VisionlaunchError
 from visionlaunch.launch.evaluate import RunModel, load_run_model
 from visionlaunch.runfolder import check_not_run_file
 
-FORMATS = ("torchscript", "onnx", "safetensors")
 SUFFIX = {"torchscript": ".torchscript.pt", "onnx": ".onnx", "safetensors": ".safetensors"}
-# The packages each format needs to be written (and, for onnx, checked): module -> pip name.
-NEEDS = {"torchscript": {}, "onnx": {"onnx": "onnx"}, "safetensors": {"safetensors": "safetensors"}}
 ONNX_OPSET = 17
 
 
-def require_packages(fmt: str) -> None:
-    missing = []
-    for module, pip_name in NEEDS[fmt].items():
-        try:
-            __import__(module)
-        except ImportError:
-            missing.append(pip_name)
-    if missing:
+def require_package(fmt: str) -> None:
+    """onnx and safetensors need the package of their name (torch writes TorchScript itself)."""
+    if fmt == "torchscript":
+        return
+    try:
+        __import__(fmt)
+    except ImportError:
         extra = " onnxruntime" if fmt == "onnx" else ""
         raise VisionlaunchError(
-            f"--format {fmt} needs the {', '.join(missing)} package, which is not installed. Install it with "
-            f"pip install 'visionlaunch[export]' (or pip install {' '.join(missing)}{extra}), or choose another "
-            f"format ({', '.join(f for f in FORMATS if f != fmt)}).")
+            f"--format {fmt} needs the {fmt} package, which is not installed. Install it with pip install "
+            f"'visionlaunch[export]' (or pip install {fmt}{extra}), or choose another format "
+            f"({', '.join(f for f in SUFFIX if f != fmt)}).") from None
 
 
-def default_path(run_dir: Path, which: str, fmt: str) -> Path:
-    return Path(run_dir) / "export" / f"{which}{SUFFIX[fmt]}"
-
-
-def sidecar_path(path: Path) -> Path:
-    return path.with_name(path.name + ".json")
-
-
-def example_input(run: RunModel, n: int = 2, seed: int = 0) -> torch.Tensor:
-    return torch.randn(n, *run.in_shape, generator=torch.Generator().manual_seed(seed))
-
-
-def _torchscript(run: RunModel, path: Path) -> None:
-    with torch.no_grad(), warnings.catch_warnings():
+def write_model(run: RunModel, fmt: str, path: Path) -> None:
+    with atomic_write(path) as tmp, torch.no_grad(), warnings.catch_warnings():
         # TorchScript is deprecated in favour of torch.export, but it is still the format plain `torch.jit.load`
-        # reads everywhere; the tracer's notes concern the input-shape checks, fixed for the run's shape anyway.
-        warnings.simplefilter("ignore", FutureWarning)
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        traced = torch.jit.trace(run.model, example_input(run), check_trace=True)
-        with atomic_write(path) as tmp:
-            torch.jit.save(traced, str(tmp))
+        # reads everywhere, and the TorchScript-based ONNX exporter needs no onnxscript and makes the batch dimension
+        # dynamic simply; the tracer's notes concern the input-shape checks, fixed for the run's shape anyway.
+        for category in (DeprecationWarning, FutureWarning, torch.jit.TracerWarning):
+            warnings.simplefilter("ignore", category)
+        example = torch.randn(2, *run.in_shape, generator=torch.Generator().manual_seed(0))
+        if fmt == "torchscript":
+            torch.jit.save(torch.jit.trace(run.model, example, check_trace=True), str(tmp))
+        elif fmt == "onnx":
+            import onnx
 
+            torch.onnx.export(run.model, (example,), str(tmp), dynamo=False, input_names=["input"],
+                              output_names=["logits"], opset_version=ONNX_OPSET,
+                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+            onnx.checker.check_model(str(tmp))
+        else:
+            from safetensors.torch import save_file
 
-def _onnx(run: RunModel, path: Path) -> None:
-    import onnx
-
-    with atomic_write(path) as tmp, warnings.catch_warnings():
-        # The TorchScript-based exporter: it needs no onnxscript and gives a dynamic batch dimension simply.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", FutureWarning)
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        torch.onnx.export(run.model, (example_input(run),), str(tmp), dynamo=False, input_names=["input"],
-                          output_names=["logits"], opset_version=ONNX_OPSET,
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
-        onnx.checker.check_model(str(tmp))
-
-
-def _safetensors(run: RunModel, path: Path) -> None:
-    from safetensors.torch import save_file
-
-    state = {k: v.detach().cpu().contiguous() for k, v in run.model.state_dict().items()}
-    meta = {"model_name": run.ckpt["model_name"], "model_args": json.dumps(run.ckpt["model_args"]),
-            "input_shape": json.dumps(list(run.in_shape)), "classes": json.dumps(run.classes)}
-    with atomic_write(path) as tmp:
-        save_file(state, str(tmp), metadata=meta)
-
-
-WRITERS = {"torchscript": _torchscript, "onnx": _onnx, "safetensors": _safetensors}
+            state = {k: v.detach().cpu().contiguous() for k, v in run.model.state_dict().items()}
+            save_file(state, str(tmp), metadata={
+                "model_name": run.ckpt["model_name"], "model_args": json.dumps(run.ckpt["model_args"]),
+                "input_shape": json.dumps(list(run.in_shape)), "classes": json.dumps(run.classes)})
 
 
 def sidecar(run: RunModel, fmt: str, path: Path) -> dict:
@@ -112,16 +75,15 @@ def sidecar(run: RunModel, fmt: str, path: Path) -> dict:
 
 def export_run(run_dir: Path, fmt: str, which: str = "last", out: Path | None = None) -> tuple[Path, Path]:
     """Write the exported model and its JSON; return both paths."""
-    require_packages(fmt)  # before anything is loaded or written
-    path = Path(out) if out is not None else default_path(run_dir, which, fmt)
+    require_package(fmt)  # before anything is loaded or written
+    path = Path(out) if out is not None else Path(run_dir) / "export" / f"{which}{SUFFIX[fmt]}"
+    json_path = path.with_name(path.name + ".json")
     check_not_run_file(path)
-    check_not_run_file(sidecar_path(path))
+    check_not_run_file(json_path)
     run = load_run_model(run_dir, which)
     if path.is_dir():
         raise VisionlaunchError(f"--out {path} is a folder. Give a file name, e.g. --out "
                                 f"{path / (which + SUFFIX[fmt])}.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    WRITERS[fmt](run, path)
-    json_path = sidecar_path(path)
+    write_model(run, fmt, path)
     atomic_write_text(json_path, json.dumps(sidecar(run, fmt, path), indent=1) + "\n")
     return path, json_path

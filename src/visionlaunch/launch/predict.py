@@ -1,20 +1,13 @@
-"""`visionlaunch predict RUN PATH...`: classify new images with a trained run.
-
-PATH is an image file, a folder (searched recursively) or an archive (.zip, .tar, .tar.gz, .tgz, .tar.bz2, .tar.xz).
-Every image is decoded and brought to the run's input shape as datasets/conform.py says (colour mode, size), then
-normalised with the run's constants and classified in batches, with the run's test-time augmentation, on the GPU
-when there is one. The table has one row per image: the file and its top-k classes with their probabilities.
-
-A file that is not a readable image (a README, a damaged file) is skipped: every skipped file is named on stderr and
-counted below the table. Hidden files and folders (.DS_Store, .git) and macOS's __MACOSX folders are not read.
-A folder or archive given on the command line that holds no readable image is an error (exit 2): it is almost
-certainly the wrong path.
-"""
+"""`visionlaunch predict RUN PATH...`: classify image files, folders (searched recursively) and archives (.zip and
+.tar in its compressions) with a trained run: each image is brought to the run's input shape (datasets/conform.py) and
+classified in batches with the run's test-time augmentation. Unreadable files are skipped and named; a folder or
+archive without one readable image is an error (exit 2): it is almost certainly the wrong path."""
 
 from __future__ import annotations
 
 import csv
 import io
+import itertools
 import os
 import sys
 import tarfile
@@ -141,8 +134,7 @@ def iter_images(paths: list[Path], in_shape, skipped: list[tuple[str, str]],
                 "are not read). Pass a folder or archive of images (PNG, JPEG, BMP, GIF, TIFF, WebP, ...).")
 
 
-def predict(run: RunModel, paths: list[Path], top_k: int = 3, batch_size: int | None = None,
-            log=lambda m: print(m, file=sys.stderr)) -> PredictResult:
+def predict(run: RunModel, paths: list[Path], top_k: int = 3, batch_size: int | None = None) -> PredictResult:
     from visionlaunch.trainers.distributed import make_accelerator
 
     accelerator = make_accelerator(run.cfg)  # the GPU when there is one, the run's precision (autocast)
@@ -152,27 +144,15 @@ def predict(run: RunModel, paths: list[Path], top_k: int = 3, batch_size: int | 
     batch_size = batch_size or run.cfg.train.eval_batch_size
     rows: list[Prediction] = []
     skipped: list[tuple[str, str]] = []
-    names: list[str] = []
-    pixels: list[np.ndarray] = []
-
-    def flush() -> None:
-        if not pixels:
-            return
+    images = iter_images(paths, run.in_shape, skipped, image_size=run.cfg.data.image_size)
+    while batch := list(itertools.islice(images, batch_size)):
+        names, pixels = zip(*batch)
         logits = batch_logits(run, torch.from_numpy(np.stack(pixels)), device, accelerator.autocast)
         probs, index = logits.softmax(dim=1).topk(k, dim=1)
         for name, p, i in zip(names, probs.cpu().tolist(), index.cpu().tolist()):
             rows.append(Prediction(name, [(run.classes[c], q) for c, q in zip(i, p)]))
-        names.clear()
-        pixels.clear()
-
-    for name, chw in iter_images(paths, run.in_shape, skipped, image_size=run.cfg.data.image_size):
-        names.append(name)
-        pixels.append(chw)
-        if len(pixels) == batch_size:
-            flush()
-    flush()
     for name, why in skipped:
-        log(f"skipped {name}: not a readable image ({why})")
+        print(f"skipped {name}: not a readable image ({why})", file=sys.stderr)
     if not rows:
         raise VisionlaunchError(
             f"none of the {len(skipped)} file(s) given is a readable image ({', '.join(n for n, _ in skipped[:5])}"
@@ -181,7 +161,8 @@ def predict(run: RunModel, paths: list[Path], top_k: int = 3, batch_size: int | 
     return PredictResult(rows, skipped, str(device))
 
 
-def csv_text(result: PredictResult, k: int) -> str:
+def csv_text(result: PredictResult) -> str:
+    k = len(result.rows[0].top)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["file", *[f"{what}_{i}" for i in range(1, k + 1) for what in ("class", "prob")]])
@@ -211,11 +192,10 @@ def predict_command(run_dir: Path, paths: list[Path], *, which: str = "last", to
         check_not_run_file(out)
     run = load_run_model(run_dir, which)
     result = predict(run, paths, top_k, batch_size)
-    k = len(result.rows[0].top)
     if out is not None:
         if Path(out).is_dir():
             raise VisionlaunchError(f"--out {out} is a folder. Give a file name, e.g. --out {Path(out) / 'preds.csv'}.")
-        atomic_write_text(Path(out), csv_text(result, k))
+        atomic_write_text(Path(out), csv_text(result))
     else:
         sys.stdout.write(table_text(result))
     skipped = f"; {len(result.skipped)} file(s) skipped (not readable images, named above)" if result.skipped else ""

@@ -5,26 +5,8 @@ Every model exposes its final linear layer as ``.classifier`` and its input size
 
 # Importing the model modules registers their builders.
 from visionlaunch.models import cnn, fcn, resnet, resnet9  # noqa: F401
-from visionlaunch.models.features import capture_features, layer_names
-from visionlaunch.models.registry import (
-    build_model,
-    describe_args,
-    model_args,
-    model_names,
-    register,
-    validate_model_args,
-)
-from visionlaunch.models.summary import count_parameters, model_summary
+from visionlaunch.models.inspection import capture_features, count_parameters, layer_names, model_summary
+from visionlaunch.models.registry import build_model, model_args, model_names, register, validate_model_args
 
-__all__ = [
-    "build_model",
-    "capture_features",
-    "count_parameters",
-    "describe_args",
-    "layer_names",
-    "model_args",
-    "model_names",
-    "model_summary",
-    "register",
-    "validate_model_args",
-]
+__all__ = ["build_model", "capture_features", "count_parameters", "layer_names", "model_args", "model_names",
+           "model_summary", "register", "validate_model_args"]

@@ -42,7 +42,13 @@ class CNN(ImageClassifier):
     ) -> None:
         super().__init__("cnn", in_shape, fixed_size=not global_pool)
         c, h, w = in_shape
-        _check_pooling(channels, h, w)
+        fits = min(h, w).bit_length() - 1  # how many halvings keep at least one pixel
+        if len(channels) > fits:
+            sizes = [min(h, w) >> k for k in range(len(channels) + 1)]
+            raise VisionlaunchError(
+                f"model 'cnn' has {len(channels)} stages (channels={channels}), each halving the image with 2x2 "
+                f"max-pooling, but the input is {h}x{w}: the smaller side goes {' -> '.join(map(str, sizes))}. "
+                f"At most {fits} stages fit this input; give fewer channels entries or use larger images.")
         in_channels = [c, *channels[:-1]]
         self.stages = nn.Sequential(
             *(conv_stage(i, o, convs_per_stage, batch_norm) for i, o in zip(in_channels, channels))
@@ -59,17 +65,6 @@ class CNN(ImageClassifier):
         self.check_input(x)
         x = self.pool(self.stages(x)).flatten(1)
         return self.classifier(self.hidden(x))
-
-
-def _check_pooling(channels: list[int], h: int, w: int) -> None:
-    fits = min(h, w).bit_length() - 1  # how many halvings keep at least one pixel
-    if len(channels) > fits:
-        sizes = [min(h, w) >> k for k in range(len(channels) + 1)]
-        raise VisionlaunchError(
-            f"model 'cnn' has {len(channels)} stages (channels={channels}), each halving the image with 2x2 "
-            f"max-pooling, but the input is {h}x{w}: the smaller side goes {' -> '.join(map(str, sizes))}. "
-            f"At most {fits} stages fit this input; give fewer channels entries or use larger images."
-        )
 
 
 @register("cnn")

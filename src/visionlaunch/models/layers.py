@@ -22,10 +22,8 @@ BNEps = Annotated[float, Gt(0.0)]
 
 class ImageClassifier(nn.Module):
     """Base of the registered models: ``classifier`` is the final nn.Linear, ``feature_dim`` its input size.
-
-    ``fixed_size`` says whether the model needs exactly in_shape's height and width (a flatten before the
-    head) or accepts any size with in_shape's channel count (global pooling).
-    """
+    ``fixed_size``: the model needs exactly in_shape's height and width (a flatten before the head), not only its
+    channel count (global pooling)."""
 
     classifier: nn.Linear
 
@@ -53,10 +51,8 @@ class ImageClassifier(nn.Module):
 
 
 def mlp_blocks(in_features: int, hidden: Sequence[int], batch_norm: bool, dropout: float) -> nn.Sequential:
-    """Hidden layers of a head: per width, Linear -> (BatchNorm1d) -> ReLU -> (Dropout).
-
-    Named ``<i>.linear``, ``<i>.bn``... so that feature capture and summaries read well.
-    """
+    """Hidden layers of a head: per width, Linear -> (BatchNorm1d) -> ReLU -> (Dropout), named ``<i>.linear``,
+    ``<i>.bn``... so that feature capture and summaries read well."""
     blocks = []
     for width in hidden:
         layers: OrderedDict[str, nn.Module] = OrderedDict()
@@ -85,23 +81,14 @@ def init_weights(model: nn.Module) -> None:
             continue
         if getattr(module, "bias", None) is not None:
             nn.init.zeros_(module.bias)
-    classifier = getattr(model, "classifier", None)
-    if isinstance(classifier, nn.Linear):
-        # No ReLU follows the logits, so the ReLU gain of sqrt(2) would only inflate the initial loss.
-        nn.init.kaiming_normal_(classifier.weight, mode="fan_in", nonlinearity="linear")
+    # No ReLU follows the logits, so the ReLU gain of sqrt(2) would only inflate the initial loss.
+    nn.init.kaiming_normal_(model.classifier.weight, mode="fan_in", nonlinearity="linear")
 
 
 def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
     # No bias: every conv in the residual nets is followed by BatchNorm (directly or after the skip-add),
     # whose shift makes a bias redundant.
     return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
-
-
-def set_batch_norm(model: nn.Module, momentum: float, eps: float) -> None:
-    """BatchNorm settings for every BatchNorm layer of a model (PyTorch defaults: momentum 0.1, eps 1e-5)."""
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.momentum, module.eps = momentum, eps
 
 
 def check_min_size(arch: str, in_shape: tuple[int, int, int], halvings: int) -> None:

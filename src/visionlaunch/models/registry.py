@@ -1,11 +1,9 @@
 """Models by name: builders register themselves, configs name them, arguments are checked before building.
 
-A builder is a function ``builder(in_shape, num_classes, *, arg=default, ...) -> nn.Module`` whose keyword
-arguments carry type annotations and defaults. The annotations are the single source of truth: they validate
-user arguments (through pydantic, so YAML lists become ``list[int]``) and they print in help and error text.
-
-Every built model honours one contract, which the tests hold for every registered model: the final linear
-layer is ``model.classifier`` (out_features == num_classes) and ``model.feature_dim`` is its in_features.
+A builder is ``builder(in_shape, num_classes, *, arg: type = default, ...) -> nn.Module``; the annotations validate
+user arguments (through pydantic, so YAML lists become ``list[int]``) and print in help and error text. The tests hold
+the contract for every registered model: that signature, ``model.classifier`` the final nn.Linear (num_classes
+outputs) and ``model.feature_dim`` its in_features.
 """
 
 from __future__ import annotations
@@ -27,16 +25,15 @@ from visionlaunch.models import timm_models  # imports timm only when a timm mod
 Builder = Callable[..., nn.Module]
 
 _BUILDERS: dict[str, Builder] = {}
-_FIXED_PARAMS = ("in_shape", "num_classes")
+_FIXED_PARAMS = ("in_shape", "num_classes")  # every builder's first two parameters
 
 
 def register(name: str) -> Callable[[Builder], Builder]:
-    """Decorator that adds a builder under ``name``; its signature is checked now, not at first use."""
+    """Decorator that adds a builder under ``name``."""
 
     def decorator(builder: Builder) -> Builder:
         if name in _BUILDERS:
             raise ValueError(f"model name {name!r} is already registered by {_BUILDERS[name].__qualname__}")
-        _check_signature(name, builder)
         _BUILDERS[name] = builder
         return builder
 
@@ -44,7 +41,6 @@ def register(name: str) -> Callable[[Builder], Builder]:
 
 
 def model_names() -> list[str]:
-    """Registered model names, sorted."""
     return sorted(_BUILDERS)
 
 
@@ -59,10 +55,7 @@ def describe_args(name: str) -> str:
 
 
 def validate_model_args(name: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Check user arguments against the builder's annotations and return them complete, with defaults.
-
-    Config validation can call this without building anything.
-    """
+    """User arguments checked against the builder's annotations (nothing is built), completed with defaults."""
     specs = _arg_specs(name)
     args = dict(args or {})
     unknown = [arg for arg in args if arg not in specs]
@@ -138,7 +131,7 @@ def _shown(default: Any) -> Any:
 
 
 def _lookup(name: str) -> Builder:
-    if timm_models.is_timm_name(name):
+    if str(name).startswith(timm_models.PREFIX):
         return timm_models.builder_for(name)
     if name not in _BUILDERS:
         hints = difflib.get_close_matches(str(name), _BUILDERS, n=1)
@@ -155,18 +148,6 @@ def _arg_specs(name: str) -> dict[str, tuple[Any, Any]]:
     hints = typing.get_type_hints(builder, include_extras=True)
     params = list(inspect.signature(builder).parameters.values())[len(_FIXED_PARAMS) :]
     return {p.name: (hints[p.name], p.default) for p in params}
-
-
-def _check_signature(name: str, builder: Builder) -> None:
-    params = list(inspect.signature(builder).parameters.values())
-    if tuple(p.name for p in params[: len(_FIXED_PARAMS)]) != _FIXED_PARAMS:
-        raise TypeError(f"builder for {name!r} must start with parameters {_FIXED_PARAMS}")
-    hints = typing.get_type_hints(builder, include_extras=True)
-    for p in params[len(_FIXED_PARAMS) :]:
-        if p.kind is not inspect.Parameter.KEYWORD_ONLY or p.default is inspect.Parameter.empty:
-            raise TypeError(f"builder for {name!r}: argument {p.name!r} must be keyword-only with a default")
-        if p.name not in hints:
-            raise TypeError(f"builder for {name!r}: argument {p.name!r} needs a type annotation")
 
 
 def _check_in_shape(name: str, in_shape: Any) -> tuple[int, int, int]:

@@ -1,15 +1,10 @@
-"""The residual nets, written for 32x32 inputs: ResNet-18/34/50 and pre-activation ResNet-18 (He et al.
-2016a/b) and wide ResNets WRN-d-k (Zagoruyko & Komodakis 2016), with the blocks they are made of.
+"""The residual nets, written for 32x32 inputs: ResNet-18/34/50 and pre-activation ResNet-18 (He et al. 2016a/b) and
+wide ResNets WRN-d-k (Zagoruyko & Komodakis 2016), with the blocks they are made of.
 
-ResNets: the stem is one 3x3 conv (stride 1) with no max-pool, so a 32x32 image is 32, 16, 8, 4 pixels wide in the
-four stages (He et al. 2016a used this stem on CIFAR in later work; it is the common "CIFAR ResNet-18", 11.2M
-parameters with 100 classes). Everything after the stem is torchvision's ResNet, layer for layer; parameter
-names follow torchvision's (conv1, bn1, ..., downsample.0/.1) so that state_dict shapes can be compared one to
-one with torchvision's models in the tests.
-
-Wide ResNets: depth d = 6n + 4: a 3x3 stem conv with 16 channels, three groups of n pre-activation blocks with
-16k, 32k and 64k channels (strides 1, 2, 2), dropout between the two convs of each block, then BN-ReLU, global
-average pooling and the classifier. WRN-28-10 has 36.5M parameters (the paper's Table), WRN-16-8 11.0M.
+ResNets: the stem is one 3x3 conv (stride 1) with no max-pool (the common "CIFAR ResNet-18", 11.2M parameters with
+100 classes); everything after it is torchvision's ResNet layer for layer, with torchvision's parameter names, so that
+the tests compare state_dict shapes one to one. Wide ResNets: depth 6n + 4, three groups of n pre-activation blocks
+16k, 32k and 64k channels wide, dropout between the two convs of each block (WRN-28-10: 36.5M parameters).
 """
 
 from __future__ import annotations
@@ -19,7 +14,7 @@ from torch import nn
 
 from visionlaunch.errors import VisionlaunchError
 from visionlaunch.models.layers import (BNEps, BNMomentum, ImageClassifier, Probability, Width, check_min_size,
-                                        conv3x3, init_weights, set_batch_norm)
+                                        conv3x3, init_weights)
 from visionlaunch.models.registry import register
 
 
@@ -83,11 +78,9 @@ class Bottleneck(nn.Module):
 
 
 class PreActBlock(nn.Module):
-    """Pre-activation block (He et al. 2016b): BN-ReLU-conv3x3 twice, nothing after the addition.
-
-    With ``dropout`` it is the wide-ResNet block (Zagoruyko & Komodakis 2016: dropout between the two convs).
-    When the shape changes, the 1x1 shortcut conv reads the pre-activated input, as in both papers' code.
-    """
+    """Pre-activation block (He et al. 2016b): BN-ReLU-conv3x3 twice, nothing after the addition; with ``dropout``
+    between the convs, the wide-ResNet block. A 1x1 shortcut conv reads the pre-activated input, as in both papers'
+    code."""
 
     expansion = 1
 
@@ -115,34 +108,21 @@ class PreActBlock(nn.Module):
         nn.init.zeros_(self.conv2.weight)
 
 
-def zero_init_residuals(model: nn.Module) -> None:
-    for module in model.modules():
-        if isinstance(module, (BasicBlock, Bottleneck, PreActBlock)):
-            module.zero_init_residual()
-
-
 def finish_init(model: nn.Module, kaiming_init: bool, zero_init_residual: bool, bn_momentum: float,
                 bn_eps: float) -> None:
     """The init and BatchNorm options every residual net offers, applied in one place."""
     if kaiming_init:
         init_weights(model)
-    if zero_init_residual:
-        zero_init_residuals(model)
-    set_batch_norm(model, bn_momentum, bn_eps)
+    for module in model.modules():
+        if zero_init_residual and isinstance(module, (BasicBlock, Bottleneck, PreActBlock)):
+            module.zero_init_residual()
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.momentum, module.eps = bn_momentum, bn_eps  # PyTorch's defaults: 0.1, 1e-5
 
 
 # --- ResNet-18/34/50 ------------------------------------------------------------------------------------------
 
 STAGE_STRIDES = (1, 2, 2, 2)
-
-
-def make_stage(block: type[nn.Module], in_channels: int, channels: int, blocks: int, stride: int) -> nn.Sequential:
-    """``blocks`` residual blocks; the first one changes the width and carries the stride."""
-    layers = []
-    for i in range(blocks):
-        layers.append(block(in_channels, channels, stride if i == 0 else 1))
-        in_channels = channels * block.expansion
-    return nn.Sequential(*layers)
 
 
 class ResNet(ImageClassifier):
@@ -156,10 +136,13 @@ class ResNet(ImageClassifier):
         self.bn1 = nn.Identity() if pre_activation else nn.BatchNorm2d(width)
         self.relu = nn.Identity() if pre_activation else nn.ReLU(inplace=True)
         in_channels = width
-        for i, (blocks, stride) in enumerate(zip(blocks_per_stage, STAGE_STRIDES)):
-            stage = make_stage(block, in_channels, width * 2 ** i, blocks, stride)
-            self.add_module(f"layer{i + 1}", stage)
-            in_channels = width * 2 ** i * block.expansion
+        for i, (n, stride) in enumerate(zip(blocks_per_stage, STAGE_STRIDES)):
+            # The first block of a stage changes the width and carries the stride.
+            channels = width * 2 ** i
+            self.add_module(f"layer{i + 1}", nn.Sequential(*(
+                block(in_channels if j == 0 else channels * block.expansion, channels, stride if j == 0 else 1)
+                for j in range(n))))
+            in_channels = channels * block.expansion
         self.final_bn = nn.BatchNorm2d(in_channels) if pre_activation else nn.Identity()
         self.final_relu = nn.ReLU() if pre_activation else nn.Identity()
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -173,8 +156,7 @@ class ResNet(ImageClassifier):
         return self.classifier(x)
 
 
-def _register(name: str, block: type[nn.Module], blocks_per_stage: tuple[int, ...], pre_activation: bool,
-              doc: str) -> None:
+def _register(name: str, block: type[nn.Module], blocks_per_stage: tuple[int, ...], pre_activation: bool) -> None:
     def builder(
         in_shape: tuple[int, int, int],
         num_classes: int,
@@ -185,26 +167,23 @@ def _register(name: str, block: type[nn.Module], blocks_per_stage: tuple[int, ..
         bn_momentum: BNMomentum = 0.1,
         bn_eps: BNEps = 1e-5,
     ) -> ResNet:
+        """width: channels of the first stage (doubled per stage); zero_init_residual: every residual branch starts
+        at zero so each block is the identity; kaiming_init: He-normal convs (false: PyTorch defaults);
+        bn_momentum, bn_eps: BatchNorm settings."""
         model = ResNet(name, in_shape, num_classes, block, blocks_per_stage, width, pre_activation)
         finish_init(model, kaiming_init, zero_init_residual, bn_momentum, bn_eps)
         return model
 
     builder.__name__ = builder.__qualname__ = f"build_{name}"
-    builder.__doc__ = doc + (
-        " width: channels of the first stage (doubled per stage); zero_init_residual: every residual branch starts "
-        "at zero so each block is the identity; kaiming_init: He-normal convs (false: PyTorch defaults); "
-        "bn_momentum, bn_eps: BatchNorm settings.")
     register(name)(builder)
 
 
-_register("resnet18", BasicBlock, (2, 2, 2, 2), False,
-          "ResNet-18 (He et al. 2016) with a 3x3 stem and no max-pool: 4 stages of 2 basic blocks.")
-_register("resnet34", BasicBlock, (3, 4, 6, 3), False,
-          "ResNet-34 with a 3x3 stem and no max-pool: stages of 3, 4, 6, 3 basic blocks.")
-_register("resnet50", Bottleneck, (3, 4, 6, 3), False,
-          "ResNet-50 with a 3x3 stem and no max-pool: stages of 3, 4, 6, 3 bottleneck blocks (x4 expansion).")
-_register("preact_resnet18", PreActBlock, (2, 2, 2, 2), True,
-          "Pre-activation ResNet-18 (He et al. 2016b, 'Identity mappings'): BN-ReLU before each conv.")
+# ResNet-18/34 (He et al. 2016: basic blocks) and -50 (bottleneck blocks, x4 expansion), and the pre-activation
+# ResNet-18 (He et al. 2016b, "Identity mappings": BN-ReLU before each conv), all with the 3x3 stem and no max-pool.
+_register("resnet18", BasicBlock, (2, 2, 2, 2), False)
+_register("resnet34", BasicBlock, (3, 4, 6, 3), False)
+_register("resnet50", Bottleneck, (3, 4, 6, 3), False)
+_register("preact_resnet18", PreActBlock, (2, 2, 2, 2), True)
 
 
 # --- wide ResNets ---------------------------------------------------------------------------------------------
@@ -212,20 +191,16 @@ _register("preact_resnet18", PreActBlock, (2, 2, 2, 2), True,
 GROUP_STRIDES = (1, 2, 2)
 
 
-def blocks_per_group(depth: int) -> int:
-    if depth < 10 or (depth - 4) % 6:
-        raise VisionlaunchError(
-            f"model 'wide_resnet': depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, 34, 40, ...), got {depth}. "
-            "Each of the 3 groups has n blocks of 2 convs, plus the stem conv, the shortcut convs and the classifier."
-        )
-    return (depth - 4) // 6
-
-
 class WideResNet(ImageClassifier):
     def __init__(self, in_shape: tuple[int, int, int], num_classes: int, depth: int, widen_factor: int,
                  dropout: float) -> None:
         super().__init__(f"wrn{depth}_{widen_factor}", in_shape, fixed_size=False)
-        n = blocks_per_group(depth)
+        if depth < 10 or (depth - 4) % 6:
+            raise VisionlaunchError(
+                f"model 'wide_resnet': depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, 34, 40, ...), got {depth}. "
+                "Each of the 3 groups has n blocks of 2 convs, plus the stem conv, the shortcut convs and the "
+                "classifier.")
+        n = (depth - 4) // 6
         check_min_size(self.arch, in_shape, len(GROUP_STRIDES) - 1)
         self.conv1 = conv3x3(in_shape[0], 16)
         in_channels = 16

@@ -1,13 +1,9 @@
 """timm architectures by name: ``model.name=timm/<architecture>`` builds any of timm's classifiers for the data's
 channel and class count, with random weights (``model.weights=PATH`` loads a local file afterwards).
 
-The timm network becomes ``.backbone`` with its own head removed (timm's ``num_classes=0``: it returns the pooled
-pre-logits features, after timm's own head dropout), and a fresh ``nn.Linear`` becomes ``.classifier``. That keeps
-the model contract (``classifier``, ``feature_dim``, "penultimate" = the pre-logits features) for every
-architecture, whatever timm calls its head (``fc``, ``head``, ``head.fc``, ``classifier``).
-
-Nothing is ever downloaded: this launcher runs where no model hub can be reached, and a run must be reproducible
-from local files, so a request for pretrained or hub weights stops with a message that points to model.weights.
+The timm network without its head (timm's ``num_classes=0``: pooled pre-logits features) becomes ``.backbone`` and a
+fresh ``nn.Linear`` ``.classifier``: the model contract holds whatever timm calls its head. Nothing is ever
+downloaded: no model hub is reachable where this launcher runs, and a run must be reproducible from local files.
 """
 
 from __future__ import annotations
@@ -30,10 +26,6 @@ _NO_DOWNLOAD = ("visionlaunch never downloads weights (no model hub is reachable
                 "state_dict, .pth/.pt or .safetensors), copy it here and pass model.weights=/path/to/the/file.")
 
 
-def is_timm_name(name: str) -> bool:
-    return isinstance(name, str) and name.startswith(PREFIX)
-
-
 @lru_cache(maxsize=1)
 def _all_architectures() -> tuple[str, ...]:
     import timm
@@ -41,14 +33,11 @@ def _all_architectures() -> tuple[str, ...]:
     return tuple(timm.list_models())
 
 
-def list_architectures(pattern: str | None = None) -> list[str]:
-    """timm's architectures matching a shell pattern (a plain word matches anywhere in the name), sorted."""
-    names = _all_architectures()
-    if not pattern:
-        return list(names)
+def list_architectures(pattern: str = "") -> list[str]:
+    """timm's architectures matching a shell pattern (a plain word matches anywhere in the name; "" matches all)."""
     if not any(ch in pattern for ch in "*?["):
         pattern = f"*{pattern}*"
-    return [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+    return [n for n in _all_architectures() if fnmatch.fnmatchcase(n, pattern)]
 
 
 def architecture(name: str) -> str:
@@ -86,22 +75,14 @@ def _create(arch: str, name: str, in_shape: tuple[int, int, int], **kwargs) -> n
     import timm
 
     channels, height, width = in_shape
-    try:
-        # Transformers fix their position embeddings to img_size; convnets take any size and refuse the argument.
-        return timm.create_model(arch, pretrained=False, num_classes=0, in_chans=channels, img_size=(height, width),
-                                 **kwargs)
-    except TypeError as exc:
-        if "img_size" not in str(exc):
-            raise _bad_argument(name, exc) from None
-    try:
-        return timm.create_model(arch, pretrained=False, num_classes=0, in_chans=channels, **kwargs)
-    except TypeError as exc:
-        raise _bad_argument(name, exc) from None
-
-
-def _bad_argument(name: str, exc: TypeError) -> VisionlaunchError:
-    return VisionlaunchError(f"model {name!r} does not take one of the arguments given in model.args ({exc}). "
-                             "Remove it, or choose an architecture that has it.")
+    # Transformers fix their position embeddings to img_size; convnets take any size and refuse the argument.
+    for size in ({"img_size": (height, width)}, {}):
+        try:
+            return timm.create_model(arch, pretrained=False, num_classes=0, in_chans=channels, **size, **kwargs)
+        except TypeError as exc:
+            if not (size and "img_size" in str(exc)):
+                raise VisionlaunchError(f"model {name!r} does not take one of the arguments given in model.args "
+                                        f"({exc}). Remove it, or choose an architecture that has it.") from None
 
 
 def _feature_dim(name: str, backbone: nn.Module, in_shape: tuple[int, int, int]) -> int:

@@ -1,10 +1,7 @@
-"""model.weights: start a model from a local weights file instead of random numbers.
-
-Accepted: a state_dict saved by torch (.pth, .pt, .bin) or safetensors (.safetensors); a dict that holds one under
-"model", "state_dict" or "model_state_dict" (visionlaunch's weights/*.pt, many training scripts); keys with the
-"module." prefix of DataParallel/DDP. For timm models, timm's own state_dicts (keys "conv1.weight", "fc.weight")
-are read as well as ours ("backbone.conv1.weight", "classifier.weight"). Anything that does not match the model
-key for key and shape for shape is refused, before any file of the run is written.
+"""model.weights: start a model from a local weights file instead of random numbers: a torch or safetensors
+state_dict, bare or under "model", "state_dict" or "model_state_dict", with or without DDP's "module." prefix, and for
+timm models timm's own key names too. A file that does not match the model key for key and shape for shape is
+refused, before any file of the run is written.
 """
 
 from __future__ import annotations

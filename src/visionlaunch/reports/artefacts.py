@@ -11,7 +11,7 @@ import torch
 
 from visionlaunch import runfolder as rf
 from visionlaunch.config import RunConfig
-from visionlaunch.models.features import capture_features
+from visionlaunch.models.inspection import capture_features
 from visionlaunch.reports import Stamp, plot_confusion, plot_curves, plot_predictions, plot_tsne, save_predictions
 from visionlaunch.reports.html import write_report
 from visionlaunch.trainers.evaluation import predict

@@ -1,8 +1,9 @@
-"""Job arrays: several runs as one array job (task i = run i's own job.sh), and a job that runs after every task
-has ended (`--dependency=afterany:<array>`), e.g. `visionlaunch ablate FILE --table-only` to build the table.
+"""`visionlaunch ablate FILE --slurm`: every run of the ablation that has not finished becomes one task of a job array
+(task i = run i's own job.sh), and a job that depends on the whole array (`--dependency=afterany`) rebuilds the table
+with `ablate FILE --table-only` once every task has ended, whether it finished, failed or was cancelled.
 
-Everything is rendered and checked first; when sbatch refuses the array or the follow-up job, what was written
-is removed again and an array that was already queued is cancelled: nothing is left half-submitted.
+Everything is rendered and checked first; when sbatch refuses the array or the table job, what was written is removed
+again and an array that was already queued is cancelled: nothing is left half-submitted.
 """
 
 from __future__ import annotations
@@ -12,37 +13,21 @@ import shlex
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
+
+import yaml
 
 from visionlaunch.atomic import atomic_write_text
 from visionlaunch.errors import VisionlaunchError
 from visionlaunch.runfolder import JOB_DIR, JOB_SCRIPT
 from visionlaunch.slurm.jobs import record_submission
 from visionlaunch.slurm.render import Job, SlurmOptions, fill_template, job_name_for, render_script, sbatch_lines
-from visionlaunch.slurm.submit import highest_missing, require_sbatch, sbatch
+from visionlaunch.slurm.submit import highest_missing, plan_job, require_sbatch, sbatch, write_script
 
 
-@dataclass
-class ArraySubmission:
-    array_id: str | None
-    after_id: str | None
-    array_script: Path
-    after_script: Path | None
-    task_ids: list[str]
-
-
-def _after_options(opts: SlurmOptions) -> SlurmOptions:
-    """One small task on the same partition/account/qos: building a table needs no GPU and no requeue."""
-    return SlurmOptions(nodes=1, cpus_per_task=1, time=opts.time, partition=opts.partition, account=opts.account,
-                        qos=opts.qos, requeue=False, setup_lines=opts.setup_lines)
-
-
-def render_array(opts: SlurmOptions, scripts: list[Path], name: str, title: str, log_dir: Path,
-                 max_parallel: int | None = None) -> str:
+def render_array(opts: SlurmOptions, scripts: list[Path], name: str, title: str, log_dir: Path) -> str:
     last = len(scripts) - 1
-    array = f"--array=0-{last}" + (f"%{max_parallel}" if max_parallel else "")
-    lines = sbatch_lines(opts, job_name_for(name), log_dir / "%A_%a.out", first=(array,))
+    lines = sbatch_lines(opts, job_name_for(name), log_dir / "%A_%a.out", first=(f"--array=0-{last}",))
     return fill_template("array.sh", {
         "count": str(len(scripts)), "title": title.replace("\n", " "), "date": f"{dt.datetime.now():%Y-%m-%d %H:%M:%S}",
         "sbatch_lines": "\n".join(lines),
@@ -51,7 +36,9 @@ def render_array(opts: SlurmOptions, scripts: list[Path], name: str, title: str,
 
 def render_after(opts: SlurmOptions, command: list[str], name: str, title: str, log_dir: Path,
                  workdir: Path) -> str:
-    after = _after_options(opts)
+    # One small task on the same partition/account/qos: building a table needs no GPU and no requeue.
+    after = SlurmOptions(nodes=1, cpus_per_task=1, time=opts.time, partition=opts.partition, account=opts.account,
+                         qos=opts.qos, requeue=False, setup_lines=opts.setup_lines)
     lines = sbatch_lines(after, job_name_for(name), log_dir / "%x-%j.out")
     return fill_template("after.sh", {
         "title": title.replace("\n", " "), "date": f"{dt.datetime.now():%Y-%m-%d %H:%M:%S}",
@@ -60,26 +47,19 @@ def render_after(opts: SlurmOptions, command: list[str], name: str, title: str, 
         "workdir_q": shlex.quote(str(workdir)), "command_q": " ".join(shlex.quote(a) for a in command)})
 
 
-def submit_array(opts: SlurmOptions, jobs: list[Job], array_dir: Path, name: str, *, title: str | None = None,
-                 after_command: list[str] | None = None, dry_run: bool = False, max_parallel: int | None = None,
-                 out=None) -> ArraySubmission:
+def submit_array(opts: SlurmOptions, jobs: list[Job], array_dir: Path, name: str, title: str,
+                 after_command: list[str], *, dry_run: bool = False) -> None:
     """Submit `jobs` as one array (their scripts go into each run folder's slurm/, the array's into
-    `array_dir`/slurm/), then `after_command` (if any) as a job that waits for the whole array."""
-    out = out or sys.stdout
-    if not jobs:
-        raise VisionlaunchError("no runs to submit: the job array would be empty.")
-    title = title or f"{len(jobs)} runs"
+    `array_dir`/slurm/), then `after_command` as a job that waits for the whole array."""
     slurm_dir = Path(array_dir) / JOB_DIR
     scripts = [job.run_dir / JOB_DIR / JOB_SCRIPT for job in jobs]
     texts = [render_script(opts, job) for job in jobs]  # every script checked before anything is written
-    array_text = render_array(opts, scripts, name, title, slurm_dir, max_parallel)
-    after_text = (render_after(opts, after_command, f"{name}-after", f"after the array of {title}", slurm_dir,
-                               jobs[0].workdir) if after_command else None)
+    array_text = render_array(opts, scripts, name, title, slurm_dir)
+    after_text = render_after(opts, after_command, f"{name}-after", f"after the array of {title}", slurm_dir,
+                              jobs[0].workdir)
     if dry_run:
-        out.write(array_text)
-        if after_text:
-            out.write("\n# ---- then, with --dependency=afterany:<array job id>:\n" + after_text)
-        return ArraySubmission(None, None, slurm_dir / "array.sh", slurm_dir / "after.sh" if after_text else None, [])
+        sys.stdout.write(array_text + "\n# ---- then, with --dependency=afterany:<array job id>:\n" + after_text)
+        return
     require_sbatch()
     made: list[Path] = []  # folders this call created: removed again if the submission fails
     array_id = None
@@ -89,14 +69,11 @@ def submit_array(opts: SlurmOptions, jobs: list[Job], array_dir: Path, name: str
             if top is not None and top not in made:
                 made.append(top)
         for script, text in zip(scripts, texts):
-            _write(script, text)
-        _write(slurm_dir / "array.sh", array_text)
-        if after_text:
-            _write(slurm_dir / "after.sh", after_text)
+            write_script(script, text)
+        write_script(slurm_dir / "array.sh", array_text)
+        write_script(slurm_dir / "after.sh", after_text)
         array_id = sbatch(slurm_dir / "array.sh", jobs[0].workdir)
-        after_id = None
-        if after_text:
-            after_id = sbatch(slurm_dir / "after.sh", jobs[0].workdir, [f"--dependency=afterany:{array_id}"])
+        after_id = sbatch(slurm_dir / "after.sh", jobs[0].workdir, [f"--dependency=afterany:{array_id}"])
     except BaseException:
         if array_id is not None:  # the array is queued but its follow-up was refused: take the array back
             subprocess.run(["scancel", array_id], capture_output=True, timeout=60)
@@ -108,24 +85,38 @@ def submit_array(opts: SlurmOptions, jobs: list[Job], array_dir: Path, name: str
         record_submission(job.run_dir.parent, {"job_id": task_id, "run_dir": str(job.run_dir), "script": str(script),
                                                "log": str(slurm_dir / f"{task_id}.out"),
                                                "nodes": opts.nodes, "processes": opts.total_processes})
-    if after_id:
-        record_submission(jobs[0].run_dir.parent, {"job_id": after_id, "run_dir": str(array_dir),
-                                                   "script": str(slurm_dir / "after.sh"), "log": str(slurm_dir)})
-    out.write(f"submitted job array {array_id}: {len(jobs)} task(s), {title}\n"
+    record_submission(jobs[0].run_dir.parent, {"job_id": after_id, "run_dir": str(array_dir),
+                                               "script": str(slurm_dir / "after.sh"), "log": str(slurm_dir)})
+    sys.stdout.write(f"submitted job array {array_id}: {len(jobs)} task(s), {title}\n"
               f"  logs:    {slurm_dir}/{array_id}_<task>.out\n")
     for task_id, job in zip(task_ids, jobs):
-        out.write(f"  {task_id}  {job.run_dir}\n")
-    if after_id:
-        out.write(f"then job {after_id} (after every task has ended): {shlex.join(after_command)}\n")
-    out.write(f"status: visionlaunch jobs --runs {jobs[0].run_dir.parent}\n")
-    return ArraySubmission(array_id, after_id, slurm_dir / "array.sh", slurm_dir / "after.sh" if after_text else None,
-                           task_ids)
+        sys.stdout.write(f"  {task_id}  {job.run_dir}\n")
+    sys.stdout.write(f"then job {after_id} (after every task has ended): {shlex.join(after_command)}\n")
+    sys.stdout.write(f"status: visionlaunch jobs --runs {jobs[0].run_dir.parent}\n")
 
 
-def _write(path: Path, text: str) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, text)
-    except OSError as exc:
-        raise VisionlaunchError(f"cannot write {path}: {exc.strerror or exc}. Set the output folder to one you can "
-                                "write to (on a cluster: a shared filesystem).") from None
+def submit_ablation(ablation, opts: SlurmOptions, *, python: str | None = None, dry_run: bool = False,
+                    rerun: bool = False) -> None:
+    from visionlaunch.ablation.plan import PLAN_FILE
+    from visionlaunch.ablation.results import read_result, write_ablation_results
+    from visionlaunch.ablation.runner import check_existing_runs
+
+    if rerun:
+        raise VisionlaunchError(
+            "--rerun cannot be combined with --slurm: a requeued job would start its run over again instead of "
+            "resuming it. Delete the run folders you want to redo (or use --out DIR for a fresh ablation folder).")
+    check_existing_runs(ablation)
+    python = python or sys.executable
+    pending = [v for v in ablation.variants if read_result(v).state != "ok"]
+    if not pending:
+        paths = write_ablation_results(ablation)
+        sys.stdout.write(f"every run of ablation {ablation.name} has finished: nothing submitted; table rebuilt: "
+                  f"{', '.join(str(p) for p in paths)}\n")
+        return
+    out_dir = Path(ablation.out_dir).resolve()
+    jobs = [plan_job(opts, v.train_args(), python=python, allow_existing=True) for v in pending]
+    table = [python, "-m", "visionlaunch", "ablate", str(Path(ablation.source).resolve()), "--table-only", "--out",
+             str(out_dir), *(["--", *ablation.extra] if ablation.extra else [])]
+    submit_array(opts, jobs, out_dir, ablation.name, f"ablation {ablation.name}", table, dry_run=dry_run)
+    if not dry_run:  # the same record of the plan as the sequential runner leaves
+        atomic_write_text(out_dir / PLAN_FILE, yaml.safe_dump(ablation.plan(), sort_keys=False, width=1 << 20))

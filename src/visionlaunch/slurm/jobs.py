@@ -1,9 +1,6 @@
-"""`visionlaunch jobs`: the project's submitted jobs, their SLURM state and their run folders.
-
-Every submission is recorded in <output.dir>/.slurm_jobs.jsonl (job id, run folder, script, log). The SLURM
-state comes from sacct when accounting is configured, else from squeue (which knows running and pending jobs,
-and finished ones only for a few minutes: MinJobAge); what neither knows is reported as unknown. The run
-folder says the rest: finished (final record), preempted (checkpoint + preempted.json), checkpointed, started.
+"""`visionlaunch jobs`: the submissions recorded in <output.dir>/.slurm_jobs.jsonl, their SLURM state (from sacct
+when the cluster keeps accounting, else from squeue, which forgets finished jobs after MinJobAge) and what their run
+folders say.
 """
 
 from __future__ import annotations
@@ -131,32 +128,29 @@ def run_folder_state(run_dir: Path) -> str:
 class JobStatus:
     job_id: str
     slurm_state: str
-    source: str
     run_state: str
     run_dir: str
-    log: str
 
 
 def job_statuses(runs_dir: Path) -> tuple[list[JobStatus], str]:
     """One status per recorded submission (newest last) and a note on where the SLURM states came from."""
     records = read_records(runs_dir)
     ids = [r["job_id"] for r in records]
-    states, source = sacct_states(ids), "sacct"
+    states = sacct_states(ids)
     note = "SLURM states from sacct (accounting)."
     if states is None:
-        states, source = squeue_states(ids), "squeue"
+        states = squeue_states(ids)
         note = ("sacct is not available (no accounting on this cluster): SLURM states from squeue, which forgets "
                 "finished jobs after a few minutes; 'unknown' means SLURM no longer reports the job, and the run "
                 "folder's state tells what happened.")
         if states is None:
-            states, source = {}, "-"
+            states = {}
             note = "neither sacct nor squeue answered (not on a SLURM host?): only the run folders' states are known."
     out = []
     for r in records:
         jid = r["job_id"]
         found = [f"{k}: {v}" if k != jid else v for k, v in sorted(states.items()) if reported_as(k, jid)]
-        out.append(JobStatus(jid, "; ".join(found) if found else "unknown", source if found else "-",
-                             run_folder_state(Path(r["run_dir"])), r["run_dir"], r.get("log", "")))
+        out.append(JobStatus(jid, "; ".join(found) or "unknown", run_folder_state(Path(r["run_dir"])), r["run_dir"]))
     return out, note
 
 

@@ -13,7 +13,7 @@ import datetime as dt
 import re
 import shlex
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 
@@ -21,7 +21,6 @@ from visionlaunch.errors import VisionlaunchError
 from visionlaunch.runfolder import PREEMPTED, job_log
 from visionlaunch.trainers.preemption import PREEMPTED_EXIT_CODE
 
-TEMPLATE = "job.sh"
 _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
 _TIME = re.compile(r"^(\d+|\d+:\d{2}|\d+:\d{2}:\d{2}|\d+-\d+|\d+-\d+:\d{2}|\d+-\d+:\d{2}:\d{2})$")
 _MEM = re.compile(r"^\d+[KMGT]?$", re.IGNORECASE)
@@ -50,12 +49,8 @@ class SlurmOptions:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> SlurmOptions:
-        """The options given to `submit` or `ablate --slurm` (see add_slurm_arguments)."""
-        return cls(nodes=args.nodes, gpus_per_node=args.gpus_per_node, processes=args.processes,
-                   cpus_per_task=args.cpus_per_task, mem=args.mem, time=args.time, partition=args.partition,
-                   account=args.account, qos=args.qos, constraint=args.constraint, job_name=args.job_name,
-                   signal_seconds=args.signal_seconds, requeue=not args.no_requeue, max_requeues=args.max_requeues,
-                   sbatch_lines=args.sbatch, setup_lines=args.setup)
+        """The options given to `submit` or `ablate --slurm` (add_slurm_arguments names them after the fields)."""
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
 
     @property
     def total_processes(self) -> int:
@@ -132,10 +127,6 @@ class Job:
     train_args: list[str]
     use_cpu: bool
 
-    @property
-    def log_pattern(self) -> Path:
-        return job_log(self.run_dir, "%j")
-
 
 def job_name_for(name: str) -> str:
     return "vl-" + re.sub(r"[^\w.+-]", "_", name)  # a run's name, made one word
@@ -145,19 +136,13 @@ def sbatch_lines(opts: SlurmOptions, job_name: str, log_pattern: Path, first: tu
     """The #SBATCH lines: `first` (e.g. --array), then resources, log, preemption signal, requeue, extras."""
     lines = [*first, f"--job-name={sbatch_word('--job-name', opts.job_name or job_name)}",
              f"--nodes={opts.nodes}", "--ntasks-per-node=1"]
-    if opts.cpus_per_task:
-        lines.append(f"--cpus-per-task={opts.cpus_per_task}")
-    if opts.gpus_per_node:
-        lines.append(f"--gpus-per-node={opts.gpus_per_node}")
-    for name in ("mem", "time", "partition", "account", "qos", "constraint"):
-        value = getattr(opts, name)
-        if value is not None:
-            lines.append(f"--{name}={value}")
-    lines.append(f"--output={sbatch_word('the log path', str(log_pattern))}")
-    lines.append("--open-mode=append")  # a requeued job appends to the same log
-    lines.append(f"--signal=B:USR2@{opts.signal_seconds}")
-    lines.append("--requeue" if opts.requeue else "--no-requeue")
-    lines.extend(line.strip() for line in opts.sbatch_lines)
+    for name in ("cpus_per_task", "gpus_per_node", "mem", "time", "partition", "account", "qos", "constraint"):
+        if getattr(opts, name):  # None, or 0 GPUs: the cluster's default
+            lines.append(f"--{name.replace('_', '-')}={getattr(opts, name)}")
+    lines += [f"--output={sbatch_word('the log path', str(log_pattern))}",
+              "--open-mode=append",  # a requeued job appends to the same log
+              f"--signal=B:USR2@{opts.signal_seconds}", "--requeue" if opts.requeue else "--no-requeue",
+              *(line.strip() for line in opts.sbatch_lines)]
     return [f"#SBATCH {line}" for line in lines]
 
 
@@ -169,7 +154,7 @@ def render_script(opts: SlurmOptions, job: Job, now: dt.datetime | None = None) 
         "date": f"{now or dt.datetime.now():%Y-%m-%d %H:%M:%S}",
         "signal_seconds": str(opts.signal_seconds),
         "max_requeues": str(opts.max_requeues if opts.requeue else 0),
-        "sbatch_lines": "\n".join(sbatch_lines(opts, job_name_for(job.run_name), job.log_pattern)),
+        "sbatch_lines": "\n".join(sbatch_lines(opts, job_name_for(job.run_name), job_log(job.run_dir, "%j"))),
         "setup_lines": "\n".join(opts.setup_lines) if opts.setup_lines else "# (none)",
         "run_dir_q": shlex.quote(str(job.run_dir)),
         "workdir_q": shlex.quote(str(job.workdir)),
@@ -181,7 +166,7 @@ def render_script(opts: SlurmOptions, job: Job, now: dt.datetime | None = None) 
         "preempted_exit_code": str(PREEMPTED_EXIT_CODE),
         "preempted_marker": PREEMPTED,
     }
-    return fill_template(TEMPLATE, values)
+    return fill_template("job.sh", values)
 
 
 def fill_template(name: str, values: dict[str, str]) -> str:
@@ -191,17 +176,13 @@ def fill_template(name: str, values: dict[str, str]) -> str:
     assert not missing, f"template placeholders without a value: {missing}"
     # One pass over the template, so a value that itself contains "{{x}}" is never substituted again.
     script = _PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
-    check_syntax(script)
-    return script
-
-
-def check_syntax(script: str) -> None:
-    """`bash -n`: the script parses (a --setup line with an unclosed quote would otherwise fail on the cluster)."""
+    # `bash -n`: the script parses (a --setup line with an unclosed quote would otherwise fail on the cluster).
     proc = subprocess.run(["bash", "-n"], input=script, capture_output=True, text=True, timeout=30)
     if proc.returncode != 0:
         raise VisionlaunchError(
             f"the batch script does not parse (bash -n: {proc.stderr.strip()}). Check the --setup lines: each must "
             "be a complete shell command.")
+    return script
 
 
 def add_slurm_arguments(p: argparse.ArgumentParser, job_options: bool = True) -> None:
@@ -218,13 +199,13 @@ def add_slurm_arguments(p: argparse.ArgumentParser, job_options: bool = True) ->
     g.add_argument("--qos")
     g.add_argument("--constraint")
     g.add_argument("--job-name", help="default vl-<run name>")
-    g.add_argument("--sbatch", action="append", default=[], metavar="OPTION",
+    g.add_argument("--sbatch", action="append", default=[], metavar="OPTION", dest="sbatch_lines",
                    help="an extra #SBATCH line, e.g. --sbatch=--mail-type=END (repeatable)")
-    g.add_argument("--setup", action="append", default=[], metavar="LINE",
+    g.add_argument("--setup", action="append", default=[], metavar="LINE", dest="setup_lines",
                    help="a shell line run before training, e.g. 'module load cuda' or 'source .venv/bin/activate'")
     g = p.add_argument_group("SLURM preemption")
     g.add_argument("--signal-seconds", type=int, default=120, help="USR2 this long before the time limit (120)")
-    g.add_argument("--no-requeue", action="store_true", help="do not requeue a preempted job")
+    g.add_argument("--no-requeue", action="store_false", dest="requeue", help="do not requeue a preempted job")
     g.add_argument("--max-requeues", type=int, default=5, help="requeues of one job at most (5)")
     g.add_argument("--python", help="the Python on the compute nodes; default this one")
     if not job_options:

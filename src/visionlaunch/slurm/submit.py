@@ -11,7 +11,6 @@ import argparse
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 from visionlaunch.atomic import atomic_write_text
@@ -21,30 +20,6 @@ from visionlaunch.slurm.jobs import record_submission
 from visionlaunch.slurm.render import Job, SlurmOptions, render_script
 
 SBATCH_TIMEOUT_S = 120
-
-
-@dataclass
-class Submitted:
-    job_id: str
-    run_dir: Path
-    script: Path
-    log: Path
-
-
-def _train_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="visionlaunch submit ... --", add_help=False)
-    p.add_argument("--config", "-c", required=True)
-    p.add_argument("--verbose", "-v", action="store_true")
-    p.add_argument("overrides", nargs="*")
-    return p
-
-
-def _override_value(overrides: list[str], key: str) -> str | None:
-    found = None
-    for item in overrides:
-        if item.split("=", 1)[0].strip() == key and "=" in item:
-            found = item.split("=", 1)[1]
-    return found
 
 
 def plan_job(opts: SlurmOptions, train_argv: list[str], *, python: str | None = None, script: str | None = None,
@@ -59,8 +34,12 @@ def plan_job(opts: SlurmOptions, train_argv: list[str], *, python: str | None = 
         raise VisionlaunchError(
             "no training arguments: give them after `--`, exactly as for `visionlaunch train`, e.g. "
             "visionlaunch submit --nodes 2 -- --config configs/mnist_cnn.yaml optim.lr=0.05")
+    p = argparse.ArgumentParser(prog="visionlaunch submit ... --", add_help=False)  # the arguments of train
+    p.add_argument("--config", "-c", required=True)
+    p.add_argument("--verbose", "-v", action="store_true")
+    p.add_argument("overrides", nargs="*")
     try:
-        parsed = _train_parser().parse_args(list(train_argv))
+        parsed = p.parse_args(list(train_argv))
     except SystemExit:
         raise VisionlaunchError(
             f"cannot read the training arguments {' '.join(train_argv)!r}: they must be `--config FILE` followed "
@@ -72,7 +51,8 @@ def plan_job(opts: SlurmOptions, train_argv: list[str], *, python: str | None = 
     name = cfg.output.name or default_run_name(Path(parsed.config).stem)
     if not cfg.output.name:
         args.append(f"output.name={name}")
-    if cfg.train.resume == "none" and _override_value(parsed.overrides, "train.resume") is None:
+    resume_given = any(o.split("=", 1)[0].strip() == "train.resume" for o in parsed.overrides if "=" in o)
+    if cfg.train.resume == "none" and not resume_given:
         args.append("train.resume=auto")
     elif cfg.train.resume != "auto":
         raise VisionlaunchError(
@@ -137,35 +117,38 @@ def sbatch(script: Path, workdir: Path, extra: list[str] | None = None) -> str:
     return job_id
 
 
-def submit(opts: SlurmOptions, job: Job, *, dry_run: bool = False, out=None) -> Submitted | None:
-    """Render, write into runs/<name>/slurm/, sbatch, record. With dry_run: print the script, write nothing."""
-    out = out or sys.stdout
+def write_script(path: Path, text: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, text)
+    except OSError as exc:
+        raise VisionlaunchError(f"cannot write the batch script {path}: {exc.strerror or exc}. Set output.dir to a "
+                                "folder you can write to (on a cluster: a shared filesystem).") from None
+
+
+def submit(opts: SlurmOptions, job: Job, *, dry_run: bool = False) -> str | None:
+    """Render, write into runs/<name>/slurm/, sbatch, record; the job id. With dry_run: print the script, write
+    nothing."""
     script_text = render_script(opts, job)
     if dry_run:
-        out.write(script_text)
+        sys.stdout.write(script_text)
         return None
     require_sbatch()
     slurm_dir = job.run_dir / JOB_DIR
     script = slurm_dir / JOB_SCRIPT
     created = highest_missing(slurm_dir)  # removed again if the job is refused
     try:
-        try:
-            slurm_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(script, script_text)
-        except OSError as exc:
-            raise VisionlaunchError(f"cannot write the batch script {script}: {exc.strerror or exc}. Set output.dir "
-                                    "to a folder you can write to (on a cluster: a shared filesystem).") from None
+        write_script(script, script_text)
         job_id = sbatch(script, job.workdir)
     except BaseException:
         if created is not None:  # nothing half-submitted: what was made for the refused job goes again
             shutil.rmtree(created, ignore_errors=True)
         raise
-    return _recorded(job_id, job.run_dir, script, opts.total_processes, opts.nodes, out)
+    return _recorded(job_id, job.run_dir, script, opts.total_processes, opts.nodes)
 
 
-def resubmit(run_dir: Path, *, out=None) -> Submitted:
+def resubmit(run_dir: Path) -> str:
     """Submit a run's own job.sh again (after it was cancelled, failed, or ran out of requeues)."""
-    out = out or sys.stdout
     run_dir = Path(run_dir).expanduser().resolve()
     script = run_dir / JOB_DIR / JOB_SCRIPT
     if not run_dir.is_dir():
@@ -177,13 +160,10 @@ def resubmit(run_dir: Path, *, out=None) -> Submitted:
             f"--resume {run_dir}: the folder has no {JOB_DIR}/{JOB_SCRIPT}, so it was not submitted by "
             "`visionlaunch submit`. Submit it as a new job with the same output.name: `visionlaunch submit ... -- "
             f"--config {run_dir / CONFIG} output.dir={run_dir.parent} output.name={run_dir.name}`.")
-    require_sbatch()
-    job_id = sbatch(script, run_dir)
-    return _recorded(job_id, run_dir, script, None, None, out)
+    return _recorded(sbatch(script, run_dir), run_dir, script, None, None)
 
 
-def _recorded(job_id: str, run_dir: Path, script: Path, processes: int | None, nodes: int | None,
-              out) -> Submitted:
+def _recorded(job_id: str, run_dir: Path, script: Path, processes: int | None, nodes: int | None) -> str:
     log = job_log(run_dir, job_id)
     try:
         record_submission(run_dir.parent, {"job_id": job_id, "run_dir": str(run_dir), "script": str(script),
@@ -191,6 +171,6 @@ def _recorded(job_id: str, run_dir: Path, script: Path, processes: int | None, n
     except OSError as exc:  # the job is queued whatever happens here: say so, do not fail
         print(f"visionlaunch: warning: job {job_id} is queued but could not be recorded for `visionlaunch jobs` "
               f"({exc})", file=sys.stderr)
-    out.write(f"submitted job {job_id}\n  run folder: {run_dir}\n  script:     {script}\n  log:        {log}\n"
+    sys.stdout.write(f"submitted job {job_id}\n  run folder: {run_dir}\n  script:     {script}\n  log:        {log}\n"
               f"  status:     visionlaunch jobs --runs {run_dir.parent}\n")
-    return Submitted(job_id, run_dir, script, log)
+    return job_id

@@ -24,6 +24,7 @@ class DataBundle:
     std: tuple[float, ...]
     note: str
     name: str  # the dataset actually used (differs from the config after a fallback)
+    val_size: int | float  # the data.val_size actually used (lower than the config's on the fallback sample)
 
     @property
     def classes(self) -> list[str]:
@@ -43,7 +44,7 @@ def prepare_data(cfg: DataConfig, log=print, progress: bool = True) -> DataBundl
                   progress=progress)
     if cfg.image_size:
         kwargs.update(image_size=cfg.image_size, max_upscale=cfg.max_upscale)
-    name = cfg.name
+    name, val_size = cfg.name, cfg.val_size
     try:
         train = load_dataset(name, "train", **kwargs)
     except DatasetNotFound as exc:
@@ -53,10 +54,10 @@ def prepare_data(cfg: DataConfig, log=print, progress: bool = True) -> DataBundl
             "embedded in the package instead. Results are NOT comparable to full-MNIST numbers.")
         name = "mnist_sample"
         train = load_dataset(name, "train", **kwargs)
-        if cfg.val_size >= 1 and cfg.val_size * 2 > len(train):
+        if val_size >= 1 and val_size * 2 > len(train):
             # A count meant for the 60k set would swallow the sample: hold out the same 1/12 share instead.
-            cfg.val_size = round(len(train) / 12)
-            log(f"NOTE: data.val_size lowered to {cfg.val_size} for the {len(train)}-image sample")
+            val_size = round(len(train) / 12)
+            log(f"NOTE: data.val_size lowered to {val_size} for the {len(train)}-image sample")
     test = load_dataset(name, "test", **kwargs)
     if note := unofficial_note([train, test]):
         log(note)
@@ -65,8 +66,8 @@ def prepare_data(cfg: DataConfig, log=print, progress: bool = True) -> DataBundl
     train = stratified_subset(train, cfg.train_subset, cfg.split_seed, "train")
     test = stratified_subset(test, cfg.test_subset, cfg.split_seed, "test")
     val = None
-    if cfg.val_size:
-        train, val = train_val_split(train, cfg.val_size, cfg.split_seed)
+    if val_size:
+        train, val = train_val_split(train, val_size, cfg.split_seed)
     for ds, what in ((train, "training"), (val, "validation"), (test, "test")):
         warning = class_coverage_warning(ds, what) if ds is not None else None
         if warning:
@@ -79,7 +80,8 @@ def prepare_data(cfg: DataConfig, log=print, progress: bool = True) -> DataBundl
             f"{f' (cropped to {cfg.image_size} px)' if cfg.image_size else ''}, {len(train.classes)} "
             f"classes; source: {train.source}" + ("; not the official files (md5), content checked"
                                                    if train.unofficial or test.unofficial else ""))
-    return DataBundle(train=train, val=val, test=test, mean=mean, std=std, note=note, name=name)
+    return DataBundle(train=train, val=val, test=test, mean=mean, std=std, note=note, name=name,
+                      val_size=val_size)
 
 
 def make_loader(kind: str, images, labels, batch_size: int, *, beton=None, verify_beton: bool = True, augment=None,

@@ -27,8 +27,7 @@ from visionlaunch.datasets.mixed_size import ResizedCrop
 from visionlaunch.errors import VisionlaunchError
 from visionlaunch.ffcv_builders import require_ffcv
 from visionlaunch.models import build_model
-from visionlaunch.models.features import layer_names
-from visionlaunch.models.summary import count_parameters
+from visionlaunch.models.inspection import count_parameters, layer_names
 from visionlaunch.models.weights import load_weights
 from visionlaunch.trainers import checkpoint as ckpt
 from visionlaunch.trainers.data import DataBundle, make_loader, prepare_data
@@ -89,7 +88,8 @@ def read_data(cfg: RunConfig, data: DataBundle | None, log, progress: bool) -> t
     data. The config itself is never changed."""
     data = data if data is not None else prepare_data(cfg.data, log=log, progress=progress)
     if data.name != cfg.data.name:
-        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"name": data.name, "fallback": "none"})})
+        used = {"name": data.name, "fallback": "none", "val_size": data.val_size}
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update=used)})
     return data, cfg
 
 
@@ -164,8 +164,8 @@ def write_run_files(run_path: Path, cfg: RunConfig, data: DataBundle, model: tor
                     accelerator, argv: list[str], resumed_from: Path | None) -> dict:
     """config.yaml, summary.txt and run.yaml (the run's identity, which a resumed run keeps and extends); returns
     the identity."""
-    saved = cfg.model_copy(deep=True)
-    saved.train.resume = "none"  # config.yaml reruns the experiment from scratch
+    # config.yaml reruns the experiment from scratch
+    saved = cfg.model_copy(update={"train": cfg.train.model_copy(update={"resume": "none"})})
     atomic_write_text(run_path / rf.CONFIG, saved.to_yaml())
     params = count_parameters(model)
     atomic_write_text(run_path / rf.SUMMARY, f"{cfg.model.name} on {data.in_shape}: {params:,} trainable "

@@ -30,7 +30,7 @@ from visionlaunch import __version__
 from visionlaunch import runfolder as rf
 from visionlaunch.config import RunConfig
 from visionlaunch.errors import VisionlaunchError
-from visionlaunch.models.summary import count_parameters, model_summary
+from visionlaunch.models.inspection import count_parameters, model_summary
 from visionlaunch.progress import progress_bar
 from visionlaunch.trainers import checkpoint as ckpt
 from visionlaunch.trainers.checkpoint import TrainState
