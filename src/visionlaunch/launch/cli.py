@@ -31,6 +31,14 @@ EPILOG = """examples:
 
 
 WEIGHTS = ("last", "best", "ema_last", "ema_best")  # the files in runs/<name>/weights/
+# The options of `prepare ffcv` that set a config key.
+FFCV_OPTIONS = {"dataset": "data.name", "encoding": "data.ffcv_encoding", "jpeg_quality": "data.ffcv_jpeg_quality",
+                "out": "data.ffcv_dir"}
+
+
+def _add_run_args(p: argparse.ArgumentParser, **weights_help) -> None:
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--weights", choices=WEIGHTS, default="last", **weights_help)
 
 
 def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -54,27 +62,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also print the model's layer table (it is always in runs/<name>/summary.txt)")
 
     p = command("evaluate", _evaluate, help="reload a run's saved weights and measure test accuracy again")
-    p.add_argument("run_dir", type=Path)
-    p.add_argument("--weights", choices=WEIGHTS, default="last",
-                   help="ema_*: the EMA weights of a run trained with train.ema_decay")
+    _add_run_args(p, help="ema_*: the EMA weights of a run trained with train.ema_decay")
     p.add_argument("--data", nargs="+", metavar="key=value",
                    help="measure on other data: the run's data section with these keys changed, e.g. --data "
                         "name=imagefolder path=/data/digits (classes must match by name)")
     p.add_argument("--split", choices=("train", "val", "test"), help="the split to measure (default test)")
 
     p = command("predict", _predict, help="classify images, folders or archives (.zip/.tar) with a run's weights")
-    p.add_argument("run_dir", type=Path)
+    _add_run_args(p)
     p.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="image files, folders, .zip/.tar archives")
-    p.add_argument("--weights", choices=WEIGHTS, default="last")
     p.add_argument("--top-k", type=int, default=3, help="classes per image, most probable first (default 3)")
     p.add_argument("--out", type=Path, help="write the table as CSV here instead of printing it")
     p.add_argument("--batch-size", type=int, help="images per batch; default the run's train.eval_batch_size")
 
     p = command("export", _export,
                 help="write a run's model as TorchScript, ONNX or safetensors, with a JSON beside it")
-    p.add_argument("run_dir", type=Path)
+    _add_run_args(p)
     p.add_argument("--format", required=True, choices=("torchscript", "onnx", "safetensors"))
-    p.add_argument("--weights", choices=WEIGHTS, default="last")
     p.add_argument("--out", type=Path, help="the model file; default <run>/export/<weights>.<format suffix>")
 
     p = command("figures", _figures, help="redraw a run's figures from its folder and weights")
@@ -228,9 +232,9 @@ def _print_paths(paths) -> int:
 
 
 def _prepare_cache(args: argparse.Namespace, argv: list[str]) -> int:
-    used = [flag for flag, value in (("--dataset", args.dataset), ("--encoding", args.encoding),
-                                     ("--jpeg-quality", args.jpeg_quality), ("--out", args.out),
-                                     ("--overwrite", args.overwrite or None)) if value is not None]
+    used = ["--" + dest.replace("_", "-") for dest in FFCV_OPTIONS if getattr(args, dest) is not None]
+    if args.overwrite:
+        used.append("--overwrite")
     if used or not args.config:
         raise VisionlaunchError(
             f"`visionlaunch prepare` needs --config{' and takes ' + ', '.join(used) + ' only in its ffcv form' if used else ''}"
@@ -246,9 +250,7 @@ def _prepare_ffcv(args: argparse.Namespace, argv: list[str]) -> int:
     if not (args.config or args.dataset):
         raise VisionlaunchError("`visionlaunch prepare ffcv` needs --dataset NAME or --config FILE, e.g. "
                                 "`visionlaunch prepare ffcv --dataset cifar10 data.root=/data`.")
-    flags = [f"{key}={value}" for key, value in (("data.ffcv_dir", args.out), ("data.ffcv_jpeg_quality",
-                                                args.jpeg_quality), ("data.ffcv_encoding", args.encoding),
-                                                ("data.name", args.dataset)) if value is not None]
+    flags = [f"{key}={getattr(args, dest)}" for dest, key in FFCV_OPTIONS.items() if getattr(args, dest) is not None]
     cfg = load_config(args.config, [*flags, *args.overrides])
     from visionlaunch.ffcv_builders.prepare import ensure_betons
     from visionlaunch.ffcv_builders import require_ffcv

@@ -79,18 +79,14 @@ def read_run(run_dir: Path, which: str) -> tuple[RunConfig, dict]:
                ": the run has not finished an epoch yet (weights are written at the end of every epoch)")
             + ". Let the run finish an epoch (resume an interrupted one with train.resume=<run folder>), or pass "
               "another run folder.")
-    for path in (config_path, weights_path):
-        if not path.is_file():
-            hint = (" (best.pt exists only for runs with a validation split; use --weights last)"
-                    if which == "best" and path == weights_path else "")
-            raise VisionlaunchError(
-                f"{path} not found: {run_dir} is not a finished visionlaunch run folder{hint}. Pass the folder that "
-                "`visionlaunch train` printed (runs/<name>).")
+    if not config_path.is_file():
+        raise VisionlaunchError(
+            f"{config_path} not found: {run_dir} is not a finished visionlaunch run folder. Pass the folder that "
+            "`visionlaunch train` printed (runs/<name>).")
     return load_config(config_path), read_weights_file(weights_path)
 
 
 def _built(ckpt: dict, in_shape: tuple[int, int, int], num_classes: int, path: Path) -> nn.Module:
-    """The model of a weights file, its weights loaded."""
     model = build_model(ckpt["model_name"], in_shape, num_classes, ckpt["model_args"])
     try:
         model.load_state_dict(ckpt["model"])
@@ -151,15 +147,18 @@ def _rebuild(run_dir: Path, which: str):
     return cfg, ckpt, identity, accelerator, data, model, pipeline
 
 
+def _names(classes: list[str]) -> str:
+    return ", ".join(classes[:12]) + (f", ... ({len(classes)} in all)" if len(classes) > 12 else "")
+
+
 def _check_same_task(path: Path, ckpt: dict, data) -> None:
     """Weights trained for other classes or another image shape cannot be evaluated on this data: say so instead
     of PyTorch's size-mismatch dump (e.g. a run folder whose config.yaml was edited, or data that changed)."""
     classes, shape = [str(c) for c in ckpt["classes"]], tuple(ckpt["in_shape"])
     if classes != list(data.classes):
         raise VisionlaunchError(
-            f"{path} was trained for {len(classes)} classes ({', '.join(classes[:5])}"
-            f"{', ...' if len(classes) > 5 else ''}) but the data of this run folder's config.yaml has "
-            f"{len(data.classes)} ({', '.join(data.classes[:5])}{', ...' if len(data.classes) > 5 else ''}). "
+            f"{path} was trained for {len(classes)} classes ({_names(classes)}) but the data of this run folder's "
+            f"config.yaml has {len(data.classes)} ({_names(data.classes)}). "
             "Evaluate it on the dataset it was trained on (data.name/data.path in config.yaml).")
     if shape != tuple(data.in_shape):
         raise VisionlaunchError(
@@ -235,10 +234,6 @@ def data_config(run: RunModel, overrides: list[str], split: str) -> DataConfig:
         raise VisionlaunchError(format_validation_error(err, "--data " + " ".join(overrides))) from None
 
 
-def _names(classes: list[str]) -> str:
-    return ", ".join(classes[:12]) + (f", ... ({len(classes)} in all)" if len(classes) > 12 else "")
-
-
 def label_map(run: RunModel, classes: list[str], where: str):
     """Index of each of the data's classes in the run's classes; an error when the names differ."""
     if list(classes) == run.classes:
@@ -268,7 +263,7 @@ def evaluate_on_data(run_dir: Path, which: str = "last", overrides: list[str] = 
         raise VisionlaunchError(f"--split {split}: the data has no {split} split (data.val_size is "
                                 f"{cfg.val_size}). Hold some training images out with --data val_size=5000, or choose "
                                 "another split.")
-    mapping = label_map(run, ds.classes, f"{ds.source}")
+    mapping = label_map(run, ds.classes, str(ds.source))
     labels = ds.labels if mapping is None else mapping[ds.labels]
     images = ds.images
     conversion = describe_conversion(tuple(images.shape[1:]), run.in_shape)

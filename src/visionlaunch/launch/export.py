@@ -74,7 +74,6 @@ def sidecar(run: RunModel, fmt: str, path: Path) -> dict:
 
 
 def export_run(run_dir: Path, fmt: str, which: str = "last", out: Path | None = None) -> tuple[Path, Path]:
-    """Write the exported model and its JSON; return both paths."""
     require_package(fmt)  # before anything is loaded or written
     path = Path(out) if out is not None else Path(run_dir) / "export" / f"{which}{SUFFIX[fmt]}"
     json_path = path.with_name(path.name + ".json")

@@ -27,8 +27,7 @@ from visionlaunch.errors import VisionlaunchError
 from visionlaunch.launch.evaluate import RunModel, batch_logits, load_run_model
 from visionlaunch.runfolder import check_not_run_file
 
-ZIP_SUFFIXES = (".zip",)
-TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 _IGNORED = ("__MACOSX",)
 
 
@@ -49,50 +48,33 @@ def _hidden(parts) -> bool:
     return any(p.startswith(".") or p in _IGNORED for p in parts)
 
 
-def _folder_files(folder: Path) -> Iterator[tuple[str, bytes | Path]]:
-    for current, dirs, names in os.walk(folder, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not _hidden((d,)))
-        for name in sorted(names):
-            if not _hidden((name,)):
-                yield str(Path(current) / name), Path(current) / name
-
-
-def _archive_error(path: Path, exc: Exception) -> VisionlaunchError:
-    return VisionlaunchError(
-        f"{path} could not be read as an archive ({type(exc).__name__}: {exc}); it is probably truncated or damaged. "
-        "Create it again, or extract it and pass the folder.")
-
-
-def _zip_files(path: Path) -> Iterator[tuple[str, bytes | Path]]:
-    try:
-        with zipfile.ZipFile(path) as zf:
-            for info in sorted(zf.infolist(), key=lambda i: i.filename):
-                if not info.is_dir() and not _hidden(p for p in info.filename.split("/") if p):
-                    yield f"{path}:{info.filename}", zf.read(info)
-    except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as exc:
-        raise _archive_error(path, exc) from exc
-
-
-def _tar_files(path: Path) -> Iterator[tuple[str, bytes | Path]]:
-    try:
-        with tarfile.open(path, "r|*") as tar:  # one streaming pass, each member read as it goes by
-            for member in tar:
-                if member.isfile() and not _hidden(p for p in member.name.split("/") if p not in ("", ".")):
-                    yield f"{path}:{member.name}", tar.extractfile(member).read()
-    except (tarfile.TarError, zlib.error, OSError, EOFError, ValueError) as exc:
-        raise _archive_error(path, exc) from exc
-
-
 def _files(path: Path) -> Iterator[tuple[str, bytes | Path]]:
-    name = path.name.lower()
+    """(name shown, bytes or file) of every file `path` stands for: itself, the files under a folder (hidden ones
+    and __MACOSX left out), or the members of an archive."""
     if path.is_dir():
-        yield from _folder_files(path)
-    elif name.endswith(ZIP_SUFFIXES):
-        yield from _zip_files(path)
-    elif name.endswith(TAR_SUFFIXES):
-        yield from _tar_files(path)
-    else:
+        for current, dirs, names in os.walk(path, followlinks=True):
+            dirs[:] = sorted(d for d in dirs if not _hidden((d,)))
+            yield from ((str(Path(current) / n), Path(current) / n) for n in sorted(names) if not _hidden((n,)))
+        return
+    name = path.name.lower()
+    if not name.endswith(ARCHIVE_SUFFIXES):
         yield str(path), path
+        return
+    try:
+        if name.endswith(".zip"):
+            with zipfile.ZipFile(path) as zf:
+                for info in sorted(zf.infolist(), key=lambda i: i.filename):
+                    if not info.is_dir() and not _hidden(p for p in info.filename.split("/") if p):
+                        yield f"{path}:{info.filename}", zf.read(info)
+        else:
+            with tarfile.open(path, "r|*") as tar:  # one streaming pass, each member read as it goes by
+                for member in tar:
+                    if member.isfile() and not _hidden(p for p in member.name.split("/") if p not in ("", ".")):
+                        yield f"{path}:{member.name}", tar.extractfile(member).read()
+    except (zipfile.BadZipFile, tarfile.TarError, zlib.error, OSError, EOFError, ValueError) as exc:
+        raise VisionlaunchError(
+            f"{path} could not be read as an archive ({type(exc).__name__}: {exc}); it is probably truncated or "
+            "damaged. Create it again, or extract it and pass the folder.") from exc
 
 
 def _decode(payload: bytes | Path, in_shape, image_size: int | None = None) -> np.ndarray:
@@ -121,13 +103,13 @@ def iter_images(paths: list[Path], in_shape, skipped: list[tuple[str, str]],
             except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
                 why = "not an image format PIL knows" if isinstance(exc, UnidentifiedImageError) else \
                     f"{type(exc).__name__}: {exc}"
-                if display.lower().endswith(ZIP_SUFFIXES + TAR_SUFFIXES):
+                if display.lower().endswith(ARCHIVE_SUFFIXES):
                     why = "an archive inside a folder or archive is not opened; pass it as a PATH of its own"
                 skipped.append((display, why))
                 continue
             found += 1
             yield display, pixels
-        if not found and (path.is_dir() or path.name.lower().endswith(ZIP_SUFFIXES + TAR_SUFFIXES)):
+        if not found and (path.is_dir() or path.name.lower().endswith(ARCHIVE_SUFFIXES)):
             kind = "folder" if path.is_dir() else "archive"
             raise VisionlaunchError(
                 f"the {kind} {path} holds no readable image (every file in it was tried; hidden files and __MACOSX "

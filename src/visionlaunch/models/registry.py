@@ -29,8 +29,6 @@ _FIXED_PARAMS = ("in_shape", "num_classes")  # every builder's first two paramet
 
 
 def register(name: str) -> Callable[[Builder], Builder]:
-    """Decorator that adds a builder under ``name``."""
-
     def decorator(builder: Builder) -> Builder:
         if name in _BUILDERS:
             raise ValueError(f"model name {name!r} is already registered by {_BUILDERS[name].__qualname__}")

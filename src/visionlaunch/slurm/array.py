@@ -88,11 +88,10 @@ def submit_array(opts: SlurmOptions, jobs: list[Job], array_dir: Path, name: str
     record_submission(jobs[0].run_dir.parent, {"job_id": after_id, "run_dir": str(array_dir),
                                                "script": str(slurm_dir / "after.sh"), "log": str(slurm_dir)})
     sys.stdout.write(f"submitted job array {array_id}: {len(jobs)} task(s), {title}\n"
-              f"  logs:    {slurm_dir}/{array_id}_<task>.out\n")
-    for task_id, job in zip(task_ids, jobs):
-        sys.stdout.write(f"  {task_id}  {job.run_dir}\n")
-    sys.stdout.write(f"then job {after_id} (after every task has ended): {shlex.join(after_command)}\n")
-    sys.stdout.write(f"status: visionlaunch jobs --runs {jobs[0].run_dir.parent}\n")
+                     f"  logs:    {slurm_dir}/{array_id}_<task>.out\n"
+                     + "".join(f"  {task_id}  {job.run_dir}\n" for task_id, job in zip(task_ids, jobs))
+                     + f"then job {after_id} (after every task has ended): {shlex.join(after_command)}\n"
+                     f"status: visionlaunch jobs --runs {jobs[0].run_dir.parent}\n")
 
 
 def submit_ablation(ablation, opts: SlurmOptions, *, python: str | None = None, dry_run: bool = False,

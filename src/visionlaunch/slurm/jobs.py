@@ -5,6 +5,7 @@ folders say.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import shutil
@@ -31,26 +32,22 @@ def record_submission(runs_dir: Path, record: dict) -> None:
 
 def read_records(runs_dir: Path) -> list[dict]:
     path = Path(runs_dir) / RECORDS
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and "job_id" in record:
-            out.append(record)
-    return out
+    records = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        with contextlib.suppress(ValueError):  # a line cut short by a crash
+            records.append(json.loads(line))
+    return [r for r in records if isinstance(r, dict) and "job_id" in r]
 
 
-def _run(cmd: list[str]) -> subprocess.CompletedProcess | None:
+def _rows(cmd: list[str]) -> list[list[str]] | None:
+    """The '|'-separated rows that sacct or squeue prints; None when the command is absent or fails."""
     if shutil.which(cmd[0]) is None:
         return None
     try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=QUERY_TIMEOUT_S)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=QUERY_TIMEOUT_S)
     except (OSError, subprocess.TimeoutExpired):
         return None
+    return [line.split("|") for line in proc.stdout.splitlines()] if proc.returncode == 0 else None
 
 
 def _task_ids(spec: str) -> set[str]:
@@ -79,31 +76,18 @@ def sacct_states(job_ids: list[str]) -> dict[str, str] | None:
     """job id -> 'STATE (exit X:Y)' from accounting; None when sacct is absent or accounting is off."""
     if not job_ids:
         return {}
-    proc = _run(["sacct", "-n", "-P", "-X", "-j", ",".join(job_ids), "-o", "JobID,State,ExitCode"])
-    if proc is None or proc.returncode != 0:
-        return None
-    states = {}
-    for line in proc.stdout.splitlines():
-        parts = line.split("|")
-        if len(parts) >= 3:
-            states[parts[0]] = f"{parts[1]} (exit {parts[2]})"
-    return states
+    rows = _rows(["sacct", "-n", "-P", "-X", "-j", ",".join(job_ids), "-o", "JobID,State,ExitCode"])
+    return None if rows is None else {row[0]: f"{row[1]} (exit {row[2]})" for row in rows if len(row) >= 3}
 
 
 def squeue_states(job_ids: list[str]) -> dict[str, str] | None:
     """job id -> state for the jobs squeue still knows (pending, running, and recently finished); None when
     squeue is absent or fails."""
-    proc = _run(["squeue", "--me", "-h", "-t", "all", "-o", "%i|%T|%r"])
-    if proc is None or proc.returncode != 0:
+    rows = _rows(["squeue", "--me", "-h", "-t", "all", "-o", "%i|%T|%r"])
+    if rows is None:
         return None
-    wanted = set(job_ids)
-    states = {}
-    for line in proc.stdout.splitlines():
-        parts = line.split("|")
-        if len(parts) >= 3 and any(reported_as(parts[0], j) for j in wanted):
-            reason = parts[2] if parts[2] not in ("None", "") else ""
-            states[parts[0]] = parts[1] + (f" ({reason})" if reason else "")
-    return states
+    return {row[0]: row[1] + (f" ({row[2]})" if row[2] not in ("None", "") else "") for row in rows
+            if len(row) >= 3 and any(reported_as(row[0], j) for j in job_ids)}
 
 
 def run_folder_state(run_dir: Path) -> str:

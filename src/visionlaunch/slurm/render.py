@@ -64,11 +64,13 @@ class SlurmOptions:
         """Everything that can be wrong before sbatch sees it; one clear error each."""
         if self.nodes < 1:
             raise VisionlaunchError(f"--nodes {self.nodes}: a job needs at least one node.")
-        if self.gpus_per_node < 0:
-            raise VisionlaunchError(f"--gpus-per-node {self.gpus_per_node} is negative: give 0 (CPU nodes) or more.")
         total = self.total_processes
-        if total < 1:
-            raise VisionlaunchError(f"--processes {total}: a job needs at least one training process.")
+        for flag, value, least in (("--gpus-per-node", self.gpus_per_node, 0), ("--processes", total, 1),
+                                   ("--cpus-per-task", self.cpus_per_task, 1),
+                                   ("--signal-seconds", self.signal_seconds, 1),
+                                   ("--max-requeues", self.max_requeues, 0)):
+            if value is not None and value < least:
+                raise VisionlaunchError(f"{flag} {value} must be at least {least}.")
         if total % self.nodes:
             raise VisionlaunchError(
                 f"--processes {total} does not divide evenly over --nodes {self.nodes}: every node runs the same "
@@ -79,11 +81,6 @@ class SlurmOptions:
                 f"--processes {total} over {self.nodes} node(s) is {self.procs_per_node} processes per node, but "
                 f"--gpus-per-node is {self.gpus_per_node}: one process per GPU at most. Ask for more GPUs or nodes, "
                 "or fewer processes.")
-        for name, value in (("--cpus-per-task", self.cpus_per_task), ("--signal-seconds", self.signal_seconds)):
-            if value is not None and value < 1:
-                raise VisionlaunchError(f"{name} {value} must be at least 1.")
-        if self.max_requeues < 0:
-            raise VisionlaunchError(f"--max-requeues {self.max_requeues} must be 0 or more.")
         if self.time is not None and not _TIME.match(self.time):
             raise VisionlaunchError(
                 f"--time {self.time!r} is not a SLURM time: use minutes (90), HH:MM:SS (02:00:00) or D-HH:MM:SS "

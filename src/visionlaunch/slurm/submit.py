@@ -119,8 +119,7 @@ def sbatch(script: Path, workdir: Path, extra: list[str] | None = None) -> str:
 
 def write_script(path: Path, text: str) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, text)
+        atomic_write_text(path, text)  # creates the folders on the way
     except OSError as exc:
         raise VisionlaunchError(f"cannot write the batch script {path}: {exc.strerror or exc}. Set output.dir to a "
                                 "folder you can write to (on a cluster: a shared filesystem).") from None
