@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from visionlaunch.datasets.files import download_with_torchvision, md5_file
+from visionlaunch.datasets.files import download_with_torchvision, file_digest
 from visionlaunch.datasets.imageset import DatasetNotFound, ImageSet
 from visionlaunch.errors import VisionlaunchError
 
@@ -232,7 +232,7 @@ def read(name: str, files: list[Path], split: str, verify: bool = True) -> Image
     unofficial = []
     if verify:
         for path, (_, official) in zip(files, _split_files(fmt, split)):
-            if (actual := md5_file(path)) != official:
+            if (actual := file_digest(path)) != official:
                 unofficial.append((str(path), actual, official))
     *batch_paths, meta_path = files
     classes, superclasses = _class_names(meta_path, fmt)

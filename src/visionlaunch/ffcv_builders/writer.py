@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from visionlaunch.atomic import atomic_write, atomic_write_text
+from visionlaunch.datasets.files import file_digest
 from visionlaunch.datasets.imageset import ImageSet
 from visionlaunch.errors import VisionlaunchError
 from visionlaunch.ffcv_builders import require_ffcv
-from visionlaunch.ffcv_builders.manifest import BetonManifest, file_digest, manifest_path, source_digest
+from visionlaunch.ffcv_builders.manifest import BetonManifest, manifest_path, source_digest
 from visionlaunch.progress import progress_bar
 
 PAGE_SIZE = 1 << 21  # FFCV's smallest page (2 MiB): each worker leaves one part-filled page, so small is lean
@@ -180,7 +181,7 @@ def write_beton(images, labels, path, *, num_classes: int, dataset: str, split: 
             dataset=dataset, split=split, count=len(labels), shape=list(images.shape[1:]), num_classes=num_classes,
             encoding=encoding, jpeg_quality=int(jpeg_quality) if encoding == "jpeg" else None,
             source_sha256=source_digest(images, labels), beton_bytes=tmp.stat().st_size,
-            beton_sha256=file_digest(tmp), image_size=image_size, max_resolution=max_resolution)
+            beton_sha256=file_digest(tmp, "sha256"), image_size=image_size, max_resolution=max_resolution)
         atomic_write_text(manifest_path(path), manifest.to_json())
     return manifest
 
