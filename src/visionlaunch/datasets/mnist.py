@@ -34,11 +34,8 @@ def search_dirs(root: Path) -> list[Path]:
 
 def _find(root: Path, split: str) -> list[Path] | None:
     for folder in search_dirs(root):
-        found = []
-        for base in FILES[split]:
-            # Prefer .gz: it is what the official md5 sums cover.
-            candidates = [folder / f"{base}.gz", folder / base]
-            found.append(next((c for c in candidates if c.is_file()), None))
+        # Prefer .gz: it is what the official md5 sums cover.
+        found = [next((c for c in (folder / f"{b}.gz", folder / b) if c.is_file()), None) for b in FILES[split]]
         if all(found):
             return found
     return None
