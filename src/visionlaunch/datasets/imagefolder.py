@@ -155,21 +155,6 @@ def _archive_entries(path: Path, progress: bool):
             "or damaged. Copy or create it again (e.g. `tar czf data.tar.gz train test`).") from exc
 
 
-def _layout_depth(entries: list[_Entry], where: Path) -> int:
-    """0 when train/ and test/ are at the top, 1 when they sit inside one top-level folder."""
-    # Top-level folders (a file at the top, like a README, says nothing about the layout).
-    tops = {e.parts[0] for e in entries if len(e.parts) > 1 or e.payload is None}
-    tops = {t for t in tops if not t.startswith(".") and t not in _IGNORED_TOP}
-    if tops & set(SPLITS):
-        return 0
-    if len(tops) == 1:
-        return 1
-    raise VisionlaunchError(
-        f"{where}: expected folders train/ and test/ at the top (or inside a single top-level folder), found "
-        f"{', '.join(sorted(tops)[:10]) or 'nothing'}. Lay the images out as train/<class>/<image> and "
-        "test/<class>/<image>.")
-
-
 @dataclass
 class _Image:
     split: str
@@ -179,7 +164,15 @@ class _Image:
 
 
 def _collect(entries: list[_Entry], where: Path) -> tuple[list[_Image], dict[str, set[str]]]:
-    depth = _layout_depth(entries, where)
+    # Top-level folders (a file at the top, like a README, says nothing about the layout).
+    tops = {e.parts[0] for e in entries if len(e.parts) > 1 or e.payload is None}
+    tops = {t for t in tops if not t.startswith(".") and t not in _IGNORED_TOP}
+    if not tops & set(SPLITS) and len(tops) != 1:
+        raise VisionlaunchError(
+            f"{where}: expected folders train/ and test/ at the top (or inside a single top-level folder), found "
+            f"{', '.join(sorted(tops)[:10]) or 'nothing'}. Lay the images out as train/<class>/<image> and "
+            "test/<class>/<image>.")
+    depth = 0 if tops & set(SPLITS) else 1  # 1: train/ and test/ sit inside one top-level folder
     images: list[_Image] = []
     class_dirs: dict[str, set[str]] = {s: set() for s in SPLITS}
     seen_split = set()
