@@ -70,18 +70,6 @@ class _Samples:
         return self.images[i], int(self.labels[i])
 
 
-def _fields(shape: tuple[int, int, int], encoding: str, jpeg_quality: int, max_resolution: int | None = None):
-    from ffcv.fields import IntField, NDArrayField, RGBImageField
-
-    h, w, c = shape
-    if c == 1:  # FFCV's RGBImageField refuses (H, W, 1): a uint8 array field holds grayscale exactly
-        image = NDArrayField(dtype=np.dtype("uint8"), shape=(h, w, 1))
-    else:
-        image = RGBImageField(write_mode="jpg" if encoding == "jpeg" else "raw", jpeg_quality=jpeg_quality,
-                              max_resolution=max_resolution)
-    return {"image": image, "label": IntField()}
-
-
 def _check_space(path: Path, images: np.ndarray, workers: int, encoding: str) -> None:
     # JPEG output is smaller than raw; raw is an upper bound worth checking before minutes of work.
     need = (images.nbytes if encoding == "raw" else images.nbytes // 4) + (workers + 1) * PAGE_SIZE
@@ -164,8 +152,15 @@ def write_beton(images, labels, path, *, num_classes: int, dataset: str, split: 
             f"JPEG encoding (data.ffcv_encoding=jpeg) needs 3-channel images, but {dataset} is grayscale: FFCV's "
             "JPEG field stores RGB only. Use data.ffcv_encoding=raw (grayscale is stored raw, as a uint8 array).")
     require_ffcv("writing FFCV .beton files")
+    from ffcv.fields import IntField, NDArrayField, RGBImageField
+
+    if images.shape[3] == 1:  # FFCV's RGBImageField refuses (H, W, 1): a uint8 array field holds grayscale exactly
+        image = NDArrayField(dtype=np.dtype("uint8"), shape=images.shape[1:])
+    else:
+        image = RGBImageField(write_mode="jpg" if encoding == "jpeg" else "raw", jpeg_quality=int(jpeg_quality),
+                              max_resolution=max_resolution)
+    fields = {"image": image, "label": IntField()}
     path = Path(path)
-    fields = _fields(images.shape[1:], encoding, int(jpeg_quality), max_resolution)
     path.parent.mkdir(parents=True, exist_ok=True)
     workers = max(1, min(int(num_workers), len(labels) // 100 + 1))
     _check_space(path, images, workers, encoding)
