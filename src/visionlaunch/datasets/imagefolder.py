@@ -174,19 +174,18 @@ def _collect(entries: list[_Entry], where: Path) -> tuple[list[_Image], dict[str
             "test/<class>/<image>.")
     depth = 0 if tops & set(SPLITS) else 1  # 1: train/ and test/ sit inside one top-level folder
     images: list[_Image] = []
-    class_dirs: dict[str, set[str]] = {s: set() for s in SPLITS}
-    seen_split = set()
+    class_dirs: dict[str, set[str]] = {}  # the class folders of each split found
     for e in entries:
-        if depth and (e.parts[0] in _IGNORED_TOP or e.parts[0].startswith(".")):
+        if depth and e.parts[0] not in tops:  # beside the top-level folder: a file, a hidden or ignored folder
             continue
         parts = e.parts[depth:]
         if not parts or parts[0] not in SPLITS or any(p.startswith(".") for p in parts):
             continue
         split = parts[0]
-        seen_split.add(split)
+        classes = class_dirs.setdefault(split, set())
         if e.payload is None:  # a directory
             if len(parts) == 2:
-                class_dirs[split].add(parts[1])
+                classes.add(parts[1])
             continue
         if not parts[-1].lower().endswith(IMAGE_EXTENSIONS):
             continue  # README, .txt notes and the like are not images
@@ -194,10 +193,10 @@ def _collect(entries: list[_Entry], where: Path) -> tuple[list[_Image], dict[str
             raise VisionlaunchError(
                 f"{e.display} lies directly in {split}/, outside any class folder. Move it into "
                 f"{split}/<class>/ (the folder name is the class).")
-        class_dirs[split].add(parts[1])
+        classes.add(parts[1])
         images.append(_Image(split, parts[1], e.display, e.payload))
     for split in SPLITS:
-        if split not in seen_split:
+        if split not in class_dirs:
             raise VisionlaunchError(
                 f"{where} has no {split}/ folder{' inside its top-level folder' if depth else ''}. An ImageFolder "
                 "dataset needs both train/<class>/<image> and test/<class>/<image>.")
