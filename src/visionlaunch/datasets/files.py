@@ -24,7 +24,6 @@ def resolve_data_root(root: str | os.PathLike | None) -> Path:
 
 
 def default_cache_dir() -> Path:
-    """$VISIONLAUNCH_CACHE, else ~/.cache/visionlaunch."""
     env = os.environ.get("VISIONLAUNCH_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "visionlaunch"
 
