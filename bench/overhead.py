@@ -74,7 +74,8 @@ def synthetic_data(name: str, shape: tuple[int, int, int], classes: int, n_train
                         "random uint8 images (benchmark)")
 
     return DataBundle(train=images(n_train), val=None, test=images(n_test), mean=(0.5,) * shape[0],
-                      std=(0.25,) * shape[0], note=f"{n_train} random {shape} images (benchmark)", name=name)
+                      std=(0.25,) * shape[0], note=f"{n_train} random {shape} images (benchmark)", name=name,
+                      val_size=0)
 
 
 def make_config(setup: str, steps: int, epochs: int, device: str, extra: list[str] = ()):

@@ -188,11 +188,13 @@ def test_only_trajectory_keys_are_credited_and_the_process_count_is_a_difference
     assert "<th>processes</th>" in page  # a column of the results table
 
 
-def test_comparison_figure_overlays_every_run_and_falls_back_to_validation():
+def test_comparison_figure_overlays_every_run_and_falls_back_to_validation(tmp_path, monkeypatch):
     from matplotlib.text import Text
 
-    from visionlaunch.reports import Stamp
-    from visionlaunch.reports.figures import _make_comparison_figure
+    from visionlaunch.reports import Stamp, figures
+
+    saved = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path: saved.append(fig) or path)
 
     def records(acc: list[float], splits=("train", "test")) -> list[dict]:
         return [{"kind": "epoch", "split": s, "epoch": e + 1, "acc": a, "loss": 1 - a}
@@ -200,7 +202,8 @@ def test_comparison_figure_overlays_every_run_and_falls_back_to_validation():
 
     runs = [("a", records([0.5, 0.6])), ("b", records([0.4, 0.7])), ("no-test", records([0.3], ("train", "val"))),
             ("empty", [])]
-    fig = _make_comparison_figure(runs, Stamp("ada", "2024-05-01", "comparison"))
+    figures.plot_comparison(runs, tmp_path / "curves.png", Stamp("ada", "2024-05-01", "comparison"))
+    fig = saved[0]
     texts = [t.get_text() for t in fig.findobj(Text) if t.get_text()]
     assert "4 runs compared, per epoch" in texts and "ada · 2024-05-01 · comparison" in texts
     assert "Test accuracy (dashed: validation)" in texts and "Train loss" in texts

@@ -6,6 +6,7 @@ folder, replacing only a previous run's. Its lock, runs/.<name>.lock, sits besid
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import enum
 import hashlib
@@ -137,7 +138,6 @@ def parse_records(text: str) -> tuple[list[dict], int]:
 
 
 def read_metrics(path: Path) -> list[dict]:
-    """All well-formed records of a metrics.jsonl file; [] when it does not exist."""
     if not Path(path).is_file():
         return []
     return parse_records(Path(path).read_text(errors="replace"))[0]
@@ -179,11 +179,9 @@ def read_run_identity(run_dir: Path) -> dict:
     except (UnicodeDecodeError, yaml.YAMLError) as exc:
         reason = str(exc).splitlines()[0]
         raise VisionlaunchError(f"{path} is damaged: it is not valid UTF-8 YAML ({reason}). {fix}") from None
-    if tree is None:
-        return {}
-    if not isinstance(tree, dict):
+    if tree is not None and not isinstance(tree, dict):
         raise VisionlaunchError(f"{path} is damaged: it holds a {type(tree).__name__}, not a mapping of keys. {fix}")
-    return tree
+    return tree or {}
 
 
 def write_preempted(run_dir: Path, signal_name: str, step: int, checkpoint) -> None:
@@ -208,7 +206,7 @@ class FolderState(enum.Enum):
     STARTED = "started"         # a run without its final record: running, or killed
     PREEMPTED = "preempted"     # stopped by a preemption signal with a complete checkpoint
     FINISHED = "finished"       # its final record is written
-    OTHER = "not a run folder"  # holds files of something else
+    OTHER = "not a run folder"  # holds files of something else: output.overwrite never deletes it
 
 
 def folder_state(path: Path) -> FolderState:
@@ -280,13 +278,6 @@ def default_run_name(preset: str | None) -> str:
     return f"{preset or 'run'}-{dt.datetime.now():%Y%m%d-%H%M%S}"
 
 
-def _replaceable(path: Path) -> bool:
-    """What output.overwrite may empty: a run folder (also one killed before its run.yaml), a folder holding only
-    its batch job, or an empty folder. Anything else (a folder of other runs, a home directory, a file) is never
-    deleted."""
-    return folder_state(path) not in (FolderState.OTHER, FolderState.ABSENT)
-
-
 def check_output_dir(out_dir: Path, name: str, overwrite: bool) -> Path:
     """Fail before any work if the run folder cannot be written or already exists."""
     run_dir = out_dir / name
@@ -299,7 +290,7 @@ def check_output_dir(out_dir: Path, name: str, overwrite: bool) -> Path:
         raise VisionlaunchError(
             f"the run folder {run_dir} already exists. Choose another name with output.name=NAME, or replace "
             "it with output.overwrite=true.")
-    if (run_dir.exists() or run_dir.is_symlink()) and not _replaceable(run_dir):
+    if folder_state(run_dir) is FolderState.OTHER:  # a folder of other runs, a home directory, a file
         what = "is not a folder" if not run_dir.is_dir() else \
             f"is not a run folder (it has no {' or '.join(RUN_MARKERS)})"
         raise VisionlaunchError(
@@ -327,7 +318,7 @@ class RunDirectory:
         self.path = Path(path)
         self.owned = True  # made by this process: set-up failures remove it
         if self.path.exists() and overwrite:
-            if not _replaceable(self.path):  # checked before (check_output_dir); never delete anything else
+            if folder_state(self.path) is FolderState.OTHER:  # checked before (check_output_dir)
                 raise VisionlaunchError(f"refusing to replace {self.path}: it is not a run folder.")
             self._remove_except_job_files()
         try:
@@ -351,10 +342,8 @@ class RunDirectory:
         if not self.owned:
             return
         if (self.path / JOB_DIR).is_dir():  # the batch job's script and log stay (the log says what failed)
-            try:
+            with contextlib.suppress(OSError):
                 self._remove_except_job_files()
-            except OSError:
-                pass
         else:
             shutil.rmtree(self.path, ignore_errors=True)
 

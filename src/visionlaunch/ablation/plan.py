@@ -120,13 +120,14 @@ def load_ablation(path: str | os.PathLike, *, out: str | os.PathLike | None = No
     file's fixed overrides, so they win over them) but may not touch a key the ablation varies."""
     source = Path(path)
     where = f"ablation file {source}"
-    tree = _read_file(source)
+    tree = load_yaml(source, what="ablation file", example="configs/ablations/mnist_schedule.yaml",
+                     holds="a mapping with base:, overrides:, grid: or variants:, and seeds:")
     _check_keys(tree, FILE_KEYS, where, "top-level key")
     name = tree.get("name", source.stem)
     if not isinstance(name, str) or not _SAFE_NAME.match(name):
         raise VisionlaunchError(f"{where}: name {name!r} cannot be a folder name. Use letters, digits, '.', '_' and "
                                 "'-' only, e.g. name: mnist_label_smoothing.")
-    base = _resolve_base(tree.get("base"), source)
+    base = _resolve_base(tree.get("base"), source, where)
     fixed = _overrides(tree.get("overrides", []), f"{where}, overrides")
     extra = _overrides(list(extra_overrides), "the command-line overrides")
     seeds = _seeds(tree.get("seeds", [0]), where)
@@ -149,17 +150,11 @@ def load_ablation(path: str | os.PathLike, *, out: str | os.PathLike | None = No
                               setting=setting, values=values, config_path=base, out_dir=out_dir)
             variant.config = _validated(variant, where)
             variants.append(variant)
-    _check_unique_names(variants, where)
-    _check_name_lengths([name, *(v.name for v in variants)], where)
+    _check_folder_names(name, variants, where)
     description = tree.get("description", "")
     return Ablation(name=name, source=source, description=description if isinstance(description, str) else "",
                     base=base, out_dir=out_dir, fixed=fixed, extra=extra, varied=varied, seeds=seeds,
                     variants=variants)
-
-
-def _read_file(source: Path) -> dict:
-    return load_yaml(source, what="ablation file", example="configs/ablations/mnist_schedule.yaml",
-                     holds="a mapping with base:, overrides:, grid: or variants:, and seeds:")
 
 
 def _check_keys(tree: dict, valid: tuple[str, ...], where: str, what: str) -> None:
@@ -175,9 +170,8 @@ def _string(value: Any, where: str) -> str:
     return value
 
 
-def _resolve_base(value: Any, source: Path) -> Path:
+def _resolve_base(value: Any, source: Path, where: str) -> Path:
     """The base config: beside the ablation file first, then relative to the working directory."""
-    where = f"ablation file {source}"
     if value is None:
         raise VisionlaunchError(f"{where} has no base config. Add e.g. `base: configs/mnist_cnn.yaml` (relative "
                                 "to the ablation file or to the repository).")
@@ -356,18 +350,9 @@ def _validated(variant: Variant, where: str) -> RunConfig:
 MAX_NAME_BYTES = 255 - 20
 
 
-def _check_name_lengths(names: list[str], where: str) -> None:
-    """Before any file is written: a name the file system would refuse stops the plan, not its 5th run."""
-    long = [n for n in names if len(n.encode()) > MAX_NAME_BYTES]
-    if long:
-        raise VisionlaunchError(
-            f"{where}: the folder name {long[0][:60]}... is {len(long[0].encode())} bytes long ({len(long)} name(s) "
-            f"over the limit of {MAX_NAME_BYTES}: file systems allow 255 bytes per name, and the runner adds "
-            "suffixes). Nothing was written. Shorten the grid values or give the settings short names with a "
-            "variants: list.")
-
-
-def _check_unique_names(variants: list[Variant], where: str) -> None:
+def _check_folder_names(name: str, variants: list[Variant], where: str) -> None:
+    """Before any file is written: two runs sharing a folder, or a name the file system would refuse, stop the plan,
+    not its 5th run."""
     seen: dict[str, Variant] = {}
     for v in variants:
         if v.name in seen:
@@ -375,4 +360,10 @@ def _check_unique_names(variants: list[Variant], where: str) -> None:
                 f"{where}: two runs would share the folder {v.name} ({seen[v.name].label!r} and {v.label!r}). Give "
                 "variants distinct names (grid values that differ only in punctuation need a variants: list).")
         seen[v.name] = v
-
+    long = [n for n in (name, *seen) if len(n.encode()) > MAX_NAME_BYTES]
+    if long:
+        raise VisionlaunchError(
+            f"{where}: the folder name {long[0][:60]}... is {len(long[0].encode())} bytes long ({len(long)} name(s) "
+            f"over the limit of {MAX_NAME_BYTES}: file systems allow 255 bytes per name, and the runner adds "
+            "suffixes). Nothing was written. Shorten the grid values or give the settings short names with a "
+            "variants: list.")

@@ -1,11 +1,9 @@
-"""An ablation's results, built from its run folders alone (so it works after runs that went as separate jobs):
-table.md and table.csv with one row per setting, seeds aggregated, and curves.png overlaying the settings'
-mean test curves.
+"""An ablation's results from its run folders alone (so it works after runs that went as separate jobs): table.md
+and table.csv with one row per setting, seeds aggregated, and curves.png with the settings' mean test curves.
 
-A run counts when its metrics.jsonl has the final record and its config.yaml is the variant's config. A run that
-did not finish is failed (its exit status and last log line come from logs/<variant>.json, which the sequential
-runner writes), unfinished (no exit status: still running, or killed), stale (a finished run of another config)
-or not run.
+A run counts when its metrics.jsonl has the final record and its config.yaml is the variant's config. Otherwise it
+is failed (exit status and last log line from logs/<variant>.json, which the sequential runner writes), unfinished
+(no exit status: still running, or killed), stale (a finished run of another config) or not run.
 """
 
 from __future__ import annotations
@@ -67,31 +65,19 @@ def plan_differences(variant: Variant, saved: dict) -> list[str]:
     return config_differences(saved, planned, "run", "plan")
 
 
-def _read_yaml(path: Path) -> dict:
+def _read_mapping(path: Path, load=yaml.safe_load) -> dict:
+    """The mapping a file holds; {} when it is absent, unreadable or holds something else."""
     try:
-        tree = yaml.safe_load(path.read_text())
-    except (OSError, ValueError, yaml.YAMLError):  # ValueError: not UTF-8 text
+        tree = load(path.read_text())
+    except (OSError, ValueError, yaml.YAMLError):  # ValueError: not UTF-8 text, or not JSON
         return {}
     return tree if isinstance(tree, dict) else {}
-
-
-def _exit_record(variant: Variant) -> dict:
-    try:
-        record = json.loads(status_path(variant).read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return record if isinstance(record, dict) else {}
-
-
-def best_test_accuracy(records: list[dict]) -> float | None:
-    series = epoch_series(records, "acc").get("test")
-    return float(series[1].max()) if series is not None else None
 
 
 def read_result(variant: Variant) -> RunResult:
     """What the variant's run folder (and the runner's exit record, if any) says about this run."""
     run = variant.run_dir
-    exit_record = _exit_record(variant)
+    exit_record = _read_mapping(status_path(variant), json.loads)
     code = exit_record.get("exit_code")
     failed = isinstance(code, int) and code != 0
     why = f"exit {code}: {exit_record.get('last_line') or 'no output'}" if failed else ""
@@ -100,14 +86,16 @@ def read_result(variant: Variant) -> RunResult:
     records = read_metrics(run / METRICS)
     final = final_record(records)
     if final is not None:
-        saved = _read_yaml(run / CONFIG)
+        saved = _read_mapping(run / CONFIG)
         differences = plan_differences(variant, saved) if saved else ["config.yaml is missing"]
         if differences:
             return RunResult(variant, "stale",
                              message="a finished run of another config (" + "; ".join(differences[:3]) + ")")
+        test = epoch_series(records, "acc").get("test")  # (epochs, accuracies), or None without a test split
         return RunResult(variant, "ok", final_test_acc=number(final.get("test_acc")),
-                         best_test_acc=best_test_accuracy(records), ema_test_acc=number(final.get("test_ema_acc")),
-                         time_s=number(final.get("time")), identity=_read_yaml(run / IDENTITY), records=records)
+                         best_test_acc=float(test[1].max()) if test else None,
+                         ema_test_acc=number(final.get("test_ema_acc")),
+                         time_s=number(final.get("time")), identity=_read_mapping(run / IDENTITY), records=records)
     if failed:
         return RunResult(variant, "failed", message=why)
     return RunResult(variant, "unfinished",
@@ -154,11 +142,6 @@ class SettingRow:
             return "ok"
         parts = [f"{state} {n}" for state, n in counts.items() if n and state != "ok"]
         return ", ".join(parts) + f" of {len(self.runs)}"
-
-
-def collect_results(ablation: Ablation) -> list[SettingRow]:
-    return [SettingRow(setting, label, variants[0].values, [read_result(v) for v in variants])
-            for setting, label, variants in ablation.settings()]
 
 
 # ---------------------------------------------------------------------------------------------------- outputs
@@ -228,14 +211,10 @@ def render_csv(ablation: Ablation, rows: list[SettingRow]) -> str:
     return buf.getvalue()
 
 
-def _stamp(ablation: Ablation, rows: list[SettingRow]) -> Stamp:
-    ident = next((str(r.identity["ident"]) for row in rows for r in row.ok if r.identity.get("ident")), "")
-    return Stamp.today(ident=ident, run_name=f"ablation {ablation.name}")
-
-
 def write_ablation_results(ablation: Ablation) -> list[Path]:
     """Write table.md, table.csv and curves.png into the ablation folder from its run folders; their paths."""
-    rows = collect_results(ablation)
+    rows = [SettingRow(setting, label, variants[0].values, [read_result(v) for v in variants])
+            for setting, label, variants in ablation.settings()]
     if all(r.state == "not run" for row in rows for r in row.runs):
         raise VisionlaunchError(
             f"no run of ablation {ablation.name} exists under {ablation.out_dir}: nothing to tabulate. Run it first "
@@ -244,6 +223,7 @@ def write_ablation_results(ablation: Ablation) -> list[Path]:
     atomic_write_text(out / TABLE_MD, render_markdown(ablation, rows))
     atomic_write_text(out / TABLE_CSV, render_csv(ablation, rows))
     groups = [(f"{row.label} (n={len(row.ok)})", [r.records for r in row.ok]) for row in rows if row.ok]
-    curves = plot_ablation_curves(groups, out / CURVES_PNG, _stamp(ablation, rows),
-                                  title=f"Ablation {ablation.name}: mean over seeds")
+    ident = next((str(r.identity["ident"]) for row in rows for r in row.ok if r.identity.get("ident")), "")
+    curves = plot_ablation_curves(groups, out / CURVES_PNG, Stamp.today(ident, f"ablation {ablation.name}"),
+                                  f"Ablation {ablation.name}: mean over seeds")
     return [out / TABLE_MD, out / TABLE_CSV, curves]

@@ -41,11 +41,9 @@ def train_command(variant: Variant, restart: bool = False) -> list[str]:
     return [sys.executable, "-m", "visionlaunch", "train", *variant.train_args(restart=restart)]
 
 
-def check_existing_runs(ablation: Ablation, rerun: bool) -> None:
+def check_existing_runs(ablation: Ablation) -> None:
     """A finished run of another config in a variant's folder would be skipped and then tabulated as if it
     belonged to this plan: stop before running anything instead."""
-    if rerun:
-        return
     stale = [(v, r.message) for v in ablation.variants if (r := read_result(v)).state == "stale"]
     if stale:
         listed = "; ".join(f"{v.run_dir}: {message}" for v, message in stale[:3])
@@ -61,15 +59,15 @@ def run_ablation(ablation: Ablation, *, rerun: bool = False, only: list[str] | N
     failed variant is recorded and the others go on."""
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     selected = ablation.select(only)
-    check_existing_runs(ablation, rerun)
+    if not rerun:
+        check_existing_runs(ablation)
     out = ablation.out_dir
     (out / LOGS).mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / PLAN_FILE, yaml.safe_dump(ablation.plan(), sort_keys=False, width=1 << 20))
     result = AblationRun()
-    total = len(selected)
     try:
         for i, variant in enumerate(selected, 1):
-            head = f"[{i}/{total}] {variant.name} ({variant.label}, seed {variant.seed})"
+            head = f"[{i}/{len(selected)}] {variant.name} ({variant.label}, seed {variant.seed})"
             if not rerun and is_complete(variant):
                 result.skipped.append(variant.name)
                 log(f"{head}: finished before, skipped")
@@ -105,20 +103,15 @@ def _run_variant(variant: Variant, restart: bool) -> tuple[int, float]:
         fh.flush()
         code = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, check=False).returncode
     seconds = time.perf_counter() - start
-    tail = _tail(log_path(variant))
+    try:
+        tail = log_path(variant).read_text(errors="replace").splitlines()[-TAIL_LINES:]
+    except OSError:
+        tail = []
     record = {"variant": variant.name, "exit_code": code, "seconds": round(seconds, 3),
               "finished": dt.datetime.now().isoformat(timespec="seconds"), "command": shlex.join(cmd),
               "last_line": _last_line(tail), "tail": tail}
     atomic_write_text(status, json.dumps(record, indent=1) + "\n")
     return code, seconds
-
-
-def _tail(path: Path) -> list[str]:
-    try:
-        lines = path.read_text(errors="replace").splitlines()
-    except OSError:
-        return []
-    return lines[-TAIL_LINES:]
 
 
 def _last_line(tail: list[str]) -> str:

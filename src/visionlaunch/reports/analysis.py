@@ -30,10 +30,7 @@ def number(value) -> float | None:
 
 def epoch_rows(records: list[dict]) -> list[dict]:
     """One row per epoch, {"epoch": e, "train": rec, "val": rec, "test": rec} (splits that were logged), sorted.
-    Step records, other kinds or splits, records without an epoch and anything that is not a record are skipped.
-
-    A resumed run logs some epochs twice: the later record wins, as it belongs to the run that went on.
-    """
+    A resumed run logs some epochs twice: the later record wins, as it belongs to the run that went on."""
     rows: dict[int, dict] = {}
     for rec in records:
         epoch = number(rec.get("epoch")) if isinstance(rec, dict) else None
@@ -67,13 +64,14 @@ class Headline:
         return f"unfinished: {self.epochs_done}{of} epochs" if self.epochs_done else "no finished epoch"
 
 
-def _get(row: dict, split: str, key: str) -> float | None:
+def row_value(row: dict, split: str, key: str) -> float | None:
+    """The finite number `key` of an epoch row's `split` record, else None."""
     return number(row.get(split, {}).get(key))
 
 
 def epoch_elapsed(row: dict) -> float | None:
     """Seconds since the start of the run when the epoch's last record was written."""
-    times = [t for t in (_get(row, split, "time") for split in SPLITS) if t is not None]
+    times = [t for t in (row_value(row, split, "time") for split in SPLITS) if t is not None]
     return max(times) if times else None
 
 
@@ -82,10 +80,10 @@ def headline(records: list[dict], epochs_planned: int | None = None) -> Headline
     rows = epoch_rows(records)
     final = final_record(records) or {}
     last = rows[-1] if rows else {}
-    val = [(r["epoch"], _get(r, "val", "acc")) for r in rows if _get(r, "val", "acc") is not None]
+    val = [(r["epoch"], row_value(r, "val", "acc")) for r in rows if row_value(r, "val", "acc") is not None]
     best_epoch, best_val = max(val, key=lambda ev: ev[1]) if val else (None, None)  # first best on ties
     best_row = next((r for r in rows if r["epoch"] == best_epoch), {})
-    rates = [x for x in (_get(r, "train", "images_per_s") for r in rows) if x is not None]
+    rates = [x for x in (row_value(r, "train", "images_per_s") for r in rows) if x is not None]
     elapsed = [t for t in map(epoch_elapsed, rows) if t is not None]
 
     def pick(final_key: str, fallback):
@@ -97,12 +95,12 @@ def headline(records: list[dict], epochs_planned: int | None = None) -> Headline
         finished=bool(final),
         epochs_done=rows[-1]["epoch"] if rows else 0,
         epochs_planned=int(number(final.get("epochs")) or 0) or epochs_planned,
-        test_acc=pick("test_acc", _get(last, "test", "acc")),
-        test_acc5=pick("test_acc5", _get(last, "test", "acc5")),
-        test_loss=pick("test_loss", _get(last, "test", "loss")),
+        test_acc=pick("test_acc", row_value(last, "test", "acc")),
+        test_acc5=pick("test_acc5", row_value(last, "test", "acc5")),
+        test_loss=pick("test_loss", row_value(last, "test", "loss")),
         best_val_acc=pick("best_val_acc", best_val),
         best_epoch=int(best_epoch_final) if best_epoch_final is not None else best_epoch,
-        test_acc_at_best_val=pick("test_acc_at_best_val", _get(best_row, "test", "acc")),
+        test_acc_at_best_val=pick("test_acc_at_best_val", row_value(best_row, "test", "acc")),
         wall_s=pick("time", elapsed[-1] if elapsed else None),
         images_per_s=sum(rates) / len(rates) if rates else None,
     )

@@ -27,7 +27,6 @@ def layer_features(model, images: torch.Tensor, layer: str, pipeline, device, ba
 
 
 def make_figures(run_dir: Path, model, data, pipeline, cfg: RunConfig, identity: dict, accelerator) -> list[Path]:
-    run_dir = Path(run_dir)
     out = run_dir / rf.FIGURES
     out.mkdir(exist_ok=True)
     stamp = Stamp(ident=identity["ident"], date=identity["date"], run_name=identity["name"])

@@ -110,7 +110,6 @@ def plot_tsne(features: np.ndarray, labels: np.ndarray, classes: list[str], out_
 
 
 def count_correct(labels, preds) -> int:
-    """How many predictions equal their label."""
     return int(np.sum(np.asarray(labels) == np.asarray(preds)))
 
 
@@ -125,7 +124,9 @@ def _to_hwc(images) -> np.ndarray:
     return imgs.transpose(0, 2, 3, 1)
 
 
-def _make_predictions_figure(images, labels, preds, classes: list[str], stamp: Stamp) -> Figure:
+def plot_predictions(images: np.ndarray, labels: np.ndarray, preds: np.ndarray, classes: list[str], out_path: Path,
+                     stamp: Stamp) -> Path:
+    """A grid (2x5 for 10 images) titled with true and predicted class names: green when right, red when wrong."""
     imgs = _to_hwc(images)
     y, p = label_pair(labels, preds, classes)
     k = len(imgs)
@@ -148,13 +149,7 @@ def _make_predictions_figure(images, labels, preds, classes: list[str], stamp: S
             right = y[i] == p[i]
             ax.set_title(f"true: {_short(classes[y[i]])}\npred: {_short(classes[p[i]])}", fontsize=8,
                          color=_RIGHT if right else _WRONG)
-        return fig
-
-
-def plot_predictions(images: np.ndarray, labels: np.ndarray, preds: np.ndarray, classes: list[str], out_path: Path,
-                     stamp: Stamp) -> Path:
-    """A grid (2x5 for 10 images) titled with true and predicted class names: green when right, red when wrong."""
-    return _save(_make_predictions_figure(images, labels, preds, classes, stamp), out_path)
+        return _save(fig, out_path)
 
 
 # ---------------------------------------------------------------------------------------------------- confusion
@@ -174,15 +169,19 @@ def row_normalise(counts: np.ndarray) -> np.ndarray:
     return np.divide(counts, totals, out=np.zeros(counts.shape, dtype=float), where=totals > 0)
 
 
-def _make_confusion_figure(labels, preds, classes: list[str], stamp: Stamp, *,
-                           superclasses: list[str] | None = None, superclass_of: np.ndarray | None = None) -> Figure:
+def plot_confusion(labels: np.ndarray, preds: np.ndarray, classes: list[str], out_path: Path, stamp: Stamp, *,
+                   superclasses: list[str] | None = None, superclass_of=None) -> Path:
+    """Row-normalised confusion matrix with class names on both axes and the overall accuracy in the title.
+    Above MAX_LEGEND_CLASSES classes: a heatmap with the most confused pairs listed by name, ordered by superclass
+    when `superclasses` and `superclass_of` are given."""
+    groups = check_groups(superclasses, superclass_of, len(classes))
     counts = confusion_counts(labels, preds, classes)
     total = int(counts.sum())
     if total == 0:
         raise ValueError("confusion matrix needs at least one sample")
     n = len(classes)
     if n > MAX_LEGEND_CLASSES:
-        return _make_large_confusion_figure(counts, classes, stamp, superclasses, superclass_of)
+        return _save(_make_large_confusion_figure(counts, classes, stamp, superclasses, groups), out_path)
     norm = row_normalise(counts)
     side = min(max(4.5, 0.42 * n + 2.5), 11.0)
     title = f"Confusion matrix (rows normalised) · accuracy {np.trace(counts) / total:.2%} on {total} samples"
@@ -201,7 +200,7 @@ def _make_confusion_figure(labels, preds, classes: list[str], stamp: Stamp, *,
         for (i, j), value in np.ndenumerate(norm):
             ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=fontsize,
                     color="white" if value > 0.5 else "0.25")
-        return fig
+        return _save(fig, out_path)
 
 
 LARGE_CONFUSION_PAIRS = 25  # most-confused pairs listed beside a confusion matrix too large for cell numbers
@@ -271,16 +270,6 @@ def _pairs_panel(ax, counts: np.ndarray, classes: list[str], superclass_of: np.n
     ax.text(0.0, 1.0, head, transform=ax.transAxes, va="top", ha="left", fontsize=8.5, fontweight="bold")
     ax.text(0.0, 0.92, "\n".join(lines) if lines else "no test image was misclassified", transform=ax.transAxes,
             va="top", ha="left", fontsize=8, family="monospace", linespacing=1.5)
-
-
-def plot_confusion(labels: np.ndarray, preds: np.ndarray, classes: list[str], out_path: Path, stamp: Stamp, *,
-                   superclasses: list[str] | None = None, superclass_of=None) -> Path:
-    """Row-normalised confusion matrix with class names on both axes and the overall accuracy in the title.
-    Above MAX_LEGEND_CLASSES classes: a heatmap with the most confused pairs listed by name, ordered by superclass
-    when `superclasses` and `superclass_of` are given."""
-    groups = check_groups(superclasses, superclass_of, len(classes))
-    fig = _make_confusion_figure(labels, preds, classes, stamp, superclasses=superclasses, superclass_of=groups)
-    return _save(fig, out_path)
 
 
 def _confused(counts: np.ndarray, k: int) -> list[tuple[int, int]]:

@@ -1,8 +1,6 @@
-"""The comparison page of several runs: `write_comparison(run_dirs, out)` writes one self-contained HTML file with
-the config keys that differ and the results of each run, overlaid per-epoch curves, and a text summary of what
-changed most. `visionlaunch compare` and the output of an ablation grid both call it; the first run given is the
-baseline that the others are measured against.
-"""
+"""The comparison page of several runs (`visionlaunch compare`): one self-contained HTML file with the config keys
+that differ and each run's results, overlaid per-epoch curves, and a summary of what changed most against the
+baseline, the first run given."""
 
 from __future__ import annotations
 
@@ -81,10 +79,8 @@ def load_runs(run_dirs: list[Path]) -> list[ComparedRun]:
     twice = sorted({str(p) for p in paths if resolved.count(p.resolve()) > 1})
     if twice:
         raise VisionlaunchError(f"{', '.join(twice)} given more than once. Pass each run folder once.")
-    folders = [read_run(p) for p in paths]
-    labels = _labels(resolved)
     return [ComparedRun(label, f, _settings(f), headline(f.records, f.epochs_planned))
-            for label, f in zip(labels, folders)]
+            for label, f in zip(_labels(resolved), map(read_run, paths))]
 
 
 def _labels(resolved: list[Path]) -> list[str]:
@@ -107,20 +103,16 @@ def _settings(folder: RunFolder) -> dict:
 
 
 def differing_keys(runs: list[ComparedRun]) -> list[str]:
-    """Config keys with more than one value among the runs that record them, in config order.
-
-    A key that only some runs record (their configs come from different versions) but that has one value
-    wherever it is recorded is a version difference, not a setting that was varied: it is left out.
-    """
+    """Config keys with more than one value among the runs that record them, in config order. A key that only some
+    runs record but with one value wherever recorded is a version difference, not a varied setting: left out."""
     with_config = [r for r in runs if r.has_config]
     keys = dict.fromkeys(k for r in with_config for k in r.settings)
     return [k for k in keys if len({_canon(r.settings[k]) for r in with_config if k in r.settings}) > 1]
 
 
 def has_effect(key: str) -> bool:
-    """Whether a difference in `key` can explain a difference in results: the keys that shape the training
-    trajectory (the same rule that decides which keys a resumed run must keep), never paths, logging or
-    checkpointing; shown in the tables when they differ, never credited."""
+    """Whether a difference in `key` can explain a difference in results: keys that shape the training trajectory
+    (as for resuming), never paths, logging or checkpointing (shown in the tables when they differ, never credited)."""
     return key == PROCESSES_KEY or shapes_trajectory(key)
 
 
@@ -181,14 +173,11 @@ def summarise(runs: list[ComparedRun], keys: list[str]) -> list[str]:
     why = "the first run given" if base is runs[0] else f"the first run with a test accuracy; {runs[0].label} has none"
     lines.append(f"Baseline: {base.label} ({why}), test accuracy {page.pct(base.head.test_acc)}.")
     deltas = [(100 * (r.head.test_acc - base.head.test_acc), r) for r in scored if r is not base]
-    gain = max(deltas, key=lambda d: d[0], default=None)
-    drop = min(deltas, key=lambda d: d[0], default=None)
-    if gain and gain[0] > 0:
-        lines.append(f"Largest gain: {gain[1].label} ({gain[0]:+.2f} points test accuracy) differs in "
-                     f"{changes(base, gain[1], keys)}.")
-    if drop and drop[0] < 0:
-        lines.append(f"Largest drop: {drop[1].label} ({drop[0]:+.2f} points test accuracy) differs in "
-                     f"{changes(base, drop[1], keys)}.")
+    for word, extreme, sign in (("gain", max, 1), ("drop", min, -1)):
+        delta, run = extreme(deltas, key=lambda d: d[0], default=(0, None))
+        if sign * delta > 0:
+            lines.append(f"Largest {word}: {run.label} ({delta:+.2f} points test accuracy) differs in "
+                         f"{changes(base, run, keys)}.")
     if deltas and all(d == 0 for d, _ in deltas):
         lines.append("Every run reaches exactly the baseline's test accuracy.")
     best = max(scored, key=lambda r: r.head.test_acc)
@@ -249,8 +238,7 @@ def _results(runs: list[ComparedRun], keys: list[str], out: Path) -> Html:
 
 
 def _scrolling(table: Html) -> Html:
-    """A table that scrolls sideways when it is wider than the page (many differing keys), instead of squeezing
-    its columns or running past the page's edge."""
+    """A table that scrolls sideways when wider than the page (many differing keys) rather than squeeze its columns."""
     return Html(f'<div class="scroll wide">{table}</div>')
 
 
@@ -276,21 +264,15 @@ def _shared(runs: list[ComparedRun], keys: list[str]) -> Html | str:
     return page.section("shared", "Shared settings", body)
 
 
-def _notes(runs: list[ComparedRun]) -> Html | str:
-    notes = [f"{r.label}: {note}" for r in runs for note in r.folder.missing if note.startswith(_NOTES_SHOWN)]
-    if not notes:
-        return ""
-    return page.section("missing", "Missing or incomplete", page.bullets(notes), cls="notes",
-                        lead="The comparison uses everything else the run folders hold.")
-
-
 def render_comparison(runs: list[ComparedRun], curves_png: bytes, out: Path) -> str:
     keys = differing_keys(runs)
     summary = page.section("summary", "What changed most", page.bullets(summarise(runs, keys)), cls="summary")
     curves = page.section("curves", "Curves", page.figure(
         curves_png, "test accuracy, train loss and test loss per epoch for every run",
         "Per epoch, one colour per run: test accuracy, train loss and test loss."))
-    sections = [_notes(runs), summary, _results(runs, keys, out), curves, _effects(runs, keys), _shared(runs, keys)]
+    notes = [f"{r.label}: {note}" for r in runs for note in r.folder.missing if note.startswith(_NOTES_SHOWN)]
+    sections = [page.notes(notes, "The comparison uses everything else the run folders hold."), summary,
+                _results(runs, keys, out), curves, _effects(runs, keys), _shared(runs, keys)]
     nav = (("summary", "Summary"), ("results", "Runs"), ("curves", "Curves"), ("effects", "Effects"),
            ("shared", "Shared settings"))
     parent = os.path.commonpath([str(r.folder.path.resolve()) for r in runs])

@@ -1,7 +1,6 @@
 """The run's curves (loss, accuracy; several runs or settings overlaid) and the style, stamp and atomic saving
-every figure shares (t-SNE, predictions and the confusion matrix are in `class_figures.py`). Each `plot_*` builds
-its Figure in a `_make_*_figure` (so tests can read its texts) with matplotlib's object API on the Agg canvas: no
-pyplot, so no global figure list to leak and no display needed."""
+every figure shares (t-SNE, predictions and the confusion matrix are in `class_figures.py`). Figures use
+matplotlib's object API on the Agg canvas: no pyplot, so no global figure list to leak and no display needed."""
 
 from __future__ import annotations
 
@@ -23,7 +22,7 @@ from matplotlib.ticker import MaxNLocator
 from visionlaunch.atomic import atomic_write
 from visionlaunch.runfolder import figure_file
 
-from .analysis import SPLITS, epoch_rows, number
+from .analysis import SPLITS, epoch_rows, row_value
 
 DPI = 120
 MAX_LEGEND_CLASSES = 20  # above this, t-SNE drops the per-class legend and the confusion matrix its cell text
@@ -78,15 +77,12 @@ class Stamp:
     @classmethod
     def today(cls, ident: str = "", run_name: str = "") -> Stamp:
         """A stamp dated today; an empty ident falls back to the login name."""
-        return cls(ident=ident or _user_name(), date=dt.date.today().isoformat(), run_name=run_name)
-
-
-def _user_name() -> str:
-    # getpass raises in containers whose uid has no passwd entry; a figure should still get a stamp there.
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
+        if not ident:
+            try:
+                ident = getpass.getuser()
+            except (KeyError, OSError):  # a uid without a passwd entry (containers): the figure still gets a stamp
+                ident = "unknown"
+        return cls(ident=ident, date=dt.date.today().isoformat(), run_name=run_name)
 
 
 # ---------------------------------------------------------------------------------------------------- style + save
@@ -139,7 +135,7 @@ def epoch_series(records: Iterable, key: str) -> dict[str, tuple[np.ndarray, np.
     rows = epoch_rows(records)
     series = {}
     for split in SPLITS:
-        points = [(row["epoch"], value) for row in rows if (value := number(row.get(split, {}).get(key))) is not None]
+        points = [(row["epoch"], value) for row in rows if (value := row_value(row, split, key)) is not None]
         if points:
             series[split] = tuple(np.array(column) for column in zip(*points))
     return series
@@ -156,46 +152,38 @@ def _line(ax, split: str, epochs: np.ndarray, values: np.ndarray, label: str) ->
     ax.plot(epochs, values, marker=marker, color=_SPLIT_COLORS[split], label=label)
 
 
-def _empty_message(records: list, what: str) -> str:
-    logged = any(isinstance(r, dict) and r.get("kind") == "epoch" and r.get("split") in SPLITS for r in records)
-    return f"no {what} in the epoch records" if logged else "no epoch finished yet"
+_CURVES = {  # metrics.jsonl key -> figure stem, title, y label
+    "loss": ("loss", "Loss per epoch", "loss"),
+    "acc": ("accuracy", "Top-1 accuracy per epoch", "top-1 accuracy (%)"),
+}
 
 
-def _make_loss_figure(records: list, stamp: Stamp) -> Figure:
-    series = epoch_series(records, "loss")
-    with _styled_figure(stamp, "Loss per epoch", (6.4, 4.2)) as fig:
+def _make_curve_figure(records: list, stamp: Stamp, key: str) -> Figure:
+    """One line per split: loss (log scale when it spans decades) or accuracy in %, starred at val's and test's best."""
+    series = epoch_series(records, key)
+    what, title, ylabel = _CURVES[key]
+    with _styled_figure(stamp, title, (6.4, 4.2)) as fig:
         ax = fig.add_subplot()
-        _epoch_axes(ax, "loss")
+        _epoch_axes(ax, ylabel)
         if not series:
-            _placeholder(ax, _empty_message(records, "loss"))
+            logged = any(isinstance(r, dict) and r.get("kind") == "epoch" and r.get("split") in SPLITS
+                         for r in records)
+            _placeholder(ax, f"no {what} in the epoch records" if logged else "no epoch finished yet")
             return fig
-        for split, (epochs, losses) in series.items():
-            _line(ax, split, epochs, losses, f"{split} (last {losses[-1]:.4g})")
-        values = np.concatenate([v for _, v in series.values()])
-        if values.min() > 0 and values.max() / values.min() > 100:  # losses spanning decades read better in log
-            ax.set_yscale("log")
-        ax.legend()
-        return fig
-
-
-def _make_accuracy_figure(records: list, stamp: Stamp) -> Figure:
-    series = epoch_series(records, "acc")
-    with _styled_figure(stamp, "Top-1 accuracy per epoch", (6.4, 4.2)) as fig:
-        ax = fig.add_subplot()
-        _epoch_axes(ax, "top-1 accuracy (%)")
-        if not series:
-            _placeholder(ax, _empty_message(records, "accuracy"))
-            return fig
-        for split, (epochs, acc) in series.items():
-            acc = 100.0 * acc  # metrics.jsonl stores fractions
-            if split == "train":
-                _line(ax, split, epochs, acc, f"train (last {acc[-1]:.2f}%)")
+        for split, (epochs, values) in series.items():
+            if key == "acc":
+                values = 100.0 * values  # metrics.jsonl stores fractions
+            if key == "loss" or split == "train":
+                last = f"{values[-1]:.4g}" if key == "loss" else f"{values[-1]:.2f}%"
+                _line(ax, split, epochs, values, f"{split} (last {last})")
                 continue
-            best = int(np.argmax(acc))
-            label = f"{split} (best {acc[best]:.2f}% @ epoch {epochs[best]:g})"
-            _line(ax, split, epochs, acc, label)
-            ax.plot(epochs[best], acc[best], marker="*", markersize=13, color=_SPLIT_COLORS[split],
+            best = int(np.argmax(values))
+            _line(ax, split, epochs, values, f"{split} (best {values[best]:.2f}% @ epoch {epochs[best]:g})")
+            ax.plot(epochs[best], values[best], marker="*", markersize=13, color=_SPLIT_COLORS[split],
                     markeredgecolor="black", markeredgewidth=0.6, zorder=5)
+        values = np.concatenate([v for _, v in series.values()])
+        if key == "loss" and values.min() > 0 and values.max() / values.min() > 100:  # decades read better in log
+            ax.set_yscale("log")
         ax.legend()
         return fig
 
@@ -203,10 +191,7 @@ def _make_accuracy_figure(records: list, stamp: Stamp) -> Figure:
 def plot_curves(records: list[dict], out_dir: Path, stamp: Stamp) -> list[Path]:
     """Write out_dir/loss.png and out_dir/accuracy.png from the parsed lines of metrics.jsonl."""
     records = list(records)
-    return [
-        _save(_make_loss_figure(records, stamp), figure_file(out_dir, "loss")),
-        _save(_make_accuracy_figure(records, stamp), figure_file(out_dir, "accuracy")),
-    ]
+    return [_save(_make_curve_figure(records, stamp, key), figure_file(out_dir, _CURVES[key][0])) for key in _CURVES]
 
 
 # ---------------------------------------------------------------------------------------------------- several runs
@@ -217,10 +202,7 @@ def mean_curve(runs: list[list[dict]], split: str, key: str) -> tuple[np.ndarray
     std is the sample standard deviation (0 where only one run reached the epoch). None when no run has it."""
     points: dict[float, list[float]] = {}
     for records in runs:
-        series = epoch_series(records, key).get(split)
-        if series is None:
-            continue
-        for epoch, value in zip(*series):
+        for epoch, value in zip(*epoch_series(records, key).get(split, ((), ()))):  # (epochs, values) of that run
             points.setdefault(float(epoch), []).append(float(value))
     if not points:
         return None
@@ -232,10 +214,8 @@ def mean_curve(runs: list[list[dict]], split: str, key: str) -> tuple[np.ndarray
 
 
 def _run_colors(n: int) -> list:
-    if n <= 10:
-        return [mpl.colormaps["tab10"](i) for i in range(n)]
     if n <= 20:
-        return [mpl.colormaps["tab20"](i) for i in range(n)]
+        return list(mpl.colormaps["tab10" if n <= 10 else "tab20"].colors[:n])
     return [mpl.colormaps["turbo"](x) for x in np.linspace(0.05, 0.95, n)]
 
 
@@ -274,26 +254,21 @@ def _make_overlay_figure(groups: list[tuple[str, list[list[dict]]]], stamp: Stam
         return fig
 
 
-def _make_comparison_figure(runs: list[tuple[str, list]], stamp: Stamp) -> Figure:
-    """Three panels: test accuracy, train loss and test loss per epoch, one colour per run."""
+def plot_comparison(runs: list[tuple[str, list[dict]]], out_path: Path, stamp: Stamp) -> Path:
+    """Test accuracy, train loss and test loss per epoch of several runs, given as (label, parsed metrics.jsonl
+    records) pairs, one colour per run."""
     panels = (("acc", "test", "top-1 accuracy (%)", "Test accuracy"), ("loss", "train", "loss", "Train loss"),
               ("loss", "test", "loss", "Test loss"))
-    return _make_overlay_figure([(label, [records]) for label, records in runs], stamp,
-                                f"{len(runs)} runs compared, per epoch", panels, (13.0, 4.4), label_width=28,
-                                empty="no epoch records", legend_title="run")
+    fig = _make_overlay_figure([(label, [records]) for label, records in runs], stamp,
+                               f"{len(runs)} runs compared, per epoch", panels, (13.0, 4.4), label_width=28,
+                               empty="no epoch records", legend_title="run")
+    return _save(fig, out_path)
 
 
-def plot_comparison(runs: list[tuple[str, list[dict]]], out_path: Path, stamp: Stamp) -> Path:
-    """Overlaid per-epoch curves of several runs, given as (label, parsed metrics.jsonl records) pairs."""
-    return _save(_make_comparison_figure([(label, list(records)) for label, records in runs], stamp), out_path)
-
-
-def plot_ablation_curves(groups: list[tuple[str, list[list[dict]]]], out_path: Path, stamp: Stamp, *,
-                         title: str = "Ablation: mean over seeds") -> Path:
+def plot_ablation_curves(groups: list[tuple[str, list[list[dict]]]], out_path: Path, stamp: Stamp, title: str) -> Path:
     """Test accuracy and test loss per epoch of an ablation's settings, each the mean over its seeds, given as
     (label, [records of each seed])."""
     panels = (("acc", "test", "top-1 accuracy (%)", "Test accuracy"), ("loss", "test", "loss", "Test loss"))
-    groups = [(label, [list(records) for records in runs]) for label, runs in groups]
     fig = _make_overlay_figure(groups, stamp, title, panels, (11.5, 4.4), label_width=36,
                                empty="no finished run with epoch records", legend_title="setting (finished seeds)")
     return _save(fig, out_path)

@@ -13,8 +13,9 @@ from visionlaunch.errors import VisionlaunchError
 from visionlaunch.runfolder import CONFIG, REPORT, RUN_FILES, holds_run_files
 
 from . import page
-from .analysis import SPLITS, Headline, RunFolder, epoch_elapsed, epoch_rows, find_restarts, headline, number, read_run
-from .class_figures import most_confused_pairs
+from .analysis import (SPLITS, Headline, RunFolder, epoch_elapsed, epoch_rows, find_restarts, headline, number,
+                       read_run, row_value)
+from .class_figures import count_correct, most_confused_pairs
 from .figures import MAX_LEGEND_CLASSES, Stamp, plot_curves
 from .page import Html, esc
 
@@ -55,7 +56,8 @@ def render_report(run: RunFolder, *, expand: bool = False) -> str:
         _draw_missing_curves(run, figures, missing)
     except Exception as exc:  # noqa: BLE001 - same reason as _guarded
         missing.append(f"the curves could not be drawn from metrics.jsonl ({type(exc).__name__}: {exc}).")
-    sections = [_missing(missing)] + [_guarded(anchor, build, *args) for anchor, build, *args in (
+    notes = page.notes(missing, "The report shows everything else the run folder holds.")
+    sections = [notes] + [_guarded(anchor, build, *args) for anchor, build, *args in (
         ("results", _results, run, head), ("curves", _curves, figures), ("samples", _samples, run, figures),
         ("confusion", _confusion, run, figures), ("epochs", _epochs, run, head), ("resumed", _restarts, run),
         ("run", _identity, run), ("model", _model, run, expand), ("config", _config, run, expand))]
@@ -87,13 +89,6 @@ def _hero(run: RunFolder, head: Headline) -> str:
     meta = " · ".join(esc(f) for f in facts if f) or esc(str(run.path))
     return (f'<div class="eyebrow">visionlaunch run report</div><h1>{esc(run.name)}{badge}</h1>'
             f'<div class="meta">{meta}</div>')
-
-
-def _missing(missing: list[str]) -> str:
-    if not missing:
-        return ""
-    return page.section("missing", "Missing or incomplete", page.bullets(missing),
-                        lead="The report shows everything else the run folder holds.", cls="notes")
 
 
 # ---------------------------------------------------------------------------------------------------- results
@@ -144,19 +139,16 @@ def _draw_missing_curves(run: RunFolder, figures: dict[str, bytes], missing: lis
     """Curves need only metrics.jsonl: when their PNGs are missing (figures off, crash before drawing), draw them."""
     if ("loss" in figures and "accuracy" in figures) or not epoch_rows(run.records):
         return
+    ident = str(run.identity.get("ident") or "")
+    try:
+        stamp = Stamp(ident=ident or "unknown", date=str(run.identity.get("date")), run_name=run.name)
+    except ValueError:  # no or malformed date in run.yaml: stamp with today's
+        stamp = Stamp.today(ident=ident, run_name=run.name)
     with tempfile.TemporaryDirectory(prefix="visionlaunch-curves-") as tmp:
-        drawn = plot_curves(run.records, Path(tmp), _stamp(run))
+        drawn = plot_curves(run.records, Path(tmp), stamp)
         for path in drawn:
             figures.setdefault(path.stem, path.read_bytes())
     missing.append(f"{' and '.join(p.name for p in drawn)} were drawn by the report from metrics.jsonl.")
-
-
-def _stamp(run: RunFolder) -> Stamp:
-    ident = str(run.identity.get("ident") or "")
-    try:
-        return Stamp(ident=ident or "unknown", date=str(run.identity.get("date")), run_name=run.name)
-    except ValueError:  # no or malformed date in run.yaml: stamp with today's
-        return Stamp.today(ident=ident, run_name=run.name)
 
 
 def _figures_section(key: str, title: str, parts: list) -> str:
@@ -180,10 +172,11 @@ def _samples(run: RunFolder, figures: dict[str, bytes]) -> str:
     # would be too small to read.
     many = run.predictions is not None and len(run.predictions.classes) > MAX_LEGEND_CLASSES
     if "predictions" in figures:
-        counted = run.predictions.grid_correct() if run.predictions else None
         caption = "Random test images with true and predicted class: green when right, red when wrong."
-        if counted:
-            caption = f"{counted[0]}/{counted[1]} correct. {caption}"
+        pred = run.predictions
+        if pred is not None and pred.grid is not None and len(pred.grid):  # the grid's images, when stored
+            right = count_correct(pred.labels[pred.grid], pred.preds[pred.grid])
+            caption = f"{right}/{len(pred.grid)} correct. {caption}"
         parts.append(_full(page.figure(figures["predictions"], "grid of test predictions", caption), many))
     if "tsne" in figures:
         grouped = many and run.predictions.superclasses is not None
@@ -212,17 +205,15 @@ def _confusion(run: RunFolder, figures: dict[str, bytes]) -> str:
         many = len(pred.classes) > MAX_LEGEND_CLASSES
         pairs = most_confused_pairs(pred.labels, pred.preds, pred.classes, k=15 if many else 8)
         per_true = {c: int((pred.labels == i).sum()) for i, c in enumerate(pred.classes)}
-        index = {c: i for i, c in enumerate(pred.classes)}
         groups = pred.superclass_of
         headers = ("true class", "predicted as", "images", "of the true class")
         rows = [(true, predicted, count, page.pct(count / per_true[true], 1)) for true, predicted, count in pairs]
         note = ""
         if groups is not None:
             headers += ("superclasses",)
-            names = [n.replace("_", " ") for n in pred.superclasses]
-            rows = [row + ((f"both {names[groups[index[row[0]]]]}" if groups[index[row[0]]] == groups[index[row[1]]]
-                            else f"{names[groups[index[row[0]]]]} → {names[groups[index[row[1]]]]}"),)
-                    for row in rows]
+            group = {c: pred.superclasses[g].replace("_", " ") for c, g in zip(pred.classes, groups)}
+            rows = [(true, predicted, *rest, f"both {group[true]}" if group[true] == group[predicted]
+                     else f"{group[true]} → {group[predicted]}") for true, predicted, *rest in rows]
             wrong = pred.labels != pred.preds
             if wrong.any():
                 same = float(np.mean(groups[pred.labels[wrong]] == groups[pred.preds[wrong]]))
@@ -251,13 +242,11 @@ def _epochs(run: RunFolder, head: Headline) -> str:
     for r in rows:
         cells = [r["epoch"]]
         for s in splits:
-            rec = r.get(s, {})
-            cells += [page.num(number(rec.get("loss"))), page.pct(number(rec.get("acc")))]
-        train = r.get("train", {})
+            cells += [page.num(row_value(r, s, "loss")), page.pct(row_value(r, s, "acc"))]
         elapsed = epoch_elapsed(r)
         lr = number(next((r[s].get("lr") for s in splits if s in r), None))
-        cells += [page.num(lr, ".3g"), page.duration(number(train.get("seconds"))),
-                  page.num(number(train.get("images_per_s")), ",.0f"),
+        cells += [page.num(lr, ".3g"), page.duration(row_value(r, "train", "seconds")),
+                  page.num(row_value(r, "train", "images_per_s"), ",.0f"),
                   page.duration(None if elapsed is None else elapsed - previous), page.duration(elapsed)]
         previous = elapsed if elapsed is not None else previous
         table_rows.append(cells)
@@ -308,8 +297,7 @@ def _identity(run: RunFolder) -> str:
             elif key == "precision":
                 value = _precision(value) + (" (no mixed precision)" if value == "no" else "")
             pairs.append((_LABELS.get(key, key), value))
-    known = {*_IDENTITY, "name"}
-    pairs += [(key, value) for key, value in ident.items() if key not in known]  # fields of newer versions
+    pairs += [(key, value) for key, value in ident.items() if key not in {*_IDENTITY, "name"}]  # of newer versions
     return page.section("run", "Run", page.key_values(pairs))
 
 

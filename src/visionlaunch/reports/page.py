@@ -124,6 +124,11 @@ def section(anchor: str, title: str, body: str, lead: str = "", cls: str = "") -
                 f"{body}</section>")
 
 
+def notes(items: list[str], lead: str) -> Html | str:
+    """The "Missing or incomplete" section; nothing when nothing is missing."""
+    return section("missing", "Missing or incomplete", bullets(items), lead=lead, cls="notes") if items else ""
+
+
 def card(label: str, value: str, sub: str = "") -> Html:
     sub_html = f'<div class="s">{cell(sub)}</div>' if sub else ""
     return Html(f'<div class="card"><div class="k">{esc(label)}</div><div class="v">{cell(value)}</div>'

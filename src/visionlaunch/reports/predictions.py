@@ -25,12 +25,6 @@ class Predictions:
     def accuracy(self) -> float:
         return float(np.mean(self.labels == self.preds)) if len(self.labels) else 0.0
 
-    def grid_correct(self) -> tuple[int, int] | None:
-        """(correct, shown) for the prediction grid, when its indices were stored."""
-        if self.grid is None or not len(self.grid):
-            return None
-        return int(np.sum(self.labels[self.grid] == self.preds[self.grid])), len(self.grid)
-
 
 def indices(values, n: int, what: str) -> np.ndarray:
     """`values` as a 1-D int64 array of indices in [0, n) (class indices, or positions in the predictions)."""

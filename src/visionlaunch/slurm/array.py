@@ -105,7 +105,7 @@ def submit_ablation(ablation, opts: SlurmOptions, *, python: str | None = None, 
         raise VisionlaunchError(
             "--rerun cannot be combined with --slurm: a requeued job would start its run over again instead of "
             "resuming it. Delete the run folders you want to redo (or use --out DIR for a fresh ablation folder).")
-    check_existing_runs(ablation, rerun=False)
+    check_existing_runs(ablation)
     python = python or sys.executable
     pending = [v for v in ablation.variants if read_result(v).state != "ok"]
     if not pending:
