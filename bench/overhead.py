@@ -91,8 +91,8 @@ def trainer_rates(cfg, data, out_dir: Path, name: str) -> list[float]:
     from visionlaunch.runfolder import read_metrics
     from visionlaunch.trainers.trainer import Trainer
 
-    cfg = cfg.model_copy(deep=True)
-    cfg.output.dir, cfg.output.name, cfg.output.overwrite = str(out_dir), name, True
+    output = cfg.output.model_copy(update={"dir": str(out_dir), "name": name, "overwrite": True})
+    cfg = cfg.model_copy(update={"output": output})
     with Trainer(cfg, data=data, argv=["bench/overhead.py"]) as trainer:
         trainer.fit()
     records = read_metrics(out_dir / name / "metrics.jsonl")

@@ -139,3 +139,14 @@ def test_no_import_cycle_between_modules_of_the_data_and_model_packages(package)
 
 def test_datasets_never_imports_the_ffcv_builders():
     assert _files_importing("datasets", "ffcv_builders") == []
+
+
+MAX_MODULE_LINES = 400
+
+
+def test_no_module_is_over_400_lines():
+    """A module is the home of one idea: past 400 lines it holds two, and should be split where they part."""
+    sizes = {str(p.relative_to(PACKAGE)): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")}
+    assert sizes, f"no modules found under {PACKAGE}"
+    too_long = {name: n for name, n in sizes.items() if n > MAX_MODULE_LINES}
+    assert not too_long, f"modules over {MAX_MODULE_LINES} lines: {too_long}"

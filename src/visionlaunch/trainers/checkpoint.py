@@ -30,10 +30,11 @@ from visionlaunch.config import config_differences
 from visionlaunch.errors import VisionlaunchError, describe_load_failure, describe_os_error
 from visionlaunch.runfolder import CHECKPOINT_DONE as META
 from visionlaunch.runfolder import (CHECKPOINTS, TORN_CHECKPOINTS, checkpoint_name, checkpoint_step,
-                                    complete_checkpoints, weights_file)
+                                    complete_checkpoints, metrics_size, weights_file)
 from visionlaunch.trainers.distributed import any_rank
 
 TRAINER_STATE = "trainer_state.pt"
+RANK_STATE = "rank_state_{}.pt"  # of rank {}
 FORMAT = 1
 # What a resumed run needs from visionlaunch.json (results and early_stop default to empty).
 META_KEYS = ("step", "epoch", "step_in_epoch", "best", "ema_best", "elapsed", "skipped_steps", "metrics_bytes",
@@ -113,10 +114,6 @@ class TrainState:
         return final
 
 
-def rank_state_name(rank: int) -> str:
-    return f"rank_state_{rank}.pt"
-
-
 def read_meta(path: Path) -> dict:
     try:
         meta = json.loads((Path(path) / META).read_text())
@@ -133,29 +130,18 @@ def read_meta(path: Path) -> dict:
     raise VisionlaunchError(f"the checkpoint {path} is incomplete or corrupt: {problem}. {TRY_ANOTHER}")
 
 
-def _damage(path: Path) -> str | None:
-    """Why a checkpoint cannot be resumed from whatever the run's settings (unreadable metadata, a file every
-    checkpoint has missing), or None."""
-    try:
-        read_meta(path)
-    except VisionlaunchError as exc:
-        return str(exc).split(": ", 1)[-1].split(". ")[0]
-    absent = _missing(path, [TRAINER_STATE, "optimizer.bin"])
-    return f"{', '.join(absent)} missing" if absent else None
-
-
-def _missing(path: Path, names: list[str]) -> list[str]:
-    """Which of `names` and of the model's weights (safetensors, or Accelerate's older .bin) the folder lacks."""
-    missing = [name for name in names if not (Path(path) / name).is_file()]
-    if not ((Path(path) / "model.safetensors").is_file() or (Path(path) / "pytorch_model.bin").is_file()):
+def check_files(path: Path, needed: list[str]) -> None:
+    """Stop unless the folder holds every file of `needed` and the model's weights."""
+    missing = [name for name in needed if not (path / name).is_file()]
+    if not ((path / "model.safetensors").is_file() or (path / "pytorch_model.bin").is_file()):
         missing.append("model.safetensors")
-    return missing
+    if missing:
+        raise VisionlaunchError(f"the checkpoint {path} is partial: {', '.join(missing)} missing. {TRY_ANOTHER}")
 
 
 def validate(path: Path, meta: dict, cfg_dump: dict, world: int, fp16: bool) -> None:
     """Everything that can be checked before loading: the same config and process count, and no file missing."""
-    differences = config_differences(meta.get("config", {}), cfg_dump, "checkpoint", "now")
-    if differences:
+    if differences := config_differences(meta["config"], cfg_dump, "checkpoint", "now"):
         raise VisionlaunchError(
             f"the checkpoint {path} belongs to a run with a different configuration, so it cannot continue this one:"
             + "".join(f"\n  - {d}" for d in differences)
@@ -166,11 +152,8 @@ def validate(path: Path, meta: dict, cfg_dump: dict, world: int, fp16: bool) -> 
             f"the checkpoint {path} was written by {meta.get('world_size')} processes and this run has {world}. An "
             f"exact resumption (each rank's random state and data shard) needs the same count: launch "
             f"{meta.get('world_size')} processes.")
-    needed = [TRAINER_STATE, "optimizer.bin", *(f"random_states_{r}.pkl" for r in range(world)),
-              *(rank_state_name(r) for r in range(world)), *(["scaler.pt"] if fp16 else [])]
-    missing = _missing(path, needed)
-    if missing:
-        raise VisionlaunchError(f"the checkpoint {path} is partial: {', '.join(missing)} missing. {TRY_ANOTHER}")
+    check_files(path, [TRAINER_STATE, "optimizer.bin", *(f"random_states_{r}.pkl" for r in range(world)),
+                       *(RANK_STATE.format(r) for r in range(world)), *(["scaler.pt"] if fp16 else [])])
 
 
 @dataclass
@@ -196,12 +179,15 @@ def plan_resume(resume: str, default_run_path: Path) -> ResumePlan:
             return ResumePlan(default_run_path, None, None)
         skipped = []
         for path in reversed(found):  # the newest one that is whole (a damaged one is kept for inspection)
-            damage = _damage(path)
-            if damage is None:
-                note = (f"NOTE: train.resume=auto skipped the damaged checkpoint(s) {'; '.join(skipped)} and resumes "
-                        f"from the previous complete one, {path.name}") if skipped else None
-                return ResumePlan(default_run_path, path, read_meta(path), note)
-            skipped.append(f"{path.name} ({damage})")
+            try:  # whatever the run's settings: readable metadata, and the files every checkpoint has
+                meta = read_meta(path)
+                check_files(path, [TRAINER_STATE, "optimizer.bin"])
+            except VisionlaunchError as exc:  # its reason: the message's first sentence, after the path
+                skipped.append(f"{path.name} ({str(exc).split(': ', 1)[-1].split('. ')[0]})")
+                continue
+            note = (f"NOTE: train.resume=auto skipped the damaged checkpoint(s) {'; '.join(skipped)} and resumes "
+                    f"from the previous complete one, {path.name}") if skipped else None
+            return ResumePlan(default_run_path, path, meta, note)
         raise VisionlaunchError(
             f"train.resume=auto: no checkpoint of {default_run_path} can be resumed from: {'; '.join(skipped)}. "
             "Restore one, or start the run again with train.resume=none and output.overwrite=true.")
@@ -221,22 +207,16 @@ def plan_resume(resume: str, default_run_path: Path) -> ResumePlan:
 
 
 class Checkpoints:
-    """The checkpoints of the run configured by `cfg`, in `root`, and the objects whose state they hold beside
-    Accelerate's: `save` writes one (every rank at the same step) and keeps the newest train.keep_checkpoints,
-    `restore` loads one."""
+    """The run's checkpoints in `root`, with the objects whose state they hold beside Accelerate's: `save` writes
+    one (every rank at the same step) and keeps the newest train.keep_checkpoints, `restore` loads one."""
 
     def __init__(self, accelerator: Accelerator, root: Path, cfg, scheduler, ema, pipeline):
         self.accelerator, self.root, self.cfg = accelerator, Path(root), cfg
         self.scheduler, self.ema, self.pipeline = scheduler, ema, pipeline
 
-    def save(self, state: TrainState, totals: torch.Tensor, epoch_seconds: float, metrics_bytes: int) -> Path:
-        """`totals`, `epoch_seconds`: this rank's running sums and seconds of the epoch so far; `metrics_bytes`: the
-        length of metrics.jsonl at this state (a resumed run drops what follows)."""
+    def save(self, state: TrainState, totals: torch.Tensor, epoch_seconds: float) -> Path:
+        """`totals`, `epoch_seconds`: this rank's running sums and seconds of the epoch so far."""
         acc, cfg = self.accelerator, self.cfg
-        meta = {"finished": state.epoch == cfg.train.epochs or state.early_stop.stopped,
-                "metrics_bytes": metrics_bytes, "world_size": acc.num_processes, "model": cfg.model.name,
-                "config": cfg.model_dump(mode="json"), "visionlaunch": __version__,
-                "written": dt.datetime.now().isoformat(timespec="seconds")}
         final = self.root / checkpoint_name(state.step)
         tmp = self.root / f".tmp-{final.name}"
         if acc.is_main_process:
@@ -246,7 +226,7 @@ class Checkpoints:
         try:
             acc.save_state(str(tmp))  # model, optimizer, scaler (main) and random_states_<rank>.pkl (every rank)
             torch.save({"pipeline": self.pipeline.state_dict(), "totals": totals.detach().cpu(),
-                        "epoch_seconds": float(epoch_seconds)}, tmp / rank_state_name(acc.process_index))
+                        "epoch_seconds": float(epoch_seconds)}, tmp / RANK_STATE.format(acc.process_index))
             if acc.is_main_process:
                 torch.save({"scheduler": self.scheduler.state_dict(),
                             "ema": self.ema.state_dict() if self.ema is not None else None}, tmp / TRAINER_STATE)
@@ -257,8 +237,13 @@ class Checkpoints:
             raise self._write_failed(final, as_os_error(exc, tmp)) from exc
         acc.wait_for_everyone()
         if acc.is_main_process:
+            meta = {"format": FORMAT, **asdict(state),
+                    "finished": state.epoch == cfg.train.epochs or state.early_stop.stopped,
+                    "metrics_bytes": metrics_size(self.root.parent),  # a resumed run drops what follows
+                    "world_size": acc.num_processes, "model": cfg.model.name, "config": cfg.model_dump(mode="json"),
+                    "visionlaunch": __version__, "written": dt.datetime.now().isoformat(timespec="seconds")}
             try:
-                atomic_write_text(tmp / META, json.dumps({"format": FORMAT, **asdict(state), **meta}, indent=1))
+                atomic_write_text(tmp / META, json.dumps(meta, indent=1))
             except OSError as exc:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise self._write_failed(final, exc) from exc
@@ -276,7 +261,7 @@ class Checkpoints:
             accelerate_load(path / f"random_states_{rank}.pkl")
             acc.load_state(str(path))
             trainer_state = torch.load(path / TRAINER_STATE, map_location="cpu", weights_only=True)
-            rank_state = torch.load(path / rank_state_name(rank), map_location="cpu", weights_only=True)
+            rank_state = torch.load(path / RANK_STATE.format(rank), map_location="cpu", weights_only=True)
             self.scheduler.load_state_dict(trainer_state["scheduler"])
             if self.ema is not None:
                 self.ema.load_state_dict(trainer_state["ema"])
@@ -329,9 +314,6 @@ def save_weights(path: Path, model_state: dict, epoch: int, results: dict, cfg, 
 def what_was_saved(run_path: Path) -> str:
     """What a run that stops on bad numbers leaves to go back to: only files that exist are named."""
     weights, found = weights_file(run_path, "last"), complete_checkpoints(run_path / CHECKPOINTS)
-    kept = ([f"the last finished epoch's weights are in {weights}"] if weights.is_file() else []) + \
-        ([f"the checkpoint {found[-1]} holds the last good state"] if found else [])
-    if not kept:
-        return "Nothing was saved before it happened (no epoch finished, no checkpoint written)."
-    text = " and ".join(kept)
-    return text[0].upper() + text[1:] + "."
+    kept = ([f"The last finished epoch's weights are in {weights}."] if weights.is_file() else []) + \
+        ([f"The checkpoint {found[-1]} holds the last good state."] if found else [])
+    return " ".join(kept) or "Nothing was saved before it happened (no epoch finished, no checkpoint written)."

@@ -7,9 +7,6 @@ algorithms only (an operation without one stops with an error naming it), no cuD
 workspace (CUBLAS_WORKSPACE_CONFIG, read when CUDA first initialises cuBLAS). The CPU kernels this project uses are
 deterministic already; on GPUs the cost is slower convolutions.
 
-When a process of a running group dies or hangs, the others' next collective fails at once (connection reset) or
-after train.dist_timeout_s (a hung peer); each survivor then says so in one message instead of a backend traceback.
-
 Launching wrongly is silent in Accelerate: `accelerate launch --multi_gpu` or `torchrun` on a machine without GPUs
 starts N unsynchronised single-process copies, and `accelerate launch --cpu --num_processes N` starts ONE process.
 Both would train "successfully", so the trainer refuses to start and names the command that works.
@@ -37,30 +34,25 @@ def set_deterministic(enabled: bool) -> None:
     """Switch deterministic mode on or off for this process (a later run in the same process may not want it)."""
     if enabled:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
     torch.use_deterministic_algorithms(enabled)
     torch.backends.cudnn.deterministic = enabled
-    if enabled:
-        torch.backends.cudnn.benchmark = False
 
 
-def make_accelerator(cfg: RunConfig, *, training: bool = False) -> Accelerator:
+def make_accelerator(cfg: RunConfig, **kwargs) -> Accelerator:
     # Accelerate keeps its precision settings in a process-wide singleton; a second run in the same process (a
     # notebook, the tests) with another precision would be refused. The process group (PartialState) is kept.
     if AcceleratorState._shared_state:
         AcceleratorState._reset_state(reset_partial_state=False)
         GradientState._reset_state()
-    kwargs = {}
-    if training:
-        kwargs["kwargs_handlers"] = [InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.train.dist_timeout_s))]
-        if "wandb" in cfg.tracker.names:
-            kwargs["log_with"] = "wandb"
     return Accelerator(mixed_precision=cfg.train.precision, cpu=cfg.train.device == "cpu", **kwargs)
 
 
 def start_processes(cfg: RunConfig) -> Accelerator:
     """The run's Accelerator, once the launch and the process layout are known to fit the config."""
     set_deterministic(cfg.train.deterministic)  # before the Accelerator touches CUDA (cuBLAS workspace)
-    acc = make_accelerator(cfg, training=True)
+    timeout = InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.train.dist_timeout_s))
+    acc = make_accelerator(cfg, kwargs_handlers=[timeout], log_with="wandb" if "wandb" in cfg.tracker.names else None)
     check_world_size(acc)
     if cfg.train.precision == "fp16" and acc.device.type == "cpu":
         raise VisionlaunchError(
@@ -97,8 +89,7 @@ def processes_requested_by_launcher(parent_cmdline: list[str] | None = None) -> 
                 parent_cmdline = [w.decode(errors="replace") for w in fh.read().split(b"\0") if w]
         except OSError:  # not Linux, or no /proc: nothing to compare with
             return None
-    args = _launch_args_of(parent_cmdline)
-    if args is None:
+    if (args := _launch_args_of(parent_cmdline)) is None:
         return None
     try:
         from accelerate.commands.launch import launch_command_parser
@@ -114,7 +105,7 @@ def processes_requested_by_launcher(parent_cmdline: list[str] | None = None) -> 
     return None
 
 
-def check_world_size(accelerator: Accelerator, parent_cmdline: list[str] | None = None) -> None:
+def check_world_size(accelerator: Accelerator) -> None:
     """Stop when the process group is not the one the launcher meant to start (see the module docstring)."""
     actual = accelerator.num_processes
     env_world = int(os.environ["WORLD_SIZE"]) if os.environ.get("WORLD_SIZE", "").isdigit() else None
@@ -129,7 +120,7 @@ def check_world_size(accelerator: Accelerator, parent_cmdline: list[str] | None 
                f"torch sees {cuda} GPU(s): use `accelerate launch --multi_gpu --num_processes {env_world} train.py "
                "...` with no more processes than GPUs per machine, and do not force CPU.")
             + " On one machine without a launcher, run `python train.py ...` or `visionlaunch train ...`.")
-    requested = processes_requested_by_launcher(parent_cmdline)
+    requested = processes_requested_by_launcher()
     if requested is not None and requested > 1 and actual == 1 and env_world is None:
         raise VisionlaunchError(
             f"`accelerate launch` was asked for {requested} processes but started only this one (with --cpu, or "
@@ -144,21 +135,6 @@ def any_rank(accelerator: Accelerator, flag: bool) -> bool:
         return bool(flag)
     t = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
     return bool(accelerator.reduce(t, reduction="sum").item() > 0)
-
-
-def mean_over_ranks(accelerator: Accelerator, value: torch.Tensor) -> torch.Tensor:
-    """The mean of a scalar tensor over ranks (each rank's value weighs the same: equal per-rank batches)."""
-    return accelerator.reduce(value.detach().float().reshape(1), reduction="mean")[0]
-
-
-def broadcast_from_main(accelerator: Accelerator, obj):
-    """The main process's `obj` on every rank (picklable objects only)."""
-    if accelerator.num_processes == 1:
-        return obj
-    from accelerate.utils import broadcast_object_list
-    box = [obj if accelerator.is_main_process else None]
-    broadcast_object_list(box, from_process=0)
-    return box[0]
 
 
 # What the collective backends say when a peer is gone: gloo ("Connection reset by peer", "Connection closed by
@@ -178,20 +154,18 @@ def peer_lost(exc: BaseException, world: int, timeout_s: int) -> PeerLost | None
     """The message for a survivor when `exc` is a collective that failed because a peer is gone, else None."""
     if world <= 1 or isinstance(exc, VisionlaunchError):
         return None
-    dist_error = getattr(torch.distributed, "DistError", ())
     text = str(exc)
-    if not (isinstance(exc, dist_error) or (isinstance(exc, RuntimeError)
-                                             and any(mark in text for mark in _PEER_FAILURE_MARKS))):
+    if not (isinstance(exc, torch.distributed.DistError)
+            or isinstance(exc, RuntimeError) and any(mark in text for mark in _PEER_FAILURE_MARKS)):
         return None
     detail = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
     detail = detail.split("] ", 1)[-1].split(". ")[0][:200]  # without the backend's source position and advice
-    rank = os.environ.get("RANK", "?")
     return PeerLost(
-        f"another process of this run died or stopped answering, so this one (rank {rank} of {world}) stops too "
-        f"({type(exc).__name__}: {detail}). The process that failed first says why in its own message (above, or "
-        "in the job log): a crash, a kill, running out of memory, or a hang longer than train.dist_timeout_s="
-        f"{timeout_s}. Fix that, then rerun the same command with train.resume=auto to continue from the newest "
-        "complete checkpoint.")
+        f"another process of this run died or stopped answering, so this one (rank {os.environ.get('RANK', '?')} of "
+        f"{world}) stops too ({type(exc).__name__}: {detail}). The process that failed first says why in its own "
+        "message (above, or in the job log): a crash, a kill, running out of memory, or a hang longer than "
+        f"train.dist_timeout_s={timeout_s}. Fix that, then rerun the same command with train.resume=auto to continue "
+        "from the newest complete checkpoint.")
 
 
 @contextlib.contextmanager

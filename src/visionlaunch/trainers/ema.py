@@ -42,8 +42,7 @@ class ModelEMA:
         return {"decay": self.decay, "updates": self.updates, "state": self.state}
 
     def load_state_dict(self, saved: dict) -> None:
-        missing = set(self.state) ^ set(saved["state"])
-        if missing:
+        if missing := set(self.state) ^ set(saved["state"]):
             raise ValueError(f"EMA state does not fit the model (keys differ: {sorted(missing)[:5]})")
         for k, v in saved["state"].items():
             self.state[k].copy_(v)

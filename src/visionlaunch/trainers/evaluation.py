@@ -43,12 +43,6 @@ class Totals:
         n = len(labels)
         self.sums += torch.stack([loss.detach().double() * n, top1.double(), top5.double(), self._one * n])
 
-    def merge(self, other: Totals) -> None:
-        self.sums += other.sums
-
-    def loss_is_finite(self) -> bool:
-        return bool(torch.isfinite(self.sums[0]))
-
     def result(self, accelerator) -> dict:
         """Mean loss, top-1 and top-5 accuracy and the sample count over every rank (a collective)."""
         loss_sum, top1, top5, n = accelerator.reduce(self.sums, reduction="sum").tolist()

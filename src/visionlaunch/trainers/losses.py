@@ -4,9 +4,8 @@ Same values and gradients as ``torch.nn.functional.cross_entropy(logits, targets
 per sample ``(1 - eps) * (-log p[target]) + eps * mean_c(-log p[c])``, averaged over the batch.
 Targets may also be class probabilities (N, C), as mixup and cutmix produce: per sample
 ``sum_c q[c] * (-log p[c])`` with ``q = (1 - eps) * targets + eps / C``, which is the formula above for one-hot
-targets. Half and bfloat16 logits are computed in float32 and the loss is returned in the input dtype.
-The inputs are the batch contract's (logits (N, C); class indices in range, or rows of class probabilities), made
-where the batches are made and the config is validated, so they are not checked again at every step.
+targets. The inputs are the batch contract's (logits (N, C); class indices in range, or rows of class
+probabilities), made where the batches are made and the config is validated, so no step checks them again.
 """
 
 from __future__ import annotations

@@ -27,16 +27,11 @@ class Preempted(Exception):
 
     def __init__(self, signal_name: str, step: int, checkpoint, *, finished: bool = False):
         self.signal_name, self.step, self.checkpoint = signal_name, step, checkpoint
-        if finished:
-            super().__init__(
-                f"stopped by {signal_name} after training finished (step {step}), before the figures and the report "
-                f"were complete; the weights, metrics.jsonl and the final checkpoint {checkpoint} are. Run the same "
-                "command with train.resume=auto (same output.name) to draw them. Exit status "
-                f"{PREEMPTED_EXIT_CODE}.")
-        else:
-            super().__init__(
-                f"stopped by {signal_name} after step {step}; checkpoint {checkpoint}. Run the same command with "
-                f"train.resume=auto (same output.name) to continue from it. Exit status {PREEMPTED_EXIT_CODE}.")
+        where, then = ((f"after training finished (step {step}), before the figures and the report were complete; "
+                        f"the weights, metrics.jsonl and the final checkpoint {checkpoint} are", "draw them")
+                       if finished else (f"after step {step}; checkpoint {checkpoint}", "continue from it"))
+        super().__init__(f"stopped by {signal_name} {where}. Run the same command with train.resume=auto (same "
+                         f"output.name) to {then}. Exit status {PREEMPTED_EXIT_CODE}.")
 
 
 class PreemptionWatcher:

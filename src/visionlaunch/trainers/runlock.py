@@ -3,8 +3,7 @@
 `runs/.<name>.lock` is locked by the main process before it looks into `runs/<name>` (resume, restart, overwrite)
 and held until training ends; the other ranks follow the main process's decision. The kernel releases a flock
 when its process dies however it dies (SIGKILL, OOM, a node reboot of a requeued SLURM job), so a lock is never
-left stuck: the next `train.resume=auto` simply takes it. The file sits beside the run folder, not in it, so that
-it exists before the folder does and survives `output.overwrite=true`; it is removed when the lock is released.
+left stuck: the next `train.resume=auto` simply takes it. The file is removed when the lock is released.
 On Linux, flock on NFS (v4, or v3 with lockd) is a byte-range lock that every client sees; on a file system
 without locks (Lustre mounted with noflock) the run goes on unguarded, with a note.
 """
@@ -31,18 +30,18 @@ class RunLock:
         self.run_dir = Path(run_dir)
         self.path = lock_path(self.run_dir)
         self._fd: int | None = None
-        self._made: list[Path] = []  # folders created for the lock file, removed again when left empty
+        self._made: list[Path] = []
 
     @property
     def held(self) -> bool:
         return self._fd is not None
 
     def acquire(self, log=None) -> RunLock:
-        """`log` gets a note when the file system has no locks (Lustre mounted with noflock, NFS without lockd):
-        the run then goes on unguarded rather than not at all."""
-        if self.held:
-            return self
-        self._make_parent()
+        """`log` gets the note of a file system without locks (the run then goes on unguarded)."""
+        # The folders missing above the lock file, deepest first: made now, removed again on release when empty.
+        self._made = [folder for folder in (self.path.parent, *self.path.parent.parents) if not folder.exists()]
+        with contextlib.suppress(OSError):  # a folder that cannot be made is reported below, by os.open
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         while True:
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -55,7 +54,7 @@ class RunLock:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:
-                holder = _read_holder(fd)
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip()  # its line, written below
                 os.close(fd)
                 if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                     with contextlib.suppress(OSError):
@@ -66,17 +65,15 @@ class RunLock:
                             "locks, so a second process training into the same folder would not be stopped.")
                     return self
                 raise VisionlaunchError(
-                    f"the run folder {self.run_dir} is in use by another training process{holder}: two processes "
-                    "would train into one folder and overwrite each other's checkpoints and metrics. Wait for it "
-                    "to end (or stop it), or choose another output.name. Nothing was changed. (The lock is "
+                    f"the run folder {self.run_dir} is in use by another training process"
+                    f"{f' ({holder})' if holder else ''}: two processes would train into one folder and overwrite "
+                    "each other's checkpoints and metrics. Wait for it to end (or stop it), or choose another "
+                    "output.name. Nothing was changed. (The lock is "
                     f"{self.path}; it is released when that process exits, even if it is killed.)") from None
             # A releaser unlinks the file after locking it: if ours was unlinked meanwhile, it locks nothing.
-            try:
-                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
+            with contextlib.suppress(FileNotFoundError):
+                if os.path.samestat(os.fstat(fd), os.stat(self.path)):
+                    break
             os.close(fd)
         os.ftruncate(fd, 0)
         os.write(fd, (f"pid {os.getpid()} on {platform.node()}, since "
@@ -93,23 +90,8 @@ class RunLock:
         self._fd = None
         self._remove_made()
 
-    def _make_parent(self) -> None:
-        missing = []
-        folder = self.path.parent
-        while not folder.exists() and folder != folder.parent:
-            missing.append(folder)
-            folder = folder.parent
-        for folder in reversed(missing):
-            try:
-                folder.mkdir()
-            except FileExistsError:
-                continue
-            except OSError:
-                break  # reported by acquire() when it cannot create the lock file
-            self._made.append(folder)
-
     def _remove_made(self) -> None:
-        for folder in reversed(self._made):
+        for folder in self._made:
             with contextlib.suppress(OSError):
                 folder.rmdir()  # only when empty: a run folder made meanwhile keeps it
         self._made.clear()
@@ -124,10 +106,3 @@ class RunLock:
     def __exit__(self, *exc) -> None:
         self.release()
 
-
-def _read_holder(fd: int) -> str:
-    try:
-        text = os.pread(fd, 200, 0).decode(errors="replace").strip()
-    except OSError:
-        return ""
-    return f" ({text})" if text else ""

@@ -67,7 +67,6 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, peak_
             return (step + 1) / warmup
         if cfg.name == "constant":
             return 1.0
-        progress = min(1.0, (step - warmup) / max(1, total - warmup - 1))  # min_lr on the last step
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+        return _cos(1.0, floor, (step - warmup) / max(1, total - warmup - 1))  # min_lr on the last step
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -1,7 +1,5 @@
 """What a run needs before its first step, one function per thing, called in order by `Trainer.__init__`: the
-decisions every rank shares (the run folder, locked, the checkpoint to resume from, the ffcv files), the data and
-the config as used, the model, the loaders and the batch pipeline, and the run's own files (config.yaml,
-summary.txt, run.yaml)."""
+decisions every rank shares, the data and the config as used, the model, the loaders and the run's own files."""
 
 from __future__ import annotations
 
@@ -15,7 +13,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from accelerate.utils import set_seed
+from accelerate.utils import broadcast_object_list, set_seed
 
 from visionlaunch import __version__
 from visionlaunch import runfolder as rf
@@ -31,7 +29,6 @@ from visionlaunch.models.inspection import count_parameters, layer_names
 from visionlaunch.models.weights import load_weights
 from visionlaunch.trainers import checkpoint as ckpt
 from visionlaunch.trainers.data import DataBundle, make_loader, prepare_data
-from visionlaunch.trainers.distributed import broadcast_from_main
 from visionlaunch.trainers.runlock import RunLock
 
 
@@ -47,8 +44,7 @@ def decide_for_every_rank(cfg: RunConfig, preset: str | None, data: DataBundle |
                           ) -> tuple[SharedDecisions, DataBundle, RunConfig, RunLock | None]:
     """The main process locks the run folder, decides where training starts, reads the data (filling the cache
     the other ranks then read) and checks the checkpoint and the ffcv files; every rank gets its decision, or its
-    VisionlaunchError, in one broadcast, so all of them go on or stop together. Returns the decisions, the data,
-    the config as used and (main process) the run folder's lock."""
+    VisionlaunchError, in one broadcast, so all of them go on or stop together; the main process keeps the lock."""
     outcome, lock = None, None
     if accelerator.is_main_process:
         try:
@@ -74,7 +70,7 @@ def decide_for_every_rank(cfg: RunConfig, preset: str | None, data: DataBundle |
             if not isinstance(exc, VisionlaunchError):
                 raise
             outcome = ("error", str(exc))
-    outcome = broadcast_from_main(accelerator, outcome)
+    outcome = broadcast_object_list([outcome], from_process=0)[0]  # None on the other ranks until now
     if outcome[0] == "error":
         raise VisionlaunchError(outcome[1])
     if not accelerator.is_main_process:

@@ -20,18 +20,16 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from accelerate.tracking import GeneralTracker
+from accelerate.utils import is_tensorboard_available, is_wandb_available
 
 from visionlaunch import runfolder as rf
 from visionlaunch.atomic import atomic_write
 from visionlaunch.config import TrackerConfig, flatten
 from visionlaunch.errors import VisionlaunchError
 
-_MODE_ALIASES = {"dryrun": "offline", "run": "online"}
-
-
 def wandb_mode(cfg: TrackerConfig) -> str:
     mode = cfg.mode or os.environ.get("WANDB_MODE") or "online"
-    return _MODE_ALIASES.get(mode, mode)
+    return {"dryrun": "offline", "run": "online"}.get(mode, mode)  # W&B's older names
 
 
 def _has_wandb_credentials() -> bool:
@@ -52,21 +50,16 @@ def _has_wandb_credentials() -> bool:
 
 def check_tracker(cfg: TrackerConfig) -> None:
     """Refuse, before anything is written, a tracker set-up that cannot work."""
-    if "tensorboard" in cfg.names:
-        try:
-            from torch.utils.tensorboard import SummaryWriter  # noqa: F401
-        except ImportError:
-            raise VisionlaunchError(
-                "tracker.name=tensorboard needs the tensorboard package: pip install 'visionlaunch[tensorboard]' "
-                "(or pip install tensorboard), or choose another tracker (csv, wandb, none).") from None
+    if "tensorboard" in cfg.names and not is_tensorboard_available():  # Accelerate's own tests for its trackers
+        raise VisionlaunchError(
+            "tracker.name=tensorboard needs the tensorboard package: pip install 'visionlaunch[tensorboard]' "
+            "(or pip install tensorboard), or choose another tracker (csv, wandb, none).")
     if "wandb" not in cfg.names:
         return
-    try:
-        import wandb  # noqa: F401
-    except ImportError:
+    if not is_wandb_available():
         raise VisionlaunchError(
             "tracker.name=wandb needs the wandb package: pip install 'visionlaunch[wandb]' (or pip install wandb), "
-            "or set tracker.name=none.") from None
+            "or set tracker.name=none.")
     mode = wandb_mode(cfg)
     if mode not in ("online", "offline", "disabled", "shared"):
         raise VisionlaunchError(f"W&B mode {mode!r} (from WANDB_MODE) is not one of online, offline, disabled.")
@@ -105,19 +98,15 @@ class CsvTracker(GeneralTracker):
             writer = csv.DictWriter(fh, ("step", "key", "value"))
             writer.writeheader()
             writer.writerows(kept)
-        self._fh = open(self.path, "a", newline="", buffering=1)
+        self._fh = open(self.path, "a", newline="", buffering=1)  # line-buffered: each row is flushed
         self._writer = csv.writer(self._fh)
 
     def log(self, values: dict, step: int | None = None, **kwargs) -> None:
-        for key, value in values.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                self._writer.writerow((step, key, repr(float(value)) if isinstance(value, float) else value))
-        self._fh.flush()
+        for key, value in values.items():  # numbers only: RunTracker logs no other values
+            self._writer.writerow((step, key, repr(value) if isinstance(value, float) else value))
 
-    def finish(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+    def finish(self) -> None:  # once, by Accelerator.end_training, after start
+        self._fh.close()
 
 
 class RunTracker:
@@ -126,10 +115,10 @@ class RunTracker:
     def __init__(self, accelerator, run_cfg, run_path: Path, identity: dict, resume_step: int | None = None):
         # identity: run.yaml's; its tracker_run_id makes a resumed run continue the same W&B run (resume="allow").
         # resume_step: the checkpoint's step; TensorBoard and the CSV drop what was logged after it.
+        # Without trackers accelerator.trackers stays empty and its log() does nothing.
         self.accelerator, cfg, names = accelerator, run_cfg.tracker, run_cfg.tracker.names
-        self.enabled = bool(names) and accelerator.is_main_process  # Accelerate runs trackers there only
         self.run = None
-        if not self.enabled:
+        if not (names and accelerator.is_main_process):  # Accelerate runs trackers there only
             return
         init_kwargs = {}
         if "wandb" in names:
@@ -158,16 +147,14 @@ class RunTracker:
             self.run = accelerator.get_tracker("wandb", unwrap=True)
 
     def log_step(self, record: dict) -> None:
-        if self.enabled:
-            values = {f"step/{k}": record[k] for k in ("loss", "lr", "grad_norm", "skipped_steps") if k in record}
-            self.accelerator.log(values, step=record["step"])
+        values = {f"step/{k}": record[k] for k in ("loss", "lr", "grad_norm", "skipped_steps") if k in record}
+        self.accelerator.log(values, step=record["step"])
 
     def log_epoch(self, results: dict, epoch: int, step: int, seconds: float) -> None:
-        if self.enabled:
-            values = {"epoch": epoch, "time": seconds}
-            for split, r in results.items():
-                values.update({f"{split}/{k}": r[k] for k in ("loss", "acc", "acc5", "images_per_s") if k in r})
-            self.accelerator.log(values, step=step)
+        values = {"epoch": epoch, "time": seconds}
+        for split, r in results.items():
+            values.update({f"{split}/{k}": r[k] for k in ("loss", "acc", "acc5", "images_per_s") if k in r})
+        self.accelerator.log(values, step=step)
 
     def log_files(self, figures: list[Path], summary: Path | None, step: int) -> None:
         if self.run is None:
@@ -180,8 +167,6 @@ class RunTracker:
             self.run.save(str(summary), base_path=str(summary.parent), policy="now")
 
     def log_final(self, final: dict, step: int) -> None:
-        if not self.enabled:
-            return
         values = {k: v for k, v in final.items() if k != "kind" and v is not None}
         if self.run is not None:
             self.run.summary.update(values)

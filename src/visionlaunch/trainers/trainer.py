@@ -1,9 +1,7 @@
 """The Accelerate trainer: one path for one CPU, one GPU or many processes.
 
-Reads top to bottom: set-up (`Trainer.__init__`, named steps; everything, a checkpoint to resume from included, is
-validated before the run folder exists) -> `fit`: epochs of optimizer steps (`_optimizer_step`), a checkpoint every
-train.checkpoint_every steps and at each epoch end, evaluation per epoch, the final record. Only the main process
-writes files, prints and talks to W&B; every process computes.
+Reads top to bottom: set-up (`Trainer.__init__`: everything, a checkpoint to resume from included, is validated
+before the run folder exists), then `fit`. Only the main process writes files, prints and talks to W&B.
 
 What stays the same whatever the process count N and the accumulation A: train.batch_size is the global batch
 of one optimizer step (each process runs micro-batches of batch_size / (N * A)), optim.lr is the learning rate
@@ -35,12 +33,11 @@ from visionlaunch.progress import progress_bar
 from visionlaunch.trainers import checkpoint as ckpt
 from visionlaunch.trainers.checkpoint import TrainState
 from visionlaunch.trainers.data import DataBundle
-from visionlaunch.trainers.distributed import any_rank, mean_over_ranks, peer_loss_reported, start_processes
+from visionlaunch.trainers.distributed import any_rank, peer_loss_reported, start_processes
 from visionlaunch.trainers.ema import ModelEMA
 from visionlaunch.trainers.evaluation import Totals, epoch_line, evaluate
 from visionlaunch.trainers.losses import CrossEntropyLoss
 from visionlaunch.trainers.preemption import Preempted, PreemptionWatcher
-from visionlaunch.trainers.runlock import RunLock
 from visionlaunch.trainers.schedules import build_optimizer, build_scheduler
 from visionlaunch.trainers.setup import decide_for_every_rank, loaders_for, model_for, write_run_files
 from visionlaunch.trainers.trackers import RunTracker, check_tracker
@@ -52,9 +49,8 @@ MAX_CONSECUTIVE_SKIPPED = 50
 
 @contextlib.contextmanager
 def training(cfg: RunConfig, **kwargs) -> Iterator[Trainer]:
-    """A set-up Trainer whose signal handlers, run-folder lock and trackers stay on for the whole `with` block
-    (training and what follows it); a peer process's failure becomes one message (`PeerLost`), printed before the
-    Trainer's teardown."""
+    """A set-up Trainer whose signal handlers, run-folder lock and trackers last the whole `with` block; a peer
+    process's failure becomes one message (`PeerLost`), printed before the Trainer's teardown."""
     with peer_loss_reported(cfg.train.dist_timeout_s):
         trainer = Trainer(cfg, **kwargs)
     with trainer, peer_loss_reported(cfg.train.dist_timeout_s):
@@ -67,37 +63,32 @@ class Trainer:
         """`data`: train on these tensors instead of reading cfg.data (benchmarks, tests); its name must be
         cfg.data.name. `verbose`: print the model's layer table too (it is always in summary.txt). Use it as
         `with Trainer(...) as t: t.fit()`: the block holds the signal handlers, the lock and the trackers."""
-        self.lock: RunLock | None = None  # the run folder's lock, held by the main process until the block ends
         self.verbose, self.argv = verbose, argv if argv is not None else sys.argv
-        try:
+        with contextlib.ExitStack() as undo:  # what a failed set-up gives back (nothing once it has succeeded)
             self._start_processes(cfg)
             decided, self.data, self.cfg, self.lock = decide_for_every_rank(cfg, preset, data, self.accelerator,
                                                                             self.log)
+            if self.lock is not None:
+                undo.callback(self.lock.release)
             self.plan, self.run_path = decided.plan, decided.plan.run_path
             self.resuming = self.plan.checkpoint is not None
             self.model = model_for(self.cfg, self.data, self.accelerator)
             self.summary = model_summary(self.model, self.data.in_shape)
             # Everything validated: now the run folder may exist. Set-up failures after this remove it again (a
             # resumed run's folder is never removed).
-            run_dir = (rf.RunDirectory.existing(self.run_path) if self.resuming else
-                       rf.RunDirectory(self.run_path, decided.replace)) if self.is_main else None
-            try:
-                self._build_loaders(decided.betons)
-                self._build_optimization()
-                self._restore()
-                self.identity = write_run_files(self.run_path, self.cfg, self.data, self.raw_model, self.summary,
-                                                self.accelerator, self.argv, self.plan.checkpoint) if self.is_main else {}
-                self.accelerator.wait_for_everyone()
-                self.tracker = RunTracker(self.accelerator, self.cfg, self.run_path, self.identity,
-                                          self.state.step if self.resuming else None)
-            except BaseException:
-                if run_dir is not None:
-                    run_dir.discard()
-                raise
-        except BaseException:
-            if self.lock is not None:
-                self.lock.release()
-            raise
+            if self.is_main:
+                run_dir = (rf.RunDirectory.existing(self.run_path) if self.resuming else
+                           rf.RunDirectory(self.run_path, decided.replace))
+                undo.callback(run_dir.discard)
+            self._build_loaders(decided.betons)
+            self._build_optimization()
+            self._restore()
+            self.identity = write_run_files(self.run_path, self.cfg, self.data, self.raw_model, self.summary,
+                                            self.accelerator, self.argv, self.plan.checkpoint) if self.is_main else {}
+            self.accelerator.wait_for_everyone()
+            self.tracker = RunTracker(self.accelerator, self.cfg, self.run_path, self.identity,
+                                      self.state.step if self.resuming else None)
+            undo.pop_all()
 
     def __enter__(self) -> Trainer:
         self.watcher.__enter__()
@@ -143,7 +134,6 @@ class Trainer:
                 self.log(loader.note)
 
     def _build_optimization(self) -> None:
-        """Losses, model on the device, optimizer, schedule, EMA, compiled forward, checkpoint writer."""
         cfg, acc = self.cfg, self.accelerator
         self.criterion = CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
         self.eval_criterion = CrossEntropyLoss()
@@ -221,29 +211,27 @@ class Trainer:
         totals = Totals(acc.device, resumed["totals"] if resumed else None)  # this rank's samples this epoch
         seconds_before = resumed["epoch_seconds"] if resumed else 0.0
         self._consecutive_skips = 0
-        bar = progress_bar(total=self.steps_per_epoch, initial=start, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
-                           unit="step", disable=not (self.is_main and cfg.train.progress), leave=False,
-                           dynamic_ncols=True)
-        t0 = last_postfix = time.perf_counter()
-        batches = iter(self.train_loader)
-        for index in range(start, self.steps_per_epoch):
-            step_loss, lr = self._optimizer_step(batches, totals)
-            bar.update(1)
-            if not bar.disable and time.perf_counter() - last_postfix > 1.0 and totals.sums[3] > 0:
-                # Refreshed by time, not by log_every, so short epochs show live numbers too (this rank's share).
-                last_postfix, (_, top1, _, n) = time.perf_counter(), totals.sums.tolist()
-                bar.set_postfix(loss=f"{step_loss.item():.4f}", acc=f"{100 * top1 / n:.1f}%", lr=f"{lr:.2e}",
-                                img_s=f"{n * acc.num_processes / max(last_postfix - t0, 1e-9):,.0f}")
-            stop = self._preemption_requested()
-            every, last_of_epoch = cfg.train.checkpoint_every, index + 1 == self.steps_per_epoch
-            if stop or (every and state.step % every == 0 and not last_of_epoch):  # the epoch end saves anyway
-                if any_rank(acc, not totals.loss_is_finite()):
-                    self._nonfinite_error(f"before step {state.step} (epoch {epoch + 1})", float("nan"))
-                path = self._save_checkpoint(totals, seconds_before + time.perf_counter() - t0)
-                if stop:
-                    bar.close()
-                    raise self._preempted(path)
-        bar.close()
+        with progress_bar(total=self.steps_per_epoch, initial=start, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
+                          unit="step", disable=not (self.is_main and cfg.train.progress), leave=False,
+                          dynamic_ncols=True) as bar:
+            t0 = last_postfix = time.perf_counter()
+            batches = iter(self.train_loader)
+            for index in range(start, self.steps_per_epoch):
+                step_loss, lr = self._optimizer_step(batches, totals)
+                bar.update(1)
+                if not bar.disable and time.perf_counter() - last_postfix > 1.0 and totals.sums[3] > 0:
+                    # Refreshed by time, not by log_every, so short epochs show live numbers too (this rank's share).
+                    last_postfix, (_, top1, _, n) = time.perf_counter(), totals.sums.tolist()
+                    bar.set_postfix(loss=f"{step_loss.item():.4f}", acc=f"{100 * top1 / n:.1f}%", lr=f"{lr:.2e}",
+                                    img_s=f"{n * acc.num_processes / max(last_postfix - t0, 1e-9):,.0f}")
+                stop = self._preemption_requested()
+                every, last_of_epoch = cfg.train.checkpoint_every, index + 1 == self.steps_per_epoch
+                if stop or (every and state.step % every == 0 and not last_of_epoch):  # the epoch end saves anyway
+                    if any_rank(acc, not torch.isfinite(totals.sums[0])):  # the sum of the epoch's losses so far
+                        self._nonfinite_error(f"before step {state.step} (epoch {epoch + 1})", float("nan"))
+                    path = self._save_checkpoint(totals, seconds_before + time.perf_counter() - t0)
+                    if stop:
+                        raise self._preempted(path)
         if acc.device.type == "cuda":  # the epoch's time includes the kernels still queued, not only their launch
             torch.cuda.synchronize(acc.device)
         seconds = seconds_before + time.perf_counter() - t0
@@ -290,11 +278,12 @@ class Trainer:
             self.scheduler.step()
             if self.ema is not None:
                 self.ema.update(self.raw_model)
-            epoch_totals.merge(step_totals)
+            epoch_totals.sums += step_totals.sums
         state.step += 1
         state.step_in_epoch += 1
         if state.step % cfg.train.log_every == 0:
-            loss_value = mean_over_ranks(acc, step_loss).item()  # the global batch's loss, on every rank
+            # The global batch's loss, on every rank (each rank's weighs the same: equal per-rank batches).
+            loss_value = acc.reduce(step_loss.reshape(1), reduction="mean").item()
             if not skipped and not math.isfinite(loss_value):
                 self._nonfinite_error(f"at step {state.step} (epoch {state.epoch + 1})", loss_value)
             record = {"kind": "step", "split": "train", "epoch": state.epoch + 1, "step": state.step,
@@ -356,15 +345,13 @@ class Trainer:
     def _save_checkpoint(self, totals: Totals, epoch_seconds: float) -> Path:
         """The state at its current position, with this rank's running totals and seconds of the epoch."""
         self._elapsed()
-        return self.checkpoints.save(self.state, totals.sums, epoch_seconds,
-                                     rf.metrics_size(self.run_path) if self.is_main else 0)
+        return self.checkpoints.save(self.state, totals.sums, epoch_seconds)
 
     def _finish(self) -> dict:
         cfg, acc, state = self.cfg, self.accelerator, self.state
         self._elapsed()
         final = state.final_record(cfg)
         self.metrics.write(final)
-        self.metrics.close()
         acc.wait_for_everyone()
         # A signal that came during the last epoch's evaluation promised a checkpoint: the final one is written.
         if self._preemption_requested():
@@ -374,8 +361,7 @@ class Trainer:
         return final
 
     def _preemption_requested(self) -> bool:
-        """Whether any rank got a preemption signal: agreed by every rank at the same point (one tiny all-reduce with
-        several processes); no signals configured, no check."""
+        """Whether any rank got a preemption signal, agreed by every rank at the same step (no signals, no check)."""
         return bool(self.cfg.train.preempt_signals) and any_rank(self.accelerator, self.watcher.requested)
 
     def _preempted(self, checkpoint: Path, finished: bool = False) -> Preempted:
