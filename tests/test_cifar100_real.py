@@ -18,7 +18,7 @@ from tests.conftest import isolate_environment, require_cifar100
 from visionlaunch.config import DataConfig
 from visionlaunch.datasets import load_dataset
 from visionlaunch.datasets.cifar import FORMATS, unpickle
-from visionlaunch.datasets.files import md5_file
+from visionlaunch.datasets.files import file_digest
 from visionlaunch.errors import VisionlaunchError
 from visionlaunch.launch.cli import main
 from visionlaunch.reports.html import WIDE_FIGURE_PX
@@ -80,10 +80,10 @@ def test_unofficial_files_are_named_in_one_note_line(real, real_root, tmp_path):
     folder = real_root / "cifar-100-python"
     official = {f: md5 for f, md5 in (*FORMATS["cifar100"].train, *FORMATS["cifar100"].test, FORMATS["cifar100"].meta)}
     # meta is the official file: accepted silently; train and test are not, and passed the content check.
-    assert md5_file(folder / "meta") == official["meta"]
+    assert file_digest(folder / "meta") == official["meta"]
     for split in ("train", "test"):
         ((path, md5, want),) = real[split].unofficial
-        assert Path(path) == folder / split and md5 == md5_file(folder / split) and want == official[split]
+        assert Path(path) == folder / split and md5 == file_digest(folder / split) and want == official[split]
         assert md5 != want
 
     logged = []
@@ -130,7 +130,7 @@ def _derived(real_root, tmp_path, **replace) -> Path:
 def test_an_exact_repickle_passes_the_content_check(real_root, real, tmp_path):
     root = _derived(real_root, tmp_path)
     data = _load(root)
-    assert torch.equal(data.images, real["test"].images) and data.unofficial[0][1] == md5_file(
+    assert torch.equal(data.images, real["test"].images) and data.unofficial[0][1] == file_digest(
         root / "cifar-100-python" / "test")
 
 
@@ -164,7 +164,7 @@ def test_content_check_refuses_files_that_are_not_cifar100(real_root, tmp_path, 
     with pytest.raises(VisionlaunchError, match=expected.replace("(", r"\(").replace(")", r"\)")) as err:
         _load(root)
     message = str(err.value)
-    assert md5_file(root / "cifar-100-python" / "test") in message and "data.verify=false" in message
+    assert file_digest(root / "cifar-100-python" / "test") in message and "data.verify=false" in message
     assert "\n" not in message
     assert len(_load(root, verify=False)) in (9_999, 10_000)  # data.verify=false reads what it can
 

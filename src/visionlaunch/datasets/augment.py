@@ -39,8 +39,6 @@ class BatchAugment:
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Augment a uint8 or float NCHW batch into a new tensor of its dtype, shape and device. `generator` lives
         on the batch's device; the same generator state gives the same output."""
-        if not self.enabled:
-            return images
         if images.dim() != 4:
             raise ValueError(f"BatchAugment expects an NCHW batch, got shape {tuple(images.shape)}")
         if self.crop_padding or self.flip:
@@ -121,8 +119,7 @@ class BatchMix:
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mixed normalised float NCHW images and (N, num_classes) float32 target probabilities: mixup blends
-        lam * x + (1 - lam) * x[perm]; cutmix pastes a box of x[perm] and sets lam to the share it leaves."""
+        """Mixed normalised float NCHW images and (N, num_classes) float32 target probabilities."""
         n, dev = len(images), images.device
         onehot = torch.zeros(n, num_classes, device=dev).scatter_(1, labels.long().view(-1, 1), 1.0)
         if not self.enabled or n < 2:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from visionlaunch.datasets.files import download_with_torchvision, md5_file
+from visionlaunch.datasets.files import download_with_torchvision, file_digest
 from visionlaunch.datasets.imageset import DatasetNotFound, ImageSet
 from visionlaunch.errors import VisionlaunchError
 
@@ -136,10 +136,9 @@ def _class_names(path: Path, fmt: CifarFormat) -> tuple[list[str], list[str] | N
     meta = unpickle(path)
     names = meta.get(fmt.names_key)
     if not isinstance(names, (list, tuple)) or len(names) != fmt.num_classes:
-        if names is None:
-            found = "no such key"
-        else:
-            found = f"{len(names)}" if isinstance(names, (list, tuple)) else f"a {type(names).__name__}"
+        found = "no such key" if names is None else f"a {type(names).__name__}"
+        if isinstance(names, (list, tuple)):
+            found = len(names)
         raise VisionlaunchError(
             f"{path}: expected key {fmt.names_key!r} with {fmt.num_classes} class names, found {found} "
             f"(keys: {sorted(meta)}).{_wrong_dataset_hint(meta, fmt, 'names')} Replace it with the canonical "
@@ -184,10 +183,8 @@ def _read_batch(path: Path, fmt: CifarFormat) -> tuple[np.ndarray, np.ndarray, n
     return data, labels, coarse
 
 
-def _superclass_of(labels: np.ndarray, coarse: np.ndarray | None, num_classes: int) -> np.ndarray | None:
+def _superclass_of(labels: np.ndarray, coarse: np.ndarray, num_classes: int) -> np.ndarray | None:
     """Each class's superclass, when every class occurs and always with the same coarse label; else None."""
-    if coarse is None:
-        return None
     first = np.full(num_classes, -1)
     first[labels[::-1]] = coarse[::-1]  # reversed: the first occurrence is written last and wins
     if (first < 0).any() or (first[labels] != coarse).any():
@@ -232,7 +229,7 @@ def read(name: str, files: list[Path], split: str, verify: bool = True) -> Image
     unofficial = []
     if verify:
         for path, (_, official) in zip(files, _split_files(fmt, split)):
-            if (actual := md5_file(path)) != official:
+            if (actual := file_digest(path)) != official:
                 unofficial.append((str(path), actual, official))
     *batch_paths, meta_path = files
     classes, superclasses = _class_names(meta_path, fmt)
@@ -246,7 +243,7 @@ def read(name: str, files: list[Path], split: str, verify: bool = True) -> Image
             f"{problem}. Replace the folder with the canonical {fmt.title} files (download them again, or set "
             "data.download=true after deleting it), or set data.verify=false to read files you built yourself in "
             "the same format.")
-    groups = _superclass_of(labels, coarse, fmt.num_classes) if superclasses else None
+    groups = _superclass_of(labels, coarse, fmt.num_classes) if superclasses and coarse is not None else None
     return ImageSet(
         images=torch.from_numpy(data.reshape(-1, 3, 32, 32)),  # rows are R, G, B planes: already CHW
         labels=torch.from_numpy(labels),
@@ -264,7 +261,7 @@ def unofficial_note(sets: list[ImageSet]) -> str | None:
     entries = list(dict.fromkeys(u for s in sets for u in s.unofficial))  # meta is shared by both splits
     if not entries:
         return None
-    title = FORMATS[sets[0].name].title if sets[0].name in FORMATS else sets[0].name
+    title = FORMATS[sets[0].name].title  # only the CIFAR reader records unofficial files
     folder = Path(entries[0][0]).parent
     files = ", ".join(f"{Path(p).name} (md5 {actual})" for p, actual, _ in entries)
     official = ", ".join(official for _, _, official in entries)

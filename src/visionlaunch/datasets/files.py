@@ -24,7 +24,6 @@ def resolve_data_root(root: str | os.PathLike | None) -> Path:
 
 
 def default_cache_dir() -> Path:
-    """$VISIONLAUNCH_CACHE, else ~/.cache/visionlaunch."""
     env = os.environ.get("VISIONLAUNCH_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "visionlaunch"
 
@@ -51,8 +50,8 @@ def unreadable_image(display: str, exc: Exception) -> VisionlaunchError:
         "not an image at all. Remove or replace it.")
 
 
-def md5_file(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)  # not hashlib.file_digest: that needs Python 3.11
+def file_digest(path: Path, algorithm: str = "md5") -> str:
+    digest = hashlib.new(algorithm, usedforsecurity=False)  # not hashlib.file_digest: that needs Python 3.11
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
             digest.update(chunk)

@@ -54,15 +54,22 @@ def locate(root: Path, path: str | os.PathLike | None) -> Path:
     return p
 
 
+@dataclass
+class _Entry:
+    parts: tuple[str, ...]  # path inside the dataset, split into components
+    display: str  # how to name it in an error: a file path, or "archive.tar.gz:member"
+    payload: bytes | Path | None  # bytes from an archive, a path in a folder, None for a directory
+
+
 def source_files(path: Path) -> list[Path]:
     """The files whose size and mtime fingerprint the dataset (for the cache)."""
     if path.is_file():
         return [path]
-    return [p for _, p, is_dir in _walk(path) if not is_dir]
+    return [e.payload for e in _walk(path) if e.payload is not None]
 
 
 def _walk(root: Path):
-    """(parts relative to root, path, is_dir) for everything under `root` but hidden names, sorted by name.
+    """An entry for everything under the folder `root` but hidden names, sorted by name.
 
     Links are followed, so a dataset made of links to images stored elsewhere works. A link back to a folder that
     contains it (`..`, `.`, a cycle through several links) would make the tree endless: it stops with an error
@@ -100,10 +107,10 @@ def _walk(root: Path):
                         "through a link: its images would count twice, perhaps under two classes or in both "
                         "train/ and test/. Remove one of the links.")
                 walked[identity] = path
-                yield parts, path, True
+                yield _Entry(parts, str(path), None)
                 yield from visit(path, parts, ancestors | {identity})
             elif stat.S_ISREG(info.st_mode):
-                yield parts, path, False
+                yield _Entry(parts, str(path), path)
             else:
                 raise VisionlaunchError(f"{path} is neither a file nor a folder (a FIFO, socket or device). Remove "
                                         "it from the dataset folder.")
@@ -113,20 +120,13 @@ def _walk(root: Path):
     yield from visit(root, (), frozenset(walked))
 
 
-@dataclass
-class _Entry:
-    parts: tuple[str, ...]  # path inside the dataset, split into components
-    display: str  # how to name it in an error: a file path, or "archive.tar.gz:member"
-    payload: bytes | Path | None  # bytes from an archive, a path in a folder, None for a directory
-
-
 def _is_candidate_image(parts: tuple[str, ...]) -> bool:
     # An image the layout may use: under train/ or test/ at depth 0 or 1. Others are never read into memory.
     return parts[-1].lower().endswith(IMAGE_EXTENSIONS) and any(p in SPLITS for p in parts[:2])
 
 
-def _entries_from_archive(path: Path, progress: bool) -> list[_Entry]:
-    entries = []
+def _archive_entries(path: Path, progress: bool):
+    """An entry for every member of the tar archive `path` (the counterpart of _walk)."""
     try:
         # Stream mode: one forward pass over the (compressed) archive, each member read as it goes by.
         with tarfile.open(path, "r|*") as tar, progress_bar(desc=f"reading {path.name}", unit=" files",
@@ -137,10 +137,10 @@ def _entries_from_archive(path: Path, progress: bool) -> list[_Entry]:
                     continue
                 display = f"{path}:{member.name}"
                 if member.isdir():
-                    entries.append(_Entry(parts, display, None))
+                    yield _Entry(parts, display, None)
                 elif member.isfile():
                     data = tar.extractfile(member).read() if _is_candidate_image(parts) else b""
-                    entries.append(_Entry(parts, display, data))
+                    yield _Entry(parts, display, data)
                     bar.update()
                 elif member.issym() or member.islnk():
                     if _is_candidate_image(parts):  # a stream cannot go back to a link's target: never skip it
@@ -153,22 +153,6 @@ def _entries_from_archive(path: Path, progress: bool) -> list[_Entry]:
         raise VisionlaunchError(
             f"{path} could not be read as a tar archive ({type(exc).__name__}: {exc}); it is probably truncated "
             "or damaged. Copy or create it again (e.g. `tar czf data.tar.gz train test`).") from exc
-    return entries
-
-
-def _layout_depth(entries: list[_Entry], where: Path) -> int:
-    """0 when train/ and test/ are at the top, 1 when they sit inside one top-level folder."""
-    # Top-level folders (a file at the top, like a README, says nothing about the layout).
-    tops = {e.parts[0] for e in entries if len(e.parts) > 1 or e.payload is None}
-    tops = {t for t in tops if not t.startswith(".") and t not in _IGNORED_TOP}
-    if tops & set(SPLITS):
-        return 0
-    if len(tops) == 1:
-        return 1
-    raise VisionlaunchError(
-        f"{where}: expected folders train/ and test/ at the top (or inside a single top-level folder), found "
-        f"{', '.join(sorted(tops)[:10]) or 'nothing'}. Lay the images out as train/<class>/<image> and "
-        "test/<class>/<image>.")
 
 
 @dataclass
@@ -180,21 +164,28 @@ class _Image:
 
 
 def _collect(entries: list[_Entry], where: Path) -> tuple[list[_Image], dict[str, set[str]]]:
-    depth = _layout_depth(entries, where)
+    # Top-level folders (a file at the top, like a README, says nothing about the layout).
+    tops = {e.parts[0] for e in entries if len(e.parts) > 1 or e.payload is None}
+    tops = {t for t in tops if not t.startswith(".") and t not in _IGNORED_TOP}
+    if not tops & set(SPLITS) and len(tops) != 1:
+        raise VisionlaunchError(
+            f"{where}: expected folders train/ and test/ at the top (or inside a single top-level folder), found "
+            f"{', '.join(sorted(tops)[:10]) or 'nothing'}. Lay the images out as train/<class>/<image> and "
+            "test/<class>/<image>.")
+    depth = 0 if tops & set(SPLITS) else 1  # 1: train/ and test/ sit inside one top-level folder
     images: list[_Image] = []
-    class_dirs: dict[str, set[str]] = {s: set() for s in SPLITS}
-    seen_split = set()
+    class_dirs: dict[str, set[str]] = {}  # the class folders of each split found
     for e in entries:
-        if depth and (e.parts[0] in _IGNORED_TOP or e.parts[0].startswith(".")):
+        if depth and e.parts[0] not in tops:  # beside the top-level folder: a file, a hidden or ignored folder
             continue
         parts = e.parts[depth:]
         if not parts or parts[0] not in SPLITS or any(p.startswith(".") for p in parts):
             continue
         split = parts[0]
-        seen_split.add(split)
+        classes = class_dirs.setdefault(split, set())
         if e.payload is None:  # a directory
             if len(parts) == 2:
-                class_dirs[split].add(parts[1])
+                classes.add(parts[1])
             continue
         if not parts[-1].lower().endswith(IMAGE_EXTENSIONS):
             continue  # README, .txt notes and the like are not images
@@ -202,10 +193,10 @@ def _collect(entries: list[_Entry], where: Path) -> tuple[list[_Image], dict[str
             raise VisionlaunchError(
                 f"{e.display} lies directly in {split}/, outside any class folder. Move it into "
                 f"{split}/<class>/ (the folder name is the class).")
-        class_dirs[split].add(parts[1])
+        classes.add(parts[1])
         images.append(_Image(split, parts[1], e.display, e.payload))
     for split in SPLITS:
-        if split not in seen_split:
+        if split not in class_dirs:
             raise VisionlaunchError(
                 f"{where} has no {split}/ folder{' inside its top-level folder' if depth else ''}. An ImageFolder "
                 "dataset needs both train/<class>/<image> and test/<class>/<image>.")
@@ -234,10 +225,6 @@ def _check_classes(images: list[_Image], class_dirs: dict[str, set[str]], where:
             f"{', '.join(only_train) or 'none'}; only in test/: {', '.join(only_test) or 'none'}. Add or rename "
             "folders so both splits list the same classes.")
     return train
-
-
-def _is_gray(mode: str) -> bool:
-    return mode in GRAY_MODES or mode in WIDE_GRAY_MODES
 
 
 def _eight_bit(pil: Image.Image, gray: bool, display: str) -> np.ndarray:
@@ -275,7 +262,7 @@ def _scan_headers(images: list[_Image], progress: bool) -> tuple[tuple[int, int]
             raise VisionlaunchError(
                 f"{im.display} is {w}x{h} pixels (width x height), but every image must have the same size and "
                 f"{name} is {ew}x{eh}. Resize the dataset to one size (e.g. {ew}x{eh}) before training.")
-        gray = gray and _is_gray(mode)
+        gray = gray and mode in GRAY_MODES + WIDE_GRAY_MODES
     return first[0], gray
 
 
@@ -288,8 +275,6 @@ def _decode(images: list[_Image], size: tuple[int, int], gray: bool, progress: b
         try:
             with open_image(im.payload) as pil:
                 pixels = _eight_bit(pil, gray, im.display)
-        except VisionlaunchError:
-            raise
         except BAD_IMAGE as exc:
             raise unreadable_image(im.display, exc) from exc
         out[i] = pixels.transpose(2, 0, 1) if pixels.ndim == 3 else pixels  # gray broadcasts over 1 or 3 channels
@@ -298,10 +283,7 @@ def _decode(images: list[_Image], size: tuple[int, int], gray: bool, progress: b
 
 def read(path: Path, split: str, progress: bool = True, image_size: int | None = None,
          max_upscale: float = 4.0) -> ImageSet:
-    if path.is_file():
-        entries = _entries_from_archive(path, progress)
-    else:
-        entries = [_Entry(parts, str(p), None if is_dir else p) for parts, p, is_dir in _walk(path)]
+    entries = list(_archive_entries(path, progress) if path.is_file() else _walk(path))
     images, class_dirs = _collect(entries, path)
     classes = _check_classes(images, class_dirs, path)
     index = {c: i for i, c in enumerate(classes)}

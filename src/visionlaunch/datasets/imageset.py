@@ -37,14 +37,6 @@ class ImageSet:
             raise ValueError(f"ImageSet has {len(self.images)} images but {len(self.labels)} labels")
         if len(self.labels) and (int(self.labels.min()) < 0 or int(self.labels.max()) >= len(self.classes)):
             raise ValueError(f"ImageSet labels must lie in 0..{len(self.classes) - 1} (one per class name)")
-        if (self.superclasses is None) != (self.superclass_of is None):
-            raise ValueError("ImageSet.superclasses and superclass_of go together: give both or neither")
-        if self.superclass_of is not None:
-            if len(self.superclass_of) != len(self.classes) or not all(
-                    0 <= g < len(self.superclasses) for g in self.superclass_of):
-                raise ValueError(f"ImageSet.superclass_of must give each of the {len(self.classes)} classes a group in "
-                                 f"0..{len(self.superclasses) - 1}")
-            self.superclasses, self.superclass_of = list(self.superclasses), [int(g) for g in self.superclass_of]
         self.images = self.images.contiguous()
         self.classes = list(self.classes)
         self.unofficial = tuple(tuple(u) for u in self.unofficial)

@@ -40,39 +40,35 @@ def load_dataset(name: str, split: str, *, root: Path, path: str | None = None, 
         raise VisionlaunchError(
             f"data.path={path!r} only applies to data.name=imagefolder, but data.name is {name!r}. Remove "
             "data.path, or use data.root to say where the dataset's folder lives.")
+    root = Path(root)
     try:
-        return _load(name, split, Path(root), path, download, verify, cache_dir, progress, image_size, max_upscale)
+        if name == "mnist_sample":
+            # Imported here, so that `python -m visionlaunch.datasets.mnist_sample` does not find itself imported.
+            from visionlaunch.datasets.mnist_sample import load_mnist_sample
+
+            return load_mnist_sample(split)  # already small and fast to read: nothing to cache
+        if name == "mnist":
+            files = mnist.locate(root, split, download)
+            source_key = str(files[0].parent)
+            build = partial(mnist.read, files, split, verify=verify)
+        elif name in ("cifar10", "cifar100"):
+            files = cifar.locate(name, root, split, download)
+            source_key = str(files[0].parent)
+            build = partial(cifar.read, name, files, split, verify=verify)
+        else:
+            location = imagefolder.locate(root, path)
+            files = imagefolder.source_files(location)
+            source_key = str(location)
+            build = partial(imagefolder.read, location, split, progress=progress)
+            if image_size:  # its own cache entry per stored size and upscale limit, beside the original-size one
+                source_key += f"@{image_size}px-up{max_upscale:g}"
+                build = partial(build, image_size=image_size, max_upscale=max_upscale)
+            verify = True  # no checksums exist for a user's folder: every structure check always runs
+        if cache_dir is None:
+            return build()
+        return cached(Path(cache_dir), name, split, source_key, files, build, verified=verify)
     except OSError as exc:  # a file or folder of the dataset that cannot be read (permissions, a folder, ...)
         raise VisionlaunchError(f"cannot read the {name} dataset: {describe_os_error(exc)}") from exc
-
-
-def _load(name: str, split: str, root: Path, path: str | None, download: bool, verify: bool,
-          cache_dir: Path | None, progress: bool, image_size: int | None, max_upscale: float) -> ImageSet:
-    if name == "mnist_sample":
-        # Imported here, so that `python -m visionlaunch.datasets.mnist_sample` does not find itself imported.
-        from visionlaunch.datasets.mnist_sample import load_mnist_sample
-
-        return load_mnist_sample(split)  # already small and fast to read: nothing to cache
-    if name == "mnist":
-        files = mnist.locate(root, split, download)
-        source_key = str(files[0].parent)
-        build = partial(mnist.read, files, split, verify=verify)
-    elif name in ("cifar10", "cifar100"):
-        files = cifar.locate(name, root, split, download)
-        source_key = str(files[0].parent)
-        build = partial(cifar.read, name, files, split, verify=verify)
-    else:
-        location = imagefolder.locate(root, path)
-        files = imagefolder.source_files(location)
-        source_key = str(location)
-        build = partial(imagefolder.read, location, split, progress=progress)
-        if image_size:  # its own cache entry per stored size and upscale limit, beside the original-size one
-            source_key += f"@{image_size}px-up{max_upscale:g}"
-            build = partial(build, image_size=image_size, max_upscale=max_upscale)
-        verify = True  # no checksums exist for a user's folder: every structure check always runs
-    if cache_dir is None:
-        return build()
-    return cached(Path(cache_dir), name, split, source_key, files, build, verified=verify)
 
 
 # --- the cache ---------------------------------------------------------------------------------------------

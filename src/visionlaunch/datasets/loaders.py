@@ -11,6 +11,7 @@ process with batch B. `set_epoch(epoch, start_batch)` resumes an epoch at exactl
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -42,22 +43,20 @@ class ShardedLoader:
         self.epoch, self.start_batch = 0, 0
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        """Select the epoch's order; iteration then begins at batch `start_batch` (a resumed epoch)."""
         self.epoch, self.start_batch = epoch, start_batch
 
-    def shard(self) -> torch.Tensor:
-        """This rank's positions of the epoch's seeded permutation (in order when not training)."""
+    def remaining(self) -> torch.Tensor:
+        """This rank's positions of the epoch's seeded permutation (in order when not training), from batch
+        `start_batch` on: what a (resumed) epoch still visits."""
         if self.train:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
             order = torch.randperm(self.num_samples, generator=g)
         else:
             order = torch.arange(self.num_samples)
         shard = order[self.rank::self.world]
-        return shard[: self.num_samples // self.world] if self.train else shard
-
-    def remaining(self) -> torch.Tensor:
-        """The shard from batch `start_batch` on: what a (resumed) epoch still visits."""
-        return self.shard()[self.start_batch * self.batch_size:]
+        if self.train:
+            shard = shard[: self.num_samples // self.world]
+        return shard[self.start_batch * self.batch_size:]
 
     def __len__(self) -> int:
         steps = epoch_steps(self.num_samples, self.batch_size, train=self.train, rank=self.rank, world=self.world)
@@ -95,16 +94,13 @@ class TensorLoader(ShardedLoader):
                          "with more memory, data.loader=ffcv, or a subset (data.train_subset).")
 
     def __iter__(self):
-        index = self.shard().to(self.images.device)
-        for step in range(self.start_batch, len(self)):
+        index = self.remaining().to(self.images.device)
+        for step in range(len(self) - self.start_batch):
             idx = index[step * self.batch_size:(step + 1) * self.batch_size]
-            if self.resident:
-                yield self.images[idx], self.labels[idx]
-            else:
-                images, labels = self.images[idx], self.labels[idx]
-                if self.device.type == "cuda":
-                    images, labels = images.pin_memory(), labels.pin_memory()
-                yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+            images, labels = self.images[idx], self.labels[idx]  # resident: already on the device, .to() is a no-op
+            if not self.resident and self.device.type == "cuda":
+                images, labels = images.pin_memory(), labels.pin_memory()
+            yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
 
 
 class _RemainingSampler(torch.utils.data.Sampler):
@@ -135,7 +131,5 @@ class TorchLoader(ShardedLoader):
             generator=torch.Generator().manual_seed(self.seed))
 
     def __iter__(self):
-        for step, (images, labels) in enumerate(self.loader, start=self.start_batch):
-            if step >= len(self):
-                break
+        for images, labels in itertools.islice(self.loader, max(len(self) - self.start_batch, 0)):
             yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)

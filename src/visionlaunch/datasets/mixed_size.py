@@ -63,14 +63,6 @@ def evaluation_view(image: Image.Image, image_size: int) -> np.ndarray:
     return np.ascontiguousarray(_square(_rgb(image, stored), stored)[:, offset:offset + image_size, offset:offset + image_size])
 
 
-def _too_small(display: str, size: tuple[int, int], stored: int, image_size: int, max_upscale: float) -> str:
-    w, h = size
-    return (f"{display} is {w}x{h} pixels (width x height): too small for data.image_size={image_size}, which "
-            f"resizes the shorter side to {stored} px, {stored / min(w, h):.1f} times its size, and "
-            f"data.max_upscale={max_upscale:g} allows at most {max_upscale:g}. Remove the image, use a smaller "
-            "data.image_size, or raise data.max_upscale to accept it upscaled.")
-
-
 def decode_squares(items: Sequence, image_size: int, max_upscale: float, *, progress: bool = True,
                    desc: str = "decoding images") -> tuple[np.ndarray, str]:
     """Decode `items` (each with `.display` and `.payload`: bytes or a path) to uint8 (N, 3, S, S), S the stored
@@ -84,10 +76,13 @@ def decode_squares(items: Sequence, image_size: int, max_upscale: float, *, prog
                 rgb = _rgb(pil, stored)
                 short = min(rgb.size)
                 if short * max_upscale < stored:
-                    raise VisionlaunchError(_too_small(item.display, rgb.size, stored, image_size, max_upscale))
+                    w, h = rgb.size
+                    raise VisionlaunchError(
+                        f"{item.display} is {w}x{h} pixels (width x height): too small for data.image_size="
+                        f"{image_size}, which resizes the shorter side to {stored} px, {stored / short:.1f} times its "
+                        f"size, and data.max_upscale={max_upscale:g} allows at most {max_upscale:g}. Remove the "
+                        "image, use a smaller data.image_size, or raise data.max_upscale to accept it upscaled.")
                 out[i] = _square(rgb, stored)
-        except VisionlaunchError:
-            raise
         except BAD_IMAGE as exc:
             raise unreadable_image(item.display, exc) from exc
         if short < stored:

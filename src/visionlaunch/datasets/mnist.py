@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from visionlaunch.datasets.files import download_with_torchvision, md5_file, read_maybe_gzip
+from visionlaunch.datasets.files import download_with_torchvision, file_digest, read_maybe_gzip
 from visionlaunch.datasets.imageset import DatasetNotFound, ImageSet
 from visionlaunch.errors import VisionlaunchError
 
@@ -34,11 +34,8 @@ def search_dirs(root: Path) -> list[Path]:
 
 def _find(root: Path, split: str) -> list[Path] | None:
     for folder in search_dirs(root):
-        found = []
-        for base in FILES[split]:
-            # Prefer .gz: it is what the official md5 sums cover.
-            candidates = [folder / f"{base}.gz", folder / base]
-            found.append(next((c for c in candidates if c.is_file()), None))
+        # Prefer .gz: it is what the official md5 sums cover.
+        found = [next((c for c in (folder / f"{b}.gz", folder / b) if c.is_file()), None) for b in FILES[split]]
         if all(found):
             return found
     return None
@@ -97,7 +94,7 @@ def _check_md5(path: Path) -> None:
     expected = MD5.get(path.name)
     if expected is None:  # uncompressed files have no official checksum; structure checks still apply
         return
-    actual = md5_file(path)
+    actual = file_digest(path)
     if actual != expected:
         raise VisionlaunchError(
             f"{path} has md5 {actual}, but the official MNIST file has md5 {expected}. The file is damaged or "

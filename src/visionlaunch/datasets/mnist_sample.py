@@ -19,7 +19,7 @@ import torch
 
 from visionlaunch.atomic import atomic_write
 from visionlaunch.datasets import mnist
-from visionlaunch.datasets.files import md5_file, resolve_data_root
+from visionlaunch.datasets.files import file_digest, resolve_data_root
 from visionlaunch.datasets.imageset import ImageSet
 from visionlaunch.datasets.split import stratified_indices
 from visionlaunch.errors import VisionlaunchError
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     arrays = build_sample(resolve_data_root(args.root), args.n_train, args.n_test, args.seed)
     with atomic_write(out) as tmp, open(tmp, "wb") as f:  # a file object: numpy then adds no ".npz" suffix
         np.savez_compressed(f, **arrays)
-    md5 = md5_file(out)
+    md5 = file_digest(out)
     for split in ("train", "test"):
         counts = np.bincount(arrays[f"{split}_labels"], minlength=10).tolist()
         print(f"{split}: {len(arrays[f'{split}_labels'])} images, per class {counts}")

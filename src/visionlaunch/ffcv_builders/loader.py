@@ -28,8 +28,12 @@ class FfcvLoader(ShardedLoader):
                  flip: bool = False, cutout: int = 0, channels_last: bool = False, clone: bool = False,
                  verify: bool = True, resized_crop=None, **sharding):
         require_ffcv()
+        from ffcv.fields.basics import IntDecoder
+        from ffcv.fields.ndarray import NDArrayDecoder
+        from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder, SimpleRGBImageDecoder
         from ffcv.loader import Loader, OrderOption
         from ffcv.reader import Reader
+        from ffcv.transforms import RandomHorizontalFlip, RandomTranslate, ToDevice, ToTensor, ToTorchImage
 
         if verify:  # FFCV itself would read a damaged file's garbage offsets (or hang in a worker): refuse it first
             check_beton(path)
@@ -37,25 +41,6 @@ class FfcvLoader(ShardedLoader):
         super().__init__(int(reader.num_samples), batch_size, **sharding)
         self.device, self.clone = device, clone
         grayscale = type(reader.handlers["image"]).__name__ == "NDArrayField"
-        self.loader = Loader(
-            str(path), batch_size=batch_size, num_workers=max(1, num_workers), os_cache=True,
-            order=OrderOption.SEQUENTIAL, drop_last=self.train, batches_ahead=3,
-            pipelines=self._pipelines(grayscale, crop_padding, flip, cutout, channels_last, resized_crop))
-        # Our order in place of FFCV's: the Loader asks its traversal order for each epoch's sample indices.
-        self.loader.traversal_order = self
-        self.loader.first_traversal_order = self.sample_order(0)
-
-    def sample_order(self, ffcv_epoch: int) -> np.ndarray:
-        """FFCV's traversal-order protocol: what this epoch still visits (FFCV's own epoch count is not ours)."""
-        return self.remaining().numpy().astype(np.uint64)
-
-    def _pipelines(self, grayscale: bool, crop_padding: int, flip: bool, cutout: int, channels_last: bool,
-                   resized_crop) -> dict:
-        from ffcv.fields.basics import IntDecoder
-        from ffcv.fields.ndarray import NDArrayDecoder
-        from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder, SimpleRGBImageDecoder
-        from ffcv.transforms import RandomHorizontalFlip, RandomTranslate, ToDevice, ToTensor, ToTorchImage
-
         if resized_crop is not None and self.train:  # data.image_size (always RGB): decoded straight into the crop
             image = [RandomResizedCropRGBImageDecoder((resized_crop.size,) * 2, scale=tuple(resized_crop.scale),
                                                       ratio=RATIO)]
@@ -70,11 +55,21 @@ class FfcvLoader(ShardedLoader):
                 image.append(_clipped_cutout(cutout))
         image.append(ToTensor())
         label = [IntDecoder(), ToTensor()]
-        if self.device.type != "cpu":
-            image.append(ToDevice(self.device, non_blocking=True))
-            label.append(ToDevice(self.device, non_blocking=True))
+        if device.type != "cpu":
+            image.append(ToDevice(device, non_blocking=True))
+            label.append(ToDevice(device, non_blocking=True))
         image.append(ToTorchImage(channels_last=channels_last))
-        return {"image": image, "label": label}
+        self.loader = Loader(
+            str(path), batch_size=batch_size, num_workers=max(1, num_workers), os_cache=True,
+            order=OrderOption.SEQUENTIAL, drop_last=self.train, batches_ahead=3,
+            pipelines={"image": image, "label": label})
+        # Our order in place of FFCV's: the Loader asks its traversal order for each epoch's sample indices.
+        self.loader.traversal_order = self
+        self.loader.first_traversal_order = self.sample_order(0)
+
+    def sample_order(self, ffcv_epoch: int) -> np.ndarray:
+        """FFCV's traversal-order protocol: what this epoch still visits (FFCV's own epoch count is not ours)."""
+        return self.remaining().numpy().astype(np.uint64)
 
     def __iter__(self):
         steps = len(self) - self.start_batch

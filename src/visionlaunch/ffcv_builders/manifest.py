@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from visionlaunch.datasets.files import file_digest
 from visionlaunch.errors import VisionlaunchError
 
 FORMAT = "visionlaunch-ffcv-v1"
@@ -27,11 +28,6 @@ def source_digest(images: np.ndarray, labels: np.ndarray) -> str:
     h.update(memoryview(np.ascontiguousarray(images)).cast("B"))
     h.update(memoryview(np.ascontiguousarray(labels, dtype=np.int64)).cast("B"))
     return h.hexdigest()
-
-
-def file_digest(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def manifest_path(beton: Path) -> Path:
@@ -88,7 +84,7 @@ def check_beton(beton: Path, *, dataset: str | None = None, split: str | None = 
         raise VisionlaunchError(
             f"{beton} is {size:,} bytes but was written as {manifest.beton_bytes:,}: it is truncated or was "
             f"replaced. {_rewrite_hint(beton)}")
-    if file_digest(beton) != manifest.beton_sha256:
+    if file_digest(beton, "sha256") != manifest.beton_sha256:
         raise VisionlaunchError(
             f"{beton} does not match its manifest (SHA-256 differs): the file was modified or is another "
             f"dataset's. {_rewrite_hint(beton)}")

@@ -16,6 +16,7 @@ from visionlaunch.config import DataConfig
 from visionlaunch.datasets import default_cache_dir
 from visionlaunch.datasets.imageset import ImageSet
 from visionlaunch.ffcv_builders.manifest import check_beton, source_digest
+from visionlaunch.ffcv_builders.writer import imageset_arrays, write_beton
 
 SPLITS = ("train", "val", "test")
 
@@ -49,8 +50,6 @@ def ensure_betons(splits: dict[str, ImageSet | None], dataset: str, cfg: DataCon
                   progress: bool = True, log=print) -> dict[str, Path]:
     """The beton of every non-empty split, written when missing (or when `overwrite`). An existing file that is
     truncated, foreign or stale stops with a VisionlaunchError unless `overwrite` is set."""
-    from visionlaunch.ffcv_builders.writer import imageset_arrays, write_beton
-
     folder = beton_dir(cfg)
     out = {}
     for split in SPLITS:

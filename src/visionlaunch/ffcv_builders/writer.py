@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from visionlaunch.atomic import atomic_write, atomic_write_text
+from visionlaunch.datasets.files import file_digest
 from visionlaunch.datasets.imageset import ImageSet
 from visionlaunch.errors import VisionlaunchError
 from visionlaunch.ffcv_builders import require_ffcv
-from visionlaunch.ffcv_builders.manifest import BetonManifest, file_digest, manifest_path, source_digest
+from visionlaunch.ffcv_builders.manifest import BetonManifest, manifest_path, source_digest
 from visionlaunch.progress import progress_bar
 
 PAGE_SIZE = 1 << 21  # FFCV's smallest page (2 MiB): each worker leaves one part-filled page, so small is lean
@@ -67,18 +68,6 @@ class _Samples:
 
     def __getitem__(self, i):
         return self.images[i], int(self.labels[i])
-
-
-def _fields(shape: tuple[int, int, int], encoding: str, jpeg_quality: int, max_resolution: int | None = None):
-    from ffcv.fields import IntField, NDArrayField, RGBImageField
-
-    h, w, c = shape
-    if c == 1:  # FFCV's RGBImageField refuses (H, W, 1): a uint8 array field holds grayscale exactly
-        image = NDArrayField(dtype=np.dtype("uint8"), shape=(h, w, 1))
-    else:
-        image = RGBImageField(write_mode="jpg" if encoding == "jpeg" else "raw", jpeg_quality=jpeg_quality,
-                              max_resolution=max_resolution)
-    return {"image": image, "label": IntField()}
 
 
 def _check_space(path: Path, images: np.ndarray, workers: int, encoding: str) -> None:
@@ -163,8 +152,15 @@ def write_beton(images, labels, path, *, num_classes: int, dataset: str, split: 
             f"JPEG encoding (data.ffcv_encoding=jpeg) needs 3-channel images, but {dataset} is grayscale: FFCV's "
             "JPEG field stores RGB only. Use data.ffcv_encoding=raw (grayscale is stored raw, as a uint8 array).")
     require_ffcv("writing FFCV .beton files")
+    from ffcv.fields import IntField, NDArrayField, RGBImageField
+
+    if images.shape[3] == 1:  # FFCV's RGBImageField refuses (H, W, 1): a uint8 array field holds grayscale exactly
+        image = NDArrayField(dtype=np.dtype("uint8"), shape=images.shape[1:])
+    else:
+        image = RGBImageField(write_mode="jpg" if encoding == "jpeg" else "raw", jpeg_quality=int(jpeg_quality),
+                              max_resolution=max_resolution)
+    fields = {"image": image, "label": IntField()}
     path = Path(path)
-    fields = _fields(images.shape[1:], encoding, int(jpeg_quality), max_resolution)
     path.parent.mkdir(parents=True, exist_ok=True)
     workers = max(1, min(int(num_workers), len(labels) // 100 + 1))
     _check_space(path, images, workers, encoding)
@@ -180,7 +176,7 @@ def write_beton(images, labels, path, *, num_classes: int, dataset: str, split: 
             dataset=dataset, split=split, count=len(labels), shape=list(images.shape[1:]), num_classes=num_classes,
             encoding=encoding, jpeg_quality=int(jpeg_quality) if encoding == "jpeg" else None,
             source_sha256=source_digest(images, labels), beton_bytes=tmp.stat().st_size,
-            beton_sha256=file_digest(tmp), image_size=image_size, max_resolution=max_resolution)
+            beton_sha256=file_digest(tmp, "sha256"), image_size=image_size, max_resolution=max_resolution)
         atomic_write_text(manifest_path(path), manifest.to_json())
     return manifest
 
