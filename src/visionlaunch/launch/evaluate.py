@@ -67,7 +67,7 @@ class RunModel:
     epoch: int | None                # the epoch the weights are from
 
 
-def read_run(run_dir: Path, which: str) -> tuple[RunConfig, dict]:
+def read_config_and_weights(run_dir: Path, which: str) -> tuple[RunConfig, dict]:
     """A run folder's config and weights file, each checked."""
     run_dir = Path(run_dir)
     config_path, weights_path = run_dir / CONFIG, weights_file(run_dir, which)
@@ -100,7 +100,7 @@ def _built(ckpt: dict, in_shape: tuple[int, int, int], num_classes: int, path: P
 
 def load_run_model(run_dir: Path, which: str = "last") -> RunModel:
     """A run folder's model (eval mode, on the CPU) and its preprocessing."""
-    cfg, ckpt = read_run(run_dir, which)
+    cfg, ckpt = read_config_and_weights(run_dir, which)
     in_shape = tuple(int(d) for d in ckpt["in_shape"])
     classes = [str(c) for c in ckpt["classes"]]
     model = _built(ckpt, in_shape, len(classes), weights_file(run_dir, which)).eval()
@@ -125,10 +125,10 @@ def batch_logits(run: RunModel, images: torch.Tensor, device: torch.device, auto
 
 
 def _rebuild(run_dir: Path, which: str):
-    from visionlaunch.datasets.augment import BatchPipeline
     from visionlaunch.trainers.distributed import make_accelerator
+    from visionlaunch.trainers.setup import batch_pipeline
 
-    cfg, ckpt = read_run(run_dir, which)
+    cfg, ckpt = read_config_and_weights(run_dir, which)
     identity = read_run_identity(run_dir)
     accelerator = make_accelerator(cfg)
     data = prepare_data(cfg.data, log=_log)
@@ -140,10 +140,7 @@ def _rebuild(run_dir: Path, which: str):
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model = accelerator.prepare_model(model, evaluation_mode=True)
-    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.precision, torch.float32)
-    pipeline = BatchPipeline(cfg.augment, data.mean, data.std, accelerator.device, seed=cfg.train.seed,
-                             channels_last=cfg.train.channels_last,
-                             dtype=half if cfg.data.half_inputs else torch.float32)
+    pipeline = batch_pipeline(cfg, data, accelerator.device, cfg.train.seed)
     return cfg, ckpt, identity, accelerator, data, model, pipeline
 
 

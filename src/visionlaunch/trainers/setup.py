@@ -148,12 +148,20 @@ def loaders_for(cfg: RunConfig, data: DataBundle, accelerator, micro_batch: int,
     evals = {split: make_loader(cfg.data.loader, ds.images, ds.labels, eval_batch, train=False,
                                 beton=betons.get(split), **common)
              for split, ds in (("val", data.val), ("test", data.test)) if ds is not None and len(ds)}
-    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.precision, torch.float32)
-    pipeline = BatchPipeline(cfg.augment, data.mean, data.std, acc.device, seed=cfg.train.seed + acc.process_index,
-                             channels_last=cfg.train.channels_last,
-                             dtype=half if cfg.data.half_inputs else torch.float32, loader_augments=train.augments,
-                             resized_crop=None if train.augments or train.crops else crop)
+    pipeline = batch_pipeline(cfg, data, acc.device, cfg.train.seed + acc.process_index, loader_augments=train.augments,
+                              resized_crop=None if train.augments or train.crops else crop)
     return train, evals, steps, pipeline
+
+
+def batch_pipeline(cfg: RunConfig, data: DataBundle, device: torch.device, seed: int, *, loader_augments: bool = False,
+                   resized_crop: ResizedCrop | None = None) -> BatchPipeline:
+    """The run's batch pipeline: the data's normalisation, the run's augmentation, and inputs in the half type of
+    train.precision when data.half_inputs is set. `visionlaunch evaluate` builds it here too, so that it feeds the
+    model exactly what training fed it."""
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.precision, torch.float32)
+    return BatchPipeline(cfg.augment, data.mean, data.std, device, seed=seed, channels_last=cfg.train.channels_last,
+                         dtype=half if cfg.data.half_inputs else torch.float32, loader_augments=loader_augments,
+                         resized_crop=resized_crop)
 
 
 def write_run_files(run_path: Path, cfg: RunConfig, data: DataBundle, model: torch.nn.Module, summary: str,
