@@ -254,3 +254,26 @@ def test_a_resumed_run_crops_exactly_as_an_uninterrupted_one(tmp_path, folder, c
     assert "resuming from" in capsys.readouterr().err
     assert max_weight_difference(whole, tmp_path / "runs" / "cut") == 0
     assert records(whole, "epoch") == records(tmp_path / "runs" / "cut", "epoch")
+
+
+def test_evaluate_data_on_a_one_size_dataset_drops_the_runs_image_size():
+    """`evaluate --data name=cifar10` on a photo run: CIFAR-10 images are converted to the run's input shape, never
+    centre-cropped to a larger data.image_size (a negative offset would slice a strip of each image)."""
+    from types import SimpleNamespace
+
+    from visionlaunch.config import RunConfig
+    from visionlaunch.datasets.imageset import ImageSet
+    from visionlaunch.datasets.mixed_size import center_crop
+    from visionlaunch.errors import VisionlaunchError
+    from visionlaunch.launch.evaluate import data_config
+
+    run = SimpleNamespace(cfg=RunConfig.model_validate(
+        {"data": {"name": "imagefolder", "path": "photos", "image_size": 64}}))
+    assert data_config(run, ["name=cifar10"], "test").image_size is None
+    assert data_config(run, ["path=other-photos"], "test").image_size == 64  # another photo folder: the same view
+    with pytest.raises(VisionlaunchError, match=r"--data image_size=64: data\.image_size applies to name=imagefolder"):
+        data_config(run, ["name=cifar10", "image_size=64"], "test")
+    small = ImageSet(torch.zeros(2, 3, 32, 32, dtype=torch.uint8), torch.zeros(2, dtype=torch.int64), ["a"], "cifar10",
+                     "test")
+    with pytest.raises(ValueError, match="cannot centre-crop 32x32 images to 64 px"):
+        center_crop(small, 64)

@@ -97,6 +97,8 @@ def decode_squares(items: Sequence, image_size: int, max_upscale: float, *, prog
 def center_crop(ds: ImageSet, image_size: int) -> ImageSet:
     """The centre image_size x image_size square of every stored image: the evaluation view."""
     _, h, w = ds.shape
+    if min(h, w) < image_size:  # a negative offset would slice a strip of the image, not a square
+        raise ValueError(f"cannot centre-crop {h}x{w} images to {image_size} px")
     top, left = (h - image_size) // 2, (w - image_size) // 2
     images = ds.images[:, :, top:top + image_size, left:left + image_size].contiguous()
     return dataclasses.replace(ds, images=images)  # keeps labels, classes, superclasses, provenance

@@ -225,6 +225,13 @@ def data_config(run: RunModel, overrides: list[str], split: str) -> DataConfig:
         for key, value in _SUBSET_KEYS.items():
             if key not in given and not (key == "val_size" and split == "val"):
                 tree[key] = value
+    if tree["name"] != "imagefolder" and tree.get("image_size") is not None:
+        if "image_size" in given:
+            raise VisionlaunchError(
+                f"--data image_size={tree['image_size']}: data.image_size applies to name=imagefolder (photos of "
+                f"mixed sizes); {tree['name']} has one image size already and is converted to the run's input "
+                "shape. Remove image_size.")
+        tree["image_size"] = None  # the run's photo size: this dataset's images are converted to its input shape
     try:
         return DataConfig.model_validate(tree)
     except ValidationError as err:
