@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 
 try:
-    from visionlaunch.launch.cli import main
+    from visionlaunch.launch.cli import end_process, main
 except ImportError:  # a checkout that was not pip-installed: use the source tree beside this file
     sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
-    from visionlaunch.launch.cli import main
+    from visionlaunch.launch.cli import end_process, main
 
 if __name__ == "__main__":
-    sys.exit(main(["train", *sys.argv[1:]]))
+    end_process(main(["train", *sys.argv[1:]]))

@@ -2,12 +2,15 @@
 
 $VL_TEST_FAULT is comma-separated key=value pairs:
   action=signal,signal=SIGTERM,rank=R,step=K   rank R sends itself the signal during training micro-batch K
-  action=raise,rank=R,step=K                   rank R raises RuntimeError at training micro-batch K
+  action=raise,rank=R,step=K                   rank R raises RuntimeError at training micro-batch K (its message
+                                               gives the time.time() of the failure)
   action=kill_in_checkpoint,save=K             SIGKILL right after Accelerate wrote the K-th checkpoint's model and
                                                optimizer files, before the rest (a torn checkpoint folder)
   sleep=S                                      (with any action, or alone) sleep S seconds per training micro-batch
   teardown_sleep=S                             (with any action) sleep S seconds before destroying the process
                                                group: a slow teardown, as after a peer's death
+  abort_in_interpreter_teardown=1              abort (SIGABRT) if the interpreter is torn down at exit, as the gloo
+                                               threads that DistributedDataParallel leaves behind sometimes did
 The numerics are untouched: a run with a fault that does not fire equals a plain run.
 """
 
@@ -18,8 +21,13 @@ import time
 
 import torch
 
-from visionlaunch.launch.cli import main
+from visionlaunch.launch.cli import end_process, main
 from visionlaunch.trainers import losses
+
+
+class _AbortInInterpreterTeardown:
+    def __del__(self):  # a module global: only the interpreter's teardown at exit deletes it
+        os.abort()
 
 
 def _install(spec: dict) -> None:
@@ -38,7 +46,7 @@ def _install(spec: dict) -> None:
                 if action == "signal":
                     os.kill(os.getpid(), getattr(signal, spec.get("signal", "SIGTERM")))
                 elif action == "raise":
-                    raise RuntimeError(f"injected failure on rank {rank} at micro-batch {at}")
+                    raise RuntimeError(f"injected failure on rank {rank} at micro-batch {at} at time {time.time():.3f}")
         return forward(self, logits, targets)
 
     losses.CrossEntropyLoss.forward = faulty_forward
@@ -69,5 +77,8 @@ def _install(spec: dict) -> None:
 
 if __name__ == "__main__":
     fault = os.environ.get("VL_TEST_FAULT", "")
-    _install(dict(pair.split("=", 1) for pair in fault.split(",") if "=" in pair))
-    sys.exit(main(["train", *sys.argv[1:]]))
+    spec = dict(pair.split("=", 1) for pair in fault.split(",") if "=" in pair)
+    _install(spec)
+    if spec.get("abort_in_interpreter_teardown") == "1":
+        _teardown_fault = _AbortInInterpreterTeardown()
+    end_process(main(["train", *sys.argv[1:]]))

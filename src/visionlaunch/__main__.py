@@ -1,5 +1,4 @@
-import sys
-
 from visionlaunch.launch.cli import main
+from visionlaunch.launch.process_end import end_process
 
-sys.exit(main())
+end_process(main())

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from visionlaunch.config import describe_keys, load_config  # pydantic and YAML, no torch: config errors come first
 from visionlaunch.errors import EXIT_BAD_INPUT, VisionlaunchError, describe_environment_error, report
+from visionlaunch.launch.process_end import end_process
 from visionlaunch.slurm.render import SlurmOptions, add_slurm_arguments
 from visionlaunch.trainers.preemption import Preempted
 
@@ -384,4 +385,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def console_main() -> None:  # pragma: no cover - thin wrapper for the console script
-    sys.exit(main())
+    end_process(main())
