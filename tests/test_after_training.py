@@ -5,16 +5,13 @@ that plain torch / onnxruntime / safetensors load and that give the run's logits
 without images, non-image files, a missing export package, a run without weights) exits 2 with one paragraph."""
 
 import csv
-import io
 import json
-import re
 import shutil
 import sys
 import tarfile
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -244,7 +241,7 @@ def test_export_format_whose_package_is_missing(run_dir, tmp_path, monkeypatch, 
     out = tmp_path / "model"
     assert main(["export", str(run_dir), "--format", fmt, "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert f"pip install 'visionlaunch[export]'" in err and f"pip install {module}" in err and "Traceback" not in err
+    assert "pip install 'visionlaunch[export]'" in err and f"pip install {module}" in err and "Traceback" not in err
     assert not out.exists() and not Path(str(out) + ".json").exists()
 
 

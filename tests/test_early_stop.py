@@ -6,7 +6,6 @@ mode on for the run (and off again for a run without it)."""
 import json
 import shutil
 
-import pytest
 import torch
 
 from tests.run_helpers import max_weight_difference, records, train_args

@@ -9,21 +9,15 @@ raising.
 """
 
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 import torch
 
-from tests.conftest import isolate_environment, require_ffcv, require_shared_data
-from visionlaunch.config import DataConfig
-from visionlaunch.datasets import BatchAugment, ImageSet, load_dataset
+from tests.conftest import require_ffcv, require_shared_data
+from visionlaunch.datasets import BatchAugment, load_dataset
 from visionlaunch.datasets.loaders import TensorLoader, TorchLoader
 from visionlaunch.trainers.data import make_loader
-from visionlaunch.errors import VisionlaunchError
 
 pytestmark = pytest.mark.timeout(300)
 CPU = torch.device("cpu")

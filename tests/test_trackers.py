@@ -7,7 +7,6 @@ import math
 import shutil
 from pathlib import Path
 
-import pytest
 
 from tests.run_helpers import train_args
 from visionlaunch.launch.cli import main
