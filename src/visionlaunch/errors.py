@@ -63,12 +63,15 @@ def describe_load_failure(exc: BaseException) -> str:
     """Why torch.load (weights_only=True) failed, in a few words: never PyTorch's advice to retry with
     weights_only=False, which would run whatever code a foreign file holds."""
     text = " ".join(str(exc).split())
-    if "Weights only load failed" in text:
+    if "Weights only load failed" in text and "Unsupported global" in text:
         return ("it holds objects other than tensors and plain data, which visionlaunch refuses to load (loading "
                 "them could run arbitrary code)")
+    if "Weights only load failed" in text:  # bytes that are no pickle: keep the unpickler's own words only
+        detail = text.partition("WeightsUnpickler error: ")[2].partition(" Check the documentation")[0]
+        return f"it is truncated, damaged or not a weights file ({detail[:200] or 'it cannot be unpickled'})"
     if isinstance(exc, OSError):
         return describe_os_error(exc)
-    return f"it is truncated, damaged or not a PyTorch file ({type(exc).__name__}: {text[:200] or 'no details'})"
+    return f"it is truncated, damaged or not a weights file ({type(exc).__name__}: {text[:200] or 'no details'})"
 
 
 def _named(exc: BaseException, module: str, *names: str) -> bool:

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from visionlaunch.errors import VisionlaunchError
+from visionlaunch.errors import VisionlaunchError, describe_load_failure
 
 _WRAPPERS = ("model", "state_dict", "model_state_dict")
 _SHOWN = 4
@@ -26,7 +26,7 @@ def _read(path: Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a damaged file raises anything from pickle, zipfile or safetensors
         raise VisionlaunchError(
-            f"model.weights={str(path)!r} cannot be read as a weights file ({type(exc).__name__}: {exc}). Give a "
+            f"model.weights={str(path)!r} cannot be read as a weights file: {describe_load_failure(exc)}. Give a "
             "torch state_dict (.pth/.pt, saved with torch.save) or a .safetensors file.") from None
 
 
