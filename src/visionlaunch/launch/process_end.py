@@ -4,6 +4,7 @@ the `visionlaunch` command."""
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import sys
 from typing import NoReturn
@@ -16,9 +17,11 @@ def end_process(code: int) -> NoReturn:
     after destroy_process_group (torch 2.14), and a process that tore the interpreter down around them sometimes
     aborted ("terminate called without an active exception", SIGABRT) after its run had finished: the launcher and
     the scheduler then reported a finished run as failed. The trainer has closed every file of the run by now."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "torch.distributed" in sys.modules:
+    world = os.environ.get("WORLD_SIZE", "1")
+    if world.isdigit() and int(world) > 1 and "torch.distributed" in sys.modules:
         atexit._run_exitfuncs()
         for stream in (sys.stdout, sys.stderr):
-            stream.flush()
+            with contextlib.suppress(OSError, ValueError):  # a closed pipe or stream: nothing more can be said
+                stream.flush()
         os._exit(code)
     sys.exit(code)
