@@ -90,7 +90,7 @@ def test_weights_files_load_from_timm_and_from_visionlaunch(tmp_path):
     (lambda: timm.create_model("test_efficientnet", num_classes=5).state_dict(), r"are not in the (file|model)"),
     (lambda: timm.create_model("test_resnet", num_classes=5, in_chans=1).state_dict(),
      r"shapes differ: backbone\.conv1\.0\.weight \(16, 1, 3, 3\) \(model: \(16, 3, 3, 3\)\)"),
-    (lambda: b"not a weights file", r"cannot be read as a weights file: it is truncated, damaged or not a weights"),
+    (lambda: b"not a weights file", r"cannot be read as a weights file: it is truncated, damaged or not a PyTorch"),
     (lambda: {"model": argparse.Namespace(step=3)}, r"cannot be read as a weights file: it holds objects other than "
                                                     r"tensors and plain data"),
     (lambda: {"step": 3}, r"does not hold a state_dict"),

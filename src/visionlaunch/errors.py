@@ -68,10 +68,10 @@ def describe_load_failure(exc: BaseException) -> str:
                 "them could run arbitrary code)")
     if "Weights only load failed" in text:  # bytes that are no pickle: keep the unpickler's own words only
         detail = text.partition("WeightsUnpickler error: ")[2].partition(" Check the documentation")[0]
-        return f"it is truncated, damaged or not a weights file ({detail[:200] or 'it cannot be unpickled'})"
+        return f"it is truncated, damaged or not a PyTorch file ({detail[:200] or 'it cannot be unpickled'})"
     if isinstance(exc, OSError):
         return describe_os_error(exc)
-    return f"it is truncated, damaged or not a weights file ({type(exc).__name__}: {text[:200] or 'no details'})"
+    return f"it is truncated, damaged or not a PyTorch file ({type(exc).__name__}: {text[:200] or 'no details'})"
 
 
 def _named(exc: BaseException, module: str, *names: str) -> bool:
