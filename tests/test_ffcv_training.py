@@ -33,7 +33,7 @@ def one_epoch_per_backend(tmp_path_factory):
     require_ffcv()
     data = require_shared_data()
     root = tmp_path_factory.mktemp("backends")
-    results = {}
+    results, schedules = {}, {}
     with pytest.MonkeyPatch.context() as mp:
         isolate_environment(mp, root)
         for kind in ("tensor", "torch", "ffcv"):
@@ -41,7 +41,9 @@ def one_epoch_per_backend(tmp_path_factory):
                          f"output.dir={root / 'runs'}", f"output.name={kind}"])
             assert code == 0
             results[kind] = _test_record(root / "runs" / kind)
-    return {"root": root, "results": results, "data": data}
+            schedules[kind] = [(r["step"], r["lr"]) for r in read_metrics(root / "runs" / kind / "metrics.jsonl")
+                               if r.get("kind") == "epoch" and r["split"] == "train"]
+    return {"root": root, "results": results, "schedules": schedules, "data": data}
 
 
 def test_one_mnist_epoch_reaches_the_same_accuracy_with_every_backend(one_epoch_per_backend):
@@ -56,6 +58,10 @@ def test_one_mnist_epoch_reaches_the_same_accuracy_with_every_backend(one_epoch_
     assert accs["tensor"] > 95, accs  # a real epoch of learning, not a broken run that agrees by accident
     assert max(accs.values()) - min(accs.values()) <= 0.3, accs
     assert accs["tensor"] == accs["torch"], accs  # the same batches and draws
+    # Every backend runs the same optimizer steps, and the one-cycle schedule is sized for exactly those: the same
+    # step count and learning rate at the epoch's end.
+    schedules = one_epoch_per_backend["schedules"]
+    assert schedules["tensor"] == schedules["torch"] == schedules["ffcv"], schedules
 
 
 def test_ffcv_run_wrote_checked_files_and_refuses_them_once_stale(one_epoch_per_backend, capsys):
