@@ -2,8 +2,9 @@
 which samples each step of an epoch takes on this rank. Every backend yields (uint8 NCHW images, int64 labels) on
 the training device; the batch pipeline (augment.py) then augments and normalises them, the same for every backend.
 
-Each epoch one seeded permutation (identical on every rank) is cut into `world` shards, rank r taking positions r,
-r+world, ... . Training shards are trimmed to a common length, so every rank runs the same number of steps (at most
+Each epoch one global order of the samples (order.py: a function of seed, epoch and sample index only, identical
+on every rank; a full shuffle in memory, a shuffle with locality out of core) is cut into `world` shards, rank r
+taking positions r, r+world, ... . Training shards are trimmed to a common length, so every rank runs the same number of steps (at most
 world-1 samples an epoch left out); evaluation shards are not, so every test sample counts exactly once. With a
 per-process batch of B / world, step k of all ranks covers positions [k*B, (k+1)*B): the samples of step k of one
 process with batch B. `set_epoch(epoch, start_batch)` resumes an epoch at exactly the batch a checkpoint stopped at.
@@ -18,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from visionlaunch.datasets.mixed_size import ResizedCropDataset
+from visionlaunch.datasets.order import FULL_SHUFFLE, EpochOrder
 
 
 def epoch_steps(n: int, batch_size: int, *, train: bool, rank: int = 0, world: int = 1) -> int:
@@ -30,27 +32,26 @@ def epoch_steps(n: int, batch_size: int, *, train: bool, rank: int = 0, world: i
 class ShardedLoader:
     """Epoch order, rank shard and epoch length: the rules every backend follows (its subclasses take these
     arguments as `**sharding`). `max_steps` (train.max_steps_per_epoch) cuts every epoch to at most that many
-    batches."""
+    batches; `order` says how a training epoch is shuffled (the full shuffle unless the data is read out of core)."""
 
     augments = False  # batches come raw; the batch pipeline augments them (the ffcv backend says True)
     crops = False  # ... and makes the random-resized crop of data.image_size
     note = None  # a line for the user about how the data is held (the tensor backend's spill to CPU memory)
 
     def __init__(self, n: int, batch_size: int, *, train: bool, seed: int, rank: int = 0, world: int = 1,
-                 max_steps: int | None = None):
+                 max_steps: int | None = None, order: EpochOrder = FULL_SHUFFLE):
         self.num_samples, self.batch_size, self.train, self.seed = n, batch_size, train, seed
-        self.rank, self.world, self.max_steps = rank, world, max_steps
+        self.rank, self.world, self.max_steps, self.order = rank, world, max_steps, order
         self.epoch, self.start_batch = 0, 0
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch, self.start_batch = epoch, start_batch
 
     def remaining(self) -> torch.Tensor:
-        """This rank's positions of the epoch's seeded permutation (in order when not training), from batch
+        """This rank's positions of the epoch's global order (in order when not training), from batch
         `start_batch` on: what a (resumed) epoch still visits."""
         if self.train:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            order = torch.randperm(self.num_samples, generator=g)
+            order = self.order(self.num_samples, self.seed, self.epoch)
         else:
             order = torch.arange(self.num_samples)
         shard = order[self.rank::self.world]
