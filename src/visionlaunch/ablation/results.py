@@ -62,6 +62,8 @@ def plan_differences(variant: Variant, saved: dict) -> list[str]:
     planned = variant.config.model_dump(mode="json")
     if planned["data"]["fallback"] == "sample" and saved.get("data", {}).get("name") == "mnist_sample":
         saved = {**saved, "data": {**saved["data"], "name": planned["data"]["name"]}}  # the data really used
+    if planned["data"].get("residency") == "auto" and saved.get("data", {}).get("residency") in ("memory", "disk"):
+        saved = {**saved, "data": {**saved["data"], "residency": "auto"}}  # where auto put the data
     return config_differences(saved, planned, "run", "plan")
 
 

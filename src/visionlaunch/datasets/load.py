@@ -20,7 +20,9 @@ import torch
 
 from visionlaunch.atomic import atomic_torch_save
 from visionlaunch.datasets import cifar, imagefolder, mnist
+from visionlaunch.datasets.folder_index import FolderSource
 from visionlaunch.datasets.imageset import ImageSet
+from visionlaunch.datasets.source import ArraySource
 from visionlaunch.errors import VisionlaunchError, describe_load_failure, describe_os_error
 
 DATASET_NAMES = ("mnist", "mnist_sample", "cifar10", "cifar100", "imagefolder")
@@ -69,6 +71,19 @@ def load_dataset(name: str, split: str, *, root: Path, path: str | None = None, 
         return cached(Path(cache_dir), name, split, source_key, files, build, verified=verify)
     except OSError as exc:  # a file or folder of the dataset that cannot be read (permissions, a folder, ...)
         raise VisionlaunchError(f"cannot read the {name} dataset: {describe_os_error(exc)}") from exc
+
+
+def open_source(name: str, split: str, *, root: Path, path: str | None = None, progress: bool = True,
+                image_size: int | None = None, max_upscale: float = 4.0, **read):
+    """One split as an indexed source (source.py) that decodes a sample when asked: for an ImageFolder an index of
+    its files, nothing decoded; the canonical datasets, small enough to hold, over their arrays (`load_dataset`)."""
+    if name != "imagefolder":
+        return ArraySource(load_dataset(name, split, root=Path(root), path=path, progress=progress, **read))
+    try:
+        return FolderSource(imagefolder.locate(Path(root), path), split, image_size=image_size,
+                            max_upscale=max_upscale, progress=progress)
+    except OSError as exc:
+        raise VisionlaunchError(f"cannot read the imagefolder dataset: {describe_os_error(exc)}") from exc
 
 
 # --- the cache ---------------------------------------------------------------------------------------------

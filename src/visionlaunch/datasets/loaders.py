@@ -1,4 +1,5 @@
-"""The loader backends (tensor, torch; ffcv in ffcv_builders/loader.py) and the core they share, `ShardedLoader`:
+"""The loader backends (tensor, torch in memory, torch out of core; ffcv in ffcv_builders/loader.py) and the core
+they share, `ShardedLoader`:
 which samples each step of an epoch takes on this rank. Every backend yields (uint8 NCHW images, int64 labels) on
 the training device; the batch pipeline (augment.py) then augments and normalises them, the same for every backend.
 
@@ -20,6 +21,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from visionlaunch.datasets.mixed_size import ResizedCropDataset
 from visionlaunch.datasets.order import FULL_SHUFFLE, EpochOrder
+from visionlaunch.datasets.source import SampleDataset
 
 
 def epoch_steps(n: int, batch_size: int, *, train: bool, rank: int = 0, world: int = 1) -> int:
@@ -107,11 +109,14 @@ class TensorLoader(ShardedLoader):
 class _RemainingSampler(torch.utils.data.Sampler):
     """The DataLoader's order: what the owning loader's epoch still visits."""
 
-    def __init__(self, owner: ShardedLoader):
-        self.owner = owner
+    def __init__(self, owner: ShardedLoader, with_epoch: bool = False):
+        self.owner, self.with_epoch = owner, with_epoch
 
     def __iter__(self):
-        return iter(self.owner.remaining().tolist())
+        index = self.owner.remaining().tolist()
+        # (sample, epoch) pairs for SampleDataset, whose per-sample draws depend on the epoch too: persistent workers
+        # keep the dataset object they were started with, so the epoch has to travel with each index.
+        return iter([(i, self.owner.epoch) for i in index] if self.with_epoch else index)
 
 
 class TorchLoader(ShardedLoader):
@@ -120,17 +125,34 @@ class TorchLoader(ShardedLoader):
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, device: torch.device,
                  num_workers: int = 2, resized_crop=None, **sharding):
         super().__init__(len(labels), batch_size, **sharding)
-        self.device = device
         # data.image_size: each training sample is cropped in the workers with torchvision's transforms v2.
         self.crops = self.train and resized_crop is not None
         dataset = ResizedCropDataset(images, labels, resized_crop) if self.crops else TensorDataset(images, labels)
+        self._start(dataset, device, num_workers)
+
+    def _start(self, dataset, device: torch.device, num_workers: int, with_epoch: bool = False) -> None:
+        self.device = device
         # Its own generator: DataLoader draws a worker base seed per epoch, which must not advance the global RNG
         # (dropout uses it), or a resumed run would draw different dropout masks than an uninterrupted one.
         self.loader = DataLoader(
-            dataset, batch_size=batch_size, sampler=_RemainingSampler(self), drop_last=self.train,
+            dataset, batch_size=self.batch_size, sampler=_RemainingSampler(self, with_epoch), drop_last=self.train,
             num_workers=num_workers, pin_memory=device.type == "cuda", persistent_workers=num_workers > 0,
             generator=torch.Generator().manual_seed(self.seed))
 
     def __iter__(self):
         for images, labels in itertools.islice(self.loader, max(len(self) - self.start_batch, 0)):
             yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+
+
+class SourceLoader(TorchLoader):
+    """Out of core: DataLoader workers decode one sample per item from an indexed source (source.py), in the epoch
+    order `order` (a local shuffle, so that reads stay within a window of the data). Training with data.image_size,
+    each sample's random-resized crop is drawn from its own generator seeded by (seed, epoch, sample index), so the
+    batches are the same on any number of processes and workers, and a run resumed mid-epoch continues bit for bit."""
+
+    def __init__(self, source, batch_size: int, *, device: torch.device, num_workers: int = 2, resized_crop=None,
+                 **sharding):
+        ShardedLoader.__init__(self, len(source), batch_size, **sharding)
+        self.crops = self.train and resized_crop is not None
+        self._start(SampleDataset(source, self.seed, resized_crop if self.crops else None), device, num_workers,
+                    with_epoch=True)

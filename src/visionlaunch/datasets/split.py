@@ -1,6 +1,7 @@
 """Seeded, class-stratified selections: the hold-out of the training set for validation, and the subsets of quick
 runs (data.train_subset / data.test_subset). Stratified, because datasets are often stored class by class (an
-ImageFolder always is): the first N images of one would be a single class."""
+ImageFolder always is): the first N images of one would be a single class. They apply to an in-memory ImageSet and
+to an indexed source (source.py) alike."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import numbers
 import torch
 
 from visionlaunch.datasets.imageset import ImageSet
+from visionlaunch.datasets.source import subset
 from visionlaunch.errors import VisionlaunchError
 
 
@@ -20,7 +22,7 @@ def stratified_indices(labels: torch.Tensor, count: int, generator: torch.Genera
     Per-class counts are the floors of the exact quotas, the leftover going to the largest remainders (ties to
     the lower class), so the total is exactly `count`. Returned sorted.
     """
-    labels = labels.cpu()
+    labels = torch.as_tensor(labels).cpu()
     classes, sizes = torch.unique(labels, return_counts=True)
     quotas = sizes.double() * count / len(labels)
     take = quotas.floor().long()
@@ -65,7 +67,7 @@ def train_val_split(train: ImageSet, val_size: int | float, seed: int) -> tuple[
     val_index = stratified_indices(train.labels, count, generator)
     keep = torch.ones(len(train), dtype=torch.bool)
     keep[val_index] = False
-    rest, val = train.subset(keep), train.subset(val_index)
+    rest, val = subset(train, keep), subset(train, val_index)
     rest.source = f"{train.source} [training part: {len(rest)} of {len(train)}, val split seed {seed}]"
     val.source = f"{train.source} [validation part: {len(val)} of {len(train)}, val split seed {seed}]"
     return rest, val
@@ -79,7 +81,7 @@ def stratified_subset(ds: ImageSet, count: int | None, seed: int, split: str) ->
     # A stream of its own per split, unrelated to the val split's (which draws with `seed` itself).
     digest = hashlib.sha256(f"visionlaunch-subset:{split}:{int(seed)}".encode()).digest()
     generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
-    picked = ds.subset(stratified_indices(ds.labels, count, generator))
+    picked = subset(ds, stratified_indices(ds.labels, count, generator))
     picked.source = f"{ds.source} [{split} subset: {count} of {len(ds)}, class-stratified, seed {seed}]"
     return picked
 
@@ -88,7 +90,7 @@ def class_coverage_warning(ds: ImageSet, what: str) -> str | None:
     """A warning when `ds` holds fewer classes than the dataset has (a subset too small, a tiny val split)."""
     if not len(ds) or len(ds.classes) < 2:
         return None
-    present = int(torch.unique(ds.labels).numel())
+    present = int(torch.unique(torch.as_tensor(ds.labels)).numel())
     if present == len(ds.classes):
         return None
     consequence = ("every image has the same label, so its accuracy says nothing (100% is trivially reached)"

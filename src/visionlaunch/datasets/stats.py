@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from visionlaunch.datasets.imageset import ImageSet
@@ -30,6 +31,15 @@ def measure_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[tuple[float,
         part = images[start:start + chunk].cpu()
         for c in range(channels):
             hist[c] += torch.bincount(part[:, c].reshape(-1), minlength=256)
+    return _stats_from_histogram(hist)
+
+
+# Out of core, the statistics come from this many training images drawn at random (seeded): enough for three
+# decimals, and bounded, where decoding every image of a large dataset would cost as much as an epoch.
+STATS_SAMPLE = 2000
+
+
+def _stats_from_histogram(hist: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     values = torch.arange(256, dtype=torch.float64) / 255
     n = hist[0].sum().double()
     mean = (hist * values).sum(1) / n
@@ -37,11 +47,28 @@ def measure_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[tuple[float,
     return tuple(mean.tolist()), tuple(var.clamp_min(0).sqrt().tolist())
 
 
-def normalization_stats(train: ImageSet) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def measure_source_stats(source, limit: int = STATS_SAMPLE, seed: int = 0):
+    """`measure_stats` of an indexed source: every image when it holds at most `limit`, else `limit` of them drawn
+    at random (seeded), each decoded once."""
+    n = len(source)
+    if n == 0:
+        return measure_stats(torch.empty(0, 1, 1, 1, dtype=torch.uint8))  # its error message
+    pick = range(n) if n <= limit else np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
+    hist = torch.zeros(source.shape[0], 256, dtype=torch.int64)
+    for i in pick:
+        pixels = torch.from_numpy(np.ascontiguousarray(source.decode(int(i))))
+        for c in range(hist.shape[0]):
+            hist[c] += torch.bincount(pixels[..., c].reshape(-1), minlength=256)
+    return _stats_from_histogram(hist)
+
+
+def normalization_stats(train) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The published constants of a standard dataset, else measured on `train` (an ImageSet, or an indexed source:
+    then on at most STATS_SAMPLE of its images)."""
     published = PUBLISHED.get(train.name)
     if published is not None and len(published[0]) == train.shape[0]:
         return published
-    return measure_stats(train.images)
+    return measure_stats(train.images) if isinstance(train, ImageSet) else measure_source_stats(train)
 
 
 def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float],

@@ -1,5 +1,6 @@
-"""From the data section of the config to train/val/test tensors, normalisation constants and a note that
-says plainly which data the run used; and the choice of loader backend (tensor, torch or ffcv) that feeds them."""
+"""From the data section of the config to train/val/test tensors (or, out of core, an indexed source of the training
+split that decodes one sample when asked), normalisation constants and a note that says plainly which data the run
+used; and the choice of loader backend (tensor, torch or ffcv) that feeds them."""
 
 from __future__ import annotations
 
@@ -11,15 +12,18 @@ from visionlaunch.datasets.mixed_size import center_crop
 from visionlaunch.datasets import (DatasetNotFound, ImageSet, default_cache_dir, load_dataset, normalization_stats,
                                    resolve_data_root, train_val_split)
 from visionlaunch.datasets.cifar import unofficial_note
-from visionlaunch.datasets.loaders import TensorLoader, TorchLoader
+from visionlaunch.datasets.load import open_source
+from visionlaunch.datasets.loaders import SourceLoader, TensorLoader, TorchLoader
+from visionlaunch.datasets.order import FULL_SHUFFLE
+from visionlaunch.datasets.source import ArraySource, CenterCrop
 from visionlaunch.datasets.split import class_coverage_warning, stratified_subset
 
 
 @dataclass
 class DataBundle:
-    train: ImageSet
-    val: ImageSet | None
-    test: ImageSet
+    train: ImageSet  # or, out of core, an indexed source (datasets/source.py)
+    val: ImageSet | None  # ... held out of it: a source too
+    test: ImageSet  # always in memory (the reports draw from it)
     mean: tuple[float, ...]
     std: tuple[float, ...]
     note: str
@@ -37,7 +41,10 @@ class DataBundle:
         return self.test.shape
 
 
-def prepare_data(cfg: DataConfig, log=print, progress: bool = True) -> DataBundle:
+def prepare_data(cfg: DataConfig, log=print, progress: bool = True, plan=None) -> DataBundle:
+    """The run's data. `plan(train_source, test_bytes) -> bool`, when given, sees the training split as an indexed
+    source (nothing decoded) and the test split's decoded size, and says whether the training split (and the
+    validation split held out of it) stays out of core, decoded on demand; without it everything is in memory."""
     root = resolve_data_root(cfg.root)
     cache = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
     kwargs = dict(root=root, path=cfg.path, download=cfg.download, verify=cfg.verify, cache_dir=cache,
@@ -46,19 +53,18 @@ def prepare_data(cfg: DataConfig, log=print, progress: bool = True) -> DataBundl
         kwargs.update(image_size=cfg.image_size, max_upscale=cfg.max_upscale)
     name, val_size = cfg.name, cfg.val_size
     try:
-        train = load_dataset(name, "train", **kwargs)
+        train, test = _read_splits(name, kwargs, plan)
     except DatasetNotFound as exc:
         if cfg.fallback != "sample":
             raise
         log(f"NOTE: the full MNIST dataset was not found ({exc}) -- training on the small real MNIST sample "
             "embedded in the package instead. Results are NOT comparable to full-MNIST numbers.")
         name = "mnist_sample"
-        train = load_dataset(name, "train", **kwargs)
+        train, test = _read_splits(name, kwargs, plan)
         if val_size >= 1 and val_size * 2 > len(train):
             # A count meant for the 60k set would swallow the sample: hold out the same 1/12 share instead.
             val_size = round(len(train) / 12)
             log(f"NOTE: data.val_size lowered to {val_size} for the {len(train)}-image sample")
-    test = load_dataset(name, "test", **kwargs)
     if note := unofficial_note([train, test]):
         log(note)
     # Constants from the full training set, before any subset, so a quick run normalises like a full one.
@@ -74,7 +80,8 @@ def prepare_data(cfg: DataConfig, log=print, progress: bool = True) -> DataBundl
             log(warning)
     if cfg.image_size:  # evaluation sees the centre crop; training crops at random in the batch pipeline
         test = center_crop(test, cfg.image_size)
-        val = center_crop(val, cfg.image_size) if val is not None else None
+        if val is not None:
+            val = center_crop(val, cfg.image_size) if isinstance(val, ImageSet) else CenterCrop(val, cfg.image_size)
     note = (f"{name}: {len(train)} train, {len(val) if val is not None else 0} val (held out of train, seed "
             f"{cfg.split_seed}), {len(test)} test images of shape {tuple(train.shape)}"
             f"{f' (cropped to {cfg.image_size} px)' if cfg.image_size else ''}, {len(train.classes)} "
@@ -82,6 +89,30 @@ def prepare_data(cfg: DataConfig, log=print, progress: bool = True) -> DataBundl
                                                    if train.unofficial or test.unofficial else ""))
     return DataBundle(train=train, val=val, test=test, mean=mean, std=std, note=note, name=name,
                       val_size=val_size)
+
+
+def _read_splits(name: str, kwargs: dict, plan) -> tuple:
+    """(train, test): train in memory, or as the indexed source that `plan` keeps out of core; test in memory."""
+    if plan is None:
+        return load_dataset(name, "train", **kwargs), load_dataset(name, "test", **kwargs)
+    source = open_source(name, "train", **kwargs)  # an index of the files; the layout checked as in memory
+    if isinstance(source, ArraySource):  # the canonical sets, read whole anyway: their test split says its size
+        test = load_dataset(name, "test", **kwargs)
+        return (source if plan(source, test.images.nbytes) else source.data), test
+    # An ImageFolder: the test split's size from the index too; the training split is decoded (or fails) first, as
+    # in memory, before the test split is decoded and cached.
+    train = source if plan(source, source.split_bytes("test")) else load_dataset(name, "train", **kwargs)
+    return train, load_dataset(name, "test", **kwargs)
+
+
+def split_loader(kind: str, ds, batch_size: int, *, order=FULL_SHUFFLE, **kwargs):
+    """`make_loader` over an ImageSet; over an indexed source (out of core), the torch backend's SourceLoader in the
+    epoch order `order`."""
+    if isinstance(ds, ImageSet):
+        return make_loader(kind, ds.images, ds.labels, batch_size, **kwargs)
+    for key in ("beton", "verify_beton", "augment", "channels_last"):
+        kwargs.pop(key, None)
+    return SourceLoader(ds, batch_size, order=order, **kwargs)
 
 
 def make_loader(kind: str, images, labels, batch_size: int, *, beton=None, verify_beton: bool = True, augment=None,

@@ -28,7 +28,8 @@ from visionlaunch.models import build_model
 from visionlaunch.models.inspection import count_parameters, layer_names
 from visionlaunch.models.weights import load_weights
 from visionlaunch.trainers import checkpoint as ckpt
-from visionlaunch.trainers.data import DataBundle, make_loader, prepare_data
+from visionlaunch.trainers.data import DataBundle, prepare_data, split_loader
+from visionlaunch.trainers import memory_plan
 from visionlaunch.trainers.runlock import RunLock
 
 
@@ -38,6 +39,7 @@ class SharedDecisions:
     plan: ckpt.ResumePlan  # the run folder, and the checkpoint to resume from (or None)
     replace: bool  # the folder exists and is to be replaced (output.overwrite, or restarting an unfinished run)
     betons: dict  # data.loader=ffcv: the .beton file of each split
+    out_of_core: bool | None  # the training split read out of core (None: the data was given, not planned)
 
 
 def decide_for_every_rank(cfg: RunConfig, preset: str | None, data: DataBundle | None, accelerator, log
@@ -54,16 +56,16 @@ def decide_for_every_rank(cfg: RunConfig, preset: str | None, data: DataBundle |
             # Held until the run ends: no other process may train into the folder, resume from it or replace it.
             lock = RunLock(ckpt.plan_resume(cfg.train.resume, run_path).run_path).acquire(log=log)
             plan, replace = plan_start(cfg, run_path, log)
-            data, used = read_data(cfg, data, log, cfg.train.progress)
+            data, used, out_of_core = read_data(cfg, data, log, cfg.train.progress, accelerator.num_processes)
             if plan.checkpoint is not None:
                 ckpt.validate(plan.checkpoint, plan.meta, used.model_dump(mode="json"), accelerator.num_processes,
                               cfg.train.precision == "fp16")
             betons = {}
-            if cfg.data.loader == "ffcv":  # missing files are written; stale, truncated or foreign ones refused
+            if used.data.loader == "ffcv":  # missing files are written; stale, truncated or foreign ones refused
                 from visionlaunch.ffcv_builders.prepare import ensure_betons
                 betons = ensure_betons({"train": data.train, "val": data.val, "test": data.test}, data.name,
                                        cfg.data, log=log, progress=cfg.train.progress)
-            outcome = ("ok", SharedDecisions(plan, replace, betons))
+            outcome = ("ok", SharedDecisions(plan, replace, betons, out_of_core))
         except BaseException as exc:
             if lock is not None:
                 lock.release()
@@ -74,19 +76,39 @@ def decide_for_every_rank(cfg: RunConfig, preset: str | None, data: DataBundle |
     if outcome[0] == "error":
         raise VisionlaunchError(outcome[1])
     if not accelerator.is_main_process:
-        data, used = read_data(cfg, data, log, False)
+        data, used, _ = read_data(cfg, data, log, False, accelerator.num_processes, outcome[1].out_of_core)
     return outcome[1], data, used, lock
 
 
-def read_data(cfg: RunConfig, data: DataBundle | None, log, progress: bool) -> tuple[DataBundle, RunConfig]:
-    """The data (given, or read from cfg.data) and the config as used: after a fallback (the embedded MNIST
-    sample) a copy naming the data really used, so that config.yaml and `visionlaunch evaluate` reload the same
-    data. The config itself is never changed."""
-    data = data if data is not None else prepare_data(cfg.data, log=log, progress=progress)
+def read_data(cfg: RunConfig, data: DataBundle | None, log, progress: bool, processes: int = 1,
+              out_of_core: bool | None = None) -> tuple[DataBundle, RunConfig, bool | None]:
+    """The data (given, or read from cfg.data), the config as used, and whether the training split is read out of
+    core: planned here from its decoded size (memory_plan.py, whose lines are logged), or the main process's
+    `out_of_core` on the other ranks. The config as used names the data really used, so that config.yaml and
+    `visionlaunch evaluate` reload the same data: the fallback (the embedded MNIST sample), and where the data
+    lived (data.residency, and data.loader when the plan chose torch). The config itself is never changed."""
+    decided = {}
+
+    def plan(train, test_bytes: int) -> bool:
+        if out_of_core is None:
+            p = memory_plan.plan_residency(cfg.data, train, test_bytes, memory_plan.node_processes(processes),
+                               loader_set="loader" in cfg.data.model_fields_set)
+            for line in p.lines:
+                log(line)
+            decided.update(out=p.out_of_core, loader=p.loader)
+        else:
+            decided.update(out=out_of_core, loader="torch" if out_of_core else cfg.data.loader)
+        return decided["out"]
+
+    data = data if data is not None else prepare_data(cfg.data, log=log, progress=progress, plan=plan)
+    used = {}
     if data.name != cfg.data.name:
-        used = {"name": data.name, "fallback": "none", "val_size": data.val_size}
+        used.update(name=data.name, fallback="none", val_size=data.val_size)
+    if decided:
+        used.update(residency="disk" if decided["out"] else "memory", loader=decided["loader"])
+    if used:
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update=used)})
-    return data, cfg
+    return data, cfg, decided.get("out")
 
 
 # A run folder that was started but never finished (killed before its first checkpoint), or one that only holds
@@ -141,12 +163,11 @@ def loaders_for(cfg: RunConfig, data: DataBundle, accelerator, micro_batch: int,
         raise VisionlaunchError(
             f"no training step fits in an epoch: {len(data.train)} training images cannot fill one batch "
             f"of {cfg.train.batch_size}. Lower train.batch_size or use more data.")
-    train = make_loader(cfg.data.loader, data.train.images, data.train.labels, micro_batch, train=True,
-                        beton=betons.get("train"), augment=cfg.augment, resized_crop=crop,
-                        max_steps=steps * cfg.train.grad_accum, **common)
+    train = split_loader(cfg.data.loader, data.train, micro_batch, train=True, beton=betons.get("train"),
+                         augment=cfg.augment, resized_crop=crop, max_steps=steps * cfg.train.grad_accum,
+                         order=memory_plan.OUT_OF_CORE_ORDER, **common)
     eval_batch = max(1, cfg.train.eval_batch_size // acc.num_processes)
-    evals = {split: make_loader(cfg.data.loader, ds.images, ds.labels, eval_batch, train=False,
-                                beton=betons.get(split), **common)
+    evals = {split: split_loader(cfg.data.loader, ds, eval_batch, train=False, beton=betons.get(split), **common)
              for split, ds in (("val", data.val), ("test", data.test)) if ds is not None and len(ds)}
     pipeline = batch_pipeline(cfg, data, acc.device, cfg.train.seed + acc.process_index, loader_augments=train.augments,
                               resized_crop=None if train.augments or train.crops else crop)

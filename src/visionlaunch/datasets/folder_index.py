@@ -1,0 +1,81 @@
+"""An ImageFolder split as an indexed source (source.py): the files of the split, found by the ImageFolder reader's
+walk and layout checks (imagefolder.py), held as numpy arrays, and one file decoded per `decode(i)` by the reader's
+own decoding (the same pixels as the in-memory split, sample for sample).
+
+The index is three arrays, whatever the number of files: every path's bytes in one uint8 buffer with int64 offsets
+into it, the labels (int64) and the file sizes (int64). Nothing else per sample is kept, so DataLoader workers share
+the index instead of copying it (source.py says why).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from visionlaunch.datasets import imagefolder as folder
+from visionlaunch.datasets.mixed_size import decode_squares, stored_size
+from visionlaunch.errors import VisionlaunchError
+
+
+class FolderSource:
+    """`split` of the ImageFolder folder `path`, sorted like the in-memory reader (class, then file name)."""
+
+    name = "imagefolder"
+    unofficial = ()
+
+    def __init__(self, path: Path, split: str, *, image_size: int | None = None, max_upscale: float = 4.0,
+                 progress: bool = True):
+        if path.is_file():
+            raise VisionlaunchError(
+                f"{path} is an archive, which this version reads into memory only: reading it out of core needs the "
+                "images as files. Extract it (e.g. `tar xf data.tar.gz`) and point data.path at the folder, or set "
+                "data.residency=memory.")
+        images, class_dirs = folder._collect(list(folder._walk(path)), path)
+        self.classes = folder._check_classes(images, class_dirs, path)
+        index = {c: i for i, c in enumerate(self.classes)}
+        images.sort(key=lambda im: (im.split != "train", index[im.cls], im.display))
+        wanted = [im for im in images if im.split == split]
+        self.split_counts = {s: sum(im.split == s for im in images) for s in folder.SPLITS}
+        encoded = [os.fsencode(im.payload) for im in wanted]
+        self._offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum([len(e) for e in encoded], out=self._offsets[1:])
+        self._paths = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+        self.labels = np.array([index[im.cls] for im in wanted], dtype=np.int64)
+        self.file_sizes = np.array([os.stat(im.payload).st_size for im in wanted], dtype=np.int64)
+        self.split, self.image_size, self.max_upscale = split, image_size, max_upscale
+        self.source = (f"ImageFolder folder {path} ({split}/, {len(self.classes)} classes, read out of core: each "
+                       "image decoded when used")
+        if image_size:  # every photo becomes a stored square (mixed_size.py)
+            side = stored_size(image_size)
+            self.shape, self._size, self._gray = (3, side, side), None, False
+            self.source += f", mixed sizes as {side}x{side} RGB)"
+        else:  # one size for all: the headers of both splits say which, as the in-memory reader checks
+            self._size, self._gray = folder._scan_headers([im for im in images if im.split != split] + wanted,
+                                                          progress)
+            w, h = self._size
+            self.shape = (1 if self._gray else 3, h, w)
+            self.source += ")"
+        del images, wanted, encoded  # the Python objects go; the arrays stay
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def split_bytes(self, split: str) -> int:
+        """Decoded bytes of `split` of the same folder (each image stored in this split's shape)."""
+        c, h, w = self.shape
+        return self.split_counts[split] * c * h * w
+
+    def path(self, i: int) -> Path:
+        return Path(os.fsdecode(self._paths[self._offsets[i]:self._offsets[i + 1]].tobytes()))
+
+    def decode(self, i: int) -> np.ndarray:
+        """Image `i` as uint8 (H, W, C): what the in-memory reader stores for it."""
+        path = self.path(i)
+        item = folder._Image(self.split, self.classes[self.labels[i]], str(path), path)
+        if self.image_size:
+            pixels = decode_squares([item], self.image_size, self.max_upscale, progress=False)[0][0]
+        else:
+            pixels = folder._decode([item], self._size, self._gray, False, self.split)[0]
+        return pixels.transpose(1, 2, 0)

@@ -1,0 +1,135 @@
+"""Indexed sources: a dataset split that decodes one sample when asked, for data that does not live in memory.
+
+A source has a length, `labels` (numpy int64), `classes`, `name`, `source` (where the images come from), `shape`
+(C, H, W of every decoded sample) and `decode(i)` -> uint8 (H, W, C) numpy array. Its per-sample index is held in
+numpy arrays, never in lists of Python objects: a DataLoader worker that touches a Python object writes to its
+reference count, so a list of N objects is copied page by page into every worker (pytorch#13246); a numpy array is
+one object and stays shared.
+
+`ArraySource` serves the canonical datasets (MNIST, CIFAR), which are small enough to read whole, over their
+arrays; the ImageFolder source (folder_index.py) decodes one file per call. `Subset` and `CenterCrop` are views, so
+the data's subsets, validation split and evaluation crop apply to a source as they do to an ImageSet.
+`SampleDataset` is what the DataLoader workers of the out-of-core torch backend index.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from visionlaunch.datasets.imageset import ImageSet
+from visionlaunch.datasets.mixed_size import ResizedCrop
+
+
+@runtime_checkable
+class IndexedSource(Protocol):
+    name: str
+    source: str
+    classes: list[str]
+    labels: np.ndarray  # int64 (N,)
+    shape: tuple[int, int, int]  # (C, H, W) of every decoded sample
+
+    def __len__(self) -> int: ...
+
+    def decode(self, i: int) -> np.ndarray: ...  # uint8 (H, W, C)
+
+
+def decoded_bytes(ds) -> int:
+    """Bytes of the split decoded as uint8 (N x C x H x W), known from its index without decoding a sample."""
+    c, h, w = ds.shape
+    return len(ds) * c * h * w
+
+
+class ArraySource:
+    """An ImageSet (already read, e.g. CIFAR's arrays) as an indexed source: `decode` is a view of one image."""
+
+    def __init__(self, data: ImageSet):
+        self.data = data
+        self._images = data.images.permute(0, 2, 3, 1).numpy()  # (N, H, W, C) view of the NCHW tensor
+        self.labels = data.labels.numpy()
+        self.classes, self.name, self.source = list(data.classes), data.name, data.source
+        self.shape = data.shape
+        self.superclasses, self.superclass_of, self.unofficial = data.superclasses, data.superclass_of, data.unofficial
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def decode(self, i: int) -> np.ndarray:
+        return self._images[i]
+
+
+class Subset:
+    """The samples of `base` at `index` (int64 positions into it, or a bool mask), in that order."""
+
+    def __init__(self, base, index):
+        index = torch.as_tensor(index)
+        index = torch.nonzero(index).flatten() if index.dtype == torch.bool else index
+        self.base, self.index = base, index.numpy().astype(np.int64)
+        self.labels = base.labels[self.index]
+        self.classes, self.name, self.source, self.shape = base.classes, base.name, base.source, base.shape
+        self.unofficial = getattr(base, "unofficial", ())
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def decode(self, i: int) -> np.ndarray:
+        return self.base.decode(int(self.index[i]))
+
+    def subset(self, index) -> Subset:
+        return Subset(self.base, self.index[torch.as_tensor(index).numpy()])
+
+
+def subset(ds, index):
+    """`ds.subset(index)` for an ImageSet or a Subset, a Subset view of any other source."""
+    return ds.subset(index) if hasattr(ds, "subset") else Subset(ds, index)
+
+
+class CenterCrop:
+    """The centre size x size square of every sample of `base` (the evaluation view of data.image_size)."""
+
+    def __init__(self, base, size: int):
+        c, h, w = base.shape
+        if min(h, w) < size:
+            raise ValueError(f"cannot centre-crop {h}x{w} images to {size} px")
+        self.base, self.size = base, size
+        self.top, self.left = (h - size) // 2, (w - size) // 2
+        self.labels, self.classes, self.name, self.source = base.labels, base.classes, base.name, base.source
+        self.shape, self.unofficial = (c, size, size), getattr(base, "unofficial", ())
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def decode(self, i: int) -> np.ndarray:
+        return self.base.decode(i)[self.top:self.top + self.size, self.left:self.left + self.size]
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of one sample's random draws in one epoch: a function of (seed, epoch, sample index) only, so the
+    draws are the same on any number of processes or workers, and after a resume."""
+    x = (seed * 0x9E3779B97F4A7C15 + epoch * 0xBF58476D1CE4E5B9 + index * 0x94D049BB133111EB) % 2**64
+    x ^= x >> 31  # one splitmix round: nearby (epoch, index) pairs get unrelated seeds
+    x = (x * 0xBF58476D1CE4E5B9) % 2**64
+    return (x ^ (x >> 29)) >> 1
+
+
+class SampleDataset(torch.utils.data.Dataset):
+    """What the out-of-core torch backend's DataLoader indexes with (sample index, epoch) pairs: one sample decoded
+    to a uint8 CHW tensor and its label; for training with data.image_size, a random-resized crop (mixed_size's
+    ResizedCrop) drawn from the sample's own generator, seeded by sample_seed."""
+
+    def __init__(self, source, seed: int, crop: ResizedCrop | None = None):
+        self.source, self.seed, self.crop = source, seed, crop
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, key: tuple[int, int]):
+        index, epoch = key
+        image = torch.from_numpy(np.ascontiguousarray(self.source.decode(index))).permute(2, 0, 1)
+        if self.crop is not None:
+            generator = torch.Generator().manual_seed(sample_seed(self.seed, epoch, index))
+            image = self.crop.sample(image, generator)
+        return image.contiguous(), int(self.source.labels[index])
+

@@ -1,0 +1,110 @@
+"""Where the training data lives (data.residency), planned from its decoded size before anything is decoded.
+
+In memory, every process of a node holds the decoded uint8 training and test splits (the tensor backend, or the
+torch backend over in-memory tensors). Out of core, the training split stays on disk as an indexed source: the
+torch backend's DataLoader workers decode one sample per item, in the local epoch order (order.py); the test split
+stays in memory (the reports draw from it).
+
+data.residency=auto keeps the data in memory when the node's copies fit the budget: MEMORY_SHARE of the memory this
+process may use, the smaller of the machine's available memory (/proc/meminfo MemAvailable) and the room left under
+the memory cgroup's limit when one is set (v2 memory.max, v1 memory.limit_in_bytes). Otherwise it reads the
+training split out of core, with the torch backend (data.loader=torch); a loader set explicitly to tensor or ffcv
+cannot read out of core, and the run stops saying why.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from visionlaunch.datasets.order import EpochOrder
+from visionlaunch.datasets.source import decoded_bytes
+from visionlaunch.errors import VisionlaunchError
+
+# The decoded data may take at most this share of the memory available: the model, the optimizer, activations,
+# DataLoader workers and the page cache need the rest.
+MEMORY_SHARE = 0.5
+# Out of core, a training epoch is shuffled in windows of this many blocks of this many consecutive samples.
+OUT_OF_CORE_ORDER = EpochOrder(block=16, buffer=1024)
+CGROUP = Path("/sys/fs/cgroup")
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None  # "max" (v2): no limit
+
+
+def memory_available(cgroup: Path = CGROUP, meminfo: Path = Path("/proc/meminfo")) -> tuple[int, str]:
+    """Bytes this process may still fill, and where that number comes from."""
+    available, where = None, "unknown"
+    try:
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                available, where = int(line.split()[1]) * 1024, "available memory (MemAvailable)"
+    except OSError:
+        pass
+    for limit_file, usage_file in (("memory.max", "memory.current"),
+                                   ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):
+        limit = _read_int(cgroup / limit_file)
+        if limit is not None and limit < 2**60:  # v1 writes a huge number for "no limit"
+            room = max(limit - (_read_int(cgroup / usage_file) or 0), 0)
+            if available is None or room < available:
+                available, where = room, f"room under the cgroup memory limit ({limit / 2**30:.2f} GiB, {limit_file})"
+            break
+    if available is None:
+        raise VisionlaunchError("cannot tell how much memory this machine has (/proc/meminfo is unreadable and no "
+                                "cgroup limit is set). Set data.residency=memory or data.residency=disk.")
+    return available, where
+
+
+@dataclass
+class ResidencyPlan:
+    out_of_core: bool
+    loader: str  # the loader backend the run uses
+    lines: list[str]  # what `train` says first
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:,.2f} GiB" if n >= 2**30 else f"{n / 2**20:,.1f} MiB"
+
+
+def plan_residency(data_cfg, train, test_bytes: int, processes: int, loader_set: bool,
+                   available: tuple[int, str] | None = None) -> ResidencyPlan:
+    """In memory or out of core, for the training split `train` (an indexed source: its decoded size is read from
+    its index) beside a test split of `test_bytes`, on a node running `processes` processes. `loader_set`: the
+    config names data.loader explicitly (then it is never changed)."""
+    need = (decoded_bytes(train) + test_bytes) * processes
+    sizes = (f"train {len(train):,} images decoded {_gib(decoded_bytes(train))} + test {_gib(test_bytes)}, x "
+             f"{processes} process{'es' if processes > 1 else ''} = {_gib(need)}")
+    if data_cfg.residency == "memory":
+        return ResidencyPlan(False, data_cfg.loader, [f"data plan: in memory (data.residency=memory; {sizes})"])
+    if data_cfg.residency == "auto":
+        room, where = available or memory_available()
+        budget = int(room * MEMORY_SHARE)
+        rule = f"budget {_gib(budget)}: {MEMORY_SHARE:.0%} of the {_gib(room)} {where}"
+        if need <= budget:
+            return ResidencyPlan(False, data_cfg.loader, [f"data plan: in memory ({sizes} <= {rule})"])
+        why = f"{sizes} > {rule}"
+    else:
+        why = "data.residency=disk"
+    if data_cfg.loader != "torch" and loader_set:
+        raise VisionlaunchError(
+            f"the training data must be read out of core ({why}), but data.loader={data_cfg.loader} holds the whole "
+            "split in memory. Use data.loader=torch (DataLoader workers decode each image when it is used), a "
+            "subset (data.train_subset), a smaller data.image_size, or data.residency=memory to try anyway.")
+    workers = data_cfg.num_workers
+    lines = [f"data plan: training split out of core ({why}): each image decoded when used by "
+             f"{workers or 'no'} DataLoader worker{'s' if workers != 1 else ''} per process (data.num_workers), "
+             f"loader torch{'' if data_cfg.loader == 'torch' else ' instead of ' + data_cfg.loader}; epoch order: "
+             f"{OUT_OF_CORE_ORDER.describe()}; test split in memory ({_gib(test_bytes)} per process)"]
+    return ResidencyPlan(True, "torch", lines)
+
+
+def node_processes(total: int) -> int:
+    """Processes of this run on this node: each holds its own copy of in-memory data."""
+    local = os.environ.get("LOCAL_WORLD_SIZE")
+    return int(local) if local and local.isdigit() else total
