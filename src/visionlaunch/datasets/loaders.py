@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from visionlaunch.datasets.mixed_size import ResizedCropDataset
 from visionlaunch.datasets.order import FULL_SHUFFLE, EpochOrder
 from visionlaunch.datasets.source import SampleDataset
+from visionlaunch.errors import VisionlaunchError
 
 
 def epoch_steps(n: int, batch_size: int, *, train: bool, rank: int = 0, world: int = 1) -> int:
@@ -156,3 +157,12 @@ class SourceLoader(TorchLoader):
         self.crops = self.train and resized_crop is not None
         self._start(SampleDataset(source, self.seed, resized_crop if self.crops else None), device, num_workers,
                     with_epoch=True)
+
+    def __iter__(self):
+        try:
+            yield from super().__iter__()
+        except VisionlaunchError as exc:  # a file that cannot be decoded, found by a worker: its message alone
+            text = str(exc)
+            if "Original Traceback" in text:  # DataLoader re-raises a worker's error with the worker's traceback
+                text = text.rstrip().rsplit("\n", 1)[-1].split(": ", 1)[-1]
+            raise VisionlaunchError(text) from None
