@@ -200,7 +200,7 @@ def test_archive_members_that_are_not_files_are_named_and_counted(finished_run, 
 
 def test_an_archive_bomb_is_skipped_without_reading_it(finished_run, tmp_path):
     """A 256 MiB member (a few hundred KB of zip) beside a real image: named as too large, never read. The peak
-    memory of the command stays within 64 MiB of the same command on the image alone (today's main: +512 MiB)."""
+    memory of the command stays within 64 MiB of the same command on the image alone (before this bound: +383 MiB)."""
     image = _digit(tmp_path / "a.png")
     small, bomb = tmp_path / "small.zip", tmp_path / "bomb.zip"
     for archive in (small, bomb):
@@ -328,3 +328,11 @@ def test_a_socket_is_never_replaced(tmp_path):
         with pytest.raises(VisionlaunchError, match="is a socket"):
             atomic_write_text(path, "x")
     assert stat.S_ISSOCK(path.lstat().st_mode)
+
+
+def test_an_imagefolder_path_that_is_a_fifo_is_refused_not_opened(tmp_path, no_hang):
+    from visionlaunch.datasets import load_dataset
+
+    os.mkfifo(tmp_path / "data.tar")
+    with pytest.raises(VisionlaunchError, match="is neither a folder nor a file"):
+        load_dataset("imagefolder", "train", root=tmp_path, path="data.tar", progress=False, cache_dir=None)

@@ -42,6 +42,10 @@ def locate(root: Path, path: str | os.PathLike | None) -> Path:
         raise DatasetNotFound(
             f"ImageFolder data not found at {p} (data.path={str(path)!r}, data root {root}). Give data.path as an "
             "absolute path or relative to the data root (data.root or $VISIONLAUNCH_DATA).")
+    if not p.is_dir() and not p.is_file():  # a FIFO would block the reader, a device never end
+        raise VisionlaunchError(
+            f"ImageFolder data.path {p} is neither a folder nor a file (a FIFO, socket or device). Point data.path "
+            "at a folder holding train/ and test/, or at an archive of them.")
     if p.is_file() and not is_archive(p):
         raise VisionlaunchError(
             f"ImageFolder data.path {p} is a file but not an archive (.tar, .tar.gz, .tgz, .tar.bz2, .tar.xz or "
