@@ -21,6 +21,7 @@ import torch
 
 from visionlaunch.datasets.imageset import ImageSet
 from visionlaunch.datasets.mixed_size import ResizedCrop
+from visionlaunch.errors import VisionlaunchError
 
 
 @runtime_checkable
@@ -127,7 +128,11 @@ class SampleDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, key: tuple[int, int]):
         index, epoch = key
-        image = torch.from_numpy(np.ascontiguousarray(self.source.decode(index))).permute(2, 0, 1)
+        try:
+            pixels = self.source.decode(index)
+        except VisionlaunchError as exc:  # the DataLoader rebuilds a worker's error from its class and message:
+            raise VisionlaunchError(str(exc)) from None  # one that any subclass's constructor may not take
+        image = torch.from_numpy(np.require(pixels, requirements=("C", "W"))).permute(2, 0, 1)
         if self.crop is not None:
             generator = torch.Generator().manual_seed(sample_seed(self.seed, epoch, index))
             image = self.crop.sample(image, generator)
