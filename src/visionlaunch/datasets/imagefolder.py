@@ -1,5 +1,6 @@
 """ImageFolder: `train/<class>/<image>` and `test/<class>/<image>` in a folder or an archive (tar in its compressions,
-or zip).
+or zip). ImageNet's layout, `val/<class>/<image>` beside train/, is read too: val/ is the test split when there is no
+test/. An optional class-name file gives the class folders display names (`class_names`).
 
 The files are found by the one walker (entries.py) and decoded by the one decoder (decode.py) that `predict` uses
 too. An archive is streamed member by member (no extraction to disk). Only the requested split is decoded; every
@@ -27,6 +28,8 @@ from visionlaunch.errors import VisionlaunchError
 from visionlaunch.progress import progress_bar
 
 SPLITS = ("train", "test")
+TEST_ALIAS = "val"  # the labelled evaluation split of ImageNet's layout: the test split when there is no test/
+FOLDERS = SPLITS + (TEST_ALIAS,)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 
 
@@ -62,7 +65,7 @@ def source_files(path: Path) -> list[Path]:
 
 def _is_candidate_image(parts: tuple[str, ...]) -> bool:
     # An image the layout may use: under train/ or test/ at depth 0 or 1. Others are never read into memory.
-    return parts[-1].lower().endswith(IMAGE_EXTENSIONS) and any(p in SPLITS for p in parts[:2])
+    return parts[-1].lower().endswith(IMAGE_EXTENSIONS) and any(p in FOLDERS for p in parts[:2])
 
 
 @dataclass
@@ -78,25 +81,28 @@ def _collect(entries: list[Entry], where: Path) -> tuple[list[_Image], dict[str,
     # that an unreadable train/ is named as such, not as missing.
     tops = {e.parts[0] for e in entries if len(e.parts) > 1 or e.kind != "file"}
     tops = {t for t in tops if not is_hidden(t)}
-    if not tops & set(SPLITS) and len(tops) != 1:
+    if not tops & set(FOLDERS) and len(tops) != 1:
         raise VisionlaunchError(
-            f"{where}: expected folders train/ and test/ at the top (or inside a single top-level folder), found "
-            f"{', '.join(sorted(tops)[:10]) or 'nothing'}. Lay the images out as train/<class>/<image> and "
+            f"{where}: expected folders train/ and test/ (or val/) at the top (or inside a single top-level folder), "
+            f"found {', '.join(sorted(tops)[:10]) or 'nothing'}. Lay the images out as train/<class>/<image> and "
             "test/<class>/<image>.")
-    depth = 0 if tops & set(SPLITS) else 1  # 1: train/ and test/ sit inside one top-level folder
+    depth = 0 if tops & set(FOLDERS) else 1  # 1: train/ and test/ sit inside one top-level folder
+    present = {e.parts[depth] for e in entries if len(e.parts) > depth and (not depth or e.parts[0] in tops)}
+    test_folder = TEST_ALIAS if TEST_ALIAS in present and "test" not in present else "test"
+    split_of = {"train": "train", test_folder: "test"}
     images: list[_Image] = []
     class_dirs: dict[str, set[str]] = {}  # the class folders of each split found
     for e in entries:
         if depth and e.parts[0] not in tops:  # beside the top-level folder: a file, a hidden or ignored folder
             continue
         parts = e.parts[depth:]
-        if not parts or parts[0] not in SPLITS or any(is_hidden(p) for p in parts):
+        if not parts or parts[0] not in split_of or any(is_hidden(p) for p in parts):
             continue
         if e.kind == "skipped":
             raise VisionlaunchError(
                 f"{e.display} is {e.why}. Every file under train/ and test/ of an ImageFolder dataset is read, and "
                 "the dataset would silently lack this one: fix it, or remove it from the dataset.")
-        split = parts[0]
+        split = split_of[parts[0]]
         classes = class_dirs.setdefault(split, set())
         if e.kind == "folder":
             if len(parts) == 2:
@@ -105,16 +111,19 @@ def _collect(entries: list[Entry], where: Path) -> tuple[list[_Image], dict[str,
         if not parts[-1].lower().endswith(IMAGE_EXTENSIONS):
             continue  # README, .txt notes and the like are not images
         if len(parts) == 2:
+            unlabelled = " If test/ is an unlabelled test set (ImageNet's), move it away: val/ is then the test " \
+                "split." if parts[0] == "test" and TEST_ALIAS in present else ""
             raise VisionlaunchError(
-                f"{e.display} lies directly in {split}/, outside any class folder. Move it into "
-                f"{split}/<class>/ (the folder name is the class).")
+                f"{e.display} lies directly in {parts[0]}/, outside any class folder. Move it into "
+                f"{parts[0]}/<class>/ (the folder name is the class).{unlabelled}")
         classes.add(parts[1])
         images.append(_Image(split, parts[1], e.display, e.payload))
     for split in SPLITS:
         if split not in class_dirs:
             raise VisionlaunchError(
-                f"{where} has no {split}/ folder{' inside its top-level folder' if depth else ''}. An ImageFolder "
-                "dataset needs both train/<class>/<image> and test/<class>/<image>.")
+                f"{where} has no {split}/ folder{' (nor val/)' if split == 'test' else ''}"
+                f"{' inside its top-level folder' if depth else ''}. An ImageFolder dataset needs both "
+                "train/<class>/<image> and test/<class>/<image> (or val/<class>/<image>).")
     return images, class_dirs
 
 
@@ -190,3 +199,30 @@ def read(path: Path, split: str, progress: bool = True, image_size: int | None =
     labels = torch.tensor([index[im.cls] for im in wanted], dtype=torch.int64)
     return ImageSet(images=torch.from_numpy(pixels), labels=labels, classes=classes, name="imagefolder",
                     source=source + ")")
+
+
+def class_names(path: Path, classes: list[str]) -> list[str]:
+    """Display names of the class folders `classes`, from the text file `path` (data.class_names): one class a
+    line, its folder name, whitespace, then its name, as ImageNet's LOC_synset_mapping.txt (`n01440764 tench, Tinca
+    tinca`); blank lines and lines starting with # are skipped, lines for other folders ignored. Every class folder
+    must be named; a name that several folders share gets the folder name added, so that every name is unique."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise VisionlaunchError(
+            f"data.class_names: cannot read {path} as UTF-8 text ({exc}). Give a text file of '<class folder> "
+            "<name>' lines, absolute or relative to the data root.") from None
+    found = {}
+    for line in text.splitlines():
+        fields = line.split(None, 1)  # the folder name, then the rest of the line
+        if fields and not fields[0].startswith("#"):
+            found[fields[0]] = fields[1].strip() if len(fields) > 1 else fields[0]
+    missing = [c for c in classes if c not in found]
+    if missing:
+        raise VisionlaunchError(
+            f"data.class_names: {path} names no class for the folder{'s' if len(missing) > 1 else ''} "
+            f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''} ({len(missing)} of {len(classes)}). "
+            "Add a '<class folder> <name>' line for each, or remove data.class_names.")
+    names = [found[c] for c in classes]
+    shared = {n for n in names if names.count(n) > 1}
+    return [f"{n} ({c})" if n in shared else n for n, c in zip(names, classes)]
