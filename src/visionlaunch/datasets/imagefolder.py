@@ -83,9 +83,9 @@ def _collect(entries: list[Entry], where: Path) -> tuple[list[_Image], dict[str,
     tops = {t for t in tops if not is_hidden(t)}
     if not tops & set(FOLDERS) and len(tops) != 1:
         raise VisionlaunchError(
-            f"{where}: expected folders train/ and test/ (or val/) at the top (or inside a single top-level folder), "
-            f"found {', '.join(sorted(tops)[:10]) or 'nothing'}. Lay the images out as train/<class>/<image> and "
-            "test/<class>/<image>.")
+            f"{where}: expected folders train/ and test/ at the top (or inside a single top-level folder; val/ may "
+            f"stand for test/), found {', '.join(sorted(tops)[:10]) or 'nothing'}. Lay the images out as "
+            "train/<class>/<image> and test/<class>/<image>.")
     depth = 0 if tops & set(FOLDERS) else 1  # 1: train/ and test/ sit inside one top-level folder
     present = {e.parts[depth] for e in entries if len(e.parts) > depth and (not depth or e.parts[0] in tops)}
     test_folder = TEST_ALIAS if TEST_ALIAS in present and "test" not in present else "test"
