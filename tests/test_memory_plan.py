@@ -152,3 +152,15 @@ def test_an_ablation_run_folder_matches_its_plan_whatever_auto_chose(tmp_path):
                      RunConfig(data=DataConfig(residency="memory")))
     saved["data"]["residency"] = "disk"
     assert plan_differences(forced, saved) == ["data.residency: run 'disk', plan 'memory'"]
+
+
+def test_an_archive_stays_in_memory_and_says_so():
+    archive = _Split(10**6)
+    archive.streams, archive.source = False, "ImageFolder archive /data/photos.tar.gz (train/, 4 classes)"
+    plan = plan_residency(DataConfig(), archive, 0, 1, loader_set=False, available=(GIB, "available memory"))
+    assert not plan.out_of_core and plan.loader == "tensor"
+    assert plan.lines[0].startswith("data plan: in memory although train 1,000,000 images decoded 183.11 GiB")
+    assert "an archive is read into memory; extract it" in plan.lines[0]
+    with pytest.raises(VisionlaunchError, match=r"data.residency=disk cannot read ImageFolder archive "
+                                                r"/data/photos.tar.gz .*: an archive is read into memory; extract it"):
+        plan_residency(DataConfig(residency="disk"), archive, 0, 1, loader_set=False)

@@ -31,10 +31,7 @@ class FolderSource:
     def __init__(self, path: Path, split: str, *, image_size: int | None = None, max_upscale: float = 4.0,
                  progress: bool = True):
         if path.is_file():
-            raise VisionlaunchError(
-                f"{path} is an archive, which this version reads into memory only: reading it out of core needs the "
-                "images as files. Extract it (e.g. `tar xf data.tar.gz`) and point data.path at the folder, or set "
-                "data.residency=memory.")
+            raise ValueError(f"{path} is an archive: read it with load_dataset (archives are read into memory)")
         entries = list(walk(path, wanted=folder._is_candidate_image, progress=progress))
         images, class_dirs = folder._collect(entries, path)
         self.classes = folder._check_classes(images, class_dirs, path)

@@ -44,10 +44,11 @@ def decoded_bytes(ds) -> int:
 
 
 class ArraySource:
-    """An ImageSet (already read, e.g. CIFAR's arrays) as an indexed source: `decode` is a view of one image."""
+    """An ImageSet (already read, e.g. CIFAR's arrays) as an indexed source: `decode` is a view of one image.
+    `streams=False`: the data cannot be read out of core at all (an archive, which is read whole into memory)."""
 
-    def __init__(self, data: ImageSet):
-        self.data = data
+    def __init__(self, data: ImageSet, streams: bool = True):
+        self.data, self.streams = data, streams
         self._images = data.images.permute(0, 2, 3, 1).numpy()  # (N, H, W, C) view of the NCHW tensor
         self.labels = data.labels.numpy()
         self.classes, self.name, self.source = list(data.classes), data.name, data.source
