@@ -86,3 +86,6 @@ def test_a_run_on_the_imagenet_layout_out_of_core_carries_the_names(imagenet_lik
     assert [(r["split"], r["n"]) for r in records(tmp_path / "named", "epoch")] == [
         ("train", 108), ("val", 12), ("test", 32)]
     assert "training split out of core" in capsys.readouterr().err
+    # evaluate reproduces the test accuracy of an out-of-core run
+    assert main(["evaluate", str(tmp_path / "named")]) == 0
+    assert "reproduced exactly" in capsys.readouterr().out
