@@ -87,6 +87,11 @@ def test_the_folder_index_decodes_what_the_in_memory_reader_stores(folders, kind
     assert source.labels.dtype == np.int64 and isinstance(source.file_sizes, np.ndarray)
     assert not any(isinstance(v, list) and len(v) == len(source) for v in vars(source).values())
     assert np.array_equal(source.labels, memory.labels.numpy())
+    if image_size is None:  # planning only: one header read, counted as colour, nothing decoded
+        estimate = FolderSource(folders[kind], "train", progress=False, estimate=True)
+        assert estimate.shape == (3, 32, 32) and np.array_equal(estimate.labels, source.labels)
+        with pytest.raises(RuntimeError, match="cannot decode"):
+            estimate.decode(0)
     for i in range(len(source)):
         assert np.array_equal(source.decode(i), memory.images[i].permute(1, 2, 0).numpy()), i
 
