@@ -527,6 +527,8 @@ def test_bad_input(row: Row, tmp_path, monkeypatch, request, restore_limits):
         assert text in message, (text, message)
     for text in row.not_says:
         assert text not in message, (text, message)
+    if "named above" in message:  # then they are: each on a line of its own before the error
+        assert "skipped " in err[:err.index("visionlaunch: error:")], err
     after = _snapshot(d)
     if row.kept is None:
         assert {k: v for k, v in after.items() if before.get(k, "new") != v} == {}, "files were left behind"

@@ -114,14 +114,16 @@ def predict(run: RunModel, paths: list[Path], top_k: int = 3, batch_size: int | 
     skipped: list[tuple[str, str]] = []
     hidden: list[str] = []
     images = iter_images(paths, run.in_shape, skipped, image_size=run.cfg.data.image_size, hidden=hidden)
-    while batch := list(itertools.islice(images, batch_size)):
-        names, pixels = zip(*batch)
-        logits = batch_logits(run, torch.from_numpy(np.stack(pixels)), device, accelerator.autocast)
-        probs, index = logits.softmax(dim=1).topk(k, dim=1)
-        for name, p, i in zip(names, probs.cpu().tolist(), index.cpu().tolist()):
-            rows.append(Prediction(name, [(run.classes[c], q) for c, q in zip(i, p)]))
-    for name, why in skipped:
-        print(f"skipped {name}: {why}", file=sys.stderr)
+    try:
+        while batch := list(itertools.islice(images, batch_size)):
+            names, pixels = zip(*batch)
+            logits = batch_logits(run, torch.from_numpy(np.stack(pixels)), device, accelerator.autocast)
+            probs, index = logits.softmax(dim=1).topk(k, dim=1)
+            for name, p, i in zip(names, probs.cpu().tolist(), index.cpu().tolist()):
+                rows.append(Prediction(name, [(run.classes[c], q) for c, q in zip(i, p)]))
+    finally:  # also before an error that says they are "named above"
+        for name, why in skipped:
+            print(f"skipped {name}: {why}", file=sys.stderr)
     if not rows:
         raise VisionlaunchError(
             f"none of the {len(skipped)} file(s) given is a readable image ({', '.join(n for n, _ in skipped[:5])}"
