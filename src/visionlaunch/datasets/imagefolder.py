@@ -165,7 +165,11 @@ def _decode(images: list[_Image], size: tuple[int, int], gray: bool, progress: b
     out = np.empty((len(images), 1 if gray else 3, h, w), dtype=np.uint8)
     for i, im in enumerate(progress_bar(images, desc=f"decoding {split} images", unit=" img",
                                         disable=not progress)):
-        out[i] = with_channels(decode_image(im.payload, im.display), 1 if gray else 3).transpose(2, 0, 1)
+        pixels = with_channels(decode_image(im.payload, im.display), 1 if gray else 3)
+        if pixels.shape[:2] != (h, w):  # a header that does not tell the truth
+            raise VisionlaunchError(f"{im.display} decodes to {pixels.shape[1]}x{pixels.shape[0]} pixels, but its "
+                                    f"header says {w}x{h}: it is damaged. Remove or replace it.")
+        out[i] = pixels.transpose(2, 0, 1)
     return out
 
 
