@@ -7,8 +7,8 @@ sorted by name (links followed), a tar archive's members in their order (one str
 bzip2 and xz forms), a zip archive's members sorted by name; a single file is one entry.
   kind "folder"   a folder; payload None
   kind "file"     a regular file; payload is its Path (in a folder: read when it is decoded) or its bytes (an archive
-                  member, read as the archive goes by; only members that `wanted(parts)` accepts are read, the
-                  others come with b"")
+                  member, read as the archive goes by; only members that `wanted(parts)` accepts are read or
+                  checked, the others come with b"")
   kind "skipped"  something never read; `why` says why. One rule for every command:
     - hidden names (starting with ".") and __MACOSX (macOS resource forks): a hidden folder is one entry, its
       content is not walked;
@@ -200,11 +200,12 @@ def _walk_tar(path: Path, wanted, progress: bool) -> Iterator[Entry]:
                 elif member.isdir():
                     yield Entry(parts, display, "folder")
                 elif member.isfile():
-                    if member.size > MAX_MEMBER_BYTES:
+                    if not wanted(parts):
+                        yield Entry(parts, display, "file", b"")
+                    elif member.size > MAX_MEMBER_BYTES:
                         yield Entry(parts, display, "skipped", why=_too_large(member.size))
                     else:
-                        data = tar.extractfile(member).read() if wanted(parts) else b""
-                        yield Entry(parts, display, "file", data)
+                        yield Entry(parts, display, "file", tar.extractfile(member).read())
                     bar.update()
                 else:
                     what = ("a symbolic link" if member.issym() else "a hard link" if member.islnk() else
@@ -241,13 +242,13 @@ def _walk_zip(path: Path, wanted) -> Iterator[Entry]:
                 yield Entry(parts, display, "folder")
             elif unix_type not in (0, stat.S_IFREG):
                 yield Entry(parts, display, "skipped", why=_special_why(unix_type))
+            elif not wanted(parts):
+                yield Entry(parts, display, "file", b"")
             elif info.flag_bits & _ZIP_ENCRYPTED:
                 yield Entry(parts, display, "skipped", why="encrypted (it needs a password): not read (extract the "
                             "archive with its password and pass the folder)")
             elif info.file_size > MAX_MEMBER_BYTES:
                 yield Entry(parts, display, "skipped", why=_too_large(info.file_size))
-            elif not wanted(parts):
-                yield Entry(parts, display, "file", b"")
             else:
                 try:
                     with zf.open(info) as member:
