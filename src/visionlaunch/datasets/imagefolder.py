@@ -34,8 +34,8 @@ def locate(root: Path, path: str | os.PathLike | None) -> Path:
     """The folder or archive named by `path` (absolute, or relative to `root`)."""
     if not path:
         raise VisionlaunchError(
-            "imagefolder needs data.path: a folder or an archive (.tar, .tar.gz, .zip, ...) holding train/<class>/<image> "
-            "and test/<class>/<image>, absolute or relative to the data root.")
+            "imagefolder needs data.path: a folder or an archive (.tar, .tar.gz, .zip, ...) holding "
+            "train/<class>/<image> and test/<class>/<image>, absolute or relative to the data root.")
     p = Path(path).expanduser()
     p = p if p.is_absolute() else root / p
     if not p.exists():
