@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from visionlaunch.config import RunConfig, config_differences, describe_keys, load_config, shapes_trajectory
+from visionlaunch.config import RunConfig, describe_keys, load_config
 from visionlaunch.errors import VisionlaunchError
+from visionlaunch.trajectory import config_differences, shapes_trajectory
 
 PRESETS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
