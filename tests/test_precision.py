@@ -207,3 +207,13 @@ def test_evaluate_computes_in_the_precision_the_run_trained_in(tmp_path, cpu_bf1
                            ).mixed_precision == "no"
     (tmp_path / "run.yaml").unlink()  # nothing recorded: auto resolves here
     assert run_accelerator(tmp_path, cfg).mixed_precision == "no"
+
+
+def test_half_inputs_follow_what_auto_chose():
+    from types import SimpleNamespace
+
+    from visionlaunch.trainers.setup import batch_pipeline
+
+    cfg, data = load_config(None, ["data.half_inputs=true"]), SimpleNamespace(mean=(0.5,), std=(0.25,))
+    assert batch_pipeline(cfg, data, CPU, 0, torch.bfloat16).dtype == torch.bfloat16
+    assert batch_pipeline(cfg, data, CPU, 0, None).dtype == torch.float32  # auto -> fp32: float32 inputs
