@@ -107,11 +107,15 @@ def complete_checkpoints(root: Path) -> list[Path]:
 
 class MetricsWriter:
     def __init__(self, path: Path | None):
+        self.path = path
         self._fh = open(path, "a", buffering=1) if path is not None else None
 
     def write(self, record: dict) -> None:
         if self._fh is not None:
-            self._fh.write(json.dumps(record) + "\n")
+            try:
+                self._fh.write(json.dumps(record) + "\n")
+            except OSError as exc:  # a full disk: write() names no file, the message must
+                raise OSError(exc.errno, exc.strerror, str(self.path)) from exc
 
     def close(self) -> None:
         if self._fh is not None:

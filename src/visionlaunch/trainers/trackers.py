@@ -102,8 +102,11 @@ class CsvTracker(GeneralTracker):
         self._writer = csv.writer(self._fh)
 
     def log(self, values: dict, step: int | None = None, **kwargs) -> None:
-        for key, value in values.items():  # numbers only: RunTracker logs no other values
-            self._writer.writerow((step, key, repr(value) if isinstance(value, float) else value))
+        try:
+            for key, value in values.items():  # numbers only: RunTracker logs no other values
+                self._writer.writerow((step, key, repr(value) if isinstance(value, float) else value))
+        except OSError as exc:  # a full disk: write() names no file, the message must
+            raise OSError(exc.errno, exc.strerror, str(self.path)) from exc
 
     def finish(self) -> None:  # once, by Accelerator.end_training, after start
         self._fh.close()
