@@ -119,7 +119,9 @@ class MetricsWriter:
 
     def close(self) -> None:
         if self._fh is not None:
-            self._fh.close()
+            # Lines are flushed as written: only one whose write failed (and was reported) can still be buffered.
+            with contextlib.suppress(OSError):
+                self._fh.close()
             self._fh = None
 
 
