@@ -22,6 +22,7 @@ from visionlaunch.errors import VisionlaunchError
 from visionlaunch.launch.cli import main
 from visionlaunch.runfolder import MetricsWriter, complete_checkpoints
 from visionlaunch.trainers import checkpoint
+from visionlaunch.trainers.trackers import CsvTracker
 from visionlaunch.yamlfiles import YamlRefused, read_yaml
 
 
@@ -153,14 +154,20 @@ def test_a_full_disk_during_a_checkpoint_is_named_as_such(small_disk, monkeypatc
     assert not list((run / "checkpoints").glob(".tmp-*"))
 
 
-def test_a_full_disk_under_metrics_jsonl_names_it(small_disk):
-    writer = MetricsWriter(small_disk / "metrics.jsonl")
+def test_a_full_disk_under_the_metrics_files_names_them(small_disk):
+    """metrics.jsonl and metrics.csv are appended line by line; write() names no file, the error must. Closing after
+    the failure does not raise again (it would replace the first error in the trainer's clean-up)."""
+    jsonl, csv = MetricsWriter(small_disk / "metrics.jsonl"), CsvTracker(small_disk / "metrics.csv")
+    csv.start()
     stat = os.statvfs(small_disk)
     (small_disk / "filler").write_bytes(b"\0" * (stat.f_bavail * stat.f_frsize))
-    with pytest.raises(OSError) as raised:
-        writer.write({"kind": "step", "loss": 1.0})
-    writer.close()
-    assert raised.value.filename == str(small_disk / "metrics.jsonl") and raised.value.strerror
+    for write, name in ((lambda: jsonl.write({"kind": "step", "loss": 1.0}), "metrics.jsonl"),
+                        (lambda: csv.log({"train/loss": 1.0} | {f"x{i}": i for i in range(2000)}, step=1), "metrics.csv")):
+        with pytest.raises(OSError) as raised:
+            write()
+        assert raised.value.filename == str(small_disk / name) and "No space left" in raised.value.strerror
+    jsonl.close()
+    csv.finish()
 
 
 # ------------------------------------------------------------------------------------------ constant channel

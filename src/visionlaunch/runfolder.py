@@ -21,6 +21,7 @@ import yaml
 
 from visionlaunch.atomic import atomic_write_text
 from visionlaunch.errors import VisionlaunchError, describe_os_error
+from visionlaunch.yamlfiles import read_yaml
 
 CONFIG = "config.yaml"            # the resolved config, enough to rerun
 IDENTITY = "run.yaml"             # who ran it, when, where, on which data
@@ -179,7 +180,7 @@ def read_run_identity(run_dir: Path) -> dict:
     fix = ("Restore it from a copy of the run, or delete it (the run's date and identifier are then taken from "
            "today and the config).")
     try:
-        tree = yaml.safe_load(path.read_bytes().decode("utf-8"))
+        tree = read_yaml(path.read_bytes().decode("utf-8"))
     except OSError as exc:
         raise VisionlaunchError(f"cannot read {describe_os_error(exc)}") from None
     except (UnicodeDecodeError, yaml.YAMLError) as exc:

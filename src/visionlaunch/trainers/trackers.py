@@ -14,6 +14,7 @@ inside wandb.init (or hang ~100 s on a machine without network), so that case is
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 from pathlib import Path
@@ -109,7 +110,8 @@ class CsvTracker(GeneralTracker):
             raise OSError(exc.errno, exc.strerror, str(self.path)) from exc
 
     def finish(self) -> None:  # once, by Accelerator.end_training, after start
-        self._fh.close()
+        with contextlib.suppress(OSError):  # rows are flushed as written: only one whose write failed is left
+            self._fh.close()
 
 
 class RunTracker:
