@@ -164,3 +164,20 @@ def test_an_archive_stays_in_memory_and_says_so():
     with pytest.raises(VisionlaunchError, match=r"data.residency=disk cannot read ImageFolder archive "
                                                 r"/data/photos.tar.gz .*: an archive is read into memory; extract it"):
         plan_residency(DataConfig(residency="disk"), archive, 0, 1, loader_set=False)
+
+
+def test_a_checkpoint_from_before_the_residency_key_resumes_in_memory_only(tmp_path):
+    from visionlaunch.config import RunConfig
+    from visionlaunch.trainers.checkpoint import validate
+    from visionlaunch.trainers.precision import Precision
+
+    old = RunConfig().model_dump(mode="json")
+    del old["data"]["residency"]  # written before data.residency existed: its data was in memory
+    meta = {"config": old, "world_size": 1, "precision": "fp32"}
+    now = RunConfig().model_dump(mode="json")
+    now["data"]["residency"] = "disk"
+    with pytest.raises(VisionlaunchError, match=r"data.residency: checkpoint 'memory', now 'disk'"):
+        validate(tmp_path, meta, now, 1, Precision("fp32", "test"))
+    now["data"]["residency"] = "memory"
+    with pytest.raises(VisionlaunchError, match=r"is partial: trainer_state.pt"):  # the config matches: on to the files
+        validate(tmp_path, meta, now, 1, Precision("fp32", "test"))
