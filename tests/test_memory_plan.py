@@ -70,7 +70,8 @@ def test_auto_keeps_the_data_in_memory_when_the_node_copies_fit():
     # Four processes on the node each hold a copy: 4 x 3.7 GiB no longer fits.
     spills = _plan(20_000, processes=4)
     assert spills.out_of_core and spills.loader == "torch"
-    assert "out of core" in spills.lines[0] and "x 4 processes" in spills.lines[0] and "budget 4.00 GiB" in spills.lines[0]
+    line = spills.lines[0]
+    assert "out of core" in line and "x 4 processes" in line and "budget 4.00 GiB" in line
     assert _plan(int(4 * GIB / per_image)).out_of_core is False  # the budget itself still fits
     assert _plan(int(4 * GIB / per_image) + 1).out_of_core is True
 
