@@ -70,6 +70,8 @@ def test_the_strict_reader_keeps_what_yaml_allows():
     with pytest.raises(YamlRefused, match="nests deeper than 64 levels"):
         read_yaml("a: " + "[" * 65 + "]" * 65)
     read_yaml("a: " + "[" * 60 + "]" * 60)  # deep, but within the bound
+    with pytest.raises(YamlRefused, match=r"holds more than 100000 values \(in the value on line 2\)"):
+        read_yaml("a: 1\nb: [" + ", ".join(["0"] * 100_001) + "]\n")  # written out, no alias: said so
 
 
 def test_numbers_stay_lax_where_yaml_is_not_strict():
@@ -192,3 +194,11 @@ def test_a_constant_channel_trains_with_a_floor_under_its_std(tmp_path, capsys):
     assert weights["std"][0] == weights["std"][2] == STD_FLOOR and weights["std"][1] > 0.1
     assert all(torch.isfinite(t).all() for t in weights["model"].values())
     assert main(["evaluate", str(tmp_path / "runs" / "run")]) == 0
+
+
+def test_every_yaml_file_is_read_by_the_strict_reader():
+    """Config, ablation, run and report files all go through yamlfiles.read_yaml: no second, lax YAML reader."""
+    src = REPO / "src" / "visionlaunch"
+    lax = [str(p.relative_to(src)) for p in src.rglob("*.py") if p.name != "yamlfiles.py"
+           and any(call in p.read_text() for call in ("yaml.safe_load(", "yaml.load(", "yaml.full_load("))]
+    assert lax == []
