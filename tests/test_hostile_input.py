@@ -16,6 +16,7 @@ from PIL import Image
 
 from tests.conftest import REPO
 from tests.test_bad_input_matrix import alias_bomb, imagefolder_train, train
+from visionlaunch.atomic import atomic_write_text
 from visionlaunch.config import load_config
 from visionlaunch.datasets.stats import STD_FLOOR
 from visionlaunch.errors import VisionlaunchError
@@ -170,6 +171,17 @@ def test_a_full_disk_under_the_metrics_files_names_them(small_disk):
         assert raised.value.filename == str(small_disk / name) and "No space left" in raised.value.strerror
     jsonl.close()
     csv.finish()
+
+
+def test_a_full_disk_under_a_run_file_names_it(small_disk):
+    """Run files (config.yaml, run.yaml, summaries) are written whole through a temporary file: the error names the
+    file meant, not the temporary one or none, and no temporary file stays."""
+    stat = os.statvfs(small_disk)
+    (small_disk / "filler").write_bytes(b"\0" * (stat.f_bavail * stat.f_frsize))
+    with pytest.raises(OSError) as raised:
+        atomic_write_text(small_disk / "config.yaml", "train:\n  epochs: 3\n" * 1000)
+    assert raised.value.filename == str(small_disk / "config.yaml") and "No space left" in raised.value.strerror
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]
 
 
 # ------------------------------------------------------------------------------------------ constant channel
