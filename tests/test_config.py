@@ -93,6 +93,16 @@ def test_describe_keys_covers_every_section():
         assert f"{section}:" in text
 
 
+@pytest.mark.parametrize("section", list(RunConfig.model_fields))
+def test_every_section_refuses_unknown_keys_and_never_changes(section):
+    # optim: and schedule: live in optim_config.py with their own base: the same policy must hold there.
+    with pytest.raises(VisionlaunchError, match=f"unknown key '{section}.no_such_key'.*Valid keys in '{section}'"):
+        load_config(None, [f"{section}.no_such_key=1"])
+    part = getattr(load_config(None, []), section)
+    with pytest.raises(Exception, match="frozen"):
+        setattr(part, next(iter(type(part).model_fields)), None)
+
+
 def test_model_args_are_validated_with_the_config():
     with pytest.raises(VisionlaunchError, match="model 'fcn' has no argument 'hiden'.*did you mean 'hidden'"):
         load_config(None, ["model.name=fcn", "model.args={hiden: [8]}"])

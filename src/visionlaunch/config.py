@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from visionlaunch.errors import VisionlaunchError, describe_os_error
+from visionlaunch.optim_config import OptimConfig, ScheduleConfig  # the optim: and schedule: sections
 
 # numpy seeds its generator with an unsigned 32-bit number: every seed must fit.
 SEED_MAX = 2**32 - 1
@@ -84,27 +85,6 @@ class ModelConfig(_Section):
     args: dict[str, Any] = Field(default_factory=dict, description="builder arguments; `visionlaunch models` lists them")
     weights: str | None = Field(None, description="start from this local weights file (.pth/.pt/.safetensors state_dict; "
                                               "timm's own files too) instead of random weights; nothing is downloaded")
-
-
-class OptimConfig(_Section):
-    name: Literal["sgd", "adamw"] = "sgd"
-    lr: float = Field(0.05, gt=0, description="peak learning rate (for the global batch size)")
-    momentum: float = Field(0.9, ge=0, lt=1)
-    nesterov: bool = True
-    weight_decay: float = Field(5e-4, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    decay_norm_and_bias: bool = Field(False, description="apply weight decay to norm weights and biases too")
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
-    clip_grad_norm: float | None = Field(None, gt=0, description="clip the global gradient norm to this; null = off")
-
-
-class ScheduleConfig(_Section):
-    name: Literal["onecycle", "cosine", "constant"] = "onecycle"
-    pct_start: float = Field(0.25, gt=0, lt=1, description="onecycle: fraction of steps spent warming up")
-    div_factor: float = Field(25.0, gt=0, description="onecycle: initial lr = lr / div_factor")
-    final_div_factor: float = Field(1e4, gt=0, description="onecycle: final lr = initial lr / final_div_factor")
-    warmup_epochs: float = Field(0.0, ge=0, description="cosine/constant: linear warm-up length")
-    min_lr: float = Field(0.0, ge=0, description="cosine: lr at the end")
 
 
 class TrainConfig(_Section):
@@ -246,6 +226,10 @@ class RunConfig(_Section):
         if self.train.early_stop_patience and not self.data.val_size:
             raise ValueError("train.early_stop_patience watches the validation split: set data.val_size > 0 (a count "
                              "or a fraction held out of train), or train.early_stop_patience=0")
+        if self.schedule.name == "triangular" and self.schedule.peak_epoch >= self.train.epochs:
+            raise ValueError(f"schedule.peak_epoch ({self.schedule.peak_epoch:g}) must come before the end of training "
+                             f"(train.epochs={self.train.epochs}): the triangular schedule rises until it, then falls to "
+                             "0 at the end. Lower schedule.peak_epoch or raise train.epochs")
         if self.data.val_size >= 1 and self.data.val_size != int(self.data.val_size):
             raise ValueError("data.val_size must be a whole count (>= 1) or a fraction below 1")
         # Last, for an otherwise valid config: the builders' signatures need torch, imported only now.
