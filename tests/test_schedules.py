@@ -137,6 +137,31 @@ def test_step_schedule_with_a_warm_up():
     assert lrs[4:8] == pytest.approx([0.4, 0.4 - 0.09, 0.4 - 0.18, 0.4 - 0.27])
 
 
+@pytest.mark.parametrize("schedule", [ScheduleConfig(name="triangular", peak_epoch=1.5),
+                                      ScheduleConfig(name="step", step_epochs=1, warmup_epochs=0.5)])
+def test_a_restored_scheduler_continues_the_same_rates(schedule):
+    """What a checkpoint holds (the scheduler's state_dict) is enough: a rebuilt scheduler that loads it after step
+    k, mid-epoch, continues with the uninterrupted run's rates."""
+    whole = _lrs(schedule, steps_per_epoch=6, epochs=3)
+    model = nn.Linear(3, 2)
+    opt = build_optimizer(model, OptimConfig(lr=0.4))
+    sched = build_scheduler(opt, schedule, 0.4, 6, 3)
+    for _ in range(8):
+        opt.step()
+        sched.step()
+    state = sched.state_dict()
+    opt = build_optimizer(model, OptimConfig(lr=0.4))
+    sched = build_scheduler(opt, schedule, 0.4, 6, 3)
+    sched.load_state_dict(state)
+    opt.param_groups[0]["lr"] = sched.get_last_lr()[0]  # as the optimizer's own state_dict restores it
+    rest = []
+    for _ in range(10):
+        rest.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert rest == pytest.approx(whole[8:], rel=1e-12)
+
+
 def test_linear_lr_scaling_rule():
     # optim.lr_scaling=linear: optim.lr is per 256 images; the run peaks at lr x global batch / 256.
     assert OptimConfig(lr=0.5).peak_lr(1024) == 0.5
