@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from visionlaunch.config import RunConfig, config_differences, describe_keys, load_config, shapes_trajectory
+from visionlaunch.config import RunConfig, config_differences, load_config, shapes_trajectory
+from visionlaunch.config_reference import describe_keys
 from visionlaunch.errors import VisionlaunchError
 
 PRESETS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))

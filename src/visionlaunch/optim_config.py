@@ -20,19 +20,19 @@ class _Section(BaseModel):
 
 
 class OptimConfig(_Section):
-    name: Literal["sgd", "adamw"] = "sgd"
+    name: Literal["sgd", "adamw"] = Field("sgd", description="sgd (with momentum) or adamw")
     lr: float = Field(0.05, gt=0, description="peak learning rate: for the global batch size (train.batch_size), or "
                                               "per 256 images of it with lr_scaling=linear")
     lr_scaling: Literal["none", "linear"] = Field(
         "none", description="none: the run's peak rate is optim.lr. linear: optim.lr is the rate per 256 images and "
                             "the run's peak rate is optim.lr x train.batch_size / 256 (the linear scaling rule, Goyal "
                             "et al. 2017), so a preset keeps its recipe when the batch size changes")
-    momentum: float = Field(0.9, ge=0, lt=1)
-    nesterov: bool = True
-    weight_decay: float = Field(5e-4, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd: momentum")
+    nesterov: bool = Field(True, description="sgd: Nesterov momentum (when momentum > 0)")
+    weight_decay: float = Field(5e-4, ge=0, description="decoupled for adamw; see decay_norm_and_bias")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="adamw: decay rates of the moment estimates")
     decay_norm_and_bias: bool = Field(False, description="apply weight decay to norm weights and biases too")
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="share of each target spread over all classes")
     clip_grad_norm: float | None = Field(None, gt=0, description="clip the global gradient norm to this; null = off")
 
     def peak_lr(self, global_batch: int) -> float:
