@@ -105,7 +105,7 @@ def markdown_reference() -> str:
     for section, holder in RunConfig.model_fields.items():
         cls = holder.annotation
         out += [f"## `{section}`", ""]
-        if cls.__doc__ and not cls.__doc__.startswith(cls.__name__ + "("):  # pydantic invents one for undocumented classes
+        if cls.__doc__ and not cls.__doc__.startswith(cls.__name__ + "("):  # pydantic's own text for undocumented ones
             out += [" ".join(cls.__doc__.split()), ""]
         out += ["| key | type | default | meaning |", "|---|---|---|---|"]
         for key, field in cls.model_fields.items():

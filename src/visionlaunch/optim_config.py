@@ -29,7 +29,8 @@ class OptimConfig(_Section):
                             "et al. 2017), so a preset keeps its recipe when the batch size changes")
     momentum: float = Field(0.9, ge=0, lt=1, description="sgd: momentum")
     nesterov: bool = Field(True, description="sgd: Nesterov momentum (when momentum > 0)")
-    weight_decay: float = Field(5e-4, ge=0, description="decoupled for adamw; see decay_norm_and_bias")
+    weight_decay: float = Field(5e-4, ge=0, description="weight decay of conv and linear weights (decoupled for adamw); "
+                                                       "norm weights and biases too with decay_norm_and_bias")
     betas: tuple[float, float] = Field((0.9, 0.999), description="adamw: decay rates of the moment estimates")
     decay_norm_and_bias: bool = Field(False, description="apply weight decay to norm weights and biases too")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="share of each target spread over all classes")
@@ -42,9 +43,10 @@ class OptimConfig(_Section):
 
 class ScheduleConfig(_Section):
     name: Literal["onecycle", "cosine", "constant", "triangular", "step"] = Field(
-        "onecycle", description="learning-rate schedule, stepped per optimizer step. triangular and step are FFCV's "
-                                "ImageNet schedules (train_imagenet.py's cyclic and step): the rate is set at every "
-                                "epoch boundary and moves linearly between two boundaries within the epoch")
+        "onecycle", description="learning rate over the optimizer steps: one-cycle, cosine or constant (with "
+                                "warm-up), or FFCV's ImageNet schedules triangular and step (train_imagenet.py's "
+                                "cyclic and step: the rate is set at every epoch boundary and moves linearly between "
+                                "two boundaries within the epoch)")
     pct_start: float = Field(0.25, gt=0, lt=1, description="onecycle: fraction of steps spent warming up")
     div_factor: float = Field(25.0, gt=0, description="onecycle: initial lr = lr / div_factor")
     final_div_factor: float = Field(1e4, gt=0, description="onecycle: final lr = initial lr / final_div_factor")
