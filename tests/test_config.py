@@ -4,9 +4,11 @@ from pathlib import Path
 
 import pytest
 
-from visionlaunch.config import RunConfig, config_differences, load_config, shapes_trajectory
+from visionlaunch.config import RunConfig, load_config
 from visionlaunch.config_reference import describe_keys
+from visionlaunch.config_section import ConfigSection
 from visionlaunch.errors import VisionlaunchError
+from visionlaunch.trajectory import config_differences, shapes_trajectory
 
 PRESETS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
@@ -96,7 +98,8 @@ def test_describe_keys_covers_every_section():
 
 @pytest.mark.parametrize("section", list(RunConfig.model_fields))
 def test_every_section_refuses_unknown_keys_and_never_changes(section):
-    # optim: and schedule: live in optim_config.py with their own base: the same policy must hold there.
+    # optim: and schedule: live in optim_config.py: every section must share the one base and its rules.
+    assert issubclass(RunConfig.model_fields[section].annotation, ConfigSection)
     with pytest.raises(VisionlaunchError, match=f"unknown key '{section}.no_such_key'.*Valid keys in '{section}'"):
         load_config(None, [f"{section}.no_such_key=1"])
     part = getattr(load_config(None, []), section)

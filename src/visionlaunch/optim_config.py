@@ -7,19 +7,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from visionlaunch.config_section import ConfigSection
 
 # The linear scaling rule's reference batch (Goyal et al. 2017): with optim.lr_scaling=linear, optim.lr is the
 # rate for this many images per optimizer step.
 LR_REFERENCE_BATCH = 256
 
 
-class _Section(BaseModel):
-    # The policy of every config section (config.py's sections too): unknown keys fail, validated values never change.
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class OptimConfig(_Section):
+class OptimConfig(ConfigSection):
     name: Literal["sgd", "adamw"] = Field("sgd", description="sgd (with momentum) or adamw")
     lr: float = Field(0.05, gt=0, description="peak learning rate: for the global batch size (train.batch_size), or "
                                               "per 256 images of it with lr_scaling=linear")
@@ -41,7 +38,7 @@ class OptimConfig(_Section):
         return self.lr * global_batch / LR_REFERENCE_BATCH if self.lr_scaling == "linear" else self.lr
 
 
-class ScheduleConfig(_Section):
+class ScheduleConfig(ConfigSection):
     name: Literal["onecycle", "cosine", "constant", "triangular", "step"] = Field(
         "onecycle", description="learning rate over the optimizer steps: one-cycle, cosine or constant (with "
                                 "warm-up), or FFCV's ImageNet schedules triangular and step (train_imagenet.py's "
