@@ -54,6 +54,9 @@ class DataConfig(_Section):
     ffcv_dir: str | None = Field(None, description="ffcv: folder of the .beton files; default <data cache>/ffcv")
     ffcv_encoding: Literal["raw", "jpeg"] = Field("raw", description="ffcv: how images are stored (jpeg: RGB only, lossy)")
     ffcv_jpeg_quality: int = Field(90, ge=1, le=100, description="ffcv: JPEG quality when ffcv_encoding=jpeg")
+    ffcv_max_resolution: int | None = Field(
+        None, ge=8, description="ffcv with image_size, training split read out of core: photos stored at their own "
+                                "aspect ratio, the longer side at most this many px (null: 4/3 x image_size / 0.875)")
     half_inputs: bool = Field(False, description="normalised batches in the half type of train.precision (bf16/fp16) "
                                                  "instead of float32")
     image_size: int | None = Field(None, ge=8, description="imagefolder: photos of any size become image_size x "
