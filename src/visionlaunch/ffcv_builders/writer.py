@@ -98,6 +98,8 @@ def _worker(failures: Queue, *args) -> None:
         worker_job_indexed_dataset(*args)
     except VisionlaunchError as exc:
         failures.put(str(exc))
+        failures.close()
+        failures.join_thread()  # the message is in the pipe before the process ends
         os._exit(FAILED)
 
 
