@@ -233,3 +233,35 @@ def test_training_on_disk_residency_reads_the_photos_and_learns(folder, tmp_path
     assert [r["n"] for r in train_epochs] == [450] * 6  # every training sample once an epoch (18 batches of 25)
     final = [r for r in run if r["kind"] == "final"][0]
     assert final["test_acc"] >= 0.2, final  # 10 classes: chance is 10%; measured 30% on this folder
+
+
+def test_ffcv_reads_in_the_local_order_and_ranks_interleave_to_one_process(tmp_path):
+    """Out of core, the ffcv backend visits the epoch's local (block + window) order of datasets/order.py: each
+    rank its shard, every sample once, and a resumed epoch exactly the rest."""
+    import torch
+
+    from visionlaunch.datasets.loaders import ShardedLoader
+    from visionlaunch.datasets.order import EpochOrder
+    from visionlaunch.ffcv_builders import FfcvLoader, write_beton
+
+    n, order = 300, EpochOrder(block=4, buffer=3)  # windows of 12 samples: far from a full shuffle
+    write_beton(np.zeros((n, 8, 8, 3), np.uint8), np.arange(n), tmp_path / "ids.beton", num_classes=n,
+                dataset="ids", split="train", progress=False)
+
+    def ids(rank=0, world=1, epoch=1, start=0, batch=10):
+        loader = FfcvLoader(tmp_path / "ids.beton", batch, train=True, seed=3, device=torch.device("cpu"),
+                            rank=rank, world=world, order=order, num_workers=1)
+        loader.set_epoch(epoch, start)
+        return torch.cat([y for _, y in loader])
+
+    one = ids(batch=10)
+    assert torch.equal(one, order(n, 3, 1)[:300]) and sorted(one.tolist()) == list(range(n))
+    windows = one.reshape(-1, 12)  # each window of 12 positions holds 3 whole blocks of 4 consecutive samples
+    assert all(len({int(i) // 4 for i in w}) == 3 for w in windows[:-1])
+    ranks = [ids(rank=r, world=2, batch=5) for r in range(2)]
+    assert torch.equal(torch.stack(ranks, 1).flatten(), one)  # rank r takes positions r, r + 2, ...
+    assert torch.equal(ids(epoch=1, start=7), one[70:])  # resumed at batch 7
+    assert not torch.equal(ids(epoch=2), one)
+    reference = ShardedLoader(n, 10, train=True, seed=3, order=order)  # what the tensor and torch backends cut
+    reference.set_epoch(1)
+    assert torch.equal(reference.remaining(), one)
