@@ -170,6 +170,50 @@ def unwritable_folder(d: Path, mp) -> None:
     (d / "run").chmod(0o555)
 
 
+def png_bytes() -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(np.full((8, 8), 90, dtype=np.uint8)).save(out, "PNG")
+    return out.getvalue()
+
+
+def zip_of(path: Path, members: dict[str, bytes], *, flags: int = 0, method: int | None = None) -> Path:
+    """A zip of stored members; `flags` are or-ed into, and `method` replaces, what every member's local and central
+    headers say (an encrypted member: flag 0x1; a compression method Python cannot read: 97, WavPack)."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    data = bytearray(path.read_bytes())
+    for signature, flag_at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        at = data.find(signature)
+        while at >= 0:
+            data[at + flag_at] |= flags
+            if method is not None:
+                data[at + flag_at + 2:at + flag_at + 4] = method.to_bytes(2, "little")
+            at = data.find(signature, at + 4)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def socket_at(path: Path) -> None:
+    import socket
+
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(path))  # the node stays after the socket closes
+
+
+def device_like_dev_full(path: Path) -> None:
+    """A character device of the test's own that fails every write with ENOSPC, as /dev/full does. Root only."""
+    if os.geteuid() != 0:
+        pytest.skip("making a device node needs root")
+    os.mknod(path, 0o666 | __import__("stat").S_IFCHR, os.makedev(1, 7))
+
+
+def predict(d: Path, *args: str) -> list[str]:
+    return ["predict", str(d / "run"), *args]
+
+
 # ---------------------------------------------------------------------------------------------------- rows
 
 ROWS = [
@@ -318,6 +362,34 @@ ROWS = [
           lambda d: str(d / "bad.yaml"), (expected,),
           setup=lambda d, mp, tree=tree: write_ablation(d / "bad.yaml", **tree)) for case, (tree, expected) in
       BAD_FILES.items()],
+    # --- predict and export: archives that cannot be read, outputs that must not be replaced
+    Row("predict-zip-holding-only-a-zip", lambda d: predict(d, str(d / "outer.zip")), lambda d: str(d / "outer.zip"),
+        ("outer.zip:inner.zip", "pass it as a PATH of its own"), not_says=("every file in it was tried",),
+        needs_run=True, setup=lambda d, mp: zip_of(d / "outer.zip", {
+            "inner.zip": zip_of(d / "inner.zip", {"a.png": png_bytes()}).read_bytes()})),
+    Row("predict-encrypted-zip-member", lambda d: predict(d, str(d / "secret.zip")), lambda d: str(d / "secret.zip"),
+        ("encrypted",), needs_run=True, setup=lambda d, mp: zip_of(d / "secret.zip", {"a.png": png_bytes()}, flags=1)),
+    Row("predict-unsupported-zip-method", lambda d: predict(d, str(d / "wavpack.zip")),
+        lambda d: str(d / "wavpack.zip"), ("a method Python cannot read",), needs_run=True,
+        setup=lambda d, mp: zip_of(d / "wavpack.zip", {"a.png": png_bytes()}, method=97)),
+    Row("predict-archive-unreadable", lambda d: predict(d, str(d / "locked.zip")), lambda d: str(d / "locked.zip"),
+        ("Permission denied",), not_says=("truncated or damaged",), needs_run=True, runner="unprivileged",
+        setup=lambda d, mp: zip_of(d / "locked.zip", {"a.png": png_bytes()}).chmod(0)),
+    Row("predict-subfolder-unreadable", lambda d: predict(d, str(d / "photos")), lambda d: str(d / "photos" / "sub"),
+        ("cannot be listed", "Permission denied"), needs_run=True, runner="unprivileged",
+        setup=lambda d, mp: (write(d / "photos" / "sub" / "a.png", png_bytes()), (d / "photos" / "sub").chmod(0))),
+    Row("predict-out-socket", lambda d: predict(d, str(d / "a.png"), "--out", str(d / "out.sock")),
+        lambda d: str(d / "out.sock"), ("is a socket", "Nothing was written"), needs_run=True,
+        setup=lambda d, mp: (write(d / "a.png", png_bytes()), socket_at(d / "out.sock"))),
+    Row("predict-out-dangling-link", lambda d: predict(d, str(d / "a.png"), "--out", str(d / "out.csv")),
+        lambda d: str(d / "out.csv"), ("a dangling link",), needs_run=True,
+        setup=lambda d, mp: (write(d / "a.png", png_bytes()), (d / "out.csv").symlink_to(d / "nowhere" / "x.csv"))),
+    Row("predict-out-full-device", lambda d: predict(d, str(d / "a.png"), "--out", str(d / "full")),
+        lambda d: str(d / "full"), ("No space left on device",), needs_run=True,
+        setup=lambda d, mp: (write(d / "a.png", png_bytes()), device_like_dev_full(d / "full"))),
+    Row("export-out-socket", lambda d: ["export", str(d / "run"), "--format", "torchscript", "--out",
+                                        str(d / "out.sock")],
+        lambda d: str(d / "out.sock"), ("is a socket",), needs_run=True, setup=lambda d, mp: socket_at(d / "out.sock")),
     # --- prepare, submit
     Row("prepare-ffcv-option-without-ffcv", lambda d: ["prepare", "--dataset", "mnist"], "--dataset",
         ("only in its ffcv form",)),

@@ -138,3 +138,31 @@ def test_a_file_that_cannot_be_decoded_out_of_core_stops_the_run_naming_it(plain
     err = capsys.readouterr().err
     assert code == 2, err[-2000:]
     assert f"{victim} is not a readable image" in err and "Traceback" not in err
+
+
+def test_an_ablation_run_folder_matches_its_plan_whatever_auto_chose(tmp_path):
+    from visionlaunch.ablation.plan import Variant
+    from visionlaunch.ablation.results import plan_differences
+    from visionlaunch.config import RunConfig
+
+    variant = Variant("a-seed0", "a", 0, [], "a", {}, tmp_path / "c.yaml", tmp_path, RunConfig())
+    saved = RunConfig().model_dump(mode="json")
+    for where in ("memory", "disk"):  # config.yaml records where auto put the data
+        saved["data"]["residency"] = where
+        assert plan_differences(variant, saved) == []
+    forced = Variant("b-seed0", "b", 0, [], "b", {}, tmp_path / "c.yaml", tmp_path,
+                     RunConfig(data=DataConfig(residency="memory")))
+    saved["data"]["residency"] = "disk"
+    assert plan_differences(forced, saved) == ["data.residency: run 'disk', plan 'memory'"]
+
+
+def test_an_archive_stays_in_memory_and_says_so():
+    archive = _Split(10**6)
+    archive.streams, archive.source = False, "ImageFolder archive /data/photos.tar.gz (train/, 4 classes)"
+    plan = plan_residency(DataConfig(), archive, 0, 1, loader_set=False, available=(GIB, "available memory"))
+    assert not plan.out_of_core and plan.loader == "tensor"
+    assert plan.lines[0].startswith("data plan: in memory although train 1,000,000 images decoded 183.11 GiB")
+    assert "an archive is read into memory; extract it" in plan.lines[0]
+    with pytest.raises(VisionlaunchError, match=r"data.residency=disk cannot read ImageFolder archive "
+                                                r"/data/photos.tar.gz .*: an archive is read into memory; extract it"):
+        plan_residency(DataConfig(residency="disk"), archive, 0, 1, loader_set=False)

@@ -110,7 +110,7 @@ def test_evaluation_out_of_core_gives_the_samples_in_order(folders):
     source = FolderSource(folders["plain"], "test", progress=False)
     loader = SourceLoader(source, 7, device=CPU, num_workers=0, train=False, seed=0)
     images = torch.cat([x for x, _ in loader])
-    assert torch.equal(images, torch.stack([torch.from_numpy(source.decode(i)).permute(2, 0, 1)
+    assert torch.equal(images, torch.stack([torch.tensor(source.decode(i)).permute(2, 0, 1)
                                             for i in range(len(source))]))
 
 

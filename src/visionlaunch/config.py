@@ -59,6 +59,8 @@ class DataConfig(_Section):
                                 "aspect ratio, the longer side at most this many px (null: 4/3 x image_size / 0.875)")
     half_inputs: bool = Field(False, description="normalised batches in the half type of train.precision (bf16/fp16) "
                                                  "instead of float32")
+    class_names: str | None = Field(None, description="imagefolder: a text file of '<class folder> <name>' lines "
+                                    "(e.g. ImageNet's LOC_synset_mapping.txt) whose names figures and reports show")
     image_size: int | None = Field(None, ge=8, description="imagefolder: photos of any size become image_size x "
                                    "image_size RGB (train: random-resized crop; evaluation: resize, centre crop); "
                                    "null = every image must have one size")
@@ -245,6 +247,8 @@ class RunConfig(_Section):
         if self.data.half_inputs and self.train.precision == "no":
             raise ValueError("data.half_inputs=true needs train.precision=bf16 or fp16 (the model computes in that "
                              "type under autocast); with precision 'no' keep float32 inputs")
+        if self.data.class_names and self.data.name != "imagefolder":
+            raise ValueError("data.class_names applies to data.name=imagefolder: remove it")
         if self.data.image_size is not None and self.data.name != "imagefolder":
             raise ValueError("data.image_size applies to data.name=imagefolder (photos of mixed sizes); the other "
                              "datasets have one size already: remove data.image_size")

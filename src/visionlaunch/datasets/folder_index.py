@@ -1,6 +1,7 @@
-"""An ImageFolder split as an indexed source (source.py): the files of the split, found by the ImageFolder reader's
-walk and layout checks (imagefolder.py), held as numpy arrays, and one file decoded per `decode(i)` by the reader's
-own decoding (the same pixels as the in-memory split, sample for sample).
+"""An ImageFolder split as an indexed source (source.py): the files of the split, found by the one walker
+(entries.py) and the ImageFolder reader's layout checks (imagefolder.py), held as numpy arrays, and one file decoded
+per `decode(i)` by the one decoder (decode.py), as the in-memory reader decodes it: the same pixels, sample for
+sample.
 
 The index is three arrays, whatever the number of files: every path's bytes in one uint8 buffer with int64 offsets
 into it, the labels (int64) and the file sizes (int64). Nothing else per sample is kept, so DataLoader workers share
@@ -15,6 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from visionlaunch.datasets import imagefolder as folder
+from visionlaunch.datasets.decode import decode_image, with_channels
+from visionlaunch.datasets.entries import walk
 from visionlaunch.datasets.mixed_size import decode_squares, stored_size
 from visionlaunch.errors import VisionlaunchError
 
@@ -28,11 +31,9 @@ class FolderSource:
     def __init__(self, path: Path, split: str, *, image_size: int | None = None, max_upscale: float = 4.0,
                  progress: bool = True):
         if path.is_file():
-            raise VisionlaunchError(
-                f"{path} is an archive, which this version reads into memory only: reading it out of core needs the "
-                "images as files. Extract it (e.g. `tar xf data.tar.gz`) and point data.path at the folder, or set "
-                "data.residency=memory.")
-        images, class_dirs = folder._collect(list(folder._walk(path)), path)
+            raise ValueError(f"{path} is an archive: read it with load_dataset (archives are read into memory)")
+        entries = list(walk(path, wanted=folder._is_candidate_image, progress=progress))
+        images, class_dirs = folder._collect(entries, path)
         self.classes = folder._check_classes(images, class_dirs, path)
         index = {c: i for i, c in enumerate(self.classes)}
         images.sort(key=lambda im: (im.split != "train", index[im.cls], im.display))
@@ -57,7 +58,7 @@ class FolderSource:
             w, h = self._size
             self.shape = (1 if self._gray else 3, h, w)
             self.source += ")"
-        del images, wanted, encoded  # the Python objects go; the arrays stay
+        del entries, images, wanted, encoded  # the Python objects go; the arrays stay
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -73,9 +74,12 @@ class FolderSource:
     def decode(self, i: int) -> np.ndarray:
         """Image `i` as uint8 (H, W, C): what the in-memory reader stores for it."""
         path = self.path(i)
-        item = folder._Image(self.split, self.classes[self.labels[i]], str(path), path)
-        if self.image_size:
-            pixels = decode_squares([item], self.image_size, self.max_upscale, progress=False)[0][0]
-        else:
-            pixels = folder._decode([item], self._size, self._gray, False, self.split)[0]
-        return pixels.transpose(1, 2, 0)
+        if self.image_size:  # the stored square, with the same upscale check
+            item = folder._Image(self.split, self.classes[self.labels[i]], str(path), path)
+            return decode_squares([item], self.image_size, self.max_upscale, progress=False)[0][0].transpose(1, 2, 0)
+        pixels = with_channels(decode_image(path, str(path)), self.shape[0])
+        if pixels.shape[:2] != self.shape[1:]:  # changed since the headers were read
+            raise VisionlaunchError(f"{path} is now {pixels.shape[1]}x{pixels.shape[0]} pixels (width x height), but "
+                                    f"every image of the dataset is {self.shape[2]}x{self.shape[1]}: the folder "
+                                    "changed during the run. Restore the image, or start the run again.")
+        return pixels

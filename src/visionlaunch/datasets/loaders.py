@@ -164,5 +164,5 @@ class SourceLoader(TorchLoader):
         except VisionlaunchError as exc:  # a file that cannot be decoded, found by a worker: its message alone
             text = str(exc)
             if "Original Traceback" in text:  # DataLoader re-raises a worker's error with the worker's traceback
-                text = text.rstrip().rsplit("\n", 1)[-1].split(": ", 1)[-1]
+                text = text.rstrip().rsplit("VisionlaunchError: ", 1)[-1]
             raise VisionlaunchError(text) from None

@@ -21,6 +21,7 @@ import torch
 
 from visionlaunch.datasets.imageset import ImageSet
 from visionlaunch.datasets.mixed_size import ResizedCrop
+from visionlaunch.errors import VisionlaunchError
 
 
 @runtime_checkable
@@ -43,10 +44,11 @@ def decoded_bytes(ds) -> int:
 
 
 class ArraySource:
-    """An ImageSet (already read, e.g. CIFAR's arrays) as an indexed source: `decode` is a view of one image."""
+    """An ImageSet (already read, e.g. CIFAR's arrays) as an indexed source: `decode` is a view of one image.
+    `streams=False`: the data cannot be read out of core at all (an archive, which is read whole into memory)."""
 
-    def __init__(self, data: ImageSet):
-        self.data = data
+    def __init__(self, data: ImageSet, streams: bool = True):
+        self.data, self.streams = data, streams
         self._images = data.images.permute(0, 2, 3, 1).numpy()  # (N, H, W, C) view of the NCHW tensor
         self.labels = data.labels.numpy()
         self.classes, self.name, self.source = list(data.classes), data.name, data.source
@@ -127,7 +129,11 @@ class SampleDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, key: tuple[int, int]):
         index, epoch = key
-        image = torch.from_numpy(np.ascontiguousarray(self.source.decode(index))).permute(2, 0, 1)
+        try:
+            pixels = self.source.decode(index)
+        except VisionlaunchError as exc:  # the DataLoader rebuilds a worker's error from its class and message:
+            raise VisionlaunchError(str(exc)) from None  # one that any subclass's constructor may not take
+        image = torch.from_numpy(np.require(pixels, requirements=("C", "W"))).permute(2, 0, 1)
         if self.crop is not None:
             generator = torch.Generator().manual_seed(sample_seed(self.seed, epoch, index))
             image = self.crop.sample(image, generator)

@@ -56,7 +56,7 @@ def measure_source_stats(source, limit: int = STATS_SAMPLE, seed: int = 0):
     pick = range(n) if n <= limit else np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
     hist = torch.zeros(source.shape[0], 256, dtype=torch.int64)
     for i in pick:
-        pixels = torch.from_numpy(np.ascontiguousarray(source.decode(int(i))))
+        pixels = torch.from_numpy(np.require(source.decode(int(i)), requirements=("C", "W")))
         for c in range(hist.shape[0]):
             hist[c] += torch.bincount(pixels[..., c].reshape(-1), minlength=256)
     return _stats_from_histogram(hist)

@@ -131,7 +131,8 @@ def _rebuild(run_dir: Path, which: str):
     cfg, ckpt = read_config_and_weights(run_dir, which)
     identity = read_run_identity(run_dir)
     accelerator = make_accelerator(cfg)
-    data = prepare_data(cfg.data, log=_log)
+    # A run that read its training split out of core: index it again, never decode it (only the test split is used).
+    data = prepare_data(cfg.data, log=_log, plan=(lambda *_: True) if cfg.data.residency == "disk" else None)
     path = weights_file(run_dir, which)
     _check_same_task(path, ckpt, data)  # before building: the weights of another task do not fit this data's model
     model = _built(ckpt, data.in_shape, len(data.classes), path)

@@ -4,7 +4,7 @@ used; and the choice of loader backend (tensor, torch or ffcv) that feeds them."
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from visionlaunch.config import DataConfig
@@ -12,6 +12,7 @@ from visionlaunch.datasets.mixed_size import center_crop
 from visionlaunch.datasets import (DatasetNotFound, ImageSet, default_cache_dir, load_dataset, normalization_stats,
                                    resolve_data_root, train_val_split)
 from visionlaunch.datasets.cifar import unofficial_note
+from visionlaunch.datasets.imagefolder import class_names
 from visionlaunch.datasets.load import open_source
 from visionlaunch.datasets.loaders import SourceLoader, TensorLoader, TorchLoader
 from visionlaunch.datasets.order import FULL_SHUFFLE
@@ -65,6 +66,9 @@ def prepare_data(cfg: DataConfig, log=print, progress: bool = True, plan=None) -
             # A count meant for the 60k set would swallow the sample: hold out the same 1/12 share instead.
             val_size = round(len(train) / 12)
             log(f"NOTE: data.val_size lowered to {val_size} for the {len(train)}-image sample")
+    if cfg.class_names:  # display names for the class folders
+        names = class_names(_beside(root, cfg.class_names), train.classes)
+        train, test = (_named(ds, names) for ds in (train, test))
     if note := unofficial_note([train, test]):
         log(note)
     # Constants from the full training set, before any subset, so a quick run normalises like a full one.
@@ -89,6 +93,18 @@ def prepare_data(cfg: DataConfig, log=print, progress: bool = True, plan=None) -
                                                    if train.unofficial or test.unofficial else ""))
     return DataBundle(train=train, val=val, test=test, mean=mean, std=std, note=note, name=name,
                       val_size=val_size)
+
+
+def _beside(root: Path, path: str) -> Path:
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else root / p
+
+
+def _named(ds, names: list[str]):
+    if isinstance(ds, ImageSet):
+        return replace(ds, classes=names)
+    ds.classes = names
+    return ds
 
 
 def _read_splits(name: str, kwargs: dict, plan) -> tuple:

@@ -92,6 +92,13 @@ def plan_residency(data_cfg, train, test_bytes: int, processes: int, loader_set:
         why = f"{sizes} > {rule}"
     else:
         why = "data.residency=disk"
+    if not getattr(train, "streams", True):  # an archive: read whole, in memory
+        advice = ("an archive is read into memory; extract it (e.g. `tar xf data.tar.gz`) and point data.path at the "
+                  "folder to read it out of core")
+        if data_cfg.residency == "disk":
+            raise VisionlaunchError(f"data.residency=disk cannot read {train.source}: {advice}, or set "
+                                    "data.residency=auto.")
+        return ResidencyPlan(False, data_cfg.loader, [f"data plan: in memory although {why}: {advice}"])
     if data_cfg.loader == "ffcv":  # the .beton files are on disk anyway: the training split is read from there
         return ResidencyPlan(True, "ffcv", [ffcv_plan_line(data_cfg, why, processes, test_bytes)])
     if data_cfg.loader != "torch" and loader_set:
