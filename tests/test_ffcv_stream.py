@@ -221,7 +221,7 @@ def test_a_folder_changed_since_conversion_is_described(folder, tmp_path, capsys
 def test_training_on_disk_residency_reads_the_photos_and_learns(folder, tmp_path, capsys):
     args = ["train", "--config", str(REPO / "configs" / "mnist_fcn.yaml"), "data.name=imagefolder",
             f"data.path={folder}", "data.image_size=32", "data.val_size=50", "data.residency=disk",
-            "data.loader=ffcv", f"data.ffcv_dir={tmp_path / 'b'}", "model.args={hidden: [128], batch_norm: true}",
+            "data.loader=ffcv", f"data.ffcv_dir={tmp_path / 'b'}", "model.args={hidden: [128], batch_norm: true, dropout: 0}",
             "augment.crop_padding=0", "augment.flip=true", "train.batch_size=25", "train.epochs=6", "optim.lr=0.01",
             "train.progress=false", "report.figures=false", f"output.dir={tmp_path / 'runs'}", "output.name=r"]
     assert main(args) == 0
@@ -232,7 +232,7 @@ def test_training_on_disk_residency_reads_the_photos_and_learns(folder, tmp_path
     train_epochs = [r for r in run if r["kind"] == "epoch" and r["split"] == "train"]
     assert [r["n"] for r in train_epochs] == [450] * 6  # every training sample once an epoch (18 batches of 25)
     final = [r for r in run if r["kind"] == "final"][0]
-    assert final["test_acc"] >= 0.2, final  # 10 classes: chance is 10%; measured 30% on this folder
+    assert final["test_acc"] >= 0.2, final  # 10 classes: chance is 10%
 
 
 def test_ffcv_reads_in_the_local_order_and_ranks_interleave_to_one_process(tmp_path):
