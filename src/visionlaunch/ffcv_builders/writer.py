@@ -90,14 +90,15 @@ def writer_workers(num_workers: int, n: int) -> int:
 
 
 def _worker(failures: Queue, *args) -> None:
-    """FFCV's indexed-dataset worker; a VisionlaunchError (an unreadable image, a bad sample) is passed to the
-    parent as its message, without a traceback, and the worker exits with FAILED."""
+    """FFCV's indexed-dataset worker; a VisionlaunchError (an unreadable image, a bad sample) or a failed write (a
+    full disk, a file size limit) is passed to the parent as a message, without a traceback, and the worker exits
+    with FAILED."""
     from ffcv.writer import worker_job_indexed_dataset
 
     try:
         worker_job_indexed_dataset(*args)
-    except VisionlaunchError as exc:
-        failures.put(str(exc))
+    except (VisionlaunchError, OSError) as exc:
+        failures.put((isinstance(exc, OSError), str(exc)))
         failures.close()
         failures.join_thread()  # the message is in the pipe before the process ends
         os._exit(FAILED)
@@ -146,12 +147,16 @@ def _write(tmp: Path, fields: dict, samples, workers: int, desc: str, progress: 
                 failed = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
                 if failed:
                     try:
-                        reason = failures.get(timeout=1)
+                        write_failed, reason = failures.get(timeout=1)
                     except queue.Empty:
                         raise VisionlaunchError(
                             f"an FFCV writer worker died (exit status {failed[0]}) while writing {desc}: see its "
                             "message above. A full disk or a file size limit is the usual cause; check the free "
                             f"space of {tmp.parent} and run the conversion again. Nothing was published.") from None
+                    if write_failed:
+                        raise VisionlaunchError(
+                            f"writing {desc} failed: {reason}. Check the free space of {tmp.parent} (and any file "
+                            "size limit) and run the conversion again. Nothing was published.")
                     raise VisionlaunchError(f"{reason} Converting {desc} stopped at this sample (every sample "
                                             "must be readable); nothing was published.")
             bar.update(n - bar.n)
