@@ -8,6 +8,7 @@ Only the training test compiles FFCV's pipelines (about 15 s of numba); the othe
 and bytes. Every test has a timeout: an error inside an FFCV worker could otherwise hang.
 """
 
+import contextlib
 import os
 import shutil
 import signal
@@ -140,29 +141,49 @@ def _nothing_published(out):
     assert not list(out.parent.glob(f".{out.name}.*.tmp"))
 
 
+def _children(pid):
+    try:
+        return [int(c) for c in open(f"/proc/{pid}/task/{pid}/children").read().split()]
+    except OSError:
+        return []
+
+
+def _gone(pid):
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] in ("Z", "X")  # a zombie is dead
+    except OSError:
+        return True
+
+
 def test_killed_conversion_publishes_nothing_and_the_next_one_replaces_its_leftover(folder, tmp_path):
     from visionlaunch.ffcv_builders import check_beton
     from visionlaunch.ffcv_builders.stream import write_source
 
     out = tmp_path / "train.beton"
-    proc = _writer(folder, out, delay=0.02)
-    deadline, tmp = time.time() + 120, []
+    proc = _writer(folder, out, delay=0.1)  # 0.1 s an image: 25 s of work for each of the 2 workers
+    deadline, tmp, workers = time.time() + 120, [], []
     try:
-        while time.time() < deadline and proc.poll() is None:  # kill it once pages are written under the temp name
+        while time.time() < deadline and proc.poll() is None and not tmp:
             tmp = list(tmp_path.glob(".train.beton.*.tmp"))
-            if tmp and tmp[0].stat().st_size > 2 * 2**20:
-                break
             time.sleep(0.05)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the writer and its worker processes
+        time.sleep(2)  # mid-conversion: the workers are decoding and writing under the temporary name
+        workers = _children(proc.pid)
+        os.kill(proc.pid, signal.SIGKILL)  # the converting process only, as the OOM killer would
         proc.wait(timeout=30)
+        deadline = time.time() + 8  # far less than the work the workers had left
+        while time.time() < deadline and not all(_gone(w) for w in workers):
+            time.sleep(0.1)
+        assert workers and all(_gone(w) for w in workers), "writer workers outlived the converting process"
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # anything of the group still alive
+            os.killpg(proc.pid, signal.SIGKILL)
     assert tmp and tmp[0].exists(), "the writer never started writing, or finished before the kill"
     assert not out.exists() and not os.path.exists(str(out) + ".json")
     logs = []
     source = FolderSource(folder, "train", image_size=32, progress=False)
     written = write_source(source, out, dataset="mixed", split="train", image_size=32, max_side=160, progress=False,
-                           log=logs.append)
-    assert any(str(tmp[0]) in m and "interrupted" in m for m in logs), logs
+                           log=logs.append)  # no lock left behind: it does not wait
+    assert any(str(tmp[0]) in m and "interrupted" in m for m in logs) and not any("waiting" in m for m in logs), logs
     assert not tmp[0].exists() and check_beton(out).count == written.count == 500
 
 

@@ -16,6 +16,7 @@ import glob
 import os
 import queue
 import shutil
+import signal
 from multiprocessing import Process, Queue, Value
 from pathlib import Path
 
@@ -89,12 +90,13 @@ def writer_workers(num_workers: int, n: int) -> int:
     return max(1, min(int(num_workers), n // 100 + 1))
 
 
-def _worker(failures: Queue, *args) -> None:
+def _worker(failures: Queue, parent: int, *args) -> None:
     """FFCV's indexed-dataset worker; a VisionlaunchError (an unreadable image, a bad sample) or a failed write (a
     full disk, a file size limit) is passed to the parent as a message, without a traceback, and the worker exits
     with FAILED."""
     from ffcv.writer import worker_job_indexed_dataset
 
+    _die_with_parent(parent)
     try:
         worker_job_indexed_dataset(*args)
     except (VisionlaunchError, OSError) as exc:
@@ -105,6 +107,15 @@ def _worker(failures: Queue, *args) -> None:
 
 
 FAILED = 3
+
+
+def _die_with_parent(parent: int) -> None:
+    """Linux: this worker is killed when the converting process `parent` dies (a SIGKILL, the OOM killer), instead
+    of writing on into a file nobody will publish."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it died before the request was made
+        os._exit(FAILED)
 
 
 def _write(tmp: Path, fields: dict, samples, workers: int, desc: str, progress: bool) -> None:
@@ -127,8 +138,8 @@ def _write(tmp: Path, fields: dict, samples, workers: int, desc: str, progress: 
     failures: Queue = Queue()
     done = Value(ctypes.c_uint64, 0)
     allocator = MemoryAllocator(str(tmp), writer.data_region_start, writer.page_size)
-    args = (failures, todo, writer.metadata_sm, writer.metadata_type, writer.fields, allocator, done, allocations,
-            samples)
+    args = (failures, os.getpid(), todo, writer.metadata_sm, writer.metadata_type, writer.fields, allocator, done,
+            allocations, samples)
     procs = [Process(target=_worker, args=args, daemon=True) for _ in range(workers)]
     try:
         for p in procs:
@@ -196,10 +207,15 @@ class _Chunk:
 def _conversion_lock(path: Path, log):
     """Held while `path` is written: a second conversion of the same file waits; and a temporary file beside it
     (`.NAME.*.tmp`) found while holding the lock was left by a conversion that was killed: it is named and
-    removed (its writer is gone, since its lock was released with it)."""
+    removed. A POSIX record lock (lockf): it belongs to this process alone (not to the forked writer workers) and
+    the kernel releases it when the process dies, however it dies."""
     lock = path.parent / f".{path.name}.lock"
     with open(lock, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            log(f"ffcv: waiting for another process that is writing {path} ({lock} is locked)")
+            fcntl.lockf(f, fcntl.LOCK_EX)
         try:
             for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
                 size = stale.stat().st_size
@@ -208,7 +224,7 @@ def _conversion_lock(path: Path, log):
                 stale.unlink(missing_ok=True)
             yield
         finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+            fcntl.lockf(f, fcntl.LOCK_UN)
 
 
 def publish(path: Path, fields: dict, samples, *, workers: int, need: int, desc: str, progress: bool,
