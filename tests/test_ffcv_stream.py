@@ -242,8 +242,8 @@ def test_a_folder_changed_since_conversion_is_described(folder, tmp_path, capsys
 def test_training_on_disk_residency_reads_the_photos_and_learns(folder, tmp_path, capsys):
     args = ["train", "--config", str(REPO / "configs" / "mnist_fcn.yaml"), "data.name=imagefolder",
             f"data.path={folder}", "data.image_size=32", "data.val_size=50", "data.residency=disk",
-            "data.loader=ffcv", f"data.ffcv_dir={tmp_path / 'b'}", "model.args={hidden: [128], batch_norm: true, dropout: 0}",
-            "augment.crop_padding=0", "augment.flip=true", "train.batch_size=25", "train.epochs=6", "optim.lr=0.01",
+            "data.loader=ffcv", f"data.ffcv_dir={tmp_path / 'b'}",
+            "model.args={hidden: [128], batch_norm: true, dropout: 0}", "augment.crop_padding=0", "augment.flip=true", "train.batch_size=25", "train.epochs=6", "optim.lr=0.01",
             "train.progress=false", "report.figures=false", f"output.dir={tmp_path / 'runs'}", "output.name=r"]
     assert main(args) == 0
     out = capsys.readouterr()
