@@ -50,7 +50,7 @@ class DataConfig(_Section):
     residency: Literal["auto", "memory", "disk"] = Field(
         "auto", description="where the training split lives: memory (decoded once), disk (out of core: each image "
                             "decoded when used, by the torch loader, or read from its .beton file by ffcv), or auto: memory "
-                            "when it fits")
+                            "when it fits (disk for an ImageFolder with data.loader=ffcv)")
     num_workers: int = Field(2, ge=0, description="torch loader: worker processes; ffcv: threads (and writer processes)")
     ffcv_dir: str | None = Field(None, description="ffcv: folder of the .beton files; default <data cache>/ffcv")
     ffcv_encoding: Literal["raw", "jpeg"] = Field("raw", description="ffcv: how images are stored (jpeg: RGB only, lossy)")
