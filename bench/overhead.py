@@ -43,6 +43,7 @@ from visionlaunch.datasets import ImageSet  # noqa: E402
 from visionlaunch.datasets.stats import normalization_tensors, normalize_with  # noqa: E402
 from visionlaunch.models import build_model  # noqa: E402
 from visionlaunch.trainers.data import DataBundle  # noqa: E402
+from visionlaunch.trainers.precision import resolve_precision  # noqa: E402
 from visionlaunch.trainers.schedules import build_optimizer, build_scheduler  # noqa: E402
 
 # name -> (preset, overrides, input shape, classes). The presets' own batch size, optimizer and layout.
@@ -109,8 +110,9 @@ def bare_rates(cfg, data, device: torch.device) -> list[float]:
     batch = cfg.train.batch_size
     steps = len(data.train) // batch
     scheduler = build_scheduler(optimizer, cfg.schedule, cfg.optim.lr, steps, cfg.train.epochs)
-    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.precision)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16")
+    precision = resolve_precision(cfg.train.precision, device)  # auto: as the trainer resolves it on this device
+    half = precision.half_dtype
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.name == "fp16")
     forward = torch.compile(model) if cfg.train.compile else model
     images, labels = data.train.images.to(device), data.train.labels.to(device)
     mean, std = normalization_tensors(data.mean, data.std, device)
@@ -151,6 +153,7 @@ def compare(setup: str, *, steps: int, epochs: int, repeats: int, device: str, e
     """Interleaved trainer / bare-loop pairs for one setup; stops early (fewer pairs) past `deadline`."""
     cfg, data = make_config(setup, steps, epochs, device, extra)
     dev = torch.device("cuda" if device == "cuda" else "cpu")
+    precision = resolve_precision(cfg.train.precision, dev)
     pairs = []
     with tempfile.TemporaryDirectory(prefix="vl-overhead-") as tmp:
         for r in range(repeats):
@@ -167,7 +170,8 @@ def compare(setup: str, *, steps: int, epochs: int, repeats: int, device: str, e
                           "trainer_epochs": [round(x, 1) for x in rates["trainer"]],
                           "bare_epochs": [round(x, 1) for x in rates["bare"]]})
     return {"setup": setup, "model": cfg.model.name, "model_args": cfg.model.args, "batch": cfg.train.batch_size,
-            "optimizer": cfg.optim.name, "precision": cfg.train.precision, "channels_last": cfg.train.channels_last,
+            "optimizer": cfg.optim.name, "precision": precision.name, "precision_reason": precision.reason,
+            "channels_last": cfg.train.channels_last,
             "compile": cfg.train.compile, "device": str(dev), "steps_per_epoch": steps, "epochs": epochs,
             "pairs": pairs, "ratio": spread([p["ratio"] for p in pairs]),
             "trainer_images_per_s": spread([p["trainer"] for p in pairs], 1),

@@ -56,7 +56,7 @@ def _variants(gpus: int, cpu_processes: list[int]) -> list[dict]:
             out.insert(1, {"name": "cpu x1 1-thread", "processes": 1, "gpu": False, "overrides": [], "threads": 1})
         return out
     out = [{"name": f"1 gpu {label}", "processes": 1, "gpu": True, "overrides": o} for label, o in (
-        ("fp32", []), ("bf16", ["train.precision=bf16"]),
+        ("fp32", ["train.precision=fp32"]), ("bf16", ["train.precision=bf16"]),
         ("bf16 channels_last", ["train.precision=bf16", "train.channels_last=true"]),
         ("bf16 channels_last compile", ["train.precision=bf16", "train.channels_last=true", "train.compile=true"]))]
     if gpus > 1:

@@ -22,9 +22,10 @@ FCN = REPO / "configs" / "mnist_fcn.yaml"
 SMALL = ["data.train_subset=2000", "data.test_subset=500", "data.val_size=300", "train.epochs=2",
          "train.progress=false", "report.figures=false", "train.log_every=1"]
 # Equivalence across process counts needs a model without BatchNorm (per-rank statistics) and without random
-# draws (dropout, augmentation: one stream per rank).
+# draws (dropout, augmentation: one stream per rank), in fp32 (bf16 rounds each rank's and each micro-batch's
+# partial gradient on its own; train.precision=auto would choose bf16 on a CPU that has it).
 DETERMINISTIC = ["model.args={hidden: [32], batch_norm: false, dropout: 0}", "augment.crop_padding=0",
-                 "train.batch_size=48"]
+                 "train.batch_size=48", "train.precision=fp32"]
 # Everything that carries state across a checkpoint: BatchNorm buffers, dropout (global RNG), augmentation
 # (the pipeline's generator), EMA, momentum.
 STATEFUL = ["model.args={hidden: [32], batch_norm: true, dropout: 0.2}", "augment.crop_padding=1",

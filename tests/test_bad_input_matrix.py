@@ -214,6 +214,18 @@ def predict(d: Path, *args: str) -> list[str]:
     return ["predict", str(d / "run"), *args]
 
 
+def alias_bomb(levels: int, width: int = 9) -> str:
+    """A "billion laughs" config: tracker.tags holds `width`**`levels` strings made of a few lines of anchors and
+    aliases (each level an anchored list of `width` aliases of the one before)."""
+    keys = ["project", "group", "entity", "run_name", "dir", "mode", "name", "tags"][-levels:]
+    lines, previous = ["tracker:"], None
+    for level, key in enumerate(keys):
+        items = ", ".join(["lol"] * width if previous is None else [f"*l{level - 1}"] * width)
+        lines.append(f"  {key}: &l{level} [{items}]")
+        previous = key
+    return "\n".join(lines) + "\n"
+
+
 # ---------------------------------------------------------------------------------------------------- rows
 
 ROWS = [
@@ -238,6 +250,24 @@ ROWS = [
     Row("unknown-dataset", lambda d: train(d, "data.name=svhn"), "data.name"),
     Row("imagefolder-without-path", lambda d: train(d, "data.name=imagefolder"), "data.path"),
     Row("fallback-not-mnist", lambda d: train(d, "data.name=cifar10", "data.fallback=sample"), "fallback"),
+    Row("config-duplicate-key", lambda d: ["train", "--config", str(d / "c.yaml")], lambda d: str(d / "c.yaml"),
+        ("'epochs' twice", "lines 2 and 4"), setup=lambda d, mp: write(d / "c.yaml", "train:\n  epochs: 2\n  seed: 1\n"
+                                                                                    "  epochs: 3\n")),
+    Row("config-alias-bomb", lambda d: ["train", "--config", str(d / "c.yaml")], lambda d: str(d / "c.yaml"),
+        ("expands to more than 100000 values through its aliases", "line 7"), not_says=("lol",),
+        setup=lambda d, mp: write(d / "c.yaml", alias_bomb(7))),
+    Row("config-nested-too-deep", lambda d: ["train", "--config", str(d / "c.yaml")], lambda d: str(d / "c.yaml"),
+        ("nests deeper than 64 levels",), setup=lambda d, mp: write(d / "c.yaml", "model:\n  args: " + "[" * 5000
+                                                                     + "]" * 5000 + "\n")),
+    Row("override-alias-bomb", lambda d: train(d, "model.args={" + ", ".join(
+        f"l{i}: &l{i} [{', '.join(['1'] * 10 if i == 0 else [f'*l{i - 1}'] * 10)}]" for i in range(6)) + "}"),
+        "model.args", ("expands to more than 100000 values",)),
+    Row("override-duplicate-key", lambda d: train(d, "model.args={hidden: [8], hidden: [16]}"), "'hidden' twice"),
+    Row("lr-infinite", lambda d: train(d, "optim.lr=.inf"), "optim.lr", ("finite number",)),
+    Row("betas-nan", lambda d: train(d, "optim.betas=[.nan, 0.999]"), "optim.betas", ("finite number",)),
+    Row("epochs-boolean", lambda d: train(d, "train.epochs=true"), "train.epochs", ("not true/false",)),
+    Row("val-size-boolean", lambda d: train(d, "data.val_size=false"), "data.val_size", ("not true/false",)),
+    Row("model-arg-boolean", lambda d: train(d, "model.args={hidden: [true]}"), "'hidden'", ("not true/false",)),
     # --- the model and the run folder
     Row("unknown-model", lambda d: train(d, "model.name=resnet9000"), "resnet9000"),
     Row("unknown-model-arg", lambda d: train(d, "model.args={hiden: [3]}"), "hiden"),
@@ -310,6 +340,8 @@ ROWS = [
     # --- evaluate / figures of a damaged run folder
     Row("evaluate-missing-run", lambda d: ["evaluate", str(d / "nowhere")], lambda d: str(d / "nowhere"),
         ("not a finished visionlaunch run folder",)),
+    Row("evaluate-data-unknown-key", lambda d: ["evaluate", str(d / "run"), "--data", "bogus_key=1"], "'bogus_key'",
+        ("Valid keys: name, root, path",), not_says=("augment", "tracker"), needs_run=True),
     Row("evaluate-corrupt-run-yaml", lambda d: ["evaluate", str(d / "run")], lambda d: str(d / "run" / "run.yaml"),
         ("not valid UTF-8 YAML",), needs_run=True, setup=lambda d, mp: write(d / "run" / "run.yaml", "a: [b\n")),
     Row("figures-corrupt-run-yaml", lambda d: ["figures", str(d / "run")], lambda d: str(d / "run" / "run.yaml"),
@@ -527,6 +559,8 @@ def test_bad_input(row: Row, tmp_path, monkeypatch, request, restore_limits):
         assert text in message, (text, message)
     for text in row.not_says:
         assert text not in message, (text, message)
+    if "named above" in message:  # then they are: each on a line of its own before the error
+        assert "skipped " in err[:err.index("visionlaunch: error:")], err
     after = _snapshot(d)
     if row.kept is None:
         assert {k: v for k, v in after.items() if before.get(k, "new") != v} == {}, "files were left behind"

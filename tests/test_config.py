@@ -4,9 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from visionlaunch.config import RunConfig, config_differences, load_config, shapes_trajectory
+from visionlaunch.config import RunConfig, load_config
 from visionlaunch.config_reference import describe_keys
 from visionlaunch.errors import VisionlaunchError
+from visionlaunch.trajectory import config_differences, shapes_trajectory
 
 PRESETS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 

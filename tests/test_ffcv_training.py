@@ -107,7 +107,7 @@ def test_half_inputs_and_channels_last_batches(dtype):
 
 def test_half_inputs_need_mixed_precision():
     with pytest.raises(VisionlaunchError, match="half_inputs=true needs train.precision"):
-        load_config(None, ["data.half_inputs=true"])
+        load_config(None, ["data.half_inputs=true", "train.precision=fp32"])
     assert load_config(None, ["data.half_inputs=true", "train.precision=bf16"]).data.half_inputs
 
 

@@ -336,3 +336,19 @@ def test_an_imagefolder_path_that_is_a_fifo_is_refused_not_opened(tmp_path, no_h
     os.mkfifo(tmp_path / "data.tar")
     with pytest.raises(VisionlaunchError, match="is neither a folder nor a file"):
         load_dataset("imagefolder", "train", root=tmp_path, path="data.tar", progress=False, cache_dir=None)
+
+
+def test_an_imagefolder_archive_refuses_an_image_member_over_the_limit(tmp_path, monkeypatch):
+    """The member limit, made small here: an image member over it stops the dataset naming it (never read); a
+    large member that is not an image is not read at all, so it does not matter."""
+    from tests.test_datasets_imagefolder import _load, make_folder, make_tar
+    from visionlaunch.datasets import entries
+
+    make_folder(tmp_path / "ds")
+    monkeypatch.setattr(entries, "MAX_MEMBER_BYTES", 4096)
+    big = bytes(5000)
+    make_tar(tmp_path / "ds", tmp_path / "big.tar", extra={"train/cat/notes.txt": big, "train/cat/zz.png": big})
+    with pytest.raises(VisionlaunchError, match=r"big.tar:train/cat/zz.png is 5,000 bytes, over the"):
+        _load(tmp_path, path="big.tar")
+    make_tar(tmp_path / "ds", tmp_path / "notes.tar", extra={"train/cat/notes.txt": big})
+    assert len(_load(tmp_path, path="notes.tar")) == 12

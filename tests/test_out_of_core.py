@@ -87,6 +87,11 @@ def test_the_folder_index_decodes_what_the_in_memory_reader_stores(folders, kind
     assert source.labels.dtype == np.int64 and isinstance(source.file_sizes, np.ndarray)
     assert not any(isinstance(v, list) and len(v) == len(source) for v in vars(source).values())
     assert np.array_equal(source.labels, memory.labels.numpy())
+    if image_size is None:  # planning only: one header read, counted as colour, nothing decoded
+        estimate = FolderSource(folders[kind], "train", progress=False, estimate=True)
+        assert estimate.shape == (3, 32, 32) and np.array_equal(estimate.labels, source.labels)
+        with pytest.raises(RuntimeError, match="cannot decode"):
+            estimate.decode(0)
     for i in range(len(source)):
         assert np.array_equal(source.decode(i), memory.images[i].permute(1, 2, 0).numpy()), i
 
@@ -143,8 +148,9 @@ def test_crops_depend_on_seed_epoch_and_sample_only(folders):
 # --- training runs ---------------------------------------------------------------------------------------------
 
 FCN = REPO / "configs" / "mnist_fcn.yaml"
-# A tiny deterministic MLP (no BatchNorm, no dropout, no flip): 2 processes must follow 1 process.
-RUN = ["data.name=imagefolder", "data.image_size=32", "data.val_size=12", "data.residency=disk",
+# A tiny deterministic MLP (no BatchNorm, no dropout, no flip) in fp32 (bf16, which train.precision=auto may pick
+# here, rounds each rank's partial gradient on its own): 2 processes must follow 1 process.
+RUN = ["train.precision=fp32", "data.name=imagefolder", "data.image_size=32", "data.val_size=12", "data.residency=disk",
        "model.args={hidden: [32], batch_norm: false, dropout: 0}", "augment.crop_padding=0", "augment.flip=false",
        "train.batch_size=12", "train.epochs=2", "train.progress=false", "report.figures=false", "train.log_every=1",
        "train.eval_batch_size=20", "optim.lr=0.01"]

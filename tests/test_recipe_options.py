@@ -38,8 +38,8 @@ def test_tta_logits_average_the_image_and_its_mirror():
 
 def test_evaluate_uses_flip_tta_when_asked():
     torch.manual_seed(0)
-    cfg = load_config(overrides=["train.device=cpu"])
-    acc = make_accelerator(cfg)
+    cfg = load_config(overrides=["train.device=cpu", "train.precision=fp32"])  # compared with fp32 logits below
+    acc, _ = make_accelerator(cfg)
     images = torch.randint(0, 256, (20, 3, 8, 8), dtype=torch.uint8)
     labels = torch.randint(0, 3, (20,))
     pipeline = BatchPipeline(AugmentConfig(), (0.5,) * 3, (0.25,) * 3, torch.device("cpu"), seed=0)
@@ -127,7 +127,7 @@ def test_figure_predictions_run_in_the_precision_of_the_reported_accuracy():
     # The confusion matrix and the prediction grid must count what the test accuracy counted: a bf16 run's
     # predictions under the same bf16 autocast (in fp32, near-ties flip and the figures disagree with the number).
     cfg = load_config(overrides=["train.device=cpu", "train.precision=bf16"])
-    acc = make_accelerator(cfg)
+    acc, _ = make_accelerator(cfg)
     images = torch.randint(0, 256, (20, 3, 8, 8), dtype=torch.uint8)
     labels = torch.randint(0, 3, (20,))
     pipeline = BatchPipeline(AugmentConfig(), (0.5,) * 3, (0.25,) * 3, torch.device("cpu"), seed=0)

@@ -88,7 +88,8 @@ def test_report_of_a_real_run_shows_everything_and_renders_offline_in_chromium(c
     text = _text(page)
     final = next(r for r in _records(run) if r["kind"] == "final")
     identity = yaml.safe_load((run / "run.yaml").read_text())
-    for expected in ("mnist", "tester", identity["date"], identity["host"], identity["device"], "fp32",
+    for expected in ("mnist", "tester", identity["date"], identity["host"], identity["device"],
+                     f"{identity['precision']} ({identity['precision_reason']})",  # what auto chose, and why
                      f"{100 * final['test_acc']:.2f}%", f"{100 * final['best_val_acc']:.2f}%",
                      f"epoch {final['best_epoch']}", f"{identity['parameters']:,}", "Most confused class pairs",
                      "trainable parameters", "optim:", "Per epoch: metrics and timing", "images/s", "finished"):

@@ -11,21 +11,43 @@ from __future__ import annotations
 import getpass
 import os
 import signal
-from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from visionlaunch.errors import VisionlaunchError, describe_os_error
+from visionlaunch.errors import VisionlaunchError
+from visionlaunch.numbers import bool_for_number
+from visionlaunch.validation_messages import format_validation_error
+from visionlaunch.yamlfiles import YamlRefused, load_yaml, read_yaml
 
 # numpy seeds its generator with an unsigned 32-bit number: every seed must fit.
 SEED_MAX = 2**32 - 1
 
 
+# Full precision has one name, fp32; `no` (the name Accelerate uses) means the same, and so does YAML's reading of
+# an unquoted no or false (the boolean False), so that `train.precision=no` and `precision: no` work as written.
+FULL_PRECISION_ALIASES = ("no", "false", "fp32")
+
+
+def canonical_precision(value: Any) -> Any:
+    """train.precision in its one spelling: fp32 for every name of full precision; anything else unchanged."""
+    if value is False or isinstance(value, str) and value.strip().lower() in FULL_PRECISION_ALIASES:
+        return "fp32"
+    return value
+
+
 class _Section(BaseModel):
     # forbid: a misspelt key fails loudly. frozen: a validated config never changes (what a run used is recorded).
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan: an infinite or NaN number is never a valid setting (optim.lr=.inf would fail at step 1).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        if bool_for_number(cls.model_fields[info.field_name].annotation, value):
+            raise ValueError("expected a number, not true/false (YAML reads those words as booleans)")
+        return value
 
 
 class DataConfig(_Section):
@@ -124,7 +146,13 @@ class TrainConfig(_Section):
                                                    "(and grad_accum micro-batches); optim.lr is meant for it")
     eval_batch_size: int = Field(1000, ge=1, description="global batch of evaluation, figures, evaluate and predict")
     seed: int = Field(0, ge=0, le=SEED_MAX, description=f"0..{SEED_MAX}")
-    precision: Literal["no", "bf16", "fp16"] = Field("no", description="autocast: no (fp32), bf16, fp16 (GPU only)")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="number format of training and evaluation. auto: bf16 where the device computes it "
+                            "natively (a CPU with AVX-512 BF16 or AMX, a GPU with bf16: compute capability 8.0+), "
+                            "else fp32 on a CPU and fp16 with loss scaling on a GPU; the choice and its reason are "
+                            "printed and recorded in run.yaml. fp32: full precision (no, false and \"no\" mean the "
+                            "same). bf16/fp16: autocast in that type (fp16 needs a GPU; bf16 on a CPU without native "
+                            "bf16 is emulated, usually slower than fp32)")
     device: Literal["auto", "cpu"] = Field("auto", description="auto: GPU when there is one; cpu: force CPU")
     log_every: int = Field(50, ge=1, description="steps between step records in metrics.jsonl")
     max_steps_per_epoch: int | None = Field(None, ge=1, description="cut epochs short (smoke tests); optimizer steps")
@@ -153,6 +181,11 @@ class TrainConfig(_Section):
         "val_acc", description="what early stopping watches: val_acc (higher is better) or val_loss (lower)")
     deterministic: bool = Field(False, description="deterministic algorithms only (torch.use_deterministic_algorithms, "
                                                    "cuDNN deterministic, no cuDNN benchmark); slower on GPUs")
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_aliases(cls, value: Any) -> Any:
+        return canonical_precision(value)
 
     @field_validator("preempt_signals")
     @classmethod
@@ -245,9 +278,10 @@ class RunConfig(_Section):
                              "train/<class>/<image> and test/<class>/<image>)")
         if self.data.fallback == "sample" and self.data.name != "mnist":
             raise ValueError("data.fallback=sample only applies to data.name=mnist")
-        if self.data.half_inputs and self.train.precision == "no":
-            raise ValueError("data.half_inputs=true needs train.precision=bf16 or fp16 (the model computes in that "
-                             "type under autocast); with precision 'no' keep float32 inputs")
+        if self.data.half_inputs and self.train.precision == "fp32":
+            raise ValueError("data.half_inputs=true needs train.precision=bf16, fp16 or auto (the model computes in "
+                             "that type under autocast; with auto, only when it picks one); with fp32 keep float32 "
+                             "inputs: data.half_inputs=false")
         if self.data.class_names and self.data.name != "imagefolder":
             raise ValueError("data.class_names applies to data.name=imagefolder: remove it")
         if self.data.image_size is not None and self.data.name != "imagefolder":
@@ -281,28 +315,6 @@ class RunConfig(_Section):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
-def format_validation_error(err: ValidationError, source: str) -> str:
-    lines = [f"invalid configuration ({source}):"]
-    for e in err.errors():
-        loc = tuple(e["loc"])
-        key = ".".join(str(p) for p in loc) or "<top level>"
-        section = RunConfig.model_fields.get(str(loc[0])) if len(loc) == 2 else None
-        owner = RunConfig if len(loc) <= 1 else section.annotation if section else None  # whose keys to list
-        valid = ""
-        if owner is not None:
-            prefix = ".".join(str(p) for p in loc[:-1])
-            valid = " Valid keys" + (f" in '{prefix}'" if prefix else "") + ": " + ", ".join(owner.model_fields) + "."
-        if e["type"] == "extra_forbidden":
-            lines.append(f"  - unknown key '{key}'.{valid}")
-        else:
-            got = e.get("input")
-            got_text = "" if isinstance(got, dict) else f" (got {got!r})"
-            where = f"'{key}'" if loc else "config"
-            lines.append(f"  - {where}: {e['msg'].rstrip('.')}{got_text}.")
-    lines.append("Fix the YAML file or the key=value override; `visionlaunch show-config` prints every key with its default.")
-    return "\n".join(lines)
-
-
 def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text or text.startswith("="):
         raise VisionlaunchError(
@@ -310,7 +322,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
             "optim.lr=0.05 or train.epochs=3.")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = read_yaml(raw) if raw != "" else ""
+    except YamlRefused as exc:
+        raise VisionlaunchError(f"the override {text[:200]!r} {exc}.") from None
     except yaml.YAMLError:
         value = raw  # not YAML: keep the literal string and let validation judge it
     return key.strip().split("."), value
@@ -327,30 +341,6 @@ def apply_override(tree: dict, keys: list[str], value: Any) -> None:
     node[keys[-1]] = value
 
 
-def load_yaml(path: str | os.PathLike, what: str = "config file",
-              example: str = "--config configs/mnist_cnn.yaml (the presets are in configs/)",
-              holds: str = "a mapping of sections (data:, model:, ...)") -> dict:
-    """A YAML file that must hold a mapping (a preset, an ablation file); an empty file is an empty mapping."""
-    p = Path(path)
-    if p.is_dir():
-        raise VisionlaunchError(f"{what} {p} is a folder, not a file. Pass a YAML file, e.g. {example}.")
-    if not p.is_file():
-        raise VisionlaunchError(f"{what} {p} does not exist. Pass an existing YAML file, e.g. {example}.")
-    try:
-        tree = yaml.safe_load(p.read_bytes().decode("utf-8")) or {}
-    except OSError as exc:
-        raise VisionlaunchError(f"{what} {p} cannot be read: {describe_os_error(exc)}") from None
-    except UnicodeDecodeError as exc:
-        raise VisionlaunchError(
-            f"{what} {p} is not UTF-8 text (byte {exc.start} cannot be decoded: {exc.reason}). Pass a YAML file, "
-            f"saved as UTF-8, e.g. {example}.") from None
-    except yaml.YAMLError as exc:
-        raise VisionlaunchError(f"{what} {p} is not valid YAML: {exc}") from None
-    if not isinstance(tree, dict):
-        raise VisionlaunchError(f"{what} {p} must hold {holds}, not a {type(tree).__name__}.")
-    return tree
-
-
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Defaults <- YAML file <- dotted overrides, validated as a whole."""
     tree = load_yaml(path) if path is not None else {}
@@ -360,22 +350,9 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
     try:
         return RunConfig.model_validate(tree)
     except ValidationError as err:
-        raise VisionlaunchError(format_validation_error(err, source)) from None
+        raise VisionlaunchError(format_validation_error(err, source, RunConfig)) from None
 
 
-# Keys that may change without changing the sequence of weights a run goes through: where files are, what is logged
-# and how often, how the run reacts to signals, which kernels compute the same numbers. Resuming, the ablation's
-# check of its run folders and the comparison page go by this list alone.
-TRAJECTORY_NEUTRAL = (
-    "output.", "report.", "tracker.", "data.root", "data.cache_dir", "data.download", "data.verify", "data.fallback",
-    "data.num_workers", "data.loader", "data.ffcv_dir", "train.resume", "train.progress", "train.log_every",
-    "train.checkpoint_every", "train.keep_checkpoints", "train.preempt_signals", "train.dist_timeout_s",
-    "train.eval_batch_size", "train.device", "train.compile", "train.channels_last", "train.deterministic")
-
-
-def shapes_trajectory(key: str) -> bool:
-    """Whether a dotted config key (e.g. optim.lr) changes what a run learns."""
-    return not key.startswith(TRAJECTORY_NEUTRAL)
 
 
 def flatten(tree: Any, prefix: str = "", depth: int | None = None) -> dict[str, Any]:
@@ -386,13 +363,3 @@ def flatten(tree: Any, prefix: str = "", depth: int | None = None) -> dict[str, 
     for key, value in tree.items():
         flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key), None if depth is None else depth - 1))
     return flat
-
-
-def config_differences(old: dict, new: dict, old_label: str, new_label: str) -> list[str]:
-    """'key: <old_label> X, <new_label> Y' for every trajectory-shaping config key (model.args whole) that differs
-    between two dumped configs. A key the old config's version did not have yet counts as its default (what that
-    version did), so adding a key with a default keeps old runs comparable."""
-    a = {**flatten(RunConfig.model_construct().model_dump(mode="json"), depth=2), **flatten(old, depth=2)}
-    b = flatten(new, depth=2)
-    keys = [k for k in sorted(set(a) | set(b)) if shapes_trajectory(k) and a.get(k, "<absent>") != b.get(k, "<absent>")]
-    return [f"{k}: {old_label} {a.get(k, '<absent>')!r}, {new_label} {b.get(k, '<absent>')!r}" for k in keys]

@@ -18,11 +18,11 @@ from pathlib import Path
 import yaml
 
 from visionlaunch.atomic import atomic_write_text
-from visionlaunch.config import config_differences
 from visionlaunch.errors import VisionlaunchError
 from visionlaunch.reports.analysis import number
 from visionlaunch.reports.figures import Stamp, epoch_series, plot_ablation_curves
 from visionlaunch.runfolder import CONFIG, IDENTITY, METRICS, final_record, read_metrics
+from visionlaunch.trajectory import config_differences
 
 from .plan import Ablation, Variant
 

@@ -1,7 +1,8 @@
 """Bring any image to a trained model's input shape (C, H, W), the way its training data was decoded.
 
-The pixels come from the one decoder (decode.py). Colour: a 1-channel model gets PIL's luminance ("L": 0.299 R + 0.587 G + 0.114 B, alpha dropped); a 3-channel model
-gets "RGB" (gray copied to all three channels, alpha dropped, palettes expanded), as the ImageFolder reader decodes.
+The pixels come from the one decoder (decode.py). Colour: a 1-channel model gets PIL's luminance ("L": 0.299 R +
+0.587 G + 0.114 B, alpha dropped); a 3-channel model gets "RGB" (gray copied to all three channels, alpha dropped,
+palettes expanded), as the ImageFolder reader decodes.
 Size: an image of another size is resized to H x W with PIL's bilinear filter (antialiased when shrinking), without
 keeping the aspect ratio or cropping: the whole image is squeezed into the model's frame. Nothing else changes
 (no inversion, no centring), so an input should look like the training images: an MNIST model expects a white digit

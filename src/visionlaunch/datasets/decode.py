@@ -66,13 +66,21 @@ def channels_of(mode: str) -> int:
     return 1 if mode in GRAY_MODES + WIDE_GRAY_MODES else 3
 
 
+def _orientation(pil: Image.Image, header_only: bool = False) -> int | None:
+    """The EXIF orientation tag. `header_only`: without decoding the pixels (PIL's getexif loads a whole PNG to look
+    for an eXIf chunk after the pixel data; the header scan then takes one before it, where the PNG spec puts it)."""
+    if header_only and pil.format == "PNG" and "exif" not in pil.info:
+        return None
+    return pil.getexif().get(_ORIENTATION)
+
+
 def image_header(payload: bytes | Path, display: str) -> tuple[tuple[int, int], int]:
     """(width, height) as decode_image will return it (EXIF rotation applied) and its channels, from the header
     alone (no pixel decoding)."""
     try:
         with open_image(payload) as pil:
             (w, h), mode = pil.size, pil.mode
-            if pil.getexif().get(_ORIENTATION) in _ROTATED:
+            if _orientation(pil, header_only=True) in _ROTATED:
                 w, h = h, w
     except BAD_IMAGE as exc:
         raise unreadable(display, exc) from exc
@@ -105,7 +113,7 @@ def decode_image(payload: bytes | Path, display: str, *, reduce_to: int | None =
             if reduce_to:
                 pil.draft("RGB", (reduce_to, reduce_to))
             # exif_transpose copies even an upright image: call it only for a tag that turns or mirrors
-            upright = ImageOps.exif_transpose(pil) if pil.getexif().get(_ORIENTATION) in range(2, 9) else pil
+            upright = ImageOps.exif_transpose(pil) if _orientation(pil) in range(2, 9) else pil
             return np.ascontiguousarray(_eight_bit(upright, display))
     except BAD_IMAGE as exc:
         raise unreadable(display, exc) from exc

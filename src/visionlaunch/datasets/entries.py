@@ -7,8 +7,8 @@ sorted by name (links followed), a tar archive's members in their order (one str
 bzip2 and xz forms), a zip archive's members sorted by name; a single file is one entry.
   kind "folder"   a folder; payload None
   kind "file"     a regular file; payload is its Path (in a folder: read when it is decoded) or its bytes (an archive
-                  member, read as the archive goes by; only members that `wanted(parts)` accepts are read, the
-                  others come with b"")
+                  member, read as the archive goes by; only members that `wanted(parts)` accepts are read or
+                  checked, the others come with b"")
   kind "skipped"  something never read; `why` says why. One rule for every command:
     - hidden names (starting with ".") and __MACOSX (macOS resource forks): a hidden folder is one entry, its
       content is not walked;
@@ -91,7 +91,7 @@ def walk(path: Path, wanted: Callable[[tuple[str, ...]], bool] = lambda parts: T
 def _special_why(mode: int) -> str:
     what = ("a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
             if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a symbolic link" if stat.S_ISLNK(mode) else
-            "something")
+            "a special file")
     return f"{what}, neither a file nor a folder: never opened"
 
 
@@ -116,7 +116,7 @@ def _walk_folder(root: Path, top: os.stat_result) -> Iterator[Entry]:
                 info = path.stat()  # through links
             except OSError as exc:
                 if not child.is_symlink():
-                    why = f"cannot be looked at ({exc.strerror})"
+                    why = f"a file that cannot be looked at ({exc.strerror})"
                 elif exc.errno == errno.ELOOP:
                     why = "a link loop"
                 else:
@@ -152,19 +152,20 @@ def _member_parts(name: str) -> tuple[tuple[str, ...], str]:
 
 
 class _Hidden:
-    """Reports a hidden archive folder once, not each of its members."""
+    """Archive members under a hidden name: the first one reported (the hidden folder, once), the others dropped."""
 
     def __init__(self, archive: Path):
         self.archive, self.told = archive, set()
 
-    def entry(self, parts: tuple[str, ...]) -> Entry | None:
+    def __call__(self, parts: tuple[str, ...]) -> list[Entry] | None:
+        """None when no part of `parts` is hidden, else what to report (nothing when already reported)."""
         for i, name in enumerate(parts):
             if is_hidden(name):
                 if parts[:i + 1] in self.told:
-                    return Entry(parts, "", "hidden-inside")
+                    return []
                 self.told.add(parts[:i + 1])
-                return Entry(parts[:i + 1], f"{self.archive}:{'/'.join(parts[:i + 1])}", "skipped",
-                             why=_hidden_why(name))
+                return [Entry(parts[:i + 1], f"{self.archive}:{'/'.join(parts[:i + 1])}", "skipped",
+                              why=_hidden_why(name))]
         return None
 
 
@@ -194,17 +195,17 @@ def _walk_tar(path: Path, wanted, progress: bool) -> Iterator[Entry]:
                     continue
                 if refused:
                     yield Entry(parts, display, "skipped", why=refused)
-                elif (h := hidden.entry(parts)) is not None:
-                    if h.kind == "skipped":
-                        yield h
+                elif (report := hidden(parts)) is not None:
+                    yield from report
                 elif member.isdir():
                     yield Entry(parts, display, "folder")
                 elif member.isfile():
-                    if member.size > MAX_MEMBER_BYTES:
+                    if not wanted(parts):
+                        yield Entry(parts, display, "file", b"")
+                    elif member.size > MAX_MEMBER_BYTES:
                         yield Entry(parts, display, "skipped", why=_too_large(member.size))
                     else:
-                        data = tar.extractfile(member).read() if wanted(parts) else b""
-                        yield Entry(parts, display, "file", data)
+                        yield Entry(parts, display, "file", tar.extractfile(member).read())
                     bar.update()
                 else:
                     what = ("a symbolic link" if member.issym() else "a hard link" if member.islnk() else
@@ -235,20 +236,19 @@ def _walk_zip(path: Path, wanted) -> Iterator[Entry]:
             unix_type = stat.S_IFMT(info.external_attr >> 16)
             if refused:
                 yield Entry(parts, display, "skipped", why=refused)
-            elif (h := hidden.entry(parts)) is not None:
-                if h.kind == "skipped":
-                    yield h
+            elif (report := hidden(parts)) is not None:
+                yield from report
             elif info.is_dir():
                 yield Entry(parts, display, "folder")
             elif unix_type not in (0, stat.S_IFREG):
                 yield Entry(parts, display, "skipped", why=_special_why(unix_type))
+            elif not wanted(parts):
+                yield Entry(parts, display, "file", b"")
             elif info.flag_bits & _ZIP_ENCRYPTED:
                 yield Entry(parts, display, "skipped", why="encrypted (it needs a password): not read (extract the "
                             "archive with its password and pass the folder)")
             elif info.file_size > MAX_MEMBER_BYTES:
                 yield Entry(parts, display, "skipped", why=_too_large(info.file_size))
-            elif not wanted(parts):
-                yield Entry(parts, display, "file", b"")
             else:
                 try:
                     with zf.open(info) as member:

@@ -23,13 +23,15 @@ from visionlaunch.errors import VisionlaunchError
 
 
 class FolderSource:
-    """`split` of the ImageFolder folder `path`, sorted like the in-memory reader (class, then file name)."""
+    """`split` of the ImageFolder folder `path`, sorted like the in-memory reader (class, then file name).
+    `estimate=True` (images of one size): the shape is read from one header, as if colour, without checking every
+    header: enough to plan the memory, not to decode."""
 
     name = "imagefolder"
     unofficial = ()
 
     def __init__(self, path: Path, split: str, *, image_size: int | None = None, max_upscale: float = 4.0,
-                 progress: bool = True):
+                 progress: bool = True, estimate: bool = False):
         if path.is_file():
             raise ValueError(f"{path} is an archive: read it with load_dataset (archives are read into memory)")
         entries = list(walk(path, wanted=folder._is_candidate_image, progress=progress))
@@ -46,6 +48,7 @@ class FolderSource:
         self.labels = np.array([index[im.cls] for im in wanted], dtype=np.int64)
         self.file_sizes = np.array([os.stat(im.payload).st_size for im in wanted], dtype=np.int64)
         self.split, self.image_size, self.max_upscale = split, image_size, max_upscale
+        self.estimated = estimate and not image_size
         self.source = (f"ImageFolder folder {path} ({split}/, {len(self.classes)} classes, read out of core: each "
                        "image decoded when used")
         if image_size:  # every photo becomes a stored square (mixed_size.py)
@@ -53,8 +56,10 @@ class FolderSource:
             self.shape, self._size, self._gray = (3, side, side), None, False
             self.source += f", mixed sizes as {side}x{side} RGB)"
         else:  # one size for all: the headers of both splits say which, as the in-memory reader checks
-            self._size, self._gray = folder._scan_headers([im for im in images if im.split != split] + wanted,
-                                                          progress)
+            checked = [im for im in images if im.split != split] + wanted  # in the in-memory reader's order
+            checked = checked[:1] if estimate else checked
+            self._size, self._gray = folder._scan_headers(checked, progress and not estimate)
+            self._gray = self._gray and not estimate
             w, h = self._size
             self.shape = (1 if self._gray else 3, h, w)
             self.source += ")"
@@ -73,6 +78,8 @@ class FolderSource:
 
     def decode(self, i: int) -> np.ndarray:
         """Image `i` as uint8 (H, W, C): what the in-memory reader stores for it."""
+        if self.estimated:
+            raise RuntimeError("an estimating FolderSource cannot decode: open it with estimate=False")
         path = self.path(i)
         if self.image_size:  # the stored square, with the same upscale check
             item = folder._Image(self.split, self.classes[self.labels[i]], str(path), path)

@@ -37,8 +37,8 @@ def locate(root: Path, path: str | os.PathLike | None) -> Path:
     """The folder or archive named by `path` (absolute, or relative to `root`)."""
     if not path:
         raise VisionlaunchError(
-            "imagefolder needs data.path: a folder or an archive (.tar, .tar.gz, .zip, ...) holding train/<class>/<image> "
-            "and test/<class>/<image>, absolute or relative to the data root.")
+            "imagefolder needs data.path: a folder or an archive (.tar, .tar.gz, .zip, ...) holding "
+            "train/<class>/<image> and test/<class>/<image>, absolute or relative to the data root.")
     p = Path(path).expanduser()
     p = p if p.is_absolute() else root / p
     if not p.exists():
@@ -174,7 +174,11 @@ def _decode(images: list[_Image], size: tuple[int, int], gray: bool, progress: b
     out = np.empty((len(images), 1 if gray else 3, h, w), dtype=np.uint8)
     for i, im in enumerate(progress_bar(images, desc=f"decoding {split} images", unit=" img",
                                         disable=not progress)):
-        out[i] = with_channels(decode_image(im.payload, im.display), 1 if gray else 3).transpose(2, 0, 1)
+        pixels = with_channels(decode_image(im.payload, im.display), 1 if gray else 3)
+        if pixels.shape[:2] != (h, w):  # a header that does not tell the truth
+            raise VisionlaunchError(f"{im.display} decodes to {pixels.shape[1]}x{pixels.shape[0]} pixels, but its "
+                                    f"header says {w}x{h}: it is damaged. Remove or replace it.")
+        out[i] = pixels.transpose(2, 0, 1)
     return out
 
 

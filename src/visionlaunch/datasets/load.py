@@ -74,17 +74,19 @@ def load_dataset(name: str, split: str, *, root: Path, path: str | None = None, 
 
 
 def open_source(name: str, split: str, *, root: Path, path: str | None = None, progress: bool = True,
-                image_size: int | None = None, max_upscale: float = 4.0, **read):
+                image_size: int | None = None, max_upscale: float = 4.0, estimate: bool = False, **read):
     """One split as an indexed source (source.py) that decodes a sample when asked: for an ImageFolder an index of
     its files, nothing decoded; the canonical datasets, small enough to hold, over their arrays (`load_dataset`);
-    an ImageFolder archive, which can only be streamed, read into memory (its source cannot be read out of core)."""
+    an ImageFolder archive, which can only be streamed, read into memory (its source cannot be read out of core).
+    `estimate`: an ImageFolder index good for planning only (FolderSource)."""
     try:
         location = imagefolder.locate(Path(root), path) if name == "imagefolder" else None
         if location is None or location.is_file():
             data = load_dataset(name, split, root=Path(root), path=path, progress=progress, image_size=image_size,
                                 max_upscale=max_upscale, **read)
             return ArraySource(data, streams=location is None)
-        return FolderSource(location, split, image_size=image_size, max_upscale=max_upscale, progress=progress)
+        return FolderSource(location, split, image_size=image_size, max_upscale=max_upscale, progress=progress,
+                            estimate=estimate)
     except OSError as exc:
         raise VisionlaunchError(f"cannot read the imagefolder dataset: {describe_os_error(exc)}") from exc
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 
 from visionlaunch.datasets.imageset import ImageSet
 from visionlaunch.errors import VisionlaunchError
+
+# The smallest std normalisation divides by: one grey level of a uint8 image. A channel with less spread (pure red
+# images have a red channel of std 0) would be divided by (almost) zero; at this floor it stays finite.
+STD_FLOOR = 1 / 255
 
 # The constants everyone uses, so runs compare with published numbers (the sample uses full MNIST's, on purpose).
 PUBLISHED = {
@@ -62,13 +66,22 @@ def measure_source_stats(source, limit: int = STATS_SAMPLE, seed: int = 0):
     return _stats_from_histogram(hist)
 
 
-def normalization_stats(train) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The published constants of a standard dataset, else measured on `train` (an ImageSet, or an indexed source:
-    then on at most STATS_SAMPLE of its images)."""
+def normalization_stats(train, log: Callable[[str], None] = print) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The published constants of a standard dataset, else the training images' own (an ImageSet's, or at most
+    STATS_SAMPLE images of an indexed source), each std at least STD_FLOOR (a NOTE on `log` says which channels
+    were raised)."""
     published = PUBLISHED.get(train.name)
     if published is not None and len(published[0]) == train.shape[0]:
         return published
-    return measure_stats(train.images) if isinstance(train, ImageSet) else measure_source_stats(train)
+    mean, std = measure_stats(train.images) if isinstance(train, ImageSet) else measure_source_stats(train)
+    flat = [c for c, s in enumerate(std) if s < STD_FLOOR]
+    if flat:
+        log(f"NOTE: channel{'s' if len(flat) > 1 else ''} {', '.join(map(str, flat))} of the {train.name} training "
+            f"images {'vary' if len(flat) > 1 else 'varies'} by less than one grey level (std "
+            f"{', '.join(f'{std[c]:.4f}' for c in flat)}): normalisation divides {'them' if len(flat) > 1 else 'it'} "
+            f"by {STD_FLOOR:.4f} (one grey level) instead of by (almost) zero. A constant channel tells the classes "
+            "nothing; training learns from the others.")
+    return mean, tuple(max(s, STD_FLOOR) for s in std)
 
 
 def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float],

@@ -16,12 +16,12 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from visionlaunch.config import DataConfig, RunConfig, apply_override, format_validation_error, load_config, \
-    parse_override
+from visionlaunch.config import DataConfig, RunConfig, apply_override, load_config, parse_override
 from visionlaunch.errors import VisionlaunchError, describe_load_failure
 from visionlaunch.models import build_model
 from visionlaunch.runfolder import CONFIG, WEIGHTS, read_run_identity, weights_file
 from visionlaunch.trainers.data import prepare_data
+from visionlaunch.validation_messages import format_validation_error
 
 
 _log = partial(print, file=sys.stderr)
@@ -125,12 +125,11 @@ def batch_logits(run: RunModel, images: torch.Tensor, device: torch.device, auto
 
 
 def _rebuild(run_dir: Path, which: str):
-    from visionlaunch.trainers.distributed import make_accelerator
-    from visionlaunch.trainers.setup import batch_pipeline
+    from visionlaunch.trainers.setup import batch_pipeline, half_type
 
     cfg, ckpt = read_config_and_weights(run_dir, which)
     identity = read_run_identity(run_dir)
-    accelerator = make_accelerator(cfg)
+    accelerator = run_accelerator(run_dir, cfg, identity)
     # A run that read its training split out of core: index it again, never decode it (only the test split is used).
     data = prepare_data(cfg.data, log=_log, plan=(lambda *_: True) if cfg.data.residency == "disk" else None)
     path = weights_file(run_dir, which)
@@ -141,8 +140,20 @@ def _rebuild(run_dir: Path, which: str):
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model = accelerator.prepare_model(model, evaluation_mode=True)
-    pipeline = batch_pipeline(cfg, data, accelerator.device, cfg.train.seed)
+    pipeline = batch_pipeline(cfg, data, accelerator.device, cfg.train.seed, half_type(accelerator))
     return cfg, ckpt, identity, accelerator, data, model, pipeline
+
+
+def run_accelerator(run_dir: Path, cfg: RunConfig, identity: dict | None = None):
+    """An Accelerator computing in the precision the run trained in (run.yaml's, where train.precision was auto and
+    resolved on the training machine), so that its numbers are reproduced; a NOTE where that type is emulated here."""
+    from visionlaunch.trainers.distributed import make_accelerator
+
+    trained = (identity if identity is not None else read_run_identity(run_dir)).get("precision")
+    accelerator, precision = make_accelerator(cfg, trained if cfg.train.precision == "auto" and trained else None)
+    if precision.note:
+        _log(precision.note)
+    return accelerator
 
 
 def _names(classes: list[str]) -> str:
@@ -236,7 +247,7 @@ def data_config(run: RunModel, overrides: list[str], split: str) -> DataConfig:
     try:
         return DataConfig.model_validate(tree)
     except ValidationError as err:
-        raise VisionlaunchError(format_validation_error(err, "--data " + " ".join(overrides))) from None
+        raise VisionlaunchError(format_validation_error(err, "--data " + " ".join(overrides), DataConfig)) from None
 
 
 def label_map(run: RunModel, classes: list[str], where: str):
@@ -258,8 +269,6 @@ def evaluate_on_data(run_dir: Path, which: str = "last", overrides: list[str] = 
     from visionlaunch.datasets.conform import conform_batch, describe_conversion
     from visionlaunch.trainers.data import make_loader
     from visionlaunch.trainers.evaluation import Totals
-    from visionlaunch.trainers.distributed import make_accelerator
-
     run = load_run_model(run_dir, which)
     cfg = data_config(run, list(overrides), split)
     data = prepare_data(cfg, log=_log, progress=False)
@@ -276,7 +285,7 @@ def evaluate_on_data(run_dir: Path, which: str = "last", overrides: list[str] = 
         print(f"converting {len(images)} images of shape {tuple(images.shape[1:])} to the run's {run.in_shape}: "
               f"{conversion}", file=sys.stderr)
         images = conform_batch(images, run.in_shape)
-    accelerator = make_accelerator(run.cfg)
+    accelerator = run_accelerator(run.run_dir, run.cfg)
     device = accelerator.device
     run.model.to(device)
     loader = make_loader("tensor", images, labels, run.cfg.train.eval_batch_size, train=False, seed=0, device=device)

@@ -23,7 +23,7 @@ from visionlaunch.datasets.conform import conform_image
 from visionlaunch.datasets.decode import UnreadableImage, decode_image
 from visionlaunch.datasets.entries import is_archive, is_hidden, walk
 from visionlaunch.errors import VisionlaunchError
-from visionlaunch.launch.evaluate import RunModel, batch_logits, load_run_model
+from visionlaunch.launch.evaluate import RunModel, batch_logits, load_run_model, run_accelerator
 from visionlaunch.runfolder import check_not_run_file
 
 _NESTED_ARCHIVE = "an archive inside a folder or archive is not opened; pass it as a PATH of its own"
@@ -103,9 +103,7 @@ def iter_images(paths: list[Path], in_shape, skipped: list[tuple[str, str]], ima
 
 
 def predict(run: RunModel, paths: list[Path], top_k: int = 3, batch_size: int | None = None) -> PredictResult:
-    from visionlaunch.trainers.distributed import make_accelerator
-
-    accelerator = make_accelerator(run.cfg)  # the GPU when there is one, the run's precision (autocast)
+    accelerator = run_accelerator(run.run_dir, run.cfg)  # the GPU when there is one, the run's precision (autocast)
     device = accelerator.device
     run.model.to(device)
     k = max(1, min(top_k, len(run.classes)))
@@ -114,14 +112,16 @@ def predict(run: RunModel, paths: list[Path], top_k: int = 3, batch_size: int | 
     skipped: list[tuple[str, str]] = []
     hidden: list[str] = []
     images = iter_images(paths, run.in_shape, skipped, image_size=run.cfg.data.image_size, hidden=hidden)
-    while batch := list(itertools.islice(images, batch_size)):
-        names, pixels = zip(*batch)
-        logits = batch_logits(run, torch.from_numpy(np.stack(pixels)), device, accelerator.autocast)
-        probs, index = logits.softmax(dim=1).topk(k, dim=1)
-        for name, p, i in zip(names, probs.cpu().tolist(), index.cpu().tolist()):
-            rows.append(Prediction(name, [(run.classes[c], q) for c, q in zip(i, p)]))
-    for name, why in skipped:
-        print(f"skipped {name}: {why}", file=sys.stderr)
+    try:
+        while batch := list(itertools.islice(images, batch_size)):
+            names, pixels = zip(*batch)
+            logits = batch_logits(run, torch.from_numpy(np.stack(pixels)), device, accelerator.autocast)
+            probs, index = logits.softmax(dim=1).topk(k, dim=1)
+            for name, p, i in zip(names, probs.cpu().tolist(), index.cpu().tolist()):
+                rows.append(Prediction(name, [(run.classes[c], q) for c, q in zip(i, p)]))
+    finally:  # also before an error that says they are "named above"
+        for name, why in skipped:
+            print(f"skipped {name}: {why}", file=sys.stderr)
     if not rows:
         raise VisionlaunchError(
             f"none of the {len(skipped)} file(s) given is a readable image ({', '.join(n for n, _ in skipped[:5])}"

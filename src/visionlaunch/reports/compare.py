@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from visionlaunch.atomic import atomic_write_text, writes_directly
-from visionlaunch.config import flatten, shapes_trajectory
+from visionlaunch.config import flatten
 from visionlaunch.errors import VisionlaunchError
 from visionlaunch.runfolder import CONFIG, IDENTITY, METRICS, REPORT, enclosing_run_folder
+from visionlaunch.trajectory import canonical_settings, shapes_trajectory
 
 from . import page
 from .analysis import Headline, RunFolder, headline, read_run
@@ -98,7 +99,7 @@ def _labels(resolved: list[Path]) -> list[str]:
 
 
 def _settings(folder: RunFolder) -> dict:
-    settings = {k: v for k, v in flatten(folder.config).items() if k not in IGNORED_KEYS}
+    settings = {k: v for k, v in canonical_settings(flatten(folder.config)).items() if k not in IGNORED_KEYS}
     if settings and folder.identity.get(PROCESSES_KEY) is not None:
         settings[PROCESSES_KEY] = folder.identity[PROCESSES_KEY]
     return settings

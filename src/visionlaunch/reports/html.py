@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from visionlaunch.atomic import atomic_write_text
+from visionlaunch.config import canonical_precision
 from visionlaunch.errors import VisionlaunchError
 from visionlaunch.runfolder import CONFIG, REPORT, RUN_FILES, holds_run_files
 
@@ -131,8 +132,8 @@ def _early_stop_note(run: RunFolder) -> str:
 
 
 def _precision(value) -> str:
-    """train.precision=no means plain float32: say that rather than "no"."""
-    return "fp32" if value == "no" else str(value or "")
+    """The precision in its one spelling: runs written before fp32 was its name recorded "no"."""
+    return str(canonical_precision(value) or "")
 
 
 def _draw_missing_curves(run: RunFolder, figures: dict[str, bytes], missing: list[str]) -> None:
@@ -294,10 +295,11 @@ def _identity(run: RunFolder) -> str:
                 value = Html(f"<code>{esc(value)}</code>")
             elif key == "parameters" and isinstance(value, int):
                 value = f"{value:,}"
-            elif key == "precision":
-                value = _precision(value) + (" (no mixed precision)" if value == "no" else "")
+            elif key == "precision":  # with the reason (auto and what it chose), where run.yaml has one
+                reason = ident.get("precision_reason")
+                value = _precision(value) + (f" ({reason})" if reason else "")
             pairs.append((_LABELS.get(key, key), value))
-    pairs += [(key, value) for key, value in ident.items() if key not in {*_IDENTITY, "name"}]  # of newer versions
+    pairs += [(key, value) for key, value in ident.items() if key not in {*_IDENTITY, "name", "precision_reason"}]  # of newer versions
     return page.section("run", "Run", page.key_values(pairs))
 
 

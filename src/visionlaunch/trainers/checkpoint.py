@@ -22,16 +22,19 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import SAFE_WEIGHTS_NAME
 from accelerate.utils import load as accelerate_load
 
 from visionlaunch import __version__
 from visionlaunch.atomic import as_os_error, atomic_torch_save, atomic_write_text, is_write_failure
-from visionlaunch.config import config_differences
+from visionlaunch.config import canonical_precision
 from visionlaunch.errors import VisionlaunchError, describe_load_failure, describe_os_error
 from visionlaunch.runfolder import CHECKPOINT_DONE as META
 from visionlaunch.runfolder import (CHECKPOINTS, TORN_CHECKPOINTS, checkpoint_name, checkpoint_step,
                                     complete_checkpoints, metrics_size, weights_file)
 from visionlaunch.trainers.distributed import any_rank
+from visionlaunch.trainers.precision import Precision
+from visionlaunch.trajectory import config_differences
 
 TRAINER_STATE = "trainer_state.pt"
 RANK_STATE = "rank_state_{}.pt"  # of rank {}
@@ -96,8 +99,8 @@ class TrainState:
         state.early_stop = EarlyStop(**(meta.get("early_stop") or {}))
         return state
 
-    def final_record(self, cfg) -> dict:
-        """metrics.jsonl's closing `kind: final` record of a run that ended in this state."""
+    def final_record(self, cfg, precision: str) -> dict:
+        """metrics.jsonl's closing `kind: final` record of a run that ended in this state, computed in `precision`."""
         best, test = self.best, self.results.get("test", {})
         final = {"kind": "final", "epochs": cfg.train.epochs, "steps": self.step, "time": round(self.elapsed, 3),
                  "test_acc": test.get("acc"), "test_acc5": test.get("acc5"), "test_loss": test.get("loss"),
@@ -105,7 +108,7 @@ class TrainState:
                  "best_epoch": best.get("epoch"), "test_acc_at_best_val": best.get("test_acc")}
         if "test_ema" in self.results:
             final["test_ema_acc"] = self.results["test_ema"]["acc"]
-        if cfg.train.precision == "fp16":
+        if precision == "fp16":
             final["skipped_steps"] = self.skipped_steps
         if cfg.train.early_stop_patience:
             final["early_stop"] = {"metric": cfg.train.early_stop_metric, "patience": cfg.train.early_stop_patience,
@@ -139,12 +142,19 @@ def check_files(path: Path, needed: list[str]) -> None:
         raise VisionlaunchError(f"the checkpoint {path} is partial: {', '.join(missing)} missing. {TRY_ANOTHER}")
 
 
-def validate(path: Path, meta: dict, cfg_dump: dict, world: int, fp16: bool) -> None:
-    """Everything that can be checked before loading: the same config and process count, and no file missing."""
-    if differences := config_differences(meta["config"], cfg_dump, "checkpoint", "now"):
+def validate(path: Path, meta: dict, cfg_dump: dict, world: int, precision: Precision) -> None:
+    """Everything that can be checked before loading: the same config (train.precision as computed: `auto` and what
+    it resolved to are the same) and process count, and no file missing."""
+    before = meta.get("precision") or canonical_precision(meta["config"].get("train", {}).get("precision", "fp32"))
+    old, new = (_computed_in(_resided(meta["config"]), before), _computed_in(_resided(cfg_dump), precision.name))
+    if differences := config_differences(old, new, "checkpoint", "now"):
+        moved = before != precision.name and "auto" in (meta["config"].get("train", {}).get("precision"),
+                                                         cfg_dump["train"]["precision"])
         raise VisionlaunchError(
             f"the checkpoint {path} belongs to a run with a different configuration, so it cannot continue this one:"
             + "".join(f"\n  - {d}" for d in differences)
+            + (f"\nThe checkpoint was computed in {before}; here {precision.reason}. To continue the run as it "
+               f"trained, set train.precision={before} (on a device that computes it)." if moved else "")
             + "\nResume with the run's own settings (runs/<name>/config.yaml), or start a new run (another "
               "output.name, or train.resume=none).")
     if meta.get("world_size") != world:
@@ -153,7 +163,22 @@ def validate(path: Path, meta: dict, cfg_dump: dict, world: int, fp16: bool) -> 
             f"exact resumption (each rank's random state and data shard) needs the same count: launch "
             f"{meta.get('world_size')} processes.")
     check_files(path, [TRAINER_STATE, "optimizer.bin", *(f"random_states_{r}.pkl" for r in range(world)),
-                       *(RANK_STATE.format(r) for r in range(world)), *(["scaler.pt"] if fp16 else [])])
+                       *(RANK_STATE.format(r) for r in range(world)),
+                       *(["scaler.pt"] if precision.name == "fp16" else [])])
+
+
+def _computed_in(config: dict, precision: str) -> dict:
+    """A dumped config with train.precision replaced by the precision the run computed in."""
+    return {**config, "train": {**config.get("train", {}), "precision": precision}}
+
+
+def _resided(config: dict) -> dict:
+    """A dumped config with data.residency as it was decided: without the key (a checkpoint written before it
+    existed) or with `auto` (data given to the trainer, not planned), the training data was in memory."""
+    data = config.get("data", {})
+    if data.get("residency") in ("memory", "disk"):
+        return config
+    return {**config, "data": {**data, "residency": "memory"}}
 
 
 @dataclass
@@ -210,8 +235,8 @@ class Checkpoints:
     """The run's checkpoints in `root`, with the objects whose state they hold beside Accelerate's: `save` writes
     one (every rank at the same step) and keeps the newest train.keep_checkpoints, `restore` loads one."""
 
-    def __init__(self, accelerator: Accelerator, root: Path, cfg, scheduler, ema, pipeline):
-        self.accelerator, self.root, self.cfg = accelerator, Path(root), cfg
+    def __init__(self, accelerator: Accelerator, root: Path, cfg, precision: str, scheduler, ema, pipeline):
+        self.accelerator, self.root, self.cfg, self.precision = accelerator, Path(root), cfg, precision
         self.scheduler, self.ema, self.pipeline = scheduler, ema, pipeline
 
     def save(self, state: TrainState, totals: torch.Tensor, epoch_seconds: float) -> Path:
@@ -233,20 +258,25 @@ class Checkpoints:
         except Exception as exc:
             if not is_write_failure(exc):
                 raise
+            # Judged before the torn folder goes: while it still fills the disk, the free space tells a full disk
+            # from an I/O error (torch's error does not say which).
+            error = as_os_error(exc, torn_file(tmp, exc))
             shutil.rmtree(tmp, ignore_errors=True)  # the torn folder would only take up the space that ran out
-            raise self._write_failed(final, as_os_error(exc, tmp)) from exc
+            raise self._write_failed(final, error) from exc
         acc.wait_for_everyone()
         if acc.is_main_process:
             meta = {"format": FORMAT, **asdict(state),
                     "finished": state.epoch == cfg.train.epochs or state.early_stop.stopped,
                     "metrics_bytes": metrics_size(self.root.parent),  # a resumed run drops what follows
                     "world_size": acc.num_processes, "model": cfg.model.name, "config": cfg.model_dump(mode="json"),
+                    "precision": self.precision,  # what train.precision resolved to on the machine that wrote it
                     "visionlaunch": __version__, "written": dt.datetime.now().isoformat(timespec="seconds")}
             try:
                 atomic_write_text(tmp / META, json.dumps(meta, indent=1))
             except OSError as exc:
+                error = as_os_error(exc, tmp / META)  # a failed write() names no file
                 shutil.rmtree(tmp, ignore_errors=True)
-                raise self._write_failed(final, exc) from exc
+                raise self._write_failed(final, error) from exc
             self._publish(tmp, final)
             self._prune()
         acc.wait_for_everyone()
@@ -295,6 +325,16 @@ class Checkpoints:
             shutil.rmtree(old, ignore_errors=True)
         for torn in self.root.glob(TORN_CHECKPOINTS):
             shutil.rmtree(torn, ignore_errors=True)
+
+
+def torn_file(folder: Path, exc: BaseException) -> Path:
+    """The file of a checkpoint folder whose write failed with `exc`: the newest (where the write stopped), except
+    after a safetensors error, which removes its torn file itself: the one safetensors file Accelerate writes is
+    the model's. The folder when neither is known."""
+    if type(exc).__name__ == "SafetensorError":
+        return folder / SAFE_WEIGHTS_NAME
+    files = [p for p in folder.iterdir() if p.is_file()] if folder.is_dir() else []
+    return max(files, key=lambda p: p.stat().st_mtime_ns, default=folder)
 
 
 def save_weights(path: Path, model_state: dict, epoch: int, results: dict, cfg, data) -> None:

@@ -72,7 +72,7 @@ def prepare_data(cfg: DataConfig, log=print, progress: bool = True, plan=None) -
     if note := unofficial_note([train, test]):
         log(note)
     # Constants from the full training set, before any subset, so a quick run normalises like a full one.
-    mean, std = normalization_stats(train)
+    mean, std = normalization_stats(train, log)
     train = stratified_subset(train, cfg.train_subset, cfg.split_seed, "train")
     test = stratified_subset(test, cfg.test_subset, cfg.split_seed, "test")
     val = None
@@ -111,13 +111,18 @@ def _read_splits(name: str, kwargs: dict, plan) -> tuple:
     """(train, test): train in memory, or as the indexed source that `plan` keeps out of core; test in memory."""
     if plan is None:
         return load_dataset(name, "train", **kwargs), load_dataset(name, "test", **kwargs)
-    source = open_source(name, "train", **kwargs)  # an index of the files; the layout checked as in memory
+    # An index of the files, the layout checked as in memory; with the size of one image when all have one size.
+    source = open_source(name, "train", estimate=True, **kwargs)
     if isinstance(source, ArraySource):  # the canonical sets, read whole anyway: their test split says its size
         test = load_dataset(name, "test", **kwargs)
         return (source if plan(source, test.images.nbytes) else source.data), test
     # An ImageFolder: the test split's size from the index too; the training split is decoded (or fails) first, as
     # in memory, before the test split is decoded and cached.
-    train = source if plan(source, source.split_bytes("test")) else load_dataset(name, "train", **kwargs)
+    if plan(source, source.split_bytes("test")):
+        # every header checked now (one size for every image); photos of mixed sizes have no header check
+        train = open_source(name, "train", **kwargs) if source.estimated else source
+    else:
+        train = load_dataset(name, "train", **kwargs)
     return train, load_dataset(name, "test", **kwargs)
 
 

@@ -20,11 +20,12 @@ from datetime import timedelta
 
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState, GradientState
-from accelerate.utils import InitProcessGroupKwargs
+from accelerate.state import AcceleratorState, GradientState, PartialState
+from accelerate.utils import InitProcessGroupKwargs, parse_flag_from_env
 
 from visionlaunch.config import RunConfig
 from visionlaunch.errors import VisionlaunchError, report
+from visionlaunch.trainers.precision import Precision, resolve_precision
 
 CPU_RECIPE = "ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes {n} train.py --config ..."
 TORCHRUN_CPU_RECIPE = "ACCELERATE_USE_CPU=1 torchrun --nproc_per_node {n} train.py --config ..."
@@ -39,32 +40,42 @@ def set_deterministic(enabled: bool) -> None:
     torch.backends.cudnn.deterministic = enabled
 
 
-def make_accelerator(cfg: RunConfig, **kwargs) -> Accelerator:
+def make_accelerator(cfg: RunConfig, precision: str | None = None, **kwargs) -> tuple[Accelerator, Precision]:
+    """The Accelerator of a run, and the precision it computes in: train.precision, or `precision` (what a
+    finished run trained in, for `evaluate` and `predict`), resolved for this process's device."""
     # Accelerate keeps its precision settings in a process-wide singleton; a second run in the same process (a
     # notebook, the tests) with another precision would be refused. The process group (PartialState) is kept.
     if AcceleratorState._shared_state:
         AcceleratorState._reset_state(reset_partial_state=False)
         GradientState._reset_state()
-    return Accelerator(mixed_precision=cfg.train.precision, cpu=cfg.train.device == "cpu", **kwargs)
+    # The process group and device first (the Accelerator reuses them), so that `auto` is resolved for the device
+    # this process really computes on.
+    cpu = cfg.train.device == "cpu" or parse_flag_from_env("ACCELERATE_USE_CPU")
+    group = next((h.to_kwargs() for h in kwargs.get("kwargs_handlers", ()) if isinstance(h, InitProcessGroupKwargs)),
+                 {})
+    chosen = resolve_precision(precision or cfg.train.precision, PartialState(cpu, **group).device)
+    return Accelerator(mixed_precision=chosen.mixed_precision, cpu=cfg.train.device == "cpu", **kwargs), chosen
 
 
-def start_processes(cfg: RunConfig) -> Accelerator:
-    """The run's Accelerator, once the launch and the process layout are known to fit the config."""
+def start_processes(cfg: RunConfig) -> tuple[Accelerator, Precision]:
+    """The run's Accelerator and precision, once the launch and the process layout are known to fit the config."""
     set_deterministic(cfg.train.deterministic)  # before the Accelerator touches CUDA (cuBLAS workspace)
     timeout = InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.train.dist_timeout_s))
-    acc = make_accelerator(cfg, kwargs_handlers=[timeout], log_with="wandb" if "wandb" in cfg.tracker.names else None)
+    acc, precision = make_accelerator(cfg, kwargs_handlers=[timeout],
+                                      log_with="wandb" if "wandb" in cfg.tracker.names else None)
     check_world_size(acc)
-    if cfg.train.precision == "fp16" and acc.device.type == "cpu":
+    if precision.name == "fp16" and acc.device.type == "cpu":
         raise VisionlaunchError(
             "train.precision=fp16 needs a GPU: on the CPU Accelerate would silently train in fp32 (it has no fp16 "
-            "autocast or loss scaling there). Use train.precision=bf16 (CPU autocast) or no.")
+            "autocast or loss scaling there). Use train.precision=auto (bf16 where the CPU computes it natively, "
+            "else fp32), bf16 or fp32.")
     world, accum = acc.num_processes, cfg.train.grad_accum
     if cfg.train.batch_size % (world * accum):
         raise VisionlaunchError(
             f"train.batch_size={cfg.train.batch_size} is the global batch of one optimizer step and must divide "
             f"evenly into {world} process(es) x train.grad_accum={accum} micro-batches. Choose a multiple of "
             f"{world * accum}, or change train.grad_accum.")
-    return acc
+    return acc, precision
 
 
 def _launch_args_of(cmdline: list[str]) -> list[str] | None:

@@ -28,8 +28,9 @@ from visionlaunch.models import build_model
 from visionlaunch.models.inspection import count_parameters, layer_names
 from visionlaunch.models.weights import load_weights
 from visionlaunch.trainers import checkpoint as ckpt
-from visionlaunch.trainers.data import DataBundle, prepare_data, split_loader
 from visionlaunch.trainers import memory_plan
+from visionlaunch.trainers.data import DataBundle, prepare_data, split_loader
+from visionlaunch.trainers.precision import Precision
 from visionlaunch.trainers.runlock import RunLock
 
 
@@ -42,8 +43,8 @@ class SharedDecisions:
     out_of_core: bool | None  # the training split read out of core (None: the data was given, not planned)
 
 
-def decide_for_every_rank(cfg: RunConfig, preset: str | None, data: DataBundle | None, accelerator, log
-                          ) -> tuple[SharedDecisions, DataBundle, RunConfig, RunLock | None]:
+def decide_for_every_rank(cfg: RunConfig, preset: str | None, data: DataBundle | None, accelerator,
+                          precision: Precision, log) -> tuple[SharedDecisions, DataBundle, RunConfig, RunLock | None]:
     """The main process locks the run folder, decides where training starts, reads the data (filling the cache
     the other ranks then read) and checks the checkpoint and the ffcv files; every rank gets its decision, or its
     VisionlaunchError, in one broadcast, so all of them go on or stop together; the main process keeps the lock."""
@@ -59,7 +60,7 @@ def decide_for_every_rank(cfg: RunConfig, preset: str | None, data: DataBundle |
             data, used, out_of_core = read_data(cfg, data, log, cfg.train.progress, accelerator.num_processes)
             if plan.checkpoint is not None:
                 ckpt.validate(plan.checkpoint, plan.meta, used.model_dump(mode="json"), accelerator.num_processes,
-                              cfg.train.precision == "fp16")
+                              precision)
             betons = {}
             if used.data.loader == "ffcv":  # missing files are written; stale, truncated or foreign ones refused
                 from visionlaunch.ffcv_builders.prepare import ensure_betons
@@ -92,7 +93,7 @@ def read_data(cfg: RunConfig, data: DataBundle | None, log, progress: bool, proc
     def plan(train, test_bytes: int) -> bool:
         if out_of_core is None:
             p = memory_plan.plan_residency(cfg.data, train, test_bytes, memory_plan.node_processes(processes),
-                               loader_set="loader" in cfg.data.model_fields_set)
+                                           loader_set="loader" in cfg.data.model_fields_set)
             for line in p.lines:
                 log(line)
             decided.update(out=p.out_of_core, loader=p.loader)
@@ -171,24 +172,30 @@ def loaders_for(cfg: RunConfig, data: DataBundle, accelerator, micro_batch: int,
     eval_batch = max(1, cfg.train.eval_batch_size // acc.num_processes)
     evals = {split: split_loader(cfg.data.loader, ds, eval_batch, train=False, beton=betons.get(split), **common)
              for split, ds in (("val", data.val), ("test", data.test)) if ds is not None and len(ds)}
-    pipeline = batch_pipeline(cfg, data, acc.device, cfg.train.seed + acc.process_index, loader_augments=train.augments,
+    pipeline = batch_pipeline(cfg, data, acc.device, cfg.train.seed + acc.process_index, half_type(acc),
+                              loader_augments=train.augments,
                               resized_crop=None if train.augments or train.crops else crop)
     return train, evals, steps, pipeline
 
 
-def batch_pipeline(cfg: RunConfig, data: DataBundle, device: torch.device, seed: int, *, loader_augments: bool = False,
-                   resized_crop: ResizedCrop | None = None) -> BatchPipeline:
-    """The run's batch pipeline: the data's normalisation, the run's augmentation, and inputs in the half type of
-    train.precision when data.half_inputs is set. `visionlaunch evaluate` builds it here too, so that it feeds the
-    model exactly what training fed it."""
-    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.precision, torch.float32)
+def half_type(accelerator) -> torch.dtype | None:
+    """The autocast type of an Accelerator's mixed precision (the run's precision as resolved), None in fp32."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision)
+
+
+def batch_pipeline(cfg: RunConfig, data: DataBundle, device: torch.device, seed: int, half: torch.dtype | None, *,
+                   loader_augments: bool = False, resized_crop: ResizedCrop | None = None) -> BatchPipeline:
+    """The run's batch pipeline: the data's normalisation, the run's augmentation, and inputs in `half` (the half
+    type the run computes in, None in fp32) when data.half_inputs is set. `visionlaunch evaluate` builds it here
+    too, so that it feeds the model exactly what training fed it."""
+    half_inputs = cfg.data.half_inputs and half is not None  # with auto resolved to fp32: float32 inputs
     return BatchPipeline(cfg.augment, data.mean, data.std, device, seed=seed, channels_last=cfg.train.channels_last,
-                         dtype=half if cfg.data.half_inputs else torch.float32, loader_augments=loader_augments,
+                         dtype=half if half_inputs else torch.float32, loader_augments=loader_augments,
                          resized_crop=resized_crop)
 
 
 def write_run_files(run_path: Path, cfg: RunConfig, data: DataBundle, model: torch.nn.Module, summary: str,
-                    accelerator, argv: list[str], resumed_from: Path | None) -> dict:
+                    accelerator, precision: Precision, argv: list[str], resumed_from: Path | None) -> dict:
     """config.yaml, summary.txt and run.yaml (the run's identity, which a resumed run keeps and extends); returns
     the identity."""
     # config.yaml reruns the experiment from scratch
@@ -202,7 +209,8 @@ def write_run_files(run_path: Path, cfg: RunConfig, data: DataBundle, model: tor
         "name": run_path.name, "ident": cfg.resolved_ident(), "date": dt.date.today().isoformat(), "started": now,
         "command": command, "visionlaunch": __version__, "git_commit": _git_commit(), "host": platform.node(),
         "python": platform.python_version(), "torch": str(torch.__version__), "device": str(accelerator.device),
-        "processes": accelerator.num_processes, "precision": cfg.train.precision, "parameters": params,
+        "processes": accelerator.num_processes, "precision": precision.name, "precision_reason": precision.reason,
+        "parameters": params,
         "data": data.note, "tracker_run_id": secrets.token_hex(4),
     }
     previous = rf.read_run_identity(run_path) if resumed_from is not None else {}

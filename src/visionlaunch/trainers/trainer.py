@@ -67,7 +67,7 @@ class Trainer:
         with contextlib.ExitStack() as undo:  # what a failed set-up gives back (nothing once it has succeeded)
             self._start_processes(cfg)
             decided, self.data, self.cfg, self.lock = decide_for_every_rank(cfg, preset, data, self.accelerator,
-                                                                            self.log)
+                                                                            self.precision, self.log)
             if self.lock is not None:
                 undo.callback(self.lock.release)
             self.plan, self.run_path = decided.plan, decided.plan.run_path
@@ -84,7 +84,8 @@ class Trainer:
             self._build_optimization()
             self._restore()
             self.identity = write_run_files(self.run_path, self.cfg, self.data, self.raw_model, self.summary,
-                                            self.accelerator, self.argv, self.plan.checkpoint) if self.is_main else {}
+                                            self.accelerator, self.precision, self.argv,
+                                            self.plan.checkpoint) if self.is_main else {}
             self.accelerator.wait_for_everyone()
             self.tracker = RunTracker(self.accelerator, self.cfg, self.run_path, self.identity,
                                       self.state.step if self.resuming else None)
@@ -115,8 +116,10 @@ class Trainer:
     # ----------------------------------------------------------------------------------------------- set-up
     def _start_processes(self, cfg: RunConfig) -> None:
         """The Accelerator, and the checks that need only it and the config (before anything is read)."""
-        self.accelerator = acc = start_processes(cfg)
+        self.accelerator, self.precision = acc, precision = start_processes(cfg)
         self.is_main = acc.is_main_process
+        if precision.note:
+            self.log(precision.note)
         self.watcher = PreemptionWatcher(cfg.train.preempt_signals, log=self.log)
         self.metrics = rf.MetricsWriter(None)  # metrics.jsonl, opened by fit()
         self.micro_batch = cfg.train.batch_size // (acc.num_processes * cfg.train.grad_accum)
@@ -151,8 +154,8 @@ class Trainer:
                 self.log("NOTE: train.compile on the CPU: compiling takes tens of seconds and small models often get "
                          "slower; it is meant for GPUs.")
             self.forward_model = torch.compile(self.model)  # forward only; checkpoints use the uncompiled module
-        self.checkpoints = ckpt.Checkpoints(acc, self.run_path / rf.CHECKPOINTS, cfg, self.scheduler, self.ema,
-                                            self.pipeline)
+        self.checkpoints = ckpt.Checkpoints(acc, self.run_path / rf.CHECKPOINTS, cfg, self.precision.name,
+                                            self.scheduler, self.ema, self.pipeline)
 
     def _restore(self) -> None:
         """Where training starts: the beginning, or exactly where the checkpoint stopped."""
@@ -178,8 +181,9 @@ class Trainer:
         """Train to the end (or to an early stop) and write the final record, which it returns."""
         cfg, acc, state = self.cfg, self.accelerator, self.state
         self.log(f"visionlaunch {__version__} | {acc.num_processes} process(es) on {acc.device} | precision "
-                 f"{cfg.train.precision} | global batch {cfg.train.batch_size} = {acc.num_processes} x "
+                 f"{self.precision.name} | global batch {cfg.train.batch_size} = {acc.num_processes} x "
                  f"{cfg.train.grad_accum} x {self.micro_batch}")
+        self.log(f"precision {self.precision.reason}")
         self.log(self.data.note)
         if not self.resuming:  # the layer table is in summary.txt; a log gets it only when asked
             self.log(self.summary if self.verbose else
@@ -245,7 +249,7 @@ class Trainer:
         step (which fp16 loss scaling may skip), the schedule, the EMA and the step record. Returns the step's loss
         on this rank and the learning rate it used."""
         cfg, acc, state = self.cfg, self.accelerator, self.state
-        accum, fp16 = cfg.train.grad_accum, cfg.train.precision == "fp16"
+        accum, fp16 = cfg.train.grad_accum, self.precision.name == "fp16"
         lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
         step_loss = torch.zeros((), device=acc.device)
         step_totals = Totals(acc.device)
@@ -272,7 +276,7 @@ class Trainer:
                 raise VisionlaunchError(
                     f"fp16 loss scaling skipped {self._consecutive_skips} optimizer steps in a row (up to step "
                     f"{state.step + 1}): the loss or gradients are not finite at any scale. Lower optim.lr, try "
-                    f"train.precision=bf16 or no. {ckpt.what_was_saved(self.run_path)}")
+                    f"train.precision=bf16 or fp32. {ckpt.what_was_saved(self.run_path)}")
         else:
             self._consecutive_skips = 0
             self.scheduler.step()
@@ -299,7 +303,7 @@ class Trainer:
     def _nonfinite_error(self, where: str, value: float) -> None:
         raise VisionlaunchError(
             f"the training loss became {value} {where}. Lower optim.lr, set optim.clip_grad_norm, check the data, or "
-            f"try train.precision=no. {ckpt.what_was_saved(self.run_path)}")
+            f"try train.precision=fp32. {ckpt.what_was_saved(self.run_path)}")
 
     def _end_epoch(self, train_stats: dict) -> None:
         """Evaluate, record, save the weights, check early stopping, checkpoint (the position: the next epoch)."""
@@ -350,7 +354,7 @@ class Trainer:
     def _finish(self) -> dict:
         cfg, acc, state = self.cfg, self.accelerator, self.state
         self._elapsed()
-        final = state.final_record(cfg)
+        final = state.final_record(cfg, self.precision.name)
         self.metrics.write(final)
         acc.wait_for_everyone()
         # A signal that came during the last epoch's evaluation promised a checkpoint: the final one is written.
