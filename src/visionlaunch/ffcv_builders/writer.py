@@ -121,8 +121,9 @@ def _die_with_parent(parent: int) -> None:
 def _write(tmp: Path, fields: dict, samples, workers: int, desc: str, progress: bool) -> None:
     """FFCV's DatasetWriter, with its wait loop replaced: FFCV's waits forever once a worker has died (an error,
     a full disk); this one notices the dead worker, stops the others and raises. `samples[i]` -> (image, label) is
-    called in the worker processes (inherited through fork), so it may decode files: memory stays one page and
-    one sample per worker, whatever the dataset's size."""
+    called in the worker processes (inherited through fork), so it may decode files: memory is one page and one
+    sample per worker, plus FFCV's allocation record of every sample (a Python tuple of three integers until the
+    table is written: about 170 MB per million samples) and its metadata (about 20 bytes a sample)."""
     from ffcv.writer import DatasetWriter
     from ffcv.memory_allocator import MemoryAllocator
 
