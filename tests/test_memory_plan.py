@@ -188,3 +188,27 @@ def test_a_checkpoint_from_before_the_residency_key_resumes_in_memory_only(tmp_p
     now["data"]["residency"] = "memory"
     with pytest.raises(VisionlaunchError, match=r"is partial: trainer_state.pt"):  # the config matches: on to the files
         validate(tmp_path, meta, now, 1, Precision("fp32", "test"))
+
+
+def test_memory_available_reads_the_limit_of_the_process_own_cgroup(tmp_path):
+    """A SLURM job or a container runs in a group below the mount's root: its limit (or a tighter one above it)
+    counts, not the root's."""
+    meminfo = _meminfo(tmp_path, 8 * 2**20)
+    mount = tmp_path / "cgroup"
+    job = mount / "memory" / "slurm" / "job_7"
+    job.mkdir(parents=True)
+    (mount / "memory" / "memory.limit_in_bytes").write_text(f"{2**63 - 4096}\n")  # the root: no limit
+    (job / "memory.limit_in_bytes").write_text(f"{3 * GIB}\n")
+    (job / "memory.usage_in_bytes").write_text(f"{GIB}\n")
+    own = tmp_path / "self-cgroup"
+    own.write_text("5:devices:/\n4:memory:/slurm/job_7\n0::/\n")
+    assert memory_available(mount, meminfo, own) == (2 * GIB, "room under the cgroup memory limit (3.00 GiB, "
+                                                               "memory/slurm/job_7/memory.limit_in_bytes)")
+    (mount / "memory" / "slurm" / "memory.limit_in_bytes").write_text(f"{GIB}\n")  # a tighter limit above the job
+    assert memory_available(mount, meminfo, own)[0] == GIB
+    v2 = tmp_path / "v2"
+    (v2 / "user.slice" / "job").mkdir(parents=True)
+    (v2 / "user.slice" / "job" / "memory.max").write_text(f"{GIB}\n")
+    own.write_text("0::/user.slice/job\n")
+    assert memory_available(v2, meminfo, own) == (GIB, "room under the cgroup memory limit (1.00 GiB, "
+                                                       "user.slice/job/memory.max)")

@@ -7,7 +7,8 @@ stays in memory (the reports draw from it).
 
 data.residency=auto keeps the data in memory when the node's copies fit the budget: MEMORY_SHARE of the memory this
 process may use, the smaller of the machine's available memory (/proc/meminfo MemAvailable) and the room left under
-the memory cgroup's limit when one is set (v2 memory.max, v1 memory.limit_in_bytes). Otherwise it reads the
+the memory limit of this process's cgroup (named in /proc/self/cgroup) or of a group above it, when one is set (v2
+memory.max, v1 memory.limit_in_bytes). Otherwise it reads the
 training split out of core, with the torch backend (data.loader=torch), or with the ffcv backend when the config
 asks for it (data.loader=ffcv: the .beton file read through the page cache, in the same local order); a loader
 set explicitly to tensor cannot read out of core, and the run stops saying why. data.loader=ffcv reads an
@@ -41,8 +42,33 @@ def _read_int(path: Path) -> int | None:
     return int(text) if text.isdigit() else None  # "max" (v2): no limit
 
 
-def memory_available(cgroup: Path = CGROUP, meminfo: Path = Path("/proc/meminfo")) -> tuple[int, str]:
-    """Bytes this process may still fill, and where that number comes from."""
+def _own_groups(self_cgroup: Path) -> dict[str, str]:
+    """This process's cgroup paths from /proc/self/cgroup: "v2" (the "0::" line) and "v1" (the memory controller's
+    line). A SLURM job or a container puts the process in a group below the mount's root, whose limit is the one
+    that counts."""
+    groups = {}
+    try:
+        for line in self_cgroup.read_text().splitlines():
+            hierarchy, controllers, path = line.split(":", 2)
+            if hierarchy == "0" and not controllers:
+                groups["v2"] = path
+            elif "memory" in controllers.split(","):
+                groups["v1"] = path
+    except (OSError, ValueError):
+        pass
+    return groups
+
+
+def _ancestry(path: str) -> list[str]:
+    """"/a/b" -> ["a/b", "a", ""]: a group and every group above it (each limit applies)."""
+    parts = [p for p in path.split("/") if p]
+    return ["/".join(parts[:i]) for i in range(len(parts), -1, -1)]
+
+
+def memory_available(cgroup: Path = CGROUP, meminfo: Path = Path("/proc/meminfo"),
+                     self_cgroup: Path = Path("/proc/self/cgroup")) -> tuple[int, str]:
+    """Bytes this process may still fill, and where that number comes from: the machine's available memory, or the
+    room left under the tightest memory limit of this process's cgroup and the groups above it."""
     available, where = None, "unknown"
     try:
         for line in meminfo.read_text().splitlines():
@@ -50,14 +76,18 @@ def memory_available(cgroup: Path = CGROUP, meminfo: Path = Path("/proc/meminfo"
                 available, where = int(line.split()[1]) * 1024, "available memory (MemAvailable)"
     except OSError:
         pass
-    for limit_file, usage_file in (("memory.max", "memory.current"),
-                                   ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):
-        limit = _read_int(cgroup / limit_file)
-        if limit is not None and limit < 2**60:  # v1 writes a huge number for "no limit"
-            room = max(limit - (_read_int(cgroup / usage_file) or 0), 0)
-            if available is None or room < available:
-                available, where = room, f"room under the cgroup memory limit ({limit / 2**30:.2f} GiB, {limit_file})"
-            break
+    own = _own_groups(self_cgroup)
+    for version, mount, limit_name, usage_name in (("v2", "", "memory.max", "memory.current"),
+                                                   ("v1", "memory", "memory.limit_in_bytes", "memory.usage_in_bytes")):
+        for group in _ancestry(own.get(version, "/")):
+            folder = "/".join(p for p in (mount, group) if p)
+            limit = _read_int(cgroup / folder / limit_name)
+            if limit is not None and limit < 2**60:  # v1 writes a huge number for "no limit"
+                room = max(limit - (_read_int(cgroup / folder / usage_name) or 0), 0)
+                if available is None or room < available:
+                    limit_file = f"{folder}/{limit_name}" if folder else limit_name
+                    available = room
+                    where = f"room under the cgroup memory limit ({limit / 2**30:.2f} GiB, {limit_file})"
     if available is None:
         raise VisionlaunchError("cannot tell how much memory this machine has (/proc/meminfo is unreadable and no "
                                 "cgroup limit is set). Set data.residency=memory or data.residency=disk.")
