@@ -27,7 +27,7 @@ from visionlaunch.datasets.files import file_digest
 from visionlaunch.datasets.imageset import ImageSet
 from visionlaunch.errors import VisionlaunchError
 from visionlaunch.ffcv_builders import require_ffcv
-from visionlaunch.ffcv_builders.manifest import BetonManifest, manifest_path, source_digest
+from visionlaunch.ffcv_builders.manifest import BetonManifest, ends_digest, manifest_path, source_digest
 from visionlaunch.progress import progress_bar
 
 PAGE_SIZE = 1 << 21  # FFCV's smallest page (2 MiB): each worker leaves one part-filled page, so small is lean
@@ -267,7 +267,9 @@ def publish(path: Path, fields: dict, samples, *, workers: int, need: int, desc:
         except OSError as exc:  # e.g. the disk filled while the header or allocation table was written
             raise VisionlaunchError(f"writing {path} failed: {exc}. Check the free space of {path.parent} and run "
                                     "the conversion again. Nothing was published.") from None
-        written = BetonManifest(**manifest, beton_bytes=tmp.stat().st_size, beton_sha256=file_digest(tmp, "sha256"))
+        info = tmp.stat()  # nothing writes to it after this: the rename keeps its modification time
+        written = BetonManifest(**manifest, beton_bytes=info.st_size, beton_sha256=file_digest(tmp, "sha256"),
+                                beton_mtime_ns=info.st_mtime_ns, beton_ends_sha256=ends_digest(tmp))
         atomic_write_text(manifest_path(path), written.to_json())
     return written
 
