@@ -328,3 +328,29 @@ def test_the_page_cache_reader_holds_no_python_object_per_sample(tmp_path):
     assert type(loader.loader.memory_manager) is lean_os_cache()
     read = torch.cat([x for x, _ in loader])
     assert torch.equal(read, torch.from_numpy(images).permute(0, 3, 1, 2))
+
+
+def test_a_large_file_is_not_read_whole_at_every_start_unless_it_changed(tmp_path, monkeypatch):
+    """Over FULL_CHECK_BYTES, a beton whose size, modification time and ends match its manifest is trusted without
+    reading it whole; a changed end (the allocation table) or a new modification time sends it to the full SHA-256."""
+    from visionlaunch.ffcv_builders import check_beton, manifest, write_beton
+
+    beton = tmp_path / "big.beton"
+    write_beton(np.zeros((300, 8, 8, 3), np.uint8), np.arange(300) % 3, beton, num_classes=3, dataset="big",
+                split="train", progress=False)
+    monkeypatch.setattr(manifest, "FULL_CHECK_BYTES", 0)  # every file counts as large
+    full_reads = []
+    real_digest = manifest.file_digest
+    monkeypatch.setattr(manifest, "file_digest", lambda *a: full_reads.append(a) or real_digest(*a))
+    check_beton(beton)
+    assert full_reads == []  # trusted: size, time and ends as written
+    os.utime(beton)  # touched, same bytes: read whole, and accepted
+    check_beton(beton)
+    assert len(full_reads) == 1
+    written = beton.stat().st_mtime_ns
+    data = bytearray(beton.read_bytes())
+    data[-10] ^= 0xFF  # the allocation table, same size, the old modification time put back
+    beton.write_bytes(bytes(data))
+    os.utime(beton, ns=(written, written))
+    with pytest.raises(VisionlaunchError, match="SHA-256 differs"):
+        check_beton(beton)

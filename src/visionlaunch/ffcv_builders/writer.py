@@ -27,7 +27,7 @@ from visionlaunch.datasets.files import file_digest
 from visionlaunch.datasets.imageset import ImageSet
 from visionlaunch.errors import VisionlaunchError
 from visionlaunch.ffcv_builders import require_ffcv
-from visionlaunch.ffcv_builders.manifest import BetonManifest, manifest_path, source_digest
+from visionlaunch.ffcv_builders.manifest import BetonManifest, ends_digest, manifest_path, source_digest
 from visionlaunch.progress import progress_bar
 
 PAGE_SIZE = 1 << 21  # FFCV's smallest page (2 MiB): each worker leaves one part-filled page, so small is lean
@@ -90,15 +90,28 @@ def writer_workers(num_workers: int, n: int) -> int:
     return max(1, min(int(num_workers), n // 100 + 1))
 
 
-def _worker(failures: Queue, parent: int, *args) -> None:
-    """FFCV's indexed-dataset worker; a VisionlaunchError (an unreadable image, a bad sample) or a failed write (a
-    full disk, a file size limit) is passed to the parent as a message, without a traceback, and the worker exits
-    with FAILED."""
-    from ffcv.writer import worker_job_indexed_dataset
+def _worker(failures: Queue, parent: int, todo: Queue, metadata_sm, metadata_type, fields, allocator, done,
+            allocations: Queue, samples) -> None:
+    """One writer process: FFCV's indexed-dataset worker loop (handle_sample fills its pages), its record of
+    where each sample went turned into a numpy table chunk by chunk (FFCV keeps a Python tuple per sample until
+    the end). A VisionlaunchError (an unreadable image, a bad sample) or a failed write (a full disk, a file size
+    limit) is passed to the parent as a message, without a traceback, and the worker exits with FAILED."""
+    from ffcv.types import ALLOC_TABLE_TYPE
+    from ffcv.writer import handle_sample
 
     _die_with_parent(parent)
     try:
-        worker_job_indexed_dataset(*args)
+        metadata = np.frombuffer(metadata_sm.buf, dtype=metadata_type)
+        names, parts = metadata_type.names, []
+        with allocator:  # leaving it writes the last, part-filled page
+            while (chunk := todo.get()) is not None:
+                for dest, source in chunk:
+                    handle_sample(samples[source], dest, names, metadata, allocator, fields)
+                parts.append(np.array(allocator.allocations, dtype=ALLOC_TABLE_TYPE))
+                allocator.allocations.clear()  # complete: a retry only ever revisits the sample being written
+                with done.get_lock():
+                    done.value += len(chunk)
+        allocations.put(np.concatenate(parts) if parts else np.zeros(0, dtype=ALLOC_TABLE_TYPE))
     except (VisionlaunchError, OSError) as exc:
         failures.put((isinstance(exc, OSError), str(exc)))
         failures.close()
@@ -122,8 +135,7 @@ def _write(tmp: Path, fields: dict, samples, workers: int, desc: str, progress: 
     """FFCV's DatasetWriter, with its wait loop replaced: FFCV's waits forever once a worker has died (an error,
     a full disk); this one notices the dead worker, stops the others and raises. `samples[i]` -> (image, label) is
     called in the worker processes (inherited through fork), so it may decode files: memory is one page and one
-    sample per worker, plus FFCV's allocation record of every sample (a Python tuple of three integers until the
-    table is written: about 170 MB per million samples) and its metadata (about 20 bytes a sample)."""
+    sample per worker, plus the allocation table (24 bytes a sample) and the metadata (about 20 bytes a sample)."""
     from ffcv.writer import DatasetWriter
     from ffcv.memory_allocator import MemoryAllocator
 
@@ -149,7 +161,7 @@ def _write(tmp: Path, fields: dict, samples, workers: int, desc: str, progress: 
         with progress_bar(total=n, desc=desc, unit="img", disable=not progress, leave=False) as bar:
             while reported < workers:  # each worker reports its allocations once, when it is done
                 try:
-                    table.extend(allocations.get(timeout=0.1))
+                    table.append(allocations.get(timeout=0.1))
                     reported += 1
                     continue
                 except queue.Empty:
@@ -174,7 +186,7 @@ def _write(tmp: Path, fields: dict, samples, workers: int, desc: str, progress: 
             bar.update(n - bar.n)
         for p in procs:
             p.join()
-        writer.finalize(table)
+        _finish(writer, np.concatenate(table))
     finally:
         for p in procs:
             if p.is_alive():
@@ -186,6 +198,18 @@ def _write(tmp: Path, fields: dict, samples, workers: int, desc: str, progress: 
         writer.metadata_sm.close()
         with contextlib.suppress(FileNotFoundError):
             writer.metadata_sm.unlink()
+
+
+def _finish(writer, table: np.ndarray) -> None:
+    """FFCV's DatasetWriter.finalize for a table that is already a numpy array: the samples' metadata into its
+    region, the allocation table at the end, then the header that points at it."""
+    with open(writer.fname, "r+b") as f:
+        f.seek(writer.metadata_start)
+        f.write(writer.metadata_sm.buf)
+        writer.header["alloc_table_ptr"] = f.seek(0, os.SEEK_END)
+        f.write(table.tobytes())
+        f.seek(0)
+        f.write(writer.header.tobytes())
 
 
 CHUNK = 100  # samples per work item: consecutive samples stay together in the file (locality for the order)
@@ -243,7 +267,9 @@ def publish(path: Path, fields: dict, samples, *, workers: int, need: int, desc:
         except OSError as exc:  # e.g. the disk filled while the header or allocation table was written
             raise VisionlaunchError(f"writing {path} failed: {exc}. Check the free space of {path.parent} and run "
                                     "the conversion again. Nothing was published.") from None
-        written = BetonManifest(**manifest, beton_bytes=tmp.stat().st_size, beton_sha256=file_digest(tmp, "sha256"))
+        info = tmp.stat()  # nothing writes to it after this: the rename keeps its modification time
+        written = BetonManifest(**manifest, beton_bytes=info.st_size, beton_sha256=file_digest(tmp, "sha256"),
+                                beton_mtime_ns=info.st_mtime_ns, beton_ends_sha256=ends_digest(tmp))
         atomic_write_text(manifest_path(path), written.to_json())
     return written
 
