@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces the README's results table: each preset on real data, timed with bench/time_to_accuracy.py.
+# Reproduces the results table (README.md, docs/results.md): each preset on real data, timed with bench/time_to_accuracy.py.
 #   bash bench/readme_results.sh /path/to/data-root [out-dir]
 # The data root must hold mnist/raw/*.gz (or MNIST/raw) and cifar10-jpeg/cifar10-jpeg.tar.gz.
 # Prints one JSON object per run and leaves the run folders in out-dir (default runs/bench).

@@ -1,7 +1,7 @@
 """Wall-clock time until a training command first prints a test accuracy >= a target.
 
 Measures any command the same way: start the process, timestamp each output line, match the test-accuracy
-line with a regex, stop at the end of the command. Used for the README's speed anchor (time-to-99% on MNIST)
+line with a regex, stop at the end of the command. Used for docs/results.md's speed anchor (time-to-99% on MNIST)
 so that visionlaunch and the pytorch/examples MNIST script are timed identically.
 
     python bench/time_to_accuracy.py --target 99 -- visionlaunch train --config configs/mnist_cnn.yaml

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from visionlaunch.config import RunConfig, describe_keys, load_config
+from visionlaunch.config import RunConfig, load_config
+from visionlaunch.config_reference import describe_keys
 from visionlaunch.errors import VisionlaunchError
 from visionlaunch.trajectory import config_differences, shapes_trajectory
 

@@ -8,7 +8,8 @@ from collections import Counter
 import pytest
 
 from tests.test_datasets_imagefolder import CLASSES, make_folder
-from visionlaunch.config import DataConfig, describe_keys
+from visionlaunch.config import DataConfig
+from visionlaunch.config_reference import describe_keys
 from visionlaunch.trainers.data import prepare_data
 
 

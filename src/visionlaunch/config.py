@@ -11,7 +11,6 @@ from __future__ import annotations
 import getpass
 import os
 import signal
-import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -42,7 +41,8 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
-    name: Literal["mnist", "mnist_sample", "cifar10", "cifar100", "imagefolder"] = "mnist"
+    name: Literal["mnist", "mnist_sample", "cifar10", "cifar100", "imagefolder"] = Field(
+        "mnist", description="the dataset; mnist_sample: embedded in the package; imagefolder: your images (data.path)")
     root: str | None = Field(None, description="data root; default $VISIONLAUNCH_DATA, else ./data")
     path: str | None = Field(None, description="imagefolder only: a folder or .tar/.tar.gz, relative to root")
     download: bool = Field(False, description="download MNIST/CIFAR with torchvision when absent (needs network)")
@@ -51,7 +51,7 @@ class DataConfig(_Section):
         "none", description="mnist only: 'sample' trains on the embedded MNIST sample when the files are absent")
     cache_dir: str | None = Field(None, description="decoded-tensor cache; default $VISIONLAUNCH_CACHE, else ~/.cache/visionlaunch")
     val_size: int | float = Field(5000, ge=0, description="held out from train: a count (>=1) or a fraction (<1); 0 = none")
-    split_seed: int = Field(0, ge=0, le=SEED_MAX)
+    split_seed: int = Field(0, ge=0, le=SEED_MAX, description="seed of the validation split and of the subsets")
     train_subset: int | None = Field(None, ge=1, description="use only N training images (quick runs): a seeded "
                                      "(data.split_seed), class-stratified sample, taken before the val split")
     test_subset: int | None = Field(None, ge=1, description="use only N test images (quick runs): a seeded "
@@ -92,26 +92,28 @@ class AugmentConfig(_Section):
 
 
 class ModelConfig(_Section):
-    name: str = "cnn"
+    name: str = Field("cnn", description="a model of `visionlaunch models` (fcn, cnn, resnet18, ...) or timm/<arch>")
     args: dict[str, Any] = Field(default_factory=dict, description="builder arguments; `visionlaunch models` lists them")
     weights: str | None = Field(None, description="start from this local weights file (.pth/.pt/.safetensors state_dict; "
                                               "timm's own files too) instead of random weights; nothing is downloaded")
 
 
 class OptimConfig(_Section):
-    name: Literal["sgd", "adamw"] = "sgd"
+    name: Literal["sgd", "adamw"] = Field("sgd", description="sgd (with momentum) or adamw")
     lr: float = Field(0.05, gt=0, description="peak learning rate (for the global batch size)")
-    momentum: float = Field(0.9, ge=0, lt=1)
-    nesterov: bool = True
-    weight_decay: float = Field(5e-4, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd: momentum")
+    nesterov: bool = Field(True, description="sgd: Nesterov momentum (when momentum > 0)")
+    weight_decay: float = Field(5e-4, ge=0, description="weight decay of conv and linear weights (decoupled for adamw); "
+                                                       "norm weights and biases too with decay_norm_and_bias")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="adamw: decay rates of the moment estimates")
     decay_norm_and_bias: bool = Field(False, description="apply weight decay to norm weights and biases too")
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="share of each target spread over all classes")
     clip_grad_norm: float | None = Field(None, gt=0, description="clip the global gradient norm to this; null = off")
 
 
 class ScheduleConfig(_Section):
-    name: Literal["onecycle", "cosine", "constant"] = "onecycle"
+    name: Literal["onecycle", "cosine", "constant"] = Field(
+        "onecycle", description="learning rate over the optimizer steps: one-cycle, cosine or constant (with warm-up)")
     pct_start: float = Field(0.25, gt=0, lt=1, description="onecycle: fraction of steps spent warming up")
     div_factor: float = Field(25.0, gt=0, description="onecycle: initial lr = lr / div_factor")
     final_div_factor: float = Field(1e4, gt=0, description="onecycle: final lr = initial lr / final_div_factor")
@@ -120,10 +122,10 @@ class ScheduleConfig(_Section):
 
 
 class TrainConfig(_Section):
-    epochs: int = Field(10, ge=1)
+    epochs: int = Field(10, ge=1, description="passes over the training split")
     batch_size: int = Field(128, ge=1, description="GLOBAL batch size of one optimizer step, split across processes "
                                                    "(and grad_accum micro-batches); optim.lr is meant for it")
-    eval_batch_size: int = Field(1000, ge=1)
+    eval_batch_size: int = Field(1000, ge=1, description="global batch of evaluation, figures, evaluate and predict")
     seed: int = Field(0, ge=0, le=SEED_MAX, description=f"0..{SEED_MAX}")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="number format of training and evaluation. auto: bf16 where the device computes it "
@@ -178,7 +180,7 @@ class TrainConfig(_Section):
 
 
 class OutputConfig(_Section):
-    dir: str = "runs"
+    dir: str = Field("runs", description="the folder that holds the run folders")
     name: str | None = Field(None, description="run folder name; default <preset>-<date>-<time>")
     overwrite: bool = Field(False, description="replace an existing run folder of the same name (only a folder that "
                                                "holds a run: run.yaml or metrics.jsonl; an empty one)")
@@ -201,7 +203,7 @@ class OutputConfig(_Section):
 
 class ReportConfig(_Section):
     ident: str | None = Field(None, description="identifier stamped on every figure; default the user name")
-    figures: bool = True
+    figures: bool = Field(True, description="draw the figures after training (report.html is written either way)")
     tsne_layer: str = Field("penultimate", description="'penultimate' (input of the classifier) or a module name")
     tsne_samples: int = Field(1000, ge=10, description="seeded test subset for t-SNE")
     seed: int = Field(0, ge=0, le=SEED_MAX, description="seed for the t-SNE subset and the prediction grid")
@@ -214,10 +216,10 @@ class TrackerConfig(_Section):
     name: str | list[str] = Field("none", description="wandb (Weights & Biases), tensorboard (runs/<name>/tensorboard/"
                                                       "), csv (runs/<name>/metrics.csv), a list of several, or none; "
                                                       "metrics.jsonl is written either way")
-    project: str = "visionlaunch"
+    project: str = Field("visionlaunch", description="W&B project")
     entity: str | None = Field(None, description="W&B team or user; default your default entity")
     group: str | None = Field(None, description="W&B group, e.g. one per ablation")
-    tags: list[str] = Field(default_factory=list)
+    tags: list[str] = Field(default_factory=list, description="W&B tags")
     run_name: str | None = Field(None, description="W&B run name; default the run folder name")
     mode: Literal["online", "offline", "disabled"] | None = Field(
         None, description="default $WANDB_MODE, else online (needs an API key); offline needs no network")
@@ -372,20 +374,6 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
         return RunConfig.model_validate(tree)
     except ValidationError as err:
         raise VisionlaunchError(format_validation_error(err, source)) from None
-
-
-def describe_keys() -> str:
-    """Every key with its type, default and description: the text of `visionlaunch show-config --keys`."""
-    out = []
-    for section, field in RunConfig.model_fields.items():
-        out.append(f"{section}:")
-        for key, f in field.annotation.model_fields.items():
-            default = f.default if f.default_factory is None else f.default_factory()
-            ann = " | ".join(map(repr, typing.get_args(f.annotation))) if typing.get_origin(f.annotation) is Literal \
-                else str(f.annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")
-            desc = f"  # {f.description}" if f.description else ""
-            out.append(f"  {key}: {default!r}  ({ann}){desc}")
-    return "\n".join(out)
 
 
 def flatten(tree: Any, prefix: str = "", depth: int | None = None) -> dict[str, Any]:

@@ -1,7 +1,8 @@
-"""The run folder `runs/<name>/`, the contract between training, reports, ablations and SLURM (README, "The run
-folder"). This module alone names its files; it reads and writes metrics.jsonl and its final record, run.yaml and
-the preemption marker, lists checkpoints, says what state a folder is in (`folder_state`), and creates a run
-folder, replacing only a previous run's. Its lock, runs/.<name>.lock, sits beside it (trainers/runlock.py).
+"""The run folder `runs/<name>/`, the contract between training, reports, ablations and SLURM
+(docs/getting-started.md, "The run folder"). This module alone names its files; it reads and writes metrics.jsonl
+and its final record, run.yaml and the preemption marker, lists checkpoints, says what state a folder is in
+(`folder_state`), and creates a run folder, replacing only a previous run's. Its lock, runs/.<name>.lock, sits
+beside it (trainers/runlock.py).
 """
 
 from __future__ import annotations

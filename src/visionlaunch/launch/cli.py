@@ -8,7 +8,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from visionlaunch.config import describe_keys, load_config  # pydantic and YAML, no torch: config errors come first
+from visionlaunch.config import load_config  # pydantic and YAML, no torch: config errors come first
+from visionlaunch.config_reference import describe_keys, markdown_reference
 from visionlaunch.errors import EXIT_BAD_INPUT, VisionlaunchError, describe_environment_error, report
 from visionlaunch.launch.process_end import end_process
 from visionlaunch.slurm.render import SlurmOptions, add_slurm_arguments
@@ -103,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("show-config", _show_config, help="print the resolved config (or every key with --keys)")
     _add_config_args(p, required=False)
     p.add_argument("--keys", action="store_true", help="list every key with its default and meaning")
+    p.add_argument("--markdown", action="store_true", help="with --keys: as the Markdown page docs/configuration.md")
 
     p = command("models", _models, help="list the models and their arguments")
     p.add_argument("--timm", nargs="?", const="", metavar="PATTERN",
@@ -266,8 +268,12 @@ def _prepare_ffcv(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _show_config(args: argparse.Namespace, argv: list[str]) -> int:
-    print(describe_keys() if args.keys else load_config(args.config, args.overrides).to_yaml(),
-          end="\n" if args.keys else "")
+    if args.markdown and not args.keys:
+        raise VisionlaunchError("--markdown formats the list of keys: use show-config --keys --markdown")
+    if args.keys:
+        print(markdown_reference() if args.markdown else describe_keys(), end="" if args.markdown else "\n")
+        return 0
+    print(load_config(args.config, args.overrides).to_yaml(), end="")
     return 0
 
 

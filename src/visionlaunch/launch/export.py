@@ -1,7 +1,7 @@
 """`visionlaunch export RUN --format torchscript|onnx|safetensors`: a run's weights in a file that loads without
 visionlaunch, with <file>.json beside it saying how to feed it: a float32 batch (N, C, H, W) of the run's input shape,
-pixels / 255 normalised with the JSON's mean and std, gives logits (N, classes). The README shows how to load each
-format."""
+pixels / 255 normalised with the JSON's mean and std, gives logits (N, classes). docs/after-training.md shows how to load
+each format."""
 
 from __future__ import annotations
 
