@@ -63,8 +63,8 @@ class DataConfig(_Section):
     ffcv_dir: str | None = Field(None, description="ffcv: folder of the .beton files; default <data cache>/ffcv")
     ffcv_encoding: Literal["raw", "jpeg"] = Field("raw", description="ffcv: how images are stored (jpeg: RGB only, lossy)")
     ffcv_jpeg_quality: int = Field(90, ge=1, le=100, description="ffcv: JPEG quality when ffcv_encoding=jpeg")
-    half_inputs: bool = Field(False, description="normalised batches in the half type of train.precision (bf16/fp16) "
-                                                 "instead of float32")
+    half_inputs: bool = Field(False, description="normalised batches in the half type the run computes in (bf16/fp16; "
+                                                 "with train.precision=auto, where it picks one) instead of float32")
     image_size: int | None = Field(None, ge=8, description="imagefolder: photos of any size become image_size x "
                                    "image_size RGB (train: random-resized crop; evaluation: resize, centre crop); "
                                    "null = every image must have one size")

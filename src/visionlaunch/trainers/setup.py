@@ -29,7 +29,7 @@ from visionlaunch.models.inspection import count_parameters, layer_names
 from visionlaunch.models.weights import load_weights
 from visionlaunch.trainers import checkpoint as ckpt
 from visionlaunch.trainers.data import DataBundle, make_loader, prepare_data
-from visionlaunch.trainers.precision import Precision
+from visionlaunch.trainers.precision import HALF_TYPES, Precision
 from visionlaunch.trainers.runlock import RunLock
 
 
@@ -157,7 +157,7 @@ def loaders_for(cfg: RunConfig, data: DataBundle, accelerator, micro_batch: int,
 
 def half_type(accelerator) -> torch.dtype | None:
     """The autocast type of an Accelerator's mixed precision (the run's precision as resolved), None in fp32."""
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision)
+    return HALF_TYPES.get(accelerator.mixed_precision)
 
 
 def batch_pipeline(cfg: RunConfig, data: DataBundle, device: torch.device, seed: int, half: torch.dtype | None, *,
