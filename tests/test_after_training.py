@@ -83,7 +83,7 @@ def test_predict_on_real_test_images_gives_the_evaluated_accuracy(trained, tmp_p
     rows, err = _predict_csv(capsys, run_dir, images, extra=["--top-k", "3", "--batch-size", "64"])
     assert len(rows) == N_TEST
     assert "notes.txt" in err and "broken.png" in err and "3 file(s) skipped" in err
-    assert "more.zip: not a readable image (an archive inside a folder or archive is not opened" in err
+    assert "more.zip: an archive inside a folder or archive is not opened" in err
     correct = sum(r["class_1"] == _label(r["file"]) for r in rows)
     for r in rows:  # top-k sorted, probabilities from a softmax
         probs = [float(r[f"prob_{i}"]) for i in (1, 2, 3)]
@@ -171,7 +171,7 @@ def test_predict_bad_input_exits_2_with_one_paragraph(run_dir, tmp_path, capsys)
     bad_zip = tmp_path / "bad.zip"
     bad_zip.write_bytes(b"PK\x03\x04 not really")
     for paths, expected in (([empty], "holds no readable image"), ([texts], "holds no readable image"),
-                            ([tmp_path / "absent"], "does not exist"), ([bad_zip], "could not be read as an archive"),
+                            ([tmp_path / "absent"], "does not exist"), ([bad_zip], "could not be read as a zip archive"),
                             ([texts / "a.txt"], "none of the 1 file(s) given is a readable image")):
         capsys.readouterr()
         assert main(["predict", str(run_dir), *map(str, paths)]) == 2

@@ -170,6 +170,62 @@ def unwritable_folder(d: Path, mp) -> None:
     (d / "run").chmod(0o555)
 
 
+def png_bytes() -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(np.full((8, 8), 90, dtype=np.uint8)).save(out, "PNG")
+    return out.getvalue()
+
+
+def zip_of(path: Path, members: dict[str, bytes], *, flags: int = 0, method: int | None = None) -> Path:
+    """A zip of stored members; `flags` are or-ed into, and `method` replaces, what every member's local and central
+    headers say (an encrypted member: flag 0x1; a compression method Python cannot read: 97, WavPack)."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    data = bytearray(path.read_bytes())
+    for signature, flag_at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        at = data.find(signature)
+        while at >= 0:
+            data[at + flag_at] |= flags
+            if method is not None:
+                data[at + flag_at + 2:at + flag_at + 4] = method.to_bytes(2, "little")
+            at = data.find(signature, at + 4)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def socket_at(path: Path) -> None:
+    import socket
+
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(path))  # the node stays after the socket closes
+
+
+def device_like_dev_full(path: Path) -> None:
+    """A character device of the test's own that fails every write with ENOSPC, as /dev/full does. Root only."""
+    if os.geteuid() != 0:
+        pytest.skip("making a device node needs root")
+    os.mknod(path, 0o666 | __import__("stat").S_IFCHR, os.makedev(1, 7))
+
+
+def predict(d: Path, *args: str) -> list[str]:
+    return ["predict", str(d / "run"), *args]
+
+
+def alias_bomb(levels: int, width: int = 9) -> str:
+    """A "billion laughs" config: tracker.tags holds `width`**`levels` strings made of a few lines of anchors and
+    aliases (each level an anchored list of `width` aliases of the one before)."""
+    keys = ["project", "group", "entity", "run_name", "dir", "mode", "name", "tags"][-levels:]
+    lines, previous = ["tracker:"], None
+    for level, key in enumerate(keys):
+        items = ", ".join(["lol"] * width if previous is None else [f"*l{level - 1}"] * width)
+        lines.append(f"  {key}: &l{level} [{items}]")
+        previous = key
+    return "\n".join(lines) + "\n"
+
+
 # ---------------------------------------------------------------------------------------------------- rows
 
 ROWS = [
@@ -194,6 +250,24 @@ ROWS = [
     Row("unknown-dataset", lambda d: train(d, "data.name=svhn"), "data.name"),
     Row("imagefolder-without-path", lambda d: train(d, "data.name=imagefolder"), "data.path"),
     Row("fallback-not-mnist", lambda d: train(d, "data.name=cifar10", "data.fallback=sample"), "fallback"),
+    Row("config-duplicate-key", lambda d: ["train", "--config", str(d / "c.yaml")], lambda d: str(d / "c.yaml"),
+        ("'epochs' twice", "lines 2 and 4"), setup=lambda d, mp: write(d / "c.yaml", "train:\n  epochs: 2\n  seed: 1\n"
+                                                                                    "  epochs: 3\n")),
+    Row("config-alias-bomb", lambda d: ["train", "--config", str(d / "c.yaml")], lambda d: str(d / "c.yaml"),
+        ("expands to more than 100000 values through its aliases", "line 7"), not_says=("lol",),
+        setup=lambda d, mp: write(d / "c.yaml", alias_bomb(7))),
+    Row("config-nested-too-deep", lambda d: ["train", "--config", str(d / "c.yaml")], lambda d: str(d / "c.yaml"),
+        ("nests deeper than 64 levels",), setup=lambda d, mp: write(d / "c.yaml", "model:\n  args: " + "[" * 5000
+                                                                     + "]" * 5000 + "\n")),
+    Row("override-alias-bomb", lambda d: train(d, "model.args={" + ", ".join(
+        f"l{i}: &l{i} [{', '.join(['1'] * 10 if i == 0 else [f'*l{i - 1}'] * 10)}]" for i in range(6)) + "}"),
+        "model.args", ("expands to more than 100000 values",)),
+    Row("override-duplicate-key", lambda d: train(d, "model.args={hidden: [8], hidden: [16]}"), "'hidden' twice"),
+    Row("lr-infinite", lambda d: train(d, "optim.lr=.inf"), "optim.lr", ("finite number",)),
+    Row("betas-nan", lambda d: train(d, "optim.betas=[.nan, 0.999]"), "optim.betas", ("finite number",)),
+    Row("epochs-boolean", lambda d: train(d, "train.epochs=true"), "train.epochs", ("not true/false",)),
+    Row("val-size-boolean", lambda d: train(d, "data.val_size=false"), "data.val_size", ("not true/false",)),
+    Row("model-arg-boolean", lambda d: train(d, "model.args={hidden: [true]}"), "'hidden'", ("not true/false",)),
     # --- the model and the run folder
     Row("unknown-model", lambda d: train(d, "model.name=resnet9000"), "resnet9000"),
     Row("unknown-model-arg", lambda d: train(d, "model.args={hiden: [3]}"), "hiden"),
@@ -266,6 +340,8 @@ ROWS = [
     # --- evaluate / figures of a damaged run folder
     Row("evaluate-missing-run", lambda d: ["evaluate", str(d / "nowhere")], lambda d: str(d / "nowhere"),
         ("not a finished visionlaunch run folder",)),
+    Row("evaluate-data-unknown-key", lambda d: ["evaluate", str(d / "run"), "--data", "bogus_key=1"], "'bogus_key'",
+        ("Valid keys: name, root, path",), not_says=("augment", "tracker"), needs_run=True),
     Row("evaluate-corrupt-run-yaml", lambda d: ["evaluate", str(d / "run")], lambda d: str(d / "run" / "run.yaml"),
         ("not valid UTF-8 YAML",), needs_run=True, setup=lambda d, mp: write(d / "run" / "run.yaml", "a: [b\n")),
     Row("figures-corrupt-run-yaml", lambda d: ["figures", str(d / "run")], lambda d: str(d / "run" / "run.yaml"),
@@ -318,6 +394,34 @@ ROWS = [
           lambda d: str(d / "bad.yaml"), (expected,),
           setup=lambda d, mp, tree=tree: write_ablation(d / "bad.yaml", **tree)) for case, (tree, expected) in
       BAD_FILES.items()],
+    # --- predict and export: archives that cannot be read, outputs that must not be replaced
+    Row("predict-zip-holding-only-a-zip", lambda d: predict(d, str(d / "outer.zip")), lambda d: str(d / "outer.zip"),
+        ("outer.zip:inner.zip", "pass it as a PATH of its own"), not_says=("every file in it was tried",),
+        needs_run=True, setup=lambda d, mp: zip_of(d / "outer.zip", {
+            "inner.zip": zip_of(d / "inner.zip", {"a.png": png_bytes()}).read_bytes()})),
+    Row("predict-encrypted-zip-member", lambda d: predict(d, str(d / "secret.zip")), lambda d: str(d / "secret.zip"),
+        ("encrypted",), needs_run=True, setup=lambda d, mp: zip_of(d / "secret.zip", {"a.png": png_bytes()}, flags=1)),
+    Row("predict-unsupported-zip-method", lambda d: predict(d, str(d / "wavpack.zip")),
+        lambda d: str(d / "wavpack.zip"), ("a method Python cannot read",), needs_run=True,
+        setup=lambda d, mp: zip_of(d / "wavpack.zip", {"a.png": png_bytes()}, method=97)),
+    Row("predict-archive-unreadable", lambda d: predict(d, str(d / "locked.zip")), lambda d: str(d / "locked.zip"),
+        ("Permission denied",), not_says=("truncated or damaged",), needs_run=True, runner="unprivileged",
+        setup=lambda d, mp: zip_of(d / "locked.zip", {"a.png": png_bytes()}).chmod(0)),
+    Row("predict-subfolder-unreadable", lambda d: predict(d, str(d / "photos")), lambda d: str(d / "photos" / "sub"),
+        ("cannot be listed", "Permission denied"), needs_run=True, runner="unprivileged",
+        setup=lambda d, mp: (write(d / "photos" / "sub" / "a.png", png_bytes()), (d / "photos" / "sub").chmod(0))),
+    Row("predict-out-socket", lambda d: predict(d, str(d / "a.png"), "--out", str(d / "out.sock")),
+        lambda d: str(d / "out.sock"), ("is a socket", "Nothing was written"), needs_run=True,
+        setup=lambda d, mp: (write(d / "a.png", png_bytes()), socket_at(d / "out.sock"))),
+    Row("predict-out-dangling-link", lambda d: predict(d, str(d / "a.png"), "--out", str(d / "out.csv")),
+        lambda d: str(d / "out.csv"), ("a dangling link",), needs_run=True,
+        setup=lambda d, mp: (write(d / "a.png", png_bytes()), (d / "out.csv").symlink_to(d / "nowhere" / "x.csv"))),
+    Row("predict-out-full-device", lambda d: predict(d, str(d / "a.png"), "--out", str(d / "full")),
+        lambda d: str(d / "full"), ("No space left on device",), needs_run=True,
+        setup=lambda d, mp: (write(d / "a.png", png_bytes()), device_like_dev_full(d / "full"))),
+    Row("export-out-socket", lambda d: ["export", str(d / "run"), "--format", "torchscript", "--out",
+                                        str(d / "out.sock")],
+        lambda d: str(d / "out.sock"), ("is a socket",), needs_run=True, setup=lambda d, mp: socket_at(d / "out.sock")),
     # --- prepare, submit
     Row("prepare-ffcv-option-without-ffcv", lambda d: ["prepare", "--dataset", "mnist"], "--dataset",
         ("only in its ffcv form",)),
@@ -455,6 +559,8 @@ def test_bad_input(row: Row, tmp_path, monkeypatch, request, restore_limits):
         assert text in message, (text, message)
     for text in row.not_says:
         assert text not in message, (text, message)
+    if "named above" in message:  # then they are: each on a line of its own before the error
+        assert "skipped " in err[:err.index("visionlaunch: error:")], err
     after = _snapshot(d)
     if row.kept is None:
         assert {k: v for k, v in after.items() if before.get(k, "new") != v} == {}, "files were left behind"

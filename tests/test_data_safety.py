@@ -133,5 +133,5 @@ def test_links_in_an_archive_are_refused_not_skipped(folder, kind):
         link = tarfile.TarInfo("train/cat/zz-link.png")
         link.type, link.linkname = getattr(tarfile, kind), "train/cat/000.png"
         tar.addfile(link)
-    with pytest.raises(VisionlaunchError, match="zz-link.png is a (symbolic|hard) link .*not an image"):
+    with pytest.raises(VisionlaunchError, match="zz-link.png is a (symbolic|hard) link .*not a file"):
         _load(folder, path="ds.tar")

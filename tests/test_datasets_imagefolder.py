@@ -3,6 +3,7 @@
 import io
 import tarfile
 import time
+import zipfile
 
 import numpy as np
 import pytest
@@ -41,7 +42,14 @@ def make_folder(root, counts=None, size=(8, 6), mode="RGB"):
 
 
 def make_tar(folder, archive, prefix="", extra=None):
-    """Pack `folder` into `archive` (compression from the suffix), with an optional top-level folder."""
+    """Pack `folder` into `archive` (tar, compression from the suffix, or zip), with an optional top-level folder."""
+    if archive.name.endswith(".zip"):
+        with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+            for path in sorted(folder.rglob("*")):
+                zf.write(path, prefix + path.relative_to(folder).as_posix())
+            for name, data in (extra or {}).items():
+                zf.writestr(prefix + name, data)
+        return archive
     mode = "w:gz" if archive.name.endswith(("gz", "tgz")) else "w"
     with tarfile.open(archive, mode) as tar:
         for path in sorted(folder.rglob("*")):
@@ -68,7 +76,8 @@ def test_folder_round_trip(tmp_path, split):
     assert data.classes == CLASSES and data.name == "imagefolder" and str(tmp_path / "ds") in data.source
 
 
-@pytest.mark.parametrize("archive_name, prefix", [("ds.tar.gz", "mydata/"), ("ds.tgz", "./"), ("ds.tar", "")])
+@pytest.mark.parametrize("archive_name, prefix", [("ds.tar.gz", "mydata/"), ("ds.tgz", "./"), ("ds.tar", ""),
+                                                  ("ds.zip", "mydata/")])
 def test_archives_read_like_the_folder(tmp_path, archive_name, prefix):
     expected = make_folder(tmp_path / "ds")
     extra = {"README.txt": b"notes", "train/cat/.DS_Store": b"\0\0", "train/notes.txt": b"not an image"}
@@ -205,8 +214,11 @@ def test_bad_layout_and_paths(tmp_path):
     assert str(tmp_path / "nowhere.tar.gz") in str(err.value)
     with pytest.raises(VisionlaunchError, match="needs data.path"):
         _load(tmp_path, path=None)
+    (tmp_path / "data.rar").write_bytes(b"Rar!")
+    with pytest.raises(VisionlaunchError, match=r"is a file but not an archive \(.tar, .tar.gz"):
+        _load(tmp_path, path="data.rar")
     (tmp_path / "data.zip").write_bytes(b"PK")
-    with pytest.raises(VisionlaunchError, match="not a .tar, .tar.gz or .tgz"):
+    with pytest.raises(VisionlaunchError, match="could not be read as a zip archive"):
         _load(tmp_path, path="data.zip")
     (tmp_path / "broken.tar.gz").write_bytes(b"\x1f\x8b\x08garbage")
     with pytest.raises(VisionlaunchError, match="could not be read as a tar archive"):

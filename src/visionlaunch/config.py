@@ -11,13 +11,15 @@ from __future__ import annotations
 import getpass
 import os
 import signal
-from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from visionlaunch.errors import VisionlaunchError, describe_os_error
+from visionlaunch.errors import VisionlaunchError
+from visionlaunch.numbers import bool_for_number
+from visionlaunch.validation_messages import format_validation_error
+from visionlaunch.yamlfiles import YamlRefused, load_yaml, read_yaml
 
 # numpy seeds its generator with an unsigned 32-bit number: every seed must fit.
 SEED_MAX = 2**32 - 1
@@ -37,7 +39,15 @@ def canonical_precision(value: Any) -> Any:
 
 class _Section(BaseModel):
     # forbid: a misspelt key fails loudly. frozen: a validated config never changes (what a run used is recorded).
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan: an infinite or NaN number is never a valid setting (optim.lr=.inf would fail at step 1).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        if bool_for_number(cls.model_fields[info.field_name].annotation, value):
+            raise ValueError("expected a number, not true/false (YAML reads those words as booleans)")
+        return value
 
 
 class DataConfig(_Section):
@@ -294,28 +304,6 @@ class RunConfig(_Section):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
-def format_validation_error(err: ValidationError, source: str) -> str:
-    lines = [f"invalid configuration ({source}):"]
-    for e in err.errors():
-        loc = tuple(e["loc"])
-        key = ".".join(str(p) for p in loc) or "<top level>"
-        section = RunConfig.model_fields.get(str(loc[0])) if len(loc) == 2 else None
-        owner = RunConfig if len(loc) <= 1 else section.annotation if section else None  # whose keys to list
-        valid = ""
-        if owner is not None:
-            prefix = ".".join(str(p) for p in loc[:-1])
-            valid = " Valid keys" + (f" in '{prefix}'" if prefix else "") + ": " + ", ".join(owner.model_fields) + "."
-        if e["type"] == "extra_forbidden":
-            lines.append(f"  - unknown key '{key}'.{valid}")
-        else:
-            got = e.get("input")
-            got_text = "" if isinstance(got, dict) else f" (got {got!r})"
-            where = f"'{key}'" if loc else "config"
-            lines.append(f"  - {where}: {e['msg'].rstrip('.')}{got_text}.")
-    lines.append("Fix the YAML file or the key=value override; `visionlaunch show-config` prints every key with its default.")
-    return "\n".join(lines)
-
-
 def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text or text.startswith("="):
         raise VisionlaunchError(
@@ -323,7 +311,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
             "optim.lr=0.05 or train.epochs=3.")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = read_yaml(raw) if raw != "" else ""
+    except YamlRefused as exc:
+        raise VisionlaunchError(f"the override {text[:200]!r} {exc}.") from None
     except yaml.YAMLError:
         value = raw  # not YAML: keep the literal string and let validation judge it
     return key.strip().split("."), value
@@ -340,30 +330,6 @@ def apply_override(tree: dict, keys: list[str], value: Any) -> None:
     node[keys[-1]] = value
 
 
-def load_yaml(path: str | os.PathLike, what: str = "config file",
-              example: str = "--config configs/mnist_cnn.yaml (the presets are in configs/)",
-              holds: str = "a mapping of sections (data:, model:, ...)") -> dict:
-    """A YAML file that must hold a mapping (a preset, an ablation file); an empty file is an empty mapping."""
-    p = Path(path)
-    if p.is_dir():
-        raise VisionlaunchError(f"{what} {p} is a folder, not a file. Pass a YAML file, e.g. {example}.")
-    if not p.is_file():
-        raise VisionlaunchError(f"{what} {p} does not exist. Pass an existing YAML file, e.g. {example}.")
-    try:
-        tree = yaml.safe_load(p.read_bytes().decode("utf-8")) or {}
-    except OSError as exc:
-        raise VisionlaunchError(f"{what} {p} cannot be read: {describe_os_error(exc)}") from None
-    except UnicodeDecodeError as exc:
-        raise VisionlaunchError(
-            f"{what} {p} is not UTF-8 text (byte {exc.start} cannot be decoded: {exc.reason}). Pass a YAML file, "
-            f"saved as UTF-8, e.g. {example}.") from None
-    except yaml.YAMLError as exc:
-        raise VisionlaunchError(f"{what} {p} is not valid YAML: {exc}") from None
-    if not isinstance(tree, dict):
-        raise VisionlaunchError(f"{what} {p} must hold {holds}, not a {type(tree).__name__}.")
-    return tree
-
-
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Defaults <- YAML file <- dotted overrides, validated as a whole."""
     tree = load_yaml(path) if path is not None else {}
@@ -373,7 +339,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
     try:
         return RunConfig.model_validate(tree)
     except ValidationError as err:
-        raise VisionlaunchError(format_validation_error(err, source)) from None
+        raise VisionlaunchError(format_validation_error(err, source, RunConfig)) from None
 
 
 def flatten(tree: Any, prefix: str = "", depth: int | None = None) -> dict[str, Any]:

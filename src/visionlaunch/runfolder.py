@@ -22,6 +22,7 @@ import yaml
 
 from visionlaunch.atomic import atomic_write_text
 from visionlaunch.errors import VisionlaunchError, describe_os_error
+from visionlaunch.yamlfiles import read_yaml
 
 CONFIG = "config.yaml"            # the resolved config, enough to rerun
 IDENTITY = "run.yaml"             # who ran it, when, where, on which data
@@ -108,15 +109,21 @@ def complete_checkpoints(root: Path) -> list[Path]:
 
 class MetricsWriter:
     def __init__(self, path: Path | None):
+        self.path = path
         self._fh = open(path, "a", buffering=1) if path is not None else None
 
     def write(self, record: dict) -> None:
         if self._fh is not None:
-            self._fh.write(json.dumps(record) + "\n")
+            try:
+                self._fh.write(json.dumps(record) + "\n")
+            except OSError as exc:  # a full disk: write() names no file, the message must
+                raise OSError(exc.errno, exc.strerror, str(self.path)) from exc
 
     def close(self) -> None:
         if self._fh is not None:
-            self._fh.close()
+            # Lines are flushed as written: only one whose write failed (and was reported) can still be buffered.
+            with contextlib.suppress(OSError):
+                self._fh.close()
             self._fh = None
 
 
@@ -174,7 +181,7 @@ def read_run_identity(run_dir: Path) -> dict:
     fix = ("Restore it from a copy of the run, or delete it (the run's date and identifier are then taken from "
            "today and the config).")
     try:
-        tree = yaml.safe_load(path.read_bytes().decode("utf-8"))
+        tree = read_yaml(path.read_bytes().decode("utf-8"))
     except OSError as exc:
         raise VisionlaunchError(f"cannot read {describe_os_error(exc)}") from None
     except (UnicodeDecodeError, yaml.YAMLError) as exc:

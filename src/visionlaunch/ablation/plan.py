@@ -27,9 +27,10 @@ from typing import Any
 
 import yaml
 
-from visionlaunch.config import RunConfig, load_config, load_yaml, parse_override
+from visionlaunch.config import RunConfig, load_config, parse_override
 from visionlaunch.errors import VisionlaunchError
 from visionlaunch.runfolder import enclosing_run_folder
+from visionlaunch.yamlfiles import load_yaml
 
 FILE_KEYS = ("name", "description", "base", "overrides", "grid", "variants", "seeds", "output_dir")
 VARIANT_KEYS = ("name", "label", "overrides")

@@ -1,19 +1,17 @@
 """Where dataset files live and how the readers get at them: the data root and the cache folder, downloads through
-torchvision (with advice when offline), md5 sums and gzip-or-plain reads. Atomic writes: visionlaunch.atomic."""
+torchvision (with advice when offline), md5 sums and gzip-or-plain reads. Atomic writes: visionlaunch.atomic; walking
+folders and archives: entries.py; decoding images: decode.py."""
 
 from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import os
 import zlib
 from pathlib import Path
 
-from PIL import Image
-
 from visionlaunch.datasets.imageset import DatasetNotFound
-from visionlaunch.errors import VisionlaunchError, describe_os_error
+from visionlaunch.errors import VisionlaunchError
 
 
 def resolve_data_root(root: str | os.PathLike | None) -> Path:
@@ -26,28 +24,6 @@ def resolve_data_root(root: str | os.PathLike | None) -> Path:
 def default_cache_dir() -> Path:
     env = os.environ.get("VISIONLAUNCH_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "visionlaunch"
-
-
-# What opening or decoding a bad image file raises: UnidentifiedImageError is an OSError, some damaged files raise
-# SyntaxError, an image over PIL's decompression-bomb limit DecompressionBombError.
-BAD_IMAGE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
-
-
-def open_image(payload: bytes | Path) -> Image.Image:
-    """An image from an archive member's bytes or from a file."""
-    return Image.open(io.BytesIO(payload) if isinstance(payload, bytes) else payload)
-
-
-def unreadable_image(display: str, exc: Exception) -> VisionlaunchError:
-    if isinstance(exc, Image.DecompressionBombError):
-        return VisionlaunchError(
-            f"{display} is too large to decode safely ({str(exc).rstrip('.')}). Images of one dataset share one "
-            "size: shrink it or remove it.")
-    if isinstance(exc, OSError) and exc.strerror:  # the file itself cannot be read (permissions, a folder, ...)
-        return VisionlaunchError(f"cannot read the image {describe_os_error(exc)}")
-    return VisionlaunchError(
-        f"{display} is not a readable image ({type(exc).__name__}: {exc}); it may be truncated, damaged or "
-        "not an image at all. Remove or replace it.")
 
 
 def file_digest(path: Path, algorithm: str = "md5") -> str:

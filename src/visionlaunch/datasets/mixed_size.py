@@ -1,8 +1,8 @@
 """Photos of every size (data.image_size): each decoded once to a fixed-size stored square, then cropped to
 image_size x image_size: at random for training, in the centre for evaluation.
 
-Decoding applies the EXIF orientation, converts to RGB (grayscale repeats its channel; the alpha channel of RGBA,
-LA and transparent palette images is dropped, keeping the colour beneath), resizes the shorter side to the stored
+Decoding is the one decoder's (decode.py: EXIF orientation applied, alpha dropped keeping the colour beneath, 16-bit
+scaled), in RGB (grayscale repeats its channel); then each image is resized the shorter side to the stored
 size image_size / 0.875 (73 px for 64, 256 for 224: the usual resize-then-crop ratio) and keeps its centre square;
 the ends of a non-square photo's longer side never reach a crop. Images smaller than that are upscaled; more than
 data.max_upscale times is refused, naming the file.
@@ -28,7 +28,7 @@ from PIL import Image, ImageOps
 from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
-from visionlaunch.datasets.files import BAD_IMAGE, open_image, unreadable_image
+from visionlaunch.datasets.decode import decode_image, with_channels
 from visionlaunch.datasets.imageset import ImageSet
 from visionlaunch.errors import VisionlaunchError
 
@@ -41,12 +41,9 @@ def stored_size(image_size: int) -> int:
     return int(round(image_size / CROP_FRACTION))
 
 
-def _rgb(pil: Image.Image, stored: int) -> Image.Image:
-    pil.draft("RGB", (stored, stored))  # JPEG: decode at a reduced scale that still covers `stored` (before loading)
-    pil = ImageOps.exif_transpose(pil)  # phones store portrait photos as landscape pixels plus an EXIF rotation
-    if pil.mode == "P" and "transparency" in pil.info:
-        pil = pil.convert("RGBA")  # PIL warns when a transparent palette image goes straight to RGB
-    return pil if pil.mode == "RGB" else pil.convert("RGB")
+def _rgb(payload, display: str, stored: int) -> Image.Image:
+    # A JPEG may be decoded at a reduced scale that still covers `stored` (the result is shrunk to it anyway).
+    return Image.fromarray(with_channels(decode_image(payload, display, reduce_to=stored), 3), "RGB")
 
 
 def _square(rgb: Image.Image, stored: int) -> np.ndarray:
@@ -55,12 +52,13 @@ def _square(rgb: Image.Image, stored: int) -> np.ndarray:
     return np.asarray(square).transpose(2, 0, 1)
 
 
-def evaluation_view(image: Image.Image, image_size: int) -> np.ndarray:
-    """One image, not yet loaded, as evaluation sees it (uint8 3 x image_size x image_size): for predictions on new
-    files, pixel for pixel what the test set's decoding and centre crop give."""
+def evaluation_view(payload, display: str, image_size: int) -> np.ndarray:
+    """One file as evaluation sees it (uint8 3 x image_size x image_size): for predictions on new files, pixel for
+    pixel what the test set's decoding and centre crop give."""
     stored = stored_size(image_size)
     offset = (stored - image_size) // 2
-    return np.ascontiguousarray(_square(_rgb(image, stored), stored)[:, offset:offset + image_size, offset:offset + image_size])
+    square = _square(_rgb(payload, display, stored), stored)
+    return np.ascontiguousarray(square[:, offset:offset + image_size, offset:offset + image_size])
 
 
 def decode_squares(items: Sequence, image_size: int, max_upscale: float, *, progress: bool = True,
@@ -71,20 +69,16 @@ def decode_squares(items: Sequence, image_size: int, max_upscale: float, *, prog
     out = np.empty((len(items), 3, stored, stored), dtype=np.uint8)
     upscaled = []  # (shorter side, file) of every image enlarged
     for i, item in enumerate(tqdm(items, desc=desc, unit=" img", disable=not progress)):
-        try:
-            with open_image(item.payload) as pil:
-                rgb = _rgb(pil, stored)
-                short = min(rgb.size)
-                if short * max_upscale < stored:
-                    w, h = rgb.size
-                    raise VisionlaunchError(
-                        f"{item.display} is {w}x{h} pixels (width x height): too small for data.image_size="
-                        f"{image_size}, which resizes the shorter side to {stored} px, {stored / short:.1f} times its "
-                        f"size, and data.max_upscale={max_upscale:g} allows at most {max_upscale:g}. Remove the "
-                        "image, use a smaller data.image_size, or raise data.max_upscale to accept it upscaled.")
-                out[i] = _square(rgb, stored)
-        except BAD_IMAGE as exc:
-            raise unreadable_image(item.display, exc) from exc
+        rgb = _rgb(item.payload, item.display, stored)
+        short = min(rgb.size)
+        if short * max_upscale < stored:
+            w, h = rgb.size
+            raise VisionlaunchError(
+                f"{item.display} is {w}x{h} pixels (width x height): too small for data.image_size={image_size}, "
+                f"which resizes the shorter side to {stored} px, {stored / short:.1f} times its size, and "
+                f"data.max_upscale={max_upscale:g} allows at most {max_upscale:g}. Remove the image, use a smaller "
+                "data.image_size, or raise data.max_upscale to accept it upscaled.")
+        out[i] = _square(rgb, stored)
         if short < stored:
             upscaled.append((short, item.display))
     if not upscaled:

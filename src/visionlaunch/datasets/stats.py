@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
 from visionlaunch.datasets.imageset import ImageSet
 from visionlaunch.errors import VisionlaunchError
+
+# The smallest std normalisation divides by: one grey level of a uint8 image. A channel with less spread (pure red
+# images have a red channel of std 0) would be divided by (almost) zero; at this floor it stays finite.
+STD_FLOOR = 1 / 255
 
 # The constants everyone uses, so runs compare with published numbers (the sample uses full MNIST's, on purpose).
 PUBLISHED = {
@@ -37,11 +41,22 @@ def measure_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[tuple[float,
     return tuple(mean.tolist()), tuple(var.clamp_min(0).sqrt().tolist())
 
 
-def normalization_stats(train: ImageSet) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def normalization_stats(train: ImageSet,
+                        log: Callable[[str], None] = print) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The published constants of a standard dataset, else the training images' own, each std at least STD_FLOOR
+    (a NOTE on `log` says which channels were raised)."""
     published = PUBLISHED.get(train.name)
     if published is not None and len(published[0]) == train.shape[0]:
         return published
-    return measure_stats(train.images)
+    mean, std = measure_stats(train.images)
+    flat = [c for c, s in enumerate(std) if s < STD_FLOOR]
+    if flat:
+        log(f"NOTE: channel{'s' if len(flat) > 1 else ''} {', '.join(map(str, flat))} of the {train.name} training "
+            f"images {'vary' if len(flat) > 1 else 'varies'} by less than one grey level (std "
+            f"{', '.join(f'{std[c]:.4f}' for c in flat)}): normalisation divides {'them' if len(flat) > 1 else 'it'} "
+            f"by {STD_FLOOR:.4f} (one grey level) instead of by (almost) zero. A constant channel tells the classes "
+            "nothing; training learns from the others.")
+    return mean, tuple(max(s, STD_FLOOR) for s in std)
 
 
 def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float],

@@ -11,7 +11,7 @@ from pathlib import Path
 from visionlaunch.config import load_config  # pydantic and YAML, no torch: config errors come first
 from visionlaunch.config_reference import describe_keys, markdown_reference
 from visionlaunch.errors import EXIT_BAD_INPUT, VisionlaunchError, describe_environment_error, report
-from visionlaunch.launch.process_end import end_process
+from visionlaunch.launch.process_end import end_process, lost_reader_exit, stdout_reader_gone
 from visionlaunch.slurm.render import SlurmOptions, add_slurm_arguments
 from visionlaunch.trainers.preemption import Preempted
 
@@ -373,7 +373,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parse(build_parser(), argv)
     try:
-        return args.func(args, ["visionlaunch", *argv])
+        code = args.func(args, ["visionlaunch", *argv])
+        sys.stdout.flush()  # here, not at exit: a closed output pipe is then one more error handled below
+        return code
     except VisionlaunchError as exc:
         return report(exc)
     except Preempted as exc:  # a checkpoint is written: a scheduler may requeue on this exit status
@@ -382,6 +384,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("visionlaunch: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        if not stdout_reader_gone():
+            raise
+        return lost_reader_exit()
     except Exception as exc:  # last resort: the environment's errors (files, disk, formats) without a traceback
         message = describe_environment_error(exc)
         if message is None:

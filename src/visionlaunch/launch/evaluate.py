@@ -16,12 +16,12 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from visionlaunch.config import DataConfig, RunConfig, apply_override, format_validation_error, load_config, \
-    parse_override
+from visionlaunch.config import DataConfig, RunConfig, apply_override, load_config, parse_override
 from visionlaunch.errors import VisionlaunchError, describe_load_failure
 from visionlaunch.models import build_model
 from visionlaunch.runfolder import CONFIG, WEIGHTS, read_run_identity, weights_file
 from visionlaunch.trainers.data import prepare_data
+from visionlaunch.validation_messages import format_validation_error
 
 
 _log = partial(print, file=sys.stderr)
@@ -246,7 +246,7 @@ def data_config(run: RunModel, overrides: list[str], split: str) -> DataConfig:
     try:
         return DataConfig.model_validate(tree)
     except ValidationError as err:
-        raise VisionlaunchError(format_validation_error(err, "--data " + " ".join(overrides))) from None
+        raise VisionlaunchError(format_validation_error(err, "--data " + " ".join(overrides), DataConfig)) from None
 
 
 def label_map(run: RunModel, classes: list[str], where: str):

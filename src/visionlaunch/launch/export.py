@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from visionlaunch import __version__
-from visionlaunch.atomic import atomic_write, atomic_write_text
+from visionlaunch.atomic import atomic_write, atomic_write_text, writes_directly
 from visionlaunch.errors import VisionlaunchError
 from visionlaunch.launch.evaluate import RunModel, load_run_model
 from visionlaunch.runfolder import check_not_run_file
@@ -73,16 +73,19 @@ def sidecar(run: RunModel, fmt: str, path: Path) -> dict:
     }
 
 
-def export_run(run_dir: Path, fmt: str, which: str = "last", out: Path | None = None) -> tuple[Path, Path]:
+def export_run(run_dir: Path, fmt: str, which: str = "last", out: Path | None = None) -> tuple[Path, ...]:
     require_package(fmt)  # before anything is loaded or written
     path = Path(out) if out is not None else Path(run_dir) / "export" / f"{which}{SUFFIX[fmt]}"
     json_path = path.with_name(path.name + ".json")
     check_not_run_file(path)
     check_not_run_file(json_path)
-    run = load_run_model(run_dir, which)
     if path.is_dir():
         raise VisionlaunchError(f"--out {path} is a folder. Give a file name, e.g. --out "
                                 f"{path / (which + SUFFIX[fmt])}.")
+    direct = writes_directly(path)  # a device or a pipe (refuses a socket, ...) before anything is loaded
+    run = load_run_model(run_dir, which)
     write_model(run, fmt, path)
+    if direct:  # nothing is placed beside a device or a pipe (/dev/null.json)
+        return (path,)
     atomic_write_text(json_path, json.dumps(sidecar(run, fmt, path), indent=1) + "\n")
     return path, json_path

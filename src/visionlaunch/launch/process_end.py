@@ -1,13 +1,39 @@
 """How a visionlaunch process ends: `end_process(code)` is the one exit of `train.py`, `python -m visionlaunch` and
-the `visionlaunch` command."""
+the `visionlaunch` command; `lost_reader_exit` is how it ends when what read its output has gone."""
 
 from __future__ import annotations
 
 import atexit
 import contextlib
 import os
+import select
 import sys
 from typing import NoReturn
+
+# The status a shell reports for a program that SIGPIPE ended (`yes | head -1`): 128 + SIGPIPE.
+LOST_READER_EXIT = 128 + 13
+
+
+def stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe (or socket) whose reading end has closed: `visionlaunch models | head -1` after head
+    has read its line. Python ignores SIGPIPE, so such a write raises BrokenPipeError instead of ending the process."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # replaced by an object without a file (tests): not a pipe
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+
+
+def lost_reader_exit() -> int:
+    """The quiet end of a command whose output pipe closed early, as every Unix tool ends: no message (nobody reads
+    it), status LOST_READER_EXIT. stdout is pointed at /dev/null, so that the interpreter's last flush of what is
+    still buffered does not fail again with "Exception ignored ... BrokenPipeError"."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return LOST_READER_EXIT
 
 
 def end_process(code: int) -> NoReturn:

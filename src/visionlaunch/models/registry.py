@@ -21,6 +21,7 @@ from torch import nn
 
 from visionlaunch.errors import VisionlaunchError
 from visionlaunch.models import timm_models  # imports timm only when a timm model is named
+from visionlaunch.numbers import bool_for_number
 
 Builder = Callable[..., nn.Module]
 
@@ -67,14 +68,18 @@ def validate_model_args(name: str, args: dict[str, Any] | None = None) -> dict[s
     resolved = {arg: _shown(default) for arg, (_, default) in specs.items()}
     for arg, value in args.items():
         annotation = specs[arg][0]
-        try:
-            resolved[arg] = TypeAdapter(annotation).validate_python(value)
-        except ValidationError as err:
-            details = "; ".join(_error_text(e) for e in err.errors())
-            raise VisionlaunchError(
-                f"model {name!r}: argument {arg!r} must be {type_name(annotation)}, got {value!r} ({details}). "
-                f"Valid arguments are: {describe_args(name)}."
-            ) from None
+        if bool_for_number(annotation, value):
+            details = "a number is expected, not true/false (YAML reads those words as booleans)"
+        else:
+            try:
+                resolved[arg] = TypeAdapter(annotation).validate_python(value)
+                continue
+            except ValidationError as err:
+                details = "; ".join(_error_text(e) for e in err.errors())
+        raise VisionlaunchError(
+            f"model {name!r}: argument {arg!r} must be {type_name(annotation)}, got {value!r} ({details}). "
+            f"Valid arguments are: {describe_args(name)}."
+        )
     return resolved
 
 

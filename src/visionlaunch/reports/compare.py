@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from visionlaunch.atomic import atomic_write_text
+from visionlaunch.atomic import atomic_write_text, writes_directly
 from visionlaunch.config import canonical_precision, flatten
 from visionlaunch.errors import VisionlaunchError
 from visionlaunch.runfolder import CONFIG, IDENTITY, METRICS, REPORT, enclosing_run_folder
@@ -61,9 +62,13 @@ def write_comparison(run_dirs: list[Path], out: Path | None = None, *, pdf: bool
         raise VisionlaunchError(f"--out {out} is a folder. Give a file name, e.g. --out {out / COMPARISON_FILE}.")
     ident = next((str(r.folder.identity["ident"]) for r in runs if r.folder.identity.get("ident")), "")
     stamp = Stamp.today(ident=ident, run_name=f"comparison of {len(runs)} runs")
-    curves = plot_comparison([(r.label, r.folder.records) for r in runs], out.with_name(f"{out.stem}-curves.png"),
-                             stamp)
-    atomic_write_text(out, render_comparison(runs, curves.read_bytes(), out))
+    records = [(r.label, r.folder.records) for r in runs]
+    if writes_directly(out):  # a device or a pipe: nothing is placed beside it
+        with tempfile.TemporaryDirectory(prefix="visionlaunch-compare-") as scratch:
+            curves = plot_comparison(records, Path(scratch) / "curves.png", stamp).read_bytes()
+    else:
+        curves = plot_comparison(records, out.with_name(f"{out.stem}-curves.png"), stamp).read_bytes()
+    atomic_write_text(out, render_comparison(runs, curves, out))
     if pdf:
         from .pdf import export_pdf
 

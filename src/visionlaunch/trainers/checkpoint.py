@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import SAFE_WEIGHTS_NAME
 from accelerate.utils import load as accelerate_load
 
 from visionlaunch import __version__
@@ -248,8 +249,11 @@ class Checkpoints:
         except Exception as exc:
             if not is_write_failure(exc):
                 raise
+            # Judged before the torn folder goes: while it still fills the disk, the free space tells a full disk
+            # from an I/O error (torch's error does not say which).
+            error = as_os_error(exc, torn_file(tmp, exc))
             shutil.rmtree(tmp, ignore_errors=True)  # the torn folder would only take up the space that ran out
-            raise self._write_failed(final, as_os_error(exc, tmp)) from exc
+            raise self._write_failed(final, error) from exc
         acc.wait_for_everyone()
         if acc.is_main_process:
             meta = {"format": FORMAT, **asdict(state),
@@ -261,8 +265,9 @@ class Checkpoints:
             try:
                 atomic_write_text(tmp / META, json.dumps(meta, indent=1))
             except OSError as exc:
+                error = as_os_error(exc, tmp / META)  # a failed write() names no file
                 shutil.rmtree(tmp, ignore_errors=True)
-                raise self._write_failed(final, exc) from exc
+                raise self._write_failed(final, error) from exc
             self._publish(tmp, final)
             self._prune()
         acc.wait_for_everyone()
@@ -311,6 +316,16 @@ class Checkpoints:
             shutil.rmtree(old, ignore_errors=True)
         for torn in self.root.glob(TORN_CHECKPOINTS):
             shutil.rmtree(torn, ignore_errors=True)
+
+
+def torn_file(folder: Path, exc: BaseException) -> Path:
+    """The file of a checkpoint folder whose write failed with `exc`: the newest (where the write stopped), except
+    after a safetensors error, which removes its torn file itself: the one safetensors file Accelerate writes is
+    the model's. The folder when neither is known."""
+    if type(exc).__name__ == "SafetensorError":
+        return folder / SAFE_WEIGHTS_NAME
+    files = [p for p in folder.iterdir() if p.is_file()] if folder.is_dir() else []
+    return max(files, key=lambda p: p.stat().st_mtime_ns, default=folder)
 
 
 def save_weights(path: Path, model_state: dict, epoch: int, results: dict, cfg, data) -> None:

@@ -62,7 +62,7 @@ def prepare_data(cfg: DataConfig, log=print, progress: bool = True) -> DataBundl
     if note := unofficial_note([train, test]):
         log(note)
     # Constants from the full training set, before any subset, so a quick run normalises like a full one.
-    mean, std = normalization_stats(train)
+    mean, std = normalization_stats(train, log)
     train = stratified_subset(train, cfg.train_subset, cfg.split_seed, "train")
     test = stratified_subset(test, cfg.test_subset, cfg.split_seed, "test")
     val = None

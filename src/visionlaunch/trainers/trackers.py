@@ -14,6 +14,7 @@ inside wandb.init (or hang ~100 s on a machine without network), so that case is
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 from pathlib import Path
@@ -102,11 +103,15 @@ class CsvTracker(GeneralTracker):
         self._writer = csv.writer(self._fh)
 
     def log(self, values: dict, step: int | None = None, **kwargs) -> None:
-        for key, value in values.items():  # numbers only: RunTracker logs no other values
-            self._writer.writerow((step, key, repr(value) if isinstance(value, float) else value))
+        try:
+            for key, value in values.items():  # numbers only: RunTracker logs no other values
+                self._writer.writerow((step, key, repr(value) if isinstance(value, float) else value))
+        except OSError as exc:  # a full disk: write() names no file, the message must
+            raise OSError(exc.errno, exc.strerror, str(self.path)) from exc
 
     def finish(self) -> None:  # once, by Accelerator.end_training, after start
-        self._fh.close()
+        with contextlib.suppress(OSError):  # rows are flushed as written: only one whose write failed is left
+            self._fh.close()
 
 
 class RunTracker:
