@@ -97,10 +97,11 @@ class BareLoop:
         model = build_model(cfg.model.name, data.in_shape, len(data.classes), cfg.model.args)
         self.layout = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
         self.model = model.to(device, memory_format=self.layout)
-        self.optimizer = build_optimizer(self.model, cfg.optim)
+        lr = cfg.optim.peak_lr(cfg.train.batch_size)  # as the trainer: optim.lr, scaled with optim.lr_scaling
+        self.optimizer = build_optimizer(self.model, cfg.optim, lr)
         self.batch, self.device, self.smoothing = cfg.train.batch_size, device, cfg.optim.label_smoothing
         self.steps = len(data.train) // self.batch
-        self.scheduler = build_scheduler(self.optimizer, cfg.schedule, cfg.optim.lr, self.steps, cfg.train.epochs)
+        self.scheduler = build_scheduler(self.optimizer, cfg.schedule, lr, self.steps, cfg.train.epochs)
         precision = resolve_precision(cfg.train.precision, device)  # auto: as the trainer resolves it on this device
         self.half = precision.half_dtype
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision.name == "fp16")
