@@ -64,8 +64,8 @@ class DataConfig(_Section):
     ffcv_dir: str | None = Field(None, description="ffcv: folder of the .beton files; default <data cache>/ffcv")
     ffcv_encoding: Literal["raw", "jpeg"] = Field("raw", description="ffcv: how images are stored (jpeg: RGB only, lossy)")
     ffcv_jpeg_quality: int = Field(90, ge=1, le=100, description="ffcv: JPEG quality when ffcv_encoding=jpeg")
-    half_inputs: bool = Field(False, description="normalised batches in the half type of train.precision (bf16/fp16) "
-                                                 "instead of float32")
+    half_inputs: bool = Field(False, description="normalised batches in the half type the run computes in (bf16/fp16; "
+                                                 "with train.precision=auto, where it picks one) instead of float32")
     class_names: str | None = Field(None, description="imagefolder: a text file of '<class folder> <name>' lines "
                                     "(e.g. ImageNet's LOC_synset_mapping.txt) whose names figures and reports show")
     image_size: int | None = Field(None, ge=8, description="imagefolder: photos of any size become image_size x "
@@ -316,8 +316,6 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
         return RunConfig.model_validate(tree)
     except ValidationError as err:
         raise VisionlaunchError(format_validation_error(err, source, RunConfig)) from None
-
-
 
 
 def flatten(tree: Any, prefix: str = "", depth: int | None = None) -> dict[str, Any]:
