@@ -68,8 +68,8 @@ class DataConfig(_Section):
     ffcv_max_resolution: int | None = Field(
         None, ge=8, description="ffcv with image_size, training split read out of core: photos stored at their own "
                                 "aspect ratio, the longer side at most this many px (null: 4/3 x image_size / 0.875)")
-    half_inputs: bool = Field(False, description="normalised batches in the half type of train.precision (bf16/fp16) "
-                                                 "instead of float32")
+    half_inputs: bool = Field(False, description="normalised batches in the half type the run computes in (bf16/fp16; "
+                                                 "with train.precision=auto, where it picks one) instead of float32")
     class_names: str | None = Field(None, description="imagefolder: a text file of '<class folder> <name>' lines "
                                     "(e.g. ImageNet's LOC_synset_mapping.txt) whose names figures and reports show")
     image_size: int | None = Field(None, ge=8, description="imagefolder: photos of any size become image_size x "
@@ -320,8 +320,6 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
         return RunConfig.model_validate(tree)
     except ValidationError as err:
         raise VisionlaunchError(format_validation_error(err, source, RunConfig)) from None
-
-
 
 
 def flatten(tree: Any, prefix: str = "", depth: int | None = None) -> dict[str, Any]:
