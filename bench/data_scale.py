@@ -16,8 +16,8 @@ for the peak PSS and RSS (bench/tree_memory.py), its CPU time is the tree's (get
 Training: 2 epochs of --steps steps (train.max_steps_per_epoch) at data.image_size=--image-size with the
 random-resized crop, a small fully connected model so that loading dominates; images/s of the second epoch (the
 first includes start-up and FFCV's compilation). One JSON line per (N, backend, phase), with the processor (lscpu
-Model name), the core count and the load average when the line was written: numbers depend on the machine and on whatever
-else runs on it. --plot writes the peaks and speeds against N (log x).
+Model name), the core count and the load average when the line was written: numbers depend on the machine and on
+whatever else runs on it. --plot writes the peaks and speeds against N (log x).
 """
 
 from __future__ import annotations

@@ -56,14 +56,14 @@ class MemoryCgroup:
     def __init__(self, limit: int, name: str):
         self.version, mount = _memory_hierarchy()
         self.path = mount / f"{name}-{os.getpid()}"
-        if self.version == "v2":
-            subtree = mount / "cgroup.subtree_control"
-            if "memory" not in subtree.read_text().split():
-                subtree.write_text("+memory")
         try:
+            if self.version == "v2":
+                subtree = mount / "cgroup.subtree_control"
+                if "memory" not in subtree.read_text().split():
+                    subtree.write_text("+memory")  # refused in a group that holds processes (cgroup v2's rule)
             self.path.mkdir()
         except OSError as exc:
-            _unavailable(f"cannot create {self.path}: {exc}")
+            _unavailable(f"cannot create the memory cgroup {self.path}: {exc}")
         limit_files = (("memory.max", "memory.swap.max") if self.version == "v2"
                        else ("memory.limit_in_bytes", "memory.memsw.limit_in_bytes"))
         self.path.joinpath(limit_files[0]).write_text(str(limit))
@@ -75,9 +75,10 @@ class MemoryCgroup:
         wrapper = ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(self.path / "cgroup.procs")]
         return subprocess.run(wrapper + args, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env())
 
-    def peak(self) -> int:
-        return int(self.path.joinpath("memory.peak" if self.version == "v2" else "memory.max_usage_in_bytes")
-                   .read_text())
+    def peak(self) -> int | None:
+        """The group's peak usage (None on a v2 kernel older than 5.19, which has no memory.peak)."""
+        path = self.path / ("memory.peak" if self.version == "v2" else "memory.max_usage_in_bytes")
+        return int(path.read_text()) if path.exists() else None
 
     def oom_kills(self) -> int:
         text = self.path.joinpath("memory.events" if self.version == "v2" else "memory.oom_control").read_text()
@@ -108,7 +109,7 @@ def memory_cgroup(limit: int, name: str):
         group.remove()
 
 
-def _capped(args: list[str], name: str, timeout: float = 240) -> tuple[subprocess.CompletedProcess, int, int]:
+def _capped(args: list[str], name: str, timeout: float = 240) -> tuple[subprocess.CompletedProcess, int | None, int]:
     """Run `visionlaunch args` under the limit: the result, the group's peak usage and its OOM kills."""
     with memory_cgroup(LIMIT, name) as group:
         assert group.limit == LIMIT
@@ -157,14 +158,14 @@ def test_conversion_and_training_fit_under_a_third_of_the_decoded_size(photos, t
                                       "data.image_size=32", "data.val_size=500", "--out", str(tmp_path / "b")],
                                      "vl-memcap-prepare")
     assert converted.returncode == 0, converted.stderr[-3000:]
-    assert kills == 0 and peak <= LIMIT
+    assert kills == 0 and (peak is None or peak <= LIMIT)
     assert _plan_sees_the_limit(converted.stderr, "vl-memcap-prepare"), converted.stderr[-3000:]
     assert len(list((tmp_path / "b").glob("*.beton"))) == 3
     # A short run from the .beton files (read through the page cache), in the same limit.
     trained, peak, kills = _train(folder, tmp_path, "vl-memcap-train", "data.loader=ffcv",
                                   f"data.ffcv_dir={tmp_path / 'b'}", "train.epochs=2")
     assert trained.returncode == 0, trained.stderr[-3000:]
-    assert kills == 0 and peak <= LIMIT
+    assert kills == 0 and (peak is None or peak <= LIMIT)
     assert _plan_sees_the_limit(trained.stdout + trained.stderr, "vl-memcap-train"), trained.stderr[-3000:]
     # 10 classes: chance is 10%; by hand 2 epochs of 5,100 photos reached 33.5%
     assert _learned(tmp_path, 2) >= 0.25
@@ -176,7 +177,17 @@ def test_torch_out_of_core_training_fits_under_the_same_limit(photos, tmp_path):
     trained, peak, kills = _train(folder, tmp_path, "vl-memcap-torch", "data.loader=torch", "data.residency=disk",
                                   "train.epochs=1")
     assert trained.returncode == 0, trained.stderr[-3000:]
-    assert kills == 0 and peak <= LIMIT
+    assert kills == 0 and (peak is None or peak <= LIMIT)
     assert "data plan: training split out of core (data.residency=disk): each image decoded when used by 2 " \
            "DataLoader workers" in trained.stdout + trained.stderr
     assert _learned(tmp_path, 1) >= 0.22  # 1 epoch of 5,100 photos by hand: 30.3%
+
+
+def test_without_root_it_skips_saying_why_and_under_ci_it_fails(monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="creating a memory cgroup needs root"):
+        _memory_hierarchy()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI must run the memory-cap test"):
+        _memory_hierarchy()
