@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torch.utils.data import TensorDataset
-# Imported here, in the parent: DataLoader workers forked mid-import of torchvision saw half-initialised modules
-# (KeyError inside torchvision's own imports) when each worker imported it on its first crop.
+# Imported once, in the parent: importing it in each DataLoader worker on its first crop failed under load with a
+# KeyError inside torchvision's own imports (seen once in test_out_of_core).
 from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 
