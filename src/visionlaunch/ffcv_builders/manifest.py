@@ -4,7 +4,8 @@ FFCV's own format has no room for our metadata (its reader takes everything afte
 as allocation entries), so the record lives next to the file: dataset, split, count, image shape, encoding, a
 digest of the source samples, and the size and SHA-256 of the beton itself. A beton is used only when its
 manifest matches it byte for byte, which refuses a truncated file, another program's file at our path, and a
-file written from data that has changed since (stale).
+file written from data that has changed since (stale). A file over FULL_CHECK_BYTES is read whole only when its
+size, modification time or ends differ from the manifest's.
 """
 
 from __future__ import annotations
@@ -50,9 +51,37 @@ class BetonManifest:
     # data.image_size: the training view is cropped from images of at most max_resolution px (their stored size)
     image_size: int | None = None
     max_resolution: int | None = None
+    # A file over FULL_CHECK_BYTES whose size, modification time and ends (header, metadata, allocation table) are
+    # as written is not read whole again at every start (None: an older manifest, always read whole)
+    beton_mtime_ns: int | None = None
+    beton_ends_sha256: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1) + "\n"
+
+
+# Up to this size a beton is read whole for its SHA-256 at every check. A larger one (a dataset bigger than memory:
+# reading it whole at every start would take minutes and evict the page cache) is trusted when its size, its
+# modification time and the SHA-256 of its ends still match the manifest, else read whole.
+FULL_CHECK_BYTES = 1 << 30
+ENDS_BYTES = 4 << 20
+
+
+def ends_digest(beton: Path) -> str:
+    """SHA-256 of the first and last ENDS_BYTES of the file: FFCV's header, field and sample metadata at the start,
+    its allocation table at the end."""
+    h = hashlib.sha256()
+    with open(beton, "rb") as f:
+        h.update(f.read(ENDS_BYTES))
+        f.seek(max(0, f.seek(0, 2) - ENDS_BYTES))
+        h.update(f.read(ENDS_BYTES))
+    return h.hexdigest()
+
+
+def _unchanged_since_written(beton: Path, manifest: BetonManifest) -> bool:
+    if manifest.beton_bytes <= FULL_CHECK_BYTES or manifest.beton_ends_sha256 is None:
+        return False
+    return beton.stat().st_mtime_ns == manifest.beton_mtime_ns and ends_digest(beton) == manifest.beton_ends_sha256
 
 
 def _rewrite_hint(beton: Path) -> str:
@@ -61,9 +90,10 @@ def _rewrite_hint(beton: Path) -> str:
 
 
 def check_beton(beton: Path, *, dataset: str | None = None, split: str | None = None,
-                source_sha256: str | None = None) -> BetonManifest:
+                source_sha256: str | None = None, explain=None) -> BetonManifest:
     """The manifest of `beton` after checking the file against it (size, SHA-256) and, when given, against the
-    expected dataset, split and source digest. Raises a VisionlaunchError that says what differs."""
+    expected dataset, split and source digest. Raises a VisionlaunchError that says what differs: for a stale file,
+    `explain(beton, written_digest)` may say what changed in the source."""
     beton = Path(beton)
     if not beton.is_file():
         raise VisionlaunchError(f"the FFCV file {beton} does not exist. {_rewrite_hint(beton)}")
@@ -84,7 +114,7 @@ def check_beton(beton: Path, *, dataset: str | None = None, split: str | None = 
         raise VisionlaunchError(
             f"{beton} is {size:,} bytes but was written as {manifest.beton_bytes:,}: it is truncated or was "
             f"replaced. {_rewrite_hint(beton)}")
-    if file_digest(beton, "sha256") != manifest.beton_sha256:
+    if not _unchanged_since_written(beton, manifest) and file_digest(beton, "sha256") != manifest.beton_sha256:
         raise VisionlaunchError(
             f"{beton} does not match its manifest (SHA-256 differs): the file was modified or is another "
             f"dataset's. {_rewrite_hint(beton)}")
@@ -94,6 +124,11 @@ def check_beton(beton: Path, *, dataset: str | None = None, split: str | None = 
                 f"{beton} holds {key} {getattr(manifest, key)!r}, not {want!r}: a foreign file at this path. "
                 f"{_rewrite_hint(beton)}")
     if source_sha256 is not None and manifest.source_sha256 != source_sha256:
+        change = explain(beton, manifest.source_sha256) if explain is not None else None
+        if change:
+            raise VisionlaunchError(
+                f"{beton} is stale: the {manifest.dataset} {manifest.split} files changed since it was written: "
+                f"{change}. {_rewrite_hint(beton)}")
         raise VisionlaunchError(
             f"{beton} is stale: it was written from other samples than the current {manifest.dataset} "
             f"{manifest.split} split (the source files, data.val_size, data.split_seed or a subset changed). "
