@@ -6,6 +6,7 @@ import pytest
 
 from visionlaunch.config import RunConfig, load_config
 from visionlaunch.config_reference import describe_keys
+from visionlaunch.config_section import ConfigSection
 from visionlaunch.errors import VisionlaunchError
 from visionlaunch.trajectory import config_differences, shapes_trajectory
 
@@ -93,6 +94,17 @@ def test_describe_keys_covers_every_section():
     text = describe_keys()
     for section in RunConfig.model_fields:
         assert f"{section}:" in text
+
+
+@pytest.mark.parametrize("section", list(RunConfig.model_fields))
+def test_every_section_refuses_unknown_keys_and_never_changes(section):
+    # optim: and schedule: live in optim_config.py: every section must share the one base and its rules.
+    assert issubclass(RunConfig.model_fields[section].annotation, ConfigSection)
+    with pytest.raises(VisionlaunchError, match=f"unknown key '{section}.no_such_key'.*Valid keys in '{section}'"):
+        load_config(None, [f"{section}.no_such_key=1"])
+    part = getattr(load_config(None, []), section)
+    with pytest.raises(Exception, match="frozen"):
+        setattr(part, next(iter(type(part).model_fields)), None)
 
 
 def test_model_args_are_validated_with_the_config():

@@ -29,7 +29,8 @@ def test_every_key_is_listed_with_a_meaning():
     for key, field in fields():
         assert f"| `{key}` |" in page, key
         assert field.description, (f"config key {key} has no description: give it Field(..., description=...) in "
-                                   f"src/visionlaunch/config.py, then run {REGENERATE}")
+                                   "src/visionlaunch/config.py (optim_config.py for optim: and schedule:), then run "
+                                   f"{REGENERATE}")
 
 
 def test_reference_shows_types_defaults_and_bounds():

@@ -16,6 +16,7 @@ from PIL import Image
 
 from tests.conftest import REPO
 from tests.test_bad_input_matrix import alias_bomb, imagefolder_train, train
+from visionlaunch.atomic import atomic_write_text
 from visionlaunch.config import load_config
 from visionlaunch.datasets.stats import STD_FLOOR
 from visionlaunch.errors import VisionlaunchError
@@ -70,6 +71,8 @@ def test_the_strict_reader_keeps_what_yaml_allows():
     with pytest.raises(YamlRefused, match="nests deeper than 64 levels"):
         read_yaml("a: " + "[" * 65 + "]" * 65)
     read_yaml("a: " + "[" * 60 + "]" * 60)  # deep, but within the bound
+    with pytest.raises(YamlRefused, match=r"holds more than 100000 values \(in the value on line 2\)"):
+        read_yaml("a: 1\nb: [" + ", ".join(["0"] * 100_001) + "]\n")  # written out, no alias: said so
 
 
 def test_numbers_stay_lax_where_yaml_is_not_strict():
@@ -170,6 +173,17 @@ def test_a_full_disk_under_the_metrics_files_names_them(small_disk):
     csv.finish()
 
 
+def test_a_full_disk_under_a_run_file_names_it(small_disk):
+    """Run files (config.yaml, run.yaml, summaries) are written whole through a temporary file: the error names the
+    file meant, not the temporary one or none, and no temporary file stays."""
+    stat = os.statvfs(small_disk)
+    (small_disk / "filler").write_bytes(b"\0" * (stat.f_bavail * stat.f_frsize))
+    with pytest.raises(OSError) as raised:
+        atomic_write_text(small_disk / "config.yaml", "train:\n  epochs: 3\n" * 1000)
+    assert raised.value.filename == str(small_disk / "config.yaml") and "No space left" in raised.value.strerror
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]
+
+
 # ------------------------------------------------------------------------------------------ constant channel
 
 
@@ -192,3 +206,11 @@ def test_a_constant_channel_trains_with_a_floor_under_its_std(tmp_path, capsys):
     assert weights["std"][0] == weights["std"][2] == STD_FLOOR and weights["std"][1] > 0.1
     assert all(torch.isfinite(t).all() for t in weights["model"].values())
     assert main(["evaluate", str(tmp_path / "runs" / "run")]) == 0
+
+
+def test_every_yaml_file_is_read_by_the_strict_reader():
+    """Config, ablation, run and report files all go through yamlfiles.read_yaml: no second, lax YAML reader."""
+    src = REPO / "src" / "visionlaunch"
+    lax = [str(p.relative_to(src)) for p in src.rglob("*.py") if p.name != "yamlfiles.py"
+           and any(call in p.read_text() for call in ("yaml.safe_load(", "yaml.load(", "yaml.full_load("))]
+    assert lax == []

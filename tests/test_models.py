@@ -242,7 +242,8 @@ def test_register_refuses_a_taken_name_and_the_contract_checks_catch_bad_builder
 TINY_ARGS = {
     "fcn": {"hidden": [8]}, "cnn": {"channels": [4], "hidden": [8]}, "resnet9": {"widths": [4, 4, 4, 4]},
     "resnet18": {"width": 4}, "resnet34": {"width": 4}, "resnet50": {"width": 4}, "preact_resnet18": {"width": 4},
-    "wide_resnet": {"depth": 10, "widen_factor": 1},
+    "wide_resnet": {"depth": 10, "widen_factor": 1}, "resnet18_imagenet": {"width": 4},
+    "resnet34_imagenet": {"width": 4}, "resnet50_imagenet": {"width": 4},
 }
 
 

@@ -81,7 +81,11 @@ def test_runfolder_imports_nothing_above_it():
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
     imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     ours = {name for name in imported if name.startswith("visionlaunch")}
-    assert ours <= {"visionlaunch.atomic", "visionlaunch.errors"}
+    # The modules beneath it: atomic writes, errors, and the YAML reader (which imports only errors).
+    assert ours <= {"visionlaunch.atomic", "visionlaunch.errors", "visionlaunch.yamlfiles"}
+    yamlfiles = ast.parse((SRC / "yamlfiles.py").read_text())
+    assert {node.module for node in ast.walk(yamlfiles) if isinstance(node, ast.ImportFrom)
+            and (node.module or "").startswith("visionlaunch")} == {"visionlaunch.errors"}
 
 
 # ---------------------------------------------------------------------------------------------------- folder states

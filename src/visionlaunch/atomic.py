@@ -101,9 +101,11 @@ def atomic_write(path: Path) -> Iterator[Path]:
     try:
         yield Path(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.filename is None and exc.errno is not None:  # write() names no file
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
 
 

@@ -14,10 +14,11 @@ import signal
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from visionlaunch.config_section import ConfigSection as _Section
 from visionlaunch.errors import VisionlaunchError
-from visionlaunch.numbers import bool_for_number
+from visionlaunch.optim_config import OptimConfig, ScheduleConfig  # the optim: and schedule: sections
 from visionlaunch.validation_messages import format_validation_error
 from visionlaunch.yamlfiles import YamlRefused, load_yaml, read_yaml
 
@@ -35,19 +36,6 @@ def canonical_precision(value: Any) -> Any:
     if value is False or isinstance(value, str) and value.strip().lower() in FULL_PRECISION_ALIASES:
         return "fp32"
     return value
-
-
-class _Section(BaseModel):
-    # forbid: a misspelt key fails loudly. frozen: a validated config never changes (what a run used is recorded).
-    # allow_inf_nan: an infinite or NaN number is never a valid setting (optim.lr=.inf would fail at step 1).
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_booleans_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
-        if bool_for_number(cls.model_fields[info.field_name].annotation, value):
-            raise ValueError("expected a number, not true/false (YAML reads those words as booleans)")
-        return value
 
 
 class DataConfig(_Section):
@@ -111,29 +99,6 @@ class ModelConfig(_Section):
     args: dict[str, Any] = Field(default_factory=dict, description="builder arguments; `visionlaunch models` lists them")
     weights: str | None = Field(None, description="start from this local weights file (.pth/.pt/.safetensors state_dict; "
                                               "timm's own files too) instead of random weights; nothing is downloaded")
-
-
-class OptimConfig(_Section):
-    name: Literal["sgd", "adamw"] = Field("sgd", description="sgd (with momentum) or adamw")
-    lr: float = Field(0.05, gt=0, description="peak learning rate (for the global batch size)")
-    momentum: float = Field(0.9, ge=0, lt=1, description="sgd: momentum")
-    nesterov: bool = Field(True, description="sgd: Nesterov momentum (when momentum > 0)")
-    weight_decay: float = Field(5e-4, ge=0, description="weight decay of conv and linear weights (decoupled for adamw); "
-                                                       "norm weights and biases too with decay_norm_and_bias")
-    betas: tuple[float, float] = Field((0.9, 0.999), description="adamw: decay rates of the moment estimates")
-    decay_norm_and_bias: bool = Field(False, description="apply weight decay to norm weights and biases too")
-    label_smoothing: float = Field(0.0, ge=0, lt=1, description="share of each target spread over all classes")
-    clip_grad_norm: float | None = Field(None, gt=0, description="clip the global gradient norm to this; null = off")
-
-
-class ScheduleConfig(_Section):
-    name: Literal["onecycle", "cosine", "constant"] = Field(
-        "onecycle", description="learning rate over the optimizer steps: one-cycle, cosine or constant (with warm-up)")
-    pct_start: float = Field(0.25, gt=0, lt=1, description="onecycle: fraction of steps spent warming up")
-    div_factor: float = Field(25.0, gt=0, description="onecycle: initial lr = lr / div_factor")
-    final_div_factor: float = Field(1e4, gt=0, description="onecycle: final lr = initial lr / final_div_factor")
-    warmup_epochs: float = Field(0.0, ge=0, description="cosine/constant: linear warm-up length")
-    min_lr: float = Field(0.0, ge=0, description="cosine: lr at the end")
 
 
 class TrainConfig(_Section):
@@ -289,6 +254,10 @@ class RunConfig(_Section):
         if self.train.early_stop_patience and not self.data.val_size:
             raise ValueError("train.early_stop_patience watches the validation split: set data.val_size > 0 (a count "
                              "or a fraction held out of train), or train.early_stop_patience=0")
+        if self.schedule.name == "triangular" and self.schedule.peak_epoch >= self.train.epochs:
+            raise ValueError(f"schedule.peak_epoch ({self.schedule.peak_epoch:g}) must come before the end of "
+                             f"training (train.epochs={self.train.epochs}): the triangular schedule rises until it, "
+                             "then falls to 0 at the end. Lower schedule.peak_epoch or raise train.epochs")
         if self.data.val_size >= 1 and self.data.val_size != int(self.data.val_size):
             raise ValueError("data.val_size must be a whole count (>= 1) or a fraction below 1")
         # Last, for an otherwise valid config: the builders' signatures need torch, imported only now.

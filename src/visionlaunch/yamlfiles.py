@@ -82,10 +82,13 @@ def _check_expansion(root: Node) -> None:
             children = _children(node)
             size[key] = 1 + sum(size[id(c)] for c in children)
             depth[key] = 1 + max((depth[id(c)] for c in children), default=0)
-            if size[key] > MAX_VALUES:
+            if size[key] > MAX_VALUES and len(size) < size[key]:  # fewer nodes written than it counts: aliases
                 raise YamlRefused(f"expands to more than {MAX_VALUES} values through its aliases (*name), at the "
                                   f"value on line {line}; a config needs far fewer: write the values out, or "
                                   "repeat an anchor fewer times")
+            if size[key] > MAX_VALUES:
+                raise YamlRefused(f"holds more than {MAX_VALUES} values (in the value on line {line}); a config "
+                                  "needs far fewer: check that this is the file meant")
             if depth[key] > MAX_DEPTH:
                 raise YamlRefused(f"nests deeper than {MAX_DEPTH} levels through its aliases (*name), at the value "
                                   f"on line {line}: flatten it")

@@ -23,6 +23,7 @@ from visionlaunch.reports.analysis import number
 from visionlaunch.reports.figures import Stamp, epoch_series, plot_ablation_curves
 from visionlaunch.runfolder import CONFIG, IDENTITY, METRICS, final_record, read_metrics
 from visionlaunch.trajectory import config_differences
+from visionlaunch.yamlfiles import read_yaml
 
 from .plan import Ablation, Variant
 
@@ -67,7 +68,7 @@ def plan_differences(variant: Variant, saved: dict) -> list[str]:
     return config_differences(saved, planned, "run", "plan")
 
 
-def _read_mapping(path: Path, load=yaml.safe_load) -> dict:
+def _read_mapping(path: Path, load=read_yaml) -> dict:
     """The mapping a file holds; {} when it is absent, unreadable or holds something else."""
     try:
         tree = load(path.read_text())

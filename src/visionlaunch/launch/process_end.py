@@ -21,6 +21,8 @@ def stdout_reader_gone() -> bool:
         fd = sys.stdout.fileno()
     except (AttributeError, OSError, ValueError):  # replaced by an object without a file (tests): not a pipe
         return False
+    if not hasattr(select, "poll"):  # no poll() (Windows): a broken pipe on stdout is the likely cause
+        return True
     poller = select.poll()
     poller.register(fd, select.POLLOUT)
     return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))

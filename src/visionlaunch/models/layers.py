@@ -91,13 +91,13 @@ def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
 
 
-def check_min_size(arch: str, in_shape: tuple[int, int, int], halvings: int) -> None:
+def check_min_size(arch: str, in_shape: tuple[int, int, int], halvings: int, designed_for: str = "32x32 CIFAR") -> None:
     """Refuse, at build time, an input too small for a model that halves it ``halvings`` times."""
     _, h, w = in_shape
     smallest = 2 ** halvings
     if min(h, w) < smallest:
         raise VisionlaunchError(
             f"model {arch!r} halves the image {halvings} times and needs inputs of at least {smallest}x{smallest} "
-            f"pixels (it is designed for 32x32 CIFAR images), but in_shape={tuple(in_shape)}. Use larger images "
-            "(e.g. resize to 32x32) or a model for small inputs such as 'cnn' or 'fcn'."
+            f"pixels (it is designed for {designed_for} images), but in_shape={tuple(in_shape)}. Use larger images "
+            f"(e.g. resize to {designed_for.split()[0]}) or a model for small inputs such as 'cnn' or 'fcn'."
         )

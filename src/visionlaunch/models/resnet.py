@@ -1,9 +1,12 @@
-"""The residual nets, written for 32x32 inputs: ResNet-18/34/50 and pre-activation ResNet-18 (He et al. 2016a/b) and
-wide ResNets WRN-d-k (Zagoruyko & Komodakis 2016), with the blocks they are made of.
+"""The residual nets: ResNet-18/34/50 and pre-activation ResNet-18 (He et al. 2016a/b) and wide ResNets WRN-d-k
+(Zagoruyko & Komodakis 2016), with the blocks they are made of.
 
-ResNets: the stem is one 3x3 conv (stride 1) with no max-pool (the common "CIFAR ResNet-18", 11.2M parameters with
-100 classes); everything after it is torchvision's ResNet layer for layer, with torchvision's parameter names, so that
-the tests compare state_dict shapes one to one. Wide ResNets: depth 6n + 4, three groups of n pre-activation blocks
+ResNets come with one of two stems. The CIFAR stem (resnet18, resnet34, resnet50, preact_resnet18), for 32x32 inputs,
+is one 3x3 conv (stride 1) with no max-pool (the common "CIFAR ResNet-18", 11.2M parameters with 100 classes); the
+ImageNet stem (resnet18_imagenet, resnet34_imagenet, resnet50_imagenet), for 224x224 inputs, is torchvision's 7x7
+stride-2 conv and 3x3 stride-2 max-pool (ResNet-50: 25,557,032 parameters with 1000 classes). Everything after the
+stem is torchvision's ResNet layer for layer, with torchvision's parameter names, so that the tests compare
+state_dict shapes one to one. Wide ResNets: depth 6n + 4, three groups of n pre-activation blocks
 16k, 32k and 64k channels wide, dropout between the two convs of each block (WRN-28-10: 36.5M parameters).
 """
 
@@ -13,6 +16,7 @@ import torch
 from torch import nn
 
 from visionlaunch.errors import VisionlaunchError
+from visionlaunch.models.blurpool import blur_strided_convs
 from visionlaunch.models.layers import (BNEps, BNMomentum, ImageClassifier, Probability, Width, check_min_size,
                                         conv3x3, init_weights)
 from visionlaunch.models.registry import register
@@ -123,15 +127,24 @@ def finish_init(model: nn.Module, kaiming_init: bool, zero_init_residual: bool, 
 # --- ResNet-18/34/50 ------------------------------------------------------------------------------------------
 
 STAGE_STRIDES = (1, 2, 2, 2)
+# How much each stem shrinks the image: the ImageNet stem's strided conv and max-pool halve it twice.
+STEM_HALVINGS = {"cifar": 0, "imagenet": 2}
 
 
 class ResNet(ImageClassifier):
     def __init__(self, arch: str, in_shape: tuple[int, int, int], num_classes: int, block: type[nn.Module],
-                 blocks_per_stage: tuple[int, ...], width: int, pre_activation: bool = False) -> None:
+                 blocks_per_stage: tuple[int, ...], width: int, pre_activation: bool = False,
+                 stem: str = "cifar") -> None:
         # Global average pooling: any image size with in_shape's channels works once it survives the strides.
         super().__init__(arch, in_shape, fixed_size=False)
-        check_min_size(arch, in_shape, len(STAGE_STRIDES) - 1)
-        self.conv1 = conv3x3(in_shape[0], width)
+        check_min_size(arch, in_shape, len(STAGE_STRIDES) - 1 + STEM_HALVINGS[stem],
+                       designed_for="224x224 ImageNet" if stem == "imagenet" else "32x32 CIFAR")
+        if stem == "imagenet":
+            self.conv1 = nn.Conv2d(in_shape[0], width, 7, stride=2, padding=3, bias=False)
+            self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        else:
+            self.conv1 = conv3x3(in_shape[0], width)
+            self.maxpool = nn.Identity()
         # Pre-activation nets normalise at the start of every block instead, and once more before pooling.
         self.bn1 = nn.Identity() if pre_activation else nn.BatchNorm2d(width)
         self.relu = nn.Identity() if pre_activation else nn.ReLU(inplace=True)
@@ -150,27 +163,32 @@ class ResNet(ImageClassifier):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         x = self.pool(self.final_relu(self.final_bn(x))).flatten(1)
         return self.classifier(x)
 
 
-def _register(name: str, block: type[nn.Module], blocks_per_stage: tuple[int, ...], pre_activation: bool) -> None:
+def _register(name: str, block: type[nn.Module], blocks_per_stage: tuple[int, ...], pre_activation: bool,
+              stem: str = "cifar") -> None:
     def builder(
         in_shape: tuple[int, int, int],
         num_classes: int,
         *,
         width: Width = 64,
         zero_init_residual: bool = False,
+        blurpool: bool = False,
         kaiming_init: bool = True,
         bn_momentum: BNMomentum = 0.1,
         bn_eps: BNEps = 1e-5,
     ) -> ResNet:
-        """width: channels of the first stage (doubled per stage); zero_init_residual: every residual branch starts
-        at zero so each block is the identity; kaiming_init: He-normal convs (false: PyTorch defaults);
-        bn_momentum, bn_eps: BatchNorm settings."""
-        model = ResNet(name, in_shape, num_classes, block, blocks_per_stage, width, pre_activation)
+        """width: channels of the first stage (doubled per stage); zero_init_residual: the last BatchNorm scale of
+        every residual branch starts at zero so each block starts as its shortcut; blurpool: strided convs low-pass
+        their input first (anti-aliasing, FFCV's use_blurpool; same parameters); kaiming_init: He-normal convs
+        (false: PyTorch defaults); bn_momentum, bn_eps: BatchNorm settings."""
+        model = ResNet(name, in_shape, num_classes, block, blocks_per_stage, width, pre_activation, stem)
+        if blurpool:
+            blur_strided_convs(model)
         finish_init(model, kaiming_init, zero_init_residual, bn_momentum, bn_eps)
         return model
 
@@ -179,11 +197,15 @@ def _register(name: str, block: type[nn.Module], blocks_per_stage: tuple[int, ..
 
 
 # ResNet-18/34 (He et al. 2016: basic blocks) and -50 (bottleneck blocks, x4 expansion), and the pre-activation
-# ResNet-18 (He et al. 2016b, "Identity mappings": BN-ReLU before each conv), all with the 3x3 stem and no max-pool.
+# ResNet-18 (He et al. 2016b, "Identity mappings": BN-ReLU before each conv), with the CIFAR stem.
 _register("resnet18", BasicBlock, (2, 2, 2, 2), False)
 _register("resnet34", BasicBlock, (3, 4, 6, 3), False)
 _register("resnet50", Bottleneck, (3, 4, 6, 3), False)
 _register("preact_resnet18", PreActBlock, (2, 2, 2, 2), True)
+# The same nets with torchvision's ImageNet stem, for 224-px inputs (FFCV's ImageNet recipes use 18 and 50).
+_register("resnet18_imagenet", BasicBlock, (2, 2, 2, 2), False, stem="imagenet")
+_register("resnet34_imagenet", BasicBlock, (3, 4, 6, 3), False, stem="imagenet")
+_register("resnet50_imagenet", Bottleneck, (3, 4, 6, 3), False, stem="imagenet")
 
 
 # --- wide ResNets ---------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from visionlaunch import runfolder as rf
 from visionlaunch.config import RunConfig, flatten
 from visionlaunch.errors import VisionlaunchError
 from visionlaunch.runfolder import final_record, parse_records
+from visionlaunch.yamlfiles import read_yaml
 
 from .predictions import Predictions, load_predictions
 
@@ -231,7 +232,7 @@ def _read_mapping(run: RunFolder, name: str, what: str) -> tuple[str | None, dic
     """The file's text and the mapping it holds ({} when it holds none: the text is still shown)."""
     text = _read_text(run, name, what)
     try:
-        tree = yaml.safe_load(text) if text is not None else {}
+        tree = read_yaml(text) if text is not None else {}
     except yaml.YAMLError as exc:
         run.missing.append(f"{name} is not valid YAML ({str(exc).splitlines()[0]}); it is shown as text only.")
         return text, {}

@@ -142,10 +142,13 @@ class Trainer:
         self.eval_criterion = CrossEntropyLoss()
         if cfg.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.model, self.optimizer = acc.prepare(self.model, build_optimizer(self.model, cfg.optim))
+        lr = cfg.optim.peak_lr(cfg.train.batch_size)
+        if cfg.optim.lr_scaling == "linear":
+            self.log(f"peak learning rate {lr:g} = optim.lr {cfg.optim.lr:g} per 256 images x train.batch_size "
+                     f"{cfg.train.batch_size} / 256 (optim.lr_scaling=linear)")
+        self.model, self.optimizer = acc.prepare(self.model, build_optimizer(self.model, cfg.optim, lr))
         # Kept out of prepare() and stepped once per optimizer step: see schedules.py.
-        self.scheduler = build_scheduler(self.optimizer, cfg.schedule, cfg.optim.lr, self.steps_per_epoch,
-                                         cfg.train.epochs)
+        self.scheduler = build_scheduler(self.optimizer, cfg.schedule, lr, self.steps_per_epoch, cfg.train.epochs)
         self.raw_model = acc.unwrap_model(self.model)
         self.ema = ModelEMA(self.raw_model, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
         self.forward_model = self.model
