@@ -79,10 +79,12 @@ def test_forced_residencies_and_loaders():
     assert _plan(10**6, residency="memory").out_of_core is False  # the user's choice, however large
     disk = _plan(10, residency="disk")
     assert disk.out_of_core and "data.residency=disk" in disk.lines[0] and "instead of tensor" in disk.lines[0]
-    for loader in ("tensor", "ffcv"):
-        with pytest.raises(VisionlaunchError, match=f"data.loader={loader} holds the whole split in memory"):
-            _plan(10**6, loader=loader)
+    with pytest.raises(VisionlaunchError, match="data.loader=tensor holds the whole split in memory"):
+        _plan(10**6, loader="tensor")
     assert _plan(10**6, loader="torch").loader == "torch"
+    ffcv = _plan(10**6, loader="ffcv", num_workers=3)  # the .beton read through the page cache, in the local order
+    assert ffcv.out_of_core and ffcv.loader == "ffcv"
+    assert "os_cache" in ffcv.lines[0] and "3 FFCV threads" in ffcv.lines[0] and "local shuffle" in ffcv.lines[0]
 
 
 @pytest.fixture(scope="module")

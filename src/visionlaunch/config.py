@@ -59,11 +59,15 @@ class DataConfig(_Section):
                               "FFCV .beton files (pip install visionlaunch[ffcv])")
     residency: Literal["auto", "memory", "disk"] = Field(
         "auto", description="where the training split lives: memory (decoded once), disk (out of core: each image "
-                            "decoded when used, by the torch loader), or auto: memory when it fits")
+                            "decoded when used, by the torch loader, or read from its .beton file by ffcv), or auto: memory "
+                            "when it fits")
     num_workers: int = Field(2, ge=0, description="torch loader: worker processes; ffcv: threads (and writer processes)")
     ffcv_dir: str | None = Field(None, description="ffcv: folder of the .beton files; default <data cache>/ffcv")
     ffcv_encoding: Literal["raw", "jpeg"] = Field("raw", description="ffcv: how images are stored (jpeg: RGB only, lossy)")
     ffcv_jpeg_quality: int = Field(90, ge=1, le=100, description="ffcv: JPEG quality when ffcv_encoding=jpeg")
+    ffcv_max_resolution: int | None = Field(
+        None, ge=8, description="ffcv with image_size, training split read out of core: photos stored at their own "
+                                "aspect ratio, the longer side at most this many px (null: 4/3 x image_size / 0.875)")
     half_inputs: bool = Field(False, description="normalised batches in the half type of train.precision (bf16/fp16) "
                                                  "instead of float32")
     class_names: str | None = Field(None, description="imagefolder: a text file of '<class folder> <name>' lines "

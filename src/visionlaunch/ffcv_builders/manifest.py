@@ -61,9 +61,10 @@ def _rewrite_hint(beton: Path) -> str:
 
 
 def check_beton(beton: Path, *, dataset: str | None = None, split: str | None = None,
-                source_sha256: str | None = None) -> BetonManifest:
+                source_sha256: str | None = None, explain=None) -> BetonManifest:
     """The manifest of `beton` after checking the file against it (size, SHA-256) and, when given, against the
-    expected dataset, split and source digest. Raises a VisionlaunchError that says what differs."""
+    expected dataset, split and source digest. Raises a VisionlaunchError that says what differs: for a stale file,
+    `explain(beton, written_digest)` may say what changed in the source."""
     beton = Path(beton)
     if not beton.is_file():
         raise VisionlaunchError(f"the FFCV file {beton} does not exist. {_rewrite_hint(beton)}")
@@ -94,6 +95,11 @@ def check_beton(beton: Path, *, dataset: str | None = None, split: str | None = 
                 f"{beton} holds {key} {getattr(manifest, key)!r}, not {want!r}: a foreign file at this path. "
                 f"{_rewrite_hint(beton)}")
     if source_sha256 is not None and manifest.source_sha256 != source_sha256:
+        change = explain(beton, manifest.source_sha256) if explain is not None else None
+        if change:
+            raise VisionlaunchError(
+                f"{beton} is stale: the {manifest.dataset} {manifest.split} files changed since it was written: "
+                f"{change}. {_rewrite_hint(beton)}")
         raise VisionlaunchError(
             f"{beton} is stale: it was written from other samples than the current {manifest.dataset} "
             f"{manifest.split} split (the source files, data.val_size, data.split_seed or a subset changed). "

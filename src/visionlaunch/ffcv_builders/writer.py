@@ -1,12 +1,18 @@
 """Write samples to a `.beton`: validated first, written and fsynced under a temporary name (a dying worker
 stops it), then its manifest (naming the beton's size and SHA-256) atomically, and only then the beton renamed into
-place. An interrupted conversion leaves no file, or one its manifest does not describe: never loaded as good.
+place. An interrupted conversion leaves no file, or one its manifest does not describe: never loaded as good; the
+temporary file it leaves is removed by the next conversion of the same file.
+
+`publish` is the engine for any indexable samples (arrays here, an indexed source in stream.py): FFCV's writer
+workers call `samples[i]` themselves, so a source is decoded in parallel, one sample at a time per worker.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
+import glob
 import os
 import queue
 import shutil
@@ -70,9 +76,7 @@ class _Samples:
         return self.images[i], int(self.labels[i])
 
 
-def _check_space(path: Path, images: np.ndarray, workers: int, encoding: str) -> None:
-    # JPEG output is smaller than raw; raw is an upper bound worth checking before minutes of work.
-    need = (images.nbytes if encoding == "raw" else images.nbytes // 4) + (workers + 1) * PAGE_SIZE
+def _check_space(path: Path, need: int) -> None:
     free = shutil.disk_usage(path.parent).free
     if free < need:
         raise VisionlaunchError(
@@ -80,26 +84,52 @@ def _check_space(path: Path, images: np.ndarray, workers: int, encoding: str) ->
             f"{free / 2**20:,.0f} MiB free. Free some space or choose another folder (data.ffcv_dir / --out).")
 
 
-def _write(tmp: Path, fields: dict, samples: _Samples, workers: int, desc: str, progress: bool) -> None:
+def writer_workers(num_workers: int, n: int) -> int:
+    """Writer processes for n samples: each holds one page (PAGE_SIZE) and its sample in memory."""
+    return max(1, min(int(num_workers), n // 100 + 1))
+
+
+def _worker(failures: Queue, *args) -> None:
+    """FFCV's indexed-dataset worker; a VisionlaunchError (an unreadable image, a bad sample) or a failed write (a
+    full disk, a file size limit) is passed to the parent as a message, without a traceback, and the worker exits
+    with FAILED."""
+    from ffcv.writer import worker_job_indexed_dataset
+
+    try:
+        worker_job_indexed_dataset(*args)
+    except (VisionlaunchError, OSError) as exc:
+        failures.put((isinstance(exc, OSError), str(exc)))
+        failures.close()
+        failures.join_thread()  # the message is in the pipe before the process ends
+        os._exit(FAILED)
+
+
+FAILED = 3
+
+
+def _write(tmp: Path, fields: dict, samples, workers: int, desc: str, progress: bool) -> None:
     """FFCV's DatasetWriter, with its wait loop replaced: FFCV's waits forever once a worker has died (an error,
-    a full disk); this one notices the dead worker, stops the others and raises."""
-    from ffcv.writer import DatasetWriter, worker_job_indexed_dataset
+    a full disk); this one notices the dead worker, stops the others and raises. `samples[i]` -> (image, label) is
+    called in the worker processes (inherited through fork), so it may decode files: memory stays one page and
+    one sample per worker, whatever the dataset's size."""
+    from ffcv.writer import DatasetWriter
     from ffcv.memory_allocator import MemoryAllocator
-    from ffcv.utils import chunks
 
     writer = DatasetWriter(str(tmp), fields, page_size=PAGE_SIZE, num_workers=workers)
     writer.num_samples = n = len(samples)
     writer.prepare()
     todo: Queue = Queue()
-    for chunk in chunks(list(enumerate(range(n))), 100):
-        todo.put(chunk)
+    for start in range(0, n, CHUNK):  # ranges, not a list of n (destination, source) tuples held here
+        todo.put(_Chunk(start, min(start + CHUNK, n)))
     for _ in range(workers):
         todo.put(None)
     allocations: Queue = Queue()
+    failures: Queue = Queue()
     done = Value(ctypes.c_uint64, 0)
     allocator = MemoryAllocator(str(tmp), writer.data_region_start, writer.page_size)
-    args = (todo, writer.metadata_sm, writer.metadata_type, writer.fields, allocator, done, allocations, samples)
-    procs = [Process(target=worker_job_indexed_dataset, args=args, daemon=True) for _ in range(workers)]
+    args = (failures, todo, writer.metadata_sm, writer.metadata_type, writer.fields, allocator, done, allocations,
+            samples)
+    procs = [Process(target=_worker, args=args, daemon=True) for _ in range(workers)]
     try:
         for p in procs:
             p.start()
@@ -116,10 +146,19 @@ def _write(tmp: Path, fields: dict, samples: _Samples, workers: int, desc: str, 
                 # A worker that exited cleanly has reported already; one that died never will.
                 failed = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
                 if failed:
-                    raise VisionlaunchError(
-                        f"an FFCV writer worker died (exit status {failed[0]}) while writing {desc}: see its message "
-                        "above. A full disk or a file size limit is the usual cause; check the free space of "
-                        f"{tmp.parent} and run the conversion again. Nothing was published.")
+                    try:
+                        write_failed, reason = failures.get(timeout=1)
+                    except queue.Empty:
+                        raise VisionlaunchError(
+                            f"an FFCV writer worker died (exit status {failed[0]}) while writing {desc}: see its "
+                            "message above. A full disk or a file size limit is the usual cause; check the free "
+                            f"space of {tmp.parent} and run the conversion again. Nothing was published.") from None
+                    if write_failed:
+                        raise VisionlaunchError(
+                            f"writing {desc} failed: {reason}. Check the free space of {tmp.parent} (and any file "
+                            "size limit) and run the conversion again. Nothing was published.")
+                    raise VisionlaunchError(f"{reason} Converting {desc} stopped at this sample (every sample "
+                                            "must be readable); nothing was published.")
             bar.update(n - bar.n)
         for p in procs:
             p.join()
@@ -129,7 +168,7 @@ def _write(tmp: Path, fields: dict, samples: _Samples, workers: int, desc: str, 
             if p.is_alive():
                 p.kill()
                 p.join()
-        for q in (todo, allocations):  # after a failure the queues hold unread items: do not wait for them at exit
+        for q in (todo, allocations, failures):  # after a failure the queues hold unread items: do not wait at exit
             q.cancel_join_thread()
             q.close()
         writer.metadata_sm.close()
@@ -137,48 +176,109 @@ def _write(tmp: Path, fields: dict, samples: _Samples, workers: int, desc: str, 
             writer.metadata_sm.unlink()
 
 
-def write_beton(images, labels, path, *, num_classes: int, dataset: str, split: str, encoding: str = "raw",
-                jpeg_quality: int = 90, num_workers: int = 2, progress: bool = True, image_size: int | None = None,
-                max_resolution: int | None = None) -> BetonManifest:
-    """Write uint8 (N, H, W, C) images (C = 1 or 3) and integer labels to the FFCV file `path` and its manifest
-    (returned). Bad input (dtype, shape, label range, encoding) raises before any worker starts."""
-    if encoding not in ("raw", "jpeg"):
-        raise VisionlaunchError(f"FFCV encoding must be 'raw' or 'jpeg', got {encoding!r}.")
-    if not 1 <= int(jpeg_quality) <= 100:
-        raise VisionlaunchError(f"JPEG quality must lie in 1..100, got {jpeg_quality}.")
-    images, labels = validate_samples(images, labels, num_classes, what=f"{dataset} {split}")
-    if encoding == "jpeg" and images.shape[3] == 1:
-        raise VisionlaunchError(
-            f"JPEG encoding (data.ffcv_encoding=jpeg) needs 3-channel images, but {dataset} is grayscale: FFCV's "
-            "JPEG field stores RGB only. Use data.ffcv_encoding=raw (grayscale is stored raw, as a uint8 array).")
-    require_ffcv("writing FFCV .beton files")
-    from ffcv.fields import IntField, NDArrayField, RGBImageField
+CHUNK = 100  # samples per work item: consecutive samples stay together in the file (locality for the order)
 
-    if images.shape[3] == 1:  # FFCV's RGBImageField refuses (H, W, 1): a uint8 array field holds grayscale exactly
-        image = NDArrayField(dtype=np.dtype("uint8"), shape=images.shape[1:])
-    else:
-        image = RGBImageField(write_mode="jpg" if encoding == "jpeg" else "raw", jpeg_quality=int(jpeg_quality),
-                              max_resolution=max_resolution)
-    fields = {"image": image, "label": IntField()}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    workers = max(1, min(int(num_workers), len(labels) // 100 + 1))
-    _check_space(path, images, workers, encoding)
-    with atomic_write(path) as tmp:  # the beton is renamed into place last, after its manifest
+
+class _Chunk:
+    """One work item of FFCV's writer workers: samples start..stop-1, each written at its own index."""
+
+    def __init__(self, start: int, stop: int):
+        self.start, self.stop = start, stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __iter__(self):
+        return ((i, i) for i in range(self.start, self.stop))
+
+
+@contextlib.contextmanager
+def _conversion_lock(path: Path, log):
+    """Held while `path` is written: a second conversion of the same file waits; and a temporary file beside it
+    (`.NAME.*.tmp`) found while holding the lock was left by a conversion that was killed: it is named and
+    removed (its writer is gone, since its lock was released with it)."""
+    lock = path.parent / f".{path.name}.lock"
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
         try:
-            _write(tmp, fields, _Samples(images, labels), workers, f"{dataset} {split} -> {path.name}", progress)
+            for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+                size = stale.stat().st_size
+                log(f"ffcv: removing {stale} ({size / 2**20:,.1f} MiB), left by a conversion that was interrupted; "
+                    f"converting {path.name} again")
+                stale.unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def publish(path: Path, fields: dict, samples, *, workers: int, need: int, desc: str, progress: bool,
+            manifest: dict, log=print) -> BetonManifest:
+    """Write `samples` to `path` under a temporary name (fsynced), then its manifest (the `manifest` fields plus
+    the beton's size and SHA-256), then rename the beton into place: an interrupted conversion publishes nothing
+    that looks complete, and a leftover temporary file is removed by the next conversion."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _check_space(path, need + (workers + 1) * PAGE_SIZE)
+    with _conversion_lock(path, log), atomic_write(path) as tmp:
+        try:
+            _write(tmp, fields, samples, workers, desc, progress)
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
         except OSError as exc:  # e.g. the disk filled while the header or allocation table was written
             raise VisionlaunchError(f"writing {path} failed: {exc}. Check the free space of {path.parent} and run "
                                     "the conversion again. Nothing was published.") from None
-        manifest = BetonManifest(
-            dataset=dataset, split=split, count=len(labels), shape=list(images.shape[1:]), num_classes=num_classes,
-            encoding=encoding, jpeg_quality=int(jpeg_quality) if encoding == "jpeg" else None,
-            source_sha256=source_digest(images, labels), beton_bytes=tmp.stat().st_size,
-            beton_sha256=file_digest(tmp, "sha256"), image_size=image_size, max_resolution=max_resolution)
-        atomic_write_text(manifest_path(path), manifest.to_json())
-    return manifest
+        written = BetonManifest(**manifest, beton_bytes=tmp.stat().st_size, beton_sha256=file_digest(tmp, "sha256"))
+        atomic_write_text(manifest_path(path), written.to_json())
+    return written
+
+
+def image_field(channels: int, shape, encoding: str, jpeg_quality: int):
+    """The FFCV field for uint8 images of `channels` (1: a uint8 array of `shape`, since FFCV's RGBImageField
+    refuses (H, W, 1); 3: RGB, raw or JPEG, any size)."""
+    from ffcv.fields import NDArrayField, RGBImageField
+
+    if channels == 1:
+        return NDArrayField(dtype=np.dtype("uint8"), shape=tuple(shape))
+    return RGBImageField(write_mode="jpg" if encoding == "jpeg" else "raw", jpeg_quality=int(jpeg_quality))
+
+
+def check_encoding(encoding: str, jpeg_quality: int) -> None:
+    if encoding not in ("raw", "jpeg"):
+        raise VisionlaunchError(f"FFCV encoding must be 'raw' or 'jpeg', got {encoding!r}.")
+    if not 1 <= int(jpeg_quality) <= 100:
+        raise VisionlaunchError(f"JPEG quality must lie in 1..100, got {jpeg_quality}.")
+
+
+def check_channels(encoding: str, channels: int, dataset: str) -> None:
+    if encoding == "jpeg" and channels == 1:
+        raise VisionlaunchError(
+            f"JPEG encoding (data.ffcv_encoding=jpeg) needs 3-channel images, but {dataset} is grayscale: FFCV's "
+            "JPEG field stores RGB only. Use data.ffcv_encoding=raw (grayscale is stored raw, as a uint8 array).")
+
+
+def write_beton(images, labels, path, *, num_classes: int, dataset: str, split: str, encoding: str = "raw",
+                jpeg_quality: int = 90, num_workers: int = 2, progress: bool = True, image_size: int | None = None,
+                max_resolution: int | None = None, log=print) -> BetonManifest:
+    """Write uint8 (N, H, W, C) images (C = 1 or 3) and integer labels to the FFCV file `path` and its manifest
+    (returned). Bad input (dtype, shape, label range, encoding) raises before any worker starts."""
+    check_encoding(encoding, jpeg_quality)
+    images, labels = validate_samples(images, labels, num_classes, what=f"{dataset} {split}")
+    check_channels(encoding, images.shape[3], dataset)
+    require_ffcv("writing FFCV .beton files")
+    from ffcv.fields import IntField
+
+    image = image_field(images.shape[3], images.shape[1:], encoding, jpeg_quality)
+    if max_resolution is not None:
+        image.max_resolution = max_resolution
+    path = Path(path)
+    workers = writer_workers(num_workers, len(labels))
+    # JPEG output is smaller than raw; raw is an upper bound worth checking before minutes of work.
+    need = images.nbytes if encoding == "raw" else images.nbytes // 4
+    manifest = dict(dataset=dataset, split=split, count=len(labels), shape=list(images.shape[1:]),
+                    num_classes=num_classes, encoding=encoding,
+                    jpeg_quality=int(jpeg_quality) if encoding == "jpeg" else None,
+                    source_sha256=source_digest(images, labels), image_size=image_size, max_resolution=max_resolution)
+    return publish(path, {"image": image, "label": IntField()}, _Samples(images, labels), workers=workers, need=need,
+                   desc=f"{dataset} {split} -> {path.name}", progress=progress, manifest=manifest, log=log)
 
 
 def imageset_arrays(ds: ImageSet) -> tuple[np.ndarray, np.ndarray]:

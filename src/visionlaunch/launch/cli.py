@@ -255,15 +255,9 @@ def _prepare_ffcv(args: argparse.Namespace, argv: list[str]) -> int:
                                 "`visionlaunch prepare ffcv --dataset cifar10 data.root=/data`.")
     flags = [f"{key}={getattr(args, dest)}" for dest, key in FFCV_OPTIONS.items() if getattr(args, dest) is not None]
     cfg = load_config(args.config, [*flags, *args.overrides])
-    from visionlaunch.ffcv_builders.prepare import ensure_betons
-    from visionlaunch.ffcv_builders import require_ffcv
-    from visionlaunch.trainers.data import prepare_data
+    from visionlaunch.launch.prepare_ffcv import prepare_ffcv
 
-    require_ffcv("`visionlaunch prepare ffcv`")
-    bundle = prepare_data(cfg.data)
-    print(bundle.note)
-    files = ensure_betons({"train": bundle.train, "val": bundle.val, "test": bundle.test}, bundle.name, cfg.data,
-                          overwrite=args.overwrite, log=lambda m: print(m, file=sys.stderr))
+    files = prepare_ffcv(cfg.data, overwrite=args.overwrite, log=lambda m: print(m, file=sys.stderr))
     return _print_paths(files.values())
 
 

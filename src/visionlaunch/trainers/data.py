@@ -127,10 +127,12 @@ def _read_splits(name: str, kwargs: dict, plan) -> tuple:
 
 
 def split_loader(kind: str, ds, batch_size: int, *, order=FULL_SHUFFLE, **kwargs):
-    """`make_loader` over an ImageSet; over an indexed source (out of core), the torch backend's SourceLoader in the
-    epoch order `order`."""
+    """`make_loader` over an ImageSet; over an indexed source (out of core), the torch backend's SourceLoader or the
+    ffcv backend's loader in the epoch order `order`."""
     if isinstance(ds, ImageSet):
         return make_loader(kind, ds.images, ds.labels, batch_size, **kwargs)
+    if kind == "ffcv":  # the split's .beton, read through the page cache in the same order
+        return make_loader(kind, None, None, batch_size, order=order, **kwargs)
     for key in ("beton", "verify_beton", "augment", "channels_last"):
         kwargs.pop(key, None)
     return SourceLoader(ds, batch_size, order=order, **kwargs)

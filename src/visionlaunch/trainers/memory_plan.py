@@ -8,8 +8,9 @@ stays in memory (the reports draw from it).
 data.residency=auto keeps the data in memory when the node's copies fit the budget: MEMORY_SHARE of the memory this
 process may use, the smaller of the machine's available memory (/proc/meminfo MemAvailable) and the room left under
 the memory cgroup's limit when one is set (v2 memory.max, v1 memory.limit_in_bytes). Otherwise it reads the
-training split out of core, with the torch backend (data.loader=torch); a loader set explicitly to tensor or ffcv
-cannot read out of core, and the run stops saying why.
+training split out of core, with the torch backend (data.loader=torch), or with the ffcv backend when the config
+asks for it (data.loader=ffcv: the .beton file read through the page cache, in the same local order); a loader
+set explicitly to tensor cannot read out of core, and the run stops saying why.
 """
 
 from __future__ import annotations
@@ -98,10 +99,13 @@ def plan_residency(data_cfg, train, test_bytes: int, processes: int, loader_set:
             raise VisionlaunchError(f"data.residency=disk cannot read {train.source}: {advice}, or set "
                                     "data.residency=auto.")
         return ResidencyPlan(False, data_cfg.loader, [f"data plan: in memory although {why}: {advice}"])
+    if data_cfg.loader == "ffcv":  # the .beton files are on disk anyway: the training split is read from there
+        return ResidencyPlan(True, "ffcv", [ffcv_plan_line(data_cfg, why, processes, test_bytes)])
     if data_cfg.loader != "torch" and loader_set:
         raise VisionlaunchError(
             f"the training data must be read out of core ({why}), but data.loader={data_cfg.loader} holds the whole "
-            "split in memory. Use data.loader=torch (DataLoader workers decode each image when it is used), a "
+            "split in memory. Use data.loader=torch (DataLoader workers decode each image when it is used) or "
+            "data.loader=ffcv (its .beton file read through the page cache), a "
             "subset (data.train_subset), a smaller data.image_size, or data.residency=memory to try anyway.")
     workers = data_cfg.num_workers
     lines = [f"data plan: training split out of core ({why}): each image decoded when used by "
@@ -109,6 +113,14 @@ def plan_residency(data_cfg, train, test_bytes: int, processes: int, loader_set:
              f"loader torch{'' if data_cfg.loader == 'torch' else ' instead of ' + data_cfg.loader}; epoch order: "
              f"{OUT_OF_CORE_ORDER.describe()}; test split in memory ({_gib(test_bytes)} per process)"]
     return ResidencyPlan(True, "torch", lines)
+
+
+def ffcv_plan_line(data_cfg, why: str, processes: int, test_bytes: int) -> str:
+    return (f"data plan: training split out of core ({why}): read from its .beton file through the OS page cache "
+            f"(FFCV os_cache, one copy shared by the node's {processes} process{'es' if processes > 1 else ''}), "
+            f"decoded by {max(1, data_cfg.num_workers)} FFCV thread{'s' if data_cfg.num_workers > 1 else ''} per "
+            f"process (data.num_workers), loader ffcv; epoch order: {OUT_OF_CORE_ORDER.describe()}; test split in "
+            f"memory ({_gib(test_bytes)} per process)")
 
 
 def node_processes(total: int) -> int:

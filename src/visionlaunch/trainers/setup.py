@@ -98,7 +98,9 @@ def read_data(cfg: RunConfig, data: DataBundle | None, log, progress: bool, proc
                 log(line)
             decided.update(out=p.out_of_core, loader=p.loader)
         else:
-            decided.update(out=out_of_core, loader="torch" if out_of_core else cfg.data.loader)
+            # the main process's plan: out of core, ffcv stays ffcv (its .beton) and any other loader becomes torch
+            decided.update(out=out_of_core, loader=("ffcv" if cfg.data.loader == "ffcv" else "torch") if out_of_core
+                           else cfg.data.loader)
         return decided["out"]
 
     data = data if data is not None else prepare_data(cfg.data, log=log, progress=progress, plan=plan)
