@@ -70,7 +70,8 @@ def test_auto_keeps_the_data_in_memory_when_the_node_copies_fit():
     # Four processes on the node each hold a copy: 4 x 3.7 GiB no longer fits.
     spills = _plan(20_000, processes=4)
     assert spills.out_of_core and spills.loader == "torch"
-    assert "out of core" in spills.lines[0] and "x 4 processes" in spills.lines[0] and "budget 4.00 GiB" in spills.lines[0]
+    line = spills.lines[0]
+    assert "out of core" in line and "x 4 processes" in line and "budget 4.00 GiB" in line
     assert _plan(int(4 * GIB / per_image)).out_of_core is False  # the budget itself still fits
     assert _plan(int(4 * GIB / per_image) + 1).out_of_core is True
 
@@ -166,3 +167,20 @@ def test_an_archive_stays_in_memory_and_says_so():
     with pytest.raises(VisionlaunchError, match=r"data.residency=disk cannot read ImageFolder archive "
                                                 r"/data/photos.tar.gz .*: an archive is read into memory; extract it"):
         plan_residency(DataConfig(residency="disk"), archive, 0, 1, loader_set=False)
+
+
+def test_a_checkpoint_from_before_the_residency_key_resumes_in_memory_only(tmp_path):
+    from visionlaunch.config import RunConfig
+    from visionlaunch.trainers.checkpoint import validate
+    from visionlaunch.trainers.precision import Precision
+
+    old = RunConfig().model_dump(mode="json")
+    del old["data"]["residency"]  # written before data.residency existed: its data was in memory
+    meta = {"config": old, "world_size": 1, "precision": "fp32"}
+    now = RunConfig().model_dump(mode="json")
+    now["data"]["residency"] = "disk"
+    with pytest.raises(VisionlaunchError, match=r"data.residency: checkpoint 'memory', now 'disk'"):
+        validate(tmp_path, meta, now, 1, Precision("fp32", "test"))
+    now["data"]["residency"] = "memory"
+    with pytest.raises(VisionlaunchError, match=r"is partial: trainer_state.pt"):  # the config matches: on to the files
+        validate(tmp_path, meta, now, 1, Precision("fp32", "test"))

@@ -148,8 +148,9 @@ def test_crops_depend_on_seed_epoch_and_sample_only(folders):
 # --- training runs ---------------------------------------------------------------------------------------------
 
 FCN = REPO / "configs" / "mnist_fcn.yaml"
-# A tiny deterministic MLP (no BatchNorm, no dropout, no flip): 2 processes must follow 1 process.
-RUN = ["data.name=imagefolder", "data.image_size=32", "data.val_size=12", "data.residency=disk",
+# A tiny deterministic MLP (no BatchNorm, no dropout, no flip) in fp32 (bf16, which train.precision=auto may pick
+# here, rounds each rank's partial gradient on its own): 2 processes must follow 1 process.
+RUN = ["train.precision=fp32", "data.name=imagefolder", "data.image_size=32", "data.val_size=12", "data.residency=disk",
        "model.args={hidden: [32], batch_norm: false, dropout: 0}", "augment.crop_padding=0", "augment.flip=false",
        "train.batch_size=12", "train.epochs=2", "train.progress=false", "report.figures=false", "train.log_every=1",
        "train.eval_batch_size=20", "optim.lr=0.01"]

@@ -1,12 +1,12 @@
 """The loader backends (tensor, torch in memory, torch out of core; ffcv in ffcv_builders/loader.py) and the core
-they share, `ShardedLoader`:
-which samples each step of an epoch takes on this rank. Every backend yields (uint8 NCHW images, int64 labels) on
-the training device; the batch pipeline (augment.py) then augments and normalises them, the same for every backend.
+they share, `ShardedLoader`: which samples each step of an epoch takes on this rank. Every backend yields (uint8 NCHW
+images, int64 labels) on the training device; the batch pipeline (augment.py) then augments and normalises them, the
+same for every backend.
 
 Each epoch one global order of the samples (order.py: a function of seed, epoch and sample index only, identical
 on every rank; a full shuffle in memory, a shuffle with locality out of core) is cut into `world` shards, rank r
-taking positions r, r+world, ... . Training shards are trimmed to a common length, so every rank runs the same number of steps (at most
-world-1 samples an epoch left out); evaluation shards are not, so every test sample counts exactly once. With a
+taking positions r, r+world, ... . Training shards are trimmed to a common length, so every rank runs the same
+number of steps (at most world-1 samples an epoch left out); evaluation shards are not, so every test sample counts exactly once. With a
 per-process batch of B / world, step k of all ranks covers positions [k*B, (k+1)*B): the samples of step k of one
 process with batch B. `set_epoch(epoch, start_batch)` resumes an epoch at exactly the batch a checkpoint stopped at.
 """
@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from visionlaunch.datasets.mixed_size import ResizedCropDataset
 from visionlaunch.datasets.order import FULL_SHUFFLE, EpochOrder
-from visionlaunch.datasets.source import SampleDataset
+from visionlaunch.datasets.source import IndexedSource, SampleDataset
 from visionlaunch.errors import VisionlaunchError
 
 
@@ -151,8 +151,8 @@ class SourceLoader(TorchLoader):
     each sample's random-resized crop is drawn from its own generator seeded by (seed, epoch, sample index), so the
     batches are the same on any number of processes and workers, and a run resumed mid-epoch continues bit for bit."""
 
-    def __init__(self, source, batch_size: int, *, device: torch.device, num_workers: int = 2, resized_crop=None,
-                 **sharding):
+    def __init__(self, source: IndexedSource, batch_size: int, *, device: torch.device, num_workers: int = 2,
+                 resized_crop=None, **sharding):
         ShardedLoader.__init__(self, len(source), batch_size, **sharding)
         self.crops = self.train and resized_crop is not None
         self._start(SampleDataset(source, self.seed, resized_crop if self.crops else None), device, num_workers,

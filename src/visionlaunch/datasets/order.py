@@ -45,10 +45,6 @@ class EpochOrder:
         if self.block < 1 or (self.buffer is not None and self.buffer < 1):
             raise ValueError(f"EpochOrder needs block >= 1 and buffer >= 1 (or None), got {self.block}, {self.buffer}")
 
-    @property
-    def local(self) -> bool:
-        return self.buffer is not None
-
     def window(self) -> int | None:
         """The most samples one window holds (None: the whole dataset)."""
         return None if self.buffer is None else self.block * self.buffer

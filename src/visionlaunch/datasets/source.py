@@ -125,7 +125,7 @@ class SampleDataset(torch.utils.data.Dataset):
     to a uint8 CHW tensor and its label; for training with data.image_size, a random-resized crop (mixed_size's
     ResizedCrop) drawn from the sample's own generator, seeded by sample_seed."""
 
-    def __init__(self, source, seed: int, crop: ResizedCrop | None = None):
+    def __init__(self, source: IndexedSource, seed: int, crop: ResizedCrop | None = None):
         self.source, self.seed, self.crop = source, seed, crop
 
     def __len__(self) -> int:

@@ -146,7 +146,7 @@ def validate(path: Path, meta: dict, cfg_dump: dict, world: int, precision: Prec
     """Everything that can be checked before loading: the same config (train.precision as computed: `auto` and what
     it resolved to are the same) and process count, and no file missing."""
     before = meta.get("precision") or canonical_precision(meta["config"].get("train", {}).get("precision", "fp32"))
-    old, new = (_computed_in(meta["config"], before), _computed_in(cfg_dump, precision.name))
+    old, new = (_computed_in(_resided(meta["config"]), before), _computed_in(_resided(cfg_dump), precision.name))
     if differences := config_differences(old, new, "checkpoint", "now"):
         moved = before != precision.name and "auto" in (meta["config"].get("train", {}).get("precision"),
                                                          cfg_dump["train"]["precision"])
@@ -170,6 +170,15 @@ def validate(path: Path, meta: dict, cfg_dump: dict, world: int, precision: Prec
 def _computed_in(config: dict, precision: str) -> dict:
     """A dumped config with train.precision replaced by the precision the run computed in."""
     return {**config, "train": {**config.get("train", {}), "precision": precision}}
+
+
+def _resided(config: dict) -> dict:
+    """A dumped config with data.residency as it was decided: without the key (a checkpoint written before it
+    existed) or with `auto` (data given to the trainer, not planned), the training data was in memory."""
+    data = config.get("data", {})
+    if data.get("residency") in ("memory", "disk"):
+        return config
+    return {**config, "data": {**data, "residency": "memory"}}
 
 
 @dataclass
