@@ -172,7 +172,8 @@ RUN = ["data.name=imagefolder", "data.image_size=32", "data.val_size=12", "data.
        "augment.crop_padding=0", "augment.flip=false", "train.batch_size=12", "train.epochs=3",
        "train.progress=false", "report.figures=false", "train.log_every=1", "train.eval_batch_size=20",
        "optim.lr=0.01", "resolution.start=24", "resolution.end=40", "resolution.start_epoch=0",
-       "resolution.end_epoch=2", "resolution.step=8", "data.eval_image_size=40", "data.eval_crop_ratio=1.0"]
+       "resolution.end_epoch=2", "resolution.step=8", "data.eval_image_size=40", "data.eval_crop_ratio=1.0",
+       "train.precision=fp32"]  # auto may pick bf16 on this CPU, whose rounding sets the ranks' gradients apart
 
 
 @pytest.fixture(scope="module")
@@ -252,10 +253,7 @@ def test_two_processes_follow_one_process_across_a_size_change(folder, one_proce
     one, two = one_process / "one", one_process / "two"
     steps1, steps2 = records(one, "step"), records(two, "step")
     assert len(steps1) == len(steps2) == 3 * (108 // 12)
-    # The same samples, crops and sizes; the convolutions of half batches round in float32 in another order (the
-    # first steps agree to 2e-7; measured over the run: at most 3.5e-4 in a step's loss, 1e-4 in a weight).
-    assert all(abs(a["loss"] - b["loss"]) < 1e-6 for a, b in zip(steps1[:3], steps2[:3]))
     for a, b in zip(steps1, steps2):
-        assert a["step"] == b["step"] and abs(a["loss"] - b["loss"]) < 2e-3, (a, b)
-    assert max_weight_difference(one, two) < 1e-3
+        assert a["step"] == b["step"] and abs(a["loss"] - b["loss"]) < 1e-5, (a, b)
+    assert max_weight_difference(one, two) < 1e-5
     assert [r["resolution"] for r in records(two, "epoch") if r["split"] == "train"] == [24, 32, 40]
