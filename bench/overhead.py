@@ -2,6 +2,7 @@
 
     python bench/overhead.py                                  # CPU: the mnist_cnn and cifar10_fast models
     python bench/overhead.py --models mnist_cnn --repeats 7 --steps 40
+    python bench/overhead.py --set train.precision=fp32       # both sides in fp32 (default: what auto picks)
     python bench/overhead.py --models resnet18_gpu            # GPU: ResNet-18, bf16, channels_last, batch 512
 
 Both sides get the same model (same seed, same initial weights), the same batch size, the same optimizer and
@@ -14,9 +15,10 @@ optimizer and scheduler step. The trainer is the real `Trainer.fit()` (Accelerat
 evaluation of a 1-batch test set); its rate is the images/s it records for each training epoch (the time of the
 epoch's steps only, CUDA synchronised), and the bare loop's is timed the same way.
 
-Each run trains `--epochs` epochs of `--steps` steps; the first epoch is warm-up and the later ones are averaged.
-Runs alternate (trainer, bare, bare, trainer, ...) so that a drift in the machine's speed hits both sides alike;
-the ratio trainer / bare is taken pair by pair and reported as min / median / max. Prints one JSON object.
+Each run trains `--epochs` epochs of `--steps` steps on both sides, their epochs interleaved (trainer, bare,
+trainer, bare, ...; the next run opens with the bare loop), so that a drift in the machine's speed hits both sides
+alike; the first epoch of each side is warm-up. The ratio trainer / bare is taken for each interleaved pair of epochs
+and reported as min / median / max. Prints the processor first, then one JSON object.
 A benchmark, not a test: the numbers depend on the machine and on whatever else runs on it.
 """
 
@@ -87,60 +89,72 @@ def make_config(setup: str, steps: int, epochs: int, device: str, extra: list[st
     return cfg, data
 
 
-def trainer_rates(cfg, data, out_dir: Path, name: str) -> list[float]:
-    """Images/s of each training epoch, as the real trainer records them."""
+class BareLoop:
+    """The loop a user would write for the same model, data, optimizer and precision, one epoch per call."""
+
+    def __init__(self, cfg, data, device: torch.device):
+        torch.manual_seed(cfg.train.seed)  # the trainer's seed: the same initial weights
+        model = build_model(cfg.model.name, data.in_shape, len(data.classes), cfg.model.args)
+        self.layout = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+        self.model = model.to(device, memory_format=self.layout)
+        lr = cfg.optim.peak_lr(cfg.train.batch_size)  # as the trainer: optim.lr, scaled with optim.lr_scaling
+        self.optimizer = build_optimizer(self.model, cfg.optim, lr)
+        self.batch, self.device, self.smoothing = cfg.train.batch_size, device, cfg.optim.label_smoothing
+        self.steps = len(data.train) // self.batch
+        self.scheduler = build_scheduler(self.optimizer, cfg.schedule, lr, self.steps, cfg.train.epochs)
+        precision = resolve_precision(cfg.train.precision, device)  # auto: as the trainer resolves it on this device
+        self.half = precision.half_dtype
+        self.scaler = torch.amp.GradScaler(device.type, enabled=precision.name == "fp16")
+        self.forward = torch.compile(self.model) if cfg.train.compile else self.model
+        self.images, self.labels = data.train.images.to(device), data.train.labels.to(device)
+        self.mean, self.std = normalization_tensors(data.mean, data.std, device)
+
+    def epoch(self) -> float:
+        """Images/s of one training epoch."""
+        self.model.train()
+        order = torch.randperm(len(self.labels), device=self.device)
+        sync(self.device)
+        t0 = time.perf_counter()
+        for i in range(self.steps):
+            idx = order[i * self.batch:(i + 1) * self.batch]
+            x = normalize_with(self.images[idx], self.mean, self.std).contiguous(memory_format=self.layout)
+            with torch.autocast(self.device.type, dtype=self.half, enabled=self.half is not None):
+                loss = F.cross_entropy(self.forward(x).float(), self.labels[idx], label_smoothing=self.smoothing)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+        sync(self.device)
+        return self.steps * self.batch / (time.perf_counter() - t0)
+
+
+def interleaved_rates(cfg, data, device: torch.device, out_dir: Path, name: str, trainer_first: bool
+                      ) -> tuple[list[float], list[float]]:
+    """Images/s of each training epoch of the real trainer and of the bare loop, their epochs alternating (trainer,
+    bare, trainer, bare, ... or bare first), so that a drift in the machine's speed hits both sides alike. The
+    trainer's rate is the one it records (the epoch's steps only), unchanged by the bare epochs run between its
+    epochs (after its end-of-epoch evaluation and checkpoint)."""
     from visionlaunch.runfolder import read_metrics
     from visionlaunch.trainers.trainer import Trainer
 
     output = cfg.output.model_copy(update={"dir": str(out_dir), "name": name, "overwrite": True})
     cfg = cfg.model_copy(update={"output": output})
+    bare, bare_rates = BareLoop(cfg, data, device), []
     with Trainer(cfg, data=data, argv=["bench/overhead.py"]) as trainer:
+        end_epoch = trainer._end_epoch
+
+        def train_epoch_then_bare(stats):
+            end_epoch(stats)
+            if len(bare_rates) < cfg.train.epochs:
+                bare_rates.append(bare.epoch())
+
+        trainer._end_epoch = train_epoch_then_bare
+        if not trainer_first:
+            bare_rates.append(bare.epoch())
         trainer.fit()
     records = read_metrics(out_dir / name / "metrics.jsonl")
-    return [r["images_per_s"] for r in records if r.get("kind") == "epoch" and r.get("split") == "train"]
-
-
-def bare_rates(cfg, data, device: torch.device) -> list[float]:
-    """Images/s of each epoch of the loop a user would write for the same model, data, optimizer and precision."""
-    torch.manual_seed(cfg.train.seed)  # the trainer's seed: the same initial weights
-    model = build_model(cfg.model.name, data.in_shape, len(data.classes), cfg.model.args)
-    layout = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
-    model = model.to(device, memory_format=layout)
-    optimizer = build_optimizer(model, cfg.optim)
-    batch = cfg.train.batch_size
-    steps = len(data.train) // batch
-    scheduler = build_scheduler(optimizer, cfg.schedule, cfg.optim.lr, steps, cfg.train.epochs)
-    precision = resolve_precision(cfg.train.precision, device)  # auto: as the trainer resolves it on this device
-    half = precision.half_dtype
-    scaler = torch.amp.GradScaler(device.type, enabled=precision.name == "fp16")
-    forward = torch.compile(model) if cfg.train.compile else model
-    images, labels = data.train.images.to(device), data.train.labels.to(device)
-    mean, std = normalization_tensors(data.mean, data.std, device)
-    rates = []
-    model.train()
-    for epoch in range(cfg.train.epochs):
-        order = torch.randperm(len(labels), device=device)
-        sync(device)
-        t0 = time.perf_counter()
-        for i in range(steps):
-            idx = order[i * batch:(i + 1) * batch]
-            x = normalize_with(images[idx], mean, std).contiguous(memory_format=layout)
-            y = labels[idx]
-            with torch.autocast(device.type, dtype=half, enabled=half is not None):
-                loss = F.cross_entropy(forward(x).float(), y, label_smoothing=cfg.optim.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-        sync(device)
-        rates.append(steps * batch / (time.perf_counter() - t0))
-    return rates
-
-
-def steady(rates: list[float]) -> float:
-    later = rates[1:] or rates  # the first epoch is warm-up (allocator, cuDNN, autotuning)
-    return sum(later) / len(later)
+    return [r["images_per_s"] for r in records if r.get("kind") == "epoch" and r.get("split") == "train"], bare_rates
 
 
 def spread(values: list[float], digits: int = 3) -> dict:
@@ -150,7 +164,8 @@ def spread(values: list[float], digits: int = 3) -> dict:
 
 def compare(setup: str, *, steps: int, epochs: int, repeats: int, device: str, extra: list[str] = (),
             deadline: float | None = None) -> dict:
-    """Interleaved trainer / bare-loop pairs for one setup; stops early (fewer pairs) past `deadline`."""
+    """Trainer / bare-loop epoch pairs for one setup, from `repeats` runs of interleaved epochs (each run's first
+    epoch on either side is warm-up); stops early (fewer runs) past `deadline`."""
     cfg, data = make_config(setup, steps, epochs, device, extra)
     dev = torch.device("cuda" if device == "cuda" else "cpu")
     precision = resolve_precision(cfg.train.precision, dev)
@@ -159,16 +174,12 @@ def compare(setup: str, *, steps: int, epochs: int, repeats: int, device: str, e
         for r in range(repeats):
             if deadline is not None and pairs and time.monotonic() > deadline:
                 break
-            # ABBA order: neither side always runs first (warmer caches, a machine slowing down).
-            order = ("trainer", "bare") if r % 2 == 0 else ("bare", "trainer")
-            rates = {}
-            for side in order:
-                rates[side] = (trainer_rates(cfg, data, Path(tmp), f"run{r}") if side == "trainer"
-                               else bare_rates(cfg, data, dev))
-            t, b = steady(rates["trainer"]), steady(rates["bare"])
-            pairs.append({"trainer": round(t, 1), "bare": round(b, 1), "ratio": round(t / b, 4),
-                          "trainer_epochs": [round(x, 1) for x in rates["trainer"]],
-                          "bare_epochs": [round(x, 1) for x in rates["bare"]]})
+            # Epochs alternate within a run; which side opens alternates between runs (warmer caches).
+            trainer, bare = interleaved_rates(cfg, data, dev, Path(tmp), f"run{r}", trainer_first=r % 2 == 0)
+            for epoch, (t, b) in enumerate(zip(trainer, bare)):
+                if epoch or epochs == 1:  # the first epoch is warm-up (allocator, cuDNN, autotuning)
+                    pairs.append({"run": r, "epoch": epoch + 1, "trainer": round(t, 1), "bare": round(b, 1),
+                                  "ratio": round(t / b, 4)})
     return {"setup": setup, "model": cfg.model.name, "model_args": cfg.model.args, "batch": cfg.train.batch_size,
             "optimizer": cfg.optim.name, "precision": precision.name, "precision_reason": precision.reason,
             "channels_last": cfg.train.channels_last,
@@ -201,17 +212,23 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=None, help="steps per epoch (default: 40 for mnist_cnn and on a "
                                                            "GPU, 8 for cifar10_fast on a CPU)")
     p.add_argument("--epochs", type=int, default=3, help="epochs per run; the first is warm-up")
-    p.add_argument("--repeats", type=int, default=5, help="trainer/bare pairs per model")
+    p.add_argument("--repeats", type=int, default=5, help="runs (each of --epochs interleaved pairs) per model")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="config overrides for both sides, e.g. train.precision=fp32 (default: the preset's auto)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     models = args.models or (["mnist_cnn", "cifar10_fast"] + (["resnet18_gpu"] if args.device == "cuda" else []))
     report = {"benchmark": "overhead", "command": " ".join(["python", *sys.argv]), "machine": machine(),
               "results": []}
+    m = report["machine"]
+    print(f"processor: {m['processor']} ({m['cpus']} CPUs, {m['torch_threads']} torch threads), GPU: {m['gpu']}, "
+          f"load average {m['load_average']}", file=sys.stderr, flush=True)
     for setup in models:
         steps = args.steps or (8 if setup == "cifar10_fast" and args.device == "cpu" else 40)
-        row = compare(setup, steps=steps, epochs=args.epochs, repeats=args.repeats, device=args.device)
+        row = compare(setup, steps=steps, epochs=args.epochs, repeats=args.repeats, device=args.device,
+                      extra=args.set)
         report["results"].append(row)
         r = row["ratio"]
         print(f"{setup:13s} trainer {row['trainer_images_per_s']['median']:>9,.0f} img/s | bare "

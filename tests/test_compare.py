@@ -212,3 +212,18 @@ def test_comparison_figure_overlays_every_run_and_falls_back_to_validation(tmp_p
     assert [line.get_linestyle() for line in test_acc.get_lines()] == ["-", "-", "--"]
     assert list(test_acc.get_lines()[1].get_ydata()) == [40.0, 70.0]  # percent
     assert len(train_loss.get_lines()) == 3 and fig.legends and len(fig.legends[0].get_texts()) == 3
+
+
+def test_precision_compares_as_computed(runs):
+    """Two runs with train.precision auto that computed in different types differ (auto resolves per machine); a
+    run recorded with the old spelling 'no' and one with fp32 do not."""
+    base, lr, narrow = runs
+    for run, precision in ((base, "bf16"), (lr, "fp32"), (narrow, "no")):
+        identity = yaml.safe_load((run / "run.yaml").read_text())
+        identity["precision"] = precision
+        (run / "run.yaml").write_text(yaml.safe_dump(identity, sort_keys=False))
+    compared = load_runs(runs)
+    assert all(yaml.safe_load((r / "config.yaml").read_text())["train"]["precision"] == "auto" for r in runs)
+    keys = differing_keys(compared)
+    assert changes(compared[0], compared[1], keys) == "optim.lr 0.05 -> 0.2, train.precision bf16 -> fp32"
+    assert "train.precision" not in changes(compared[1], compared[2], keys)

@@ -37,7 +37,7 @@ def test_reference_shows_types_defaults_and_bounds():
     rows = {line.split(" | ")[0].strip("| `"): line for line in markdown_reference().splitlines()
             if line.startswith("| `")}
     assert rows["train.epochs"].startswith("| `train.epochs` | `int` (>= 1) | `10` | ")
-    assert "one of `auto`, `fp32`, `bf16`, `fp16`" in rows["train.precision"]
+    assert "one of `auto`, `fp32`, `bf16`, `fp16` | `auto` |" in rows["train.precision"]
     assert "| `str` or `null` | `null` |" in rows["data.root"]
     assert "`[SIGTERM, SIGUSR2, SIGINT]`" in rows["train.preempt_signals"]
     assert "&lt;output.name>" in rows["train.resume"]  # <output.name> would vanish as an HTML tag on GitHub

@@ -8,6 +8,7 @@ Only the training test compiles FFCV's pipelines (about 15 s of numba); the othe
 and bytes. Every test has a timeout: an error inside an FFCV worker could otherwise hang.
 """
 
+import contextlib
 import os
 import shutil
 import signal
@@ -140,29 +141,56 @@ def _nothing_published(out):
     assert not list(out.parent.glob(f".{out.name}.*.tmp"))
 
 
+def _children(pid):
+    """The processes whose parent is `pid` (from /proc: every Linux kernel has it)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def _gone(pid):
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] in ("Z", "X")  # a zombie is dead
+    except OSError:
+        return True
+
+
 def test_killed_conversion_publishes_nothing_and_the_next_one_replaces_its_leftover(folder, tmp_path):
     from visionlaunch.ffcv_builders import check_beton
     from visionlaunch.ffcv_builders.stream import write_source
 
     out = tmp_path / "train.beton"
-    proc = _writer(folder, out, delay=0.02)
-    deadline, tmp = time.time() + 120, []
+    proc = _writer(folder, out, delay=0.1)  # 0.1 s an image: 25 s of work for each of the 2 workers
+    deadline, tmp, workers = time.time() + 120, [], []
     try:
-        while time.time() < deadline and proc.poll() is None:  # kill it once pages are written under the temp name
+        while time.time() < deadline and proc.poll() is None and not tmp:
             tmp = list(tmp_path.glob(".train.beton.*.tmp"))
-            if tmp and tmp[0].stat().st_size > 2 * 2**20:
-                break
             time.sleep(0.05)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the writer and its worker processes
+        time.sleep(2)  # mid-conversion: the workers are decoding and writing under the temporary name
+        workers = _children(proc.pid)
+        os.kill(proc.pid, signal.SIGKILL)  # the converting process only, as the OOM killer would
         proc.wait(timeout=30)
+        deadline = time.time() + 8  # far less than the work the workers had left
+        while time.time() < deadline and not all(_gone(w) for w in workers):
+            time.sleep(0.1)
+        assert workers and all(_gone(w) for w in workers), "writer workers outlived the converting process"
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # anything of the group still alive
+            os.killpg(proc.pid, signal.SIGKILL)
     assert tmp and tmp[0].exists(), "the writer never started writing, or finished before the kill"
     assert not out.exists() and not os.path.exists(str(out) + ".json")
     logs = []
     source = FolderSource(folder, "train", image_size=32, progress=False)
     written = write_source(source, out, dataset="mixed", split="train", image_size=32, max_side=160, progress=False,
-                           log=logs.append)
-    assert any(str(tmp[0]) in m and "interrupted" in m for m in logs), logs
+                           log=logs.append)  # no lock left behind: it does not wait
+    assert any(str(tmp[0]) in m and "interrupted" in m for m in logs) and not any("waiting" in m for m in logs), logs
     assert not tmp[0].exists() and check_beton(out).count == written.count == 500
 
 
@@ -221,8 +249,8 @@ def test_a_folder_changed_since_conversion_is_described(folder, tmp_path, capsys
 def test_training_on_disk_residency_reads_the_photos_and_learns(folder, tmp_path, capsys):
     args = ["train", "--config", str(REPO / "configs" / "mnist_fcn.yaml"), "data.name=imagefolder",
             f"data.path={folder}", "data.image_size=32", "data.val_size=50", "data.residency=disk",
-            "data.loader=ffcv", f"data.ffcv_dir={tmp_path / 'b'}", "model.args={hidden: [128], batch_norm: true, dropout: 0}",
-            "augment.crop_padding=0", "augment.flip=true", "train.batch_size=25", "train.epochs=6", "optim.lr=0.01",
+            "data.loader=ffcv", f"data.ffcv_dir={tmp_path / 'b'}",
+            "model.args={hidden: [128], batch_norm: true, dropout: 0}", "augment.crop_padding=0", "augment.flip=true", "train.batch_size=25", "train.epochs=6", "optim.lr=0.01",
             "train.progress=false", "report.figures=false", f"output.dir={tmp_path / 'runs'}", "output.name=r"]
     assert main(args) == 0
     out = capsys.readouterr()
@@ -265,3 +293,64 @@ def test_ffcv_reads_in_the_local_order_and_ranks_interleave_to_one_process(tmp_p
     reference = ShardedLoader(n, 10, train=True, seed=3, order=order)  # what the tensor and torch backends cut
     reference.set_epoch(1)
     assert torch.equal(reference.remaining(), one)
+
+
+def test_the_page_cache_reader_holds_no_python_object_per_sample(tmp_path):
+    """FFCV's OSCacheManager builds three per-sample dictionaries (about 460 bytes a sample in every process); the
+    ffcv backend reads through a lean one that keeps the allocation table as numpy arrays, and reads the same."""
+    import tracemalloc
+
+    import torch
+    from ffcv.memory_managers import OSCacheManager
+    from ffcv.reader import Reader
+
+    from visionlaunch.ffcv_builders import FfcvLoader, write_beton
+    from visionlaunch.ffcv_builders.loader import lean_os_cache
+
+    n = 20_000
+    images = np.random.default_rng(0).integers(0, 256, (n, 2, 2, 3), dtype=np.uint8)
+    write_beton(images, np.arange(n) % 7, tmp_path / "many.beton", num_classes=7, dataset="many", split="train",
+                progress=False)
+    reader = Reader(str(tmp_path / "many.beton"))
+
+    def bytes_per_sample(manager):
+        tracemalloc.start()
+        made = manager(reader)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return peak / n, made
+
+    ffcv_bytes, ffcv_made = bytes_per_sample(OSCacheManager)
+    lean_bytes, lean_made = bytes_per_sample(lean_os_cache())
+    assert ffcv_bytes > 300 and lean_bytes < 40, (ffcv_bytes, lean_bytes)
+    assert np.array_equal(lean_made.ptrs, ffcv_made.ptrs) and np.array_equal(lean_made.sizes, ffcv_made.sizes)
+    loader = FfcvLoader(tmp_path / "many.beton", 1000, train=False, seed=0, device=torch.device("cpu"), clone=True)
+    assert type(loader.loader.memory_manager) is lean_os_cache()
+    read = torch.cat([x for x, _ in loader])
+    assert torch.equal(read, torch.from_numpy(images).permute(0, 3, 1, 2))
+
+
+def test_a_large_file_is_not_read_whole_at_every_start_unless_it_changed(tmp_path, monkeypatch):
+    """Over FULL_CHECK_BYTES, a beton whose size, modification time and ends match its manifest is trusted without
+    reading it whole; a changed end (the allocation table) or a new modification time sends it to the full SHA-256."""
+    from visionlaunch.ffcv_builders import check_beton, manifest, write_beton
+
+    beton = tmp_path / "big.beton"
+    write_beton(np.zeros((300, 8, 8, 3), np.uint8), np.arange(300) % 3, beton, num_classes=3, dataset="big",
+                split="train", progress=False)
+    monkeypatch.setattr(manifest, "FULL_CHECK_BYTES", 0)  # every file counts as large
+    full_reads = []
+    real_digest = manifest.file_digest
+    monkeypatch.setattr(manifest, "file_digest", lambda *a: full_reads.append(a) or real_digest(*a))
+    check_beton(beton)
+    assert full_reads == []  # trusted: size, time and ends as written
+    os.utime(beton)  # touched, same bytes: read whole, and accepted
+    check_beton(beton)
+    assert len(full_reads) == 1
+    written = beton.stat().st_mtime_ns
+    data = bytearray(beton.read_bytes())
+    data[-10] ^= 0xFF  # the allocation table, same size, the old modification time put back
+    beton.write_bytes(bytes(data))
+    os.utime(beton, ns=(written, written))
+    with pytest.raises(VisionlaunchError, match="SHA-256 differs"):
+        check_beton(beton)

@@ -86,6 +86,10 @@ def test_forced_residencies_and_loaders():
     ffcv = _plan(10**6, loader="ffcv", num_workers=3)  # the .beton read through the page cache, in the local order
     assert ffcv.out_of_core and ffcv.loader == "ffcv"
     assert "os_cache" in ffcv.lines[0] and "3 FFCV threads" in ffcv.lines[0] and "local shuffle" in ffcv.lines[0]
+    # An ImageFolder that fits is read from its .beton file too (never decoded in memory); MNIST/CIFAR stay in memory.
+    small = _plan(10, loader="ffcv")
+    assert small.out_of_core and small.loader == "ffcv" and "never decoded in memory" in small.lines[0]
+    assert not _plan(10, residency="memory", loader="ffcv").out_of_core
 
 
 @pytest.fixture(scope="module")

@@ -217,3 +217,15 @@ def test_half_inputs_follow_what_auto_chose():
     cfg, data = load_config(None, ["data.half_inputs=true"]), SimpleNamespace(mean=(0.5,), std=(0.25,))
     assert batch_pipeline(cfg, data, CPU, 0, torch.bfloat16).dtype == torch.bfloat16
     assert batch_pipeline(cfg, data, CPU, 0, None).dtype == torch.float32  # auto -> fp32: float32 inputs
+
+
+def test_an_ablation_file_may_spell_full_precision_no(tmp_path):
+    from visionlaunch.ablation import load_ablation
+
+    path = tmp_path / "precision.yaml"
+    path.write_text(f"base: {FCN}\ngrid:\n  train.precision: [bf16, no, 'no', fp32]\n")  # no: YAML's False
+    with pytest.raises(VisionlaunchError):  # three spellings of one setting: the plan would run it three times
+        load_ablation(path, out=tmp_path / "out")
+    path.write_text(f"base: {FCN}\ngrid:\n  train.precision: [bf16, no]\n")
+    plan = load_ablation(path, out=tmp_path / "out")
+    assert [v.config.train.precision for v in plan.variants] == ["bf16", "fp32"]

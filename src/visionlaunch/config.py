@@ -61,7 +61,7 @@ class DataConfig(_Section):
     residency: Literal["auto", "memory", "disk"] = Field(
         "auto", description="where the training split lives: memory (decoded once), disk (out of core: each image "
                             "decoded when used, by the torch loader, or read from its .beton file by ffcv), or auto: memory "
-                            "when it fits")
+                            "when it fits (disk for an ImageFolder with data.loader=ffcv)")
     num_workers: int = Field(2, ge=0, description="torch loader: worker processes; ffcv: threads (and writer processes)")
     ffcv_dir: str | None = Field(None, description="ffcv: folder of the .beton files; default <data cache>/ffcv")
     ffcv_encoding: Literal["raw", "jpeg"] = Field("raw", description="ffcv: how images are stored (jpeg: RGB only, lossy)")
@@ -69,8 +69,8 @@ class DataConfig(_Section):
     ffcv_max_resolution: int | None = Field(
         None, ge=8, description="ffcv with image_size, training split read out of core: photos stored at their own "
                                 "aspect ratio, the longer side at most this many px (null: 4/3 x image_size / 0.875)")
-    half_inputs: bool = Field(False, description="normalised batches in the half type of train.precision (bf16/fp16) "
-                                                 "instead of float32")
+    half_inputs: bool = Field(False, description="normalised batches in the half type the run computes in (bf16/fp16; "
+                                                 "with train.precision=auto, where it picks one) instead of float32")
     class_names: str | None = Field(None, description="imagefolder: a text file of '<class folder> <name>' lines "
                                     "(e.g. ImageNet's LOC_synset_mapping.txt) whose names figures and reports show")
     image_size: int | None = Field(None, ge=8, description="imagefolder: photos of any size become image_size x "
@@ -333,8 +333,6 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
         return RunConfig.model_validate(tree)
     except ValidationError as err:
         raise VisionlaunchError(format_validation_error(err, source, RunConfig)) from None
-
-
 
 
 def flatten(tree: Any, prefix: str = "", depth: int | None = None) -> dict[str, Any]:

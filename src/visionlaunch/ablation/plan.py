@@ -152,6 +152,7 @@ def load_ablation(path: str | os.PathLike, *, out: str | os.PathLike | None = No
             variant.config = _validated(variant, where)
             variants.append(variant)
     _check_folder_names(name, variants, where)
+    _check_distinct_settings(variants, where)
     description = tree.get("description", "")
     return Ablation(name=name, source=source, description=description if isinstance(description, str) else "",
                     base=base, out_dir=out_dir, fixed=fixed, extra=extra, varied=varied, seeds=seeds,
@@ -349,6 +350,18 @@ def _validated(variant: Variant, where: str) -> RunConfig:
 # A file name may have 255 bytes on common file systems; the runner writes logs/<run>.json and temporary files
 # named .<run>.json.<random>.tmp beside the files it replaces, so a run name keeps 20 bytes free.
 MAX_NAME_BYTES = 255 - 20
+
+
+def _check_distinct_settings(variants: list[Variant], where: str) -> None:
+    """Two settings whose values spell one config (train.precision no and fp32; 0.1 and 1e-1) would run the same
+    experiment twice under two names."""
+    seen: dict[str, Variant] = {}
+    for v in variants:
+        same = seen.setdefault(json.dumps(v.config.model_dump(mode="json", exclude={"output"}), sort_keys=True), v)
+        if same is not v:
+            raise VisionlaunchError(
+                f"{where}: the settings {same.label!r} and {v.label!r} are one configuration (the same values, "
+                "spelt differently), so their runs would repeat each other. List each setting once.")
 
 
 def _check_folder_names(name: str, variants: list[Variant], where: str) -> None:

@@ -26,6 +26,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torch.utils.data import TensorDataset
+# Imported once, in the parent: importing it in each DataLoader worker on its first crop failed under load with a
+# KeyError inside torchvision's own imports (seen once in test_out_of_core).
+from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 
 from visionlaunch.datasets.decode import decode_image, with_channels
@@ -204,8 +207,6 @@ class ResizedCrop:
     def sample(self, image: torch.Tensor, generator: torch.Generator | None = None, size: int | None = None
                ) -> torch.Tensor:
         """One CHW image, cropped with torchvision's transforms v2 (`size`: the epoch's, default self.size)."""
-        from torchvision.transforms.v2 import functional as TF
-
         size = size or self.size
         top, left, h, w = draw_boxes(1, image.shape[-2], image.shape[-1], self.scale, RATIO, generator)[0].tolist()
         return TF.resized_crop(image, top, left, h, w, [size, size], antialias=True)

@@ -4,7 +4,8 @@ FFCV's own format has no room for our metadata (its reader takes everything afte
 as allocation entries), so the record lives next to the file: dataset, split, count, image shape, encoding, a
 digest of the source samples, and the size and SHA-256 of the beton itself. A beton is used only when its
 manifest matches it byte for byte, which refuses a truncated file, another program's file at our path, and a
-file written from data that has changed since (stale).
+file written from data that has changed since (stale). A file over FULL_CHECK_BYTES is read whole only when its
+size, modification time or ends differ from the manifest's.
 """
 
 from __future__ import annotations
@@ -50,9 +51,37 @@ class BetonManifest:
     # data.image_size: the training view is cropped from images of at most max_resolution px (their stored size)
     image_size: int | None = None
     max_resolution: int | None = None
+    # A file over FULL_CHECK_BYTES whose size, modification time and ends (header, metadata, allocation table) are
+    # as written is not read whole again at every start (None: an older manifest, always read whole)
+    beton_mtime_ns: int | None = None
+    beton_ends_sha256: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1) + "\n"
+
+
+# Up to this size a beton is read whole for its SHA-256 at every check. A larger one (a dataset bigger than memory:
+# reading it whole at every start would take minutes and evict the page cache) is trusted when its size, its
+# modification time and the SHA-256 of its ends still match the manifest, else read whole.
+FULL_CHECK_BYTES = 1 << 30
+ENDS_BYTES = 4 << 20
+
+
+def ends_digest(beton: Path) -> str:
+    """SHA-256 of the first and last ENDS_BYTES of the file: FFCV's header, field and sample metadata at the start,
+    its allocation table at the end."""
+    h = hashlib.sha256()
+    with open(beton, "rb") as f:
+        h.update(f.read(ENDS_BYTES))
+        f.seek(max(0, f.seek(0, 2) - ENDS_BYTES))
+        h.update(f.read(ENDS_BYTES))
+    return h.hexdigest()
+
+
+def _unchanged_since_written(beton: Path, manifest: BetonManifest) -> bool:
+    if manifest.beton_bytes <= FULL_CHECK_BYTES or manifest.beton_ends_sha256 is None:
+        return False
+    return beton.stat().st_mtime_ns == manifest.beton_mtime_ns and ends_digest(beton) == manifest.beton_ends_sha256
 
 
 def _rewrite_hint(beton: Path) -> str:
@@ -85,7 +114,7 @@ def check_beton(beton: Path, *, dataset: str | None = None, split: str | None = 
         raise VisionlaunchError(
             f"{beton} is {size:,} bytes but was written as {manifest.beton_bytes:,}: it is truncated or was "
             f"replaced. {_rewrite_hint(beton)}")
-    if file_digest(beton, "sha256") != manifest.beton_sha256:
+    if not _unchanged_since_written(beton, manifest) and file_digest(beton, "sha256") != manifest.beton_sha256:
         raise VisionlaunchError(
             f"{beton} does not match its manifest (SHA-256 differs): the file was modified or is another "
             f"dataset's. {_rewrite_hint(beton)}")

@@ -1,7 +1,8 @@
 """Photos at their own aspect ratio for the ffcv backend's training split (data.image_size): each decoded by the
 project's one decoder, as the stored squares are (decode.py through mixed_size.py: EXIF rotation, RGB), and shrunk
-so that its longer side is at most `max_side` px, never enlarged. FFCV's RandomResizedCropRGBImageDecoder then crops from the whole photo, as timm's
-RandomResizedCrop does, instead of from the centre square that the in-memory split stores.
+so that its longer side is at most `max_side` px, never enlarged. FFCV's RandomResizedCropRGBImageDecoder then
+crops from the whole photo, as timm's RandomResizedCrop does, instead of from the centre square that the in-memory
+split stores.
 
 The same upscale rule as the stored squares: a photo whose shorter side would have to grow more than
 data.max_upscale times to reach the stored size (image_size / 0.875) is refused, naming the file.

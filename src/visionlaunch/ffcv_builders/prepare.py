@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from functools import partial
 from pathlib import Path
 
 from visionlaunch.config import DataConfig
@@ -85,14 +86,12 @@ def ensure_betons(splits: dict, dataset: str, cfg: DataConfig, *, overwrite: boo
             images, labels = imageset_arrays(ds) if isinstance(ds, ImageSet) else array_samples(ds)
             digest, explain = source_digest(images, labels), None
             # the training split keeps its stored squares for FFCV's random-resized-crop decoder
-            write = lambda: write_beton(  # noqa: E731
-                images, labels, path, num_classes=len(ds.classes), **common,
-                max_resolution=max(images.shape[1:3]) if cfg.image_size and split == "train" else None)
+            write = partial(write_beton, images, labels, path, num_classes=len(ds.classes), **common,
+                            max_resolution=max(images.shape[1:3]) if cfg.image_size and split == "train" else None)
         else:  # streamed from the files, one sample per writer worker at a time
             index = FolderIndex(ds, view_of(ds, side))
             digest, explain = index.digest(), index.describe_change
-            write = lambda: write_source(ds, path, **common, max_side=side, max_upscale=cfg.max_upscale,  # noqa: E731
-                                         index=index)
+            write = partial(write_source, ds, path, **common, max_side=side, max_upscale=cfg.max_upscale, index=index)
         if path.is_file() and not overwrite:
             check_beton(path, dataset=dataset, split=split, source_sha256=digest, explain=explain)
             log(f"ffcv: {path} is up to date ({len(ds)} images)")

@@ -56,7 +56,6 @@ class FolderIndex:
 
     def __init__(self, ds, view: str):
         base, self.selection, _ = _parts(ds)
-        self.root = base.source
         self.paths, self.offsets = base._paths, base._offsets
         self.sizes, self.labels, self.classes = base.file_sizes, base.labels, list(base.classes)
         self.mtimes = np.array([os.stat(base.path(i)).st_mtime_ns for i in range(len(base))], dtype=np.int64)

@@ -16,6 +16,7 @@ import glob
 import os
 import queue
 import shutil
+import signal
 from multiprocessing import Process, Queue, Value
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from visionlaunch.datasets.files import file_digest
 from visionlaunch.datasets.imageset import ImageSet
 from visionlaunch.errors import VisionlaunchError
 from visionlaunch.ffcv_builders import require_ffcv
-from visionlaunch.ffcv_builders.manifest import BetonManifest, manifest_path, source_digest
+from visionlaunch.ffcv_builders.manifest import BetonManifest, ends_digest, manifest_path, source_digest
 from visionlaunch.progress import progress_bar
 
 PAGE_SIZE = 1 << 21  # FFCV's smallest page (2 MiB): each worker leaves one part-filled page, so small is lean
@@ -89,14 +90,28 @@ def writer_workers(num_workers: int, n: int) -> int:
     return max(1, min(int(num_workers), n // 100 + 1))
 
 
-def _worker(failures: Queue, *args) -> None:
-    """FFCV's indexed-dataset worker; a VisionlaunchError (an unreadable image, a bad sample) or a failed write (a
-    full disk, a file size limit) is passed to the parent as a message, without a traceback, and the worker exits
-    with FAILED."""
-    from ffcv.writer import worker_job_indexed_dataset
+def _worker(failures: Queue, parent: int, todo: Queue, metadata_sm, metadata_type, fields, allocator, done,
+            allocations: Queue, samples) -> None:
+    """One writer process: FFCV's indexed-dataset worker loop (handle_sample fills its pages), its record of
+    where each sample went turned into a numpy table chunk by chunk (FFCV keeps a Python tuple per sample until
+    the end). A VisionlaunchError (an unreadable image, a bad sample) or a failed write (a full disk, a file size
+    limit) is passed to the parent as a message, without a traceback, and the worker exits with FAILED."""
+    from ffcv.types import ALLOC_TABLE_TYPE
+    from ffcv.writer import handle_sample
 
+    _die_with_parent(parent)
     try:
-        worker_job_indexed_dataset(*args)
+        metadata = np.frombuffer(metadata_sm.buf, dtype=metadata_type)
+        names, parts = metadata_type.names, []
+        with allocator:  # leaving it writes the last, part-filled page
+            while (chunk := todo.get()) is not None:
+                for dest, source in chunk:
+                    handle_sample(samples[source], dest, names, metadata, allocator, fields)
+                parts.append(np.array(allocator.allocations, dtype=ALLOC_TABLE_TYPE))
+                allocator.allocations.clear()  # complete: a retry only ever revisits the sample being written
+                with done.get_lock():
+                    done.value += len(chunk)
+        allocations.put(np.concatenate(parts) if parts else np.zeros(0, dtype=ALLOC_TABLE_TYPE))
     except (VisionlaunchError, OSError) as exc:
         failures.put((isinstance(exc, OSError), str(exc)))
         failures.close()
@@ -107,11 +122,20 @@ def _worker(failures: Queue, *args) -> None:
 FAILED = 3
 
 
+def _die_with_parent(parent: int) -> None:
+    """Linux: this worker is killed when the converting process `parent` dies (a SIGKILL, the OOM killer), instead
+    of writing on into a file nobody will publish."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it died before the request was made
+        os._exit(FAILED)
+
+
 def _write(tmp: Path, fields: dict, samples, workers: int, desc: str, progress: bool) -> None:
     """FFCV's DatasetWriter, with its wait loop replaced: FFCV's waits forever once a worker has died (an error,
     a full disk); this one notices the dead worker, stops the others and raises. `samples[i]` -> (image, label) is
-    called in the worker processes (inherited through fork), so it may decode files: memory stays one page and
-    one sample per worker, whatever the dataset's size."""
+    called in the worker processes (inherited through fork), so it may decode files: memory is one page and one
+    sample per worker, plus the allocation table (24 bytes a sample) and the metadata (about 20 bytes a sample)."""
     from ffcv.writer import DatasetWriter
     from ffcv.memory_allocator import MemoryAllocator
 
@@ -127,8 +151,8 @@ def _write(tmp: Path, fields: dict, samples, workers: int, desc: str, progress: 
     failures: Queue = Queue()
     done = Value(ctypes.c_uint64, 0)
     allocator = MemoryAllocator(str(tmp), writer.data_region_start, writer.page_size)
-    args = (failures, todo, writer.metadata_sm, writer.metadata_type, writer.fields, allocator, done, allocations,
-            samples)
+    args = (failures, os.getpid(), todo, writer.metadata_sm, writer.metadata_type, writer.fields, allocator, done,
+            allocations, samples)
     procs = [Process(target=_worker, args=args, daemon=True) for _ in range(workers)]
     try:
         for p in procs:
@@ -137,7 +161,7 @@ def _write(tmp: Path, fields: dict, samples, workers: int, desc: str, progress: 
         with progress_bar(total=n, desc=desc, unit="img", disable=not progress, leave=False) as bar:
             while reported < workers:  # each worker reports its allocations once, when it is done
                 try:
-                    table.extend(allocations.get(timeout=0.1))
+                    table.append(allocations.get(timeout=0.1))
                     reported += 1
                     continue
                 except queue.Empty:
@@ -162,7 +186,7 @@ def _write(tmp: Path, fields: dict, samples, workers: int, desc: str, progress: 
             bar.update(n - bar.n)
         for p in procs:
             p.join()
-        writer.finalize(table)
+        _finish(writer, np.concatenate(table))
     finally:
         for p in procs:
             if p.is_alive():
@@ -174,6 +198,18 @@ def _write(tmp: Path, fields: dict, samples, workers: int, desc: str, progress: 
         writer.metadata_sm.close()
         with contextlib.suppress(FileNotFoundError):
             writer.metadata_sm.unlink()
+
+
+def _finish(writer, table: np.ndarray) -> None:
+    """FFCV's DatasetWriter.finalize for a table that is already a numpy array: the samples' metadata into its
+    region, the allocation table at the end, then the header that points at it."""
+    with open(writer.fname, "r+b") as f:
+        f.seek(writer.metadata_start)
+        f.write(writer.metadata_sm.buf)
+        writer.header["alloc_table_ptr"] = f.seek(0, os.SEEK_END)
+        f.write(table.tobytes())
+        f.seek(0)
+        f.write(writer.header.tobytes())
 
 
 CHUNK = 100  # samples per work item: consecutive samples stay together in the file (locality for the order)
@@ -196,10 +232,15 @@ class _Chunk:
 def _conversion_lock(path: Path, log):
     """Held while `path` is written: a second conversion of the same file waits; and a temporary file beside it
     (`.NAME.*.tmp`) found while holding the lock was left by a conversion that was killed: it is named and
-    removed (its writer is gone, since its lock was released with it)."""
+    removed. A POSIX record lock (lockf): it belongs to this process alone (not to the forked writer workers) and
+    the kernel releases it when the process dies, however it dies."""
     lock = path.parent / f".{path.name}.lock"
     with open(lock, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            log(f"ffcv: waiting for another process that is writing {path} ({lock} is locked)")
+            fcntl.lockf(f, fcntl.LOCK_EX)
         try:
             for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
                 size = stale.stat().st_size
@@ -208,7 +249,7 @@ def _conversion_lock(path: Path, log):
                 stale.unlink(missing_ok=True)
             yield
         finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+            fcntl.lockf(f, fcntl.LOCK_UN)
 
 
 def publish(path: Path, fields: dict, samples, *, workers: int, need: int, desc: str, progress: bool,
@@ -226,7 +267,9 @@ def publish(path: Path, fields: dict, samples, *, workers: int, need: int, desc:
         except OSError as exc:  # e.g. the disk filled while the header or allocation table was written
             raise VisionlaunchError(f"writing {path} failed: {exc}. Check the free space of {path.parent} and run "
                                     "the conversion again. Nothing was published.") from None
-        written = BetonManifest(**manifest, beton_bytes=tmp.stat().st_size, beton_sha256=file_digest(tmp, "sha256"))
+        info = tmp.stat()  # nothing writes to it after this: the rename keeps its modification time
+        written = BetonManifest(**manifest, beton_bytes=info.st_size, beton_sha256=file_digest(tmp, "sha256"),
+                                beton_mtime_ns=info.st_mtime_ns, beton_ends_sha256=ends_digest(tmp))
         atomic_write_text(manifest_path(path), written.to_json())
     return written
 

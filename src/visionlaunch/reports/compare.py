@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from visionlaunch.atomic import atomic_write_text, writes_directly
-from visionlaunch.config import flatten
+from visionlaunch.config import canonical_precision, flatten
 from visionlaunch.errors import VisionlaunchError
 from visionlaunch.runfolder import CONFIG, IDENTITY, METRICS, REPORT, enclosing_run_folder
 from visionlaunch.trajectory import canonical_settings, shapes_trajectory
@@ -102,6 +102,8 @@ def _settings(folder: RunFolder) -> dict:
     settings = {k: v for k, v in canonical_settings(flatten(folder.config)).items() if k not in IGNORED_KEYS}
     if settings and folder.identity.get(PROCESSES_KEY) is not None:
         settings[PROCESSES_KEY] = folder.identity[PROCESSES_KEY]
+    if settings and folder.identity.get("precision"):  # what train.precision computed in (auto resolves per machine)
+        settings["train.precision"] = canonical_precision(folder.identity["precision"])
     return settings
 
 

@@ -10,7 +10,9 @@ process may use, the smaller of the machine's available memory (/proc/meminfo Me
 the memory cgroup's limit when one is set (v2 memory.max, v1 memory.limit_in_bytes). Otherwise it reads the
 training split out of core, with the torch backend (data.loader=torch), or with the ffcv backend when the config
 asks for it (data.loader=ffcv: the .beton file read through the page cache, in the same local order); a loader
-set explicitly to tensor cannot read out of core, and the run stops saying why.
+set explicitly to tensor cannot read out of core, and the run stops saying why. data.loader=ffcv reads an
+ImageFolder's training split out of core even when it would fit: it trains from the .beton file anyway, which is
+then written from the files (the photos at their aspect ratio) instead of from a decoded copy.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from visionlaunch.datasets.order import EpochOrder
-from visionlaunch.datasets.source import decoded_bytes
+from visionlaunch.datasets.source import ArraySource, decoded_bytes
 from visionlaunch.errors import VisionlaunchError
 
 # The decoded data may take at most this share of the memory available: the model, the optimizer, activations,
@@ -87,9 +89,14 @@ def plan_residency(data_cfg, train, test_bytes: int, processes: int, loader_set:
         room, where = available or memory_available()
         budget = int(room * MEMORY_SHARE)
         rule = f"budget {_gib(budget)}: {MEMORY_SHARE:.0%} of the {_gib(room)} {where}"
-        if need <= budget:
+        # data.loader=ffcv trains from the .beton file whatever the size: an ImageFolder's training split is then
+        # written from its files (photos at their aspect ratio), never decoded in memory
+        ffcv_files = (data_cfg.loader == "ffcv" and getattr(train, "streams", True)
+                      and not isinstance(train, ArraySource))
+        if need <= budget and not ffcv_files:
             return ResidencyPlan(False, data_cfg.loader, [f"data plan: in memory ({sizes} <= {rule})"])
-        why = f"{sizes} > {rule}"
+        why = f"{sizes} > {rule}" if need > budget else \
+            f"data.loader=ffcv reads an ImageFolder from its .beton file, never decoded in memory; {sizes} <= {rule}"
     else:
         why = "data.residency=disk"
     if not getattr(train, "streams", True):  # an archive: read whole, in memory

@@ -20,6 +20,7 @@ from visionlaunch.errors import VisionlaunchError
 # The /proc/cpuinfo flags of x86 instructions that compute bf16 (dot products, matrix tiles), as the kernel names them.
 CPU_BF16_FLAGS = {"avx512_bf16": "AVX-512 BF16", "amx_bf16": "AMX"}
 EMULATED = "emulated, usually slower than fp32"
+HALF_TYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # the autocast type of each mixed precision
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class Precision:
     @property
     def half_dtype(self) -> torch.dtype | None:
         """The autocast type, None in fp32."""
-        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.name)
+        return HALF_TYPES.get(self.name)
 
 
 def cpu_bf16_features() -> list[str]:

@@ -30,7 +30,7 @@ from visionlaunch.models.weights import load_weights
 from visionlaunch.trainers import checkpoint as ckpt
 from visionlaunch.trainers import memory_plan
 from visionlaunch.trainers.data import DataBundle, prepare_data, split_loader
-from visionlaunch.trainers.precision import Precision
+from visionlaunch.trainers.precision import HALF_TYPES, Precision
 from visionlaunch.trainers.runlock import RunLock
 
 
@@ -187,7 +187,7 @@ def resized_crop_for(cfg: RunConfig) -> ResizedCrop | None:
 
 def half_type(accelerator) -> torch.dtype | None:
     """The autocast type of an Accelerator's mixed precision (the run's precision as resolved), None in fp32."""
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision)
+    return HALF_TYPES.get(accelerator.mixed_precision)
 
 
 def batch_pipeline(cfg: RunConfig, data: DataBundle, device: torch.device, seed: int, half: torch.dtype | None, *,
