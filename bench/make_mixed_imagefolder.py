@@ -7,6 +7,7 @@ Per class, the first N train and M test images of the archive (its order is sort
 resized (bicubic) to a width drawn uniformly from [--min-side, --max-side] and an aspect ratio drawn
 log-uniformly from [3/4, 4/3] (the height clipped to the same range) and saved as JPEG (quality 90). The same
 seed writes the same files. The output folder must not exist yet (nothing is ever overwritten).
+`--layout imagenet` writes the test images to val/ (ImageNet's layout: train/ and val/, val/ the test split).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-side", type=int, default=40)
     p.add_argument("--max-side", type=int, default=160)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--layout", choices=("imagefolder", "imagenet"), default="imagefolder",
+                   help="imagenet: the test images go to val/ (train/ and val/, as ImageNet is laid out)")
     args = p.parse_args(argv)
     if args.out.exists():
         print(f"{args.out} exists already: choose a new folder", file=sys.stderr)
@@ -53,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
                 aspect = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
                 height = min(args.max_side, max(args.min_side, round(width * aspect)))
                 resized = im.convert("RGB").resize((width, height), Image.Resampling.BICUBIC)
-            target = tmp / split / cls / name
+            folder = "val" if split == "test" and args.layout == "imagenet" else split
+            target = tmp / folder / cls / name
             target.parent.mkdir(parents=True, exist_ok=True)
             resized.save(target, quality=90)
     tmp.rename(args.out)  # complete or absent

@@ -46,3 +46,18 @@ def test_full_check_without_a_gpu_stops_at_once_and_says_so(tmp_path):
     report = json.loads((tmp_path / "check" / "gpu_check.json").read_text())
     assert report["rows"] == [{"part": "set-up", "check": "CUDA", "result": "torch sees no GPU", "goal": "a GPU",
                                "verdict": "FAIL"}]
+
+
+@pytest.mark.timeout(600)
+def test_the_imagenet_speed_check_runs_on_the_cpu(tmp_path):
+    """bench/imagenet_speed.py --quick: the ResNet-50 preset's step (width 4) fed by the ffcv loader at 160 and 192 px,
+    bf16, channels_last, on generated photos; every size measured. The numbers are the GPU's question."""
+    pytest.importorskip("ffcv")
+    out = tmp_path / "speed.json"
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "imagenet_speed.py"), str(out), "--quick"],
+                          capture_output=True, text=True, timeout=500, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["model"] == "resnet50_imagenet" and result["model_args"]["blurpool"]
+    assert set(result["images_per_s"]) == {"160", "192"} and all(v > 0 for v in result["images_per_s"].values())
+    assert result["precision"] == "bf16" and result["channels_last"]

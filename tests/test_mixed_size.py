@@ -151,10 +151,10 @@ def test_the_torch_backend_dataset_crops_without_touching_the_global_random_stre
     images = torch.randint(0, 256, (4, 3, 37, 37), dtype=torch.uint8)
     ds = ResizedCropDataset(images, torch.arange(4), ResizedCrop(32))
     state = torch.random.get_rng_state()
-    first = [ds[i][0] for i in range(4)]
+    first = [ds[i, 0][0] for i in range(4)]
     assert torch.equal(torch.random.get_rng_state(), state)
     assert all(x.shape == (3, 32, 32) and x.dtype == torch.uint8 for x in first)
-    assert not torch.equal(first[0], ds[0][0])  # a fresh crop each time
+    assert not torch.equal(first[0], ds[0, 0][0])  # a fresh crop each time
 
 
 def _train(tmp_path, folder, *overrides, name="run"):

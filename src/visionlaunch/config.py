@@ -19,6 +19,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from visionlaunch.config_section import ConfigSection as _Section
 from visionlaunch.errors import VisionlaunchError
 from visionlaunch.optim_config import OptimConfig, ScheduleConfig  # the optim: and schedule: sections
+from visionlaunch.resolution_config import ResolutionConfig  # the resolution: section (progressive resizing)
 from visionlaunch.validation_messages import format_validation_error
 from visionlaunch.yamlfiles import YamlRefused, load_yaml, read_yaml
 
@@ -75,6 +76,13 @@ class DataConfig(_Section):
     image_size: int | None = Field(None, ge=8, description="imagefolder: photos of any size become image_size x "
                                    "image_size RGB (train: random-resized crop; evaluation: resize, centre crop); "
                                    "null = every image must have one size")
+    eval_image_size: int | None = Field(None, ge=8, description="image_size: the side (px) evaluation, `evaluate` and "
+                                        "`predict` see (FFCV's validation.resolution, e.g. 256 after training at "
+                                        "160-192); null = image_size")
+    eval_crop_ratio: float = Field(0.875, gt=0, le=1, description="image_size: evaluation's centre crop, a share of "
+                                   "the stored square (image_size / 0.875 px), resized to eval_image_size; 0.875 = "
+                                   "224/256, FFCV's DEFAULT_CROP_RATIO (with eval_image_size = image_size: exactly "
+                                   "the centre image_size square)")
     max_upscale: float = Field(4.0, ge=1, description="image_size: refuse images whose shorter side would be "
                                                       "enlarged more than this many times")
 
@@ -228,6 +236,7 @@ class TrackerConfig(_Section):
 class RunConfig(_Section):
     data: DataConfig = Field(default_factory=DataConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    resolution: ResolutionConfig = Field(default_factory=ResolutionConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
@@ -252,6 +261,10 @@ class RunConfig(_Section):
         if self.data.image_size is not None and self.data.name != "imagefolder":
             raise ValueError("data.image_size applies to data.name=imagefolder (photos of mixed sizes); the other "
                              "datasets have one size already: remove data.image_size")
+        if self.data.image_size is None and (self.resolution.enabled or self.data.eval_image_size is not None
+                                             or self.data.eval_crop_ratio != 0.875):
+            raise ValueError("resolution.start/end, data.eval_image_size and data.eval_crop_ratio resize the crops of "
+                             "data.image_size: set data.image_size (data.name=imagefolder), or remove them")
         if self.data.image_size is not None and self.augment.crop_padding:
             raise ValueError("augment.crop_padding does not combine with data.image_size, whose random-resized crop "
                              "already moves and scales the view: set augment.crop_padding=0")

@@ -34,7 +34,8 @@ An unknown key, a wrong type or a value out of range stops before anything is re
 `visionlaunch show-config --keys` this list as text, and `visionlaunch models` the arguments each model takes in
 `model.args`.
 
-This page is generated from the config classes (`src/visionlaunch/config.py`, `optim_config.py`) by `{REGENERATE}`;
+This page is generated from the config classes (`src/visionlaunch/config.py`, `optim_config.py`,
+`resolution_config.py`) by `{REGENERATE}`;
 `tests/test_config_reference.py` fails when it differs from what that command writes.
 """
 

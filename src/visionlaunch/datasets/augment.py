@@ -166,6 +166,7 @@ class BatchPipeline:
         self.dtype = dtype  # float32, or the half type of mixed precision (data.half_inputs)
         self.loader_augments = loader_augments  # the ffcv backend augments in its own pipeline: not twice
         self.resized_crop = resized_crop  # data.image_size with the tensor backend: cropped here, first
+        self.epoch = 0  # set_epoch: the crop's size in progressive resizing
         # Augmentation draws never touch the global RNG, so they are reproducible whatever else draws. Seeded
         # per rank, so checkpoints save it per rank.
         self.generator = torch.Generator(device=device).manual_seed(seed)
@@ -175,10 +176,14 @@ class BatchPipeline:
 
     def train(self, images: torch.Tensor) -> torch.Tensor:
         if self.resized_crop is not None:
-            images = self.resized_crop.batch(images, self.generator)
+            images = self.resized_crop.batch(images, self.generator, self.resized_crop.size_at(self.epoch))
         if self.augment.enabled and not self.loader_augments:
             images = self.augment(images, self.generator)
         return self._layout(normalize_with(images, self._mean, self._std, self.dtype))
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch the next training batches belong to (counted from 0): it sets the random-resized crop's size."""
+        self.epoch = epoch
 
     def train_targets(self, images: torch.Tensor, labels: torch.Tensor, num_classes: int
                       ) -> tuple[torch.Tensor, torch.Tensor]:

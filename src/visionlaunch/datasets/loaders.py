@@ -115,7 +115,7 @@ class _RemainingSampler(torch.utils.data.Sampler):
 
     def __iter__(self):
         index = self.owner.remaining().tolist()
-        # (sample, epoch) pairs for SampleDataset, whose per-sample draws depend on the epoch too: persistent workers
+        # (sample, epoch) pairs for SampleDataset and ResizedCropDataset, whose crops depend on the epoch: persistent workers
         # keep the dataset object they were started with, so the epoch has to travel with each index.
         return iter([(i, self.owner.epoch) for i in index] if self.with_epoch else index)
 
@@ -129,7 +129,7 @@ class TorchLoader(ShardedLoader):
         # data.image_size: each training sample is cropped in the workers with torchvision's transforms v2.
         self.crops = self.train and resized_crop is not None
         dataset = ResizedCropDataset(images, labels, resized_crop) if self.crops else TensorDataset(images, labels)
-        self._start(dataset, device, num_workers)
+        self._start(dataset, device, num_workers, with_epoch=self.crops)  # the epoch sets the crop's size
 
     def _start(self, dataset, device: torch.device, num_workers: int, with_epoch: bool = False) -> None:
         self.device = device

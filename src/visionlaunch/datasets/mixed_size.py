@@ -55,13 +55,37 @@ def _square(rgb: Image.Image, stored: int) -> np.ndarray:
     return np.asarray(square).transpose(2, 0, 1)
 
 
-def evaluation_view(payload, display: str, image_size: int) -> np.ndarray:
-    """One file as evaluation sees it (uint8 3 x image_size x image_size): for predictions on new files, pixel for
-    pixel what the test set's decoding and centre crop give."""
+def eval_geometry(image_size: int, eval_size: int | None = None, ratio: float = CROP_FRACTION) -> tuple[int, int]:
+    """(side of evaluation's centre crop of the stored square, side that crop is resized to): data.eval_crop_ratio
+    of the stored square, resized to data.eval_image_size (FFCV's CenterCropRGBImageDecoder). With the defaults the
+    crop is the centre image_size square itself, not resized."""
+    return max(1, int(round(ratio * stored_size(image_size)))), eval_size or image_size
+
+
+def resize_square(images: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 (N)CHW squares resized to size x size (bilinear, antialiased when shrinking), uint8; unchanged when
+    already that size."""
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    batch = images if images.dim() == 4 else images[None]
+    out = torch.empty((*batch.shape[:2], size, size), dtype=torch.uint8)
+    for i in range(0, len(batch), 256):  # in chunks: a whole test set in float32 would be 4x its size
+        part = F.interpolate(batch[i:i + 256].float(), size=(size, size), mode="bilinear", align_corners=False,
+                             antialias=True)
+        out[i:i + 256] = part.round_().clamp_(0, 255).to(torch.uint8)
+    return out if images.dim() == 4 else out[0]
+
+
+def evaluation_view(payload, display: str, image_size: int, eval_size: int | None = None,
+                    ratio: float = CROP_FRACTION) -> np.ndarray:
+    """One file as evaluation sees it (uint8 3 x S x S, S the eval size): for predictions on new files, pixel for
+    pixel what the test set's decoding, centre crop and resize give."""
     stored = stored_size(image_size)
-    offset = (stored - image_size) // 2
+    side, size = eval_geometry(image_size, eval_size, ratio)
+    offset = (stored - side) // 2
     square = _square(_rgb(payload, display, stored), stored)
-    return np.ascontiguousarray(square[:, offset:offset + image_size, offset:offset + image_size])
+    crop = np.ascontiguousarray(square[:, offset:offset + side, offset:offset + side])
+    return resize_square(torch.from_numpy(crop), size).numpy()
 
 
 def decode_squares(items: Sequence, image_size: int, max_upscale: float, *, progress: bool = True,
@@ -91,13 +115,16 @@ def decode_squares(items: Sequence, image_size: int, max_upscale: float, *, prog
                  f"{short} px, {display})")
 
 
-def center_crop(ds: ImageSet, image_size: int) -> ImageSet:
-    """The centre image_size x image_size square of every stored image: the evaluation view."""
+def center_crop(ds: ImageSet, image_size: int, resize_to: int | None = None) -> ImageSet:
+    """The centre image_size x image_size square of every stored image (resized to `resize_to` when given): the
+    evaluation view."""
     _, h, w = ds.shape
     if min(h, w) < image_size:  # a negative offset would slice a strip of the image, not a square
         raise ValueError(f"cannot centre-crop {h}x{w} images to {image_size} px")
     top, left = (h - image_size) // 2, (w - image_size) // 2
     images = ds.images[:, :, top:top + image_size, left:left + image_size].contiguous()
+    if resize_to:
+        images = resize_square(images, resize_to)
     return dataclasses.replace(ds, images=images)  # keeps labels, classes, superclasses, provenance
 
 
@@ -126,12 +153,42 @@ def draw_boxes(n: int, height: int, width: int, scale: tuple[float, float], rati
 
 
 @dataclasses.dataclass(frozen=True)
+class SizeRamp:
+    """Progressive resizing (the resolution: section): the training crop's side in each epoch, FFCV's
+    get_resolution of train_imagenet.py. `start` px up to epoch `start_epoch`, `end` px from epoch `end_epoch` on,
+    between them the linear interpolation rounded to the nearest multiple of `step` (numpy's rounding: halves to
+    even). Epochs are counted from 0, as FFCV counts them. A function of the epoch alone, so a resumed run and any
+    number of processes crop at the same size."""
+    start: int
+    end: int
+    start_epoch: int
+    end_epoch: int
+    step: int = 32
+
+    def size_at(self, epoch: int) -> int:
+        if epoch <= self.start_epoch:
+            return self.start
+        if epoch >= self.end_epoch:
+            return self.end
+        interp = np.interp([epoch], [self.start_epoch, self.end_epoch], [self.start, self.end])[0]
+        return int(np.round(interp / self.step)) * self.step
+
+
+@dataclasses.dataclass(frozen=True)
 class ResizedCrop:
     size: int
     scale: tuple[float, float] = (0.25, 1.0)
+    ramp: SizeRamp | None = None  # progressive resizing: the size of each epoch, in place of `size`
 
-    def batch(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Crop every image of a uint8 (or float) NCHW batch to its own random box, resized to size x size."""
+    def size_at(self, epoch: int) -> int:
+        """The crop's side in epoch `epoch` (counted from 0)."""
+        return self.size if self.ramp is None else self.ramp.size_at(epoch)
+
+    def batch(self, images: torch.Tensor, generator: torch.Generator | None = None, size: int | None = None
+              ) -> torch.Tensor:
+        """Crop every image of a uint8 (or float) NCHW batch to its own random box, resized to size x size
+        (`size`: the epoch's, default self.size)."""
+        size = size or self.size
         n, _, height, width = images.shape
         boxes = draw_boxes(n, height, width, self.scale, RATIO, generator, images.device).to(torch.float32)
         top, left, h, w = boxes.unbind(1)
@@ -141,20 +198,24 @@ class ResizedCrop:
         theta[:, 0, 2] = (2 * left + w) / width - 1
         theta[:, 1, 1] = h / height
         theta[:, 1, 2] = (2 * top + h) / height - 1
-        grid = F.affine_grid(theta, [n, images.shape[1], self.size, self.size], align_corners=False)
+        grid = F.affine_grid(theta, [n, images.shape[1], size, size], align_corners=False)
         out = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
         if images.dtype == torch.uint8:
             return out.round_().clamp_(0, 255).to(torch.uint8)
         return out.to(images.dtype)
 
-    def sample(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """One CHW image, cropped with torchvision's transforms v2."""
+    def sample(self, image: torch.Tensor, generator: torch.Generator | None = None, size: int | None = None
+               ) -> torch.Tensor:
+        """One CHW image, cropped with torchvision's transforms v2 (`size`: the epoch's, default self.size)."""
+        size = size or self.size
         top, left, h, w = draw_boxes(1, image.shape[-2], image.shape[-1], self.scale, RATIO, generator)[0].tolist()
-        return TF.resized_crop(image, top, left, h, w, [self.size, self.size], antialias=True)
+        return TF.resized_crop(image, top, left, h, w, [size, size], antialias=True)
 
 
 class ResizedCropDataset(TensorDataset):
-    """uint8 images, each returned as a fresh random-resized crop (the torch backend's training set).
+    """uint8 images, each returned as a fresh random-resized crop (the torch backend's training set), indexed with
+    (sample index, epoch) pairs: the epoch sets the crop's size (progressive resizing), and it has to travel with
+    each index because persistent workers keep the dataset object they were started with.
 
     The draws come from a generator of this process, seeded from torch.initial_seed(): in DataLoader workers that
     is the worker's own seed (drawn from the loader's seeded generator), in the main process (num_workers=0) the
@@ -165,9 +226,10 @@ class ResizedCropDataset(TensorDataset):
         super().__init__(images, labels)
         self.crop, self._generator, self._pid = crop, None, -1
 
-    def __getitem__(self, i):
+    def __getitem__(self, key: tuple[int, int]):
+        i, epoch = key
         if self._pid != os.getpid():  # a new worker process: its own stream
             self._generator = torch.Generator().manual_seed(torch.initial_seed() % 2**63)
             self._pid = os.getpid()
         image, label = super().__getitem__(i)
-        return self.crop.sample(image, self._generator), label
+        return self.crop.sample(image, self._generator, self.crop.size_at(epoch)), label

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from visionlaunch.datasets.imageset import ImageSet
-from visionlaunch.datasets.mixed_size import ResizedCrop
+from visionlaunch.datasets.mixed_size import ResizedCrop, resize_square
 from visionlaunch.errors import VisionlaunchError
 
 
@@ -91,20 +91,24 @@ def subset(ds, index):
 class CenterCrop:
     """The centre size x size square of every sample of `base` (the evaluation view of data.image_size)."""
 
-    def __init__(self, base, size: int):
+    def __init__(self, base, size: int, resize_to: int | None = None):
         c, h, w = base.shape
         if min(h, w) < size:
             raise ValueError(f"cannot centre-crop {h}x{w} images to {size} px")
-        self.base, self.size = base, size
+        self.base, self.size, self.resize_to = base, size, resize_to or size  # data.eval_image_size
         self.top, self.left = (h - size) // 2, (w - size) // 2
         self.labels, self.classes, self.name, self.source = base.labels, base.classes, base.name, base.source
-        self.shape, self.unofficial = (c, size, size), getattr(base, "unofficial", ())
+        self.shape, self.unofficial = (c, self.resize_to, self.resize_to), getattr(base, "unofficial", ())
 
     def __len__(self) -> int:
         return len(self.base)
 
     def decode(self, i: int) -> np.ndarray:
-        return self.base.decode(i)[self.top:self.top + self.size, self.left:self.left + self.size]
+        crop = self.base.decode(i)[self.top:self.top + self.size, self.left:self.left + self.size]
+        if self.resize_to == self.size:
+            return crop
+        chw = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)
+        return resize_square(chw, self.resize_to).permute(1, 2, 0).numpy()
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -136,6 +140,6 @@ class SampleDataset(torch.utils.data.Dataset):
         image = torch.from_numpy(np.require(pixels, requirements=("C", "W"))).permute(2, 0, 1)
         if self.crop is not None:
             generator = torch.Generator().manual_seed(sample_seed(self.seed, epoch, index))
-            image = self.crop.sample(image, generator)
+            image = self.crop.sample(image, generator, self.crop.size_at(epoch))
         return image.contiguous(), int(self.source.labels[index])
 

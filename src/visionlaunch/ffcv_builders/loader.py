@@ -43,9 +43,11 @@ class FfcvLoader(ShardedLoader):
         super().__init__(int(reader.num_samples), batch_size, **sharding)
         self.device, self.clone = device, clone
         grayscale = type(reader.handlers["image"]).__name__ == "NDArrayField"
-        if resized_crop is not None and self.train:  # data.image_size (always RGB): decoded straight into the crop
-            image = [RandomResizedCropRGBImageDecoder((resized_crop.size,) * 2, scale=tuple(resized_crop.scale),
-                                                      ratio=RATIO)]
+        self.resized_crop, self.decoder = (resized_crop if self.train else None), None
+        if self.resized_crop is not None:  # data.image_size (always RGB): decoded straight into the crop
+            self.decoder = RandomResizedCropRGBImageDecoder((resized_crop.size_at(0),) * 2,
+                                                            scale=tuple(resized_crop.scale), ratio=RATIO)
+            image = [self.decoder]
         else:
             image = [NDArrayDecoder() if grayscale else SimpleRGBImageDecoder()]
         if self.train:  # the order of BatchAugment: translate, flip, then cutout
@@ -65,6 +67,8 @@ class FfcvLoader(ShardedLoader):
             self.loader = Loader(
                 str(path), batch_size=batch_size, num_workers=max(1, num_workers), os_cache=True,
                 order=OrderOption.SEQUENTIAL, drop_last=self.train, batches_ahead=3,
+                # progressive resizing changes the decoder's output size between epochs: compiled again each epoch
+                recompile=self.resized_crop is not None and self.resized_crop.ramp is not None,
                 pipelines={"image": image, "label": label})
         # Our order in place of FFCV's: the Loader asks its traversal order for each epoch's sample indices.
         self.loader.traversal_order = self
@@ -78,6 +82,8 @@ class FfcvLoader(ShardedLoader):
         steps = len(self) - self.start_batch
         if steps <= 0:
             return
+        if self.decoder is not None:  # the epoch's crop size, as FFCV's train_imagenet.py sets it per epoch
+            self.decoder.output_size = (self.resized_crop.size_at(self.epoch),) * 2
         epoch_iter = iter(self.loader)
         try:
             for _ in range(steps):

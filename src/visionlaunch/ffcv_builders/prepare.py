@@ -50,6 +50,8 @@ def beton_name(dataset: str, split: str, cfg: DataConfig, max_side: int | None =
         parts.append(f"sub{cfg.test_subset}-seed{cfg.split_seed}")
     if cfg.image_size:
         parts.append(f"size{cfg.image_size}")
+        if split != "train" and (cfg.eval_image_size or cfg.eval_crop_ratio != 0.875):  # another evaluation view
+            parts.append(f"eval{cfg.eval_image_size or cfg.image_size}r{cfg.eval_crop_ratio:g}")
     if max_side:
         parts.append(f"side{max_side}")
     if cfg.ffcv_encoding == "jpeg":

@@ -43,12 +43,14 @@ class PredictResult:
     hidden: list[str]  # hidden names and __MACOSX: counted and named in the summary, not one line each
 
 
-def pixels_for_run(payload: bytes | Path, display: str, in_shape, image_size: int | None = None) -> np.ndarray:
+def pixels_for_run(payload: bytes | Path, display: str, in_shape, image_size: int | None = None,
+                   eval_view: tuple = ()) -> np.ndarray:
     """uint8 CHW in the run's input shape: the run's own evaluation view when it trained with data.image_size (resize
-    the shorter side and centre crop), else the decoded image conformed to the input shape."""
+    the shorter side, centre crop, and resize to data.eval_image_size: `eval_view` = (data.eval_image_size,
+    data.eval_crop_ratio)), else the decoded image conformed to the input shape."""
     if image_size:
         from visionlaunch.datasets.mixed_size import evaluation_view
-        return evaluation_view(payload, display, image_size)
+        return evaluation_view(payload, display, image_size, *eval_view)
     return conform_image(decode_image(payload, display), in_shape)
 
 
@@ -70,7 +72,7 @@ def _names(names: list[str], most: int = 3) -> str:
 
 
 def iter_images(paths: list[Path], in_shape, skipped: list[tuple[str, str]], image_size: int | None = None,
-                hidden: list[str] | None = None) -> Iterator[tuple[str, np.ndarray]]:
+                hidden: list[str] | None = None, eval_view: tuple = ()) -> Iterator[tuple[str, np.ndarray]]:
     """(file, uint8 CHW in the run's shape) for every readable image under `paths`, in order; every other entry goes
     to `skipped` (file, why), or to `hidden` when its name is hidden. A folder or archive without a single readable
     image stops with an error."""
@@ -92,7 +94,7 @@ def iter_images(paths: list[Path], in_shape, skipped: list[tuple[str, str]], ima
                 skipped.append((entry.display, _NESTED_ARCHIVE))
             else:
                 try:
-                    pixels = pixels_for_run(entry.payload, entry.display, in_shape, image_size)
+                    pixels = pixels_for_run(entry.payload, entry.display, in_shape, image_size, eval_view)
                 except UnreadableImage as exc:
                     skipped.append((entry.display, f"not a readable image ({exc.reason})"))
                     continue
@@ -111,7 +113,9 @@ def predict(run: RunModel, paths: list[Path], top_k: int = 3, batch_size: int | 
     rows: list[Prediction] = []
     skipped: list[tuple[str, str]] = []
     hidden: list[str] = []
-    images = iter_images(paths, run.in_shape, skipped, image_size=run.cfg.data.image_size, hidden=hidden)
+    data = run.cfg.data
+    images = iter_images(paths, run.in_shape, skipped, image_size=data.image_size, hidden=hidden,
+                         eval_view=(data.eval_image_size, data.eval_crop_ratio))
     try:
         while batch := list(itertools.islice(images, batch_size)):
             names, pixels = zip(*batch)

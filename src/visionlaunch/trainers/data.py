@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from visionlaunch.config import DataConfig
-from visionlaunch.datasets.mixed_size import center_crop
+from visionlaunch.datasets.mixed_size import center_crop, eval_geometry
 from visionlaunch.datasets import (DatasetNotFound, ImageSet, default_cache_dir, load_dataset, normalization_stats,
                                    resolve_data_root, train_val_split)
 from visionlaunch.datasets.cifar import unofficial_note
@@ -82,13 +82,16 @@ def prepare_data(cfg: DataConfig, log=print, progress: bool = True, plan=None) -
         warning = class_coverage_warning(ds, what) if ds is not None else None
         if warning:
             log(warning)
+    cropped = ""
     if cfg.image_size:  # evaluation sees the centre crop; training crops at random in the batch pipeline
-        test = center_crop(test, cfg.image_size)
+        side, size = eval_geometry(cfg.image_size, cfg.eval_image_size, cfg.eval_crop_ratio)
+        test = center_crop(test, side, size)
         if val is not None:
-            val = center_crop(val, cfg.image_size) if isinstance(val, ImageSet) else CenterCrop(val, cfg.image_size)
+            val = center_crop(val, side, size) if isinstance(val, ImageSet) else CenterCrop(val, side, size)
+        cropped = f" (cropped to {cfg.image_size} px" + (f"; evaluated at {size} px: the centre {side} px resized"
+                                                         if (side, size) != (cfg.image_size,) * 2 else "") + ")"
     note = (f"{name}: {len(train)} train, {len(val) if val is not None else 0} val (held out of train, seed "
-            f"{cfg.split_seed}), {len(test)} test images of shape {tuple(train.shape)}"
-            f"{f' (cropped to {cfg.image_size} px)' if cfg.image_size else ''}, {len(train.classes)} "
+            f"{cfg.split_seed}), {len(test)} test images of shape {tuple(train.shape)}{cropped}, {len(train.classes)} "
             f"classes; source: {train.source}" + ("; not the official files (md5), content checked"
                                                    if train.unofficial or test.unofficial else ""))
     return DataBundle(train=train, val=val, test=test, mean=mean, std=std, note=note, name=name,

@@ -157,7 +157,7 @@ def loaders_for(cfg: RunConfig, data: DataBundle, accelerator, micro_batch: int,
     acc = accelerator
     common = dict(seed=cfg.train.seed, device=acc.device, rank=acc.process_index, world=acc.num_processes,
                   num_workers=cfg.data.num_workers, channels_last=cfg.train.channels_last, verify_beton=verify_beton)
-    crop = ResizedCrop(cfg.data.image_size, tuple(cfg.augment.crop_scale)) if cfg.data.image_size else None
+    crop = resized_crop_for(cfg)
     # An epoch is a whole number of optimizer steps (each of grad_accum micro-batches per rank);
     # max_steps_per_epoch counts optimizer steps.
     steps = epoch_steps(len(data.train), micro_batch, train=True, world=acc.num_processes) // cfg.train.grad_accum
@@ -176,6 +176,13 @@ def loaders_for(cfg: RunConfig, data: DataBundle, accelerator, micro_batch: int,
                               loader_augments=train.augments,
                               resized_crop=None if train.augments or train.crops else crop)
     return train, evals, steps, pipeline
+
+
+def resized_crop_for(cfg: RunConfig) -> ResizedCrop | None:
+    """The training view of data.image_size (its size per epoch with progressive resizing), None without it."""
+    if not cfg.data.image_size:
+        return None
+    return ResizedCrop(cfg.data.image_size, tuple(cfg.augment.crop_scale), cfg.resolution.ramp())
 
 
 def half_type(accelerator) -> torch.dtype | None:

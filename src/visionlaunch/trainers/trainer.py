@@ -39,7 +39,8 @@ from visionlaunch.trainers.evaluation import Totals, epoch_line, evaluate
 from visionlaunch.trainers.losses import CrossEntropyLoss
 from visionlaunch.trainers.preemption import Preempted, PreemptionWatcher
 from visionlaunch.trainers.schedules import build_optimizer, build_scheduler
-from visionlaunch.trainers.setup import decide_for_every_rank, loaders_for, model_for, write_run_files
+from visionlaunch.trainers.setup import (decide_for_every_rank, loaders_for, model_for, resized_crop_for,
+                                         write_run_files)
 from visionlaunch.trainers.trackers import RunTracker, check_tracker
 
 # fp16: this many optimizer steps in a row skipped by the loss scaler means the loss itself is not finite,
@@ -132,6 +133,7 @@ class Trainer:
         # The main process has just hashed every .beton against its manifest: not again there.
         self.train_loader, self.eval_loaders, self.steps_per_epoch, self.pipeline = loaders_for(
             self.cfg, self.data, self.accelerator, self.micro_batch, betons, not self.is_main)
+        self.crop = resized_crop_for(self.cfg)  # its size per epoch goes into the epoch records
         for loader in (self.train_loader, *self.eval_loaders.values()):
             if loader.note:  # e.g. a dataset too big to stay resident on the device
                 self.log(loader.note)
@@ -214,6 +216,7 @@ class Trainer:
         state.results = {}
         self.model.train()
         self.train_loader.set_epoch(epoch, start_batch=start * cfg.train.grad_accum)
+        self.pipeline.set_epoch(epoch)  # progressive resizing: the crop size is the epoch's (resolution:)
         resumed, self.resumed_epoch = (self.resumed_epoch if start else None), None
         totals = Totals(acc.device, resumed["totals"] if resumed else None)  # this rank's samples this epoch
         seconds_before = resumed["epoch_seconds"] if resumed else 0.0
@@ -245,7 +248,10 @@ class Trainer:
         stats = totals.result(acc)
         if not math.isfinite(stats["loss"]):
             self._nonfinite_error(f"in epoch {epoch + 1}", stats["loss"])
-        return {**stats, "seconds": round(seconds, 3), "images_per_s": round(stats["n"] / max(seconds, 1e-9), 1)}
+        # The crop side of the epoch with data.image_size: recomputed from the epoch (and the config) on resume.
+        size = {"resolution": self.crop.size_at(epoch)} if self.crop is not None else {}
+        return {**stats, "seconds": round(seconds, 3), "images_per_s": round(stats["n"] / max(seconds, 1e-9), 1),
+                **size}
 
     def _optimizer_step(self, batches, epoch_totals: Totals) -> tuple[torch.Tensor, float]:
         """One optimizer step: train.grad_accum micro-batches (gradients all-reduced on the last one), clipping, the
