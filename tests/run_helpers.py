@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from visionlaunch.runfolder import read_metrics
+from visionlaunch.trainers import losses
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_PY = REPO / "train.py"
@@ -109,3 +110,19 @@ def assert_same_records(a: list[dict], b: list[dict], tol: float) -> None:
                 assert abs(va - vb) <= tol, (key, ra, rb)
             else:
                 assert va == vb, (key, ra, rb)
+
+
+def signal_at_training_step(monkeypatch, signum: int, at: int):
+    """Deliver `signum` to this very process (as a scheduler would) in the `at`-th training forward of the loss;
+    returns a function that takes the fault away again (for the resumed run)."""
+    forward, calls = losses.CrossEntropyLoss.forward, {"n": 0}
+
+    def signalling_forward(self, logits, targets):
+        if torch.is_grad_enabled():
+            calls["n"] += 1
+            if calls["n"] == at:
+                os.kill(os.getpid(), signum)
+        return forward(self, logits, targets)
+
+    monkeypatch.setattr(losses.CrossEntropyLoss, "forward", signalling_forward)
+    return lambda: monkeypatch.setattr(losses.CrossEntropyLoss, "forward", forward)

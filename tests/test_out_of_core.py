@@ -5,7 +5,6 @@ epoch, sample) only, 2 processes follow 1 process step by step, and a run stoppe
 bit for bit."""
 
 import io
-import os
 import random
 import signal
 import tarfile
@@ -16,14 +15,15 @@ import torch
 from PIL import Image
 
 from tests.conftest import REPO, isolate_environment, require_shared_data
-from tests.run_helpers import assert_same_records, max_weight_difference, records, run, two_process_launcher
+from tests.run_helpers import (assert_same_records, max_weight_difference, records, run, signal_at_training_step,
+                               two_process_launcher)
 from visionlaunch.datasets.folder_index import FolderSource
 from visionlaunch.datasets.load import load_dataset
 from visionlaunch.datasets.loaders import SourceLoader
 from visionlaunch.datasets.mixed_size import ResizedCrop
 from visionlaunch.datasets.order import EpochOrder
 from visionlaunch.launch.cli import main
-from visionlaunch.trainers import losses, memory_plan
+from visionlaunch.trainers import memory_plan
 from visionlaunch.trainers.checkpoint import complete_checkpoints
 
 CLASSES = ("airplane", "automobile", "bird", "cat")
@@ -181,28 +181,19 @@ def test_two_processes_follow_one_process_out_of_core(folders, one_process, tmp_
         assert a["step"] == b["step"] and abs(a["loss"] - b["loss"]) < 1e-5, (a, b)
     assert max_weight_difference(one, two) < 1e-5
     epochs1, epochs2 = records(one, "epoch"), records(two, "epoch")
-    assert [(r["split"], r["n"]) for r in epochs2] == [(s, n) for _ in range(2)
-                                                       for s, n in (("train", 108), ("val", 12), ("test", 32))]
+    expected = [(s, n) for _ in range(2) for s, n in (("train", 108), ("val", 12), ("test", 32))]
+    assert [(r["split"], r["n"]) for r in epochs1] == [(r["split"], r["n"]) for r in epochs2] == expected
     assert "residency: disk" in (one / "config.yaml").read_text()
 
 
 def test_sigterm_mid_epoch_then_resume_is_bit_identical(folders, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(memory_plan, "OUT_OF_CORE_ORDER", SMALL_ORDER)  # a local order with 9 windows, not one
     assert main(["train", *_args(folders["mixed"], tmp_path, "whole", "data.num_workers=1")]) == 0
-    forward, calls = losses.CrossEntropyLoss.forward, {"n": 0}
-
-    def signalling_forward(self, logits, targets):
-        if torch.is_grad_enabled():
-            calls["n"] += 1
-            if calls["n"] == 13:  # step 13: the middle of the second epoch (9 steps each)
-                os.kill(os.getpid(), signal.SIGTERM)
-        return forward(self, logits, targets)
-
-    monkeypatch.setattr(losses.CrossEntropyLoss, "forward", signalling_forward)
+    remove_fault = signal_at_training_step(monkeypatch, signal.SIGTERM, 13)  # the middle of the second epoch (9 steps each)
     args = _args(folders["mixed"], tmp_path, "cut", "data.num_workers=1", "train.resume=auto")
     assert main(["train", *args]) == 75
     assert complete_checkpoints(tmp_path / "cut" / "checkpoints")[-1].name == "step-00000013"  # mid-epoch 2
-    monkeypatch.setattr(losses.CrossEntropyLoss, "forward", forward)
+    remove_fault()
     assert main(["train", *args]) == 0
     err = capsys.readouterr().err
     assert "resuming from" in err and "blocks of 4 samples, 3 blocks per window" in err

@@ -3,32 +3,19 @@ which signals count is configurable; the handlers are gone once training is over
 (The end-to-end case, a signal sent from outside to a running process and resumed exactly, is in
 test_checkpoint.py; the multi-process case, where one rank gets the signal, in test_distributed.py.)"""
 
-import os
 import signal
 import subprocess
 import sys
 
 import pytest
 
-from tests.run_helpers import records, train_args
+from tests.run_helpers import records, signal_at_training_step, train_args
 from visionlaunch.launch.cli import main
-from visionlaunch.trainers import losses
 from visionlaunch.trainers.checkpoint import complete_checkpoints
 from visionlaunch.trainers.preemption import PREEMPTED_EXIT_CODE, Preempted, PreemptionWatcher
 
 
-def _signal_at_micro_batch(monkeypatch, signum, at):
-    forward, calls = losses.CrossEntropyLoss.forward, {"n": 0}
-
-    def signalling_forward(self, logits, targets):
-        import torch
-        if torch.is_grad_enabled():
-            calls["n"] += 1
-            if calls["n"] == at:
-                os.kill(os.getpid(), signum)  # delivered to this very process, as from a scheduler
-        return forward(self, logits, targets)
-
-    monkeypatch.setattr(losses.CrossEntropyLoss, "forward", signalling_forward)
+_signal_at_micro_batch = signal_at_training_step
 
 
 @pytest.mark.parametrize("signame, overrides", [

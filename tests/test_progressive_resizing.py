@@ -4,7 +4,6 @@ crop of data.image_size (tensor, torch in memory, torch out of core, ffcv) crops
 the middle of the ramp is bit-identical; 2 processes follow 1 across a size change; evaluation, `evaluate` and
 `predict` see the evaluation view."""
 
-import os
 import signal
 
 import numpy as np
@@ -12,7 +11,8 @@ import pytest
 import torch
 
 from tests.conftest import REPO, isolate_environment
-from tests.run_helpers import assert_same_records, max_weight_difference, records, run, two_process_launcher
+from tests.run_helpers import (assert_same_records, max_weight_difference, records, run, signal_at_training_step,
+                               two_process_launcher)
 from visionlaunch.config import load_config
 from visionlaunch.config_section import ConfigSection
 from visionlaunch.datasets.augment import BatchPipeline
@@ -22,7 +22,6 @@ from visionlaunch.datasets.mixed_size import ResizedCrop, SizeRamp, center_crop,
 from visionlaunch.datasets.source import ArraySource, CenterCrop
 from visionlaunch.errors import VisionlaunchError
 from visionlaunch.launch.cli import main
-from visionlaunch.trainers import losses
 from visionlaunch.trainers.checkpoint import complete_checkpoints
 
 CPU = torch.device("cpu")
@@ -226,21 +225,12 @@ def test_predict_sees_the_test_splits_evaluation_view(folder):
 
 
 def test_resume_in_the_middle_of_the_ramp_is_bit_identical(folder, one_process, tmp_path, monkeypatch):
-    forward, calls = losses.CrossEntropyLoss.forward, {"n": 0}
-
-    def signalling_forward(self, logits, targets):
-        if torch.is_grad_enabled():
-            calls["n"] += 1
-            if calls["n"] == 13:  # step 13: the middle of the second epoch (9 steps each), at 32 px
-                os.kill(os.getpid(), signal.SIGTERM)
-        return forward(self, logits, targets)
-
     isolate_environment(monkeypatch, tmp_path)
-    monkeypatch.setattr(losses.CrossEntropyLoss, "forward", signalling_forward)
+    remove_fault = signal_at_training_step(monkeypatch, signal.SIGTERM, 13)  # mid second epoch (9 steps each), at 32 px
     args = _args(folder, tmp_path, "cut", "data.num_workers=0", "train.resume=auto")
     assert main(["train", *args]) == 75
     assert complete_checkpoints(tmp_path / "cut" / "checkpoints")[-1].name == "step-00000013"
-    monkeypatch.setattr(losses.CrossEntropyLoss, "forward", forward)
+    remove_fault()
     assert main(["train", *args]) == 0
     assert max_weight_difference(one_process / "one", tmp_path / "cut") == 0
     assert_same_records(records(one_process / "one"), records(tmp_path / "cut"), tol=0)

@@ -10,11 +10,10 @@ import subprocess
 
 import pytest
 
-from tests.run_helpers import FCN, records, train_args
+from tests.run_helpers import FCN, records, signal_at_training_step, train_args
 from visionlaunch.launch.cli import main
 from visionlaunch.runfolder import PREEMPTED
 from visionlaunch.slurm.jobs import RECORDS, format_statuses, job_statuses, record_submission
-from visionlaunch.trainers import losses
 from visionlaunch.trainers.preemption import PREEMPTED_EXIT_CODE
 
 TINY = ["train.epochs=1", "data.train_subset=600", "data.test_subset=200", "data.val_size=100",
@@ -140,17 +139,7 @@ def test_a_failed_start_removes_what_it_made_but_keeps_the_job_files(tmp_path, c
 
 
 def test_preemption_leaves_a_marker_that_the_resumed_run_clears(tmp_path, shared_data, capsys, monkeypatch):
-    forward, calls = losses.CrossEntropyLoss.forward, {"n": 0}
-
-    def signalling_forward(self, logits, targets):
-        import torch
-        if torch.is_grad_enabled():
-            calls["n"] += 1
-            if calls["n"] == 4:
-                os.kill(os.getpid(), signal.SIGUSR2)
-        return forward(self, logits, targets)
-
-    monkeypatch.setattr(losses.CrossEntropyLoss, "forward", signalling_forward)
+    remove_fault = signal_at_training_step(monkeypatch, signal.SIGUSR2, 4)
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
     args = train_args(shared_data, tmp_path, "m", "train.resume=auto", "model.args={hidden: [16]}",
                       "train.batch_size=50")
@@ -159,7 +148,7 @@ def test_preemption_leaves_a_marker_that_the_resumed_run_clears(tmp_path, shared
     assert marker["signal"] == "SIGUSR2" and marker["step"] == 4 and marker["slurm_job_id"] == "4242"
     assert marker["checkpoint"] == str(tmp_path / "m" / "checkpoints" / "step-00000004")
 
-    monkeypatch.setattr(losses.CrossEntropyLoss, "forward", forward)
+    remove_fault()
     assert main(["train", *args]) == 0
     assert not (tmp_path / "m" / PREEMPTED).exists()
 
