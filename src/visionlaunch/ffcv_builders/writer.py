@@ -234,7 +234,7 @@ def _conversion_lock(path: Path, log):
     (`.NAME.*.tmp`) found while holding the lock was left by a conversion that was killed: it is named and
     removed. A POSIX record lock (lockf): it belongs to this process alone (not to the forked writer workers) and
     the kernel releases it when the process dies, however it dies."""
-    lock = path.parent / f".{path.name}.lock"
+    lock = path.parent / f".{path.name}.converting"  # not ".lock": that spelling is the run folder's own lock
     with open(lock, "a") as f:
         try:
             fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
