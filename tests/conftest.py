@@ -64,3 +64,19 @@ def isolate_environment(mp: pytest.MonkeyPatch, root: Path) -> None:
 @pytest.fixture(autouse=True)
 def _isolated_env(tmp_path, monkeypatch):
     isolate_environment(monkeypatch, tmp_path)
+
+
+@pytest.fixture
+def no_hang():
+    """A command that blocks (a FIFO opened for reading, a walk that never ends) fails the test after 60 s instead
+    of hanging the suite."""
+    import signal
+
+    def expire(*_):
+        raise TimeoutError("blocked for 60 s: the command did not end")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(60)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)

@@ -69,19 +69,6 @@ def test_show_config_keys_says_what_a_subset_is():
         assert "class-stratified" in line and "seeded" in line
 
 
-@pytest.fixture
-def no_hang():
-    """A walk that never ends fails the test instead of hanging the suite."""
-    import signal
-
-    def expire(*_):
-        raise TimeoutError("the ImageFolder walk did not end")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(60)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.mark.parametrize("links, culprit, says", [

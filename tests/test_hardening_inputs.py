@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import signal
 import socket
 import stat
 import subprocess
@@ -34,17 +33,6 @@ SIDE = 16
 ORIENTATION = 0x0112
 
 
-@pytest.fixture
-def no_hang():
-    """A command that blocks (a FIFO opened for reading) fails the test instead of hanging the suite."""
-    def expire(*_):
-        raise TimeoutError("blocked for 60 s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(60)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, previous)
 
 
 def _pattern(seed: int = 5) -> np.ndarray:
