@@ -9,10 +9,11 @@ data.residency=auto keeps the data in memory when the node's copies fit the budg
 process may use, the smaller of the machine's available memory (/proc/meminfo MemAvailable) and the room left under
 the memory limit of this process's cgroup (named in /proc/self/cgroup) or of a group above it, when one is set (v2
 memory.max, v1 memory.limit_in_bytes). Otherwise it reads the training split out of core, with the torch backend
-(data.loader=torch), or with the ffcv backend when the config asks for it (data.loader=ffcv: the .beton file read through the page cache, in the same local order); a loader
-set explicitly to tensor cannot read out of core, and the run stops saying why. data.loader=ffcv reads an
-ImageFolder's training split out of core even when it would fit: it trains from the .beton file anyway, which is
-then written from the files (the photos at their aspect ratio) instead of from a decoded copy.
+(data.loader=torch), or with the ffcv backend when the config asks for it (data.loader=ffcv: the .beton file read
+through the page cache, in the same local order); a loader set explicitly to tensor cannot read out of core, and the
+run stops saying why. data.loader=ffcv reads an ImageFolder's training split out of core even when it would fit: it
+trains from the .beton file anyway, which is then written from the files (the photos at their aspect ratio)
+instead of from a decoded copy.
 """
 
 from __future__ import annotations
