@@ -7,7 +7,7 @@ For each N it builds (once, kept under --work) an ImageFolder of N training phot
 distinct copies of the CIFAR-10 JPEGs, each re-cropped and rescaled to 96-320 px (bench/scale_photos.py). Then,
 for each backend:
 - ffcv: `visionlaunch prepare ffcv` (the .beton files written streaming from the files, data.num_workers writer
-  processes), then training from them (data.loader=ffcv, out of core through the page cache);
+  processes; --ffcv-encoding raw or jpeg), then training from them (data.loader=ffcv, out of core through the page cache);
 - torch: training out of core (data.residency=disk: DataLoader workers decode one photo per item); no conversion;
 - tensor: training in memory (data.residency=memory: the split decoded into one tensor at the stored size first),
   only where that tensor fits in half the available memory (else a line says it was skipped and why).
@@ -74,7 +74,8 @@ def measured(cmd: list[str], env: dict) -> dict:
 
 def data_args(args, folder: Path) -> list[str]:
     return [f"data.path={folder}", f"data.image_size={args.image_size}", f"data.val_size={args.val_size}",
-            f"data.num_workers={args.workers}", f"data.ffcv_dir={folder.parent / (folder.name + '-betons')}"]
+            f"data.num_workers={args.workers}", f"data.ffcv_encoding={args.ffcv_encoding}",
+            f"data.ffcv_dir={folder.parent / (folder.name + '-' + args.ffcv_encoding + '-betons')}"]
 
 
 def train_command(args, folder: Path, backend: str, run_dir: Path) -> list[str]:
@@ -122,10 +123,11 @@ def measure_size(args, n: int, pool, emit) -> None:
                 continue
         if backend == "ffcv":
             cmd = [sys.executable, "-m", "visionlaunch", "prepare", "ffcv", "--dataset", "imagefolder",
-                   *data_args(args, folder), "--out", str(folder.parent / (folder.name + "-betons")), "--overwrite"]
+                   *data_args(args, folder), "--out", str(folder.parent / (folder.name + '-' + args.ffcv_encoding +
+                                                                          '-betons')), "--overwrite"]
             m = measured(cmd, env)
             m.pop("output")
-            emit({"n": n, "backend": backend, "phase": "convert", **m,
+            emit({"n": n, "backend": backend, "phase": "convert", "ffcv_encoding": args.ffcv_encoding, **m,
                   "images_per_s": round((n + args.test_images) / m["wall_s"], 1),
                   "images_per_cpu_s": round((n + args.test_images) / max(m["cpu_s"], 1e-9), 1)})
         run_dir = args.work / "runs" / f"{backend}-{n}"
@@ -133,6 +135,7 @@ def measure_size(args, n: int, pool, emit) -> None:
         m.pop("output")
         speed = train_speed(run_dir)
         emit({"n": n, "backend": backend, "phase": "train", **m, **speed,
+              **({"ffcv_encoding": args.ffcv_encoding} if backend == "ffcv" else {}),
               "images_per_s_per_core": round(speed["images_per_s"] / (os.cpu_count() or 1), 1)})
 
 
@@ -177,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=100, help="training steps per epoch (2 epochs)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="data.num_workers")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes building the photos")
+    p.add_argument("--ffcv-encoding", choices=["raw", "jpeg"], default="raw",
+                   help="data.ffcv_encoding of the .beton files (raw photos of 1M images need ~55 GB of disk at "
+                        "--image-size 112, JPEG ~8 GB)")
     p.add_argument("--plot", type=Path, help="write a plot of the results here (PNG)")
     args = p.parse_args(argv)
     if not ARCHIVE.is_file():

@@ -16,6 +16,10 @@ the parts it finished) and prints the table. Parts, in this order, each with a t
            (bench/overhead.py); goal: ratio >= 0.95.
   loaders  bench/loaders.py's backends on the GPU (tensor, torch, ffcv if installed), 50,000 CIFAR-shaped images;
            loading time as a share of a ResNet-18 training step (the bare loop's rate above); goal: <= 5%.
+  imagenet images/s of the ImageNet ResNet-50 preset's step (configs/imagenet_rn50.yaml: BlurPool, bf16,
+           channels_last, batch 256) fed by the ffcv loader's random-resized crop at 160 and 192 px, the two sizes
+           of its progressive resizing, on 4,096 generated 400x400 JPEG photos (bench/imagenet_speed.py); beside
+           FFCV's published ~24,000 images/s on 8 A100s (~3,000 per GPU) for the same recipe. Needs ffcv.
   accuracy time from process start to 94% test accuracy on CIFAR-10 (JPEG data, configs/cifar10_fast_gpu.yaml)
            and to 60% and 70% on CIFAR-100 (configs/cifar100_fast_gpu.yaml), by bench/time_to_accuracy.py. The
            decoded-data cache is filled first (its time reported apart), as for the README's CPU timings.
@@ -54,7 +58,7 @@ OPTIONAL = {"ffcv": "the ffcv loader rows and FFCV's ToDevice test", "wandb": "n
             "timm": "nothing here (timm models)", "pytest": "the GPU tests"}
 
 # Seconds: each part's cap (the budget left caps it too). Full run, then --quick.
-CAPS = {"setup": 90, "tests": 150, "overhead": 45, "loaders": 35, "cifar10": 90, "cifar100": 110}
+CAPS = {"setup": 90, "tests": 150, "overhead": 45, "loaders": 35, "imagenet": 60, "cifar10": 90, "cifar100": 110}
 # --quick: only the overall budget bounds the parts (a busy CPU can be many times slower than a quiet one).
 QUICK_CAPS = dict.fromkeys(CAPS, 600)
 
@@ -340,6 +344,42 @@ def run_loaders(check: Check, step_rate: float | None, missing: list[str]) -> No
                            "step_images_per_s": step_rate, "results": rows}, time.monotonic() - t0)
 
 
+# ---------------------------------------------------------------------------------------------------- imagenet
+# FFCV's ImageNet table: ResNet-50, 16 epochs, 8 A100s, about 24,000 training images/s in all.
+FFCV_RN50_PER_GPU = 3000
+
+
+def run_imagenet(check: Check, missing: list[str]) -> None:
+    """The ResNet-50 preset's step at each size of its progressive resizing; informative (FFCV's A100 beside)."""
+    t0 = time.monotonic()
+    goal = f"FFCV: ~{FFCV_RN50_PER_GPU:,}/GPU (A100)"
+    if "ffcv" in missing:
+        check.row("imagenet", "ResNet-50 preset step, ffcv loader", "not run: ffcv is not installed", goal, "skipped")
+        check.part("imagenet", {"skipped": "ffcv is not installed"}, 0)
+        return
+    if check.cap("imagenet") < 20:
+        check.row("imagenet", "ResNet-50 preset step, ffcv loader", "not run: time budget spent", goal, "skipped")
+        check.part("imagenet", {"skipped": "time budget spent"}, 0)
+        return
+    import imagenet_speed
+    try:
+        with tempfile.TemporaryDirectory(prefix="vl-gpu-imagenet-") as tmp:
+            args = ["--quick"] if check.quick else []
+            imagenet_speed.main([str(Path(tmp) / "speed.json"), *args])
+            result = json.loads((Path(tmp) / "speed.json").read_text())
+    except Exception as exc:  # noqa: BLE001 - a failed part is a row, the next parts still run
+        check.row("imagenet", "ResNet-50 preset step, ffcv loader", f"error: {type(exc).__name__}: {exc}"[:300], goal,
+                  "FAIL")
+        check.part("imagenet", {"error": repr(exc)}, time.monotonic() - t0)
+        return
+    what = (f"{result['model']}{' (width 4, --quick)' if check.quick else ''}, {result['precision']} channels_last, "
+            f"batch {result['batch']}, {result['images']:,} generated {result['photo_side']} px JPEGs")
+    for size, rate in result["images_per_s"].items():
+        check.row("imagenet", f"{what}, {size} px", f"{rate:,.0f} img/s", goal,
+                  "not judged (--quick)" if check.quick else "info")
+    check.part("imagenet", result, time.monotonic() - t0)
+
+
 # ---------------------------------------------------------------------------------------------------- accuracy
 def accuracy_jobs(check: Check, data: Path) -> list[dict]:
     if check.quick:  # the embedded MNIST sample, a few steps, low targets: the same commands and parsing
@@ -453,6 +493,8 @@ def main() -> int:
             run_tests(check, data, cache)
             step_rate = run_overhead(check)
             run_loaders(check, step_rate, missing)
+            release_gpu_memory()
+            run_imagenet(check, missing)
             release_gpu_memory()  # the training runs below are other processes: leave them the whole GPU
             run_accuracy(check, data, cache, runs)
     check.write()

@@ -1,8 +1,8 @@
 """.beton files written streaming from an ImageFolder of real photos in mixed sizes (CIFAR-10 JPEGs rescaled by
 bench/make_mixed_imagefolder.py), read out of core by the ffcv backend: the training split's photos keep their
 aspect ratio, labels and pixels are the source's, a killed conversion publishes nothing and the next one
-replaces its leftover, a full disk, a corrupt JPEG and a folder changed since conversion stop with one named
-paragraph (exit 2), and a short run on disk residency learns.
+replaces its leftover, a full disk and a folder changed since conversion stop with one named paragraph (exit 2), a
+corrupt JPEG is named and the next photo stands in for it, and a short run on disk residency learns.
 
 Only the training test compiles FFCV's pipelines (about 15 s of numba); the others read the files' own metadata
 and bytes. Every test has a timeout: an error inside an FFCV worker could otherwise hang.
@@ -208,23 +208,26 @@ def test_full_disk_names_the_file_and_removes_the_temporary_one(folder, tmp_path
     _nothing_published(out)
 
 
-def test_a_corrupt_jpeg_is_named_and_nothing_is_written(folder, tmp_path, capsys):
+def test_a_corrupt_jpeg_is_named_and_the_next_photo_stands_in(folder, tmp_path, capfd):
     from visionlaunch.ffcv_builders.stream import write_source
 
     copy = _copy(folder, tmp_path)
     bad = sorted((copy / "train" / "dog").iterdir())[7]
     bad.write_bytes(bad.read_bytes()[:300])  # a truncated download
     source = FolderSource(copy, "train", image_size=32, progress=False)
+    i = next(k for k in range(len(source)) if source.path(k) == bad)
     out = tmp_path / "b" / "train.beton"
-    with pytest.raises(VisionlaunchError) as info:  # the writer's worker names it; no worker is left hanging
-        write_source(source, out, dataset="mixed", split="train", image_size=32, max_side=SIDE, progress=False)
-    message = str(info.value)
-    assert str(bad) in message and "not a readable image" in message and "nothing was published" in message
-    _nothing_published(out)
-    # The command stops the same way (exit 2, the file named) before anything is published.
-    assert _prepare(copy, tmp_path / "c") == 2
-    assert str(bad) in capsys.readouterr().err
-    assert not list(tmp_path.glob("c/*.beton*"))
+    write_source(source, out, dataset="mixed", split="train", image_size=32, max_side=SIDE, progress=False)
+    err = capfd.readouterr().err
+    assert err.count(f"WARNING: {bad} is not a readable image") == 1, err[-3000:]
+    assert f"Until then sample {i + 1} of the split (its image and label) stands in for sample {i} wherever" in err
+    stored = _stored(out)
+    assert len(stored) == len(source)  # nothing skipped: the positions of every other sample hold
+    (shape, pixels, label), (next_shape, next_pixels, next_label) = stored[i], stored[i + 1]
+    assert shape == next_shape and np.array_equal(pixels, next_pixels) and label == next_label == source.labels[i + 1]
+    # The command goes on the same way and names the file.
+    assert _prepare(copy, tmp_path / "c") == 0
+    assert f"WARNING: {bad} is not a readable image" in capfd.readouterr().err
 
 
 def test_a_folder_changed_since_conversion_is_described(folder, tmp_path, capsys):

@@ -2,6 +2,7 @@
 sample), so the one-command GPU check cannot rot between the rare sessions that have a GPU; without a GPU the
 full check stops at once, saying so."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -22,7 +23,8 @@ def test_quick_check_runs_every_part_and_writes_json_and_markdown(tmp_path):
                            "--budget-s", "900"], capture_output=True, text=True, timeout=1000, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((out / "gpu_check.json").read_text())
-    assert report["quick"] and set(report["parts"]) == {"setup", "tests", "overhead", "loaders", "cifar10", "cifar100"}
+    assert report["quick"] and set(report["parts"]) == {"setup", "tests", "overhead", "loaders", "imagenet", "cifar10",
+                                                        "cifar100"}
     rows = report["rows"]
     assert not [r for r in rows if r["verdict"] == "FAIL"]
     tests = [r for r in rows if r["part"] == "tests"]
@@ -31,6 +33,12 @@ def test_quick_check_runs_every_part_and_writes_json_and_markdown(tmp_path):
     pairs = report["parts"]["overhead"]["pairs"]
     assert pairs and all(p["trainer"] > 0 and p["bare"] > 0 for p in pairs)
     assert {r["backend"] for r in report["parts"]["loaders"]["results"]} == {"tensor", "torch"}
+    imagenet = [r for r in rows if r["part"] == "imagenet"]  # one row per size of the preset's progressive resizing
+    if importlib.util.find_spec("ffcv") is None:
+        assert [r["verdict"] for r in imagenet] == ["skipped"], imagenet
+    else:
+        assert [r["check"].split(", ")[-1] for r in imagenet] == ["160 px", "192 px"], imagenet
+        assert all(r["result"].endswith("img/s") for r in imagenet), imagenet
     for part in ("cifar10", "cifar100"):
         result = report["parts"][part]["result"]
         assert result["exit_code"] == 0 and result["trajectory"], part  # one epoch line parsed per run

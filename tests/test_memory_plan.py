@@ -1,7 +1,7 @@
 """The memory plan (trainers/memory_plan.py): the memory a process may fill, honouring a cgroup limit (v1 or v2);
 in memory when the node's copies fit half of it, else out of core with the torch backend, said in train's first
-line; a loader set to tensor explicitly stops the run instead; a file that cannot be decoded out of core stops the
-run naming it."""
+line; a loader set to tensor explicitly stops the run instead; a file that cannot be decoded out of core is named
+and replaced by the next sample, and a run of them stops the run as a damaged folder."""
 
 import shutil
 
@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.run_helpers import records
 from tests.test_out_of_core import _args, _write_folder
 from visionlaunch.config import DataConfig
 from visionlaunch.datasets.folder_index import FolderSource
@@ -92,6 +93,28 @@ def test_forced_residencies_and_loaders():
     assert not _plan(10, residency="memory", loader="ffcv").out_of_core
 
 
+def test_a_memory_limit_too_small_for_the_workers_stops_with_the_numbers():
+    mib = 2**20
+    test_bytes = 16 * mib
+    room = (2 * memory_plan.WORKER_BYTES + test_bytes + mib, "room under the cgroup memory limit (0.68 GiB, x)")
+    plan = plan_residency(DataConfig(residency="disk", num_workers=2), _Split(10**5), test_bytes, 1,
+                          loader_set=False, available=room)
+    assert plan.out_of_core and plan.loader == "torch"  # 2 workers fit, just
+    with pytest.raises(VisionlaunchError) as caught:  # 4 do not: the message says how many would
+        plan_residency(DataConfig(residency="disk", num_workers=4), _Split(10**5), test_bytes, 1, loader_set=False,
+                       available=room)
+    message = str(caught.value)
+    assert message.startswith("not enough memory for the out-of-core loader: (4 DataLoader workers x at least "
+                              "100.0 MiB each + the test split in memory 16.0 MiB) = 416.0 MiB, but only 217.0 MiB "
+                              "is left (room under the cgroup memory limit (0.68 GiB, x))")
+    assert message.endswith("Lower data.num_workers to 2 or fewer, or raise the memory limit.")
+    # Two processes on the node: each has its workers and its test split.
+    with pytest.raises(VisionlaunchError, match=r"2 processes x \(2 DataLoader workers .* = 432.0 MiB.*Set "
+                                                r"data.num_workers=0, use a smaller test split"):
+        plan_residency(DataConfig(residency="disk", num_workers=2), _Split(10**5), test_bytes, 2, loader_set=False,
+                       available=room)
+
+
 @pytest.fixture(scope="module")
 def plain(tmp_path_factory):
     return _write_folder(tmp_path_factory.mktemp("plain") / "plain", mixed=False)
@@ -118,31 +141,90 @@ def test_train_reads_out_of_core_when_memory_is_short(plain, tmp_path, monkeypat
     assert not (tmp_path / "forced").exists()
 
 
-def _truncate_one(plain, tmp_path):
+def _truncate(plain, tmp_path, count=1):
+    """A copy of `plain` with `count` consecutive training images of one class truncated: the header reads, the
+    pixels do not. Returns the copy and the truncated files."""
     broken = tmp_path / "data"
     shutil.copytree(plain, broken)
-    victim = sorted((broken / "train" / "bird").iterdir())[5]
-    victim.write_bytes(victim.read_bytes()[:300])  # truncated: the header reads, the pixels do not
-    return broken, victim
+    victims = sorted((broken / "train" / "bird").iterdir())[5:5 + count]
+    for victim in victims:
+        victim.write_bytes(victim.read_bytes()[:300])
+    return broken, victims
 
 
-def test_a_file_that_a_worker_cannot_decode_is_named_without_the_workers_traceback(plain, tmp_path):
-    broken, victim = _truncate_one(plain, tmp_path)
+def test_a_file_a_worker_cannot_decode_is_named_once_and_its_neighbour_stands_in(plain, tmp_path, capfd):
+    broken, (victim,) = _truncate(plain, tmp_path)
     source = FolderSource(broken, "train", image_size=32, progress=False)
+    bad = next(i for i in range(len(source)) if source.path(i) == victim)
     loader = SourceLoader(source, 10, device=torch.device("cpu"), num_workers=1, train=False, seed=0)
-    with pytest.raises(VisionlaunchError) as caught:
-        list(loader)
-    assert str(caught.value).startswith(f"{victim} is not a readable image (OSError: ")
-    assert "Traceback" not in str(caught.value) and "\n" not in str(caught.value)
+    for _ in range(2):  # two passes over the same (persistent) worker: named once, never a traceback
+        images, labels = map(torch.cat, zip(*loader))
+        assert len(images) == len(source)
+        # the next file stands in, its image and its label; every other sample is its own
+        assert torch.equal(images[bad], torch.from_numpy(source.decode(bad + 1)).permute(2, 0, 1))
+        assert labels[bad] == source.labels[bad + 1]
+        assert torch.equal(images[bad - 1], torch.from_numpy(source.decode(bad - 1)).permute(2, 0, 1))
+    err = capfd.readouterr().err
+    warnings = [line for line in err.splitlines() if line.startswith("WARNING:")]
+    assert len(warnings) == 1, err[-2000:]
+    assert warnings[0].startswith(f"WARNING: {victim} is not a readable image (OSError: ")
+    assert f"Until then sample {bad + 1} of the split (its image and label) stands in for sample {bad} wherever" \
+        in warnings[0] and "Traceback" not in err
 
 
-def test_a_file_that_cannot_be_decoded_out_of_core_stops_the_run_naming_it(plain, tmp_path, capsys):
-    broken, victim = _truncate_one(plain, tmp_path)
-    code = main(["train", *_run_args(broken, tmp_path, "bad", "data.residency=disk", "data.num_workers=1",
-                                     "data.image_size=32")])
-    err = capsys.readouterr().err
+def test_an_unreadable_file_out_of_core_is_named_and_the_run_finishes(plain, tmp_path, capfd):
+    broken, (victim,) = _truncate(plain, tmp_path)
+    code = main(["train", *_args(broken, tmp_path, "bad", "data.residency=disk", "data.num_workers=1",
+                                 "train.epochs=1")])
+    err = capfd.readouterr().err
+    assert code == 0, err[-2000:]
+    # named by each process that meets it: the normalisation statistics' pass and the DataLoader worker
+    assert err.count(f"WARNING: {victim} is not a readable image") == 2 and "Traceback" not in err
+    final = [r for r in records(tmp_path / "bad") if r["kind"] == "final"]
+    assert len(final) == 1 and final[0]["test_acc"] is not None
+
+
+def test_a_damaged_folder_stops_the_run_with_the_first_file_named(plain, tmp_path, capfd):
+    from visionlaunch.datasets.source import STAND_IN_LIMIT
+
+    broken, victims = _truncate(plain, tmp_path, STAND_IN_LIMIT)
+    code = main(["train", *_args(broken, tmp_path, "damaged", "data.residency=disk", "data.num_workers=1",
+                                 "train.epochs=1")])
+    err = capfd.readouterr().err
     assert code == 2, err[-2000:]
-    assert f"{victim} is not a readable image" in err and "Traceback" not in err
+    message = err.split("visionlaunch: error:", 1)[1]
+    assert f"{STAND_IN_LIMIT} images in a row cannot be decoded" in message and str(victims[0]) in message
+    assert "The folder looks damaged" in message and "Traceback" not in err
+
+
+@pytest.mark.parametrize("residency", ["auto", "disk"])
+def test_a_folder_is_walked_once_before_the_first_step(plain, tmp_path, monkeypatch, residency):
+    """The plan's index, the cache's fingerprint and the in-memory reader share one walk of the folder (a second
+    walk of a million files would be minutes before step 1)."""
+    from visionlaunch.datasets import folder_index, imagefolder
+    from visionlaunch.trainers.data import prepare_data
+
+    walks = []
+
+    def counted(walk):
+        def walk_and_count(path, *args, **kwargs):
+            walks.append(path)
+            return walk(path, *args, **kwargs)
+        return walk_and_count
+
+    for module in (imagefolder, folder_index):
+        monkeypatch.setattr(module, "walk", counted(module.walk))
+    cfg = DataConfig(name="imagefolder", path=str(plain), residency=residency, cache_dir=str(tmp_path / "cache"),
+                     val_size=0)
+    decisions = []
+
+    def plan(train, test_bytes):
+        decisions.append(memory_plan.plan_residency(cfg, train, test_bytes, 1, loader_set=False).out_of_core)
+        return decisions[-1]
+
+    data = prepare_data(cfg, log=lambda line: None, progress=False, plan=plan)
+    assert decisions == [residency == "disk"] and len(data.train) == 120 and len(data.test) == 32
+    assert walks == [plain]
 
 
 def test_an_ablation_run_folder_matches_its_plan_whatever_auto_chose(tmp_path):

@@ -229,3 +229,42 @@ def test_an_ablation_file_may_spell_full_precision_no(tmp_path):
     path.write_text(f"base: {FCN}\ngrid:\n  train.precision: [bf16, no]\n")
     plan = load_ablation(path, out=tmp_path / "out")
     assert [v.config.train.precision for v in plan.variants] == ["bf16", "fp32"]
+
+
+def test_ranks_that_resolve_auto_differently_are_named():
+    from visionlaunch.trainers.distributed import precision_disagreement
+
+    same = [(0, "a", "bf16", "auto -> bf16: x"), (1, "b", "bf16", "auto -> bf16: x")]
+    assert precision_disagreement(same) is None
+    mixed = [(2, "intel-1", "fp32", "auto -> fp32: this CPU has no native bf16"), (0, "amd-1", "bf16",
+             "auto -> bf16: this CPU computes bf16 natively (AVX-512 BF16)"), (1, "amd-1", "bf16", "auto -> bf16: ...")]
+    message = precision_disagreement(mixed)
+    assert message.startswith("the processes of this run would compute in different precisions (rank 0 on amd-1: "
+                              "auto -> bf16: this CPU computes bf16 natively (AVX-512 BF16); rank 2 on intel-1: "
+                              "auto -> fp32: this CPU has no native bf16)")
+    assert "Set train.precision to one of bf16, fp32 for every process" in message
+
+
+@pytest.mark.timeout(300)
+def test_two_processes_whose_cpus_differ_stop_before_training(tmp_path, shared_data):
+    """A real 2-rank gloo group in which rank 1's CPU reports no native bf16 (a sitecustomize pretends so, as on a
+    cluster of mixed nodes): auto would give bf16 on rank 0 and fp32 on rank 1; both stop with one message."""
+    from tests.run_helpers import TRAIN_PY, run, two_process_launcher
+
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text(
+        "import os\n"
+        "if os.environ.get('RANK') in ('0', '1'):\n"
+        "    import torch\n"
+        "    native = os.environ['RANK'] == '0'\n"
+        "    torch.cpu._is_avx512_bf16_supported = lambda: native\n"
+        "    torch.cpu._is_amx_tile_supported = lambda: False\n")
+    proc = run([*two_process_launcher(TRAIN_PY), *train_args(shared_data, tmp_path, "mixed", "train.precision=auto",
+                                                              "train.epochs=1")],
+               PYTHONPATH=f"{shim}:{Path(__file__).resolve().parents[1] / 'src'}", WANDB_MODE="disabled")
+    assert proc.returncode != 0
+    assert proc.stderr.count("the processes of this run would compute in different precisions (rank 0 on ") == 2, \
+        proc.stderr[-3000:]
+    assert "rank 1 on " in proc.stderr and "auto -> fp32: this CPU has no native bf16" in proc.stderr
+    assert not (tmp_path / "mixed").exists()  # stopped before the run folder

@@ -25,16 +25,18 @@ from visionlaunch.errors import VisionlaunchError
 class FolderSource:
     """`split` of the ImageFolder folder `path`, sorted like the in-memory reader (class, then file name).
     `estimate=True` (images of one size): the shape is read from one header, as if colour, without checking every
-    header: enough to plan the memory, not to decode."""
+    header: enough to plan the memory, not to decode. `entries`: the folder's imagefolder.scan, when the caller has
+    walked it already."""
 
     name = "imagefolder"
     unofficial = ()
 
     def __init__(self, path: Path, split: str, *, image_size: int | None = None, max_upscale: float = 4.0,
-                 progress: bool = True, estimate: bool = False):
+                 progress: bool = True, estimate: bool = False, entries: list | None = None):
         if path.is_file():
             raise ValueError(f"{path} is an archive: read it with load_dataset (archives are read into memory)")
-        entries = list(walk(path, wanted=folder._is_candidate_image, progress=progress))
+        if entries is None:  # not scanned already (imagefolder.scan)
+            entries = list(walk(path, wanted=folder._is_candidate_image, progress=progress))
         images, class_dirs = folder._collect(entries, path)
         self.classes = folder._check_classes(images, class_dirs, path)
         index = {c: i for i, c in enumerate(self.classes)}

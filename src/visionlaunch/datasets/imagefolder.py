@@ -56,11 +56,17 @@ def locate(root: Path, path: str | os.PathLike | None) -> Path:
     return p
 
 
-def source_files(path: Path) -> list[Path]:
-    """The files whose size and mtime fingerprint the dataset (for the cache)."""
+def scan(path: Path, progress: bool = False) -> list[Entry] | None:
+    """The entries of a folder, walked once for every reader of the same run (`entries=` below); None for an
+    archive, whose members are read as they are walked."""
+    return None if path.is_file() else list(walk(path, wanted=_is_candidate_image, progress=progress))
+
+
+def source_files(path: Path, entries: list[Entry] | None = None) -> list[Path]:
+    """The files whose size and mtime fingerprint the dataset (for the cache). `entries`: the folder's `scan`."""
     if path.is_file():
         return [path]
-    return [e.payload for e in walk(path) if e.kind == "file"]
+    return [e.payload for e in (walk(path) if entries is None else entries) if e.kind == "file"]
 
 
 def _is_candidate_image(parts: tuple[str, ...]) -> bool:
@@ -183,8 +189,9 @@ def _decode(images: list[_Image], size: tuple[int, int], gray: bool, progress: b
 
 
 def read(path: Path, split: str, progress: bool = True, image_size: int | None = None,
-         max_upscale: float = 4.0) -> ImageSet:
-    entries = list(walk(path, wanted=_is_candidate_image, progress=progress))
+         max_upscale: float = 4.0, entries: list[Entry] | None = None) -> ImageSet:
+    if entries is None:  # not scanned already
+        entries = list(walk(path, wanted=_is_candidate_image, progress=progress))
     images, class_dirs = _collect(entries, path)
     classes = _check_classes(images, class_dirs, path)
     index = {c: i for i, c in enumerate(classes)}

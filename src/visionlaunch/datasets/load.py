@@ -31,9 +31,10 @@ SPLITS = ("train", "test")
 
 def load_dataset(name: str, split: str, *, root: Path, path: str | None = None, download: bool = False,
                  verify: bool = True, cache_dir: Path | None = None, progress: bool = True,
-                 image_size: int | None = None, max_upscale: float = 4.0) -> ImageSet:
+                 image_size: int | None = None, max_upscale: float = 4.0, entries: list | None = None) -> ImageSet:
     """One split of a dataset as uint8 tensors; `cache_dir=None` reads the sources every time. Raises
-    DatasetNotFound when the files are absent (a caller may fall back), VisionlaunchError when they are wrong."""
+    DatasetNotFound when the files are absent (a caller may fall back), VisionlaunchError when they are wrong.
+    `entries`: an ImageFolder folder's imagefolder.scan, when the caller has walked it already."""
     if name not in DATASET_NAMES:
         raise VisionlaunchError(f"unknown dataset {name!r} (data.name); valid names: {', '.join(DATASET_NAMES)}.")
     if split not in SPLITS:
@@ -59,9 +60,9 @@ def load_dataset(name: str, split: str, *, root: Path, path: str | None = None, 
             build = partial(cifar.read, name, files, split, verify=verify)
         else:
             location = imagefolder.locate(root, path)
-            files = imagefolder.source_files(location)
+            files = imagefolder.source_files(location, entries)
             source_key = str(location)
-            build = partial(imagefolder.read, location, split, progress=progress)
+            build = partial(imagefolder.read, location, split, progress=progress, entries=entries)
             if image_size:  # its own cache entry per stored size and upscale limit, beside the original-size one
                 source_key += f"@{image_size}px-up{max_upscale:g}"
                 build = partial(build, image_size=image_size, max_upscale=max_upscale)
@@ -74,11 +75,13 @@ def load_dataset(name: str, split: str, *, root: Path, path: str | None = None, 
 
 
 def open_source(name: str, split: str, *, root: Path, path: str | None = None, progress: bool = True,
-                image_size: int | None = None, max_upscale: float = 4.0, estimate: bool = False, **read):
+                image_size: int | None = None, max_upscale: float = 4.0, estimate: bool = False,
+                entries: list | None = None, **read):
     """One split as an indexed source (source.py) that decodes a sample when asked: for an ImageFolder an index of
     its files, nothing decoded; the canonical datasets, small enough to hold, over their arrays (`load_dataset`);
     an ImageFolder archive, which can only be streamed, read into memory (its source cannot be read out of core).
-    `estimate`: an ImageFolder index good for planning only (FolderSource)."""
+    `estimate`: an ImageFolder index good for planning only (FolderSource). `entries`: the folder's
+    imagefolder.scan, when the caller has walked it already."""
     try:
         location = imagefolder.locate(Path(root), path) if name == "imagefolder" else None
         if location is None or location.is_file():
@@ -86,7 +89,7 @@ def open_source(name: str, split: str, *, root: Path, path: str | None = None, p
                                 max_upscale=max_upscale, **read)
             return ArraySource(data, streams=location is None)
         return FolderSource(location, split, image_size=image_size, max_upscale=max_upscale, progress=progress,
-                            estimate=estimate)
+                            estimate=estimate, entries=entries)
     except OSError as exc:
         raise VisionlaunchError(f"cannot read the imagefolder dataset: {describe_os_error(exc)}") from exc
 

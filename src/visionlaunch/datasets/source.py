@@ -9,16 +9,19 @@ one object and stays shared.
 `ArraySource` serves the canonical datasets (MNIST, CIFAR), which are small enough to read whole, over their
 arrays; the ImageFolder source (folder_index.py) decodes one file per call. `Subset` and `CenterCrop` are views, so
 the data's subsets, validation split and evaluation crop apply to a source as they do to an ImageSet.
-`SampleDataset` is what the DataLoader workers of the out-of-core torch backend index.
+`SampleDataset` is what the DataLoader workers of the out-of-core torch backend index. `decode_or_stand_in` is the
+rule for a file that cannot be decoded when it is reached: named, and replaced by the next sample that decodes.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
+from visionlaunch.datasets.decode import UnreadableImage
 from visionlaunch.datasets.imageset import ImageSet
 from visionlaunch.datasets.mixed_size import ResizedCrop, resize_square
 from visionlaunch.errors import VisionlaunchError
@@ -111,6 +114,34 @@ class CenterCrop:
         return resize_square(chw, self.resize_to).permute(1, 2, 0).numpy()
 
 
+# A file that cannot be decoded is found out of core (and while a .beton is written from a folder) only when it is
+# reached, maybe an hour into the work: it is then named in a WARNING and replaced by the next sample of the split
+# that decodes (the same one in every epoch, on every process and after a resume), so the work goes on. This many
+# unreadable samples in a row mean a damaged folder, not one bad file: that stops the work.
+STAND_IN_LIMIT = 16
+
+
+def decode_or_stand_in(source, index: int, warned: set[int]) -> tuple[np.ndarray, int]:
+    """(pixels, the sample they are) for sample `index` of `source`: its own, or those of its stand-in. `warned`:
+    the unreadable samples this process has named already (each is named once per process)."""
+    first = None
+    for k in range(min(STAND_IN_LIMIT, len(source))):
+        j = (index + k) % len(source)
+        try:
+            pixels = source.decode(j)
+        except UnreadableImage as exc:
+            first = first or exc
+            continue
+        if first is not None and index not in warned:
+            warned.add(index)
+            print(f"WARNING: {first} Until then sample {j} of the split (its image and label) stands in for sample "
+                  f"{index} wherever it is drawn.", file=sys.stderr, flush=True)
+        return pixels, j
+    raise VisionlaunchError(
+        f"{min(STAND_IN_LIMIT, len(source))} images in a row cannot be decoded, from sample {index} of the split on: "
+        f"{first} The folder looks damaged (an interrupted copy?): check it, e.g. copy it again, and rerun.")
+
+
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     """The seed of one sample's random draws in one epoch: a function of (seed, epoch, sample index) only, so the
     draws are the same on any number of processes or workers, and after a resume."""
@@ -127,6 +158,7 @@ class SampleDataset(torch.utils.data.Dataset):
 
     def __init__(self, source: IndexedSource, seed: int, crop: ResizedCrop | None = None):
         self.source, self.seed, self.crop = source, seed, crop
+        self.warned: set[int] = set()  # unreadable samples named by this process (each worker has its own)
 
     def __len__(self) -> int:
         return len(self.source)
@@ -134,12 +166,12 @@ class SampleDataset(torch.utils.data.Dataset):
     def __getitem__(self, key: tuple[int, int]):
         index, epoch = key
         try:
-            pixels = self.source.decode(index)
+            pixels, decoded = decode_or_stand_in(self.source, index, self.warned)
         except VisionlaunchError as exc:  # the DataLoader rebuilds a worker's error from its class and message:
             raise VisionlaunchError(str(exc)) from None  # one that any subclass's constructor may not take
         image = torch.from_numpy(np.require(pixels, requirements=("C", "W"))).permute(2, 0, 1)
         if self.crop is not None:
             generator = torch.Generator().manual_seed(sample_seed(self.seed, epoch, index))
             image = self.crop.sample(image, generator, self.crop.size_at(epoch))
-        return image.contiguous(), int(self.source.labels[index])
+        return image.contiguous(), int(self.source.labels[decoded])
 

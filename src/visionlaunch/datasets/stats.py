@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from visionlaunch.datasets.imageset import ImageSet
+from visionlaunch.datasets.source import decode_or_stand_in
 from visionlaunch.errors import VisionlaunchError
 
 # The smallest std normalisation divides by: one grey level of a uint8 image. A channel with less spread (pure red
@@ -59,8 +60,9 @@ def measure_source_stats(source, limit: int = STATS_SAMPLE, seed: int = 0):
         return measure_stats(torch.empty(0, 1, 1, 1, dtype=torch.uint8))  # its error message
     pick = range(n) if n <= limit else np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
     hist = torch.zeros(source.shape[0], 256, dtype=torch.int64)
-    for i in pick:
-        pixels = torch.from_numpy(np.require(source.decode(int(i)), requirements=("C", "W")))
+    warned: set[int] = set()
+    for i in pick:  # an unreadable file is named here first, and its stand-in counted (source.py's rule)
+        pixels = torch.from_numpy(np.require(decode_or_stand_in(source, int(i), warned)[0], requirements=("C", "W")))
         for c in range(hist.shape[0]):
             hist[c] += torch.bincount(pixels[..., c].reshape(-1), minlength=256)
     return _stats_from_histogram(hist)

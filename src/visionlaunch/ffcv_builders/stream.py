@@ -22,7 +22,7 @@ import numpy as np
 
 from visionlaunch.atomic import atomic_write
 from visionlaunch.datasets.folder_index import FolderSource
-from visionlaunch.datasets.source import ArraySource, CenterCrop, Subset, decoded_bytes
+from visionlaunch.datasets.source import ArraySource, CenterCrop, Subset, decode_or_stand_in, decoded_bytes
 from visionlaunch.errors import VisionlaunchError
 from visionlaunch.ffcv_builders import require_ffcv
 from visionlaunch.ffcv_builders.manifest import FORMAT, BetonManifest
@@ -117,22 +117,26 @@ def index_path(beton: Path) -> Path:
 class SourceSamples:
     """What FFCV's writer workers index: sample i of the split as (uint8 H x W x C image, label). `photo`
     (max_side, image_size, max_upscale) reads the photo at its own aspect ratio (photos.py) instead of the
-    source's fixed-size view. An unreadable image raises a VisionlaunchError naming it (writer._worker passes it on)."""
+    source's fixed-size view. An unreadable image is named and replaced by the next sample that decodes
+    (source.decode_or_stand_in); other refusals raise a VisionlaunchError (writer._worker passes it on)."""
 
     def __init__(self, ds, photo: tuple[int, int, float] | None = None):
         self.ds, self.photo, self.labels = ds, photo, np.asarray(ds.labels, dtype=np.int64)
+        self.warned: set[int] = set()
         if photo is not None:
             self.base, self.index, _ = _parts(ds)
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, i: int):
+    def decode(self, i: int) -> np.ndarray:
         if self.photo is not None:
-            image = decode_photo(self.base.path(int(self.index[i])), *self.photo)
-        else:
-            image = np.ascontiguousarray(self.ds.decode(i))
-        return image, int(self.labels[i])
+            return decode_photo(self.base.path(int(self.index[i])), *self.photo)
+        return np.ascontiguousarray(self.ds.decode(i))
+
+    def __getitem__(self, i: int):
+        image, decoded = decode_or_stand_in(self, i, self.warned)
+        return image, int(self.labels[decoded])
 
 
 def write_source(ds, path: Path, *, dataset: str, split: str, encoding: str = "raw", jpeg_quality: int = 90,

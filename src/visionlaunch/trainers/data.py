@@ -12,6 +12,7 @@ from visionlaunch.datasets.mixed_size import center_crop, eval_geometry
 from visionlaunch.datasets import (DatasetNotFound, ImageSet, default_cache_dir, load_dataset, normalization_stats,
                                    resolve_data_root, train_val_split)
 from visionlaunch.datasets.cifar import unofficial_note
+from visionlaunch.datasets import imagefolder
 from visionlaunch.datasets.imagefolder import class_names
 from visionlaunch.datasets.load import open_source
 from visionlaunch.datasets.loaders import SourceLoader, TensorLoader, TorchLoader
@@ -112,6 +113,9 @@ def _named(ds, names: list[str]):
 
 def _read_splits(name: str, kwargs: dict, plan) -> tuple:
     """(train, test): train in memory, or as the indexed source that `plan` keeps out of core; test in memory."""
+    if name == "imagefolder":  # a folder is walked once, for the plan's index, the cache's key and the reader
+        location = imagefolder.locate(kwargs["root"], kwargs["path"])
+        kwargs = {**kwargs, "entries": imagefolder.scan(location, kwargs["progress"])}
     if plan is None:
         return load_dataset(name, "train", **kwargs), load_dataset(name, "test", **kwargs)
     # An index of the files, the layout checked as in memory; with the size of one image when all have one size.

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 from datetime import timedelta
 
 import torch
@@ -64,6 +65,12 @@ def start_processes(cfg: RunConfig) -> tuple[Accelerator, Precision]:
     acc, precision = make_accelerator(cfg, kwargs_handlers=[timeout],
                                       log_with="wandb" if "wandb" in cfg.tracker.names else None)
     check_world_size(acc)
+    if acc.num_processes > 1:  # auto is resolved per process: machines of two families could disagree
+        from accelerate.utils import gather_object
+        disagreement = precision_disagreement(
+            gather_object([(acc.process_index, socket.gethostname(), precision.name, precision.reason)]))
+        if disagreement:
+            raise VisionlaunchError(disagreement)
     if precision.name == "fp16" and acc.device.type == "cpu":
         raise VisionlaunchError(
             "train.precision=fp16 needs a GPU: on the CPU Accelerate would silently train in fp32 (it has no fp16 "
@@ -76,6 +83,21 @@ def start_processes(cfg: RunConfig) -> tuple[Accelerator, Precision]:
             f"evenly into {world} process(es) x train.grad_accum={accum} micro-batches. Choose a multiple of "
             f"{world * accum}, or change train.grad_accum.")
     return acc, precision
+
+
+def precision_disagreement(ranks: list[tuple[int, str, str, str]]) -> str | None:
+    """The error when the ranks' precisions differ, from each rank's (index, host, precision, reason); None when they
+    agree. One precision per run: DDP would average gradients computed in different formats without a word."""
+    first = {}
+    for rank, host, name, reason in sorted(ranks):
+        first.setdefault(name, (rank, host, reason))
+    if len(first) < 2:
+        return None
+    seen = "; ".join(f"rank {rank} on {host}: {reason}" for rank, host, reason in first.values())
+    return (f"the processes of this run would compute in different precisions ({seen}): train.precision=auto is "
+            "resolved on each machine, and these machines differ (CPU or GPU families). Set train.precision to one "
+            f"of {', '.join(sorted(first))} for every process (fp32 is exact everywhere; bf16 is slow where it is "
+            "emulated), or run on machines of one kind.")
 
 
 def _launch_args_of(cmdline: list[str]) -> list[str] | None:

@@ -32,6 +32,9 @@ MEMORY_SHARE = 0.5
 # Out of core, a training epoch is shuffled in windows of this many blocks of this many consecutive samples.
 OUT_OF_CORE_ORDER = EpochOrder(block=16, buffer=1024)
 CGROUP = Path("/sys/fs/cgroup")
+# At least what one DataLoader worker of the out-of-core torch backend adds: its own interpreter's pages and those of
+# the parent it copies on write (100-130 MiB measured on a 6,000-photo folder under a memory cgroup).
+WORKER_BYTES = 100 * 2**20
 
 
 def _read_int(path: Path) -> int | None:
@@ -145,11 +148,34 @@ def plan_residency(data_cfg, train, test_bytes: int, processes: int, loader_set:
             "data.loader=ffcv (its .beton file read through the page cache), a "
             "subset (data.train_subset), a smaller data.image_size, or data.residency=memory to try anyway.")
     workers = data_cfg.num_workers
+    check_worker_room(workers, processes, test_bytes, available)
     lines = [f"data plan: training split out of core ({why}): each image decoded when used by "
              f"{workers or 'no'} DataLoader worker{'s' if workers != 1 else ''} per process (data.num_workers), "
              f"loader torch{'' if data_cfg.loader == 'torch' else ' instead of ' + data_cfg.loader}; epoch order: "
              f"{OUT_OF_CORE_ORDER.describe()}; test split in memory ({_gib(test_bytes)} per process)"]
     return ResidencyPlan(True, "torch", lines)
+
+
+def check_worker_room(workers: int, processes: int, test_bytes: int, available: tuple[int, str] | None) -> None:
+    """Stop with the numbers, before anything is decoded, when the DataLoader workers of the node's processes and
+    their test splits cannot fit in the memory left (the kernel would kill the run at its first batches instead)."""
+    try:
+        room, where = available or memory_available()
+    except VisionlaunchError:  # nothing known to check against
+        return
+    need = (workers * WORKER_BYTES + test_bytes) * processes
+    if need <= room:
+        return
+    per_process = room // processes - test_bytes
+    fits = max(per_process // WORKER_BYTES, 0)
+    each = f"{processes} processes x " if processes > 1 else ""
+    advice = (f"Lower data.num_workers to {fits} or fewer, or raise the memory limit" if fits else
+              "Set data.num_workers=0, use a smaller test split (data.test_subset), or raise the memory limit")
+    raise VisionlaunchError(
+        f"not enough memory for the out-of-core loader: {each}({workers} DataLoader worker"
+        f"{'s' if workers != 1 else ''} x at least {_gib(WORKER_BYTES)} each + the test split in memory "
+        f"{_gib(test_bytes)}) = {_gib(need)}, but only {_gib(room)} is left ({where}); the kernel would kill the run "
+        f"at its first batches. {advice}.")
 
 
 def ffcv_plan_line(data_cfg, why: str, processes: int, test_bytes: int) -> str:
