@@ -46,12 +46,12 @@ MAX_MEMBER_BYTES = 64 << 20  # the most bytes read from one archive member (64 M
 _ZIP_ENCRYPTED = 0x1
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a folder of a million files makes a million of these
 class Entry:
     parts: tuple[str, ...]  # path inside the folder or archive, split into names
     display: str  # how to name it: a file path, or "archive.tar.gz:member"
     kind: str  # "file", "folder" or "skipped"
-    payload: bytes | Path | None = None  # a file's bytes (archive member) or path (folder)
+    payload: bytes | str | Path | None = None  # a file's bytes (archive member) or path (folder: its str)
     why: str = ""  # a skipped entry: why it is not read
 
 
@@ -96,24 +96,26 @@ def _special_why(mode: int) -> str:
 
 
 def _walk_folder(root: Path, top: os.stat_result) -> Iterator[Entry]:
-    walked: dict[tuple[int, int], Path] = {(top.st_dev, top.st_ino): root}
+    walked: dict[tuple[int, int], str] = {(top.st_dev, top.st_ino): str(root)}
 
-    def visit(folder: Path, rel: tuple[str, ...], ancestors: frozenset) -> Iterator[Entry]:
+    # Paths as str, not Path: a Path keeps every component of itself as another string, and a folder of a million
+    # files would hold a million of them while it is indexed.
+    def visit(folder: str, rel: tuple[str, ...], ancestors: frozenset) -> Iterator[Entry]:
         try:
             with os.scandir(folder) as listing:
                 children = sorted(listing, key=lambda entry: entry.name)
         except OSError as exc:
             if not rel:  # the folder given itself
                 raise VisionlaunchError(f"cannot list the folder {describe_os_error(exc)}") from None
-            yield Entry(rel, str(folder), "skipped", why=f"a folder that cannot be listed ({exc.strerror})")
+            yield Entry(rel, folder, "skipped", why=f"a folder that cannot be listed ({exc.strerror})")
             return
         for child in children:
-            path, parts = Path(child.path), rel + (child.name,)
+            path, parts = child.path, rel + (child.name,)
             if is_hidden(child.name):
-                yield Entry(parts, str(path), "skipped", why=_hidden_why(child.name))
+                yield Entry(parts, path, "skipped", why=_hidden_why(child.name))
                 continue
             try:
-                info = path.stat()  # through links
+                info = os.stat(path)  # through links
             except OSError as exc:
                 if not child.is_symlink():
                     why = f"a file that cannot be looked at ({exc.strerror})"
@@ -121,26 +123,26 @@ def _walk_folder(root: Path, top: os.stat_result) -> Iterator[Entry]:
                     why = "a link loop"
                 else:
                     why = f"a dangling link (to {os.readlink(path)}, which does not exist)"
-                yield Entry(parts, str(path), "skipped", why=why)
+                yield Entry(parts, path, "skipped", why=why)
                 continue
             if stat.S_ISDIR(info.st_mode):
                 identity = (info.st_dev, info.st_ino)
                 if identity in ancestors:
-                    yield Entry(parts, str(path), "skipped", why=f"a link to {os.path.realpath(path)}, a folder "
+                    yield Entry(parts, path, "skipped", why=f"a link to {os.path.realpath(path)}, a folder "
                                 "that contains the link: following it would never end")
                 elif identity in walked:
-                    yield Entry(parts, str(path), "skipped", why=f"the same folder as {walked[identity]}, reached "
+                    yield Entry(parts, path, "skipped", why=f"the same folder as {walked[identity]}, reached "
                                 "through a link: its files would count twice")
                 else:
                     walked[identity] = path
-                    yield Entry(parts, str(path), "folder")
+                    yield Entry(parts, path, "folder")
                     yield from visit(path, parts, ancestors | {identity})
             elif stat.S_ISREG(info.st_mode):
-                yield Entry(parts, str(path), "file", path)
+                yield Entry(parts, path, "file", path)
             else:
-                yield Entry(parts, str(path), "skipped", why=_special_why(info.st_mode))
+                yield Entry(parts, path, "skipped", why=_special_why(info.st_mode))
 
-    yield from visit(root, (), frozenset(walked))
+    yield from visit(str(root), (), frozenset(walked))
 
 
 def _member_parts(name: str) -> tuple[tuple[str, ...], str]:

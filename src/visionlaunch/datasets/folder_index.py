@@ -43,12 +43,16 @@ class FolderSource:
         images.sort(key=lambda im: (im.split != "train", index[im.cls], im.display))
         wanted = [im for im in images if im.split == split]
         self.split_counts = {s: sum(im.split == s for im in images) for s in folder.SPLITS}
-        encoded = [os.fsencode(im.payload) for im in wanted]
-        self._offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
-        np.cumsum([len(e) for e in encoded], out=self._offsets[1:])
-        self._paths = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+        # Straight into the arrays: a list of a million path bytes or sizes would be the peak of building the index.
+        paths = bytearray()
+        self._offsets = np.zeros(len(wanted) + 1, dtype=np.int64)
+        self.file_sizes = np.empty(len(wanted), dtype=np.int64)
+        for k, im in enumerate(wanted):
+            paths += os.fsencode(im.payload)
+            self._offsets[k + 1] = len(paths)
+            self.file_sizes[k] = os.stat(im.payload).st_size
+        self._paths = np.frombuffer(paths, dtype=np.uint8)
         self.labels = np.array([index[im.cls] for im in wanted], dtype=np.int64)
-        self.file_sizes = np.array([os.stat(im.payload).st_size for im in wanted], dtype=np.int64)
         self.split, self.image_size, self.max_upscale = split, image_size, max_upscale
         self.estimated = estimate and not image_size
         self.source = (f"ImageFolder folder {path} ({split}/, {len(self.classes)} classes, read out of core: each "
@@ -65,7 +69,7 @@ class FolderSource:
             w, h = self._size
             self.shape = (1 if self._gray else 3, h, w)
             self.source += ")"
-        del entries, images, wanted, encoded  # the Python objects go; the arrays stay
+        del entries, images, wanted  # the Python objects go; the arrays stay
 
     def __len__(self) -> int:
         return len(self.labels)

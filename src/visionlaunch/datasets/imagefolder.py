@@ -74,12 +74,12 @@ def _is_candidate_image(parts: tuple[str, ...]) -> bool:
     return parts[-1].lower().endswith(IMAGE_EXTENSIONS) and any(p in FOLDERS for p in parts[:2])
 
 
-@dataclass
+@dataclass(slots=True)
 class _Image:
     split: str
     cls: str
     display: str
-    payload: bytes | Path
+    payload: bytes | str | Path
 
 
 def _collect(entries: list[Entry], where: Path) -> tuple[list[_Image], dict[str, set[str]]]:
