@@ -121,7 +121,7 @@ def measure_size(args, n: int, pool, emit) -> None:
             if not fits:
                 emit({"n": n, "backend": backend, "phase": "train", "skipped": f"does not fit in memory: {why}"})
                 continue
-        if backend == "ffcv":
+        if backend == "ffcv" and not args.no_convert:
             cmd = [sys.executable, "-m", "visionlaunch", "prepare", "ffcv", "--dataset", "imagefolder",
                    *data_args(args, folder), "--out", str(folder.parent / (folder.name + '-' + args.ffcv_encoding +
                                                                           '-betons')), "--overwrite"]
@@ -183,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ffcv-encoding", choices=["raw", "jpeg"], default="raw",
                    help="data.ffcv_encoding of the .beton files (raw photos of 1M images need ~55 GB of disk at "
                         "--image-size 112, JPEG ~8 GB)")
+    p.add_argument("--no-convert", action="store_true",
+                   help="measure training only, from the .beton files an earlier run wrote (train checks that they "
+                        "are current, and writes them when they are not)")
     p.add_argument("--plot", type=Path, help="write a plot of the results here (PNG)")
     args = p.parse_args(argv)
     if not ARCHIVE.is_file():
