@@ -9,10 +9,9 @@ from pathlib import Path
 
 from visionlaunch.config import DataConfig
 from visionlaunch.datasets.mixed_size import center_crop, eval_geometry
-from visionlaunch.datasets import (DatasetNotFound, ImageSet, default_cache_dir, load_dataset, normalization_stats,
-                                   resolve_data_root, train_val_split)
+from visionlaunch.datasets import (DatasetNotFound, ImageSet, default_cache_dir, imagefolder, load_dataset,
+                                   normalization_stats, resolve_data_root, train_val_split)
 from visionlaunch.datasets.cifar import unofficial_note
-from visionlaunch.datasets import imagefolder
 from visionlaunch.datasets.imagefolder import class_names
 from visionlaunch.datasets.load import open_source
 from visionlaunch.datasets.loaders import SourceLoader, TensorLoader, TorchLoader
