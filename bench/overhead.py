@@ -109,22 +109,35 @@ class BareLoop:
         self.images, self.labels = data.train.images.to(device), data.train.labels.to(device)
         self.mean, self.std = normalization_tensors(data.mean, data.std, device)
 
-    def epoch(self) -> float:
-        """Images/s of one training epoch."""
+    def epoch(self, lap=None) -> float:
+        """Images/s of one training epoch. `lap(part)`, when given, is called as each part of a step ends (batch,
+        inputs, forward, loss, zero_grad, backward, optimizer, schedule): bench/step_profile.py times them."""
+        lap = lap or (lambda part: None)
         self.model.train()
         order = torch.randperm(len(self.labels), device=self.device)
         sync(self.device)
         t0 = time.perf_counter()
         for i in range(self.steps):
+            lap(None)  # a step starts
             idx = order[i * self.batch:(i + 1) * self.batch]
-            x = normalize_with(self.images[idx], self.mean, self.std).contiguous(memory_format=self.layout)
+            images, labels = self.images[idx], self.labels[idx]
+            lap("batch")
+            x = normalize_with(images, self.mean, self.std).contiguous(memory_format=self.layout)
+            lap("inputs")
             with torch.autocast(self.device.type, dtype=self.half, enabled=self.half is not None):
-                loss = F.cross_entropy(self.forward(x).float(), self.labels[idx], label_smoothing=self.smoothing)
+                logits = self.forward(x)
+                lap("forward")
+                loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.smoothing)
+                lap("loss")
             self.optimizer.zero_grad(set_to_none=True)
+            lap("zero_grad")
             self.scaler.scale(loss).backward()
+            lap("backward")
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            lap("optimizer")
             self.scheduler.step()
+            lap("schedule")
         sync(self.device)
         return self.steps * self.batch / (time.perf_counter() - t0)
 

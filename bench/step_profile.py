@@ -17,22 +17,20 @@ medians over its measured epochs. Prints the processor, a table and one JSON obj
 from __future__ import annotations
 
 import argparse
-import warnings
 import json
 import statistics
 import sys
 import tempfile
 import time
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import overhead  # noqa: E402  (bench/overhead.py: the shared set-up)
 
-from visionlaunch.datasets.stats import normalize_with  # noqa: E402
 from visionlaunch.trainers.precision import resolve_precision  # noqa: E402
 
 PARTS = ("batch", "inputs", "forward", "loss", "backward", "metrics", "optimizer", "zero_grad", "schedule",
@@ -104,41 +102,18 @@ def instrument_trainer(trainer, clock: Clock):
     return lambda: setattr(trainer_module, "Totals", totals)
 
 
-class TimedBareLoop(overhead.BareLoop):
-    """bench/overhead.py's bare loop with each part timed."""
+def timed_bare_epoch(bare: overhead.BareLoop, clock: Clock) -> None:
+    """One epoch of bench/overhead.py's bare loop, each part of a step timed from the end of the part before."""
+    last = [0.0]
 
-    def timed_epoch(self, clock: Clock) -> None:
-        self.model.train()
-        order = torch.randperm(len(self.labels), device=self.device)
-        t0 = time.perf_counter()
-        for i in range(self.steps):
-            t = time.perf_counter()
-            idx = order[i * self.batch:(i + 1) * self.batch]
-            images, labels = self.images[idx], self.labels[idx]
-            t = lap(clock, "batch", t)
-            x = normalize_with(images, self.mean, self.std).contiguous(memory_format=self.layout)
-            t = lap(clock, "inputs", t)
-            with torch.autocast(self.device.type, dtype=self.half, enabled=self.half is not None):
-                logits = self.forward(x)
-                t = lap(clock, "forward", t)
-                loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.smoothing)
-                t = lap(clock, "loss", t)
-            self.optimizer.zero_grad(set_to_none=True)
-            t = lap(clock, "zero_grad", t)
-            self.scaler.scale(loss).backward()
-            t = lap(clock, "backward", t)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            t = lap(clock, "optimizer", t)
-            self.scheduler.step()
-            lap(clock, "schedule", t)
-        clock.end_epoch(time.perf_counter() - t0, self.steps)
+    def lap(part: str | None) -> None:
+        now = time.perf_counter()
+        if part is not None:
+            clock.now[part] += now - last[0]
+        last[0] = now
 
-
-def lap(clock: Clock, part: str, since: float) -> float:
-    now = time.perf_counter()
-    clock.now[part] += now - since
-    return now
+    rate = bare.epoch(lap)
+    clock.end_epoch(bare.steps * bare.batch / rate, bare.steps)
 
 
 def profile(setup: str, steps: int, epochs: int, extra: list[str]) -> dict:
@@ -148,7 +123,7 @@ def profile(setup: str, steps: int, epochs: int, extra: list[str]) -> dict:
     cfg, data = overhead.make_config(setup, steps, epochs, "cpu", extra)
     device = torch.device("cpu")
     trainer_clock, bare_clock = Clock(), Clock()
-    bare = TimedBareLoop(cfg, data, device)
+    bare = overhead.BareLoop(cfg, data, device)
     with tempfile.TemporaryDirectory(prefix="vl-step-profile-") as tmp:
         output = cfg.output.model_copy(update={"dir": tmp, "name": "run", "overwrite": True})
         cfg = cfg.model_copy(update={"output": output})
@@ -159,7 +134,7 @@ def profile(setup: str, steps: int, epochs: int, extra: list[str]) -> dict:
             def then_bare(stats):  # the trainer's epoch is closed from its own record, then a bare epoch runs
                 trainer_clock.end_epoch(stats["seconds"], steps)
                 end_epoch(stats)
-                bare.timed_epoch(bare_clock)
+                timed_bare_epoch(bare, bare_clock)
 
             trainer._end_epoch = then_bare
             try:

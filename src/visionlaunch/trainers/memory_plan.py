@@ -119,7 +119,7 @@ def plan_residency(data_cfg, train, test_bytes: int, processes: int, loader_set:
     if data_cfg.residency == "memory":
         return ResidencyPlan(False, data_cfg.loader, [f"data plan: in memory (data.residency=memory; {sizes})"])
     if data_cfg.residency == "auto":
-        room, where = available or memory_available()
+        available = room, where = available or memory_available()  # read once: the worker check uses it too
         budget = int(room * MEMORY_SHARE)
         rule = f"budget {_gib(budget)}: {MEMORY_SHARE:.0%} of the {_gib(room)} {where}"
         # data.loader=ffcv trains from the .beton file whatever the size: an ImageFolder's training split is then
