@@ -201,7 +201,7 @@ def test_a_damaged_folder_stops_the_run_with_the_first_file_named(plain, tmp_pat
 def test_a_folder_is_walked_once_before_the_first_step(plain, tmp_path, monkeypatch, residency):
     """The plan's index, the cache's fingerprint and the in-memory reader share one walk of the folder (a second
     walk of a million files would be minutes before step 1)."""
-    from visionlaunch.datasets import folder_index, imagefolder
+    from visionlaunch.datasets import imagefolder
     from visionlaunch.trainers.data import prepare_data
 
     walks = []
@@ -212,8 +212,7 @@ def test_a_folder_is_walked_once_before_the_first_step(plain, tmp_path, monkeypa
             return walk(path, *args, **kwargs)
         return walk_and_count
 
-    for module in (imagefolder, folder_index):
-        monkeypatch.setattr(module, "walk", counted(module.walk))
+    monkeypatch.setattr(imagefolder, "walk", counted(imagefolder.walk))
     cfg = DataConfig(name="imagefolder", path=str(plain), residency=residency, cache_dir=str(tmp_path / "cache"),
                      val_size=0)
     decisions = []

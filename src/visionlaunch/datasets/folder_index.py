@@ -11,13 +11,13 @@ the index instead of copying it (source.py says why).
 from __future__ import annotations
 
 import os
+from itertools import chain, islice
 from pathlib import Path
 
 import numpy as np
 
 from visionlaunch.datasets import imagefolder as folder
 from visionlaunch.datasets.decode import decode_image, with_channels
-from visionlaunch.datasets.entries import walk
 from visionlaunch.datasets.mixed_size import decode_squares, stored_size
 from visionlaunch.errors import VisionlaunchError
 
@@ -25,34 +25,33 @@ from visionlaunch.errors import VisionlaunchError
 class FolderSource:
     """`split` of the ImageFolder folder `path`, sorted like the in-memory reader (class, then file name).
     `estimate=True` (images of one size): the shape is read from one header, as if colour, without checking every
-    header: enough to plan the memory, not to decode. `entries`: the folder's imagefolder.scan, when the caller has
+    header: enough to plan the memory, not to decode. `scanned`: the folder's imagefolder.scan, when the caller has
     walked it already."""
 
     name = "imagefolder"
     unofficial = ()
 
     def __init__(self, path: Path, split: str, *, image_size: int | None = None, max_upscale: float = 4.0,
-                 progress: bool = True, estimate: bool = False, entries: list | None = None):
+                 progress: bool = True, estimate: bool = False,
+                 scanned: folder.FolderScan | None = None):
         if path.is_file():
             raise ValueError(f"{path} is an archive: read it with load_dataset (archives are read into memory)")
-        if entries is None:  # not scanned already (imagefolder.scan)
-            entries = list(walk(path, wanted=folder._is_candidate_image, progress=progress))
-        images, class_dirs = folder._collect(entries, path)
-        self.classes = folder._check_classes(images, class_dirs, path)
-        index = {c: i for i, c in enumerate(self.classes)}
-        images.sort(key=lambda im: (im.split != "train", index[im.cls], im.display))
-        wanted = [im for im in images if im.split == split]
-        self.split_counts = {s: sum(im.split == s for im in images) for s in folder.SPLITS}
+        scanned = folder.FolderScan(path, progress) if scanned is None else scanned
+        found = folder.layout(scanned, path)
+        self.classes = found.classes
+        self.split_counts = {s: len(found.files[s]) for s in folder.SPLITS}
+        files = found.files[split]
         # Straight into the arrays: a list of a million path bytes or sizes would be the peak of building the index.
         paths = bytearray()
-        self._offsets = np.zeros(len(wanted) + 1, dtype=np.int64)
-        self.file_sizes = np.empty(len(wanted), dtype=np.int64)
-        for k, im in enumerate(wanted):
-            paths += os.fsencode(im.payload)
-            self._offsets[k + 1] = len(paths)
-            self.file_sizes[k] = os.stat(im.payload).st_size
+        self._offsets = np.zeros(len(files) + 1, dtype=np.int64)
+        self.file_sizes = np.empty(len(files), dtype=np.int64)
+        for j, k in enumerate(files):
+            file = scanned.display(int(k))
+            paths += os.fsencode(file)
+            self._offsets[j + 1] = len(paths)
+            self.file_sizes[j] = os.stat(file).st_size
         self._paths = np.frombuffer(paths, dtype=np.uint8)
-        self.labels = np.array([index[im.cls] for im in wanted], dtype=np.int64)
+        self.labels = found.labels[split]
         self.split, self.image_size, self.max_upscale = split, image_size, max_upscale
         self.estimated = estimate and not image_size
         self.source = (f"ImageFolder folder {path} ({split}/, {len(self.classes)} classes, read out of core: each "
@@ -62,14 +61,14 @@ class FolderSource:
             self.shape, self._size, self._gray = (3, side, side), None, False
             self.source += f", mixed sizes as {side}x{side} RGB)"
         else:  # one size for all: the headers of both splits say which, as the in-memory reader checks
-            checked = [im for im in images if im.split != split] + wanted  # in the in-memory reader's order
-            checked = checked[:1] if estimate else checked
-            self._size, self._gray = folder._scan_headers(checked, progress and not estimate)
+            other = folder.SPLITS[1 - folder.SPLITS.index(split)]  # in the in-memory reader's order
+            checked = chain(found.images(scanned, other), found.images(scanned, split))
+            total = 1 if estimate else len(found.files[other]) + len(files)
+            self._size, self._gray = folder._scan_headers(islice(checked, total), total, progress and not estimate)
             self._gray = self._gray and not estimate
             w, h = self._size
             self.shape = (1 if self._gray else 3, h, w)
             self.source += ")"
-        del entries, images, wanted  # the Python objects go; the arrays stay
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -13,8 +13,11 @@ large; hidden names aside) is refused: the dataset would silently lack it.
 from __future__ import annotations
 
 import os
+from array import array
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -56,22 +59,102 @@ def locate(root: Path, path: str | os.PathLike | None) -> Path:
     return p
 
 
-def scan(path: Path, progress: bool = False) -> list[Entry] | None:
-    """The entries of a folder, walked once for every reader of the same run (`entries=` below); None for an
-    archive, whose members are read as they are walked."""
-    return None if path.is_file() else list(walk(path, wanted=_is_candidate_image, progress=progress))
+def scan(path: Path, progress: bool = False) -> FolderScan | None:
+    """A folder's walk, kept for every reader of the same run (`scanned=` below); None for an archive, whose
+    members are read as they are walked."""
+    return None if path.is_file() else FolderScan(path, progress)
 
 
-def source_files(path: Path, entries: list[Entry] | None = None) -> list[Path]:
-    """The files whose size and mtime fingerprint the dataset (for the cache). `entries`: the folder's `scan`."""
+def source_files(path: Path, scanned: FolderScan | None = None) -> Iterator[str | Path]:
+    """The files whose size and mtime fingerprint the dataset (for the cache), in walk order. `scanned`: the
+    folder's `scan`."""
     if path.is_file():
-        return [path]
-    return [e.payload for e in (walk(path) if entries is None else entries) if e.kind == "file"]
+        return iter([path])
+    scanned = FolderScan(path) if scanned is None else scanned
+    return (scanned.display(k) for k in range(len(scanned)))
 
 
 def _is_candidate_image(parts: tuple[str, ...]) -> bool:
     # An image the layout may use: under train/ or test/ at depth 0 or 1. Others are never read into memory.
     return parts[-1].lower().endswith(IMAGE_EXTENSIONS) and any(p in FOLDERS for p in parts[:2])
+
+
+class FolderScan:
+    """What one walk of a folder or an archive found, kept compact: a folder of a million files must not become a
+    million Python objects (their memory would be the peak of a run that reads the data out of core). A file is
+    its folder's number and its name's bytes, about 30 bytes; the folders themselves, the walker's other entries
+    (folders, skipped entries) and an archive's member bytes and names are kept as they are."""
+
+    def __init__(self, path: Path, progress: bool = False):
+        self.path, self.archive = Path(path), Path(path).is_file()
+        self.dirs: list[tuple[str, ...]] = []  # the parts of each folder that holds files
+        self.dir_paths: list[str] = []  # how to name each (a folder's path; an archive's members keep their own)
+        self.others: list[Entry] = []  # folders and skipped entries
+        self.payloads: list[bytes] = []  # an archive's members, as read
+        self.displays: list[str] = []  # an archive's member names, as `archive:member`
+        self._dir = array("i")  # per file: its folder's number
+        self._image = bytearray()  # per file: 1 when its name is an image's
+        self._names, self._ends = bytearray(), array("q", [0])
+        numbers: dict[tuple[str, ...], int] = {}
+        last, number = None, -1
+        for e in walk(self.path, wanted=_is_candidate_image, progress=progress):
+            if e.kind != "file":
+                self.others.append(e)
+                continue
+            parent, name = e.parts[:-1], e.parts[-1]
+            if parent != last:
+                number = numbers.get(parent, -1)
+                if number < 0:
+                    number = numbers[parent] = len(self.dirs)
+                    self.dirs.append(parent)
+                    self.dir_paths.append("" if self.archive else os.path.dirname(e.display))
+                last = parent
+            self._dir.append(number)
+            self._image.append(name.lower().endswith(IMAGE_EXTENSIONS))
+            self._names += os.fsencode(name)
+            self._ends.append(len(self._names))
+            if self.archive:
+                self.payloads.append(e.payload)
+                self.displays.append(e.display)
+
+    def __len__(self) -> int:
+        return len(self._dir)
+
+    def name(self, k: int) -> str:
+        return os.fsdecode(bytes(self._names[self._ends[k]:self._ends[k + 1]]))
+
+    def display(self, k: int) -> str:
+        """How file `k` is named; for a folder, its path."""
+        return self.displays[k] if self.archive else os.path.join(self.dir_paths[self._dir[k]], self.name(k))
+
+    def payload(self, k: int) -> bytes | str:
+        """What the decoder reads for file `k`: an archive member's bytes, a folder file's path."""
+        return self.payloads[k] if self.archive else self.display(k)
+
+    def image(self, k: int, split: str, cls: str) -> _Image:
+        return _Image(split, cls, self.display(k), self.payload(k))
+
+    def folder_of(self) -> np.ndarray:
+        """Each file's folder number (int32)."""
+        return np.frombuffer(self._dir, dtype=np.int32) if len(self._dir) else np.zeros(0, dtype=np.int32)
+
+    def is_image(self) -> np.ndarray:
+        """Whether each file's name is an image's (bool)."""
+        return np.frombuffer(bytes(self._image), dtype=np.uint8).astype(bool)
+
+
+@dataclass
+class Layout:
+    """The ImageFolder layout of a scan: the classes, and per split the files in reading order (class, then name)
+    with their labels."""
+    classes: list[str]
+    files: dict[str, np.ndarray]  # split -> int64 file numbers of the scan
+    labels: dict[str, np.ndarray]  # split -> int64 class indices
+
+    def images(self, scanned: FolderScan, split: str):
+        """The split's images as _Image, one at a time."""
+        return (scanned.image(int(k), split, self.classes[int(c)])
+                for k, c in zip(self.files[split], self.labels[split]))
 
 
 @dataclass(slots=True)
@@ -82,10 +165,14 @@ class _Image:
     payload: bytes | str | Path
 
 
-def _collect(entries: list[Entry], where: Path) -> tuple[list[_Image], dict[str, set[str]]]:
+def layout(scanned: FolderScan, where: Path) -> Layout:
+    """The ImageFolder layout checks over a scan, and each split's files sorted by class, then name: the order never
+    depends on the archive or the file system. Folder by folder (a few thousand), not file by file, except for
+    arrays over the files."""
+    dirs, others = scanned.dirs, scanned.others
     # Top-level folders (a file at the top, like a README, says nothing about the layout); a skipped one counts, so
     # that an unreadable train/ is named as such, not as missing.
-    tops = {e.parts[0] for e in entries if len(e.parts) > 1 or e.kind != "file"}
+    tops = {e.parts[0] for e in others} | {d[0] for d in dirs if d}
     tops = {t for t in tops if not is_hidden(t)}
     if not tops & set(FOLDERS) and len(tops) != 1:
         raise VisionlaunchError(
@@ -93,48 +180,90 @@ def _collect(entries: list[Entry], where: Path) -> tuple[list[_Image], dict[str,
             f"stand for test/), found {', '.join(sorted(tops)[:10]) or 'nothing'}. Lay the images out as "
             "train/<class>/<image> and test/<class>/<image>.")
     depth = 0 if tops & set(FOLDERS) else 1  # 1: train/ and test/ sit inside one top-level folder
-    present = {e.parts[depth] for e in entries if len(e.parts) > depth and (not depth or e.parts[0] in tops)}
+    inside = [(n, d) for n, d in enumerate(dirs) if not depth or (d and d[0] in tops)]
+    present = {e.parts[depth] for e in others if len(e.parts) > depth and (not depth or e.parts[0] in tops)}
+    present |= {d[depth] for _, d in inside if len(d) > depth}
+    folder_of = scanned.folder_of()
+    for n, d in inside:  # files beside the split folders count among the names found there
+        if len(d) == depth:
+            present |= {scanned.name(int(k)) for k in np.flatnonzero(folder_of == n)}
     test_folder = TEST_ALIAS if TEST_ALIAS in present and "test" not in present else "test"
     split_of = {"train": "train", test_folder: "test"}
-    images: list[_Image] = []
+
+    def in_split(parts: tuple[str, ...]) -> tuple[str, ...] | None:
+        """`parts` from the split folder on, or None when outside train/ and test/ (or hidden)."""
+        rel = parts[depth:]
+        if not rel or rel[0] not in split_of or any(is_hidden(p) for p in rel):
+            return None
+        return rel
+
     class_dirs: dict[str, set[str]] = {}  # the class folders of each split found
-    for e in entries:
-        if depth and e.parts[0] not in tops:  # beside the top-level folder: a file, a hidden or ignored folder
-            continue
-        parts = e.parts[depth:]
-        if not parts or parts[0] not in split_of or any(is_hidden(p) for p in parts):
+    for e in others:
+        rel = in_split(e.parts) if not depth or e.parts[0] in tops else None
+        if rel is None:
             continue
         if e.kind == "skipped":
             raise VisionlaunchError(
                 f"{e.display} is {e.why}. Every file under train/ and test/ of an ImageFolder dataset is read, and "
                 "the dataset would silently lack this one: fix it, or remove it from the dataset.")
-        split = split_of[parts[0]]
-        classes = class_dirs.setdefault(split, set())
-        if e.kind == "folder":
-            if len(parts) == 2:
-                classes.add(parts[1])
+        class_dirs.setdefault(split_of[rel[0]], set())
+        if len(rel) == 2:  # a class folder
+            class_dirs[split_of[rel[0]]].add(rel[1])
+    groups: dict[tuple[str, str], int] = {}  # (split, class) -> group number
+    group_of_dir = np.full(len(dirs), -1, dtype=np.int64)  # -1 outside the splits, -2 a split folder itself
+    for n, d in inside:
+        rel = in_split(d)
+        if rel is None:
             continue
-        if not parts[-1].lower().endswith(IMAGE_EXTENSIONS):
-            continue  # README, .txt notes and the like are not images
-        if len(parts) == 2:
-            unlabelled = " If test/ is an unlabelled test set (ImageNet's), move it away: val/ is then the test " \
-                "split." if parts[0] == "test" and TEST_ALIAS in present else ""
-            raise VisionlaunchError(
-                f"{e.display} lies directly in {parts[0]}/, outside any class folder. Move it into "
-                f"{parts[0]}/<class>/ (the folder name is the class).{unlabelled}")
-        classes.add(parts[1])
-        images.append(_Image(split, parts[1], e.display, e.payload))
+        class_dirs.setdefault(split_of[rel[0]], set())
+        group_of_dir[n] = -2 if len(rel) == 1 else groups.setdefault((split_of[rel[0]], rel[1]), len(groups))
+    file_group = group_of_dir[folder_of] if len(folder_of) else np.zeros(0, dtype=np.int64)
+    is_image = scanned.is_image()
+    loose = np.flatnonzero((file_group == -2) & is_image)
+    if len(loose):
+        k = int(loose[0])
+        folder_name = dirs[folder_of[k]][depth]
+        unlabelled = " If test/ is an unlabelled test set (ImageNet's), move it away: val/ is then the test " \
+            "split." if folder_name == "test" and TEST_ALIAS in present else ""
+        raise VisionlaunchError(
+            f"{scanned.display(k)} lies directly in {folder_name}/, outside any class folder. Move it into "
+            f"{folder_name}/<class>/ (the folder name is the class).{unlabelled}")
+    usable = (file_group >= 0) & is_image
+    counts = np.bincount(file_group[usable], minlength=len(groups))
+    for (split, cls), g in groups.items():
+        if counts[g]:
+            class_dirs[split].add(cls)
     for split in SPLITS:
         if split not in class_dirs:
             raise VisionlaunchError(
                 f"{where} has no {split}/ folder{' (nor val/)' if split == 'test' else ''}"
                 f"{' inside its top-level folder' if depth else ''}. An ImageFolder dataset needs both "
                 "train/<class>/<image> and test/<class>/<image> (or val/<class>/<image>).")
-    return images, class_dirs
+    per_class = Counter()
+    for (split, cls), g in groups.items():
+        per_class[(split, cls)] += int(counts[g])
+    classes = _check_classes(per_class, class_dirs, where)
+    index = {c: i for i, c in enumerate(classes)}
+    label_of = np.array([index[cls] for _, cls in groups], dtype=np.int64)
+    train_group = np.array([split == "train" for split, _ in groups], dtype=bool)
+    files, labels = {}, {}
+    for split in SPLITS:
+        ks = np.flatnonzero(usable)
+        ks = ks[train_group[file_group[ks]] == (split == "train")]
+        ls = label_of[file_group[ks]]
+        by_class = np.argsort(ls, kind="stable")
+        ks, ls = ks[by_class], ls[by_class]
+        starts = np.flatnonzero(np.diff(ls)) + 1
+        for a, b in zip([0, *starts], [*starts, len(ks)]):  # within a class, by name, one class at a time
+            names = [scanned.display(int(k)) for k in ks[a:b]]
+            ks[a:b] = ks[a:b][sorted(range(b - a), key=names.__getitem__)]
+        files[split], labels[split] = ks.astype(np.int64), ls
+    return Layout(classes, files, labels)
 
 
-def _check_classes(images: list[_Image], class_dirs: dict[str, set[str]], where: Path) -> list[str]:
-    counts = Counter((im.split, im.cls) for im in images)
+def _check_classes(counts: Counter, class_dirs: dict[str, set[str]], where: Path) -> list[str]:
+    """The classes (sorted class folders), after checking that no class folder is empty and that both splits have the
+    same. `counts`: images per (split, class)."""
     for split in SPLITS:
         empty = sorted(c for c in class_dirs[split] if counts[(split, c)] == 0)
         if empty:
@@ -157,11 +286,12 @@ def _check_classes(images: list[_Image], class_dirs: dict[str, set[str]], where:
     return train
 
 
-def _scan_headers(images: list[_Image], progress: bool) -> tuple[tuple[int, int], bool]:
-    """Open every image's header (no pixel decoding): their one size (width, height), which every image must share
-    (the model takes one input shape), and whether all of them are single-channel."""
+def _scan_headers(images: Iterable[_Image], total: int, progress: bool) -> tuple[tuple[int, int], bool]:
+    """Open the `total` images' headers (no pixel decoding): their one size (width, height), which every image must
+    share (the model takes one input shape), and whether all of them are single-channel."""
     first, gray = None, True
-    for im in progress_bar(images, desc="checking images", unit=" img", disable=not progress, leave=False):
+    for im in progress_bar(images, total=total, desc="checking images", unit=" img", disable=not progress,
+                           leave=False):
         size, channels = image_header(im.payload, im.display)
         if first is None:
             first = (size, im.display)
@@ -189,27 +319,23 @@ def _decode(images: list[_Image], size: tuple[int, int], gray: bool, progress: b
 
 
 def read(path: Path, split: str, progress: bool = True, image_size: int | None = None,
-         max_upscale: float = 4.0, entries: list[Entry] | None = None) -> ImageSet:
-    if entries is None:  # not scanned already
-        entries = list(walk(path, wanted=_is_candidate_image, progress=progress))
-    images, class_dirs = _collect(entries, path)
-    classes = _check_classes(images, class_dirs, path)
-    index = {c: i for i, c in enumerate(classes)}
-    # Sorted by split, class, then name: the order never depends on the archive or the file system.
-    images.sort(key=lambda im: (im.split != "train", index[im.cls], im.display))
-    wanted = [im for im in images if im.split == split]
-    source = f"ImageFolder {'archive' if path.is_file() else 'folder'} {path} ({split}/, {len(classes)} classes"
+         max_upscale: float = 4.0, scanned: FolderScan | None = None) -> ImageSet:
+    scanned = FolderScan(path, progress) if scanned is None else scanned
+    found = layout(scanned, path)
+    wanted = list(found.images(scanned, split))
+    source = f"ImageFolder {'archive' if path.is_file() else 'folder'} {path} ({split}/, {len(found.classes)} classes"
     if image_size:  # photos of any size, each decoded to one stored square
         pixels, note = decode_squares(wanted, image_size, max_upscale, progress=progress,
                                       desc=f"decoding {split} images")
         side = stored_size(image_size)
         source += f", mixed sizes stored as {side}x{side} RGB{'; ' + note if note else ''}"
     else:  # the headers of both splits first (the other split's first), so train and test always agree on shape
-        size, gray = _scan_headers([im for im in images if im.split != split] + wanted, progress)
+        other = SPLITS[1 - SPLITS.index(split)]
+        size, gray = _scan_headers(chain(found.images(scanned, other), wanted),
+                                   len(found.files[other]) + len(wanted), progress)
         pixels = _decode(wanted, size, gray, progress, split)
-    labels = torch.tensor([index[im.cls] for im in wanted], dtype=torch.int64)
-    return ImageSet(images=torch.from_numpy(pixels), labels=labels, classes=classes, name="imagefolder",
-                    source=source + ")")
+    return ImageSet(images=torch.from_numpy(pixels), labels=torch.from_numpy(found.labels[split].copy()),
+                    classes=found.classes, name="imagefolder", source=source + ")")
 
 
 def class_names(path: Path, classes: list[str]) -> list[str]:

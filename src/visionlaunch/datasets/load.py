@@ -12,7 +12,7 @@ import dataclasses
 import hashlib
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
 
@@ -31,10 +31,10 @@ SPLITS = ("train", "test")
 
 def load_dataset(name: str, split: str, *, root: Path, path: str | None = None, download: bool = False,
                  verify: bool = True, cache_dir: Path | None = None, progress: bool = True,
-                 image_size: int | None = None, max_upscale: float = 4.0, entries: list | None = None) -> ImageSet:
+                 image_size: int | None = None, max_upscale: float = 4.0, scanned=None) -> ImageSet:
     """One split of a dataset as uint8 tensors; `cache_dir=None` reads the sources every time. Raises
     DatasetNotFound when the files are absent (a caller may fall back), VisionlaunchError when they are wrong.
-    `entries`: an ImageFolder folder's imagefolder.scan, when the caller has walked it already."""
+    `scanned`: an ImageFolder folder's imagefolder.scan, when the caller has walked it already."""
     if name not in DATASET_NAMES:
         raise VisionlaunchError(f"unknown dataset {name!r} (data.name); valid names: {', '.join(DATASET_NAMES)}.")
     if split not in SPLITS:
@@ -60,9 +60,9 @@ def load_dataset(name: str, split: str, *, root: Path, path: str | None = None, 
             build = partial(cifar.read, name, files, split, verify=verify)
         else:
             location = imagefolder.locate(root, path)
-            files = imagefolder.source_files(location, entries)
+            files = imagefolder.source_files(location, scanned)
             source_key = str(location)
-            build = partial(imagefolder.read, location, split, progress=progress, entries=entries)
+            build = partial(imagefolder.read, location, split, progress=progress, scanned=scanned)
             if image_size:  # its own cache entry per stored size and upscale limit, beside the original-size one
                 source_key += f"@{image_size}px-up{max_upscale:g}"
                 build = partial(build, image_size=image_size, max_upscale=max_upscale)
@@ -76,11 +76,11 @@ def load_dataset(name: str, split: str, *, root: Path, path: str | None = None, 
 
 def open_source(name: str, split: str, *, root: Path, path: str | None = None, progress: bool = True,
                 image_size: int | None = None, max_upscale: float = 4.0, estimate: bool = False,
-                entries: list | None = None, **read):
+                scanned=None, **read):
     """One split as an indexed source (source.py) that decodes a sample when asked: for an ImageFolder an index of
     its files, nothing decoded; the canonical datasets, small enough to hold, over their arrays (`load_dataset`);
     an ImageFolder archive, which can only be streamed, read into memory (its source cannot be read out of core).
-    `estimate`: an ImageFolder index good for planning only (FolderSource). `entries`: the folder's
+    `estimate`: an ImageFolder index good for planning only (FolderSource). `scanned`: the folder's
     imagefolder.scan, when the caller has walked it already."""
     try:
         location = imagefolder.locate(Path(root), path) if name == "imagefolder" else None
@@ -89,7 +89,7 @@ def open_source(name: str, split: str, *, root: Path, path: str | None = None, p
                                 max_upscale=max_upscale, **read)
             return ArraySource(data, streams=location is None)
         return FolderSource(location, split, image_size=image_size, max_upscale=max_upscale, progress=progress,
-                            estimate=estimate, entries=entries)
+                            estimate=estimate, scanned=scanned)
     except OSError as exc:
         raise VisionlaunchError(f"cannot read the imagefolder dataset: {describe_os_error(exc)}") from exc
 
@@ -103,14 +103,15 @@ def _digest(text: str, n: int) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:n]
 
 
-def cache_path(cache_dir: Path, name: str, split: str, source_key: str, files: list[Path]) -> Path:
-    # name-split-<where>-<what>: <where> (the source location) lets a rebuild delete the entry it replaces.
-    lines = [f"visionlaunch-cache-v{FORMAT_VERSION}"]
+def cache_path(cache_dir: Path, name: str, split: str, source_key: str, files: Iterable[str | Path]) -> Path:
+    # name-split-<where>-<what>: <where> (the source location) lets a rebuild delete the entry it replaces. <what>
+    # hashes one line per file as it goes: the lines of a million files joined would be hundreds of MiB.
+    what = hashlib.sha256(f"visionlaunch-cache-v{FORMAT_VERSION}".encode())
     for f in files:
         st = os.stat(f)
-        lines.append(f"{os.path.realpath(f)}\t{st.st_size}\t{st.st_mtime_ns}")
-    where, what = _digest(os.path.realpath(source_key), 8), _digest("\n".join(lines), 16)
-    return Path(cache_dir) / f"{name}-{split}-{where}-{what}.pt"
+        what.update(f"\n{os.path.realpath(f)}\t{st.st_size}\t{st.st_mtime_ns}".encode())
+    where = _digest(os.path.realpath(source_key), 8)
+    return Path(cache_dir) / f"{name}-{split}-{where}-{what.hexdigest()[:16]}.pt"
 
 
 def _read_cache(path: Path, name: str, need_verified: bool) -> ImageSet | None:
@@ -146,7 +147,7 @@ def _write_cache(path: Path, data: ImageSet, verified: bool) -> None:
             old.unlink(missing_ok=True)
 
 
-def cached(cache_dir: Path, name: str, split: str, source_key: str, files: list[Path],
+def cached(cache_dir: Path, name: str, split: str, source_key: str, files: Iterable[str | Path],
            build: Callable[[], ImageSet], *, verified: bool) -> ImageSet:
     """The cached ImageSet for these source files, else `build()`, stored. `verified`: whether `build` checks
     checksums; a cache built unverified is not used by a verified load."""

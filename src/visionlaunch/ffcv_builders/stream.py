@@ -58,7 +58,8 @@ class FolderIndex:
         base, self.selection, _ = _parts(ds)
         self.paths, self.offsets = base._paths, base._offsets
         self.sizes, self.labels, self.classes = base.file_sizes, base.labels, list(base.classes)
-        self.mtimes = np.array([os.stat(base.path(i)).st_mtime_ns for i in range(len(base))], dtype=np.int64)
+        self.mtimes = np.fromiter((os.stat(base.path(i)).st_mtime_ns for i in range(len(base))), dtype=np.int64,
+                                  count=len(base))
         self.view = view
 
     def digest(self) -> str:

@@ -114,7 +114,7 @@ def _read_splits(name: str, kwargs: dict, plan) -> tuple:
     """(train, test): train in memory, or as the indexed source that `plan` keeps out of core; test in memory."""
     if name == "imagefolder":  # a folder is walked once, for the plan's index, the cache's key and the reader
         location = imagefolder.locate(kwargs["root"], kwargs["path"])
-        kwargs = {**kwargs, "entries": imagefolder.scan(location, kwargs["progress"])}
+        kwargs = {**kwargs, "scanned": imagefolder.scan(location, kwargs["progress"])}
     if plan is None:
         return load_dataset(name, "train", **kwargs), load_dataset(name, "test", **kwargs)
     # An index of the files, the layout checked as in memory; with the size of one image when all have one size.
