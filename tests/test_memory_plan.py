@@ -4,6 +4,7 @@ line; a loader set to tensor explicitly stops the run instead; a file that canno
 and replaced by the next sample, and a run of them stops the run as a damaged folder."""
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -155,7 +156,7 @@ def _truncate(plain, tmp_path, count=1):
 def test_a_file_a_worker_cannot_decode_is_named_once_and_its_neighbour_stands_in(plain, tmp_path, capfd):
     broken, (victim,) = _truncate(plain, tmp_path)
     source = FolderSource(broken, "train", image_size=32, progress=False)
-    bad = next(i for i in range(len(source)) if source.path(i) == victim)
+    bad = next(i for i in range(len(source)) if Path(source.display(i)) == victim)
     loader = SourceLoader(source, 10, device=torch.device("cpu"), num_workers=1, train=False, seed=0)
     for _ in range(2):  # two passes over the same (persistent) worker: named once, never a traceback
         images, labels = map(torch.cat, zip(*loader))
@@ -242,15 +243,16 @@ def test_an_ablation_run_folder_matches_its_plan_whatever_auto_chose(tmp_path):
     assert plan_differences(forced, saved) == ["data.residency: run 'disk', plan 'memory'"]
 
 
-def test_an_archive_stays_in_memory_and_says_so():
+def test_a_compressed_archive_stays_in_memory_and_says_so():
     archive = _Split(10**6)
     archive.streams, archive.source = False, "ImageFolder archive /data/photos.tar.gz (train/, 4 classes)"
     plan = plan_residency(DataConfig(), archive, 0, 1, loader_set=False, available=(GIB, "available memory"))
     assert not plan.out_of_core and plan.loader == "tensor"
     assert plan.lines[0].startswith("data plan: in memory although train 1,000,000 images decoded 183.11 GiB")
-    assert "an archive is read into memory; extract it" in plan.lines[0]
+    assert "a compressed tar can only be read from its start, so it is read into memory; decompress it" in plan.lines[0]
     with pytest.raises(VisionlaunchError, match=r"data.residency=disk cannot read ImageFolder archive "
-                                                r"/data/photos.tar.gz .*: an archive is read into memory; extract it"):
+                                                r"/data/photos.tar.gz .*: a compressed tar .* `gunzip data.tar.gz` "
+                                                r"gives data.tar, which is read out of core"):
         plan_residency(DataConfig(residency="disk"), archive, 0, 1, loader_set=False)
 
 

@@ -8,6 +8,8 @@ import io
 import random
 import signal
 import tarfile
+import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -58,10 +60,28 @@ def _write_folder(root, mixed: bool):
     return root
 
 
+def _archive(folder: Path, target: Path) -> Path:
+    """`folder` as an archive of train/ and test/: an uncompressed .tar, a deflated .zip or a .tar.gz."""
+    files = sorted(f for f in folder.rglob("*") if f.is_file())
+    if target.suffix == ".zip":
+        with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as zf:
+            for f in files:
+                zf.write(f, f.relative_to(folder).as_posix())
+    else:
+        with tarfile.open(target, "w:gz" if target.name.endswith(".gz") else "w") as tar:
+            for f in files:
+                tar.add(f, f.relative_to(folder).as_posix())
+    return target
+
+
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("folders")
-    return {"plain": _write_folder(root / "plain", mixed=False), "mixed": _write_folder(root / "mixed", mixed=True)}
+    found = {"plain": _write_folder(root / "plain", mixed=False), "mixed": _write_folder(root / "mixed", mixed=True)}
+    for suffix in (".tar", ".zip", ".tar.gz"):
+        found["plain" + suffix] = _archive(found["plain"], root / f"plain{suffix}")
+        found["mixed" + suffix] = _archive(found["mixed"], root / f"mixed{suffix}")
+    return found
 
 
 class _Ids:
@@ -77,10 +97,13 @@ class _Ids:
         return self.base.decode(i)
 
 
-@pytest.mark.parametrize("kind, image_size", [("plain", None), ("mixed", 32)])
+@pytest.mark.parametrize("kind, image_size", [("plain", None), ("mixed", 32), ("plain.tar", None),
+                                               ("mixed.tar", 32), ("plain.zip", None), ("mixed.zip", 32)])
 def test_the_folder_index_decodes_what_the_in_memory_reader_stores(folders, kind, image_size):
+    """A folder, an uncompressed tar or a zip: the index decodes, sample for sample, what is read into memory."""
     source = FolderSource(folders[kind], "train", image_size=image_size, progress=False)
-    memory = load_dataset("imagefolder", "train", root=folders[kind], path=".", progress=False, image_size=image_size)
+    memory = load_dataset("imagefolder", "train", root=folders[kind].parent, path=folders[kind].name, progress=False,
+                          image_size=image_size)
     assert len(source) == len(memory) == 120 and source.classes == memory.classes == list(CLASSES)
     assert source.shape == memory.shape
     # The index is a few numpy arrays, not a list of Python objects per sample.
@@ -184,6 +207,20 @@ def test_two_processes_follow_one_process_out_of_core(folders, one_process, tmp_
     expected = [(s, n) for _ in range(2) for s, n in (("train", 108), ("val", 12), ("test", 32))]
     assert [(r["split"], r["n"]) for r in epochs1] == [(r["split"], r["n"]) for r in epochs2] == expected
     assert "residency: disk" in (one / "config.yaml").read_text()
+
+
+def test_an_uncompressed_tar_trains_out_of_core_as_its_folder(folders, one_process, tmp_path, capsys):
+    """The members of a .tar are read where they lie, one per item, by the DataLoader workers: the run is the folder's
+    run step for step. A .tar.gz can only be read from its start: data.residency=disk refuses it with the advice."""
+    with pytest.MonkeyPatch.context() as mp:
+        isolate_environment(mp, tmp_path)
+        assert main(["train", *_args(folders["mixed.tar"], tmp_path, "tar", "data.num_workers=1")]) == 0
+        assert "data plan: training split out of core (data.residency=disk)" in capsys.readouterr().err
+        assert_same_records(records(one_process / "one"), records(tmp_path / "tar"), tol=0)
+        assert main(["train", *_args(folders["mixed.tar.gz"], tmp_path, "gz")]) == 2
+    message = capsys.readouterr().err.split("visionlaunch: error:", 1)[1]
+    assert "data.residency=disk cannot read ImageFolder archive" in message and "gunzip" in message
+    assert "Traceback" not in message and not (tmp_path / "gz").exists()
 
 
 def test_sigterm_mid_epoch_then_resume_is_bit_identical(folders, tmp_path, monkeypatch, capsys):

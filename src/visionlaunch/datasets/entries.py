@@ -20,6 +20,10 @@ bzip2 and xz forms), a zip archive's members sorted by name; a single file is on
       part; encrypted zip members and zip members compressed with a method Python cannot read;
     - archive members larger than MAX_MEMBER_BYTES: never read (a small archive can hold a member of gigabytes:
       extract such an archive and pass the folder, whose files have no limit).
+`located=True` (an uncompressed .tar or a .zip, which can be read at any place): a wanted member's payload is a
+Member (where its bytes lie in the archive) instead of its bytes, and `read_member` reads it when it is decoded, so
+an archive is indexed without holding its content. A compressed tar can only be read from the start: `seekable`
+says which archives can.
 What a skipped entry means is the caller's: `predict` names and counts it, the ImageFolder reader refuses one
 inside train/ or test/ (the dataset would silently lack it). A path that cannot be opened or read as a whole (a
 damaged archive, a folder that cannot be listed) is an error naming it.
@@ -46,17 +50,51 @@ MAX_MEMBER_BYTES = 64 << 20  # the most bytes read from one archive member (64 M
 _ZIP_ENCRYPTED = 0x1
 
 
+@dataclass(frozen=True, slots=True)
+class Member:
+    """Where an archive member's bytes lie: `offset` (a tar member's data; a zip member's local header), `size`
+    (bytes stored) and `method` (zip compression: 0 stored, 8 deflated; 0 for tar)."""
+    offset: int
+    size: int
+    method: int = 0
+
+
 @dataclass(frozen=True, slots=True)  # slots: a folder of a million files makes a million of these
 class Entry:
     parts: tuple[str, ...]  # path inside the folder or archive, split into names
     display: str  # how to name it: a file path, or "archive.tar.gz:member"
     kind: str  # "file", "folder" or "skipped"
-    payload: bytes | str | Path | None = None  # a file's bytes (archive member) or path (folder: its str)
+    payload: bytes | str | Path | Member | None = None  # a member's bytes (or Member), a file's path (its str)
     why: str = ""  # a skipped entry: why it is not read
 
 
 def is_archive(path: Path | str) -> bool:
     return str(path).lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def seekable(path: Path | str) -> bool:
+    """An archive whose members can be read in any order (uncompressed tar, zip): it can be read out of core."""
+    name = str(path).lower()
+    return name.endswith((".tar", ".zip"))
+
+
+_ZIP_LOCAL_HEADER = 30  # bytes before a zip member's name, then name and extra field, then its data
+
+
+def read_member(archive: Path | str, member: Member) -> bytes:
+    """The bytes of one member of a seekable archive, read where `member` says (the archive opened for this read
+    only: a DataLoader worker forked with an open file would share its position)."""
+    with open(archive, "rb") as f:
+        f.seek(member.offset)
+        if not str(archive).lower().endswith(".zip"):
+            return f.read(member.size)
+        header = f.read(_ZIP_LOCAL_HEADER)
+        if len(header) < _ZIP_LOCAL_HEADER or header[:4] != b"PK\x03\x04":
+            raise OSError(errno.EIO, f"no zip member at byte {member.offset}: the archive changed", str(archive))
+        skip = int.from_bytes(header[26:28], "little") + int.from_bytes(header[28:30], "little")
+        f.seek(skip, os.SEEK_CUR)
+        data = f.read(member.size)
+    return data if member.method == zipfile.ZIP_STORED else zlib.decompress(data, -zlib.MAX_WBITS)
 
 
 def is_hidden(name: str) -> bool:
@@ -69,8 +107,9 @@ def _hidden_why(name: str) -> str:
 
 
 def walk(path: Path, wanted: Callable[[tuple[str, ...]], bool] = lambda parts: True,
-         progress: bool = False) -> Iterator[Entry]:
-    """Every entry under `path` (module docstring). `wanted`: which archive members to read (the rest are b"")."""
+         progress: bool = False, located: bool = False) -> Iterator[Entry]:
+    """Every entry under `path` (module docstring). `wanted`: which archive members to read (the rest are b"").
+    `located`: a seekable archive's wanted members come as a Member, unread."""
     path = Path(path)
     try:
         info = path.stat()
@@ -81,9 +120,9 @@ def walk(path: Path, wanted: Callable[[tuple[str, ...]], bool] = lambda parts: T
     elif not stat.S_ISREG(info.st_mode):
         yield Entry((path.name,), str(path), "skipped", why=_special_why(info.st_mode))
     elif path.name.lower().endswith(".zip"):
-        yield from _walk_zip(path, wanted)
+        yield from _walk_zip(path, wanted, located)
     elif is_archive(path):
-        yield from _walk_tar(path, wanted, progress)
+        yield from _walk_tar(path, wanted, progress, located and seekable(path))
     else:
         yield Entry((path.name,), str(path), "file", path)
 
@@ -183,14 +222,15 @@ def _archive_error(path: Path, exc: BaseException, kind: str, advice: str) -> Vi
                              f"probably truncated or damaged. {advice}")
 
 
-def _walk_tar(path: Path, wanted, progress: bool) -> Iterator[Entry]:
+def _walk_tar(path: Path, wanted, progress: bool, located: bool = False) -> Iterator[Entry]:
     hidden = _Hidden(path)
     try:
         # Stream mode: one forward pass over the (compressed) archive, each member read as it goes by; a member not
-        # read is skipped in bounded chunks.
-        with tarfile.open(path, "r|*") as tar, progress_bar(desc=f"reading {path.name}", unit=" files",
-                                                            disable=not progress, leave=False) as bar:
-            for member in tar:
+        # read is skipped in bounded chunks. Located: the uncompressed archive's headers only, from place to place.
+        with tarfile.open(path, "r:" if located else "r|*") as tar, \
+                progress_bar(desc=f"reading {path.name}", unit=" files", disable=not progress, leave=False) as bar:
+            while (member := tar.next()) is not None:
+                tar.members.clear()  # tarfile keeps every header it reads: a million of them for a large archive
                 parts, refused = _member_parts(member.name)
                 display = f"{path}:{member.name}"
                 if not parts:
@@ -206,6 +246,8 @@ def _walk_tar(path: Path, wanted, progress: bool) -> Iterator[Entry]:
                         yield Entry(parts, display, "file", b"")
                     elif member.size > MAX_MEMBER_BYTES:
                         yield Entry(parts, display, "skipped", why=_too_large(member.size))
+                    elif located:
+                        yield Entry(parts, display, "file", Member(member.offset_data, member.size))
                     else:
                         yield Entry(parts, display, "file", tar.extractfile(member).read())
                     bar.update()
@@ -222,7 +264,7 @@ def _walk_tar(path: Path, wanted, progress: bool) -> Iterator[Entry]:
             from exc
 
 
-def _walk_zip(path: Path, wanted) -> Iterator[Entry]:
+def _walk_zip(path: Path, wanted, located: bool = False) -> Iterator[Entry]:
     hidden = _Hidden(path)
     advice = "Copy or create it again, or extract it and pass the folder."
     try:
@@ -251,6 +293,12 @@ def _walk_zip(path: Path, wanted) -> Iterator[Entry]:
                             "archive with its password and pass the folder)")
             elif info.file_size > MAX_MEMBER_BYTES:
                 yield Entry(parts, display, "skipped", why=_too_large(info.file_size))
+            elif located and info.compress_type in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                yield Entry(parts, display, "file", Member(info.header_offset, info.compress_size, info.compress_type))
+            elif located:
+                yield Entry(parts, display, "skipped", why=f"compressed with zip method {info.compress_type}, which "
+                            "is read out of core only when stored (0) or deflated (8): not read (extract the archive "
+                            "and pass the folder)")
             else:
                 try:
                     with zf.open(info) as member:

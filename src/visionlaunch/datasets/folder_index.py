@@ -18,12 +18,15 @@ import numpy as np
 
 from visionlaunch.datasets import imagefolder as folder
 from visionlaunch.datasets.decode import decode_image, with_channels
+from visionlaunch.datasets.entries import Member, read_member, seekable
 from visionlaunch.datasets.mixed_size import decode_squares, stored_size
 from visionlaunch.errors import VisionlaunchError
 
 
 class FolderSource:
-    """`split` of the ImageFolder folder `path`, sorted like the in-memory reader (class, then file name).
+    """`split` of the ImageFolder folder (or seekable archive: an uncompressed .tar or a .zip) `path`, sorted like the
+    in-memory reader (class, then file name). An archive's index holds where each member lies in it, and a member is
+    read from there when it is decoded.
     `estimate=True` (images of one size): the shape is read from one header, as if colour, without checking every
     header: enough to plan the memory, not to decode. `scanned`: the folder's imagefolder.scan, when the caller has
     walked it already."""
@@ -34,9 +37,11 @@ class FolderSource:
     def __init__(self, path: Path, split: str, *, image_size: int | None = None, max_upscale: float = 4.0,
                  progress: bool = True, estimate: bool = False,
                  scanned: folder.FolderScan | None = None):
-        if path.is_file():
-            raise ValueError(f"{path} is an archive: read it with load_dataset (archives are read into memory)")
-        scanned = folder.FolderScan(path, progress) if scanned is None else scanned
+        self.archive = path if path.is_file() else None
+        if self.archive and not seekable(path):
+            raise ValueError(f"{path} is a compressed archive: read it with load_dataset (it is read into memory)")
+        if scanned is None or (self.archive and not scanned.located):
+            scanned = folder.FolderScan(path, progress, located=bool(self.archive))
         found = folder.layout(scanned, path)
         self.classes = found.classes
         self.split_counts = {s: len(found.files[s]) for s in folder.SPLITS}
@@ -44,18 +49,24 @@ class FolderSource:
         # Straight into the arrays: a list of a million path bytes or sizes would be the peak of building the index.
         paths = bytearray()
         self._offsets = np.zeros(len(files) + 1, dtype=np.int64)
-        self.file_sizes = np.empty(len(files), dtype=np.int64)
+        self.file_sizes = np.empty(len(files), dtype=np.int64)  # an archive member's: the bytes stored
+        self._at = np.empty(len(files) if self.archive else 0, dtype=np.int64)  # where a member lies in the archive
+        self._method = np.empty(len(files) if self.archive else 0, dtype=np.uint8)  # its zip compression
         for j, k in enumerate(files):
             file = scanned.display(int(k))
             paths += os.fsencode(file)
             self._offsets[j + 1] = len(paths)
-            self.file_sizes[j] = os.stat(file).st_size
+            if self.archive:
+                member = scanned.member(int(k))
+                self._at[j], self.file_sizes[j], self._method[j] = member.offset, member.size, member.method
+            else:
+                self.file_sizes[j] = os.stat(file).st_size
         self._paths = np.frombuffer(paths, dtype=np.uint8)
         self.labels = found.labels[split]
         self.split, self.image_size, self.max_upscale = split, image_size, max_upscale
         self.estimated = estimate and not image_size
-        self.source = (f"ImageFolder folder {path} ({split}/, {len(self.classes)} classes, read out of core: each "
-                       "image decoded when used")
+        self.source = (f"ImageFolder {'archive' if self.archive else 'folder'} {path} ({split}/, "
+                       f"{len(self.classes)} classes, read out of core: each image decoded when used")
         if image_size:  # every photo becomes a stored square (mixed_size.py)
             side = stored_size(image_size)
             self.shape, self._size, self._gray = (3, side, side), None, False
@@ -78,18 +89,32 @@ class FolderSource:
         c, h, w = self.shape
         return self.split_counts[split] * c * h * w
 
-    def path(self, i: int) -> Path:
-        return Path(os.fsdecode(self._paths[self._offsets[i]:self._offsets[i + 1]].tobytes()))
+    def display(self, i: int) -> str:
+        """How image `i` is named: its path, or `archive:member`."""
+        return os.fsdecode(self._paths[self._offsets[i]:self._offsets[i + 1]].tobytes())
+
+    def payload(self, i: int) -> Path | bytes:
+        """What the decoder reads for image `i`: its file, or the archive member's bytes (read now)."""
+        if self.archive:
+            return read_member(self.archive, Member(int(self._at[i]), int(self.file_sizes[i]), int(self._method[i])))
+        return Path(self.display(i))
+
+    def mtimes(self) -> np.ndarray:
+        """Each image's modification time (ns), int64: its file's, or the archive's for all of its members."""
+        if self.archive:
+            return np.full(len(self), self.archive.stat().st_mtime_ns, dtype=np.int64)
+        return np.fromiter((os.stat(self.display(i)).st_mtime_ns for i in range(len(self))), dtype=np.int64,
+                           count=len(self))
 
     def decode(self, i: int) -> np.ndarray:
         """Image `i` as uint8 (H, W, C): what the in-memory reader stores for it."""
         if self.estimated:
             raise RuntimeError("an estimating FolderSource cannot decode: open it with estimate=False")
-        path = self.path(i)
+        path, payload = self.display(i), self.payload(i)
         if self.image_size:  # the stored square, with the same upscale check
-            item = folder._Image(self.split, self.classes[self.labels[i]], str(path), path)
+            item = folder._Image(self.split, self.classes[self.labels[i]], path, payload)
             return decode_squares([item], self.image_size, self.max_upscale, progress=False)[0][0].transpose(1, 2, 0)
-        pixels = with_channels(decode_image(path, str(path)), self.shape[0])
+        pixels = with_channels(decode_image(payload, path), self.shape[0])
         if pixels.shape[:2] != self.shape[1:]:  # changed since the headers were read
             raise VisionlaunchError(f"{path} is now {pixels.shape[1]}x{pixels.shape[0]} pixels (width x height), but "
                                     f"every image of the dataset is {self.shape[2]}x{self.shape[1]}: the folder "

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from visionlaunch.datasets.decode import decode_image, image_header, with_channels
-from visionlaunch.datasets.entries import Entry, is_archive, is_hidden, walk
+from visionlaunch.datasets.entries import Entry, Member, is_archive, is_hidden, read_member, walk
 from visionlaunch.datasets.imageset import DatasetNotFound, ImageSet
 from visionlaunch.datasets.mixed_size import decode_squares, stored_size
 from visionlaunch.errors import VisionlaunchError
@@ -82,22 +82,25 @@ def _is_candidate_image(parts: tuple[str, ...]) -> bool:
 class FolderScan:
     """What one walk of a folder or an archive found, kept compact: a folder of a million files must not become a
     million Python objects (their memory would be the peak of a run that reads the data out of core). A file is
-    its folder's number and its name's bytes, about 30 bytes; the folders themselves, the walker's other entries
-    (folders, skipped entries) and an archive's member bytes and names are kept as they are."""
+    its folder's number and its name's bytes, about 30 bytes; the folders themselves and the walker's other entries
+    (folders, skipped entries) are kept as they are. An archive's members are kept as read (their bytes and names),
+    or `located` (a seekable archive read out of core): where each lies in the archive, three numbers."""
 
-    def __init__(self, path: Path, progress: bool = False):
+    def __init__(self, path: Path, progress: bool = False, located: bool = False):
         self.path, self.archive = Path(path), Path(path).is_file()
+        self.located = located and self.archive
         self.dirs: list[tuple[str, ...]] = []  # the parts of each folder that holds files
         self.dir_paths: list[str] = []  # how to name each (a folder's path; an archive's members keep their own)
         self.others: list[Entry] = []  # folders and skipped entries
         self.payloads: list[bytes] = []  # an archive's members, as read
         self.displays: list[str] = []  # an archive's member names, as `archive:member`
+        self._at, self._size, self._method = array("q"), array("q"), bytearray()  # located members
         self._dir = array("i")  # per file: its folder's number
         self._image = bytearray()  # per file: 1 when its name is an image's
         self._names, self._ends = bytearray(), array("q", [0])
         numbers: dict[tuple[str, ...], int] = {}
         last, number = None, -1
-        for e in walk(self.path, wanted=_is_candidate_image, progress=progress):
+        for e in walk(self.path, wanted=_is_candidate_image, progress=progress, located=self.located):
             if e.kind != "file":
                 self.others.append(e)
                 continue
@@ -113,7 +116,12 @@ class FolderScan:
             self._image.append(name.lower().endswith(IMAGE_EXTENSIONS))
             self._names += os.fsencode(name)
             self._ends.append(len(self._names))
-            if self.archive:
+            if self.located:  # a member not wanted (not an image of the layout) comes as b"": never read
+                member = e.payload if isinstance(e.payload, Member) else Member(-1, 0)
+                self._at.append(member.offset)
+                self._size.append(member.size)
+                self._method.append(member.method)
+            elif self.archive:
                 self.payloads.append(e.payload)
                 self.displays.append(e.display)
 
@@ -125,11 +133,19 @@ class FolderScan:
 
     def display(self, k: int) -> str:
         """How file `k` is named; for a folder, its path."""
+        if self.located:
+            return f"{self.path}:{'/'.join(self.dirs[self._dir[k]] + (self.name(k),))}"
         return self.displays[k] if self.archive else os.path.join(self.dir_paths[self._dir[k]], self.name(k))
 
     def payload(self, k: int) -> bytes | str:
-        """What the decoder reads for file `k`: an archive member's bytes, a folder file's path."""
+        """What the decoder reads for file `k`: an archive member's bytes (a located one read now), a file's path."""
+        if self.located:
+            return read_member(self.path, self.member(k))
         return self.payloads[k] if self.archive else self.display(k)
+
+    def member(self, k: int) -> Member:
+        """Where a located member's bytes lie in the archive."""
+        return Member(self._at[k], self._size[k], self._method[k])
 
     def image(self, k: int, split: str, cls: str) -> _Image:
         return _Image(split, cls, self.display(k), self.payload(k))

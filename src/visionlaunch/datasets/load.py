@@ -20,6 +20,7 @@ import torch
 
 from visionlaunch.atomic import atomic_torch_save
 from visionlaunch.datasets import cifar, imagefolder, mnist
+from visionlaunch.datasets.entries import seekable
 from visionlaunch.datasets.folder_index import FolderSource
 from visionlaunch.datasets.imageset import ImageSet
 from visionlaunch.datasets.source import ArraySource
@@ -78,13 +79,14 @@ def open_source(name: str, split: str, *, root: Path, path: str | None = None, p
                 image_size: int | None = None, max_upscale: float = 4.0, estimate: bool = False,
                 scanned=None, **read):
     """One split as an indexed source (source.py) that decodes a sample when asked: for an ImageFolder an index of
-    its files, nothing decoded; the canonical datasets, small enough to hold, over their arrays (`load_dataset`);
-    an ImageFolder archive, which can only be streamed, read into memory (its source cannot be read out of core).
+    its files (or of a seekable archive's members: an uncompressed .tar, a .zip), nothing decoded; the canonical
+    datasets, small enough to hold, over their arrays (`load_dataset`); a compressed tar, which can only be read
+    from its start, read into memory (its source cannot be read out of core).
     `estimate`: an ImageFolder index good for planning only (FolderSource). `scanned`: the folder's
     imagefolder.scan, when the caller has walked it already."""
     try:
         location = imagefolder.locate(Path(root), path) if name == "imagefolder" else None
-        if location is None or location.is_file():
+        if location is None or (location.is_file() and not seekable(location)):
             data = load_dataset(name, split, root=Path(root), path=path, progress=progress, image_size=image_size,
                                 max_upscale=max_upscale, **read)
             return ArraySource(data, streams=location is None)

@@ -26,15 +26,17 @@ def default_max_side(image_size: int) -> int:
     return round(stored_size(image_size) * 4 / 3)
 
 
-def decode_photo(path: Path, max_side: int, image_size: int, max_upscale: float) -> np.ndarray:
-    """The photo at `path` as uint8 (H, W, 3), its longer side at most `max_side`. An unreadable file raises the
-    decoder's UnreadableImage (a VisionlaunchError naming it)."""
+def decode_photo(payload: Path | bytes, display: str, max_side: int, image_size: int, max_upscale: float
+                 ) -> np.ndarray:
+    """The photo in `payload` (a file, or an archive member's bytes; named `display`) as uint8 (H, W, 3), its longer
+    side at most `max_side`. An unreadable file raises the decoder's UnreadableImage (a VisionlaunchError naming
+    it)."""
     stored = stored_size(image_size)
-    rgb = _rgb(path, str(path), max_side)  # a JPEG decoded at a reduced scale that still covers max_side
+    rgb = _rgb(payload, display, max_side)  # a JPEG decoded at a reduced scale that still covers max_side
     w, h = rgb.size
     if min(w, h) * max_upscale < stored:
         raise VisionlaunchError(
-            f"{path} is {w}x{h} pixels (width x height): too small for data.image_size={image_size}, whose crops "
+            f"{display} is {w}x{h} pixels (width x height): too small for data.image_size={image_size}, whose crops "
             f"need {stored} px on the shorter side, {stored / min(w, h):.1f} times its size, and "
             f"data.max_upscale={max_upscale:g} allows at most {max_upscale:g}. Remove the image, use a smaller "
             "data.image_size, or raise data.max_upscale.")

@@ -58,8 +58,7 @@ class FolderIndex:
         base, self.selection, _ = _parts(ds)
         self.paths, self.offsets = base._paths, base._offsets
         self.sizes, self.labels, self.classes = base.file_sizes, base.labels, list(base.classes)
-        self.mtimes = np.fromiter((os.stat(base.path(i)).st_mtime_ns for i in range(len(base))), dtype=np.int64,
-                                  count=len(base))
+        self.mtimes = base.mtimes()
         self.view = view
 
     def digest(self) -> str:
@@ -132,7 +131,8 @@ class SourceSamples:
 
     def decode(self, i: int) -> np.ndarray:
         if self.photo is not None:
-            return decode_photo(self.base.path(int(self.index[i])), *self.photo)
+            k = int(self.index[i])
+            return decode_photo(self.base.payload(k), self.base.display(k), *self.photo)
         return np.ascontiguousarray(self.ds.decode(i))
 
     def __getitem__(self, i: int):

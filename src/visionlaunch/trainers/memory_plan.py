@@ -132,9 +132,10 @@ def plan_residency(data_cfg, train, test_bytes: int, processes: int, loader_set:
             f"data.loader=ffcv reads an ImageFolder from its .beton file, never decoded in memory; {sizes} <= {rule}"
     else:
         why = "data.residency=disk"
-    if not getattr(train, "streams", True):  # an archive: read whole, in memory
-        advice = ("an archive is read into memory; extract it (e.g. `tar xf data.tar.gz`) and point data.path at the "
-                  "folder to read it out of core")
+    if not getattr(train, "streams", True):  # a compressed tar: read whole, in memory
+        advice = ("a compressed tar can only be read from its start, so it is read into memory; decompress it (e.g. "
+                  "`gunzip data.tar.gz` gives data.tar, which is read out of core) or extract it and point data.path "
+                  "at the folder")
         if data_cfg.residency == "disk":
             raise VisionlaunchError(f"data.residency=disk cannot read {train.source}: {advice}, or set "
                                     "data.residency=auto.")
