@@ -12,7 +12,8 @@ for each backend:
 - tensor: training in memory (data.residency=memory: the split decoded into one tensor at the stored size first),
   only where that tensor fits in half the available memory (else a line says it was skipped and why).
 Each phase runs as a child process; its whole process tree (workers included) is sampled from /proc every 0.2 s
-for the peak PSS and RSS (bench/tree_memory.py), its CPU time is the tree's (getrusage of the waited children).
+for the peak PSS, its anonymous part (what the processes hold, without the page cache of mapped files: a .beton
+read or written through a memory map) and RSS (bench/tree_memory.py), its CPU time is the tree's (getrusage of the waited children).
 Training: 2 epochs of --steps steps (train.max_steps_per_epoch) at data.image_size=--image-size with the
 random-resized crop, a small fully connected model so that loading dominates; images/s of the second epoch (the
 first includes start-up and FFCV's compilation). One JSON line per (N, backend, phase), with the processor (lscpu
@@ -68,7 +69,8 @@ def measured(cmd: list[str], env: dict) -> dict:
     if child.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:4])} ... exited {child.returncode}:\n{output[-3000:]}")
     return {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "peak_pss_mib": round(sampler.peak_pss / MIB, 1),
-            "peak_rss_sum_mib": round(sampler.peak_rss / MIB, 1), "peak_processes": sampler.peak_processes,
+            "peak_anon_pss_mib": round(sampler.peak_held / MIB, 1), "peak_rss_sum_mib": round(sampler.peak_rss / MIB, 1),
+            "peak_processes": sampler.peak_processes,
             "samples": sampler.samples, "output": output}
 
 
@@ -149,14 +151,14 @@ def plot(lines: list[dict], path: Path) -> None:
     for backend in ("ffcv", "torch", "tensor"):
         for phase, style in (("convert", "--"), ("train", "-")):
             rows = sorted((r for r in lines if r.get("backend") == backend and r.get("phase") == phase
-                           and "peak_pss_mib" in r), key=lambda r: r["n"])
+                           and "peak_anon_pss_mib" in r), key=lambda r: r["n"])
             if rows:
-                mem.plot([r["n"] for r in rows], [r["peak_pss_mib"] for r in rows], style, marker="o",
+                mem.plot([r["n"] for r in rows], [r["peak_anon_pss_mib"] for r in rows], style, marker="o",
                          label=f"{backend} {phase}")
                 key = "images_per_cpu_s" if phase == "convert" else "images_per_s"
                 speed.plot([r["n"] for r in rows], [r[key] for r in rows], style, marker="o",
                            label=f"{backend} {phase} ({'per CPU-s' if phase == 'convert' else 'per s'})")
-    for ax, label in ((mem, "peak PSS of the process tree (MiB)"), (speed, "images/s")):
+    for ax, label in ((mem, "peak anonymous PSS of the process tree (MiB)"), (speed, "images/s")):
         ax.set_xscale("log")
         ax.set_xlabel("training images (N)")
         ax.set_ylabel(label)

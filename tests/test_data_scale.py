@@ -3,6 +3,7 @@ the same for the same seed) and the peak memory of a process tree (a child's wor
 
 import hashlib
 import importlib.util
+import os
 import subprocess
 import sys
 import textwrap
@@ -69,4 +70,24 @@ def test_the_peak_memory_of_a_tree_counts_the_workers():
         child.wait()
     assert sampler.peak_processes >= 3
     assert sampler.peak_pss >= 3 * 100 * 2**20
+    assert sampler.peak_held >= 3 * 100 * 2**20  # their own memory: anonymous
     assert sampler.peak_rss >= sampler.peak_pss
+
+
+def test_the_pages_of_a_mapped_file_count_in_pss_but_not_in_what_the_tree_holds(tmp_path):
+    """A .beton read through a memory map is page cache: in PSS, not in the anonymous part."""
+    tree_memory = _bench("tree_memory")
+    data = tmp_path / "file.bin"
+    data.write_bytes(os.urandom(1 << 20) * 128)  # 128 MiB
+    code = textwrap.dedent(f"""
+        import mmap, time
+        with open({str(data)!r}, "rb") as f:
+            view = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+            total = sum(view[i] for i in range(0, len(view), 4096))  # every page touched
+            time.sleep(1.5)
+    """)
+    child = subprocess.Popen([sys.executable, "-c", code])
+    with tree_memory.PeakSampler(child.pid, interval=0.1) as sampler:
+        child.wait()
+    assert sampler.peak_pss >= 128 * 2**20
+    assert sampler.peak_held < 64 * 2**20

@@ -114,10 +114,12 @@ class _RemainingSampler(torch.utils.data.Sampler):
         self.owner, self.with_epoch = owner, with_epoch
 
     def __iter__(self):
-        index = self.owner.remaining().tolist()
-        # (sample, epoch) pairs for SampleDataset and ResizedCropDataset, whose crops depend on the epoch: persistent workers
-        # keep the dataset object they were started with, so the epoch has to travel with each index.
-        return iter([(i, self.owner.epoch) for i in index] if self.with_epoch else index)
+        # One index at a time from the epoch's order (a numpy array): a list of a million Python ints, or of
+        # (sample, epoch) pairs, would be a peak of 100 MiB and more.
+        index, epoch = self.owner.remaining().numpy(), self.owner.epoch
+        # (sample, epoch) pairs for SampleDataset and ResizedCropDataset, whose crops depend on the epoch: persistent
+        # workers keep the dataset object they were started with, so the epoch has to travel with each index.
+        return ((int(i), epoch) for i in index) if self.with_epoch else (int(i) for i in index)
 
 
 class TorchLoader(ShardedLoader):
