@@ -24,6 +24,7 @@ from visionlaunch.datasets.load import load_dataset
 from visionlaunch.datasets.loaders import SourceLoader
 from visionlaunch.datasets.mixed_size import ResizedCrop
 from visionlaunch.datasets.order import EpochOrder
+from visionlaunch.errors import VisionlaunchError
 from visionlaunch.launch.cli import main
 from visionlaunch.trainers import memory_plan
 from visionlaunch.trainers.checkpoint import complete_checkpoints
@@ -117,6 +118,19 @@ def test_the_folder_index_decodes_what_the_in_memory_reader_stores(folders, kind
             estimate.decode(0)
     for i in range(len(source)):
         assert np.array_equal(source.decode(i), memory.images[i].permute(1, 2, 0).numpy()), i
+
+
+def test_a_zip_of_another_compression_reads_in_memory_and_is_refused_out_of_core(folders, tmp_path):
+    folder = folders["plain"]
+    target = tmp_path / "bz.zip"
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_BZIP2) as zf:
+        for f in sorted(f for f in folder.rglob("*") if f.is_file()):
+            zf.write(f, f.relative_to(folder).as_posix())
+    memory = load_dataset("imagefolder", "train", root=tmp_path, path="bz.zip", progress=False)
+    plain = load_dataset("imagefolder", "train", root=folder, path=".", progress=False)
+    assert torch.equal(memory.images, plain.images) and torch.equal(memory.labels, plain.labels)
+    with pytest.raises(VisionlaunchError, match="compressed with a zip method other than stored or deflated"):
+        FolderSource(target, "train", progress=False)
 
 
 @pytest.mark.parametrize("world", [1, 2])

@@ -22,7 +22,8 @@ bzip2 and xz forms), a zip archive's members sorted by name; a single file is on
       extract such an archive and pass the folder, whose files have no limit).
 `located=True` (an uncompressed .tar or a .zip, which can be read at any place): a wanted member's payload is a
 Member (where its bytes lie in the archive) instead of its bytes, and `read_member` reads it when it is decoded, so
-an archive is indexed without holding its content. A compressed tar can only be read from the start: `seekable`
+an archive is indexed without holding its content (a zip member compressed with another method than stored or
+deflated still comes as its bytes). A compressed tar can only be read from the start: `seekable`
 says which archives can.
 What a skipped entry means is the caller's: `predict` names and counts it, the ImageFolder reader refuses one
 inside train/ or test/ (the dataset would silently lack it). A path that cannot be opened or read as a whole (a
@@ -295,11 +296,7 @@ def _walk_zip(path: Path, wanted, located: bool = False) -> Iterator[Entry]:
                 yield Entry(parts, display, "skipped", why=_too_large(info.file_size))
             elif located and info.compress_type in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
                 yield Entry(parts, display, "file", Member(info.header_offset, info.compress_size, info.compress_type))
-            elif located:
-                yield Entry(parts, display, "skipped", why=f"compressed with zip method {info.compress_type}, which "
-                            "is read out of core only when stored (0) or deflated (8): not read (extract the archive "
-                            "and pass the folder)")
-            else:
+            else:  # read now (a located walk too, for a method other than stored or deflated)
                 try:
                     with zf.open(info) as member:
                         data = member.read(MAX_MEMBER_BYTES + 1)  # zipfile stops at the declared size anyway

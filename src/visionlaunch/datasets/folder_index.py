@@ -58,6 +58,10 @@ class FolderSource:
             self._offsets[j + 1] = len(paths)
             if self.archive:
                 member = scanned.member(int(k))
+                if member.offset < 0:  # read by the walk: a zip compression read_member does not know
+                    raise VisionlaunchError(
+                        f"{file} is compressed with a zip method other than stored or deflated, the two read out of "
+                        "core. Extract the archive and pass the folder, or set data.residency=memory.")
                 self._at[j], self.file_sizes[j], self._method[j] = member.offset, member.size, member.method
             else:
                 self.file_sizes[j] = os.stat(file).st_size

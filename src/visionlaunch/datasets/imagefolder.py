@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from visionlaunch.datasets.decode import decode_image, image_header, with_channels
-from visionlaunch.datasets.entries import Entry, Member, is_archive, is_hidden, read_member, walk
+from visionlaunch.datasets.entries import Entry, Member, is_archive, is_hidden, read_member, seekable, walk
 from visionlaunch.datasets.imageset import DatasetNotFound, ImageSet
 from visionlaunch.datasets.mixed_size import decode_squares, stored_size
 from visionlaunch.errors import VisionlaunchError
@@ -95,6 +95,7 @@ class FolderScan:
         self.payloads: list[bytes] = []  # an archive's members, as read
         self.displays: list[str] = []  # an archive's member names, as `archive:member`
         self._at, self._size, self._method = array("q"), array("q"), bytearray()  # located members
+        self._inline: dict[int, bytes] = {}  # located zip members of another method, read by the walk
         self._dir = array("i")  # per file: its folder's number
         self._image = bytearray()  # per file: 1 when its name is an image's
         self._names, self._ends = bytearray(), array("q", [0])
@@ -117,7 +118,9 @@ class FolderScan:
             self._names += os.fsencode(name)
             self._ends.append(len(self._names))
             if self.located:  # a member not wanted (not an image of the layout) comes as b"": never read
-                member = e.payload if isinstance(e.payload, Member) else Member(-1, 0)
+                member = e.payload if isinstance(e.payload, Member) else Member(-1, len(e.payload))
+                if e.payload and not isinstance(e.payload, Member):  # a zip method read_member cannot read
+                    self._inline[len(self._at)] = e.payload
                 self._at.append(member.offset)
                 self._size.append(member.size)
                 self._method.append(member.method)
@@ -140,7 +143,7 @@ class FolderScan:
     def payload(self, k: int) -> bytes | str:
         """What the decoder reads for file `k`: an archive member's bytes (a located one read now), a file's path."""
         if self.located:
-            return read_member(self.path, self.member(k))
+            return self._inline[k] if k in self._inline else read_member(self.path, self.member(k))
         return self.payloads[k] if self.archive else self.display(k)
 
     def member(self, k: int) -> Member:
@@ -336,7 +339,9 @@ def _decode(images: list[_Image], size: tuple[int, int], gray: bool, progress: b
 
 def read(path: Path, split: str, progress: bool = True, image_size: int | None = None,
          max_upscale: float = 4.0, scanned: FolderScan | None = None) -> ImageSet:
-    scanned = FolderScan(path, progress) if scanned is None else scanned
+    # A seekable archive is located, then only the split's members are read: the test split of a run that reads
+    # the training split out of core must not hold every training image's bytes.
+    scanned = FolderScan(path, progress, located=seekable(path)) if scanned is None else scanned
     found = layout(scanned, path)
     wanted = list(found.images(scanned, split))
     source = f"ImageFolder {'archive' if path.is_file() else 'folder'} {path} ({split}/, {len(found.classes)} classes"
