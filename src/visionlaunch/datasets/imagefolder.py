@@ -60,9 +60,11 @@ def locate(root: Path, path: str | os.PathLike | None) -> Path:
 
 
 def scan(path: Path, progress: bool = False) -> FolderScan | None:
-    """A folder's walk, kept for every reader of the same run (`scanned=` below); None for an archive, whose
-    members are read as they are walked."""
-    return None if path.is_file() else FolderScan(path, progress)
+    """A folder's walk (or a seekable archive's, its members located), kept for every reader of the same run
+    (`scanned=` below); None for a compressed tar, whose members are read as they are walked."""
+    if path.is_file() and not seekable(path):
+        return None
+    return FolderScan(path, progress, located=path.is_file())
 
 
 def source_files(path: Path, scanned: FolderScan | None = None) -> Iterator[str | Path]:
