@@ -41,8 +41,8 @@ class UnreadableImage(VisionlaunchError):
         self.reason = reason
 
 
-def open_image(payload: bytes | Path) -> Image.Image:
-    """An image from an archive member's bytes or from a file (header only: pixels are decoded on first use)."""
+def open_image(payload: bytes | str | Path) -> Image.Image:
+    """An image from an archive member's bytes or from a file's path (header only: pixels are decoded on first use)."""
     return Image.open(io.BytesIO(payload) if isinstance(payload, (bytes, bytearray)) else payload)
 
 
@@ -74,7 +74,7 @@ def _orientation(pil: Image.Image, header_only: bool = False) -> int | None:
     return pil.getexif().get(_ORIENTATION)
 
 
-def image_header(payload: bytes | Path, display: str) -> tuple[tuple[int, int], int]:
+def image_header(payload: bytes | str | Path, display: str) -> tuple[tuple[int, int], int]:
     """(width, height) as decode_image will return it (EXIF rotation applied) and its channels, from the header
     alone (no pixel decoding)."""
     try:
@@ -105,7 +105,7 @@ def _eight_bit(pil: Image.Image, display: str) -> np.ndarray:
     return pixels[:, :, None] if pixels.ndim == 2 else pixels
 
 
-def decode_image(payload: bytes | Path, display: str, *, reduce_to: int | None = None) -> np.ndarray:
+def decode_image(payload: bytes | str | Path, display: str, *, reduce_to: int | None = None) -> np.ndarray:
     """uint8 (H, W, 1 or 3) pixels of one file (the rules above). `reduce_to`: a JPEG may be decoded at a reduced
     scale that still covers reduce_to x reduce_to (faster when the image is shrunk afterwards anyway)."""
     try:

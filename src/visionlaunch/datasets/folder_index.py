@@ -3,8 +3,8 @@
 per `decode(i)` by the one decoder (decode.py), as the in-memory reader decodes it: the same pixels, sample for
 sample.
 
-The index is three arrays, whatever the number of files: every path's bytes in one uint8 buffer with int64 offsets
-into it, the labels (int64) and the file sizes (int64). Nothing else per sample is kept, so DataLoader workers share
+The index is three arrays, whatever the number of files: every path's bytes (less the folder's own path, kept once)
+in one uint8 buffer with int64 offsets into it, the labels (int64) and the file sizes (int64). Nothing else per sample is kept, so DataLoader workers share
 the index instead of copying it (source.py says why).
 """
 
@@ -47,14 +47,19 @@ class FolderSource:
         self.split_counts = {s: len(found.files[s]) for s in folder.SPLITS}
         files = found.files[split]
         # Straight into the arrays: a list of a million path bytes or sizes would be the peak of building the index.
-        paths = bytearray()
+        # Each name is kept without the folder's (or archive's) own path, which every name begins with: a few tens
+        # of bytes a file (27 MiB a million files under /data/imagenet/).
+        self.prefix = f"{path}{':' if self.archive else os.sep}"
+        if not all(scanned.display(int(k)).startswith(self.prefix) for k in files):
+            self.prefix = ""
+        paths, cut = bytearray(), len(self.prefix)
         self._offsets = np.zeros(len(files) + 1, dtype=np.int64)
         self.file_sizes = np.empty(len(files), dtype=np.int64)  # an archive member's: the bytes stored
         self._at = np.empty(len(files) if self.archive else 0, dtype=np.int64)  # where a member lies in the archive
         self._method = np.empty(len(files) if self.archive else 0, dtype=np.uint8)  # its zip compression
         for j, k in enumerate(files):
             file = scanned.display(int(k))
-            paths += os.fsencode(file)
+            paths += os.fsencode(file[cut:])
             self._offsets[j + 1] = len(paths)
             if self.archive:
                 member = scanned.member(int(k))
@@ -95,13 +100,15 @@ class FolderSource:
 
     def display(self, i: int) -> str:
         """How image `i` is named: its path, or `archive:member`."""
-        return os.fsdecode(self._paths[self._offsets[i]:self._offsets[i + 1]].tobytes())
+        return self.prefix + os.fsdecode(self._paths[self._offsets[i]:self._offsets[i + 1]].tobytes())
 
-    def payload(self, i: int) -> Path | bytes:
-        """What the decoder reads for image `i`: its file, or the archive member's bytes (read now)."""
+    def payload(self, i: int) -> str | bytes:
+        """What the decoder reads for image `i`: its file's path, or the archive member's bytes (read now). A str,
+        not a Path: pathlib interns every part of every path it parses, and a million file names churn the
+        interpreter's table of interned strings until it grows (7.5 MiB in each process that reads them)."""
         if self.archive:
             return read_member(self.archive, Member(int(self._at[i]), int(self.file_sizes[i]), int(self._method[i])))
-        return Path(self.display(i))
+        return self.display(i)
 
     def mtimes(self) -> np.ndarray:
         """Each image's modification time (ns), int64: its file's, or the archive's for all of its members."""

@@ -56,13 +56,13 @@ class FolderIndex:
 
     def __init__(self, ds, view: str):
         base, self.selection, _ = _parts(ds)
-        self.paths, self.offsets = base._paths, base._offsets
+        self.prefix, self.paths, self.offsets = base.prefix, base._paths, base._offsets
         self.sizes, self.labels, self.classes = base.file_sizes, base.labels, list(base.classes)
         self.mtimes = base.mtimes()
         self.view = view
 
     def digest(self) -> str:
-        h = hashlib.sha256(f"{FORMAT}|folder|{self.view}|{'/'.join(self.classes)}|".encode())
+        h = hashlib.sha256(f"{FORMAT}|folder|{self.view}|{'/'.join(self.classes)}|{self.prefix}|".encode())
         for a in (self.paths, self.offsets, self.sizes, self.mtimes, self.labels, self.selection):
             h.update(len(a).to_bytes(8, "little"))
             h.update(memoryview(np.ascontiguousarray(a)).cast("B"))
@@ -70,13 +70,13 @@ class FolderIndex:
 
     def save(self, beton: Path, digest: str) -> None:
         with atomic_write(index_path(beton)) as tmp, open(tmp, "wb") as f:
-            np.savez(f, paths=self.paths, offsets=self.offsets, sizes=self.sizes, mtimes=self.mtimes,
+            np.savez(f, prefix=np.array(self.prefix), paths=self.paths, offsets=self.offsets, sizes=self.sizes, mtimes=self.mtimes,
                      labels=self.labels, selection=self.selection, classes=np.array(self.classes),
                      view=np.array(self.view), digest=np.array(digest))
 
-    def _files(self, paths, offsets, sizes, mtimes, labels) -> dict[str, tuple[int, int, int]]:
-        return {os.fsdecode(paths[offsets[i]:offsets[i + 1]].tobytes()): (int(sizes[i]), int(mtimes[i]),
-                                                                           int(labels[i]))
+    def _files(self, prefix, paths, offsets, sizes, mtimes, labels) -> dict[str, tuple[int, int, int]]:
+        return {prefix + os.fsdecode(paths[offsets[i]:offsets[i + 1]].tobytes()): (int(sizes[i]), int(mtimes[i]),
+                                                                                    int(labels[i]))
                 for i in range(len(offsets) - 1)}
 
     def describe_change(self, beton: Path, written_digest: str) -> str | None:
@@ -85,11 +85,11 @@ class FolderIndex:
             with np.load(index_path(beton)) as old:
                 if str(old["digest"]) != written_digest:
                     return None  # the saved index belongs to another version of the file
-                before = self._files(old["paths"], old["offsets"], old["sizes"], old["mtimes"], old["labels"])
+                before = self._files(str(old["prefix"]), old["paths"], old["offsets"], old["sizes"], old["mtimes"], old["labels"])
                 old_classes, old_selection, old_view = list(old["classes"]), old["selection"], str(old["view"])
         except (OSError, KeyError, ValueError):
             return None
-        now = self._files(self.paths, self.offsets, self.sizes, self.mtimes, self.labels)
+        now = self._files(self.prefix, self.paths, self.offsets, self.sizes, self.mtimes, self.labels)
         changes = []
 
         def named(what: str, names: list[str]) -> None:
