@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
-import functools
 import glob
 import os
 import queue
@@ -28,6 +27,7 @@ from visionlaunch.atomic import atomic_write, atomic_write_text
 from visionlaunch.datasets.files import file_digest
 from visionlaunch.datasets.imageset import ImageSet
 from visionlaunch.errors import VisionlaunchError
+from visionlaunch.heap import release_free_memory
 from visionlaunch.ffcv_builders import require_ffcv
 from visionlaunch.ffcv_builders.manifest import BetonManifest, ends_digest, manifest_path, source_digest
 from visionlaunch.progress import progress_bar
@@ -126,20 +126,6 @@ def _worker(failures: Queue, parent: int, todo: Queue, metadata_sm, metadata_typ
 
 
 FAILED = 3
-
-
-def release_free_memory() -> None:
-    """Give the C heap's free pages back to the system (glibc's malloc_trim; elsewhere nothing). A writer worker
-    decodes photos of every size: glibc serves their buffers from a heap whose free space, fragmented by the sizes,
-    would otherwise grow with every sample written (~0.3 KiB a sample, 130 MiB a worker over 1M photos). Called
-    every CHUNK samples it costs well under a millisecond."""
-    with contextlib.suppress(OSError, AttributeError):
-        _libc().malloc_trim(0)
-
-
-@functools.cache
-def _libc():
-    return ctypes.CDLL(None)
 
 
 def _die_with_parent(parent: int) -> None:

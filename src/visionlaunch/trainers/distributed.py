@@ -26,6 +26,7 @@ from accelerate.utils import InitProcessGroupKwargs, parse_flag_from_env
 
 from visionlaunch.config import RunConfig
 from visionlaunch.errors import VisionlaunchError, report
+from visionlaunch.heap import keep_freed_memory
 from visionlaunch.trainers.precision import Precision, resolve_precision
 
 CPU_RECIPE = "ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes {n} train.py --config ..."
@@ -65,6 +66,8 @@ def start_processes(cfg: RunConfig) -> tuple[Accelerator, Precision]:
     acc, precision = make_accelerator(cfg, kwargs_handlers=[timeout],
                                       log_with="wandb" if "wandb" in cfg.tracker.names else None)
     check_world_size(acc)
+    if acc.device.type == "cpu":  # a step's tensors reuse the last step's memory instead of faulting in new pages
+        keep_freed_memory()
     if acc.num_processes > 1:  # auto is resolved per process: machines of two families could disagree
         from accelerate.utils import gather_object
         disagreement = precision_disagreement(
