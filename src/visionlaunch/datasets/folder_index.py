@@ -3,9 +3,9 @@
 per `decode(i)` by the one decoder (decode.py), as the in-memory reader decodes it: the same pixels, sample for
 sample.
 
-The index is three arrays, whatever the number of files: every path's bytes (less the folder's own path, kept once)
-in one uint8 buffer with int64 offsets into it, the labels (int64) and the file sizes (int64). Nothing else per sample is kept, so DataLoader workers share
-the index instead of copying it (source.py says why).
+The index is three arrays, whatever the number of files: every path's bytes (less the folder's own path, kept
+once) in one uint8 buffer with int64 offsets into it, the labels (int64) and the file sizes (int64). Nothing else
+per sample is kept, so DataLoader workers share the index instead of copying it (source.py says why).
 """
 
 from __future__ import annotations

@@ -70,8 +70,8 @@ class FolderIndex:
 
     def save(self, beton: Path, digest: str) -> None:
         with atomic_write(index_path(beton)) as tmp, open(tmp, "wb") as f:
-            np.savez(f, prefix=np.array(self.prefix), paths=self.paths, offsets=self.offsets, sizes=self.sizes, mtimes=self.mtimes,
-                     labels=self.labels, selection=self.selection, classes=np.array(self.classes),
+            np.savez(f, prefix=np.array(self.prefix), paths=self.paths, offsets=self.offsets, sizes=self.sizes,
+                     mtimes=self.mtimes, labels=self.labels, selection=self.selection, classes=np.array(self.classes),
                      view=np.array(self.view), digest=np.array(digest))
 
     def _files(self, prefix, paths, offsets, sizes, mtimes, labels) -> dict[str, tuple[int, int, int]]:
@@ -85,7 +85,8 @@ class FolderIndex:
             with np.load(index_path(beton)) as old:
                 if str(old["digest"]) != written_digest:
                     return None  # the saved index belongs to another version of the file
-                before = self._files(str(old["prefix"]), old["paths"], old["offsets"], old["sizes"], old["mtimes"], old["labels"])
+                before = self._files(str(old["prefix"]), old["paths"], old["offsets"], old["sizes"], old["mtimes"],
+                                     old["labels"])
                 old_classes, old_selection, old_view = list(old["classes"]), old["selection"], str(old["view"])
         except (OSError, KeyError, ValueError):
             return None

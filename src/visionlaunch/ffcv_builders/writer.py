@@ -27,9 +27,9 @@ from visionlaunch.atomic import atomic_write, atomic_write_text
 from visionlaunch.datasets.files import file_digest
 from visionlaunch.datasets.imageset import ImageSet
 from visionlaunch.errors import VisionlaunchError
-from visionlaunch.heap import release_free_memory
 from visionlaunch.ffcv_builders import require_ffcv
 from visionlaunch.ffcv_builders.manifest import BetonManifest, ends_digest, manifest_path, source_digest
+from visionlaunch.heap import release_free_memory
 from visionlaunch.progress import progress_bar
 
 PAGE_SIZE = 1 << 21  # FFCV's smallest page (2 MiB): each worker leaves one part-filled page, so small is lean
@@ -97,8 +97,8 @@ def _worker(failures: Queue, parent: int, todo: Queue, metadata_sm, metadata_typ
     """One writer process: FFCV's indexed-dataset worker loop (handle_sample fills its pages), its record of
     where each sample went sent to the parent as a numpy table chunk by chunk, then None when it is done (FFCV
     keeps a Python tuple per sample in the worker until the end; kept here, the small tables would pin the
-    worker's heap as it grows). A VisionlaunchError (an unreadable image, a bad sample) or a failed write (a full disk, a file size
-    limit) is passed to the parent as a message, without a traceback, and the worker exits with FAILED."""
+    worker's heap as it grows). A VisionlaunchError (an unreadable image, a bad sample) or a failed write (a full
+    disk, a file size limit) is passed to the parent as a message, without a traceback, and the worker exits with FAILED."""
     from ffcv.types import ALLOC_TABLE_TYPE
     from ffcv.writer import handle_sample
 
