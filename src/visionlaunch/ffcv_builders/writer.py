@@ -98,7 +98,8 @@ def _worker(failures: Queue, parent: int, todo: Queue, metadata_sm, metadata_typ
     where each sample went sent to the parent as a numpy table chunk by chunk, then None when it is done (FFCV
     keeps a Python tuple per sample in the worker until the end; kept here, the small tables would pin the
     worker's heap as it grows). A VisionlaunchError (an unreadable image, a bad sample) or a failed write (a full
-    disk, a file size limit) is passed to the parent as a message, without a traceback, and the worker exits with FAILED."""
+    disk, a file size limit) is passed to the parent as a message, without a traceback, and the worker exits with
+    FAILED."""
     from ffcv.types import ALLOC_TABLE_TYPE
     from ffcv.writer import handle_sample
 
