@@ -22,7 +22,9 @@ import functools
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_MAX = 32 << 20  # glibc's upper bound for M_MMAP_THRESHOLD on 64-bit systems
-TRIM_THRESHOLD = (1 << 31) - 1  # an int: the largest value mallopt takes
+# The heap is shrunk only when more than this is free at its top: a step's churn stays, while a one-off peak (the
+# index being built, an evaluation's large batches) does not stay held by the process for the rest of the run.
+TRIM_THRESHOLD = 128 << 20
 
 
 @functools.cache
@@ -31,8 +33,8 @@ def _libc():
 
 
 def keep_freed_memory() -> bool:
-    """Make malloc keep freed memory for reuse: blocks up to 32 MiB from the heap (not one mmap each), and the heap
-    never shrunk below its high-water mark. Returns whether the C library took both settings (glibc)."""
+    """Make malloc keep freed memory for reuse: blocks up to 32 MiB from the heap (not one mmap each), and up to
+    TRIM_THRESHOLD of free memory kept at the heap's top. Returns whether the C library took both settings (glibc)."""
     with contextlib.suppress(OSError, AttributeError):
         libc = _libc()
         return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)) and bool(
