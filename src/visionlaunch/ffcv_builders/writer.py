@@ -161,10 +161,11 @@ def _write(tmp: Path, fields: dict, samples, workers: int, desc: str, progress: 
     args = (failures, os.getpid(), todo, writer.metadata_sm, writer.metadata_type, writer.fields, allocator, done,
             allocations, samples)
     procs = [Process(target=_worker, args=args, daemon=True) for _ in range(workers)]
-    # The allocation table (24 bytes a sample) waits on disk, in a nameless file beside the beton, not in memory.
-    table = tempfile.TemporaryFile(dir=tmp.parent)
     _compile_before_fork(fields)
     release_free_memory()  # what this process freed (a folder's index being built) is not copied into the workers
+    # The allocation table (24 bytes a sample) waits on disk, in a nameless file beside the beton, not in memory;
+    # opened last, so that the `finally` below, which closes it, covers everything after it.
+    table = tempfile.TemporaryFile(dir=tmp.parent)
     try:
         for p in procs:
             p.start()
